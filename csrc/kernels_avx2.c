@@ -1,0 +1,487 @@
+/* kernels_avx2.c: the AVX2 kernel table (AVX2 + FMA + F16C), compiled with its own ISA flags and
+ * chosen at run time by cpu_dispatch.c. Starts from the scalar table and overrides:
+ *  - float weights (F32/F16/BF16) x fp32 activations: weights widened to fp32 on the fly, FMA into
+ *    independent accumulators; gemm = 4 weight rows x 2 activation rows register tiles; scalar
+ *    tails (no read past a row, any alignment).
+ *  - Q8_0/Q4_0 weights x Q8_0 activations: same scheme as kernels_avx512.c with chunks of 8 blocks
+ *    (one 32-bit lane per block, activations repacked once per gemm call, weights transposed in
+ *    registers). Q4_0: vpmaddubsw (nibble u8 x s8, int16 sums cannot overflow) with the -8 offset
+ *    removed by a precomputed -8*sum(activation block). Q8_0: s8 x s8 through vpmaddwd on
+ *    sign-extended int16 (exact for every input, -128 included).
+ *  - Q8_0 from_float and F16/BF16/Q8_0/Q4_0 to_float (bit-identical to the scalar reference),
+ *    dot_f32 / axpy_f32 for attention. */
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "tensor_types.h"
+
+#define AI static inline __attribute__((always_inline))
+#define UNROLL _Pragma("GCC unroll 16")
+
+/* weight/activation rows may sit at any byte offset (GGUF / safetensors data): scalar accesses go
+ * through memcpy, vector accesses are unaligned loads */
+AI uint16_t ld_u16(const void *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+/* ============================== float weights ============================== */
+
+enum { FT_f32 = 0, FT_f16 = 1, FT_bf16 = 2 };
+
+AI __m256 fl_load(const int ft, const void *p, int64_t i) {
+    if (ft == FT_f32) return _mm256_loadu_ps((const float *)p + i);
+    const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)p + i));
+    if (ft == FT_f16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+AI float fl_load1(const int ft, const void *p, int64_t i) {
+    if (ft == FT_f32) {
+        float v;
+        memcpy(&v, (const char *)p + 4 * i, 4);
+        return v;
+    }
+    const uint16_t h = ld_u16((const char *)p + 2 * i);
+    if (ft == FT_f16) return _cvtsh_ss(h);
+    return pl_bf16_to_fp32(h);
+}
+AI float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+AI float fl_dot(const int ft, int n, const void *w, const float *a) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_fmadd_ps(fl_load(ft, w, i), _mm256_loadu_ps(a + i), s0);
+        s1 = _mm256_fmadd_ps(fl_load(ft, w, i + 8), _mm256_loadu_ps(a + i + 8), s1);
+        s2 = _mm256_fmadd_ps(fl_load(ft, w, i + 16), _mm256_loadu_ps(a + i + 16), s2);
+        s3 = _mm256_fmadd_ps(fl_load(ft, w, i + 24), _mm256_loadu_ps(a + i + 24), s3);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(fl_load(ft, w, i), _mm256_loadu_ps(a + i), s0);
+    float sum = hsum8(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    for (; i < n; i++) sum += fl_load1(ft, w, i) * a[i];
+    return sum;
+}
+
+/* R weight rows x C activation rows: out[c*os + r] = dot(w_r, a_c) */
+#define FMR 4
+#define FNC 2
+AI void fl_tile(const int ft, const int R, const int C, int n, const char *w, size_t ws, const char *a, size_t as,
+                float *out, size_t os) {
+    __m256 acc[FMR][FNC];
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 av[FNC];
+        UNROLL for (int c = 0; c < C; c++) av[c] = _mm256_loadu_ps((const float *)(a + c * as) + i);
+        UNROLL for (int r = 0; r < R; r++) {
+            const __m256 wv = fl_load(ft, w + r * ws, i);
+            UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm256_fmadd_ps(wv, av[c], acc[r][c]);
+        }
+    }
+    UNROLL for (int c = 0; c < C; c++) UNROLL for (int r = 0; r < R; r++) {
+        float s = hsum8(acc[r][c]);
+        const float *ac = (const float *)(a + c * as);
+        for (int k = i; k < n; k++) s += fl_load1(ft, w + r * ws, k) * ac[k];
+        out[c * os + r] = s;
+    }
+}
+
+typedef void (*fl_tile_fn)(int n, const char *w, size_t ws, const char *a, size_t as, float *out, size_t os);
+#define FL_DEF(ft, R, C)                                                                                          \
+    static void fl_tile_##ft##_##R##_##C(int n, const char *w, size_t ws, const char *a, size_t as, float *out,    \
+                                         size_t os) {                                                             \
+        fl_tile(FT_##ft, R, C, n, w, ws, a, as, out, os);                                                         \
+    }
+#define FL_DEF_R(ft, R) FL_DEF(ft, R, 1) FL_DEF(ft, R, 2)
+#define FL_DEF_ALL(ft) FL_DEF_R(ft, 1) FL_DEF_R(ft, 2) FL_DEF_R(ft, 3) FL_DEF_R(ft, 4)
+#define FL_ROW(ft, R) {fl_tile_##ft##_##R##_1, fl_tile_##ft##_##R##_2}
+#define FL_TAB(ft) static const fl_tile_fn fl_tab_##ft[FMR][FNC] = {FL_ROW(ft, 1), FL_ROW(ft, 2), FL_ROW(ft, 3), FL_ROW(ft, 4)};
+FL_DEF_ALL(f32)
+FL_DEF_ALL(f16)
+FL_DEF_ALL(bf16)
+FL_TAB(f32)
+FL_TAB(f16)
+FL_TAB(bf16)
+
+static void fl_gemm(const fl_tile_fn (*tab)[FNC], int n, int nr, int nc, const void *w, size_t ws, const void *a,
+                    size_t as, float *out, size_t os) {
+    for (int i0 = 0; i0 < nr; i0 += FMR) {
+        const int R = nr - i0 < FMR ? nr - i0 : FMR;
+        for (int j0 = 0; j0 < nc; j0 += FNC) {
+            const int C = nc - j0 < FNC ? nc - j0 : FNC;
+            tab[R - 1][C - 1](n, (const char *)w + (size_t)i0 * ws, ws, (const char *)a + (size_t)j0 * as, as,
+                              out + (size_t)j0 * os + i0, os);
+        }
+    }
+}
+
+static void f32_vec_dot(int n, float *s, const void *w, const void *a) { *s = fl_dot(FT_f32, n, w, (const float *)a); }
+static void f16_vec_dot(int n, float *s, const void *w, const void *a) { *s = fl_dot(FT_f16, n, w, (const float *)a); }
+static void bf16_vec_dot(int n, float *s, const void *w, const void *a) { *s = fl_dot(FT_bf16, n, w, (const float *)a); }
+static void f32_gemm(int n, int nr, int nc, const void *w, size_t ws, const void *a, size_t as, float *out, size_t os) {
+    fl_gemm(fl_tab_f32, n, nr, nc, w, ws, a, as, out, os);
+}
+static void f16_gemm(int n, int nr, int nc, const void *w, size_t ws, const void *a, size_t as, float *out, size_t os) {
+    fl_gemm(fl_tab_f16, n, nr, nc, w, ws, a, as, out, os);
+}
+static void bf16_gemm(int n, int nr, int nc, const void *w, size_t ws, const void *a, size_t as, float *out, size_t os) {
+    fl_gemm(fl_tab_bf16, n, nr, nc, w, ws, a, as, out, os);
+}
+
+/* ---- conversions (bit-identical to the scalar reference) ---- */
+static void f16_to_float(const void *x, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, fl_load(FT_f16, x, i));
+    for (; i < n; i++) y[i] = fl_load1(FT_f16, x, i);
+}
+static void bf16_to_float(const void *x, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, fl_load(FT_bf16, x, i));
+    for (; i < n; i++) y[i] = fl_load1(FT_bf16, x, i);
+}
+static void q8_0_to_float(const void *vx, float *y, int64_t n) {
+    for (int64_t b = 0; b < n / PL_QK; b++) {
+        const uint8_t *blk = (const uint8_t *)vx + b * sizeof(pl_block_q8_0);
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld_u16(blk)));
+        UNROLL for (int k = 0; k < 4; k++) {
+            const __m128i q = _mm_loadl_epi64((const __m128i *)(blk + 2 + 8 * k));
+            _mm256_storeu_ps(y + b * PL_QK + 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
+        }
+    }
+}
+static void q4_0_to_float(const void *vx, float *y, int64_t n) {
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    const __m256i eight = _mm256_set1_epi32(8);
+    for (int64_t b = 0; b < n / PL_QK; b++) {
+        const uint8_t *blk = (const uint8_t *)vx + b * sizeof(pl_block_q4_0);
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld_u16(blk)));
+        const __m128i q = _mm_loadu_si128((const __m128i *)(blk + 2));
+        const __m128i lo = _mm_and_si128(q, m4), hi = _mm_and_si128(_mm_srli_epi16(q, 4), m4);
+        const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+        UNROLL for (int k = 0; k < 4; k++) {
+            const __m256i v = _mm256_sub_epi32(_mm256_cvtepu8_epi32(parts[k]), eight);
+            _mm256_storeu_ps(y + b * PL_QK + 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(v), d));
+        }
+    }
+}
+
+/* roundf (half away from zero), exactly: t = trunc(|v|), t += (|v| - t >= 0.5), sign put back. */
+AI __m256 round_half_away(__m256 v) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 av = _mm256_andnot_ps(sign, v);
+    __m256 t = _mm256_round_ps(av, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 up = _mm256_cmp_ps(_mm256_sub_ps(av, t), _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    t = _mm256_add_ps(t, _mm256_and_ps(up, _mm256_set1_ps(1.0f)));
+    return _mm256_or_ps(t, _mm256_and_ps(v, sign));
+}
+
+/* A block holding a NaN takes the scalar reference's own code: glibc's fmaxf turns a signalling NaN
+ * into a quiet NaN that resets the running max, an order-dependent rule the vector max cannot mimic. */
+static void q8_0_block_ref(const float *xb, uint8_t *y) {
+    float amax = 0.0f;
+    for (int j = 0; j < PL_QK; j++) amax = fmaxf(amax, fabsf(xb[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const uint16_t dh = pl_fp32_to_fp16(d);
+    memcpy(y, &dh, 2);
+    for (int j = 0; j < PL_QK; j++) y[2 + j] = (uint8_t)(int8_t)roundf(xb[j] * id);
+}
+
+/* Q8_0 activation quantization, bit-identical to the scalar reference (see kernels_avx512.c). The
+ * int32 -> int8 step keeps the low byte (like the C (int8_t) cast of cvttss2si's result), not a
+ * saturating pack: it matters when a denormal d makes |x * id| exceed 127, or for inf/NaN. */
+static void q8_0_from_float(const float *x, void *vy, int64_t n) {
+    uint8_t *y = (uint8_t *)vy;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    /* low byte of each int32 -> dword k of each 128-bit lane */
+    const __m256i lowb[4] = {
+        _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1,
+                         -1, -1, -1, -1, -1),
+        _mm256_setr_epi8(-1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1,
+                         -1, -1, -1, -1, -1),
+        _mm256_setr_epi8(-1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8,
+                         12, -1, -1, -1, -1),
+        _mm256_setr_epi8(-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                         -1, -1, 0, 4, 8, 12)};
+    for (int64_t b = 0; b < n / PL_QK; b++) {
+        __m256 v[4];
+        __m256 m = _mm256_setzero_ps();
+        UNROLL for (int k = 0; k < 4; k++) {
+            v[k] = _mm256_loadu_ps(x + b * PL_QK + 8 * k);
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, v[k]), m); /* returns m when |x| is NaN, like fmaxf */
+        }
+        const __m256 nan = _mm256_or_ps(_mm256_cmp_ps(v[0], v[1], _CMP_UNORD_Q), _mm256_cmp_ps(v[2], v[3], _CMP_UNORD_Q));
+        if (_mm256_movemask_ps(nan)) { /* a NaN in the block (rare) */
+            q8_0_block_ref(x + b * PL_QK, y + b * sizeof(pl_block_q8_0));
+            continue;
+        }
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        const float amax = _mm_cvtss_f32(h);
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        uint8_t *yb = y + b * sizeof(pl_block_q8_0);
+        const uint16_t dh = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+        memcpy(yb, &dh, 2);
+        const __m256 vid = _mm256_set1_ps(id);
+        __m256i p = _mm256_setzero_si256();
+        UNROLL for (int k = 0; k < 4; k++) {
+            const __m256i q = _mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(v[k], vid)));
+            p = _mm256_or_si256(p, _mm256_shuffle_epi8(q, lowb[k]));
+        }
+        /* lane 0 holds elements 0-3, 8-11, 16-19, 24-27; lane 1 the others */
+        _mm256_storeu_si256((__m256i *)(yb + 2), _mm256_permutevar8x32_epi32(p, perm));
+    }
+}
+
+/* ---- fp32 helpers (attention) ---- */
+static float dot_f32(int n, const float *a, const float *b) { return fl_dot(FT_f32, n, a, b); }
+/* separate multiply and add (bit-identical to the scalar loop); the asm blocks FMA contraction */
+AI __m256 axpy_step(__m256 va, __m256 x, __m256 y) {
+    __m256 p = _mm256_mul_ps(va, x);
+    __asm__("" : "+x"(p));
+    return _mm256_add_ps(y, p);
+}
+static void axpy_f32(int n, float alpha, const float *x, float *y) {
+    const __m256 va = _mm256_set1_ps(alpha);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m256 r0 = axpy_step(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i));
+        const __m256 r1 = axpy_step(va, _mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8));
+        _mm256_storeu_ps(y + i, r0);
+        _mm256_storeu_ps(y + i + 8, r1);
+    }
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, axpy_step(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    if (i < n) {
+        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n - i), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        _mm256_maskstore_ps(y + i, m, axpy_step(va, _mm256_maskload_ps(x + i, m), _mm256_maskload_ps(y + i, m)));
+    }
+}
+
+/* ============================== Q8_0 / Q4_0 x Q8_0 ============================== */
+
+enum { QT_q4_0 = 0, QT_q8_0 = 1 };
+#define QCH 8 /* blocks per chunk: one 32-bit lane per block */
+#define Q8B ((int)sizeof(pl_block_q8_0))
+#define Q4B ((int)sizeof(pl_block_q4_0))
+
+typedef struct {
+    /* Q4_0 weights: q[t] (t < 8), lane L = activation bytes 4t..4t+3 of block L (int8).
+     * Q8_0 weights: q[2t] / q[2t+1] = those bytes sign-extended to int16, blocks 0-3 / 4-7. */
+    __m256i q[16];
+    __m256i corr; /* Q4_0: lane L = -8 * sum(block L) */
+    __m256 d;     /* lane L: fp32 scale of block L */
+} qchunk;
+
+AI __m256i ld2x128(const uint8_t *p, size_t s) {
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)p)),
+                                   _mm_loadu_si128((const __m128i *)(p + s)), 1);
+}
+/* 16 bytes of each of 8 blocks -> t[j] lane L = bytes 4j..4j+3 of block L (block 4k+g sits in
+ * 128-bit lane k of z[g]; the 4x4 dword transpose per 128-bit lane gives lane 4k+g). */
+AI void ld_transpose8(const uint8_t *p, int bs, __m256i *t) {
+    const __m256i z0 = ld2x128(p, 4 * (size_t)bs), z1 = ld2x128(p + bs, 4 * (size_t)bs);
+    const __m256i z2 = ld2x128(p + 2 * bs, 4 * (size_t)bs), z3 = ld2x128(p + 3 * bs, 4 * (size_t)bs);
+    const __m256i u0 = _mm256_unpacklo_epi32(z0, z1), u1 = _mm256_unpackhi_epi32(z0, z1);
+    const __m256i u2 = _mm256_unpacklo_epi32(z2, z3), u3 = _mm256_unpackhi_epi32(z2, z3);
+    t[0] = _mm256_unpacklo_epi64(u0, u2);
+    t[1] = _mm256_unpackhi_epi64(u0, u2);
+    t[2] = _mm256_unpacklo_epi64(u1, u3);
+    t[3] = _mm256_unpackhi_epi64(u1, u3);
+}
+AI __m256 ld_scales8(const uint8_t *p, int bs) {
+    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(bs));
+    __m256i g = _mm256_i32gather_epi32((const int *)(const void *)p, idx, 1); /* d and the 2 bytes after it */
+    const __m256i pick = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4, 5, 8, 9, 12,
+                                          13, -1, -1, -1, -1, -1, -1, -1, -1);
+    g = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(g, pick), 0x08);
+    return _mm256_cvtph_ps(_mm256_castsi256_si128(g));
+}
+
+static void pack_act_chunk(const int qt, const uint8_t *p, int nblk, qchunk *out) {
+    uint8_t tmp[QCH * Q8B];
+    if (nblk < QCH) {
+        memset(tmp, 0, sizeof(tmp));
+        memcpy(tmp, p, (size_t)nblk * Q8B);
+        p = tmp;
+    }
+    __m256i q[8];
+    ld_transpose8(p + 2, Q8B, q);
+    ld_transpose8(p + 18, Q8B, q + 4);
+    if (qt == QT_q4_0) {
+        const __m256i ones8 = _mm256_set1_epi8(1);
+        __m256i s = _mm256_setzero_si256();
+        for (int t = 0; t < 8; t++) {
+            _mm256_store_si256(&out->q[t], q[t]);
+            s = _mm256_add_epi16(s, _mm256_maddubs_epi16(ones8, q[t]));
+        }
+        s = _mm256_madd_epi16(s, _mm256_set1_epi16(1));
+        out->corr = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(s, 3));
+    } else {
+        for (int t = 0; t < 8; t++) {
+            _mm256_store_si256(&out->q[2 * t], _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q[t])));
+            _mm256_store_si256(&out->q[2 * t + 1], _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q[t], 1)));
+        }
+        out->corr = _mm256_setzero_si256();
+    }
+    out->d = ld_scales8(p, Q8B);
+}
+
+/* One weight chunk against C packed activation chunks (act c at A + c*astride). */
+AI void q_step(const int qt, const int C, const uint8_t *p, const qchunk *A, int astride, __m256 *fa) {
+    if (qt == QT_q4_0) {
+        __m256i t[4], W[8];
+        ld_transpose8(p + 2, Q4B, t);
+        const __m256i m4 = _mm256_set1_epi8(0x0F);
+        UNROLL for (int j = 0; j < 4; j++) {
+            W[j] = _mm256_and_si256(t[j], m4);
+            W[j + 4] = _mm256_and_si256(_mm256_srli_epi16(t[j], 4), m4);
+        }
+        const __m256 dw = ld_scales8(p, Q4B);
+        const __m256i ones16 = _mm256_set1_epi16(1);
+        UNROLL for (int c = 0; c < C; c++) {
+            const qchunk *ac = A + (size_t)c * astride;
+            /* |nibble * a| pair sums <= 3840, 8 of them <= 30720: int16 cannot overflow */
+            __m256i s0 = _mm256_maddubs_epi16(W[0], _mm256_load_si256(&ac->q[0]));
+            __m256i s1 = _mm256_maddubs_epi16(W[1], _mm256_load_si256(&ac->q[1]));
+            UNROLL for (int j = 2; j < 8; j += 2) {
+                s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(W[j], _mm256_load_si256(&ac->q[j])));
+                s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(W[j + 1], _mm256_load_si256(&ac->q[j + 1])));
+            }
+            const __m256i dp = _mm256_add_epi32(_mm256_madd_epi16(_mm256_add_epi16(s0, s1), ones16), ac->corr);
+            fa[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dp), _mm256_mul_ps(dw, ac->d), fa[c]);
+        }
+    } else {
+        __m256i t[8], W[16];
+        ld_transpose8(p + 2, Q8B, t);
+        ld_transpose8(p + 18, Q8B, t + 4);
+        UNROLL for (int j = 0; j < 8; j++) {
+            W[2 * j] = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(t[j]));
+            W[2 * j + 1] = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(t[j], 1));
+        }
+        const __m256 dw = ld_scales8(p, Q8B);
+        UNROLL for (int c = 0; c < C; c++) {
+            const qchunk *ac = A + (size_t)c * astride;
+            __m256i lo = _mm256_madd_epi16(W[0], _mm256_load_si256(&ac->q[0]));
+            __m256i hi = _mm256_madd_epi16(W[1], _mm256_load_si256(&ac->q[1]));
+            UNROLL for (int j = 1; j < 8; j++) {
+                lo = _mm256_add_epi32(lo, _mm256_madd_epi16(W[2 * j], _mm256_load_si256(&ac->q[2 * j])));
+                hi = _mm256_add_epi32(hi, _mm256_madd_epi16(W[2 * j + 1], _mm256_load_si256(&ac->q[2 * j + 1])));
+            }
+            /* lo: blocks 0-3 (2 lanes each), hi: blocks 4-7 -> hadd gives 0,1,4,5 | 2,3,6,7 */
+            const __m256i dp = _mm256_permute4x64_epi64(_mm256_hadd_epi32(lo, hi), 0xD8);
+            fa[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dp), _mm256_mul_ps(dw, ac->d), fa[c]);
+        }
+    }
+}
+
+#define QNC 4
+AI void q_row(const int qt, const int C, const uint8_t *w, int nfull, int tail, const qchunk *A, int astride,
+              float *res) {
+    const int bs = qt == QT_q4_0 ? Q4B : Q8B;
+    __m256 fa[QNC];
+    UNROLL for (int c = 0; c < C; c++) fa[c] = _mm256_setzero_ps();
+    for (int ch = 0; ch < nfull; ch++) q_step(qt, C, w + (size_t)ch * QCH * bs, A + ch, astride, fa);
+    if (tail) {
+        uint8_t tmp[QCH * Q8B];
+        memset(tmp, 0, sizeof(tmp));
+        memcpy(tmp, w + (size_t)nfull * QCH * bs, (size_t)tail * bs);
+        q_step(qt, C, tmp, A + nfull, astride, fa);
+    }
+    UNROLL for (int c = 0; c < C; c++) res[c] = hsum8(fa[c]);
+}
+
+typedef void (*q_row_fn)(const uint8_t *w, int nfull, int tail, const qchunk *A, int astride, float *res);
+#define Q_DEF(qt, C)                                                                                           \
+    static void q_row_##qt##_##C(const uint8_t *w, int nfull, int tail, const qchunk *A, int astride, float *res) { \
+        q_row(QT_##qt, C, w, nfull, tail, A, astride, res);                                                    \
+    }
+#define Q_DEF_ALL(qt) Q_DEF(qt, 1) Q_DEF(qt, 2) Q_DEF(qt, 3) Q_DEF(qt, 4)
+#define Q_TAB(qt) static const q_row_fn q_tab_##qt[QNC] = {q_row_##qt##_1, q_row_##qt##_2, q_row_##qt##_3, q_row_##qt##_4};
+Q_DEF_ALL(q4_0)
+Q_DEF_ALL(q8_0)
+Q_TAB(q4_0)
+Q_TAB(q8_0)
+
+#define QBUF 64 /* packed chunks on the stack (36 KiB) */
+static void q_gemm(const int qt, int n, int nr, int nc, const void *w, size_t ws, const void *a, size_t as,
+                   float *out, size_t os) {
+    const int nb = n / PL_QK, bs = qt == QT_q4_0 ? Q4B : Q8B;
+    const q_row_fn *tab = qt == QT_q4_0 ? q_tab_q4_0 : q_tab_q8_0;
+    qchunk buf[QBUF];
+    if (nb == 0) {
+        for (int j = 0; j < nc; j++)
+            for (int i = 0; i < nr; i++) out[(size_t)j * os + i] = 0.0f;
+        return;
+    }
+    for (int j0 = 0; j0 < nc; j0 += QNC) {
+        const int C = nc - j0 < QNC ? nc - j0 : QNC;
+        const int kpass = (QBUF / C) * QCH;
+        for (int kb = 0; kb < nb; kb += kpass) {
+            const int kblk = nb - kb < kpass ? nb - kb : kpass;
+            const int nfull = kblk / QCH, tail = kblk % QCH, nch = nfull + (tail > 0);
+            for (int c = 0; c < C; c++) {
+                const uint8_t *ar = (const uint8_t *)a + (size_t)(j0 + c) * as + (size_t)kb * Q8B;
+                for (int ch = 0; ch < nch; ch++)
+                    pack_act_chunk(qt, ar + (size_t)ch * QCH * Q8B, ch < nfull ? QCH : tail, &buf[c * nch + ch]);
+            }
+            for (int i = 0; i < nr; i++) {
+                float res[QNC];
+                tab[C - 1]((const uint8_t *)w + (size_t)i * ws + (size_t)kb * bs, nfull, tail, buf, nch, res);
+                float *o = out + (size_t)j0 * os + i;
+                if (kb == 0)
+                    for (int c = 0; c < C; c++) o[(size_t)c * os] = res[c];
+                else
+                    for (int c = 0; c < C; c++) o[(size_t)c * os] += res[c];
+            }
+        }
+    }
+}
+
+static void q4_0_gemm(int n, int nr, int nc, const void *w, size_t ws, const void *a, size_t as, float *out, size_t os) {
+    q_gemm(QT_q4_0, n, nr, nc, w, ws, a, as, out, os);
+}
+static void q8_0_gemm(int n, int nr, int nc, const void *w, size_t ws, const void *a, size_t as, float *out, size_t os) {
+    q_gemm(QT_q8_0, n, nr, nc, w, ws, a, as, out, os);
+}
+static void q4_0_vec_dot(int n, float *s, const void *w, const void *a) { q4_0_gemm(n, 1, 1, w, 0, a, 0, s, 1); }
+static void q8_0_vec_dot(int n, float *s, const void *w, const void *a) { q8_0_gemm(n, 1, 1, w, 0, a, 0, s, 1); }
+
+void pl_kernels_init_avx2(pl_kernels *k) {
+    pl_kernels_init_scalar(k);
+    k->isa = "avx2";
+    pl_type_traits *t;
+    t = &k->types[PL_TYPE_F32];
+    t->vec_dot = f32_vec_dot;
+    t->gemm = f32_gemm;
+    t = &k->types[PL_TYPE_F16];
+    t->vec_dot = f16_vec_dot;
+    t->gemm = f16_gemm;
+    t->to_float = f16_to_float;
+    t = &k->types[PL_TYPE_BF16];
+    t->vec_dot = bf16_vec_dot;
+    t->gemm = bf16_gemm;
+    t->to_float = bf16_to_float;
+    t = &k->types[PL_TYPE_Q8_0];
+    t->vec_dot = q8_0_vec_dot;
+    t->gemm = q8_0_gemm;
+    t->to_float = q8_0_to_float;
+    t->from_float = q8_0_from_float;
+    t = &k->types[PL_TYPE_Q4_0];
+    t->vec_dot = q4_0_vec_dot;
+    t->gemm = q4_0_gemm;
+    t->to_float = q4_0_to_float;
+    k->dot_f32 = dot_f32;
+    k->axpy_f32 = axpy_f32;
+}
+#endif

@@ -1,0 +1,468 @@
+/* kernels_avx512.c: the AVX-512 kernel table (F/BW/VL/DQ + VNNI + F16C), compiled with its own
+ * ISA flags and chosen at run time by cpu_dispatch.c. Starts from the scalar table and overrides:
+ *  - float weights (F32/F16/BF16) x fp32 activations: weights widened to fp32 on the fly, FMA into
+ *    independent accumulators; gemm = 4 weight rows x 4 activation rows register tiles; masked
+ *    loads for tails (no read past a row, any alignment).
+ *  - Q8_0/Q4_0 weights x Q8_0 activations: a gemm call first repacks its activation rows into
+ *    chunks of 16 blocks "transposed" so that 32-bit lane L of vector t holds bytes 4t..4t+3 of
+ *    block L (plus a per-block correction and fp32 scale). Each weight chunk is loaded with 16-byte
+ *    loads and transposed the same way in registers, so VNNI vpdpbusd (u8 x s8) accumulates the
+ *    exact integer dot of block L in lane L, and the block scales are applied with one FMA per
+ *    16 blocks. Weights are made unsigned (Q4_0: the nibble itself, Q8_0: w + 128) and the offset
+ *    is removed exactly by the correction -offset * sum(activation block), computed at packing.
+ *  - Q8_0 from_float and F16/BF16/Q8_0/Q4_0 to_float (bit-identical to the scalar reference),
+ *    dot_f32 / axpy_f32 for attention.
+ * Porting note (NEON): the same layout works with SDOT (s8 x s8, no offset/correction needed)
+ * on 4 blocks per 128-bit vector; the float paths map 1:1 onto vfmaq_f32. */
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "tensor_types.h"
+
+#define AI static inline __attribute__((always_inline))
+#define UNROLL _Pragma("GCC unroll 16")
+
+/* weight/activation rows may sit at any byte offset (GGUF / safetensors data): scalar accesses go
+ * through memcpy, vector accesses are unaligned loads */
+AI uint16_t ld_u16(const void *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+/* ============================== float weights ============================== */
+
+enum { FT_f32 = 0, FT_f16 = 1, FT_bf16 = 2 };
+
+AI __m512 fl_load(const int ft, const void *p, int64_t i) {
+    if (ft == FT_f32) return _mm512_loadu_ps((const float *)p + i);
+    const __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i));
+    if (ft == FT_f16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+/* masked: lanes outside m read nothing (no fault) and are 0 */
+AI __m512 fl_load_m(const int ft, const void *p, int64_t i, __mmask16 m) {
+    if (ft == FT_f32) return _mm512_maskz_loadu_ps(m, (const float *)p + i);
+    const __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i);
+    if (ft == FT_f16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+AI __mmask16 tail_mask(int r) { return (__mmask16)((1u << r) - 1u); }
+
+/* one dot product, 4 independent accumulators */
+AI float fl_dot(const int ft, int n, const void *w, const float *a) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 64 <= n; i += 64) {
+        s0 = _mm512_fmadd_ps(fl_load(ft, w, i), _mm512_loadu_ps(a + i), s0);
+        s1 = _mm512_fmadd_ps(fl_load(ft, w, i + 16), _mm512_loadu_ps(a + i + 16), s1);
+        s2 = _mm512_fmadd_ps(fl_load(ft, w, i + 32), _mm512_loadu_ps(a + i + 32), s2);
+        s3 = _mm512_fmadd_ps(fl_load(ft, w, i + 48), _mm512_loadu_ps(a + i + 48), s3);
+    }
+    for (; i + 16 <= n; i += 16) s0 = _mm512_fmadd_ps(fl_load(ft, w, i), _mm512_loadu_ps(a + i), s0);
+    if (i < n) {
+        const __mmask16 m = tail_mask(n - i);
+        s1 = _mm512_fmadd_ps(fl_load_m(ft, w, i, m), _mm512_maskz_loadu_ps(m, a + i), s1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+}
+
+/* R weight rows x C activation rows: out[c*os + r] = dot(w_r, a_c). Each weight vector is loaded
+ * (and converted) once and used for C FMAs; each activation vector is reused for R rows. */
+#define FMR 4
+#define FNC 4
+AI void fl_tile(const int ft, const int R, const int C, int n, const char *w, size_t ws, const char *a, size_t as,
+                float *out, size_t os) {
+    __m512 acc[FMR][FNC];
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 av[FNC];
+        UNROLL for (int c = 0; c < C; c++) av[c] = _mm512_loadu_ps((const float *)(a + c * as) + i);
+        UNROLL for (int r = 0; r < R; r++) {
+            const __m512 wv = fl_load(ft, w + r * ws, i);
+            UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm512_fmadd_ps(wv, av[c], acc[r][c]);
+        }
+    }
+    if (i < n) {
+        const __mmask16 m = tail_mask(n - i);
+        __m512 av[FNC];
+        UNROLL for (int c = 0; c < C; c++) av[c] = _mm512_maskz_loadu_ps(m, (const float *)(a + c * as) + i);
+        UNROLL for (int r = 0; r < R; r++) {
+            const __m512 wv = fl_load_m(ft, w + r * ws, i, m);
+            UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm512_fmadd_ps(wv, av[c], acc[r][c]);
+        }
+    }
+    UNROLL for (int c = 0; c < C; c++) UNROLL for (int r = 0; r < R; r++) out[c * os + r] = _mm512_reduce_add_ps(acc[r][c]);
+}
+
+typedef void (*fl_tile_fn)(int n, const char *w, size_t ws, const char *a, size_t as, float *out, size_t os);
+#define FL_DEF(ft, R, C)                                                                                          \
+    static void fl_tile_##ft##_##R##_##C(int n, const char *w, size_t ws, const char *a, size_t as, float *out,    \
+                                         size_t os) {                                                             \
+        fl_tile(FT_##ft, R, C, n, w, ws, a, as, out, os);                                                         \
+    }
+#define FL_DEF_R(ft, R) FL_DEF(ft, R, 1) FL_DEF(ft, R, 2) FL_DEF(ft, R, 3) FL_DEF(ft, R, 4)
+#define FL_DEF_ALL(ft) FL_DEF_R(ft, 1) FL_DEF_R(ft, 2) FL_DEF_R(ft, 3) FL_DEF_R(ft, 4)
+#define FL_ROW(ft, R) {fl_tile_##ft##_##R##_1, fl_tile_##ft##_##R##_2, fl_tile_##ft##_##R##_3, fl_tile_##ft##_##R##_4}
+#define FL_TAB(ft) static const fl_tile_fn fl_tab_##ft[FMR][FNC] = {FL_ROW(ft, 1), FL_ROW(ft, 2), FL_ROW(ft, 3), FL_ROW(ft, 4)};
+FL_DEF_ALL(f32)
+FL_DEF_ALL(f16)
+FL_DEF_ALL(bf16)
+FL_TAB(f32)
+FL_TAB(f16)
+FL_TAB(bf16)
+
+static void fl_gemm(const fl_tile_fn (*tab)[FNC], int n, int nr, int nc, const void *w, size_t ws, const void *a,
+                    size_t as, float *out, size_t os) {
+    for (int i0 = 0; i0 < nr; i0 += FMR) {
+        const int R = nr - i0 < FMR ? nr - i0 : FMR;
+        for (int j0 = 0; j0 < nc; j0 += FNC) {
+            const int C = nc - j0 < FNC ? nc - j0 : FNC;
+            tab[R - 1][C - 1](n, (const char *)w + (size_t)i0 * ws, ws, (const char *)a + (size_t)j0 * as, as,
+                              out + (size_t)j0 * os + i0, os);
+        }
+    }
+}
+
+static void f32_vec_dot(int n, float *s, const void *w, const void *a) { *s = fl_dot(FT_f32, n, w, (const float *)a); }
+static void f16_vec_dot(int n, float *s, const void *w, const void *a) { *s = fl_dot(FT_f16, n, w, (const float *)a); }
+static void bf16_vec_dot(int n, float *s, const void *w, const void *a) { *s = fl_dot(FT_bf16, n, w, (const float *)a); }
+static void f32_gemm(int n, int nr, int nc, const void *w, size_t ws, const void *a, size_t as, float *out, size_t os) {
+    fl_gemm(fl_tab_f32, n, nr, nc, w, ws, a, as, out, os);
+}
+static void f16_gemm(int n, int nr, int nc, const void *w, size_t ws, const void *a, size_t as, float *out, size_t os) {
+    fl_gemm(fl_tab_f16, n, nr, nc, w, ws, a, as, out, os);
+}
+static void bf16_gemm(int n, int nr, int nc, const void *w, size_t ws, const void *a, size_t as, float *out, size_t os) {
+    fl_gemm(fl_tab_bf16, n, nr, nc, w, ws, a, as, out, os);
+}
+
+/* ---- conversions (bit-identical to the scalar reference) ---- */
+static void f16_to_float(const void *x, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, fl_load(FT_f16, x, i));
+    if (i < n) {
+        const __mmask16 m = tail_mask((int)(n - i));
+        _mm512_mask_storeu_ps(y + i, m, fl_load_m(FT_f16, x, i, m));
+    }
+}
+static void bf16_to_float(const void *x, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, fl_load(FT_bf16, x, i));
+    if (i < n) {
+        const __mmask16 m = tail_mask((int)(n - i));
+        _mm512_mask_storeu_ps(y + i, m, fl_load_m(FT_bf16, x, i, m));
+    }
+}
+static void q8_0_to_float(const void *vx, float *y, int64_t n) {
+    for (int64_t b = 0; b < n / PL_QK; b++) {
+        const uint8_t *blk = (const uint8_t *)vx + b * sizeof(pl_block_q8_0);
+        const __m512 d = _mm512_set1_ps(_cvtsh_ss(ld_u16(blk)));
+        const __m128i q0 = _mm_loadu_si128((const __m128i *)(blk + 2)), q1 = _mm_loadu_si128((const __m128i *)(blk + 18));
+        _mm512_storeu_ps(y + b * PL_QK, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), d));
+        _mm512_storeu_ps(y + b * PL_QK + 16, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), d));
+    }
+}
+static void q4_0_to_float(const void *vx, float *y, int64_t n) {
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    const __m512i eight = _mm512_set1_epi32(8);
+    for (int64_t b = 0; b < n / PL_QK; b++) {
+        const uint8_t *blk = (const uint8_t *)vx + b * sizeof(pl_block_q4_0);
+        const __m512 d = _mm512_set1_ps(_cvtsh_ss(ld_u16(blk)));
+        const __m128i q = _mm_loadu_si128((const __m128i *)(blk + 2));
+        const __m512i lo = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_and_si128(q, m4)), eight);
+        const __m512i hi = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), m4)), eight);
+        _mm512_storeu_ps(y + b * PL_QK, _mm512_mul_ps(_mm512_cvtepi32_ps(lo), d));
+        _mm512_storeu_ps(y + b * PL_QK + 16, _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d));
+    }
+}
+
+/* roundf (half away from zero) of each lane, exactly: t = trunc(|v|), t += (|v| - t >= 0.5) (the
+ * difference is exact), sign put back. _mm512_roundscale_ps with "nearest" would round ties to even. */
+AI __m512 round_half_away(__m512 v) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    const __m512 av = _mm512_andnot_ps(sign, v);
+    __m512 t = _mm512_roundscale_ps(av, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __mmask16 up = _mm512_cmp_ps_mask(_mm512_sub_ps(av, t), _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+    t = _mm512_mask_add_ps(t, up, t, _mm512_set1_ps(1.0f));
+    return _mm512_or_ps(t, _mm512_and_ps(v, sign));
+}
+
+/* A block holding a NaN takes the scalar reference's own code: glibc's fmaxf turns a signalling NaN
+ * into a quiet NaN that resets the running max, an order-dependent rule the vector max cannot mimic. */
+static void q8_0_block_ref(const float *xb, uint8_t *y) {
+    float amax = 0.0f;
+    for (int j = 0; j < PL_QK; j++) amax = fmaxf(amax, fabsf(xb[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const uint16_t dh = pl_fp32_to_fp16(d);
+    memcpy(y, &dh, 2);
+    for (int j = 0; j < PL_QK; j++) y[2 + j] = (uint8_t)(int8_t)roundf(xb[j] * id);
+}
+
+/* Q8_0 activation quantization, bit-identical to q8_0_from_float in types_scalar.c: max_ps(|x|, m)
+ * returns m when |x| is NaN, like fmaxf; the int8 store truncates the int32 like the C cast does. */
+static void q8_0_from_float(const float *x, void *vy, int64_t n) {
+    uint8_t *y = (uint8_t *)vy;
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    for (int64_t b = 0; b < n / PL_QK; b++) {
+        const __m512 v0 = _mm512_loadu_ps(x + b * PL_QK), v1 = _mm512_loadu_ps(x + b * PL_QK + 16);
+        if (_mm512_cmp_ps_mask(v0, v1, _CMP_UNORD_Q)) { /* a NaN in the block (rare) */
+            q8_0_block_ref(x + b * PL_QK, y + b * sizeof(pl_block_q8_0));
+            continue;
+        }
+        __m512 m = _mm512_max_ps(_mm512_andnot_ps(sign, v0), _mm512_setzero_ps());
+        m = _mm512_max_ps(_mm512_andnot_ps(sign, v1), m);
+        const float amax = _mm512_reduce_max_ps(m);
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        uint8_t *yb = y + b * sizeof(pl_block_q8_0);
+        const uint16_t dh = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+        memcpy(yb, &dh, 2);
+        const __m512 vid = _mm512_set1_ps(id);
+        const __m512i q0 = _mm512_cvttps_epi32(round_half_away(_mm512_mul_ps(v0, vid)));
+        const __m512i q1 = _mm512_cvttps_epi32(round_half_away(_mm512_mul_ps(v1, vid)));
+        _mm_storeu_si128((__m128i *)(yb + 2), _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(yb + 18), _mm512_cvtepi32_epi8(q1));
+    }
+}
+
+/* ---- fp32 helpers (attention) ---- */
+static float dot_f32(int n, const float *a, const float *b) { return fl_dot(FT_f32, n, a, b); }
+/* y += alpha * x with a separate multiply and add (no FMA), so it is bit-identical to the scalar loop;
+ * the empty asm keeps the compiler from contracting the pair into an FMA. */
+AI __m512 axpy_step(__m512 va, __m512 x, __m512 y) {
+    __m512 p = _mm512_mul_ps(va, x);
+    __asm__("" : "+v"(p));
+    return _mm512_add_ps(y, p);
+}
+static void axpy_f32(int n, float alpha, const float *x, float *y) {
+    const __m512 va = _mm512_set1_ps(alpha);
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m512 r0 = axpy_step(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i));
+        const __m512 r1 = axpy_step(va, _mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(y + i + 16));
+        _mm512_storeu_ps(y + i, r0);
+        _mm512_storeu_ps(y + i + 16, r1);
+    }
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, axpy_step(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    if (i < n) {
+        const __mmask16 m = tail_mask(n - i);
+        _mm512_mask_storeu_ps(y + i, m, axpy_step(va, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+
+/* ============================== Q8_0 / Q4_0 x Q8_0 ============================== */
+
+enum { QT_q4_0 = 0, QT_q8_0 = 1 };
+#define QCH 16 /* blocks per chunk: one 32-bit lane per block */
+#define Q8B ((int)sizeof(pl_block_q8_0))
+#define Q4B ((int)sizeof(pl_block_q4_0))
+
+typedef struct {
+    __m512i q[8]; /* q[t], lane L: activation bytes 4t..4t+3 of block L */
+    __m512i corr; /* lane L: -(weight offset) * sum(block L) */
+    __m512 d;     /* lane L: fp32 scale of block L */
+} qchunk;         /* 640 bytes */
+
+/* z lanes 128*k: 16 bytes at p + k*s (k = 0..3) */
+AI __m512i ld4x128(const uint8_t *p, size_t s) {
+    const __m256i lo = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)p)),
+                                               _mm_loadu_si128((const __m128i *)(p + s)), 1);
+    const __m256i hi = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(p + 2 * s))),
+                                               _mm_loadu_si128((const __m128i *)(p + 3 * s)), 1);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+/* 16 bytes of each of 16 blocks (block stride bs, first byte at p) -> t[j] lane L = bytes 4j..4j+3 of
+ * block L. Loads put block 4k+g in 128-bit lane k of z[g]; the 4x4 dword transpose inside each
+ * 128-bit lane then yields lane 4k+g = block 4k+g. */
+AI void ld_transpose16(const uint8_t *p, int bs, __m512i *t) {
+    const __m512i z0 = ld4x128(p, 4 * (size_t)bs), z1 = ld4x128(p + bs, 4 * (size_t)bs);
+    const __m512i z2 = ld4x128(p + 2 * bs, 4 * (size_t)bs), z3 = ld4x128(p + 3 * bs, 4 * (size_t)bs);
+    const __m512i u0 = _mm512_unpacklo_epi32(z0, z1), u1 = _mm512_unpackhi_epi32(z0, z1);
+    const __m512i u2 = _mm512_unpacklo_epi32(z2, z3), u3 = _mm512_unpackhi_epi32(z2, z3);
+    t[0] = _mm512_unpacklo_epi64(u0, u2);
+    t[1] = _mm512_unpackhi_epi64(u0, u2);
+    t[2] = _mm512_unpacklo_epi64(u1, u3);
+    t[3] = _mm512_unpackhi_epi64(u1, u3);
+}
+/* fp16 scales d of 16 blocks (at p + L*bs) -> fp32, lane L */
+AI __m512 ld_scales16(const uint8_t *p, int bs) {
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32(bs));
+    const __m512i g = _mm512_i32gather_epi32(idx, (const void *)p, 1); /* reads d and the 2 bytes after it */
+    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
+}
+
+/* Pack 16 Q8_0 activation blocks (nblk < 16: the rest are zero blocks). shift: log2 of the weight
+ * offset (Q4_0: 8 -> 3, Q8_0: 128 -> 7). */
+static void pack_act_chunk(const uint8_t *p, int nblk, int shift, qchunk *out) {
+    uint8_t tmp[QCH * Q8B];
+    if (nblk < QCH) {
+        memset(tmp, 0, sizeof(tmp));
+        memcpy(tmp, p, (size_t)nblk * Q8B);
+        p = tmp;
+    }
+    __m512i q[8];
+    ld_transpose16(p + 2, Q8B, q);
+    ld_transpose16(p + 18, Q8B, q + 4);
+    const __m512i ones = _mm512_set1_epi8(1);
+    __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+    for (int t = 0; t < 8; t += 2) {
+        s0 = _mm512_dpbusd_epi32(s0, ones, q[t]);
+        s1 = _mm512_dpbusd_epi32(s1, ones, q[t + 1]);
+    }
+    for (int t = 0; t < 8; t++) _mm512_store_si512(&out->q[t], q[t]);
+    out->corr = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_add_epi32(s0, s1), shift));
+    out->d = ld_scales16(p, Q8B);
+}
+
+/* Weight chunk -> 8 unsigned byte vectors matching qchunk.q, and the 16 fp32 scales. */
+AI void ld_w_chunk(const int qt, const uint8_t *p, __m512i *W, __m512 *dw) {
+    if (qt == QT_q4_0) {
+        __m512i t[4];
+        ld_transpose16(p + 2, Q4B, t);
+        const __m512i m4 = _mm512_set1_epi8(0x0F);
+        UNROLL for (int j = 0; j < 4; j++) {
+            W[j] = _mm512_and_si512(t[j], m4);                            /* weights 4j..4j+3   */
+            W[j + 4] = _mm512_and_si512(_mm512_srli_epi16(t[j], 4), m4); /* weights 16+4j..    */
+        }
+        *dw = ld_scales16(p, Q4B);
+    } else {
+        ld_transpose16(p + 2, Q8B, W);
+        ld_transpose16(p + 18, Q8B, W + 4);
+        const __m512i off = _mm512_set1_epi8((char)0x80);
+        UNROLL for (int j = 0; j < 8; j++) W[j] = _mm512_xor_si512(W[j], off); /* w + 128 as u8 */
+        *dw = ld_scales16(p, Q8B);
+    }
+}
+
+/* One weight chunk against C packed activation chunks (act c at A + c*astride). */
+AI void q_step(const int qt, const int C, const uint8_t *p, const qchunk *A, int astride, __m512 *fa) {
+    __m512i W[8];
+    __m512 dw;
+    ld_w_chunk(qt, p, W, &dw);
+    UNROLL for (int c = 0; c < C; c++) {
+        const qchunk *ac = A + (size_t)c * astride;
+        __m512i dp;
+        if (C <= 2) { /* two chains for latency when there is little other work */
+            __m512i d0 = _mm512_load_si512(&ac->corr), d1 = _mm512_setzero_si512();
+            UNROLL for (int t = 0; t < 8; t += 2) {
+                d0 = _mm512_dpbusd_epi32(d0, W[t], _mm512_load_si512(&ac->q[t]));
+                d1 = _mm512_dpbusd_epi32(d1, W[t + 1], _mm512_load_si512(&ac->q[t + 1]));
+            }
+            dp = _mm512_add_epi32(d0, d1);
+        } else {
+            dp = _mm512_load_si512(&ac->corr);
+            UNROLL for (int t = 0; t < 8; t++) dp = _mm512_dpbusd_epi32(dp, W[t], _mm512_load_si512(&ac->q[t]));
+        }
+        fa[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_mul_ps(dw, ac->d), fa[c]);
+    }
+}
+
+#define QNC 8 /* activation rows per pass over a weight row */
+/* One weight row (nfull full chunks + tail blocks) against C packed activation rows. */
+AI void q_row(const int qt, const int C, const uint8_t *w, int nfull, int tail, const qchunk *A, int astride,
+              float *res) {
+    const int bs = qt == QT_q4_0 ? Q4B : Q8B;
+    __m512 fa[QNC];
+    UNROLL for (int c = 0; c < C; c++) fa[c] = _mm512_setzero_ps();
+    for (int ch = 0; ch < nfull; ch++) q_step(qt, C, w + (size_t)ch * QCH * bs, A + ch, astride, fa);
+    if (tail) {
+        uint8_t tmp[QCH * Q8B];
+        memset(tmp, 0, sizeof(tmp));
+        memcpy(tmp, w + (size_t)nfull * QCH * bs, (size_t)tail * bs);
+        q_step(qt, C, tmp, A + nfull, astride, fa);
+    }
+    UNROLL for (int c = 0; c < C; c++) res[c] = _mm512_reduce_add_ps(fa[c]);
+}
+
+typedef void (*q_row_fn)(const uint8_t *w, int nfull, int tail, const qchunk *A, int astride, float *res);
+#define Q_DEF(qt, C)                                                                                           \
+    static void q_row_##qt##_##C(const uint8_t *w, int nfull, int tail, const qchunk *A, int astride, float *res) { \
+        q_row(QT_##qt, C, w, nfull, tail, A, astride, res);                                                    \
+    }
+#define Q_DEF_ALL(qt) Q_DEF(qt, 1) Q_DEF(qt, 2) Q_DEF(qt, 3) Q_DEF(qt, 4) Q_DEF(qt, 5) Q_DEF(qt, 6) Q_DEF(qt, 7) Q_DEF(qt, 8)
+#define Q_TAB(qt)                                                                                              \
+    static const q_row_fn q_tab_##qt[QNC] = {q_row_##qt##_1, q_row_##qt##_2, q_row_##qt##_3, q_row_##qt##_4, \
+                                             q_row_##qt##_5, q_row_##qt##_6, q_row_##qt##_7, q_row_##qt##_8};
+Q_DEF_ALL(q4_0)
+Q_DEF_ALL(q8_0)
+Q_TAB(q4_0)
+Q_TAB(q8_0)
+
+#define QBUF 64 /* packed chunks on the stack (40 KiB): K is processed in passes of QBUF / C chunks */
+static void q_gemm(const int qt, int n, int nr, int nc, const void *w, size_t ws, const void *a, size_t as,
+                   float *out, size_t os) {
+    const int nb = n / PL_QK, bs = qt == QT_q4_0 ? Q4B : Q8B, shift = qt == QT_q4_0 ? 3 : 7;
+    const q_row_fn *tab = qt == QT_q4_0 ? q_tab_q4_0 : q_tab_q8_0;
+    qchunk buf[QBUF];
+    if (nb == 0) {
+        for (int j = 0; j < nc; j++)
+            for (int i = 0; i < nr; i++) out[(size_t)j * os + i] = 0.0f;
+        return;
+    }
+    for (int j0 = 0; j0 < nc; j0 += QNC) {
+        const int C = nc - j0 < QNC ? nc - j0 : QNC;
+        const int kpass = (QBUF / C) * QCH; /* blocks per pass */
+        for (int kb = 0; kb < nb; kb += kpass) {
+            const int kblk = nb - kb < kpass ? nb - kb : kpass;
+            const int nfull = kblk / QCH, tail = kblk % QCH, nch = nfull + (tail > 0);
+            for (int c = 0; c < C; c++) {
+                const uint8_t *ar = (const uint8_t *)a + (size_t)(j0 + c) * as + (size_t)kb * Q8B;
+                for (int ch = 0; ch < nch; ch++)
+                    pack_act_chunk(ar + (size_t)ch * QCH * Q8B, ch < nfull ? QCH : tail, shift, &buf[c * nch + ch]);
+            }
+            for (int i = 0; i < nr; i++) {
+                float res[QNC];
+                tab[C - 1]((const uint8_t *)w + (size_t)i * ws + (size_t)kb * bs, nfull, tail, buf, nch, res);
+                float *o = out + (size_t)j0 * os + i;
+                if (kb == 0)
+                    for (int c = 0; c < C; c++) o[(size_t)c * os] = res[c];
+                else
+                    for (int c = 0; c < C; c++) o[(size_t)c * os] += res[c];
+            }
+        }
+    }
+}
+
+static void q4_0_gemm(int n, int nr, int nc, const void *w, size_t ws, const void *a, size_t as, float *out, size_t os) {
+    q_gemm(QT_q4_0, n, nr, nc, w, ws, a, as, out, os);
+}
+static void q8_0_gemm(int n, int nr, int nc, const void *w, size_t ws, const void *a, size_t as, float *out, size_t os) {
+    q_gemm(QT_q8_0, n, nr, nc, w, ws, a, as, out, os);
+}
+static void q4_0_vec_dot(int n, float *s, const void *w, const void *a) { q4_0_gemm(n, 1, 1, w, 0, a, 0, s, 1); }
+static void q8_0_vec_dot(int n, float *s, const void *w, const void *a) { q8_0_gemm(n, 1, 1, w, 0, a, 0, s, 1); }
+
+void pl_kernels_init_avx512(pl_kernels *k) {
+    pl_kernels_init_scalar(k);
+    k->isa = "avx512";
+    pl_type_traits *t;
+    t = &k->types[PL_TYPE_F32];
+    t->vec_dot = f32_vec_dot;
+    t->gemm = f32_gemm;
+    t = &k->types[PL_TYPE_F16];
+    t->vec_dot = f16_vec_dot;
+    t->gemm = f16_gemm;
+    t->to_float = f16_to_float;
+    t = &k->types[PL_TYPE_BF16];
+    t->vec_dot = bf16_vec_dot;
+    t->gemm = bf16_gemm;
+    t->to_float = bf16_to_float;
+    t = &k->types[PL_TYPE_Q8_0];
+    t->vec_dot = q8_0_vec_dot;
+    t->gemm = q8_0_gemm;
+    t->to_float = q8_0_to_float;
+    t->from_float = q8_0_from_float;
+    t = &k->types[PL_TYPE_Q4_0];
+    t->vec_dot = q4_0_vec_dot;
+    t->gemm = q4_0_gemm;
+    t->to_float = q4_0_to_float;
+    k->dot_f32 = dot_f32;
+    k->axpy_f32 = axpy_f32;
+}
+#endif

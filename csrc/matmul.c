@@ -1,0 +1,76 @@
+/* matmul.c: the one matmul driver for every weight type. It converts activations to the
+ * weight type's act_type once, then splits output rows over threads in tiles and hands each
+ * (row tile x token tile) to the type's gemm kernel (or a vec_dot loop when a type has none). */
+#include "pyllm.h"
+
+#define ROW_TILE 16
+#define TOK_TILE 64
+
+size_t pl_matmul_act_bytes(const pl_tensor *w, int nt) {
+    const pl_kernels *K = pl_kernels_active();
+    const pl_type act = K->types[w->type].act_type;
+    if (act == PL_TYPE_F32) return 0;
+    return (size_t)nt * pl_type_row_bytes(act, w->ne0);
+}
+
+/* Converts nt rows of x to the act_type of weight type wtype (inside a parallel region: split
+ * over threads, ends with a barrier). Returns the row stride of the converted rows. */
+static size_t convert_acts(const pl_kernels *K, int wtype, int64_t n, const float *x, int nt, int ldx,
+                           void *act_buf) {
+    const pl_type act = K->types[wtype].act_type;
+    const size_t stride = pl_type_row_bytes(act, n);
+    const pl_from_float_fn conv = K->types[act].from_float;
+#pragma omp for schedule(static)
+    for (int t = 0; t < nt; t++) conv(x + (size_t)t * ldx, (char *)act_buf + (size_t)t * stride, n);
+    return stride;
+}
+
+static void gemm_tile(const pl_type_traits *tt, int n, int nr, int nc, const void *w, size_t ws, const void *a,
+                      size_t as, float *out, size_t os) {
+    if (tt->gemm) {
+        tt->gemm(n, nr, nc, w, ws, a, as, out, os);
+        return;
+    }
+    for (int j = 0; j < nc; j++)
+        for (int i = 0; i < nr; i++)
+            tt->vec_dot(n, out + (size_t)j * os + i, (const char *)w + (size_t)i * ws, (const char *)a + (size_t)j * as);
+}
+
+/* Several weights with the same input (q/k/v, gate/up) in one pass over their combined rows,
+ * so the threads meet at one barrier instead of one per weight. All must share ne0 and act_type. */
+void pl_matmul_multi(const pl_tensor *const *ws, float *const *ys, const int *ldys, int nw, const float *x, int nt,
+                     int ldx, void *act_buf, int act_ready) {
+    const pl_kernels *K = pl_kernels_active();
+    const int64_t n = ws[0]->ne0;
+    const pl_type act = K->types[ws[0]->type].act_type;
+    const void *a = x;
+    size_t as = (size_t)ldx * sizeof(float);
+    if (act != PL_TYPE_F32) {
+        as = act_ready ? pl_type_row_bytes(act, n) : convert_acts(K, ws[0]->type, n, x, nt, ldx, act_buf);
+        a = act_buf;
+    }
+    int tiles[4] = {0, 0, 0, 0}, total = 0;
+    for (int k = 0; k < nw; k++) {
+        tiles[k] = (int)((ws[k]->ne1 + ROW_TILE - 1) / ROW_TILE);
+        total += tiles[k];
+    }
+#pragma omp for schedule(static)
+    for (int tile = 0; tile < total; tile++) {
+        int k = 0, rt = tile;
+        while (rt >= tiles[k]) rt -= tiles[k++];
+        const pl_tensor *w = ws[k];
+        const pl_type_traits *tt = &K->types[w->type];
+        const int r0 = rt * ROW_TILE;
+        const int nr = (int)(w->ne1 - r0 < ROW_TILE ? w->ne1 - r0 : ROW_TILE);
+        const char *wp = (const char *)w->data + (size_t)r0 * w->row_bytes;
+        for (int t0 = 0; t0 < nt; t0 += TOK_TILE) {
+            const int nc = nt - t0 < TOK_TILE ? nt - t0 : TOK_TILE;
+            gemm_tile(tt, (int)n, nr, nc, wp, w->row_bytes, (const char *)a + (size_t)t0 * as, as,
+                      ys[k] + (size_t)t0 * ldys[k] + r0, (size_t)ldys[k]);
+        }
+    }
+}
+
+void pl_matmul(const pl_tensor *w, const float *x, int nt, int ldx, float *y, int ldy, void *act_buf) {
+    pl_matmul_multi(&w, &y, &ldy, 1, x, nt, ldx, act_buf, 0);
+}

@@ -1,0 +1,179 @@
+/* model.c: model and KV-cache lifecycle. Every tensor the caller hands in is checked against the
+ * config (type, shape, byte size) before it is used; finalize builds the rope tables and fp32
+ * copies of the norm weights. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pyllm.h"
+
+#define ERR(...) (snprintf(err, PL_ERRMSG_LEN, __VA_ARGS__), -1)
+
+pl_model *pl_model_new(const pl_config *c, char *err) {
+    if (c->n_vocab <= 0 || c->dim <= 0 || c->n_layers <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 ||
+        c->head_dim <= 0 || c->hidden_dim <= 0 || c->max_ctx <= 0) {
+        snprintf(err, PL_ERRMSG_LEN, "config sizes must be positive");
+        return NULL;
+    }
+    if (c->n_heads % c->n_kv_heads) {
+        snprintf(err, PL_ERRMSG_LEN, "num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)",
+                 c->n_heads, c->n_kv_heads);
+        return NULL;
+    }
+    if (c->head_dim % 2) {
+        snprintf(err, PL_ERRMSG_LEN, "head_dim (%d) must be even for rotary embeddings", c->head_dim);
+        return NULL;
+    }
+    if (c->sliding_window < 0 || !(c->norm_eps >= 0.0f)) {
+        snprintf(err, PL_ERRMSG_LEN, "sliding_window and rms_norm_eps must not be negative");
+        return NULL;
+    }
+    pl_model *m = calloc(1, sizeof(pl_model));
+    if (m) m->layers = calloc((size_t)c->n_layers, sizeof(pl_layer));
+    if (!m || !m->layers) {
+        free(m);
+        snprintf(err, PL_ERRMSG_LEN, "out of memory");
+        return NULL;
+    }
+    m->cfg = *c;
+    return m;
+}
+
+static int set(pl_tensor *t, const char *name, int layer, int type, int64_t ne0, int64_t ne1, int64_t want0,
+               int64_t want1, const void *data, size_t nbytes, char *err) {
+    if (!pl_type_valid(type)) return ERR("%s (layer %d): unsupported tensor type %d", name, layer, type);
+    if (ne0 != want0 || ne1 != want1)
+        return ERR("%s (layer %d): shape [%lld, %lld] but the config needs [%lld, %lld]", name, layer,
+                   (long long)ne1, (long long)ne0, (long long)want1, (long long)want0);
+    const size_t rb = pl_type_row_bytes((pl_type)type, ne0);
+    if (rb == 0) return ERR("%s (layer %d): row length %lld is not a multiple of the type's block", name, layer,
+                            (long long)ne0);
+    if (nbytes != rb * (size_t)ne1)
+        return ERR("%s (layer %d): %zu bytes of data but the shape needs %zu", name, layer, nbytes, rb * (size_t)ne1);
+    if (!data) return ERR("%s (layer %d): no data", name, layer);
+    t->type = type;
+    t->ne0 = ne0;
+    t->ne1 = ne1;
+    t->data = data;
+    t->row_bytes = rb;
+    return 0;
+}
+
+int pl_model_set_tensor(pl_model *m, const char *name, int layer, int type, int64_t ne0, int64_t ne1,
+                        const void *data, size_t nbytes, char *err) {
+    const pl_config *c = &m->cfg;
+    const int64_t q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
+    if (m->finalized) return ERR("model already finalized");
+    if (layer < 0) {
+        if (!strcmp(name, "tok_embd")) return set(&m->tok_embd, name, layer, type, ne0, ne1, c->dim, c->n_vocab, data, nbytes, err);
+        if (!strcmp(name, "output")) return set(&m->output, name, layer, type, ne0, ne1, c->dim, c->n_vocab, data, nbytes, err);
+        if (!strcmp(name, "output_norm")) return set(&m->output_norm, name, layer, type, ne0, ne1, c->dim, 1, data, nbytes, err);
+        return ERR("unknown tensor %s", name);
+    }
+    if (layer >= c->n_layers) return ERR("%s: layer %d out of range (model has %d)", name, layer, c->n_layers);
+    pl_layer *L = &m->layers[layer];
+    struct { const char *n; pl_tensor *t; int64_t w0, w1; } tab[] = {
+        {"attn_norm", &L->attn_norm, c->dim, 1},      {"wq", &L->wq, c->dim, q},
+        {"wk", &L->wk, c->dim, kv},                   {"wv", &L->wv, c->dim, kv},
+        {"wo", &L->wo, q, c->dim},                    {"ffn_norm", &L->ffn_norm, c->dim, 1},
+        {"ffn_gate", &L->ffn_gate, c->dim, c->hidden_dim}, {"ffn_up", &L->ffn_up, c->dim, c->hidden_dim},
+        {"ffn_down", &L->ffn_down, c->hidden_dim, c->dim},
+    };
+    for (size_t i = 0; i < sizeof(tab) / sizeof(tab[0]); i++)
+        if (!strcmp(name, tab[i].n)) return set(tab[i].t, name, layer, type, ne0, ne1, tab[i].w0, tab[i].w1, data, nbytes, err);
+    return ERR("unknown tensor %s", name);
+}
+
+static float *to_f32(const pl_tensor *t) {
+    float *out = malloc((size_t)t->ne0 * sizeof(float));
+    if (out) pl_kernels_active()->types[t->type].to_float(t->data, out, t->ne0);
+    return out;
+}
+
+int pl_model_finalize(pl_model *m, const float *inv_freq, float attn_factor, char *err) {
+    const pl_config *c = &m->cfg;
+    if (!m->tok_embd.data) return ERR("missing tensor tok_embd");
+    if (!m->output.data) return ERR("missing tensor output");
+    if (!m->output_norm.data) return ERR("missing tensor output_norm");
+    const char *names[] = {"attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"};
+    for (int l = 0; l < c->n_layers; l++) {
+        pl_layer *L = &m->layers[l];
+        pl_tensor *ts[] = {&L->attn_norm, &L->wq, &L->wk, &L->wv, &L->wo, &L->ffn_norm, &L->ffn_gate, &L->ffn_up, &L->ffn_down};
+        for (int i = 0; i < 9; i++)
+            if (!ts[i]->data) return ERR("missing tensor %s of layer %d", names[i], l);
+        if (L->wq.type != L->wk.type || L->wq.type != L->wv.type)
+            if (pl_kernels_active()->types[L->wq.type].act_type != pl_kernels_active()->types[L->wk.type].act_type ||
+                pl_kernels_active()->types[L->wq.type].act_type != pl_kernels_active()->types[L->wv.type].act_type)
+                return ERR("layer %d: q/k/v weights need the same activation format", l);
+        if (pl_kernels_active()->types[L->ffn_gate.type].act_type != pl_kernels_active()->types[L->ffn_up.type].act_type)
+            return ERR("layer %d: gate/up weights need the same activation format", l);
+    }
+    const int half = c->head_dim / 2;
+    m->rope_cos = malloc((size_t)c->max_ctx * half * sizeof(float));
+    m->rope_sin = malloc((size_t)c->max_ctx * half * sizeof(float));
+    m->output_norm_f32 = to_f32(&m->output_norm);
+    if (!m->rope_cos || !m->rope_sin || !m->output_norm_f32) return ERR("out of memory");
+    for (int l = 0; l < c->n_layers; l++) {
+        m->layers[l].attn_norm_f32 = to_f32(&m->layers[l].attn_norm);
+        m->layers[l].ffn_norm_f32 = to_f32(&m->layers[l].ffn_norm);
+        if (!m->layers[l].attn_norm_f32 || !m->layers[l].ffn_norm_f32) return ERR("out of memory");
+    }
+    for (int i = 0; i < half; i++)
+        if (!isfinite(inv_freq[i])) return ERR("rope inverse frequency %d is not finite", i);
+    /* as transformers: angle = float(pos) * inv_freq in fp32, then cos/sin, times attention factor */
+    for (int p = 0; p < c->max_ctx; p++)
+        for (int i = 0; i < half; i++) {
+            const float a = (float)p * inv_freq[i];
+            m->rope_cos[(size_t)p * half + i] = cosf(a) * attn_factor;
+            m->rope_sin[(size_t)p * half + i] = sinf(a) * attn_factor;
+        }
+    m->attn_scale = 1.0f / sqrtf((float)c->head_dim);
+    m->finalized = 1;
+    return 0;
+}
+
+void pl_model_free(pl_model *m) {
+    if (!m) return;
+    if (m->layers)
+        for (int l = 0; l < m->cfg.n_layers; l++) {
+            free(m->layers[l].attn_norm_f32);
+            free(m->layers[l].ffn_norm_f32);
+        }
+    free(m->layers);
+    free(m->rope_cos);
+    free(m->rope_sin);
+    free(m->output_norm_f32);
+    free(m);
+}
+
+pl_kv *pl_kv_new(const pl_model *m, int n_ctx, char *err) {
+    if (n_ctx <= 0 || n_ctx > m->cfg.max_ctx) {
+        snprintf(err, PL_ERRMSG_LEN, "KV cache length %d outside 1..%d", n_ctx, m->cfg.max_ctx);
+        return NULL;
+    }
+    pl_kv *kv = calloc(1, sizeof(pl_kv));
+    if (!kv) {
+        snprintf(err, PL_ERRMSG_LEN, "out of memory");
+        return NULL;
+    }
+    kv->n_ctx = n_ctx;
+    kv->n_layers = m->cfg.n_layers;
+    kv->kv_dim = m->cfg.n_kv_heads * m->cfg.head_dim;
+    const size_t n = (size_t)kv->n_layers * n_ctx * kv->kv_dim;
+    kv->k = calloc(n, sizeof(float));
+    kv->v = calloc(n, sizeof(float));
+    if (!kv->k || !kv->v) {
+        pl_kv_free(kv);
+        snprintf(err, PL_ERRMSG_LEN, "out of memory allocating a %zu MB KV cache", 2 * n * sizeof(float) >> 20);
+        return NULL;
+    }
+    return kv;
+}
+
+void pl_kv_free(pl_kv *kv) {
+    if (!kv) return;
+    free(kv->k);
+    free(kv->v);
+    free(kv);
+}

@@ -1,0 +1,96 @@
+/* pyllm.h: the C engine's public interface, used by the Cython layer. A model is a config plus
+ * weight tensors that point into memory the caller owns (an mmapped file); a KV cache holds one
+ * sequence; a batch mixes tokens of several sequences, each with its own position and cache. */
+#ifndef PYLLM_H
+#define PYLLM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tensor_types.h"
+
+#define PL_ERRMSG_LEN 256
+
+typedef struct {
+    int type;          /* pl_type */
+    int64_t ne0;       /* elements per row (input features) */
+    int64_t ne1;       /* rows (output features) */
+    const void *data;  /* borrowed; NULL until set */
+    size_t row_bytes;
+} pl_tensor;
+
+typedef struct {
+    pl_tensor attn_norm, wq, wk, wv, wo, ffn_norm, ffn_gate, ffn_up, ffn_down;
+    float *attn_norm_f32, *ffn_norm_f32; /* norm weights converted once at finalize */
+} pl_layer;
+
+typedef struct {
+    int n_vocab, dim, n_layers, n_heads, n_kv_heads, head_dim, hidden_dim;
+    int max_ctx;          /* longest position the rope tables cover */
+    float norm_eps;
+    int rope_interleaved; /* 0: Hugging Face halves layout (rotate_half); 1: GGUF/Meta pairs (2i, 2i+1) */
+    int sliding_window;   /* 0: none; else a query at p sees keys at p-W+1..p */
+} pl_config;
+
+typedef struct {
+    pl_config cfg;
+    pl_tensor tok_embd, output_norm, output;
+    float *output_norm_f32;
+    pl_layer *layers;
+    float *rope_cos, *rope_sin; /* [max_ctx][head_dim/2] */
+    float attn_scale;
+    int finalized;
+} pl_model;
+
+typedef struct {
+    int n_ctx, n_layers, kv_dim;
+    float *k, *v; /* [n_layers][n_ctx][kv_dim] */
+} pl_kv;
+
+typedef struct {
+    int n_tokens;
+    const int32_t *token;
+    const int32_t *pos; /* position of each token in its sequence */
+    const int32_t *seq; /* index into the kv array passed to pl_forward */
+    int n_out;          /* rows whose logits are wanted */
+    const int32_t *out; /* their batch indices */
+} pl_batch;
+
+/* Scratch buffers for forward passes of up to max_tokens tokens; grown on demand. Not shared
+ * between concurrent calls. */
+typedef struct pl_scratch pl_scratch;
+
+/* model lifecycle; errors are written to err (PL_ERRMSG_LEN bytes) and signalled by NULL / nonzero */
+pl_model *pl_model_new(const pl_config *cfg, char *err);
+/* name: tok_embd, output_norm, output, or per layer attn_norm wq wk wv wo ffn_norm ffn_gate ffn_up ffn_down */
+int pl_model_set_tensor(pl_model *m, const char *name, int layer, int type, int64_t ne0, int64_t ne1,
+                        const void *data, size_t nbytes, char *err);
+/* inv_freq: head_dim/2 rope inverse frequencies; attn_factor scales cos/sin (1 unless rope says so) */
+int pl_model_finalize(pl_model *m, const float *inv_freq, float attn_factor, char *err);
+void pl_model_free(pl_model *m);
+
+pl_kv *pl_kv_new(const pl_model *m, int n_ctx, char *err);
+void pl_kv_free(pl_kv *kv);
+
+pl_scratch *pl_scratch_new(void);
+void pl_scratch_free(pl_scratch *s);
+
+/* Runs the batch through every layer; writes n_out x n_vocab logits. Returns 0 or an error
+ * code with a message in err. Never touches Python; safe to call without the GIL. */
+int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, const pl_batch *b, float *logits,
+               int n_threads, char *err);
+
+/* matmul driver: y[t*ldy + r] = dot(W row r, x row t) for t < nt, r < W->ne1. act_buf holds the
+ * activations converted to W's act_type (pl_matmul_act_bytes(W, nt) bytes; unused for float weights).
+ * Uses orphaned OpenMP worksharing: call it inside a parallel region to split rows over threads. */
+size_t pl_matmul_act_bytes(const pl_tensor *w, int nt);
+void pl_matmul(const pl_tensor *w, const float *x, int nt, int ldx, float *y, int ldy, void *act_buf);
+/* the same for nw <= 4 weights sharing one input (q/k/v, gate/up): one pass, one barrier. With
+ * act_ready the activations are already converted in act_buf. */
+void pl_matmul_multi(const pl_tensor *const *ws, float *const *ys, const int *ldys, int nw, const float *x, int nt,
+                     int ldx, void *act_buf, int act_ready);
+
+/* converts rows x n float32 values to type (whole rows; n a multiple of the block); 0 or -1 */
+int pl_quantize_rows(int type, const float *src, void *dst, int64_t rows, int64_t n, int n_threads);
+
+#endif

@@ -1,0 +1,198 @@
+/* types_scalar.c: the scalar reference for every weight type (conversion, quantization, dot
+ * products) and for the fp32 helpers. These functions are the definition the SIMD kernels in
+ * kernels_avx2.c / kernels_avx512.c are tested against; keep them simple and exact. */
+#include <math.h>
+#include <string.h>
+
+#include "tensor_types.h"
+
+static inline float bits_to_fp32(uint32_t w) {
+    union { uint32_t u; float f; } v;
+    v.u = w;
+    return v.f;
+}
+static inline uint32_t fp32_to_bits(float f) {
+    union { float f; uint32_t u; } v;
+    v.f = f;
+    return v.u;
+}
+
+/* IEEE half -> float, exact, branch-light (denormals handled by a magic-number subtraction). */
+float pl_fp16_to_fp32(uint16_t h) {
+    const uint32_t w = (uint32_t)h << 16;
+    const uint32_t sign = w & 0x80000000u;
+    const uint32_t two_w = w + w;
+    const float normalized = bits_to_fp32((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+    const float denormalized = bits_to_fp32((two_w >> 17) | (126u << 23)) - 0.5f;
+    const uint32_t r = sign | (two_w < (1u << 27) ? fp32_to_bits(denormalized) : fp32_to_bits(normalized));
+    return bits_to_fp32(r);
+}
+
+/* float -> IEEE half, round to nearest even, overflow to inf, NaN kept NaN. */
+uint16_t pl_fp32_to_fp16(float f) {
+    float base = (fabsf(f) * 0x1.0p+112f) * 0x1.0p-110f;
+    const uint32_t w = fp32_to_bits(f);
+    const uint32_t shl1_w = w + w;
+    const uint32_t sign = w & 0x80000000u;
+    uint32_t bias = shl1_w & 0xFF000000u;
+    if (bias < 0x71000000u) bias = 0x71000000u;
+    base = bits_to_fp32((bias >> 1) + 0x07800000u) + base;
+    const uint32_t bits = fp32_to_bits(base);
+    const uint32_t exp_bits = (bits >> 13) & 0x00007C00u;
+    const uint32_t mantissa_bits = bits & 0x00000FFFu;
+    const uint32_t nonsign = exp_bits + mantissa_bits;
+    return (uint16_t)((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
+}
+
+uint16_t pl_fp32_to_bf16(float f) {
+    uint32_t u = fp32_to_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* ---- F32 ---- */
+static void f32_to_float(const void *x, float *y, int64_t n) { memcpy(y, x, (size_t)n * sizeof(float)); }
+static void f32_from_float(const float *x, void *y, int64_t n) { memcpy(y, x, (size_t)n * sizeof(float)); }
+static void f32_vec_dot(int n, float *s, const void *w, const void *a) {
+    const float *x = (const float *)w, *y = (const float *)a;
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) sum += x[i] * y[i];
+    *s = sum;
+}
+
+/* ---- F16 ---- */
+static void f16_to_float(const void *x, float *y, int64_t n) {
+    const uint16_t *h = (const uint16_t *)x;
+    for (int64_t i = 0; i < n; i++) y[i] = pl_fp16_to_fp32(h[i]);
+}
+static void f16_from_float(const float *x, void *y, int64_t n) {
+    uint16_t *h = (uint16_t *)y;
+    for (int64_t i = 0; i < n; i++) h[i] = pl_fp32_to_fp16(x[i]);
+}
+static void f16_vec_dot(int n, float *s, const void *w, const void *a) {
+    const uint16_t *x = (const uint16_t *)w;
+    const float *y = (const float *)a;
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) sum += pl_fp16_to_fp32(x[i]) * y[i];
+    *s = sum;
+}
+
+/* ---- BF16 ---- */
+static void bf16_to_float(const void *x, float *y, int64_t n) {
+    const uint16_t *h = (const uint16_t *)x;
+    for (int64_t i = 0; i < n; i++) y[i] = pl_bf16_to_fp32(h[i]);
+}
+static void bf16_from_float(const float *x, void *y, int64_t n) {
+    uint16_t *h = (uint16_t *)y;
+    for (int64_t i = 0; i < n; i++) h[i] = pl_fp32_to_bf16(x[i]);
+}
+static void bf16_vec_dot(int n, float *s, const void *w, const void *a) {
+    const uint16_t *x = (const uint16_t *)w;
+    const float *y = (const float *)a;
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) sum += pl_bf16_to_fp32(x[i]) * y[i];
+    *s = sum;
+}
+
+/* ---- Q8_0: d = max|x| / 127, q = round-half-away(x / d) ---- */
+static void q8_0_from_float(const float *x, void *vy, int64_t n) {
+    pl_block_q8_0 *y = (pl_block_q8_0 *)vy;
+    for (int64_t b = 0; b < n / PL_QK; b++) {
+        const float *xb = x + b * PL_QK;
+        float amax = 0.0f;
+        for (int j = 0; j < PL_QK; j++) amax = fmaxf(amax, fabsf(xb[j]));
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[b].d = pl_fp32_to_fp16(d);
+        for (int j = 0; j < PL_QK; j++) y[b].qs[j] = (int8_t)roundf(xb[j] * id);
+    }
+}
+static void q8_0_to_float(const void *vx, float *y, int64_t n) {
+    const pl_block_q8_0 *x = (const pl_block_q8_0 *)vx;
+    for (int64_t b = 0; b < n / PL_QK; b++) {
+        const float d = pl_fp16_to_fp32(x[b].d);
+        for (int j = 0; j < PL_QK; j++) y[b * PL_QK + j] = x[b].qs[j] * d;
+    }
+}
+static void q8_0_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const pl_block_q8_0 *w = (const pl_block_q8_0 *)vw, *a = (const pl_block_q8_0 *)va;
+    float sum = 0.0f;
+    for (int b = 0; b < n / PL_QK; b++) {
+        int32_t isum = 0;
+        for (int j = 0; j < PL_QK; j++) isum += (int32_t)w[b].qs[j] * (int32_t)a[b].qs[j];
+        sum += (float)isum * (pl_fp16_to_fp32(w[b].d) * pl_fp16_to_fp32(a[b].d));
+    }
+    *s = sum;
+}
+
+/* ---- Q4_0: d = (value of max |x|) / -8, q = min(15, trunc(x / d + 8.5)) ---- */
+static void q4_0_from_float(const float *x, void *vy, int64_t n) {
+    pl_block_q4_0 *y = (pl_block_q4_0 *)vy;
+    for (int64_t b = 0; b < n / PL_QK; b++) {
+        const float *xb = x + b * PL_QK;
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < PL_QK; j++) {
+            if (amax < fabsf(xb[j])) {
+                amax = fabsf(xb[j]);
+                max = xb[j];
+            }
+        }
+        const float d = max / -8.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[b].d = pl_fp32_to_fp16(d);
+        for (int j = 0; j < PL_QK / 2; j++) {
+            const float x0 = xb[j] * id, x1 = xb[j + PL_QK / 2] * id;
+            const int q0 = (int)(x0 + 8.5f), q1 = (int)(x1 + 8.5f);
+            y[b].qs[j] = (uint8_t)((q0 < 15 ? q0 : 15) | ((q1 < 15 ? q1 : 15) << 4));
+        }
+    }
+}
+static void q4_0_to_float(const void *vx, float *y, int64_t n) {
+    const pl_block_q4_0 *x = (const pl_block_q4_0 *)vx;
+    for (int64_t b = 0; b < n / PL_QK; b++) {
+        const float d = pl_fp16_to_fp32(x[b].d);
+        for (int j = 0; j < PL_QK / 2; j++) {
+            y[b * PL_QK + j] = ((x[b].qs[j] & 0x0F) - 8) * d;
+            y[b * PL_QK + j + PL_QK / 2] = ((x[b].qs[j] >> 4) - 8) * d;
+        }
+    }
+}
+static void q4_0_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const pl_block_q4_0 *w = (const pl_block_q4_0 *)vw;
+    const pl_block_q8_0 *a = (const pl_block_q8_0 *)va;
+    float sum = 0.0f;
+    for (int b = 0; b < n / PL_QK; b++) {
+        int32_t isum = 0;
+        for (int j = 0; j < PL_QK / 2; j++) {
+            isum += ((w[b].qs[j] & 0x0F) - 8) * (int32_t)a[b].qs[j];
+            isum += ((w[b].qs[j] >> 4) - 8) * (int32_t)a[b].qs[j + PL_QK / 2];
+        }
+        sum += (float)isum * (pl_fp16_to_fp32(w[b].d) * pl_fp16_to_fp32(a[b].d));
+    }
+    *s = sum;
+}
+
+/* ---- fp32 helpers (attention) ---- */
+static float dot_f32_scalar(int n, const float *a, const float *b) {
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) sum += a[i] * b[i];
+    return sum;
+}
+static void axpy_f32_scalar(int n, float alpha, const float *x, float *y) {
+    for (int i = 0; i < n; i++) y[i] += alpha * x[i];
+}
+
+void pl_kernels_init_scalar(pl_kernels *k) {
+    memset(k, 0, sizeof(*k));
+    k->isa = "scalar";
+    k->types[PL_TYPE_F32] = (pl_type_traits){"f32", 1, 4, PL_TYPE_F32, f32_to_float, f32_from_float, f32_vec_dot, NULL};
+    k->types[PL_TYPE_F16] = (pl_type_traits){"f16", 1, 2, PL_TYPE_F32, f16_to_float, f16_from_float, f16_vec_dot, NULL};
+    k->types[PL_TYPE_BF16] = (pl_type_traits){"bf16", 1, 2, PL_TYPE_F32, bf16_to_float, bf16_from_float, bf16_vec_dot, NULL};
+    k->types[PL_TYPE_Q8_0] = (pl_type_traits){"q8_0", PL_QK, sizeof(pl_block_q8_0), PL_TYPE_Q8_0, q8_0_to_float,
+                                              q8_0_from_float, q8_0_vec_dot, NULL};
+    k->types[PL_TYPE_Q4_0] = (pl_type_traits){"q4_0", PL_QK, sizeof(pl_block_q4_0), PL_TYPE_Q8_0, q4_0_to_float,
+                                              q4_0_from_float, q4_0_vec_dot, NULL};
+    k->dot_f32 = dot_f32_scalar;
+    k->axpy_f32 = axpy_f32_scalar;
+}

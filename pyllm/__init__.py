@@ -1,0 +1,60 @@
+"""pyllm: CPU inference for open LLMs. `pyllm.load(path)` gives a Model with generate(),
+stream(), logits() and a stateful sequence API; the heavy lifting is in the C engine."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from . import _engine
+from .config import ModelConfig, SUPPORTED_ARCHITECTURES
+from .errors import ContextLengthError, ModelLoadError, PyllmError, UnsupportedArchitectureError
+from .model import Model, Sequence
+from .sampling import SamplingParams
+
+__version__ = "0.1.0"
+__all__ = [
+    "load", "default_model_path", "Model", "Sequence", "ModelConfig", "SamplingParams", "PyllmError",
+    "ModelLoadError", "UnsupportedArchitectureError", "ContextLengthError", "SUPPORTED_ARCHITECTURES",
+]
+
+_DEFAULT_N_CTX = 4096
+
+
+def default_model_path() -> str:
+    """The small Shakespeare model that ships inside the package."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "shakespeare-4m")
+
+
+def _resolve_isa() -> None:
+    want = os.environ.get("PYLLM_ISA")
+    if want:
+        _engine.set_isa(want)  # raises if unknown or unsupported on this CPU
+
+
+def load(path: Optional[str] = None, n_threads: Optional[int] = None, n_ctx: Optional[int] = None,
+         quant: Optional[str] = None) -> Model:
+    """Load a model: a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer files).
+    With no path, the shipped shakespeare-4m model. n_ctx defaults to the model's training
+    context capped at 4096; n_threads to the CPUs this process may use. quant ("q4_0", "q8_0",
+    "f16", "bf16", "f32") converts the weights while loading."""
+    from .hf_loader import load_hf_folder
+    from .tokenizer import Tokenizer
+
+    _resolve_isa()
+    path = os.fspath(path) if path is not None else default_model_path()
+    if not os.path.exists(path):
+        raise ModelLoadError(f"{path}: no such file or folder")
+    if not os.path.isdir(path):
+        raise ModelLoadError(f"{path}: expected a Hugging Face checkpoint folder")
+    if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1):
+        raise ValueError(f"n_threads must be a positive integer, got {n_threads!r}")
+    cfg = ModelConfig.from_file(os.path.join(path, "config.json"))
+    if n_ctx is None:
+        n_ctx = min(cfg.max_position_embeddings, _DEFAULT_N_CTX)
+    if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 1:
+        raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+    if n_ctx > cfg.max_position_embeddings:
+        raise ValueError(f"n_ctx {n_ctx} exceeds the model's max_position_embeddings ({cfg.max_position_embeddings})")
+    tokenizer = Tokenizer.from_dir(path)
+    cfg, cmodel, gen = load_hf_folder(path, n_ctx, quant=quant, n_threads=n_threads or 0)
+    return Model(cmodel, cfg, tokenizer, n_ctx=n_ctx, n_threads=n_threads, generation_config=gen, path=path)

@@ -1,0 +1,307 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+# _engine.pyx: the thin Cython layer over the C engine (csrc/pyllm.h). It owns C objects
+# (model, KV caches, scratch), checks what Python hands over, and releases the GIL for compute.
+# Kernel-level entry points (set_isa, vec_dot, gemm, convert) exist for tests and tools.
+from libc.stdint cimport int32_t, int64_t, uint16_t
+from libc.stdlib cimport malloc, free
+
+import numpy as np
+
+cdef extern from "pyllm.h" nogil:
+    ctypedef void (*pl_gemm_fn)(int n, int nr, int nc, const void *w, size_t w_stride, const void *a,
+                                size_t a_stride, float *out, size_t out_stride)
+    ctypedef void (*pl_vec_dot_fn)(int n, float *s, const void *w, const void *a)
+    ctypedef void (*pl_to_float_fn)(const void *x, float *y, int64_t n)
+    ctypedef void (*pl_from_float_fn)(const float *x, void *y, int64_t n)
+    ctypedef struct pl_type_traits:
+        const char *name
+        int blck
+        size_t blck_bytes
+        int act_type
+        pl_to_float_fn to_float
+        pl_from_float_fn from_float
+        pl_vec_dot_fn vec_dot
+        pl_gemm_fn gemm
+    ctypedef struct pl_kernels:
+        const char *isa
+        pl_type_traits types[31]
+        float (*dot_f32)(int n, const float *a, const float *b)
+        void (*axpy_f32)(int n, float alpha, const float *x, float *y)
+    const pl_kernels *pl_kernels_active()
+    int pl_set_isa(const char *name)
+    int pl_isa_supported(const char *name)
+    size_t pl_type_row_bytes(int t, int64_t n)
+    int pl_type_valid(int t)
+
+    int PL_ERRMSG_LEN
+    ctypedef struct pl_config:
+        int n_vocab, dim, n_layers, n_heads, n_kv_heads, head_dim, hidden_dim
+        int max_ctx
+        float norm_eps
+        int rope_interleaved
+        int sliding_window
+    ctypedef struct pl_model:
+        pl_config cfg
+    ctypedef struct pl_kv:
+        int n_ctx
+    ctypedef struct pl_batch:
+        int n_tokens
+        const int32_t *token
+        const int32_t *pos
+        const int32_t *seq
+        int n_out
+        const int32_t *out
+    ctypedef struct pl_scratch:
+        pass
+    pl_model *pl_model_new(const pl_config *cfg, char *err)
+    int pl_model_set_tensor(pl_model *m, const char *name, int layer, int type, int64_t ne0, int64_t ne1,
+                            const void *data, size_t nbytes, char *err)
+    int pl_model_finalize(pl_model *m, const float *inv_freq, float attn_factor, char *err)
+    void pl_model_free(pl_model *m)
+    pl_kv *pl_kv_new(const pl_model *m, int n_ctx, char *err)
+    void pl_kv_free(pl_kv *kv)
+    pl_scratch *pl_scratch_new()
+    void pl_scratch_free(pl_scratch *s)
+    int pl_quantize_rows(int type, const float *src, void *dst, int64_t rows, int64_t n, int n_threads)
+    int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, const pl_batch *b,
+                   float *logits, int n_threads, char *err)
+
+TYPE_IDS = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "bf16": 30}
+
+cdef class _Err:
+    cdef char buf[256]
+
+# ---------------------------------------------------------------- ISA selection
+def isa_supported(str name) -> bool:
+    return bool(pl_isa_supported(name.encode()))
+
+def set_isa(str name):
+    """Force the kernel set (scalar, avx2, avx512) for this process."""
+    r = pl_set_isa(name.encode())
+    if r == -1:
+        raise ValueError(f"unknown ISA {name!r}: expected scalar, avx2 or avx512")
+    if r == -2:
+        raise RuntimeError(f"ISA {name!r} is not supported by this CPU or build")
+
+def get_isa() -> str:
+    return pl_kernels_active().isa.decode()
+
+# ---------------------------------------------------------------- kernels (tests, tools)
+cdef const pl_type_traits *_traits(int t) except NULL:
+    if not pl_type_valid(t):
+        raise ValueError(f"unknown tensor type id {t}")
+    return &pl_kernels_active().types[t]
+
+def row_bytes(int type_id, int64_t n) -> int:
+    r = pl_type_row_bytes(type_id, n)
+    if r == 0:
+        raise ValueError(f"type {type_id} cannot hold rows of {n} elements")
+    return r
+
+def act_type(int type_id) -> int:
+    return _traits(type_id).act_type
+
+def from_float(int type_id, const float[:, ::1] x) -> bytes:
+    """Convert/quantize rows of float32 to type_id with the active ISA; returns the packed bytes."""
+    cdef const pl_type_traits *tt = _traits(type_id)
+    cdef int64_t n = x.shape[1], rows = x.shape[0], r
+    cdef size_t rb = row_bytes(type_id, n)
+    out = bytearray(rb * rows)
+    cdef unsigned char[::1] o = out
+    if rows and n:
+        with nogil:
+            for r in range(rows):
+                tt.from_float(&x[r, 0], &o[r * rb], n)
+    return bytes(out)
+
+def quantize(int type_id, x, int n_threads=0):
+    """Convert a float32 (rows, n) array to type_id with n_threads (0: all); returns a uint8 array of
+    rows * row_bytes bytes. This is the path files are written and quantized-on-load with."""
+    arr = np.ascontiguousarray(x, dtype=np.float32)
+    if arr.ndim != 2:
+        raise ValueError("quantize() takes a 2-D float32 array (rows, n)")
+    cdef const float[:, ::1] a = arr
+    cdef int64_t rows = a.shape[0], n = a.shape[1]
+    cdef size_t rb = row_bytes(type_id, n)
+    out = np.empty(rb * rows, dtype=np.uint8)
+    cdef unsigned char[::1] o = out
+    if n_threads <= 0:
+        import os
+        n_threads = len(os.sched_getaffinity(0))
+    if rows:
+        with nogil:
+            pl_quantize_rows(type_id, &a[0, 0], &o[0], rows, n, n_threads)
+    return out
+
+def to_float(int type_id, const unsigned char[::1] data, int64_t n):
+    """Unpack rows of type_id (len(data) must be whole rows of n elements) to float32 (rows, n)."""
+    cdef const pl_type_traits *tt = _traits(type_id)
+    cdef size_t rb = row_bytes(type_id, n)
+    if n <= 0 or data.shape[0] % rb:
+        raise ValueError("data is not a whole number of rows")
+    cdef int64_t rows = data.shape[0] // rb, r
+    out = np.empty((rows, n), dtype=np.float32)
+    cdef float[:, ::1] o = out
+    with nogil:
+        for r in range(rows):
+            tt.to_float(&data[r * rb], &o[r, 0], n)
+    return out
+
+def gemm(int type_id, const unsigned char[::1] w, const unsigned char[::1] a, int n, int nr, int nc,
+         size_t w_offset=0, size_t a_offset=0):
+    """out[j, i] = dot(weight row i, activation row j) with the active ISA's gemm (or vec_dot loop).
+    w holds nr rows of type_id, a holds nc rows in the type's act_type, each starting at the offsets
+    (to test unaligned data)."""
+    cdef const pl_type_traits *tt = _traits(type_id)
+    cdef size_t ws = row_bytes(type_id, n), as_ = row_bytes(tt.act_type, n)
+    if nr <= 0 or nc <= 0 or w.shape[0] < w_offset + ws * nr or a.shape[0] < a_offset + as_ * nc:
+        raise ValueError("buffers too small for the requested shapes")
+    out = np.zeros((nc, nr), dtype=np.float32)
+    cdef float[:, ::1] o = out
+    cdef int i, j
+    with nogil:
+        if tt.gemm != NULL:
+            tt.gemm(n, nr, nc, &w[w_offset], ws, &a[a_offset], as_, &o[0, 0], nr)
+        else:
+            for j in range(nc):
+                for i in range(nr):
+                    tt.vec_dot(n, &o[j, i], &w[w_offset + i * ws], &a[a_offset + j * as_])
+    return out
+
+def vec_dot(int type_id, const unsigned char[::1] w, const unsigned char[::1] a, int n) -> float:
+    cdef const pl_type_traits *tt = _traits(type_id)
+    if w.shape[0] < row_bytes(type_id, n) or a.shape[0] < row_bytes(tt.act_type, n):
+        raise ValueError("buffers too small")
+    cdef float s = 0
+    tt.vec_dot(n, &s, &w[0], &a[0])
+    return s
+
+def dot_f32(const float[::1] a, const float[::1] b) -> float:
+    if a.shape[0] != b.shape[0] or a.shape[0] == 0:
+        raise ValueError("length mismatch")
+    return pl_kernels_active().dot_f32(<int>a.shape[0], &a[0], &b[0])
+
+def axpy_f32(float alpha, const float[::1] x, float[::1] y):
+    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        raise ValueError("length mismatch")
+    pl_kernels_active().axpy_f32(<int>x.shape[0], alpha, &x[0], &y[0])
+
+# ---------------------------------------------------------------- model
+cdef class CModel:
+    """A C model whose weights point into buffers kept alive by this object."""
+    cdef pl_model *m
+    cdef list _keep
+    cdef readonly int n_vocab, max_ctx
+
+    def __cinit__(self, *, int n_vocab, int dim, int n_layers, int n_heads, int n_kv_heads, int head_dim,
+                  int hidden_dim, int max_ctx, float norm_eps, bint rope_interleaved, int sliding_window):
+        cdef pl_config c
+        cdef _Err e = _Err()
+        c.n_vocab = n_vocab; c.dim = dim; c.n_layers = n_layers; c.n_heads = n_heads
+        c.n_kv_heads = n_kv_heads; c.head_dim = head_dim; c.hidden_dim = hidden_dim
+        c.max_ctx = max_ctx; c.norm_eps = norm_eps; c.rope_interleaved = rope_interleaved
+        c.sliding_window = sliding_window
+        self.m = pl_model_new(&c, e.buf)
+        if self.m == NULL:
+            raise ValueError(e.buf.decode())
+        self._keep = []
+        self.n_vocab = n_vocab
+        self.max_ctx = max_ctx
+
+    def __dealloc__(self):
+        pl_model_free(self.m)
+
+    def set_tensor(self, str name, int layer, int type_id, int64_t ne0, int64_t ne1, data):
+        """data: any contiguous buffer (memoryview of an mmap, numpy array, bytes) of exactly the tensor's bytes."""
+        cdef const unsigned char[::1] buf = memoryview(data).cast("B")
+        cdef _Err e = _Err()
+        cdef const void *ptr = NULL
+        if buf.shape[0]:
+            ptr = &buf[0]
+        if pl_model_set_tensor(self.m, name.encode(), layer, type_id, ne0, ne1, ptr, buf.shape[0], e.buf):
+            raise ValueError(e.buf.decode())
+        self._keep.append(data)
+
+    def finalize(self, inv_freq, float attn_factor=1.0):
+        cdef const float[::1] f = np.ascontiguousarray(inv_freq, dtype=np.float32)
+        cdef _Err e = _Err()
+        if f.shape[0] != self.m.cfg.head_dim // 2:
+            raise ValueError(f"rope inv_freq needs {self.m.cfg.head_dim // 2} values, got {f.shape[0]}")
+        if pl_model_finalize(self.m, &f[0], attn_factor, e.buf):
+            raise ValueError(e.buf.decode())
+
+
+cdef class KVCache:
+    """The keys and values of one sequence, n_ctx positions per layer."""
+    cdef pl_kv *kv
+    cdef readonly int n_ctx
+    cdef CModel model
+
+    def __cinit__(self, CModel model, int n_ctx):
+        cdef _Err e = _Err()
+        self.kv = pl_kv_new(model.m, n_ctx, e.buf)
+        if self.kv == NULL:
+            raise MemoryError(e.buf.decode()) if b"memory" in e.buf else ValueError(e.buf.decode())
+        self.model = model
+        self.n_ctx = n_ctx
+
+    def __dealloc__(self):
+        pl_kv_free(self.kv)
+
+
+cdef class Runner:
+    """Scratch buffers plus the forward call. One Runner must not be used by two threads at once."""
+    cdef pl_scratch *s
+    cdef CModel model
+
+    def __cinit__(self, CModel model):
+        self.s = pl_scratch_new()
+        if self.s == NULL:
+            raise MemoryError("scratch")
+        self.model = model
+
+    def __dealloc__(self):
+        pl_scratch_free(self.s)
+
+    def forward(self, list caches, tokens, positions, seqs, out_rows, int n_threads=0):
+        """Run a batch. tokens/positions/seqs: int32 per token; out_rows: batch indices whose logits
+        are returned as a float32 array (len(out_rows), n_vocab)."""
+        cdef const int32_t[::1] tok = np.ascontiguousarray(tokens, dtype=np.int32)
+        cdef const int32_t[::1] pos = np.ascontiguousarray(positions, dtype=np.int32)
+        cdef const int32_t[::1] seq = np.ascontiguousarray(seqs, dtype=np.int32)
+        cdef const int32_t[::1] outr = np.ascontiguousarray(out_rows, dtype=np.int32)
+        cdef int nt = tok.shape[0], n_kv = len(caches), i, r
+        if nt == 0:
+            raise ValueError("empty batch")
+        if pos.shape[0] != nt or seq.shape[0] != nt:
+            raise ValueError("tokens, positions and seqs must have the same length")
+        logits = np.empty((outr.shape[0], self.model.n_vocab), dtype=np.float32)
+        cdef float[:, ::1] lg = logits
+        cdef pl_kv **kvs = <pl_kv **>malloc(max(n_kv, 1) * sizeof(pl_kv *))
+        if kvs == NULL:
+            raise MemoryError()
+        cdef KVCache c
+        cdef pl_batch b
+        cdef _Err e = _Err()
+        try:
+            for i in range(n_kv):
+                c = caches[i]
+                if c.model is not self.model:
+                    raise ValueError("KV cache belongs to another model")
+                kvs[i] = c.kv
+            b.n_tokens = nt
+            b.token = &tok[0]
+            b.pos = &pos[0]
+            b.seq = &seq[0]
+            b.n_out = outr.shape[0]
+            b.out = &outr[0] if outr.shape[0] else NULL
+            with nogil:
+                r = pl_forward(self.model.m, self.s, kvs, n_kv, &b, &lg[0, 0] if b.n_out else NULL,
+                               n_threads, e.buf)
+        finally:
+            free(kvs)
+        if r == -5:
+            raise MemoryError(e.buf.decode())
+        if r:
+            raise ValueError(e.buf.decode())
+        return logits

@@ -1,0 +1,117 @@
+"""hf_loader.py: turns a Hugging Face checkpoint folder (config.json + safetensors + tokenizer
+files) into an engine model. Maps HF tensor names to the engine's, checks dtypes and shapes,
+and passes mmapped buffers straight through (no copies, 16-bit weights stay 16-bit)."""
+from __future__ import annotations
+
+import json
+import os
+
+from . import _engine
+from .config import ModelConfig
+from .errors import ModelLoadError
+from .quantization import check_quant, convert, tensor_type
+from .safetensors_file import DTYPES, open_checkpoint
+
+LAYER_TENSORS = {
+    "input_layernorm": "attn_norm",
+    "self_attn.q_proj": "wq",
+    "self_attn.k_proj": "wk",
+    "self_attn.v_proj": "wv",
+    "self_attn.o_proj": "wo",
+    "post_attention_layernorm": "ffn_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+
+
+def hf_tensor_names(cfg: ModelConfig) -> dict:
+    """engine (name, layer) -> HF tensor name, for every tensor the model needs."""
+    names = {
+        ("tok_embd", -1): "model.embed_tokens.weight",
+        ("output_norm", -1): "model.norm.weight",
+        ("output", -1): "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight",
+    }
+    for i in range(cfg.num_layers):
+        for hf, eng in LAYER_TENSORS.items():
+            names[(eng, i)] = f"model.layers.{i}.{hf}.weight"
+    return names
+
+
+def build_engine_model(cfg: ModelConfig, n_ctx: int, get_tensor, interleaved_rope: bool = False) -> "_engine.CModel":
+    """get_tensor(engine_name, layer) -> (type_id, shape, buffer). Shapes follow HF: [rows, cols]."""
+    cm = _engine.CModel(
+        n_vocab=cfg.vocab_size, dim=cfg.hidden_size, n_layers=cfg.num_layers, n_heads=cfg.num_heads,
+        n_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, hidden_dim=cfg.intermediate_size, max_ctx=n_ctx,
+        norm_eps=cfg.rms_norm_eps, rope_interleaved=interleaved_rope, sliding_window=cfg.sliding_window,
+    )
+    for (name, layer) in hf_tensor_names(cfg):
+        type_id, shape, buf = get_tensor(name, layer)
+        if len(shape) == 1:
+            ne0, ne1 = shape[0], 1
+        elif len(shape) == 2:
+            ne1, ne0 = shape
+        else:
+            raise ModelLoadError(f"tensor {name} (layer {layer}) has {len(shape)} dimensions, expected 1 or 2")
+        cm.set_tensor(name, layer, type_id, ne0, ne1, buf)
+    cm.finalize(cfg.rope_inv_freq())
+    return cm
+
+
+def _role(name: str) -> str:
+    if name.endswith("norm"):
+        return "norm"
+    return name if name in ("tok_embd", "output") else "weight"
+
+
+def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads: int = 0):
+    """Returns (config, engine model, generation_config dict). With quant (q4_0, q8_0, f16, bf16,
+    f32) the weights are converted while loading (see pyllm/quantization.py for which tensor
+    gets which type); without it they are used in place, in their stored dtype."""
+    cfg = ModelConfig.from_file(os.path.join(folder, "config.json"))
+    if quant is not None:
+        quant = check_quant(quant)
+    tensors = open_checkpoint(folder)
+    names = hf_tensor_names(cfg)
+
+    def get_tensor(name, layer):
+        hf = names[(name, layer)]
+        if hf not in tensors:
+            raise ModelLoadError(f"{folder}: checkpoint has no tensor {hf!r}")
+        sf, info = tensors[hf]
+        if info.dtype not in DTYPES:
+            raise ModelLoadError(f"{sf.path}: tensor {hf!r} has dtype {info.dtype}; supported: {', '.join(DTYPES)}")
+        if quant is None:
+            return DTYPES[info.dtype][0], info.shape, sf.buffer(hf)
+        tid = tensor_type(_role(name), quant, info.shape, cfg.tie_word_embeddings)
+        if tid == DTYPES[info.dtype][0]:
+            return tid, info.shape, sf.buffer(hf)
+        if len(info.shape) != 2 and tid != 0:
+            raise ModelLoadError(f"{sf.path}: tensor {hf!r} has shape {info.shape}, expected a matrix")
+        if cfg.tie_word_embeddings and name in ("tok_embd", "output") and "tied" in converted:
+            return converted["tied"]
+        data = convert(sf.numpy(hf).reshape(info.shape[0], -1) if len(info.shape) == 2 else sf.numpy(hf)[None], tid, n_threads)
+        out = (tid, info.shape, data)
+        if cfg.tie_word_embeddings and name in ("tok_embd", "output"):
+            converted["tied"] = out
+        return out
+
+    converted = {}
+
+    try:
+        cm = build_engine_model(cfg, n_ctx, get_tensor)
+    except ModelLoadError:
+        raise
+    except ValueError as e:
+        raise ModelLoadError(f"{folder}: {e}") from None
+    gen = {}
+    gpath = os.path.join(folder, "generation_config.json")
+    if os.path.exists(gpath):
+        try:
+            with open(gpath, encoding="utf-8") as f:
+                gen = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ModelLoadError(f"{gpath}: not valid JSON ({e})") from None
+        if not isinstance(gen, dict):
+            raise ModelLoadError(f"{gpath}: expected a JSON object")
+    return cfg, cm, gen

@@ -1,0 +1,149 @@
+"""test_kernels.py: every SIMD kernel set (avx2, avx512) against the scalar reference, on shapes
+that are not multiples of the tile sizes and on unaligned data, plus whole-model logits with
+each PYLLM_ISA.
+
+Tolerances: conversions and quantization are integer/bit operations and must be bit-identical.
+Dot products differ from the scalar reference only in summation order (lane-wise partial sums,
+FMA), so the bound is 1e-5 of sum |w_i * a_i| (float32 has ~6e-8 relative rounding per add; over
+a few thousand terms the worst case stays well under 1e-5 of the absolute sum)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pyllm import _engine
+
+ISAS = [isa for isa in ("avx2", "avx512") if _engine.isa_supported(isa)]
+FLOAT_TYPES = {"f32": 0, "f16": 1, "bf16": 30}
+QUANT_TYPES = {"q8_0": 8, "q4_0": 2}
+FLOAT_N = [1, 3, 7, 15, 16, 17, 31, 33, 100, 257, 2053]
+QUANT_N = [32, 96, 224, 1056]
+ROWS = [(1, 1), (3, 2), (4, 4), (5, 7), (17, 9), (33, 3)]
+
+
+@pytest.fixture(autouse=True)
+def restore_isa():
+    before = _engine.get_isa()
+    yield
+    _engine.set_isa(before)
+
+
+def test_some_simd_path_is_tested():
+    if os.uname().machine in ("x86_64", "AMD64"):
+        assert ISAS, "an x86-64 machine without AVX2 is unexpected here"
+
+
+def with_isa(isa, fn, *args):
+    _engine.set_isa(isa)
+    return fn(*args)
+
+
+def rows_of(type_id, x):
+    return _engine.from_float(type_id, np.ascontiguousarray(x, dtype=np.float32))
+
+
+def test_unknown_isa_rejected():
+    with pytest.raises(ValueError, match="unknown ISA"):
+        _engine.set_isa("sse9")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("name", list(FLOAT_TYPES) + list(QUANT_TYPES))
+def test_conversions_bit_identical(isa, name):
+    tid = {**FLOAT_TYPES, **QUANT_TYPES}[name]
+    rng = np.random.default_rng(tid)
+    for n in QUANT_N if name in QUANT_TYPES else FLOAT_N:
+        x = (rng.standard_normal((5, n)) * rng.uniform(0.01, 10, (5, 1))).astype(np.float32)
+        x[0, : min(n, 4)] = [0.5, -0.5, 2.5, -1.5][: min(n, 4)]  # rounding ties
+        if n >= 32:
+            x[1, :32] = 0.0  # all-zero block
+        ref = with_isa("scalar", rows_of, tid, x)
+        got = with_isa(isa, rows_of, tid, x)
+        assert got == ref, f"{name} n={n}: from_float differs"
+        back_ref = with_isa("scalar", _engine.to_float, tid, ref, n)
+        back = with_isa(isa, _engine.to_float, tid, ref, n)
+        np.testing.assert_array_equal(back, back_ref)
+        # the threaded quantizer equals the row-by-row reference
+        np.testing.assert_array_equal(with_isa(isa, _engine.quantize, tid, x, 2), np.frombuffer(ref, np.uint8))
+
+
+def gemm_case(isa, tid, n, nr, nc, rng, offset):
+    act = _engine.act_type(tid)
+    w = rng.standard_normal((nr, n)).astype(np.float32)
+    a = rng.standard_normal((nc, n)).astype(np.float32)
+    wb = b"\x00" * offset + with_isa("scalar", rows_of, tid, w)
+    ab = b"\x00" * offset + with_isa("scalar", rows_of, act, a)
+    ref = with_isa("scalar", _engine.gemm, tid, wb, ab, n, nr, nc, offset, offset)
+    got = with_isa(isa, _engine.gemm, tid, wb, ab, n, nr, nc, offset, offset)
+    # scale of the sum: sum |w_i a_i| over the dequantized operands
+    wd = with_isa("scalar", _engine.to_float, tid, wb[offset:], n)
+    ad = with_isa("scalar", _engine.to_float, act, ab[offset:], n)
+    bound = 1e-5 * (np.abs(ad) @ np.abs(wd).T) + 1e-6
+    assert np.all(np.abs(got - ref) <= bound), f"max err {np.abs(got - ref).max()}"
+    return ref, wd, ad
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("name", list(FLOAT_TYPES) + list(QUANT_TYPES))
+def test_gemm_and_vec_dot_match_scalar(isa, name):
+    tid = {**FLOAT_TYPES, **QUANT_TYPES}[name]
+    rng = np.random.default_rng(100 + tid)
+    for n in QUANT_N if name in QUANT_TYPES else FLOAT_N:
+        for nr, nc in ROWS:
+            gemm_case(isa, tid, n, nr, nc, rng, offset=3 if name != "f32" else 4)  # odd byte offsets
+
+
+@pytest.mark.parametrize("name", list(FLOAT_TYPES) + list(QUANT_TYPES))
+def test_scalar_gemm_is_the_math(name):
+    """The reference itself: dot products of the dequantized operands (integer sums for quant types)."""
+    tid = {**FLOAT_TYPES, **QUANT_TYPES}[name]
+    rng = np.random.default_rng(7)
+    n = 96
+    ref, wd, ad = gemm_case("scalar", tid, n, 5, 3, rng, offset=0)
+    np.testing.assert_allclose(ref, ad.astype(np.float64) @ wd.T.astype(np.float64), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_fp32_helpers(isa):
+    rng = np.random.default_rng(3)
+    for n in FLOAT_N:
+        a, b = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+        ref = with_isa("scalar", _engine.dot_f32, a, b)
+        got = with_isa(isa, _engine.dot_f32, a, b)
+        assert abs(got - ref) <= 1e-5 * float(np.abs(a * b).sum()) + 1e-6
+        y_ref, y = b.copy(), b.copy()
+        with_isa("scalar", _engine.axpy_f32, 0.37, a, y_ref)
+        with_isa(isa, _engine.axpy_f32, 0.37, a, y)
+        np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_model_logits_same_on_every_isa(checkpoint):
+    """PYLLM_ISA forces a kernel set for a whole process; every set gives the scalar logits."""
+    path = checkpoint("mistral", "bfloat16")
+    code = (
+        "import sys, numpy as np, pyllm\n"
+        "m = pyllm.load(sys.argv[1], n_ctx=128, quant=sys.argv[3] if sys.argv[3] != 'none' else None)\n"
+        "ids = list(range(3, 80, 2))\n"
+        "np.save(sys.argv[2], m.logits(ids))\n"
+    )
+    out = {}
+    for isa in ["scalar"] + ISAS:
+        for quant in ("none", "q8_0", "q4_0"):
+            f = os.path.join(os.path.dirname(path), f"logits-{isa}-{quant}.npy")
+            env = {**os.environ, "PYLLM_ISA": isa}
+            subprocess.run([sys.executable, "-c", code, path, f, quant], check=True, env=env)
+            out[isa, quant] = np.load(f)
+    for (isa, quant), lg in out.items():
+        ref = out["scalar", quant]
+        scale = max(1.0, float(np.abs(ref).max()))
+        assert np.abs(lg - ref).max() <= 1e-4 * scale, (isa, quant)
+
+
+def test_bad_pyllm_isa_is_reported(checkpoint):
+    env = {**os.environ, "PYLLM_ISA": "neon9"}
+    r = subprocess.run([sys.executable, "-c", "import pyllm; pyllm.load()"], env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "unknown ISA" in r.stderr
