@@ -79,3 +79,13 @@ def hf_model(path: str):
     m = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
     m.eval()
     return m
+
+
+@pytest.fixture(scope="session", autouse=True)
+def run_outside_source_tree(tmp_path_factory):
+    """Subprocesses (CLI, PYLLM_ISA runs) must import the installed pyllm, not the source folder
+    beside them (which has no compiled engine): run every test from an empty directory."""
+    old = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(old)
