@@ -18,8 +18,9 @@ static void build_tables(void) {
     if (g_tables_ready) return;
     pl_kernels_init_scalar(&g_tables[0]);
 #ifdef PL_X86
-    pl_kernels_init_avx2(&g_tables[1]);
-    pl_kernels_init_avx512(&g_tables[2]);
+    /* only tables this CPU can run are built (the rest stay zeroed and are never selected) */
+    if (pl_isa_supported("avx2")) pl_kernels_init_avx2(&g_tables[1]);
+    if (pl_isa_supported("avx512")) pl_kernels_init_avx512(&g_tables[2]);
 #endif
     g_tables_ready = 1;
 }

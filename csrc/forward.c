@@ -14,7 +14,25 @@
 struct pl_scratch {
     size_t cap;   /* bytes in mem */
     void *mem;
+    double *stats; /* optional: activation statistics for calibration (see pl_scratch_set_stats) */
 };
+
+void pl_scratch_set_stats(pl_scratch *s, double *stats) { s->stats = stats; }
+
+size_t pl_stats_len(const pl_model *m) {
+    const pl_config *c = &m->cfg;
+    return (size_t)c->n_layers * (2 * c->dim + c->n_heads * c->head_dim + c->hidden_dim);
+}
+
+/* adds the squares of nt rows of x (n wide, ld apart) to acc, column-parallel (no races) */
+static void accumulate_squares(double *acc, const float *x, int nt, int n, int ld) {
+#pragma omp for schedule(static)
+    for (int i = 0; i < n; i++) {
+        double a = 0.0;
+        for (int t = 0; t < nt; t++) a += (double)x[(size_t)t * ld + i] * x[(size_t)t * ld + i];
+        acc[i] += a;
+    }
+}
 
 pl_scratch *pl_scratch_new(void) { return calloc(1, sizeof(pl_scratch)); }
 
@@ -122,10 +140,12 @@ int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, co
 
         for (int l = 0; l < c->n_layers; l++) {
             const pl_layer *L = &m->layers[l];
+            double *st = s->stats ? s->stats + (size_t)l * (2 * dim + qd + hid) : NULL;
             /* attention norm */
 #pragma omp for schedule(static)
             for (int t = 0; t < nt; t++)
                 pl_rmsnorm(B.xb + (size_t)t * dim, B.x + (size_t)t * dim, L->attn_norm_f32, dim, c->norm_eps);
+            if (st) accumulate_squares(st, B.xb, nt, dim, dim);
             /* q, k, v projections */
             {
                 const pl_tensor *ws[3] = {&L->wq, &L->wk, &L->wv};
@@ -146,6 +166,7 @@ int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, co
             }
             /* attention over the cache */
             pl_attention(m, l, kvs, b, B.q, qd, B.att, qd, B.scores, B.scores_stride);
+            if (st) accumulate_squares(st + dim, B.att, nt, qd, qd);
             /* output projection, residual, MLP norm */
             pl_matmul(&L->wo, B.att, nt, qd, B.tmp, dim, B.act);
 #pragma omp for schedule(static)
@@ -155,6 +176,7 @@ int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, co
                 for (int i = 0; i < dim; i++) x[i] += y[i];
                 pl_rmsnorm(B.xb + (size_t)t * dim, x, L->ffn_norm_f32, dim, c->norm_eps);
             }
+            if (st) accumulate_squares(st + dim + qd, B.xb, nt, dim, dim);
             /* SwiGLU MLP */
             {
                 const pl_tensor *ws[2] = {&L->ffn_gate, &L->ffn_up};
@@ -164,6 +186,7 @@ int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, co
             }
 #pragma omp for schedule(static)
             for (int t = 0; t < nt; t++) pl_swiglu(B.hb + (size_t)t * hid, B.hb2 + (size_t)t * hid, hid);
+            if (st) accumulate_squares(st + 2 * dim + qd, B.hb, nt, hid, hid);
             pl_matmul(&L->ffn_down, B.hb, nt, hid, B.tmp, dim, B.act);
 #pragma omp for schedule(static)
             for (int t = 0; t < nt; t++) {

@@ -1,22 +1,26 @@
 /* kernels_avx512.c: the AVX-512 kernel table (F/BW/VL/DQ + VNNI + F16C), compiled with its own
  * ISA flags and chosen at run time by cpu_dispatch.c. Starts from the scalar table and overrides:
- *  - float weights (F32/F16/BF16) x fp32 activations: weights widened to fp32 on the fly, FMA into
- *    independent accumulators; gemm = 4 weight rows x 4 activation rows register tiles; masked
- *    loads for tails (no read past a row, any alignment).
- *  - Q8_0/Q4_0 weights x Q8_0 activations: a gemm call first repacks its activation rows into
- *    chunks of 16 blocks "transposed" so that 32-bit lane L of vector t holds bytes 4t..4t+3 of
- *    block L (plus a per-block correction and fp32 scale). Each weight chunk is loaded with 16-byte
- *    loads and transposed the same way in registers, so VNNI vpdpbusd (u8 x s8) accumulates the
- *    exact integer dot of block L in lane L, and the block scales are applied with one FMA per
- *    16 blocks. Weights are made unsigned (Q4_0: the nibble itself, Q8_0: w + 128) and the offset
- *    is removed exactly by the correction -offset * sum(activation block), computed at packing.
+ *  - float weights (F32/F16/BF16) x fp32 activations: weights widened to fp32 on the fly (bf16:
+ *    zero-extend + shift, f16: vcvtph2ps), activations stay fp32; gemm = 4 weight rows x 4
+ *    activation rows register tiles; masked loads for tails (no read past a row, any alignment).
+ *  - Q8_0/Q4_0 weights x Q8_0 activations. Layout: a "chunk" is 16 blocks stored as 8 vectors where
+ *    32-bit lane L of vector t holds bytes 4t..4t+3 of block L, so VNNI vpdpbusd (u8 x s8)
+ *    accumulates the exact integer dot of block L in lane L and the 16 block scales are applied
+ *    with one FMA. Activation rows are repacked into this layout once per gemm call (with a
+ *    per-block correction and fp32 scale); weight chunks are loaded with 16-byte loads and
+ *    transposed in registers. Weights are made unsigned (Q4_0: the nibble, Q8_0: w + 128) and the
+ *    offset is removed exactly by the correction -offset * sum(activation block).
+ *    Decode (nc == 1): 4 weight rows at a time share the activation chunk held in registers.
+ *    Prefill (nc > 1): the weight tile is decoded once into the same layout, then 4 x 4
+ *    (rows x activations) tiles of int32 accumulators.
  *  - Q8_0 from_float and F16/BF16/Q8_0/Q4_0 to_float (bit-identical to the scalar reference),
  *    dot_f32 / axpy_f32 for attention.
- * Porting note (NEON): the same layout works with SDOT (s8 x s8, no offset/correction needed)
- * on 4 blocks per 128-bit vector; the float paths map 1:1 onto vfmaq_f32. */
+ * Porting note (NEON): the chunk layout works as is with SDOT (s8 x s8: no offset or correction)
+ * on 4 blocks per 128-bit vector (transpose with vtrn/vzip); the float paths map onto vfmaq_f32. */
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "tensor_types.h"
@@ -263,10 +267,14 @@ enum { QT_q4_0 = 0, QT_q8_0 = 1 };
 #define Q4B ((int)sizeof(pl_block_q4_0))
 
 typedef struct {
-    __m512i q[8]; /* q[t], lane L: activation bytes 4t..4t+3 of block L */
-    __m512i corr; /* lane L: -(weight offset) * sum(block L) */
+    __m512i q[8]; /* q[t], lane L: activation bytes 4t..4t+3 of block L (int8) */
+    __m512i corr; /* lane L: -(weight offset) * sum(block L), the exact correction for unsigned weights */
     __m512 d;     /* lane L: fp32 scale of block L */
 } qchunk;         /* 640 bytes */
+typedef struct {
+    __m512i q[8]; /* q[t], lane L: weights 4t..4t+3 of block L as u8 (Q4_0: nibble, Q8_0: w + 128) */
+    __m512 d;     /* lane L: fp32 scale of block L */
+} wchunk;         /* 576 bytes */
 
 /* z lanes 128*k: 16 bytes at p + k*s (k = 0..3) */
 AI __m512i ld4x128(const uint8_t *p, size_t s) {
@@ -289,12 +297,16 @@ AI void ld_transpose16(const uint8_t *p, int bs, __m512i *t) {
     t[2] = _mm512_unpacklo_epi64(u1, u3);
     t[3] = _mm512_unpackhi_epi64(u1, u3);
 }
-/* fp16 scales d of 16 blocks (at p + L*bs) -> fp32, lane L */
+/* fp16 scales d of 16 blocks (at p + L*bs) -> fp32, lane L. Scalar 16-bit loads packed 4 per
+ * 64-bit word: on Zen 4 this is about twice as fast as vpgatherdd and runs on the integer side. */
 AI __m512 ld_scales16(const uint8_t *p, int bs) {
-    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                           _mm512_set1_epi32(bs));
-    const __m512i g = _mm512_i32gather_epi32(idx, (const void *)p, 1); /* reads d and the 2 bytes after it */
-    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
+    uint64_t q[4];
+    UNROLL for (int k = 0; k < 4; k++)
+        q[k] = (uint64_t)ld_u16(p + (4 * k) * bs) | (uint64_t)ld_u16(p + (4 * k + 1) * bs) << 16 |
+               (uint64_t)ld_u16(p + (4 * k + 2) * bs) << 32 | (uint64_t)ld_u16(p + (4 * k + 3) * bs) << 48;
+    const __m128i lo = _mm_insert_epi64(_mm_cvtsi64_si128((long long)q[0]), (long long)q[1], 1);
+    const __m128i hi = _mm_insert_epi64(_mm_cvtsi64_si128((long long)q[2]), (long long)q[3], 1);
+    return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
 }
 
 /* Pack 16 Q8_0 activation blocks (nblk < 16: the rest are zero blocks). shift: log2 of the weight
@@ -320,15 +332,17 @@ static void pack_act_chunk(const uint8_t *p, int nblk, int shift, qchunk *out) {
     out->d = ld_scales16(p, Q8B);
 }
 
-/* Weight chunk -> 8 unsigned byte vectors matching qchunk.q, and the 16 fp32 scales. */
-AI void ld_w_chunk(const int qt, const uint8_t *p, __m512i *W, __m512 *dw) {
+/* Weight chunk (16 full blocks at p) -> 8 unsigned byte vectors matching qchunk.q, and the scales.
+ * hi16 (Q4_0 only): the high nibbles stay in place (16 * nibble, still < 256), which saves the
+ * shifts; the caller then accumulates W[4..7] separately and shifts that sum right by 4 (exact). */
+AI void ld_w_chunk(const int qt, const int hi16, const uint8_t *p, __m512i *W, __m512 *dw) {
     if (qt == QT_q4_0) {
         __m512i t[4];
         ld_transpose16(p + 2, Q4B, t);
         const __m512i m4 = _mm512_set1_epi8(0x0F);
         UNROLL for (int j = 0; j < 4; j++) {
-            W[j] = _mm512_and_si512(t[j], m4);                            /* weights 4j..4j+3   */
-            W[j + 4] = _mm512_and_si512(_mm512_srli_epi16(t[j], 4), m4); /* weights 16+4j..    */
+            W[j] = _mm512_and_si512(t[j], m4); /* weights 4j..4j+3 */
+            W[j + 4] = hi16 ? _mm512_andnot_si512(m4, t[j]) : _mm512_and_si512(_mm512_srli_epi16(t[j], 4), m4); /* 16+4j.. */
         }
         *dw = ld_scales16(p, Q4B);
     } else {
@@ -339,91 +353,195 @@ AI void ld_w_chunk(const int qt, const uint8_t *p, __m512i *W, __m512 *dw) {
         *dw = ld_scales16(p, Q8B);
     }
 }
+/* pointer to weight chunk ch of a row, or a zero-padded copy in tmp when it is the partial last one */
+AI const uint8_t *w_chunk_ptr(const uint8_t *row, int ch, int nfull, int tail, int bs, uint8_t *tmp) {
+    const uint8_t *p = row + (size_t)ch * QCH * bs;
+    if (ch < nfull) return p;
+    memset(tmp, 0, QCH * Q8B);
+    memcpy(tmp, p, (size_t)tail * bs);
+    return tmp;
+}
 
-/* One weight chunk against C packed activation chunks (act c at A + c*astride). */
-AI void q_step(const int qt, const int C, const uint8_t *p, const qchunk *A, int astride, __m512 *fa) {
+/* ---- decode (one activation row): R weight rows share the activation chunk held in registers ---- */
+#define QR1 4
+AI void q_rows1(const int qt, const int R, const uint8_t *w, size_t ws, int nfull, int tail, const qchunk *A,
+                float *res) {
+    const int bs = qt == QT_q4_0 ? Q4B : Q8B;
+    __m512 fa[QR1];
+    UNROLL for (int r = 0; r < R; r++) fa[r] = _mm512_setzero_ps();
+    const int nch = nfull + (tail > 0);
+    for (int ch = 0; ch < nch; ch++) {
+        const qchunk *ac = A + ch;
+        __m512i a[8];
+        UNROLL for (int t = 0; t < 8; t++) a[t] = _mm512_load_si512(&ac->q[t]);
+        const __m512i corr = _mm512_load_si512(&ac->corr);
+        UNROLL for (int r = 0; r < R; r++) {
+            uint8_t tmp[QCH * Q8B];
+            __m512i W[8];
+            __m512 dw;
+            ld_w_chunk(qt, 1, w_chunk_ptr(w + (size_t)r * ws, ch, nfull, tail, bs, tmp), W, &dw);
+            __m512i d0 = corr, d1 = _mm512_setzero_si512(), dp;
+            if (qt == QT_q4_0) {
+                UNROLL for (int t = 0; t < 4; t++) {
+                    d0 = _mm512_dpbusd_epi32(d0, W[t], a[t]);
+                    d1 = _mm512_dpbusd_epi32(d1, W[t + 4], a[t + 4]); /* 16 x the high-nibble products */
+                }
+                dp = _mm512_add_epi32(d0, _mm512_srai_epi32(d1, 4));
+            } else {
+                UNROLL for (int t = 0; t < 8; t += 2) {
+                    d0 = _mm512_dpbusd_epi32(d0, W[t], a[t]);
+                    d1 = _mm512_dpbusd_epi32(d1, W[t + 1], a[t + 1]);
+                }
+                dp = _mm512_add_epi32(d0, d1);
+            }
+            fa[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_mul_ps(dw, ac->d), fa[r]);
+        }
+    }
+    UNROLL for (int r = 0; r < R; r++) res[r] = _mm512_reduce_add_ps(fa[r]);
+}
+typedef void (*q_rows1_fn)(const uint8_t *w, size_t ws, int nfull, int tail, const qchunk *A, float *res);
+#define Q1_DEF(qt, R)                                                                                              \
+    static void q_rows1_##qt##_##R(const uint8_t *w, size_t ws, int nfull, int tail, const qchunk *A, float *res) { \
+        q_rows1(QT_##qt, R, w, ws, nfull, tail, A, res);                                                           \
+    }
+Q1_DEF(q4_0, 1) Q1_DEF(q4_0, 2) Q1_DEF(q4_0, 3) Q1_DEF(q4_0, 4)
+Q1_DEF(q8_0, 1) Q1_DEF(q8_0, 2) Q1_DEF(q8_0, 3) Q1_DEF(q8_0, 4)
+static const q_rows1_fn q_rows1_tab[2][QR1] = {{q_rows1_q4_0_1, q_rows1_q4_0_2, q_rows1_q4_0_3, q_rows1_q4_0_4},
+                                               {q_rows1_q8_0_1, q_rows1_q8_0_2, q_rows1_q8_0_3, q_rows1_q8_0_4}};
+
+/* ---- prefill: weights decoded once into wchunks, then R x C register tiles of int32 dot products ---- */
+#define QMR 4
+#define QNR 4
+AI void q_tile(const int R, const int C, int nch, const wchunk *W, int wstride, const qchunk *A, int astride,
+               float *out, size_t os, int accumulate) {
+    __m512 fa[QMR][QNR];
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) fa[r][c] = _mm512_setzero_ps();
+    for (int ch = 0; ch < nch; ch++) {
+        __m512i dp[QMR][QNR];
+        UNROLL for (int c = 0; c < C; c++) {
+            const __m512i corr = _mm512_load_si512(&A[(size_t)c * astride + ch].corr);
+            UNROLL for (int r = 0; r < R; r++) dp[r][c] = corr;
+        }
+        UNROLL for (int t = 0; t < 8; t++) {
+            __m512i a[QNR];
+            UNROLL for (int c = 0; c < C; c++) a[c] = _mm512_load_si512(&A[(size_t)c * astride + ch].q[t]);
+            UNROLL for (int r = 0; r < R; r++) {
+                const __m512i wv = _mm512_load_si512(&W[(size_t)r * wstride + ch].q[t]);
+                UNROLL for (int c = 0; c < C; c++) dp[r][c] = _mm512_dpbusd_epi32(dp[r][c], wv, a[c]);
+            }
+        }
+        UNROLL for (int r = 0; r < R; r++) {
+            const __m512 dw = W[(size_t)r * wstride + ch].d;
+            UNROLL for (int c = 0; c < C; c++)
+                fa[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp[r][c]), _mm512_mul_ps(dw, A[(size_t)c * astride + ch].d),
+                                           fa[r][c]);
+        }
+    }
+    UNROLL for (int c = 0; c < C; c++) UNROLL for (int r = 0; r < R; r++) {
+        const float v = _mm512_reduce_add_ps(fa[r][c]);
+        if (accumulate) out[(size_t)c * os + r] += v;
+        else out[(size_t)c * os + r] = v;
+    }
+}
+typedef void (*q_tile_fn)(int nch, const wchunk *W, int wstride, const qchunk *A, int astride, float *out, size_t os,
+                          int accumulate);
+#define QT_DEF(R, C)                                                                                           \
+    static void q_tile_##R##_##C(int nch, const wchunk *W, int wstride, const qchunk *A, int astride, float *out, \
+                                 size_t os, int accumulate) {                                                  \
+        q_tile(R, C, nch, W, wstride, A, astride, out, os, accumulate);                                        \
+    }
+#define QT_DEF_R(R) QT_DEF(R, 1) QT_DEF(R, 2) QT_DEF(R, 3) QT_DEF(R, 4)
+QT_DEF_R(1) QT_DEF_R(2) QT_DEF_R(3) QT_DEF_R(4)
+#define QT_ROW(R) {q_tile_##R##_1, q_tile_##R##_2, q_tile_##R##_3, q_tile_##R##_4}
+static const q_tile_fn q_tile_tab[QMR][QNR] = {QT_ROW(1), QT_ROW(2), QT_ROW(3), QT_ROW(4)};
+
+static void decode_w_chunk(const int qt, const uint8_t *p, wchunk *out) {
     __m512i W[8];
     __m512 dw;
-    ld_w_chunk(qt, p, W, &dw);
-    UNROLL for (int c = 0; c < C; c++) {
-        const qchunk *ac = A + (size_t)c * astride;
-        __m512i dp;
-        if (C <= 2) { /* two chains for latency when there is little other work */
-            __m512i d0 = _mm512_load_si512(&ac->corr), d1 = _mm512_setzero_si512();
-            UNROLL for (int t = 0; t < 8; t += 2) {
-                d0 = _mm512_dpbusd_epi32(d0, W[t], _mm512_load_si512(&ac->q[t]));
-                d1 = _mm512_dpbusd_epi32(d1, W[t + 1], _mm512_load_si512(&ac->q[t + 1]));
-            }
-            dp = _mm512_add_epi32(d0, d1);
-        } else {
-            dp = _mm512_load_si512(&ac->corr);
-            UNROLL for (int t = 0; t < 8; t++) dp = _mm512_dpbusd_epi32(dp, W[t], _mm512_load_si512(&ac->q[t]));
-        }
-        fa[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_mul_ps(dw, ac->d), fa[c]);
-    }
+    ld_w_chunk(qt, 0, p, W, &dw);
+    for (int t = 0; t < 8; t++) _mm512_store_si512(&out->q[t], W[t]);
+    out->d = dw;
 }
 
-#define QNC 8 /* activation rows per pass over a weight row */
-/* One weight row (nfull full chunks + tail blocks) against C packed activation rows. */
-AI void q_row(const int qt, const int C, const uint8_t *w, int nfull, int tail, const qchunk *A, int astride,
-              float *res) {
-    const int bs = qt == QT_q4_0 ? Q4B : Q8B;
-    __m512 fa[QNC];
-    UNROLL for (int c = 0; c < C; c++) fa[c] = _mm512_setzero_ps();
-    for (int ch = 0; ch < nfull; ch++) q_step(qt, C, w + (size_t)ch * QCH * bs, A + ch, astride, fa);
-    if (tail) {
-        uint8_t tmp[QCH * Q8B];
-        memset(tmp, 0, sizeof(tmp));
-        memcpy(tmp, w + (size_t)nfull * QCH * bs, (size_t)tail * bs);
-        q_step(qt, C, tmp, A + nfull, astride, fa);
+/* Per-thread scratch for the packed tiles of a prefill gemm call (kept for the thread's lifetime). */
+static __thread void *q_scratch_p;
+static __thread size_t q_scratch_cap;
+static void *q_scratch(size_t bytes) {
+    if (q_scratch_cap < bytes) {
+        free(q_scratch_p);
+        q_scratch_p = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+        q_scratch_cap = q_scratch_p ? bytes : 0;
     }
-    UNROLL for (int c = 0; c < C; c++) res[c] = _mm512_reduce_add_ps(fa[c]);
+    return q_scratch_p;
 }
 
-typedef void (*q_row_fn)(const uint8_t *w, int nfull, int tail, const qchunk *A, int astride, float *res);
-#define Q_DEF(qt, C)                                                                                           \
-    static void q_row_##qt##_##C(const uint8_t *w, int nfull, int tail, const qchunk *A, int astride, float *res) { \
-        q_row(QT_##qt, C, w, nfull, tail, A, astride, res);                                                    \
-    }
-#define Q_DEF_ALL(qt) Q_DEF(qt, 1) Q_DEF(qt, 2) Q_DEF(qt, 3) Q_DEF(qt, 4) Q_DEF(qt, 5) Q_DEF(qt, 6) Q_DEF(qt, 7) Q_DEF(qt, 8)
-#define Q_TAB(qt)                                                                                              \
-    static const q_row_fn q_tab_##qt[QNC] = {q_row_##qt##_1, q_row_##qt##_2, q_row_##qt##_3, q_row_##qt##_4, \
-                                             q_row_##qt##_5, q_row_##qt##_6, q_row_##qt##_7, q_row_##qt##_8};
-Q_DEF_ALL(q4_0)
-Q_DEF_ALL(q8_0)
-Q_TAB(q4_0)
-Q_TAB(q8_0)
+#define QKC 16 /* chunks (256 blocks = 8192 elements) per K pass */
+#define QJG 32 /* activation rows packed together */
+#define QIG 16 /* weight rows decoded together */
+#define QBUF 64 /* decode path: packed activation chunks on the stack (40 KiB) */
 
-#define QBUF 64 /* packed chunks on the stack (40 KiB): K is processed in passes of QBUF / C chunks */
-static void q_gemm(const int qt, int n, int nr, int nc, const void *w, size_t ws, const void *a, size_t as,
-                   float *out, size_t os) {
-    const int nb = n / PL_QK, bs = qt == QT_q4_0 ? Q4B : Q8B, shift = qt == QT_q4_0 ? 3 : 7;
-    const q_row_fn *tab = qt == QT_q4_0 ? q_tab_q4_0 : q_tab_q8_0;
+static void q_gemv(const int qt, int nb, int nr, const uint8_t *w, size_t ws, const uint8_t *a, float *out) {
+    const int bs = qt == QT_q4_0 ? Q4B : Q8B, shift = qt == QT_q4_0 ? 3 : 7;
     qchunk buf[QBUF];
+    for (int kb = 0; kb < nb; kb += QBUF * QCH) {
+        const int kblk = nb - kb < QBUF * QCH ? nb - kb : QBUF * QCH;
+        const int nfull = kblk / QCH, tail = kblk % QCH, nch = nfull + (tail > 0);
+        for (int ch = 0; ch < nch; ch++)
+            pack_act_chunk(a + (size_t)(kb + ch * QCH) * Q8B, ch < nfull ? QCH : tail, shift, &buf[ch]);
+        for (int i = 0; i < nr; i += QR1) {
+            const int R = nr - i < QR1 ? nr - i : QR1;
+            float res[QR1];
+            q_rows1_tab[qt][R - 1](w + (size_t)i * ws + (size_t)kb * bs, ws, nfull, tail, buf, res);
+            for (int r = 0; r < R; r++) out[i + r] = kb == 0 ? res[r] : out[i + r] + res[r];
+        }
+    }
+}
+
+static void q_gemm(const int qt, int n, int nr, int nc, const void *vw, size_t ws, const void *va, size_t as,
+                   float *out, size_t os) {
+    const uint8_t *w = (const uint8_t *)vw, *a = (const uint8_t *)va;
+    const int nb = n / PL_QK, bs = qt == QT_q4_0 ? Q4B : Q8B, shift = qt == QT_q4_0 ? 3 : 7;
     if (nb == 0) {
         for (int j = 0; j < nc; j++)
             for (int i = 0; i < nr; i++) out[(size_t)j * os + i] = 0.0f;
         return;
     }
-    for (int j0 = 0; j0 < nc; j0 += QNC) {
-        const int C = nc - j0 < QNC ? nc - j0 : QNC;
-        const int kpass = (QBUF / C) * QCH; /* blocks per pass */
-        for (int kb = 0; kb < nb; kb += kpass) {
-            const int kblk = nb - kb < kpass ? nb - kb : kpass;
-            const int nfull = kblk / QCH, tail = kblk % QCH, nch = nfull + (tail > 0);
-            for (int c = 0; c < C; c++) {
-                const uint8_t *ar = (const uint8_t *)a + (size_t)(j0 + c) * as + (size_t)kb * Q8B;
+    const int nch_all = (nb + QCH - 1) / QCH;
+    const int kc = nch_all < QKC ? nch_all : QKC;
+    const int jg = nc < QJG ? nc : QJG, ig = nr < QIG ? nr : QIG;
+    char *scr = nc > 1 ? (char *)q_scratch((size_t)kc * (jg * sizeof(qchunk) + ig * sizeof(wchunk))) : NULL;
+    if (!scr) { /* decode, or no memory for the tiles: one activation row at a time */
+        for (int j = 0; j < nc; j++) q_gemv(qt, nb, nr, w, ws, a + (size_t)j * as, out + (size_t)j * os);
+        return;
+    }
+    qchunk *abuf = (qchunk *)scr;
+    wchunk *wbuf = (wchunk *)(scr + (size_t)kc * jg * sizeof(qchunk));
+    uint8_t tmp[QCH * Q8B];
+    for (int kb = 0; kb < nb; kb += kc * QCH) {
+        const int kblk = nb - kb < kc * QCH ? nb - kb : kc * QCH;
+        const int nfull = kblk / QCH, tail = kblk % QCH, nch = nfull + (tail > 0);
+        for (int j0 = 0; j0 < nc; j0 += jg) {
+            const int nj = nc - j0 < jg ? nc - j0 : jg;
+            for (int c = 0; c < nj; c++) {
+                const uint8_t *ar = a + (size_t)(j0 + c) * as + (size_t)kb * Q8B;
                 for (int ch = 0; ch < nch; ch++)
-                    pack_act_chunk(ar + (size_t)ch * QCH * Q8B, ch < nfull ? QCH : tail, shift, &buf[c * nch + ch]);
+                    pack_act_chunk(ar + (size_t)ch * QCH * Q8B, ch < nfull ? QCH : tail, shift, &abuf[(size_t)c * nch + ch]);
             }
-            for (int i = 0; i < nr; i++) {
-                float res[QNC];
-                tab[C - 1]((const uint8_t *)w + (size_t)i * ws + (size_t)kb * bs, nfull, tail, buf, nch, res);
-                float *o = out + (size_t)j0 * os + i;
-                if (kb == 0)
-                    for (int c = 0; c < C; c++) o[(size_t)c * os] = res[c];
-                else
-                    for (int c = 0; c < C; c++) o[(size_t)c * os] += res[c];
+            for (int i0 = 0; i0 < nr; i0 += ig) {
+                const int ni = nr - i0 < ig ? nr - i0 : ig;
+                for (int r = 0; r < ni; r++) {
+                    const uint8_t *row = w + (size_t)(i0 + r) * ws + (size_t)kb * bs;
+                    for (int ch = 0; ch < nch; ch++)
+                        decode_w_chunk(qt, w_chunk_ptr(row, ch, nfull, tail, bs, tmp), &wbuf[(size_t)r * nch + ch]);
+                }
+                for (int c0 = 0; c0 < nj; c0 += QNR) {
+                    const int C = nj - c0 < QNR ? nj - c0 : QNR;
+                    for (int r0 = 0; r0 < ni; r0 += QMR) {
+                        const int R = ni - r0 < QMR ? ni - r0 : QMR;
+                        q_tile_tab[R - 1][C - 1](nch, wbuf + (size_t)r0 * nch, nch, abuf + (size_t)c0 * nch, nch,
+                                                 out + (size_t)(j0 + c0) * os + i0 + r0, os, kb > 0);
+                    }
+                }
             }
         }
     }
@@ -438,7 +556,14 @@ static void q8_0_gemm(int n, int nr, int nc, const void *w, size_t ws, const voi
 static void q4_0_vec_dot(int n, float *s, const void *w, const void *a) { q4_0_gemm(n, 1, 1, w, 0, a, 0, s, 1); }
 static void q8_0_vec_dot(int n, float *s, const void *w, const void *a) { q8_0_gemm(n, 1, 1, w, 0, a, 0, s, 1); }
 
-void pl_kernels_init_avx512(pl_kernels *k) {
+/* cpu_dispatch.c builds every table on any CPU, so the init function itself must not use this
+ * file's ISA (the compiler would otherwise vectorize the pointer stores with AVX/AVX-512). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define PL_BASELINE_FN __attribute__((target("arch=x86-64")))
+#else
+#define PL_BASELINE_FN
+#endif
+PL_BASELINE_FN void pl_kernels_init_avx512(pl_kernels *k) {
     pl_kernels_init_scalar(k);
     k->isa = "avx512";
     pl_type_traits *t;

@@ -74,6 +74,12 @@ void pl_kv_free(pl_kv *kv);
 
 pl_scratch *pl_scratch_new(void);
 void pl_scratch_free(pl_scratch *s);
+/* Calibration: while stats is set, every forward adds the squares of each matmul's input
+ * activations, per column, to stats (pl_stats_len(m) doubles; per layer: q/k/v input [dim],
+ * output-projection input [n_heads*head_dim], gate/up input [dim], down input [hidden_dim]).
+ * NULL turns it off. */
+void pl_scratch_set_stats(pl_scratch *s, double *stats);
+size_t pl_stats_len(const pl_model *m);
 
 /* Runs the batch through every layer; writes n_out x n_vocab logits. Returns 0 or an error
  * code with a message in err. Never touches Python; safe to call without the GIL. */

@@ -62,6 +62,8 @@ cdef extern from "pyllm.h" nogil:
     void pl_kv_free(pl_kv *kv)
     pl_scratch *pl_scratch_new()
     void pl_scratch_free(pl_scratch *s)
+    void pl_scratch_set_stats(pl_scratch *s, double *stats)
+    size_t pl_stats_len(const pl_model *m)
     int pl_quantize_rows(int type, const float *src, void *dst, int64_t rows, int64_t n, int n_threads)
     int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, const pl_batch *b,
                    float *logits, int n_threads, char *err)
@@ -253,12 +255,27 @@ cdef class Runner:
     """Scratch buffers plus the forward call. One Runner must not be used by two threads at once."""
     cdef pl_scratch *s
     cdef CModel model
+    cdef object _stats
 
     def __cinit__(self, CModel model):
         self.s = pl_scratch_new()
         if self.s == NULL:
             raise MemoryError("scratch")
         self.model = model
+        self._stats = None
+
+    def collect_stats(self, bint on):
+        """Start (zeroed) or stop accumulating per-column sums of squares of every matmul input.
+        Returns the float64 array being accumulated (per layer: qkv-in[dim], wo-in[q_dim],
+        gate/up-in[dim], down-in[hidden])."""
+        cdef double[::1] st
+        if on:
+            self._stats = np.zeros(pl_stats_len(self.model.m), dtype=np.float64)
+            st = self._stats
+            pl_scratch_set_stats(self.s, &st[0])
+        else:
+            pl_scratch_set_stats(self.s, NULL)
+        return self._stats
 
     def __dealloc__(self):
         pl_scratch_free(self.s)

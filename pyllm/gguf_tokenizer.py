@@ -1,0 +1,641 @@
+# Tokenizer <-> GGUF metadata: the "tokenizer.*" keys llama.cpp's convert_hf_to_gguf.py writes (model "llama" for
+# SentencePiece vocabularies, "gpt2" for byte-level BPE), built from a Hugging Face folder, and a pyllm Tokenizer
+# rebuilt from such keys (ours or llama.cpp's), so GGUF files carry their tokenizer.
+"""Tokenizer <-> GGUF ``tokenizer.*`` metadata.
+
+``tokenizer_metadata(model_dir)`` gives, as plain Python values, the tokenizer keys llama.cpp's converter writes
+for a Hugging Face folder; ``GGUF_VALUE_TYPES`` says which GGUF type each key is stored as.
+``tokenizer_from_metadata(md)`` builds a :class:`pyllm.tokenizer.Tokenizer` from the key/values of a GGUF file.
+
+Supported ``tokenizer.ggml.model`` values:
+
+* ``"llama"``: a SentencePiece vocabulary (tokens, scores, token types) tokenized as transformers'
+  ``LlamaTokenizer`` does it (``legacy: false``: the "▁" prefix only at the start of the text).
+* ``"gpt2"``: a byte-level BPE vocabulary with merges, for the pre-tokenizers in ``SUPPORTED_BPE_PRE``
+  (``"llama-bpe"``: Llama 3; ``"gpt-2"``).
+
+Where the converter's metadata cannot say what the Hugging Face folder says, two extra keys (ignored by llama.cpp)
+are written, only when needed: ``pyllm.tokenizer.legacy`` (a SentencePiece tokenizer with ``legacy: true``) and
+``pyllm.tokenizer.eos_token_ids`` (end-of-generation ids beyond the ones llama.cpp derives from the file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import numbers
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+from tokenizers import AddedToken, Regex, decoders, pre_tokenizers, processors
+from tokenizers import Tokenizer as _Backend
+from tokenizers.models import BPE
+
+from .tokenizer import Tokenizer, parse_sentencepiece_model
+
+__all__ = ["tokenizer_metadata", "tokenizer_from_metadata", "GGUF_VALUE_TYPES", "SUPPORTED_MODELS",
+           "SUPPORTED_BPE_PRE"]
+
+# GGUF token types (= SentencePiece piece types)
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+_UNDEFINED = 0
+
+K_MODEL = "tokenizer.ggml.model"
+K_PRE = "tokenizer.ggml.pre"
+K_TOKENS = "tokenizer.ggml.tokens"
+K_SCORES = "tokenizer.ggml.scores"
+K_TYPES = "tokenizer.ggml.token_type"
+K_MERGES = "tokenizer.ggml.merges"
+K_BOS = "tokenizer.ggml.bos_token_id"
+K_EOS = "tokenizer.ggml.eos_token_id"
+K_EOT = "tokenizer.ggml.eot_token_id"
+K_EOM = "tokenizer.ggml.eom_token_id"
+K_UNK = "tokenizer.ggml.unknown_token_id"
+K_PAD = "tokenizer.ggml.padding_token_id"
+K_ADD_BOS = "tokenizer.ggml.add_bos_token"
+K_ADD_EOS = "tokenizer.ggml.add_eos_token"
+K_ADD_SEP = "tokenizer.ggml.add_sep_token"
+K_ADD_PREFIX = "tokenizer.ggml.add_space_prefix"
+K_CHAT = "tokenizer.chat_template"
+K_LEGACY = "pyllm.tokenizer.legacy"
+K_EOS_IDS = "pyllm.tokenizer.eos_token_ids"
+
+#: key -> type tag for the GGUF writer: "str", "u32", "bool", "f32[]", "i32[]", "str[]".
+GGUF_VALUE_TYPES: dict[str, str] = {
+    K_MODEL: "str",
+    K_PRE: "str",
+    K_TOKENS: "str[]",
+    K_SCORES: "f32[]",
+    K_TYPES: "i32[]",
+    K_MERGES: "str[]",
+    K_BOS: "u32",
+    K_EOS: "u32",
+    K_EOT: "u32",
+    K_EOM: "u32",
+    K_UNK: "u32",
+    K_PAD: "u32",
+    K_ADD_BOS: "bool",
+    K_ADD_EOS: "bool",
+    K_ADD_SEP: "bool",
+    K_ADD_PREFIX: "bool",
+    K_CHAT: "str",
+    K_LEGACY: "bool",
+    K_EOS_IDS: "i32[]",
+}
+
+SUPPORTED_MODELS = ("llama", "gpt2")
+
+# Byte-level BPE pre-tokenizers: tokenizer.ggml.pre -> (split regex or None for GPT-2's built-in one,
+# ignore_merges, llama.cpp's default for add_bos_token)
+_LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+_BPE_PRE = {
+    "llama-bpe": (_LLAMA3_REGEX, True, True),
+    "llama3": (_LLAMA3_REGEX, True, True),
+    "llama-v3": (_LLAMA3_REGEX, True, True),
+    "gpt-2": (None, False, False),
+}
+SUPPORTED_BPE_PRE = tuple(_BPE_PRE)
+
+# How convert_hf_to_gguf.py names a BPE pre-tokenizer: the sha256 of str(ids) of this text, encoded with
+# add_special_tokens=True (get_vocab_base_pre). Only the hashes of pre-tokenizers supported here are listed.
+_CHKTXT = (
+    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ 🦙🦙 "
+    "3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ "
+    "------======= нещо на Български ''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, 'RE you "
+    "sure? 'M not sure I'll make it, 'D you like some tea? We'Ve a'lL"
+)
+_PRE_HASHES = {
+    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",  # meta-llama/Meta-Llama-3-8B
+    "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",  # openai-community/gpt2
+}
+
+# Token texts llama.cpp treats as end of generation whatever the metadata says (llama_vocab::impl::load)
+_EOG_TEXTS = frozenset((
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "<end_of_turn>",
+    "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>",
+    "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>", "<｜end▁of▁sentence｜>", "[e~[",
+))
+# llama.cpp's EOT / EOM auto-detection (used when the file has no eot/eom id)
+_EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>",
+              "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>", "<end_of_utterance>")
+
+_BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+_SP_DEFAULT_IDS = {"bos": 1, "eos": 2, "unk": 0}  # llama.cpp's defaults for tokenizer.ggml.model "llama"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# HF folder -> metadata
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def _content(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping) and isinstance(value.get("content"), str):
+        return value["content"]
+    return None
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
+
+
+def _config_vocab_size(model_cfg: Mapping[str, Any]) -> int:
+    n = model_cfg.get("vocab_size")
+    if n is None and isinstance(model_cfg.get("text_config"), Mapping):
+        n = model_cfg["text_config"].get("vocab_size")
+    return int(n) if _is_int(n) and n > 0 else 0
+
+
+def _merge_strings(merges: Any, path: Path) -> list[str]:
+    """tokenizer.json merges as the converter writes them: "left right", a space inside a part as U+0120."""
+    if not isinstance(merges, list):
+        raise ValueError(f"{path}: the BPE model has no merges list")
+    if merges and all(isinstance(m, str) for m in merges):
+        return list(merges)
+    try:
+        out = [a + " " + b for a, b in merges]
+    except (TypeError, ValueError):
+        bad = next(m for m in merges
+                   if not (isinstance(m, (list, tuple)) and len(m) == 2 and all(isinstance(p, str) for p in m)))
+        raise ValueError(f"{path}: unknown merges format ({bad!r})") from None
+    for k, s in enumerate(out):
+        if s.count(" ") != 1:
+            out[k] = " ".join(p.replace(" ", "\u0120") for p in merges[k])
+    return out
+
+
+def _template_add_sep(tj: Mapping[str, Any], config: Mapping[str, Any]) -> bool | None:
+    """add_sep_token as gguf-py's SpecialVocab reads it from a tokenizer.json TemplateProcessing (None: not set)."""
+    post = tj.get("post_processor")
+    if not isinstance(post, Mapping):
+        return None
+    eos, sep = _content(config.get("eos_token")), _content(config.get("sep_token"))
+    if not eos and sep:
+        eos = sep
+
+    def special_id(item):
+        return item.get("SpecialToken", {}).get("id") if isinstance(item, Mapping) else None
+
+    def seq_id(item):
+        return item.get("Sequence", {}).get("id") if isinstance(item, Mapping) else None
+
+    add_sep = None
+    procs = post.get("processors", [post])
+    for proc in procs if isinstance(procs, list) else []:
+        if not isinstance(proc, Mapping):
+            continue
+        if proc.get("type") == "RobertaProcessing":
+            add_sep = True
+            continue
+        if proc.get("type") != "TemplateProcessing":
+            continue
+        single, pair = proc.get("single") or [], proc.get("pair") or []
+        first = last = None
+        if len(single) > 1:
+            first, last = special_id(single[0]), special_id(single[-1])
+            if last:
+                eos = last
+        if pair:
+            start = 1 if first and special_id(pair[0]) == first else 0
+            stop = -1 if last and special_id(pair[-1]) == last else None
+            pair = pair[start:stop]
+            if pair and seq_id(pair[0]) == "A" and seq_id(pair[-1]) == "B" and pair[1:-1]:
+                mid = pair[1:-1]
+                found = False
+                entry = special_id(mid[0])
+                if entry and entry in (sep, eos) and not last:
+                    found = True
+                if len(mid) == 2 and special_id(mid[1]) in (sep, eos) and special_id(mid[1]):
+                    found = True
+                add_sep = found
+    return add_sep
+
+
+def _llamacpp_eog(tokens: list[str], eos: int | None, eot: int | None, eom: int | None) -> set[int]:
+    """The end-of-generation ids llama.cpp derives from a vocabulary (special_eog_ids)."""
+    ids = {i for i, t in enumerate(tokens) if t in _EOG_TEXTS}
+    index = {}
+    for i, t in enumerate(tokens):
+        index.setdefault(t, i)
+    if eot is None:
+        eot = next((index[t] for t in _EOT_TEXTS if t in index), None)
+    if eom is None:
+        eom = index.get("<|eom_id|>")
+    ids.update(i for i in (eos, eot, eom) if i is not None)
+    texts = {tokens[i] for i in ids}
+    has_call = "<|call|>" in texts or "<|calls|>" in texts
+    if "<|end|>" in texts and has_call and ("<|return|>" in texts or "<|flush|>" in texts):
+        ids.discard(index["<|end|>"])  # o200k_harmony / solar-open: <|end|> is not the end of generation
+    if ("<|tool_response>" in texts or "<|plamo:eos|>" in texts) and "</s>" in texts:
+        ids.discard(index["</s>"])
+    return ids
+
+
+def tokenizer_metadata(model_dir: str) -> dict:
+    """The ``tokenizer.*`` GGUF keys for a Hugging Face model/tokenizer folder, as llama.cpp's
+    convert_hf_to_gguf.py writes them, as plain Python values (see ``GGUF_VALUE_TYPES`` for their GGUF types).
+
+    The vocabulary is the one ``Tokenizer.from_dir`` loads (so ``tokenizer_from_metadata`` of the result encodes
+    and decodes exactly like it), padded with "[PADi]" unused entries up to config.json's ``vocab_size``.
+    Raises FileNotFoundError when the folder has no tokenizer, ValueError for one that GGUF cannot describe."""
+    folder = Path(model_dir)
+    tok = Tokenizer.from_dir(folder)
+    backend = tok.backend
+    config = _read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
+    model_cfg = _read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+    tm, tj_path = folder / "tokenizer.model", folder / "tokenizer.json"
+    tj = _read_json(tj_path) if tj_path.is_file() else None
+
+    if tj is not None:  # from_dir reads tokenizer.json first
+        model = tj.get("model") if isinstance(tj.get("model"), Mapping) else {}
+        if '"ByteLevel"' in json.dumps(tj.get("pre_tokenizer")):
+            kind = "gpt2"
+        elif model.get("type") == "BPE" and model.get("byte_fallback"):
+            kind = "llama"  # a SentencePiece-style BPE saved as tokenizer.json (convert_hf_to_gguf: LlamaHfVocab)
+        else:
+            raise ValueError(f"{tj_path}: a {model.get('type')} tokenizer without byte-level pre-tokenization; "
+                             f"GGUF tokenizer models supported here: {', '.join(SUPPORTED_MODELS)}")
+    else:
+        kind = "llama"
+
+    n = max(tok.vocab_size, _config_vocab_size(model_cfg))
+    added = backend.get_added_tokens_decoder()
+    cfg_added = set()
+    atd = config.get("added_tokens_decoder")
+    if isinstance(atd, Mapping):
+        for key in atd:
+            try:
+                cfg_added.add(int(key))
+            except (TypeError, ValueError):
+                pass
+
+    tokens: list[str] = []
+    types: list[int] = []
+    scores: list[float] = []
+    sp = parse_sentencepiece_model(tm.read_bytes()) if kind == "llama" and tm.is_file() else None
+    for i in range(n):
+        text = backend.id_to_token(i)
+        if text is None:  # a row of the embedding with no token
+            tokens.append(f"[PAD{i}]")
+            types.append(UNUSED)
+            scores.append(-10000.0)
+            continue
+        if sp is not None:  # tokenizer.model: SentencePiece's own types and scores
+            in_sp = i < len(sp.pieces)
+            base = sp.types[i] if in_sp else NORMAL
+            score = sp.scores[i] if in_sp else -1000.0
+        elif kind == "llama":  # a SentencePiece-style tokenizer.json: as gguf-py's LlamaHfVocab
+            base = BYTE if len(text) == 6 and _BYTE_PIECE.fullmatch(text) else NORMAL
+            score = -1000.0
+        else:
+            base, score = NORMAL, 0.0
+        t = added.get(i)
+        if t is not None and (i in cfg_added or base in (NORMAL, USER_DEFINED)):
+            # added tokens: special ones are control tokens, the others user-defined (as the converter marks the
+            # entries of added_tokens_decoder)
+            base = CONTROL if t.special else USER_DEFINED
+            if i in cfg_added:
+                score = -1000.0
+        tokens.append(text)
+        types.append(base)
+        scores.append(float(score))
+
+    md: dict[str, Any] = {K_MODEL: kind}
+    if kind == "gpt2":
+        md[K_PRE] = _bpe_pre_name(tok, tj, tj_path)
+    else:
+        md[K_PRE] = "default"
+    md[K_TOKENS] = tokens
+    if kind == "llama":
+        md[K_SCORES] = scores
+    md[K_TYPES] = types
+    if kind == "gpt2":
+        md[K_MERGES] = _merge_strings((tj.get("model") or {}).get("merges"), tj_path)
+
+    if tok.bos_id is not None:
+        md[K_BOS] = tok.bos_id
+    if tok.eos_id is not None:
+        md[K_EOS] = tok.eos_id
+    unk = _special_id(backend, config.get("unk_token"), model_cfg.get("unk_token_id"), n)
+    if unk is None and sp is not None and 0 <= sp.unk_id < len(sp.pieces):
+        unk = sp.unk_id
+    if unk is not None:
+        md[K_UNK] = unk
+    pad = _special_id(backend, config.get("pad_token"), model_cfg.get("pad_token_id"), n)
+    if pad is not None:
+        md[K_PAD] = pad
+    md[K_ADD_BOS] = bool(tok.add_bos)
+    md[K_ADD_EOS] = bool(tok.add_eos)
+    if tj is not None:
+        add_sep = _template_add_sep(tj, config)
+        if add_sep is not None:
+            md[K_ADD_SEP] = add_sep
+    if kind == "gpt2" and isinstance(config.get("add_prefix_space"), bool):
+        md[K_ADD_PREFIX] = config["add_prefix_space"]  # the converter copies it for any Llama-family model
+    if tok.chat_template is not None:
+        md[K_CHAT] = tok.chat_template
+    if kind == "llama":
+        legacy, prefix = _llama_options(config, tj)
+        md[K_ADD_PREFIX] = prefix
+        if legacy:
+            md[K_LEGACY] = True
+    derived = _llamacpp_eog(tokens, md.get(K_EOS), None, None)
+    if not set(tok.eos_ids) <= derived:
+        md[K_EOS_IDS] = list(tok.eos_ids)
+    return md
+
+
+def _llama_options(config: Mapping[str, Any], tj: Mapping[str, Any] | None) -> tuple[bool, bool]:
+    """(legacy, add_space_prefix) of the tokenizer Tokenizer.from_dir builds for a SentencePiece-style folder."""
+    legacy = bool(config.get("legacy", False))
+    prefix = config.get("add_prefix_space") is not False
+    if tj is None or config.get("tokenizer_class") in ("LlamaTokenizer", "LlamaTokenizerFast"):
+        return legacy, prefix  # rebuilt from the vocabulary the way transformers' LlamaTokenizer does it
+    # a tokenizer.json used as it is: its own Metaspace scheme / "Prepend" normalizer decide
+    pre, norm = json.dumps(tj.get("pre_tokenizer")), json.dumps(tj.get("normalizer"))
+    if '"Prepend"' in norm:
+        return True, True
+    if '"Metaspace"' in pre:
+        scheme = re.search(r'"prepend_scheme": "(\w+)"', pre)
+        scheme = scheme.group(1) if scheme else ("always" if '"add_prefix_space": true' in pre else "never")
+        return scheme == "always", scheme != "never"
+    return False, False
+
+
+def _special_id(backend: _Backend, token: Any, cfg_id: Any, n: int) -> int | None:
+    text = _content(token)
+    if text is not None:
+        i = backend.token_to_id(text)
+        if i is not None and 0 <= i < n:
+            return i
+    if _is_int(cfg_id) and 0 <= cfg_id < n:
+        return int(cfg_id)
+    return None
+
+
+def _bpe_pre_name(tok: Tokenizer, tj: Mapping[str, Any], path: Path) -> str:
+    """tokenizer.ggml.pre as the converter finds it (hash of the ids of a check text), else by the structure
+    of the pre-tokenizer."""
+    digest = hashlib.sha256(str(tok.encode(_CHKTXT)).encode()).hexdigest()
+    if digest in _PRE_HASHES:
+        return _PRE_HASHES[digest]
+    pre = tj.get("pre_tokenizer")
+    if isinstance(pre, Mapping):
+        items = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
+        items = items if isinstance(items, list) else []
+        if (len(items) == 2 and isinstance(items[0], Mapping) and isinstance(items[1], Mapping)
+                and items[0].get("type") == "Split" and items[0].get("pattern", {}).get("Regex") == _LLAMA3_REGEX
+                and items[1].get("type") == "ByteLevel" and not items[1].get("use_regex", True)
+                and not items[1].get("add_prefix_space", False)):
+            return "llama-bpe"
+        if (len(items) == 1 and isinstance(items[0], Mapping) and items[0].get("type") == "ByteLevel"
+                and items[0].get("use_regex", True) and not items[0].get("add_prefix_space", False)):
+            return "gpt-2"
+    raise ValueError(f"{path}: unrecognized byte-level BPE pre-tokenizer (check-text hash {digest}); "
+                     f"supported tokenizer.ggml.pre: {', '.join(SUPPORTED_BPE_PRE)}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# metadata -> Tokenizer
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _Md:
+    """Typed, validated access to GGUF metadata values."""
+
+    def __init__(self, md: Mapping[str, Any], name: str):
+        if not isinstance(md, Mapping):
+            raise ValueError(f"{name}: metadata must be a mapping of GGUF keys, not {type(md).__name__}")
+        self.md = md
+        self.name = name
+
+    def err(self, msg: str) -> ValueError:
+        return ValueError(f"{self.name}: {msg}")
+
+    def has(self, key: str) -> bool:
+        return key in self.md and self.md[key] is not None
+
+    def str(self, key: str, required: bool = False) -> str | None:
+        if not self.has(key):
+            if required:
+                raise self.err(f"missing {key}")
+            return None
+        v = self.md[key]
+        if isinstance(v, (bytes, bytearray)):
+            try:
+                v = bytes(v).decode("utf-8")
+            except UnicodeDecodeError:
+                raise self.err(f"{key} is not valid UTF-8") from None
+        if not isinstance(v, str):
+            raise self.err(f"{key} must be a string, not {type(v).__name__}")
+        return v
+
+    def bool(self, key: str) -> bool | None:
+        if not self.has(key):
+            return None
+        v = self.md[key]
+        if type(v).__name__ in ("bool", "bool_"):
+            return bool(v)
+        raise self.err(f"{key} must be a bool, not {type(v).__name__} {v!r}")
+
+    def id(self, key: str, n: int) -> int | None:
+        if not self.has(key):
+            return None
+        v = self.md[key]
+        if not _is_int(v):
+            raise self.err(f"{key} must be an integer token id, not {type(v).__name__} {v!r}")
+        v = int(v)
+        if not 0 <= v < n:
+            raise self.err(f"{key} = {v} is out of range: the vocabulary has {n} tokens")
+        return v
+
+    def list(self, key: str, required: bool = False) -> list | None:
+        if not self.has(key):
+            if required:
+                raise self.err(f"missing {key}")
+            return None
+        v = self.md[key]
+        if hasattr(v, "tolist") and not isinstance(v, (str, bytes)):
+            v = v.tolist()
+        if not isinstance(v, (list, tuple)):
+            raise self.err(f"{key} must be an array, not {type(v).__name__}")
+        return list(v)
+
+
+def _str_list(m: _Md, key: str, required: bool) -> list[str] | None:
+    vals = m.list(key, required)
+    if vals is None:
+        return None
+    if not all(type(v) is str for v in vals):
+        for i, v in enumerate(vals):
+            if not isinstance(v, str):
+                raise m.err(f"{key}[{i}] must be a string, not {type(v).__name__} {v!r}")
+    return vals
+
+
+def tokenizer_from_metadata(md: Mapping[str, Any], name: str = "<gguf>") -> Tokenizer:
+    """Build a pyllm Tokenizer from GGUF key/value metadata (plain Python values, lists for arrays).
+
+    Supports ``tokenizer.ggml.model`` "llama" and "gpt2" (pre-tokenizers ``SUPPORTED_BPE_PRE``). ``eos_ids``
+    holds ``tokenizer.ggml.eos_token_id`` first, then every other end-of-generation id llama.cpp would use (eot /
+    eom ids and tokens such as "<|eot_id|>", "<|end_of_text|>"). Raises ValueError for anything missing,
+    mistyped, inconsistent or unsupported."""
+    m = _Md(md, name)
+    model = m.str(K_MODEL)
+    if model is None:
+        raise m.err(f"missing {K_MODEL}; supported tokenizer models: {', '.join(SUPPORTED_MODELS)}")
+    if model not in SUPPORTED_MODELS:
+        raise m.err(f"unsupported {K_MODEL} {model!r}; supported: {', '.join(SUPPORTED_MODELS)}")
+
+    tokens = _str_list(m, K_TOKENS, required=True)
+    n = len(tokens)
+    if n == 0:
+        raise m.err(f"{K_TOKENS} is empty")
+    tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]  # as llama.cpp does
+    seen: dict[str, int] = {}
+    for i, t in enumerate(tokens):
+        j = seen.setdefault(t, i)
+        if j != i:
+            raise m.err(f"{K_TOKENS}: token {t!r} appears twice (ids {j} and {i})")
+
+    types = m.list(K_TYPES)
+    if types is None:
+        types = [NORMAL] * n
+    else:
+        if len(types) != n:
+            raise m.err(f"{K_TYPES} has {len(types)} entries but {K_TOKENS} has {n}")
+        for i, t in enumerate(types):
+            if not _is_int(t) or not _UNDEFINED <= t <= BYTE:
+                raise m.err(f"{K_TYPES}[{i}] = {t!r} is not a token type (0..6)")
+        types = [NORMAL if t == _UNDEFINED else int(t) for t in types]
+    scores = m.list(K_SCORES)
+    if scores is not None:
+        if len(scores) != n:
+            raise m.err(f"{K_SCORES} has {len(scores)} entries but {K_TOKENS} has {n}")
+        for i, s in enumerate(scores):
+            if not isinstance(s, numbers.Real) or isinstance(s, bool):
+                raise m.err(f"{K_SCORES}[{i}] = {s!r} is not a number")
+        scores = [float(s) for s in scores]
+
+    ids = {key: m.id(key, n) for key in (K_BOS, K_EOS, K_UNK, K_PAD, K_EOT, K_EOM)}
+    add_bos, add_eos = m.bool(K_ADD_BOS), m.bool(K_ADD_EOS)
+    add_prefix, legacy = m.bool(K_ADD_PREFIX), m.bool(K_LEGACY)
+    m.bool(K_ADD_SEP)
+    template = m.str(K_CHAT)
+    pre = m.str(K_PRE)
+    extra_eos = m.list(K_EOS_IDS) or []
+    for i, v in enumerate(extra_eos):
+        if not _is_int(v) or not 0 <= v < n:
+            raise m.err(f"{K_EOS_IDS}[{i}] = {v!r} is not a token id in [0, {n})")
+
+    if model == "llama":
+        for key, kind in (("bos", K_BOS), ("eos", K_EOS), ("unk", K_UNK)):
+            if ids[kind] is None and not m.has(kind) and _SP_DEFAULT_IDS[key] < n:
+                ids[kind] = _SP_DEFAULT_IDS[key]
+        default_add_bos = True
+    else:
+        if pre not in _BPE_PRE:
+            raise m.err(f"unsupported {K_PRE} {pre!r} for {K_MODEL} 'gpt2'; supported: {', '.join(SUPPORTED_BPE_PRE)}")
+        default_add_bos = _BPE_PRE[pre][2]
+    bos, eos = ids[K_BOS], ids[K_EOS]
+    if add_bos and bos is None:
+        raise m.err(f"{K_ADD_BOS} is true but there is no {K_BOS}")
+    if add_eos and eos is None:
+        raise m.err(f"{K_ADD_EOS} is true but there is no {K_EOS}")
+    if add_bos is None:
+        add_bos = default_add_bos and bos is not None
+    add_eos = bool(add_eos)
+
+    eog = _llamacpp_eog(tokens, eos, ids[K_EOT], ids[K_EOM]) | {int(v) for v in extra_eos}
+    eog.discard(eos)
+    more_eos = [int(v) for v in extra_eos if int(v) != eos]
+    more_eos += sorted(i for i in eog if i not in more_eos)
+
+    try:
+        if model == "llama":
+            return _build_llama(m, tokens, scores, types, ids, add_bos, add_eos, add_prefix, legacy, template,
+                                more_eos)
+        merges = _str_list(m, K_MERGES, required=True)
+        return _build_gpt2(m, tokens, types, merges, pre, ids, add_bos, add_eos, template, more_eos)
+    except ValueError:
+        raise
+    except BaseException as e:  # the tokenizers library rejected what the metadata holds (a Rust panic is a
+        if not isinstance(e, Exception) and type(e).__name__ != "PanicException":  # BaseException)
+            raise
+        raise m.err(f"cannot build a tokenizer from this metadata: {e}") from None
+
+
+def _build_llama(m, tokens, scores, types, ids, add_bos, add_eos, add_prefix, legacy, template, more_eos):
+    bos, eos, unk = ids[K_BOS], ids[K_EOS], ids[K_UNK]
+    config: dict[str, Any] = {
+        "tokenizer_class": "LlamaTokenizer",
+        "legacy": bool(legacy),
+        "add_prefix_space": add_prefix is not False,
+        "add_bos_token": add_bos,
+        "add_eos_token": add_eos,
+        "chat_template": template,
+    }
+    for key, i in (("bos_token", bos), ("eos_token", eos), ("unk_token", unk)):
+        if i is not None:
+            config[key] = tokens[i]
+    return Tokenizer.from_sentencepiece_vocab(
+        tokens, scores, types, config,
+        unk_id=-1 if unk is None else unk, bos_id=-1 if bos is None else bos, eos_id=-1 if eos is None else eos,
+        generation_config={"eos_token_id": more_eos}, name=m.name,
+    )
+
+
+def _build_gpt2(m, tokens, types, merges, pre, ids, add_bos, add_eos, template, more_eos):
+    regex, ignore_merges, _ = _BPE_PRE[pre]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    pairs = [tuple(s.split(" ", 1)) for s in merges]
+    for k, p in enumerate(pairs):
+        if len(p) != 2 or not p[0] or not p[1]:
+            s = merges[k]
+            cut = s.find(" ", 1)  # as llama.cpp: the first part is at least one character
+            if cut < 0 or cut == len(s) - 1:
+                raise m.err(f"{K_MERGES}[{k}] = {s!r} is not two tokens separated by a space")
+            pairs[k] = (s[:cut], s[cut + 1:])
+        if pairs[k][0] + pairs[k][1] not in vocab:
+            raise m.err(f"{K_MERGES}[{k}] = {merges[k]!r}: the merged token is not in {K_TOKENS}")
+    unk = ids[K_UNK]
+    backend = _Backend(BPE(vocab=vocab, merges=pairs, unk_token=tokens[unk] if unk is not None else None,
+                           fuse_unk=False, byte_fallback=False, ignore_merges=ignore_merges, dropout=None))
+    backend.normalizer = None
+    if regex is None:
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+    else:
+        backend.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+        ])
+    backend.decoder = decoders.ByteLevel()
+    added = [AddedToken(t, special=(ty == CONTROL), normalized=False)
+             for t, ty in zip(tokens, types) if ty in (CONTROL, USER_DEFINED)]
+    if added:
+        backend.add_tokens(added)  # already in the vocabulary: they keep their ids
+    bos, eos = ids[K_BOS], ids[K_EOS]
+    bos_tok = tokens[bos] if bos is not None else None
+    eos_tok = tokens[eos] if eos is not None else None
+    single = " ".join(([f"{bos_tok}:0"] if add_bos else []) + ["$A:0"] + ([f"{eos_tok}:0"] if add_eos else []))
+    pair = " ".join([single] + ([f"{bos_tok}:1"] if add_bos else []) + ["$B:1"]
+                    + ([f"{eos_tok}:1"] if add_eos else []))
+    special = [(bos_tok, bos)] if add_bos else []
+    if add_eos and not (add_bos and eos == bos):
+        special.append((eos_tok, eos))
+    backend.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
+    return Tokenizer(backend, bos_token=bos_tok, eos_token=eos_tok, eos_ids=more_eos, add_bos=add_bos,
+                     add_eos=add_eos, chat_template=template, name=m.name)
