@@ -10,17 +10,15 @@ transformers runs in the checkpoint's dtype (bf16 for a bf16 file) with torch's 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
-import subprocess
-import sys
+
+from _common import default_threads, machine, medians, run_worker
 
 WORKER = r"""
 import json, os, resource, sys, time
 import numpy as np
 engine, path, n_prompt, n_gen, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-ids = np.random.default_rng(0).integers(100, 30000, n_prompt).tolist()
+cfg = json.load(open(os.path.join(path, "config.json")))
+ids = np.random.default_rng(0).integers(3, cfg["vocab_size"], n_prompt).tolist()  # same ids for both engines
 t0 = time.perf_counter()
 if engine == "pyllm":
     import pyllm
@@ -51,11 +49,7 @@ print(json.dumps(dict(load=load, prefill=n_prompt / prefill, decode=n_gen / deco
 
 
 def run(engine, path, a):
-    out = subprocess.run([sys.executable, "-c", WORKER, engine, path, str(a.prompt), str(a.gen), str(a.threads)],
-                         capture_output=True, text=True)
-    if out.returncode:
-        raise SystemExit(f"{engine} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_worker(WORKER, [engine, path, a.prompt, a.gen, a.threads], engine)
 
 
 def main() -> None:
@@ -64,7 +58,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--prompt", type=int, default=512)
     p.add_argument("--gen", type=int, default=128)
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--threads", type=int, default=default_threads())
     p.add_argument("--engines", default="pyllm,transformers")
     a = p.parse_args()
     engines = a.engines.split(",")
@@ -75,8 +69,9 @@ def main() -> None:
             res[e].append(r)
             print(f"rep {rep} {e:12s} prefill {r['prefill']:8.1f} tok/s  decode {r['decode']:7.2f} tok/s  "
                   f"peak RSS {r['rss'] / 2**20:7.0f} MiB  load {r['load']:.2f} s", flush=True)
-    med = {e: {k: statistics.median(x[k] for x in res[e]) for k in res[e][0]} for e in engines}
+    med = {e: medians(res[e]) for e in engines}
     print(f"\nmedians of {a.reps} runs, {a.threads} threads, prompt {a.prompt}, decode {a.gen}: {a.checkpoint}")
+    print(f"machine: {machine()}")
     print(f"{'metric':16s}" + "".join(f"{e:>14s}" for e in engines) + ("       ratio" if len(engines) == 2 else ""))
     for k, unit in (("prefill", "tok/s"), ("decode", "tok/s"), ("rss", "MiB"), ("load", "s")):
         vals = [med[e][k] / (2**20 if k == "rss" else 1) for e in engines]

@@ -567,6 +567,185 @@ static void q8_0_gemm(int n, int nr, int nc, const void *w, size_t ws, const voi
 static void q4_0_vec_dot(int n, float *s, const void *w, const void *a) { q4_0_gemm(n, 1, 1, w, 0, a, 0, s, 1); }
 static void q8_0_vec_dot(int n, float *s, const void *w, const void *a) { q8_0_gemm(n, 1, 1, w, 0, a, 0, s, 1); }
 
+/* ============================== packed Q4_0 / Q8_0 x q8x activations ==============================
+ * Layout in tensor_types.h: 32-bit lane r of a weight vector is row r of a 16-row group (two ymm
+ * halves of 8 rows), multiplied with a broadcast activation dword. Q4_0: vpmaddubsw (nibble u8 x s8,
+ * int16 sums of at most 16 products <= 30720: exact), then vpmaddwd by 1 and the -8 correction c4.
+ * Q8_0: the stored bytes are w + 128; even/odd bytes widened to int16 (weights zero-extended,
+ * activations sign-extended) and vpmaddwd (exact), then the -128 correction c8. Rows are summed
+ * block by block with the scalar reference's roundings: bit-identical results. */
+#define PKR PL_PACK_ROWS
+#define PKC 4 /* prefill: activation rows per pass */
+
+/* acc + (float)dp * (dw * da) with the scalar reference's roundings (no FMA): bit-identical to it */
+AI __m256 pk_accum(__m256 acc, __m256i dp, __m256 dw, __m256 da) {
+    __m256 p = _mm256_mul_ps(_mm256_cvtepi32_ps(dp), _mm256_mul_ps(dw, da));
+    __asm__("" : "+x"(p));
+    return _mm256_add_ps(acc, p);
+}
+AI __m256i bcast32(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+AI size_t pk_d_off(int nb) { return pl_round64((size_t)nb * Q8B); }
+AI size_t pk_c_off(const int qt, int nb) { return pk_d_off(nb) + (qt == QT_q4_0 ? 1 : 2) * pl_round64((size_t)nb * 4); }
+/* stores the first rows (< 8) lanes of v */
+AI void store_rows(float *out, __m256 v, int rows) {
+    if (rows >= 8) {
+        _mm256_storeu_ps(out, v);
+        return;
+    }
+    float tmp[8];
+    _mm256_storeu_ps(tmp, v);
+    for (int r = 0; r < rows; r++) out[r] = tmp[r];
+}
+
+/* C activation rows x 8 weight rows (half h of a group): acc[c] = exact int32 block dots + correction */
+AI void pk_block_dots(const int qt, const int C, const uint8_t *q, const uint8_t *const *ab, const int32_t *const *ac,
+                      int b, __m256i *acc) {
+    if (qt == QT_q4_0) {
+        const __m256i m4 = _mm256_set1_epi8(0x0F);
+        __m256i s[PKC];
+        UNROLL for (int k = 0; k < 4; k++) {
+            const __m256i v = _mm256_load_si256((const __m256i *)(q + 64 * k));
+            const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            UNROLL for (int c = 0; c < C; c++) {
+                const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, bcast32(ab[c] + 4 * k)),
+                                                   _mm256_maddubs_epi16(hi, bcast32(ab[c] + 16 + 4 * k)));
+                s[c] = k == 0 ? p : _mm256_add_epi16(s[c], p);
+            }
+        }
+        UNROLL for (int c = 0; c < C; c++)
+            acc[c] = _mm256_add_epi32(_mm256_madd_epi16(s[c], _mm256_set1_epi16(1)), _mm256_set1_epi32(ac[c][b]));
+    } else {
+        const __m256i m8 = _mm256_set1_epi16(0x00FF);
+        UNROLL for (int c = 0; c < C; c++) acc[c] = _mm256_set1_epi32(ac[c][b]);
+        UNROLL for (int k = 0; k < 8; k++) {
+            const __m256i v = _mm256_load_si256((const __m256i *)(q + 64 * k));
+            const __m256i ve = _mm256_and_si256(v, m8), vo = _mm256_srli_epi16(v, 8);
+            UNROLL for (int c = 0; c < C; c++) {
+                const __m256i x = bcast32(ab[c] + 4 * k);
+                const __m256i xe = _mm256_srai_epi16(_mm256_slli_epi16(x, 8), 8), xo = _mm256_srai_epi16(x, 8);
+                acc[c] = _mm256_add_epi32(acc[c], _mm256_add_epi32(_mm256_madd_epi16(ve, xe), _mm256_madd_epi16(vo, xo)));
+            }
+        }
+    }
+}
+
+/* one group (16 rows, as two halves) x C activation rows */
+AI void pk_tile(const int qt, const int C, int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out,
+                size_t os, int rows) {
+    const int QB = qt == QT_q4_0 ? 16 : 32;
+    const size_t pd = pl_round64((size_t)nb * 2 * PKR);
+    const uint8_t *ab[PKC];
+    const int32_t *ac[PKC];
+    const float *ad[PKC];
+    UNROLL for (int c = 0; c < C; c++) {
+        ab[c] = a + (size_t)c * as + 2;
+        ac[c] = (const int32_t *)(a + (size_t)c * as + pk_c_off(qt, nb));
+        ad[c] = (const float *)(a + (size_t)c * as + pk_d_off(nb));
+    }
+    UNROLL for (int h = 0; h < 2; h++) {
+        if (rows <= 8 * h) break;
+        __m256 fa[PKC];
+        UNROLL for (int c = 0; c < C; c++) fa[c] = _mm256_setzero_ps();
+        for (int b = 0; b < nb; b++) {
+            const uint8_t *q = gp + pd + (size_t)b * PKR * QB + 32 * h;
+            const uint8_t *abb[PKC];
+            UNROLL for (int c = 0; c < C; c++) abb[c] = ab[c] + (size_t)b * Q8B;
+            __m256i acc[PKC];
+            pk_block_dots(qt, C, q, abb, ac, b, acc);
+            const __m256 dw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(gp + 32 * (size_t)b + 16 * h)));
+            UNROLL for (int c = 0; c < C; c++)
+                fa[c] = pk_accum(fa[c], acc[c], dw, _mm256_set1_ps(ad[c][b]));
+        }
+        UNROLL for (int c = 0; c < C; c++) store_rows(out + (size_t)c * os + 8 * h, fa[c], rows - 8 * h);
+    }
+}
+
+/* decode: one group (both halves) x one activation row; each activation broadcast serves 16 rows */
+AI void pk_gemv(const int qt, int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) {
+    const int QB = qt == QT_q4_0 ? 16 : 32;
+    const size_t pd = pl_round64((size_t)nb * 2 * PKR);
+    const int32_t *ac = (const int32_t *)(a + pk_c_off(qt, nb));
+    const float *ad = (const float *)(a + pk_d_off(nb));
+    __m256 fa[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *q = gp + pd + (size_t)b * PKR * QB, *ab = a + (size_t)b * Q8B + 2;
+        const __m256i corr = _mm256_set1_epi32(ac[b]);
+        __m256i acc[2];
+        if (qt == QT_q4_0) {
+            const __m256i m4 = _mm256_set1_epi8(0x0F);
+            __m256i s[2];
+            UNROLL for (int k = 0; k < 4; k++) {
+                const __m256i alo = bcast32(ab + 4 * k), ahi = bcast32(ab + 16 + 4 * k);
+                UNROLL for (int h = 0; h < 2; h++) {
+                    const __m256i v = _mm256_load_si256((const __m256i *)(q + 64 * k + 32 * h));
+                    const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(v, m4), alo),
+                                                       _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), ahi));
+                    s[h] = k == 0 ? p : _mm256_add_epi16(s[h], p);
+                }
+            }
+            UNROLL for (int h = 0; h < 2; h++) acc[h] = _mm256_add_epi32(_mm256_madd_epi16(s[h], _mm256_set1_epi16(1)), corr);
+        } else {
+            const __m256i m8 = _mm256_set1_epi16(0x00FF);
+            acc[0] = acc[1] = corr;
+            UNROLL for (int k = 0; k < 8; k++) {
+                const __m256i x = bcast32(ab + 4 * k);
+                const __m256i xe = _mm256_srai_epi16(_mm256_slli_epi16(x, 8), 8), xo = _mm256_srai_epi16(x, 8);
+                UNROLL for (int h = 0; h < 2; h++) {
+                    const __m256i v = _mm256_load_si256((const __m256i *)(q + 64 * k + 32 * h));
+                    acc[h] = _mm256_add_epi32(acc[h], _mm256_add_epi32(_mm256_madd_epi16(_mm256_and_si256(v, m8), xe),
+                                                                       _mm256_madd_epi16(_mm256_srli_epi16(v, 8), xo)));
+                }
+            }
+        }
+        const __m256 da = _mm256_set1_ps(ad[b]);
+        UNROLL for (int h = 0; h < 2; h++)
+            fa[h] = pk_accum(fa[h], acc[h], _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(gp + 32 * (size_t)b + 16 * h))), da);
+    }
+    store_rows(out, fa[0], rows);
+    if (rows > 8) store_rows(out + 8, fa[1], rows - 8);
+}
+static void pk_gemv_q4_0(int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) { pk_gemv(QT_q4_0, nb, gp, a, out, rows); }
+static void pk_gemv_q8_0(int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) { pk_gemv(QT_q8_0, nb, gp, a, out, rows); }
+
+typedef void (*pk_tile_fn)(int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out, size_t os, int rows);
+#define PKT_DEF(qt, C)                                                                                          \
+    static void pk_tile_##qt##_##C(int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out, size_t os, \
+                                   int rows) {                                                                  \
+        pk_tile(QT_##qt, C, nb, gp, a, as, out, os, rows);                                                      \
+    }
+PKT_DEF(q4_0, 1) PKT_DEF(q4_0, 2) PKT_DEF(q4_0, 3) PKT_DEF(q4_0, 4)
+PKT_DEF(q8_0, 1) PKT_DEF(q8_0, 2) PKT_DEF(q8_0, 3) PKT_DEF(q8_0, 4)
+static const pk_tile_fn pk_tile_tab[2][PKC] = {{pk_tile_q4_0_1, pk_tile_q4_0_2, pk_tile_q4_0_3, pk_tile_q4_0_4},
+                                               {pk_tile_q8_0_1, pk_tile_q8_0_2, pk_tile_q8_0_3, pk_tile_q8_0_4}};
+
+static void pk_gemm(const int qt, int n, int nr, int nc, const void *vw, const void *va, size_t as, float *out,
+                    size_t os) {
+    const uint8_t *w = (const uint8_t *)vw, *a = (const uint8_t *)va;
+    const int nb = n / PL_QK, ng = (nr + PKR - 1) / PKR;
+    const size_t gb = pl_packed_group_bytes(qt == QT_q4_0 ? PL_TYPE_Q4_0 : PL_TYPE_Q8_0, n);
+    if (nc == 1) {
+        for (int g = 0; g < ng; g++)
+            (qt == QT_q4_0 ? pk_gemv_q4_0 : pk_gemv_q8_0)(nb, w + (size_t)g * gb, a, out + PKR * g, nr - PKR * g);
+        return;
+    }
+    for (int g = 0; g < ng; g++)
+        for (int c0 = 0; c0 < nc; c0 += PKC) {
+            const int C = nc - c0 < PKC ? nc - c0 : PKC;
+            pk_tile_tab[qt][C - 1](nb, w + (size_t)g * gb, a + (size_t)c0 * as, as, out + (size_t)c0 * os + PKR * g, os,
+                                   nr - PKR * g);
+        }
+}
+static void q4_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
+    pk_gemm(QT_q4_0, n, nr, nc, w, a, as, out, os);
+}
+static void q8_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
+    pk_gemm(QT_q8_0, n, nr, nc, w, a, as, out, os);
+}
+
 /* cpu_dispatch.c builds every table on any CPU, so the init function itself must not use this
  * file's ISA (the compiler would otherwise vectorize the pointer stores with AVX/AVX-512). */
 #if defined(__GNUC__) && !defined(__clang__)
@@ -592,11 +771,13 @@ PL_BASELINE_FN void pl_kernels_init_avx2(pl_kernels *k) {
     t = &k->types[PL_TYPE_Q8_0];
     t->vec_dot = q8_0_vec_dot;
     t->gemm = q8_0_gemm;
+    t->gemm_packed = q8_0_gemm_packed;
     t->to_float = q8_0_to_float;
     t->from_float = q8_0_from_float;
     t = &k->types[PL_TYPE_Q4_0];
     t->vec_dot = q4_0_vec_dot;
     t->gemm = q4_0_gemm;
+    t->gemm_packed = q4_0_gemm_packed;
     t->to_float = q4_0_to_float;
     k->dot_f32 = dot_f32;
     k->axpy_f32 = axpy_f32;

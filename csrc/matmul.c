@@ -1,30 +1,45 @@
 /* matmul.c: the one matmul driver for every weight type. It converts activations to the
  * weight type's act_type once, then splits output rows over threads in tiles and hands each
- * (row tile x token tile) to the type's gemm kernel (or a vec_dot loop when a type has none). */
+ * (row tile x token tile) to the type's gemm kernel (or a vec_dot loop when a type has none).
+ * A weight repacked at load (w->packed, see repack.c) goes to the type's gemm_packed instead; its
+ * activations are then built once per matmul as q8x rows (Q8_0 plus fp32 scales and the
+ * corrections, tensor_types.h), which the unpacked gemm of another weight in the same call reads
+ * as plain Q8_0 rows. */
 #include "pyllm.h"
 
 /* 64 x 64 tiles: a tile of Q4_0 weights (~74 KB for 2048 columns) and its activations stay in L2
  * while the gemm kernel walks them, and the kernel's per-call activation repacking is amortized
  * over 64 rows. */
-#define ROW_TILE 64
+#define ROW_TILE 64 /* a multiple of PL_PACK_ROWS */
 #define TOK_TILE 64
 
+/* row stride of the converted activations (packed: q8x rows) */
+static size_t act_stride(pl_type act, int64_t n, int packed) {
+    return packed && act == PL_TYPE_Q8_0 ? pl_packed_act_row_bytes(n) : pl_type_row_bytes(act, n);
+}
+
+/* enough for either form (a weight may be repacked after the scratch was sized) */
 size_t pl_matmul_act_bytes(const pl_tensor *w, int nt) {
     const pl_kernels *K = pl_kernels_active();
     const pl_type act = K->types[w->type].act_type;
     if (act == PL_TYPE_F32) return 0;
-    return (size_t)nt * pl_type_row_bytes(act, w->ne0);
+    return (size_t)nt * act_stride(act, w->ne0, 1);
 }
 
 /* Converts nt rows of x to the act_type of weight type wtype (inside a parallel region: split
  * over threads, ends with a barrier). Returns the row stride of the converted rows. */
 static size_t convert_acts(const pl_kernels *K, int wtype, int64_t n, const float *x, int nt, int ldx,
-                           void *act_buf) {
+                           void *act_buf, int packed) {
     const pl_type act = K->types[wtype].act_type;
-    const size_t stride = pl_type_row_bytes(act, n);
+    const size_t stride = act_stride(act, n, packed);
     const pl_from_float_fn conv = K->types[act].from_float;
+    if (packed && act == PL_TYPE_Q8_0) {
 #pragma omp for schedule(static)
-    for (int t = 0; t < nt; t++) conv(x + (size_t)t * ldx, (char *)act_buf + (size_t)t * stride, n);
+        for (int t = 0; t < nt; t++) pl_pack_act_row(conv, x + (size_t)t * ldx, (char *)act_buf + (size_t)t * stride, n);
+    } else {
+#pragma omp for schedule(static)
+        for (int t = 0; t < nt; t++) conv(x + (size_t)t * ldx, (char *)act_buf + (size_t)t * stride, n);
+    }
     return stride;
 }
 
@@ -48,8 +63,10 @@ void pl_matmul_multi(const pl_tensor *const *ws, float *const *ys, const int *ld
     const pl_type act = K->types[ws[0]->type].act_type;
     const void *a = x;
     size_t as = (size_t)ldx * sizeof(float);
+    int packed = 0;
+    for (int k = 0; k < nw; k++) packed |= ws[k]->packed != NULL;
     if (act != PL_TYPE_F32) {
-        as = act_ready ? pl_type_row_bytes(act, n) : convert_acts(K, ws[0]->type, n, x, nt, ldx, act_buf);
+        as = act_ready ? act_stride(act, n, packed) : convert_acts(K, ws[0]->type, n, x, nt, ldx, act_buf, packed);
         a = act_buf;
     }
     int tiles[4] = {0, 0, 0, 0}, total = 0;
@@ -65,6 +82,15 @@ void pl_matmul_multi(const pl_tensor *const *ws, float *const *ys, const int *ld
         const pl_type_traits *tt = &K->types[w->type];
         const int r0 = rt * ROW_TILE;
         const int nr = (int)(w->ne1 - r0 < ROW_TILE ? w->ne1 - r0 : ROW_TILE);
+        if (w->packed) {
+            const char *wp = (const char *)w->packed + (size_t)(r0 / PL_PACK_ROWS) * w->packed_group_bytes;
+            for (int t0 = 0; t0 < nt; t0 += TOK_TILE) {
+                const int nc = nt - t0 < TOK_TILE ? nt - t0 : TOK_TILE;
+                tt->gemm_packed((int)n, nr, nc, wp, (const char *)a + (size_t)t0 * as, as,
+                                ys[k] + (size_t)t0 * ldys[k] + r0, (size_t)ldys[k]);
+            }
+            continue;
+        }
         const char *wp = (const char *)w->data + (size_t)r0 * w->row_bytes;
         for (int t0 = 0; t0 < nt; t0 += TOK_TILE) {
             const int nc = nt - t0 < TOK_TILE ? nt - t0 : TOK_TILE;

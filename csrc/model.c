@@ -60,18 +60,25 @@ static int set(pl_tensor *t, const char *name, int layer, int type, int64_t ne0,
     return 0;
 }
 
-int pl_model_set_tensor(pl_model *m, const char *name, int layer, int type, int64_t ne0, int64_t ne1,
-                        const void *data, size_t nbytes, char *err) {
+/* the tensor called name in layer (-1: model-level) and the shape the config needs; NULL + err if unknown */
+static pl_tensor *find(const pl_model *m, const char *name, int layer, int64_t *w0, int64_t *w1, char *err) {
     const pl_config *c = &m->cfg;
     const int64_t q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
-    if (m->finalized) return ERR("model already finalized");
+    pl_model *mm = (pl_model *)m;
     if (layer < 0) {
-        if (!strcmp(name, "tok_embd")) return set(&m->tok_embd, name, layer, type, ne0, ne1, c->dim, c->n_vocab, data, nbytes, err);
-        if (!strcmp(name, "output")) return set(&m->output, name, layer, type, ne0, ne1, c->dim, c->n_vocab, data, nbytes, err);
-        if (!strcmp(name, "output_norm")) return set(&m->output_norm, name, layer, type, ne0, ne1, c->dim, 1, data, nbytes, err);
-        return ERR("unknown tensor %s", name);
+        *w0 = c->dim;
+        *w1 = c->n_vocab;
+        if (!strcmp(name, "tok_embd")) return &mm->tok_embd;
+        if (!strcmp(name, "output")) return &mm->output;
+        *w1 = 1;
+        if (!strcmp(name, "output_norm")) return &mm->output_norm;
+        snprintf(err, PL_ERRMSG_LEN, "unknown tensor %s", name);
+        return NULL;
     }
-    if (layer >= c->n_layers) return ERR("%s: layer %d out of range (model has %d)", name, layer, c->n_layers);
+    if (layer >= c->n_layers) {
+        snprintf(err, PL_ERRMSG_LEN, "%s: layer %d out of range (model has %d)", name, layer, c->n_layers);
+        return NULL;
+    }
     pl_layer *L = &m->layers[layer];
     struct { const char *n; pl_tensor *t; int64_t w0, w1; } tab[] = {
         {"attn_norm", &L->attn_norm, c->dim, 1},      {"wq", &L->wq, c->dim, q},
@@ -81,8 +88,42 @@ int pl_model_set_tensor(pl_model *m, const char *name, int layer, int type, int6
         {"ffn_down", &L->ffn_down, c->hidden_dim, c->dim},
     };
     for (size_t i = 0; i < sizeof(tab) / sizeof(tab[0]); i++)
-        if (!strcmp(name, tab[i].n)) return set(tab[i].t, name, layer, type, ne0, ne1, tab[i].w0, tab[i].w1, data, nbytes, err);
-    return ERR("unknown tensor %s", name);
+        if (!strcmp(name, tab[i].n)) {
+            *w0 = tab[i].w0;
+            *w1 = tab[i].w1;
+            return tab[i].t;
+        }
+    snprintf(err, PL_ERRMSG_LEN, "unknown tensor %s", name);
+    return NULL;
+}
+
+int pl_model_set_tensor(pl_model *m, const char *name, int layer, int type, int64_t ne0, int64_t ne1,
+                        const void *data, size_t nbytes, char *err) {
+    if (m->finalized) return ERR("model already finalized");
+    int64_t w0, w1;
+    pl_tensor *t = find(m, name, layer, &w0, &w1, err);
+    if (!t) return -1;
+    if (set(t, name, layer, type, ne0, ne1, w0, w1, data, nbytes, err)) return -1;
+    t->flags = 0;
+    return 0;
+}
+
+int pl_model_set_tensor_flags(pl_model *m, const char *name, int layer, int flags, char *err) {
+    if (m->finalized) return ERR("model already finalized");
+    int64_t w0, w1;
+    pl_tensor *t = find(m, name, layer, &w0, &w1, err);
+    if (!t) return -1;
+    if (!t->data) return ERR("%s (layer %d): flags set before the tensor", name, layer);
+    t->flags = flags;
+    return 0;
+}
+
+size_t pl_model_packed_bytes(const pl_model *m, const char *name, int layer) {
+    char err[PL_ERRMSG_LEN];
+    int64_t w0, w1;
+    const pl_tensor *t = find(m, name, layer, &w0, &w1, err);
+    if (!t || !t->packed) return 0;
+    return (size_t)((t->ne1 + PL_PACK_ROWS - 1) / PL_PACK_ROWS) * t->packed_group_bytes;
 }
 
 static float *to_f32(const pl_tensor *t) {
@@ -130,6 +171,7 @@ int pl_model_finalize(pl_model *m, const float *inv_freq, float attn_factor, cha
         }
     m->attn_scale = 1.0f / sqrtf((float)c->head_dim);
     m->finalized = 1;
+    pl_model_repack(m); /* best effort: a tensor it cannot repack (no memory) stays as it is */
     return 0;
 }
 
@@ -144,6 +186,7 @@ void pl_model_free(pl_model *m) {
     free(m->rope_cos);
     free(m->rope_sin);
     free(m->output_norm_f32);
+    pl_packed_arena_free(m->packed_arena, m->packed_arena_bytes);
     free(m);
 }
 

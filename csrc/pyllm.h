@@ -17,7 +17,13 @@ typedef struct {
     int64_t ne1;       /* rows (output features) */
     const void *data;  /* borrowed; NULL until set */
     size_t row_bytes;
+    int flags;                 /* PL_TENSOR_* (pl_model_set_tensor_flags) */
+    const void *packed;        /* repacked copy made by finalize (csrc/repack.c) or NULL; matmuls prefer it */
+    size_t packed_group_bytes; /* bytes per 16-row group of packed */
 } pl_tensor;
+/* data is a read-only file mapping (mmap of a GGUF/safetensors file): once the tensor is repacked,
+ * finalize drops its pages from memory (madvise MADV_DONTNEED; they would be re-read from the file) */
+#define PL_TENSOR_MMAPPED 1
 
 typedef struct {
     pl_tensor attn_norm, wq, wk, wv, wo, ffn_norm, ffn_gate, ffn_up, ffn_down;
@@ -40,6 +46,12 @@ typedef struct {
     float *rope_cos, *rope_sin; /* [max_ctx][head_dim/2] */
     float attn_scale;
     int finalized;
+    void *packed_arena; /* all packed tensors (repack.c) */
+    size_t packed_arena_bytes;
+    /* optional: called by finalize once a tensor is repacked and its data will not be read again
+     * (the caller may free a heap buffer; the same buffer may still back another tensor) */
+    void (*release)(void *ctx, const char *name, int layer);
+    void *release_ctx;
 } pl_model;
 
 typedef struct {
@@ -65,8 +77,15 @@ pl_model *pl_model_new(const pl_config *cfg, char *err);
 /* name: tok_embd, output_norm, output, or per layer attn_norm wq wk wv wo ffn_norm ffn_gate ffn_up ffn_down */
 int pl_model_set_tensor(pl_model *m, const char *name, int layer, int type, int64_t ne0, int64_t ne1,
                         const void *data, size_t nbytes, char *err);
-/* inv_freq: head_dim/2 rope inverse frequencies; attn_factor scales cos/sin (1 unless rope says so) */
+int pl_model_set_tensor_flags(pl_model *m, const char *name, int layer, int flags, char *err);
+/* inv_freq: head_dim/2 rope inverse frequencies; attn_factor scales cos/sin (1 unless rope says so).
+ * Also repacks the Q4_0/Q8_0 matmul weights (all but tok_embd) unless PYLLM_REPACK=0: see repack.c. */
 int pl_model_finalize(pl_model *m, const float *inv_freq, float attn_factor, char *err);
+/* bytes of a tensor's packed copy, 0 if it has none (or the name is unknown) */
+size_t pl_model_packed_bytes(const pl_model *m, const char *name, int layer);
+/* repack.c: called by pl_model_finalize; returns the number of tensors repacked */
+int pl_model_repack(pl_model *m);
+void pl_packed_arena_free(void *arena, size_t bytes);
 void pl_model_free(pl_model *m);
 
 pl_kv *pl_kv_new(const pl_model *m, int n_ctx, char *err);
@@ -92,11 +111,17 @@ int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, co
 size_t pl_matmul_act_bytes(const pl_tensor *w, int nt);
 void pl_matmul(const pl_tensor *w, const float *x, int nt, int ldx, float *y, int ldy, void *act_buf);
 /* the same for nw <= 4 weights sharing one input (q/k/v, gate/up): one pass, one barrier. With
- * act_ready the activations are already converted in act_buf. */
+ * act_ready the activations are already converted in act_buf (as q8x rows when any weight is packed). */
 void pl_matmul_multi(const pl_tensor *const *ws, float *const *ys, const int *ldys, int nw, const float *x, int nt,
                      int ldx, void *act_buf, int act_ready);
 
 /* converts rows x n float32 values to type (whole rows; n a multiple of the block); 0 or -1 */
 int pl_quantize_rows(int type, const float *src, void *dst, int64_t rows, int64_t n, int n_threads);
+/* the same blocks with error-minimizing scales (quantize.c): Q4_0/Q8_0 rows whose every block has
+ * the least importance-weighted squared error found, never more than the reference's. importance:
+ * n per-column weights >= 0, or NULL for plain squared error. Other types: as pl_quantize_rows.
+ * Returns 0, -1 (bad type/size) or -2 (negative or non-finite importance). */
+int pl_quantize_rows_weighted(int type, const float *src, void *dst, int64_t rows, int64_t n,
+                              const float *importance, int n_threads);
 
 #endif

@@ -38,6 +38,35 @@ typedef void (*pl_vec_dot_fn)(int n, float *s, const void *w, const void *a);
 typedef void (*pl_to_float_fn)(const void *x, float *y, int64_t n);
 typedef void (*pl_from_float_fn)(const float *x, void *y, int64_t n);
 
+/* ---- Repacked ("packed") weights: Q4_0 / Q8_0 rows interleaved for SIMD, built once at model load ----
+ * Rows are taken PL_PACK_ROWS (16) at a time; a group of 16 rows of n weights (nb = n/32 blocks)
+ * is pl_packed_group_bytes(t, n) = PD(nb) + nb * 16 * QB bytes, a multiple of 64:
+ *   [0, PD):  scales: fp16 d of row r, block b at 2 * (16 * b + r); PD = nb * 32 rounded up to 64
+ *   [PD, ..): quants of block b at PD + b * 16 * QB (QB = 16 for Q4_0, 32 for Q8_0), as QB/4
+ *             64-byte vectors: bytes 4r..4r+3 of vector v = qs bytes 4v..4v+3 of row r, block b.
+ *             Q4_0: the qs bytes as stored (low nibble: weight j, high nibble: weight j + 16);
+ *             Q8_0: qs ^ 0x80, i.e. w + 128 as an unsigned byte.
+ * So a 32-bit lane is one row: a VNNI u8 x s8 dot of a weight vector with a broadcast dword of the
+ * activation block adds 4 products of every row of the group at once, and the 16 scales of a
+ * block are one load. Rows past the end of the tensor (the last group) are zero (scale 0).
+ * The layout is the same for every ISA (the kernel table can change after a model is loaded);
+ * the packed byte count equals the unpacked one when rows % 16 == 0 (Q4_0: 16 x 18 = 32 + 256).
+ *
+ * Packed gemm activations ("q8x" rows, pl_packed_act_row_bytes(n) apart, built by pl_pack_act_row):
+ *   [0, nb*34): the Q8_0 row (exactly the act_type's from_float), so the unpacked gemm reads it too
+ *   then, each array starting on a 64-byte boundary: float d[nb] (fp32 of the block scales),
+ *   int32 c4[nb] = -8 * sum(qs of block), int32 c8[nb] = -128 * sum(qs of block) (the exact
+ *   corrections for the Q4_0 nibble offset and the Q8_0 +128 offset). */
+#define PL_PACK_ROWS 16
+/* packs rows r < nrows (<= PL_PACK_ROWS; missing rows are zero) of src (row stride src_stride) into
+ * one group at dst (pl_packed_group_bytes bytes) */
+typedef void (*pl_repack_fn)(const void *src, size_t src_stride, int nrows, int64_t n, void *dst);
+/* out[j*out_stride + i] = dot(weight row i, activation row j) for i < nr, j < nc: w is the first
+ * packed group of the rows (ceil(nr/16) groups of pl_packed_group_bytes), a the q8x activation rows,
+ * a_stride bytes apart. Only rows i < nr are written. */
+typedef void (*pl_gemm_packed_fn)(int n, int nr, int nc, const void *w, const void *a, size_t a_stride, float *out,
+                                  size_t out_stride);
+
 typedef struct {
     const char *name;
     int blck;            /* elements per block */
@@ -47,6 +76,8 @@ typedef struct {
     pl_from_float_fn from_float; /* quantize/convert a row; n must be a multiple of blck */
     pl_vec_dot_fn vec_dot;
     pl_gemm_fn gemm;     /* may be NULL: the driver then loops over vec_dot */
+    pl_repack_fn repack; /* NULL: no packed layout. The same function in every table (one layout) */
+    pl_gemm_packed_fn gemm_packed; /* set in every table that has repack */
 } pl_type_traits;
 
 typedef struct {
@@ -69,6 +100,13 @@ int pl_set_isa(const char *name);
 int pl_isa_supported(const char *name);
 
 size_t pl_type_row_bytes(pl_type t, int64_t n); /* 0 if t unknown or n not a multiple of the block */
+
+/* packed layout helpers (repack.c) */
+size_t pl_packed_group_bytes(pl_type t, int64_t n); /* 0 if t has no packed layout or n is not whole blocks */
+size_t pl_packed_act_row_bytes(int64_t n);           /* q8x activation row stride (a multiple of 64) */
+/* quantizes one activation row with q8_from_float (the active Q8_0 from_float) and adds d/c4/c8 */
+void pl_pack_act_row(pl_from_float_fn q8_from_float, const float *x, void *dst, int64_t n);
+static inline size_t pl_round64(size_t x) { return (x + 63) & ~(size_t)63; }
 int pl_type_valid(int t);
 
 /* fp16 / bf16 <-> fp32 (scalar, exact IEEE rounding to nearest even) */

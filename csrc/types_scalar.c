@@ -173,6 +173,108 @@ static void q4_0_vec_dot(int n, float *s, const void *vw, const void *va) {
     *s = sum;
 }
 
+/* ---- packed Q4_0 / Q8_0 (layout: tensor_types.h). The reference repack, activation packing and
+ * gemm; the gemm does exactly the unpacked vec_dot's arithmetic, in the same order. ---- */
+#define PK PL_PACK_ROWS
+
+size_t pl_packed_group_bytes(pl_type t, int64_t n) {
+    if (n <= 0 || n % PL_QK) return 0;
+    const size_t nb = (size_t)(n / PL_QK);
+    if (t == PL_TYPE_Q4_0) return pl_round64(nb * 2 * PK) + nb * PK * 16;
+    if (t == PL_TYPE_Q8_0) return pl_round64(nb * 2 * PK) + nb * PK * 32;
+    return 0;
+}
+
+size_t pl_packed_act_row_bytes(int64_t n) {
+    const size_t nb = (size_t)(n / PL_QK);
+    return pl_round64(nb * sizeof(pl_block_q8_0)) + 3 * pl_round64(nb * 4);
+}
+
+void pl_pack_act_row(pl_from_float_fn q8_from_float, const float *x, void *dst, int64_t n) {
+    const size_t nb = (size_t)(n / PL_QK), ad = pl_round64(nb * 4);
+    uint8_t *y = (uint8_t *)dst;
+    q8_from_float(x, y, n);
+    float *d = (float *)(y + pl_round64(nb * sizeof(pl_block_q8_0)));
+    int32_t *c4 = (int32_t *)((uint8_t *)d + ad), *c8 = (int32_t *)((uint8_t *)d + 2 * ad);
+    for (size_t b = 0; b < nb; b++) {
+        const uint8_t *blk = y + b * sizeof(pl_block_q8_0);
+        uint16_t dh;
+        memcpy(&dh, blk, 2);
+        int32_t s = 0;
+        for (int j = 0; j < PL_QK; j++) s += (int8_t)blk[2 + j];
+        d[b] = pl_fp16_to_fp32(dh);
+        c4[b] = -8 * s;
+        c8[b] = -128 * s;
+    }
+}
+
+/* qb: quant bytes per block (16 or 32); x: byte mask applied to the quants (0 or 0x80). Moves 4-byte
+ * words (the unit of the layout); the destination is written in order. */
+static void repack_rows(int qb, uint32_t x, const void *vsrc, size_t ss, int nrows, int64_t n, void *vdst) {
+    const uint8_t *src = (const uint8_t *)vsrc;
+    uint8_t *dst = (uint8_t *)vdst;
+    const size_t nb = (size_t)(n / PL_QK), bs = 2 + (size_t)qb, pd = pl_round64(nb * 2 * PK);
+    const int nv = qb / 4;
+    for (size_t b = 0; b < nb; b++) {
+        uint16_t d[PK];
+        for (int r = 0; r < PK; r++) d[r] = 0;
+        for (int r = 0; r < nrows; r++) memcpy(&d[r], src + r * ss + b * bs, 2);
+        memcpy(dst + 2 * PK * b, d, sizeof(d));
+    }
+    memset(dst + nb * 2 * PK, 0, pd - nb * 2 * PK);
+    for (size_t b = 0; b < nb; b++) {
+        uint32_t q[8][PK]; /* [v][r] */
+        for (int r = 0; r < PK; r++) {
+            const uint8_t *sq = src + r * ss + b * bs + 2;
+            for (int v = 0; v < nv; v++) {
+                uint32_t w = 0;
+                if (r < nrows) {
+                    memcpy(&w, sq + 4 * v, 4);
+                    w ^= x;
+                }
+                q[v][r] = w;
+            }
+        }
+        memcpy(dst + pd + b * PK * (size_t)qb, q, (size_t)nv * sizeof(q[0]));
+    }
+}
+static void q4_0_repack(const void *src, size_t ss, int nrows, int64_t n, void *dst) { repack_rows(16, 0, src, ss, nrows, n, dst); }
+static void q8_0_repack(const void *src, size_t ss, int nrows, int64_t n, void *dst) { repack_rows(32, 0x80808080u, src, ss, nrows, n, dst); }
+
+static void q_gemm_packed(int qt8, int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
+    const int nb = n / PL_QK, qb = qt8 ? 32 : 16;
+    const size_t gb = pl_packed_group_bytes(qt8 ? PL_TYPE_Q8_0 : PL_TYPE_Q4_0, n), pd = pl_round64((size_t)nb * 2 * PK);
+    for (int i = 0; i < nr; i++) {
+        const uint8_t *g = (const uint8_t *)w + (size_t)(i / PK) * gb;
+        const int r = i % PK;
+        for (int j = 0; j < nc; j++) {
+            const pl_block_q8_0 *ab = (const pl_block_q8_0 *)((const char *)a + (size_t)j * as);
+            float sum = 0.0f;
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *q = g + pd + (size_t)b * PK * qb + 4 * r;
+                uint16_t dh;
+                memcpy(&dh, g + 2 * (PK * b + r), 2);
+                int32_t isum = 0;
+                for (int v = 0; v < qb / 4; v++)
+                    for (int k = 0; k < 4; k++) {
+                        const uint8_t byte = q[64 * v + k];
+                        const int jj = 4 * v + k;
+                        if (qt8) isum += (int32_t)(int8_t)(byte ^ 0x80) * (int32_t)ab[b].qs[jj];
+                        else isum += ((byte & 0x0F) - 8) * (int32_t)ab[b].qs[jj] + ((byte >> 4) - 8) * (int32_t)ab[b].qs[jj + 16];
+                    }
+                sum += (float)isum * (pl_fp16_to_fp32(dh) * pl_fp16_to_fp32(ab[b].d));
+            }
+            out[(size_t)j * os + i] = sum;
+        }
+    }
+}
+static void q4_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
+    q_gemm_packed(0, n, nr, nc, w, a, as, out, os);
+}
+static void q8_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
+    q_gemm_packed(1, n, nr, nc, w, a, as, out, os);
+}
+
 /* ---- fp32 helpers (attention) ---- */
 static float dot_f32_scalar(int n, const float *a, const float *b) {
     float sum = 0.0f;
@@ -193,6 +295,10 @@ void pl_kernels_init_scalar(pl_kernels *k) {
                                               q8_0_from_float, q8_0_vec_dot, NULL};
     k->types[PL_TYPE_Q4_0] = (pl_type_traits){"q4_0", PL_QK, sizeof(pl_block_q4_0), PL_TYPE_Q8_0, q4_0_to_float,
                                               q4_0_from_float, q4_0_vec_dot, NULL};
+    k->types[PL_TYPE_Q8_0].repack = q8_0_repack;
+    k->types[PL_TYPE_Q8_0].gemm_packed = q8_0_gemm_packed;
+    k->types[PL_TYPE_Q4_0].repack = q4_0_repack;
+    k->types[PL_TYPE_Q4_0].gemm_packed = q4_0_gemm_packed;
     k->dot_f32 = dot_f32_scalar;
     k->axpy_f32 = axpy_f32_scalar;
 }

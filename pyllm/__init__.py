@@ -32,11 +32,13 @@ def _resolve_isa() -> None:
 
 
 def load(path: Optional[str] = None, n_threads: Optional[int] = None, n_ctx: Optional[int] = None,
-         quant: Optional[str] = None) -> Model:
-    """Load a model: a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer files).
-    With no path, the shipped shakespeare-4m model. n_ctx defaults to the model's training
-    context capped at 4096; n_threads to the CPUs this process may use. quant ("q4_0", "q8_0",
-    "f16", "bf16", "f32") converts the weights while loading."""
+         quant: Optional[str] = None, calibration=None) -> Model:
+    """Load a model: a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer files)
+    or a .gguf file (llama.cpp's format, see pyllm/gguf_loader.py). With no path, the shipped
+    shakespeare-4m model. n_ctx defaults to the model's training context capped at 4096;
+    n_threads to the CPUs this process may use. quant ("q4_0", "q8_0", "f16", "bf16", "f32")
+    converts the weights while loading. calibration (with quant, for a checkpoint folder): a text
+    file, an importance .npz or dict (pyllm/imatrix.py) to weight the q4_0/q8_0 scale search with."""
     from .hf_loader import load_hf_folder
     from .tokenizer import Tokenizer
 
@@ -44,10 +46,15 @@ def load(path: Optional[str] = None, n_threads: Optional[int] = None, n_ctx: Opt
     path = os.fspath(path) if path is not None else default_model_path()
     if not os.path.exists(path):
         raise ModelLoadError(f"{path}: no such file or folder")
-    if not os.path.isdir(path):
-        raise ModelLoadError(f"{path}: expected a Hugging Face checkpoint folder")
     if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1):
         raise ValueError(f"n_threads must be a positive integer, got {n_threads!r}")
+    if calibration is not None and (quant is None or not os.path.isdir(path)):
+        raise ValueError("calibration is used when quantizing a Hugging Face checkpoint folder (quant=...)")
+    if not os.path.isdir(path):
+        # a file: GGUF (llama.cpp's format); anything else is reported by the GGUF reader (bad magic)
+        from .gguf_loader import load_gguf
+
+        return load_gguf(path, n_threads=n_threads, n_ctx=n_ctx, quant=quant)
     cfg = ModelConfig.from_file(os.path.join(path, "config.json"))
     if n_ctx is None:
         n_ctx = min(cfg.max_position_embeddings, _DEFAULT_N_CTX)
@@ -56,5 +63,10 @@ def load(path: Optional[str] = None, n_threads: Optional[int] = None, n_ctx: Opt
     if n_ctx > cfg.max_position_embeddings:
         raise ValueError(f"n_ctx {n_ctx} exceeds the model's max_position_embeddings ({cfg.max_position_embeddings})")
     tokenizer = Tokenizer.from_dir(path)
-    cfg, cmodel, gen = load_hf_folder(path, n_ctx, quant=quant, n_threads=n_threads or 0)
+    importance = None
+    if calibration is not None:
+        from .imatrix import resolve_importance
+
+        importance = resolve_importance(path, calibration, n_threads=n_threads)
+    cfg, cmodel, gen = load_hf_folder(path, n_ctx, quant=quant, n_threads=n_threads or 0, importance=importance)
     return Model(cmodel, cfg, tokenizer, n_ctx=n_ctx, n_threads=n_threads, generation_config=gen, path=path)

@@ -13,6 +13,9 @@ cdef extern from "pyllm.h" nogil:
     ctypedef void (*pl_vec_dot_fn)(int n, float *s, const void *w, const void *a)
     ctypedef void (*pl_to_float_fn)(const void *x, float *y, int64_t n)
     ctypedef void (*pl_from_float_fn)(const float *x, void *y, int64_t n)
+    ctypedef void (*pl_repack_fn)(const void *src, size_t src_stride, int nrows, int64_t n, void *dst)
+    ctypedef void (*pl_gemm_packed_fn)(int n, int nr, int nc, const void *w, const void *a, size_t a_stride,
+                                       float *out, size_t out_stride)
     ctypedef struct pl_type_traits:
         const char *name
         int blck
@@ -22,6 +25,8 @@ cdef extern from "pyllm.h" nogil:
         pl_from_float_fn from_float
         pl_vec_dot_fn vec_dot
         pl_gemm_fn gemm
+        pl_repack_fn repack
+        pl_gemm_packed_fn gemm_packed
     ctypedef struct pl_kernels:
         const char *isa
         pl_type_traits types[31]
@@ -32,6 +37,10 @@ cdef extern from "pyllm.h" nogil:
     int pl_isa_supported(const char *name)
     size_t pl_type_row_bytes(int t, int64_t n)
     int pl_type_valid(int t)
+    int PL_PACK_ROWS
+    size_t pl_packed_group_bytes(int t, int64_t n)
+    size_t pl_packed_act_row_bytes(int64_t n)
+    void pl_pack_act_row(pl_from_float_fn q8_from_float, const float *x, void *dst, int64_t n)
 
     int PL_ERRMSG_LEN
     ctypedef struct pl_config:
@@ -42,6 +51,8 @@ cdef extern from "pyllm.h" nogil:
         int sliding_window
     ctypedef struct pl_model:
         pl_config cfg
+        void (*release)(void *ctx, const char *name, int layer) noexcept with gil
+        void *release_ctx
     ctypedef struct pl_kv:
         int n_ctx
     ctypedef struct pl_batch:
@@ -57,6 +68,9 @@ cdef extern from "pyllm.h" nogil:
     int pl_model_set_tensor(pl_model *m, const char *name, int layer, int type, int64_t ne0, int64_t ne1,
                             const void *data, size_t nbytes, char *err)
     int pl_model_finalize(pl_model *m, const float *inv_freq, float attn_factor, char *err)
+    int PL_TENSOR_MMAPPED
+    int pl_model_set_tensor_flags(pl_model *m, const char *name, int layer, int flags, char *err)
+    size_t pl_model_packed_bytes(const pl_model *m, const char *name, int layer)
     void pl_model_free(pl_model *m)
     pl_kv *pl_kv_new(const pl_model *m, int n_ctx, char *err)
     void pl_kv_free(pl_kv *kv)
@@ -65,6 +79,8 @@ cdef extern from "pyllm.h" nogil:
     void pl_scratch_set_stats(pl_scratch *s, double *stats)
     size_t pl_stats_len(const pl_model *m)
     int pl_quantize_rows(int type, const float *src, void *dst, int64_t rows, int64_t n, int n_threads)
+    int pl_quantize_rows_weighted(int type, const float *src, void *dst, int64_t rows, int64_t n,
+                                  const float *importance, int n_threads)
     int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, const pl_batch *b,
                    float *logits, int n_threads, char *err)
 
@@ -135,6 +151,40 @@ def quantize(int type_id, x, int n_threads=0):
             pl_quantize_rows(type_id, &a[0, 0], &o[0], rows, n, n_threads)
     return out
 
+def quantize_weighted(int type_id, x, importance=None, int n_threads=0):
+    """Like quantize(), but Q4_0/Q8_0 blocks get error-minimizing scales (pl_quantize_rows_weighted):
+    importance is None (plain squared error) or n float32 per-column weights >= 0. Other types are
+    converted as quantize() does. Returns a uint8 array of rows * row_bytes bytes."""
+    arr = np.ascontiguousarray(x, dtype=np.float32)
+    if arr.ndim != 2:
+        raise ValueError("quantize_weighted() takes a 2-D float32 array (rows, n)")
+    cdef const float[:, ::1] a = arr
+    cdef int64_t rows = a.shape[0], n = a.shape[1]
+    cdef size_t rb = row_bytes(type_id, n)
+    cdef const float[::1] imp
+    cdef const float *ip = NULL
+    if importance is not None:
+        iarr = np.ascontiguousarray(importance, dtype=np.float32)
+        if iarr.ndim != 1 or iarr.shape[0] != n:
+            raise ValueError(f"importance must have shape ({n},), got {tuple(iarr.shape)}")
+        if not np.all(np.isfinite(iarr)) or np.any(iarr < 0):
+            raise ValueError("importance must be finite and >= 0")
+        imp = iarr
+        if n:
+            ip = &imp[0]
+    out = np.empty(rb * rows, dtype=np.uint8)
+    cdef unsigned char[::1] o = out
+    cdef int r = 0
+    if n_threads <= 0:
+        import os
+        n_threads = len(os.sched_getaffinity(0))
+    if rows:
+        with nogil:
+            r = pl_quantize_rows_weighted(type_id, &a[0, 0], &o[0], rows, n, ip, n_threads)
+    if r:
+        raise ValueError(f"pl_quantize_rows_weighted failed ({r})")
+    return out
+
 def to_float(int type_id, const unsigned char[::1] data, int64_t n):
     """Unpack rows of type_id (len(data) must be whole rows of n elements) to float32 (rows, n)."""
     cdef const pl_type_traits *tt = _traits(type_id)
@@ -178,6 +228,68 @@ def vec_dot(int type_id, const unsigned char[::1] w, const unsigned char[::1] a,
     tt.vec_dot(n, &s, &w[0], &a[0])
     return s
 
+# packed (repacked) weights, see csrc/tensor_types.h; for tests and tools
+def packed_group_bytes(int type_id, int64_t n) -> int:
+    return pl_packed_group_bytes(type_id, n)
+
+def repack(int type_id, const unsigned char[::1] w, int nr, int64_t n, size_t w_offset=0):
+    """The packed layout of nr rows of type_id (n elements each) at w[w_offset:]; a uint8 array of
+    ceil(nr/16) groups, 64-byte aligned."""
+    cdef const pl_type_traits *tt = _traits(type_id)
+    cdef size_t gb = pl_packed_group_bytes(type_id, n), rb = row_bytes(type_id, n)
+    if tt.repack == NULL or gb == 0:
+        raise ValueError(f"type {type_id} has no packed layout for rows of {n}")
+    if nr <= 0 or w.shape[0] < w_offset + rb * nr:
+        raise ValueError("buffer too small for the requested shape")
+    cdef int ng = (nr + PL_PACK_ROWS - 1) // PL_PACK_ROWS, g
+    raw = np.zeros(ng * gb + 64, dtype=np.uint8)
+    cdef size_t off = (-raw.ctypes.data) % 64
+    out = raw[off:off + ng * gb]
+    cdef unsigned char[::1] o = out
+    with nogil:
+        for g in range(ng):
+            tt.repack(&w[w_offset + g * PL_PACK_ROWS * rb], rb, min(PL_PACK_ROWS, nr - g * PL_PACK_ROWS), n, &o[g * gb])
+    return out
+
+def pack_acts(x):
+    """float32 (rows, n) -> packed-gemm activation rows (Q8_0 with the active ISA, plus scales and
+    corrections), a 64-byte aligned uint8 array of rows * packed_act_row_bytes(n)."""
+    arr = np.ascontiguousarray(x, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[1] % 32 or arr.shape[1] == 0:
+        raise ValueError("pack_acts() takes a (rows, n) float32 array with n a multiple of 32")
+    cdef const float[:, ::1] a = arr
+    cdef int64_t rows = a.shape[0], n = a.shape[1], r
+    cdef size_t rb = pl_packed_act_row_bytes(n)
+    raw = np.zeros(rb * rows + 64, dtype=np.uint8)
+    cdef size_t off = (-raw.ctypes.data) % 64
+    out = raw[off:off + rb * rows]
+    cdef unsigned char[::1] o = out
+    cdef pl_from_float_fn q8 = _traits(8).from_float
+    with nogil:
+        for r in range(rows):
+            pl_pack_act_row(q8, &a[r, 0], &o[r * rb], n)
+    return out
+
+def packed_act_row_bytes(int64_t n) -> int:
+    return pl_packed_act_row_bytes(n)
+
+def gemm_packed(int type_id, const unsigned char[::1] wp, const unsigned char[::1] a, int n, int nr, int nc):
+    """out[j, i] = dot(weight row i, activation row j) with the active ISA's packed gemm: wp from
+    repack(), a from pack_acts()."""
+    cdef const pl_type_traits *tt = _traits(type_id)
+    cdef size_t gb = pl_packed_group_bytes(type_id, n), as_ = pl_packed_act_row_bytes(n)
+    if tt.gemm_packed == NULL or gb == 0:
+        raise ValueError(f"type {type_id} has no packed layout for rows of {n}")
+    if nr <= 0 or nc <= 0 or wp.shape[0] < gb * ((nr + PL_PACK_ROWS - 1) // PL_PACK_ROWS) or a.shape[0] < as_ * nc:
+        raise ValueError("buffers too small for the requested shapes")
+    if <size_t>&wp[0] % 64 or <size_t>&a[0] % 64:
+        raise ValueError("packed weights and activations must be 64-byte aligned (as repack() and pack_acts() return them)")
+    out = np.zeros((nc, nr), dtype=np.float32)
+    cdef float[:, ::1] o = out
+    with nogil:
+        tt.gemm_packed(n, nr, nc, &wp[0], &a[0], as_, &o[0, 0], nr)
+    return out
+
 def dot_f32(const float[::1] a, const float[::1] b) -> float:
     if a.shape[0] != b.shape[0] or a.shape[0] == 0:
         raise ValueError("length mismatch")
@@ -189,10 +301,26 @@ def axpy_f32(float alpha, const float[::1] x, float[::1] y):
     pl_kernels_active().axpy_f32(<int>x.shape[0], alpha, &x[0], &y[0])
 
 # ---------------------------------------------------------------- model
+def _is_readonly_mmap(data) -> bool:
+    """True for a read-only view of an mmap.mmap (a file mapped with ACCESS_READ): its pages are
+    clean copies of the file, so the engine may drop them once it has repacked the tensor."""
+    import mmap
+    try:
+        mv = memoryview(data)
+    except TypeError:
+        return False
+    return mv.readonly and isinstance(mv.obj, mmap.mmap)
+
+cdef void _release_source(void *ctx, const char *name, int layer) noexcept with gil:
+    # finalize repacked this tensor: its source buffer is no longer read (unless another tensor,
+    # e.g. a tied token embedding, holds the same buffer under its own key)
+    (<CModel>ctx)._keep.pop((name.decode(), layer), None)
+
 cdef class CModel:
-    """A C model whose weights point into buffers kept alive by this object."""
+    """A C model whose weights point into buffers kept alive by this object (until finalize has
+    repacked them: see csrc/repack.c)."""
     cdef pl_model *m
-    cdef list _keep
+    cdef dict _keep
     cdef readonly int n_vocab, max_ctx
 
     def __cinit__(self, *, int n_vocab, int dim, int n_layers, int n_heads, int n_kv_heads, int head_dim,
@@ -206,15 +334,17 @@ cdef class CModel:
         self.m = pl_model_new(&c, e.buf)
         if self.m == NULL:
             raise ValueError(e.buf.decode())
-        self._keep = []
+        self._keep = {}
         self.n_vocab = n_vocab
         self.max_ctx = max_ctx
 
     def __dealloc__(self):
         pl_model_free(self.m)
 
-    def set_tensor(self, str name, int layer, int type_id, int64_t ne0, int64_t ne1, data):
-        """data: any contiguous buffer (memoryview of an mmap, numpy array, bytes) of exactly the tensor's bytes."""
+    def set_tensor(self, str name, int layer, int type_id, int64_t ne0, int64_t ne1, data, mmapped=None):
+        """data: any contiguous buffer (memoryview of an mmap, numpy array, bytes) of exactly the tensor's bytes.
+        mmapped: data is a read-only file mapping, whose pages finalize may drop once the tensor is
+        repacked (default: detected, see _is_readonly_mmap)."""
         cdef const unsigned char[::1] buf = memoryview(data).cast("B")
         cdef _Err e = _Err()
         cdef const void *ptr = NULL
@@ -222,14 +352,29 @@ cdef class CModel:
             ptr = &buf[0]
         if pl_model_set_tensor(self.m, name.encode(), layer, type_id, ne0, ne1, ptr, buf.shape[0], e.buf):
             raise ValueError(e.buf.decode())
-        self._keep.append(data)
+        if mmapped is None:
+            mmapped = _is_readonly_mmap(data)
+        if mmapped and pl_model_set_tensor_flags(self.m, name.encode(), layer, PL_TENSOR_MMAPPED, e.buf):
+            raise ValueError(e.buf.decode())
+        self._keep[(name, layer)] = data
+
+    def packed_bytes(self, str name, int layer=-1) -> int:
+        """Bytes of the tensor's repacked copy (0: not repacked)."""
+        return pl_model_packed_bytes(self.m, name.encode(), layer)
 
     def finalize(self, inv_freq, float attn_factor=1.0):
         cdef const float[::1] f = np.ascontiguousarray(inv_freq, dtype=np.float32)
         cdef _Err e = _Err()
         if f.shape[0] != self.m.cfg.head_dim // 2:
             raise ValueError(f"rope inv_freq needs {self.m.cfg.head_dim // 2} values, got {f.shape[0]}")
-        if pl_model_finalize(self.m, &f[0], attn_factor, e.buf):
+        self.m.release = _release_source
+        self.m.release_ctx = <void *>self
+        try:
+            r = pl_model_finalize(self.m, &f[0], attn_factor, e.buf)
+        finally:
+            self.m.release = NULL
+            self.m.release_ctx = NULL
+        if r:
             raise ValueError(e.buf.decode())
 
 

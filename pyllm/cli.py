@@ -1,5 +1,6 @@
 """cli.py: the `pyllm` command. `pyllm generate [MODEL] -p PROMPT` streams a continuation; with
-no MODEL it runs the shakespeare-4m model shipped in the package."""
+no MODEL it runs the shakespeare-4m model shipped in the package. `pyllm perplexity MODEL FILE
+[--ref REF]` measures perplexity (and KL-divergence / top-1 agreement against REF)."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +24,47 @@ def _generate(args) -> int:
     return 0
 
 
+def _perplexity(args) -> int:
+    import time
+
+    import pyllm
+    from pyllm.perplexity import perplexity
+
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise OSError(f"cannot read text file {args.file}: {e.strerror or e}") from None
+    model = pyllm.load(args.model, n_threads=args.threads, n_ctx=args.ctx, quant=args.quant)
+    ref = None
+    if args.ref is not None:
+        ref = pyllm.load(args.ref, n_threads=args.threads, n_ctx=args.ctx, quant=args.ref_quant)
+    print(f"model: {args.model}{' (' + args.quant + ')' if args.quant else ''}")
+    if ref is not None:
+        print(f"reference: {args.ref}{' (' + args.ref_quant + ')' if args.ref_quant else ''}")
+    t0 = time.perf_counter()
+
+    def progress(done, total, r):
+        if done == 1:
+            print(f"perplexity over {total} chunks of {r.n_ctx} tokens (scoring the last {r.n_tokens} of each)")
+        line = f"[{done}/{total}] PPL {r.ppl:.4f}"
+        if r.kl_mean is not None:
+            line += f"  KLD {r.kl_mean:.6f}  top-1 {100 * r.top1:.2f}%"
+        print(line, flush=True)
+
+    r = perplexity(model, text, n_ctx=args.ctx, ref=ref, batch=args.batch, n_chunks=args.chunks, progress=progress)
+    dt = time.perf_counter() - t0
+    print(r.summary())
+    print(f"time: {dt:.2f} s ({r.n_chunks * r.n_ctx * (2 if ref is not None else 1) / dt:.0f} tokens/s evaluated)")
+    return 0
+
+
+def _quantize(args) -> int:
+    from .gguf_export import run
+
+    return run(args, prog="pyllm quantize")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pyllm", description="CPU inference for open LLMs")
     sub = p.add_subparsers(dest="command", required=True)
@@ -41,6 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-c", "--ctx", type=int, default=None, help="context length (default: model's, at most 4096)")
     g.add_argument("--no-echo", dest="echo", action="store_false", help="do not print the prompt first")
     g.set_defaults(func=_generate)
+    pp = sub.add_parser("perplexity", help="perplexity over a text file; with --ref, KL-divergence and top-1 "
+                        "agreement against a reference model (as llama.cpp's perplexity tool)")
+    pp.add_argument("model", help="model: Hugging Face checkpoint folder (or a file pyllm.load accepts)")
+    pp.add_argument("file", help="UTF-8 text file to score")
+    pp.add_argument("--ref", default=None, help="reference model (same vocabulary), e.g. the unquantized model")
+    pp.add_argument("-c", "--ctx", type=int, default=None, help="chunk length in tokens (default: model's, at most 512)")
+    pp.add_argument("--quant", default=None, help="quantize MODEL while loading (q4_0, q8_0, f16, bf16, f32)")
+    pp.add_argument("--ref-quant", default=None, help="quantize the reference model while loading")
+    pp.add_argument("--chunks", type=int, default=None, help="score at most this many chunks")
+    pp.add_argument("-b", "--batch", type=int, default=None, help="tokens per engine call (default 512)")
+    pp.add_argument("-t", "--threads", type=int, default=None)
+    pp.set_defaults(func=_perplexity)
+    q = sub.add_parser("quantize", help="write a Hugging Face checkpoint as a GGUF file (q4_0, q8_0, f16, bf16)")
+    from .gguf_export import add_arguments
+
+    add_arguments(q)
+    q.set_defaults(func=_quantize)
     return p
 
 

@@ -9,7 +9,7 @@ import os
 from . import _engine
 from .config import ModelConfig
 from .errors import ModelLoadError
-from .quantization import check_quant, convert, tensor_type
+from .quantization import DEFAULT_METHOD, check_method, check_quant, convert, tensor_type
 from .safetensors_file import DTYPES, open_checkpoint
 
 LAYER_TENSORS = {
@@ -64,13 +64,19 @@ def _role(name: str) -> str:
     return name if name in ("tok_embd", "output") else "weight"
 
 
-def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads: int = 0):
+def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads: int = 0,
+                   importance: dict | None = None, method: str | None = None):
     """Returns (config, engine model, generation_config dict). With quant (q4_0, q8_0, f16, bf16,
     f32) the weights are converted while loading (see pyllm/quantization.py for which tensor
-    gets which type); without it they are used in place, in their stored dtype."""
+    gets which type); without it they are used in place, in their stored dtype. method: how
+    q4_0/q8_0 scales are chosen (default pyllm.quantization.DEFAULT_METHOD); importance: per
+    (engine name, layer) column weights for method "search" (pyllm/imatrix.py)."""
     cfg = ModelConfig.from_file(os.path.join(folder, "config.json"))
     if quant is not None:
         quant = check_quant(quant)
+    method = check_method(DEFAULT_METHOD if method is None else method)
+    if importance and method != "search":
+        raise ValueError("importance is only used by method='search'")
     tensors = open_checkpoint(folder)
     names = hf_tensor_names(cfg)
 
@@ -90,7 +96,9 @@ def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads:
             raise ModelLoadError(f"{sf.path}: tensor {hf!r} has shape {info.shape}, expected a matrix")
         if cfg.tie_word_embeddings and name in ("tok_embd", "output") and "tied" in converted:
             return converted["tied"]
-        data = convert(sf.numpy(hf).reshape(info.shape[0], -1) if len(info.shape) == 2 else sf.numpy(hf)[None], tid, n_threads)
+        imp = importance.get((name, layer)) if importance and len(info.shape) == 2 else None
+        data = convert(sf.numpy(hf).reshape(info.shape[0], -1) if len(info.shape) == 2 else sf.numpy(hf)[None], tid,
+                       n_threads, importance=imp, method=method)
         out = (tid, info.shape, data)
         if cfg.tie_word_embeddings and name in ("tok_embd", "output"):
             converted["tied"] = out

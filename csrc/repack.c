@@ -1,0 +1,145 @@
+/* repack.c: at model load (pl_model_finalize), every Q4_0 / Q8_0 matmul weight (wq wk wv wo
+ * ffn_gate ffn_up ffn_down output; not tok_embd, which is read a row at a time) is copied once into
+ * the packed layout of tensor_types.h, which the kernels of every ISA read with aligned loads and
+ * without transposes. PYLLM_REPACK=0 turns it off (the unpacked kernels then run, e.g. to compare).
+ *
+ * Memory: all packed tensors live in one anonymous mapping (huge pages where the kernel gives them),
+ * about the size of the weights it replaces (16 x row bytes per 16-row group; the last group of a
+ * tensor is padded). Tensors are repacked one after the other, and each source is released right
+ * after its own copy is made, so the peak stays near the model size plus one tensor:
+ *  - a PL_TENSOR_MMAPPED source (a read-only file mapping) has the pages inside its byte range
+ *    dropped with madvise(MADV_DONTNEED): they are not dirty and would be re-read from the file
+ *    if anything touched them again (a tied token embedding still reads its rows from there);
+ *  - for any source, m->release (if set) is called, so the owner of a heap buffer can free it.
+ * The C side never frees or madvises memory it was not told it may. */
+#define _GNU_SOURCE
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#include <unistd.h>
+#define PL_HAVE_MMAP 1
+#endif
+
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
+#include "pyllm.h"
+
+#define HUGE_PAGE ((size_t)2 << 20)
+
+static size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+static void *arena_alloc(size_t bytes) {
+#ifdef PL_HAVE_MMAP
+    const size_t len = round_up(bytes, HUGE_PAGE) + HUGE_PAGE;
+    char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    char *a = (char *)round_up((uintptr_t)p, HUGE_PAGE), *end = a + round_up(bytes, HUGE_PAGE);
+    if (a > p) munmap(p, (size_t)(a - p));
+    if (p + len > end) munmap(end, (size_t)(p + len - end));
+#ifdef MADV_HUGEPAGE
+    if (getenv("PLDEV_HUGE")) madvise(a, round_up(bytes, HUGE_PAGE), MADV_HUGEPAGE);
+#endif
+    return a;
+#else
+    return aligned_alloc(64, round_up(bytes, 64));
+#endif
+}
+
+void pl_packed_arena_free(void *arena, size_t bytes) {
+    if (!arena) return;
+#ifdef PL_HAVE_MMAP
+    munmap(arena, round_up(bytes, HUGE_PAGE));
+#else
+    free(arena);
+#endif
+}
+
+/* drops the whole pages inside [p, p + n) of a read-only file mapping */
+static void drop_pages(const void *p, size_t n) {
+#ifdef PL_HAVE_MMAP
+    const size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t s = round_up((uintptr_t)p, pg), e = ((uintptr_t)p + n) / pg * pg;
+    if (e > s) madvise((void *)s, e - s, MADV_DONTNEED);
+#else
+    (void)p;
+    (void)n;
+#endif
+}
+
+typedef struct {
+    pl_tensor *t;
+    const char *name;
+    int layer;
+} entry;
+
+int pl_model_repack(pl_model *m) {
+    const char *env = getenv("PYLLM_REPACK");
+    if (env && !strcmp(env, "0")) return 0;
+    const pl_kernels *K = pl_kernels_active();
+    const int nl = m->cfg.n_layers, ne = 7 * nl + 1;
+    entry *es = malloc((size_t)ne * sizeof(entry));
+    if (!es) return 0;
+    int n = 0;
+    for (int l = 0; l < nl; l++) {
+        pl_layer *L = &m->layers[l];
+        pl_tensor *ts[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->ffn_gate, &L->ffn_up, &L->ffn_down};
+        const char *names[7] = {"wq", "wk", "wv", "wo", "ffn_gate", "ffn_up", "ffn_down"};
+        for (int i = 0; i < 7; i++) es[n++] = (entry){ts[i], names[i], l};
+    }
+    es[n++] = (entry){&m->output, "output", -1};
+    /* what can be packed, and where it goes in the arena */
+    size_t total = 0;
+    int np = 0;
+    for (int i = 0; i < n; i++) {
+        pl_tensor *t = es[i].t;
+        const pl_type_traits *tt = &K->types[t->type];
+        const size_t gb = pl_packed_group_bytes((pl_type)t->type, t->ne0);
+        if (t->packed || !tt->repack || !tt->gemm_packed || gb == 0) continue;
+        es[np++] = es[i];
+        total += round_up((size_t)((t->ne1 + PL_PACK_ROWS - 1) / PL_PACK_ROWS) * gb, 64);
+    }
+    char *arena = np ? arena_alloc(total) : NULL;
+    if (!arena) {
+        free(es);
+        return 0;
+    }
+    size_t off = 0;
+    for (int i = 0; i < np; i++) {
+        pl_tensor *t = es[i].t;
+        const pl_repack_fn repack = K->types[t->type].repack;
+        const size_t gb = pl_packed_group_bytes((pl_type)t->type, t->ne0);
+        const int64_t ng = (t->ne1 + PL_PACK_ROWS - 1) / PL_PACK_ROWS;
+        char *dst = arena + off;
+        if (getenv("PLDEV_POP")) {
+            const size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+            const uintptr_t s0 = (uintptr_t)dst / pg * pg, e0 = round_up((uintptr_t)dst + (size_t)ng * gb, pg);
+            madvise((void *)s0, e0 - s0, 23);
+        }
+#pragma omp parallel for schedule(static)
+        for (int64_t g = 0; g < ng; g++) {
+            const int64_t r0 = g * PL_PACK_ROWS;
+            const int rows = (int)(t->ne1 - r0 < PL_PACK_ROWS ? t->ne1 - r0 : PL_PACK_ROWS);
+            repack((const char *)t->data + (size_t)r0 * t->row_bytes, t->row_bytes, rows, t->ne0, dst + (size_t)g * gb);
+        }
+        t->packed = dst;
+        t->packed_group_bytes = gb;
+        off += round_up((size_t)ng * gb, 64);
+        if (t->flags & PL_TENSOR_MMAPPED) drop_pages(t->data, t->row_bytes * (size_t)t->ne1);
+        if (m->release) {
+            m->release(m->release_ctx, es[i].name, es[i].layer);
+#ifdef __GLIBC__
+            /* a freed heap source of a few MB sits below glibc's (adaptive) mmap threshold, so free()
+             * keeps its pages: hand them back now, or the model would be held twice at the peak */
+            if (!(t->flags & PL_TENSOR_MMAPPED)) malloc_trim(0);
+#endif
+        }
+    }
+    m->packed_arena = arena;
+    m->packed_arena_bytes = total;
+    free(es);
+    return np;
+}

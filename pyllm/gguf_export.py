@@ -1,0 +1,489 @@
+"""gguf_export.py: writes a Hugging Face Llama/Mistral checkpoint as a GGUF file (llama.cpp's
+format) in f32, f16, bf16, q8_0 or q4_0 — what `pyllm quantize` and tools/quantize.py run.
+
+The file follows llama.cpp's convert_hf_to_gguf.py for "llama" models: the same metadata keys,
+tensor names (token_embd, blk.N.attn_q, ...), Q/K rows permuted for interleaved RoPE, Llama 3.1
+"llama3" rope scaling stored as a `rope_freqs.weight` tensor of frequency factors, linear scaling
+as llama.rope.scaling.*, Mistral written as architecture "llama". Which tensor gets which type
+is pyllm.quantization.tensor_type (norms F32, q4_0's LM head Q8_0, ...), and the bytes come from
+pyllm.quantization.convert (C, all threads) with the same scale-choosing method as
+pyllm.load(hf_dir, quant=...), i.e. exactly what quant-on-load runs (method "reference" instead gives
+ggml's own quantizer: tensor bytes identical to convert_hf_to_gguf.py / llama-quantize).
+
+General metadata (name, size label, general.sampling.* from generation_config.json) comes from
+gguf's Metadata heuristics, as in the converter. One addition: `llama.attention.sliding_window`
+when the checkpoint has one (Mistral 7B v0.1). The converter drops the window; pyllm records it
+so that pyllm's loader reproduces the Hugging Face model exactly. llama.cpp ignores the key for
+"llama" models and runs full attention, as it does for converter-made Mistral files; the two only
+differ once a sequence is longer than the window.
+
+Writing streams: the header, metadata and tensor infos go first (through gguf's GGUFWriter),
+then each tensor is read from the mmapped safetensors in row chunks, converted, written and
+dropped, so memory stays at one chunk, never the whole model. The output is written under a
+temporary name in the same directory and renamed at the end; on any failure (disk full,
+Ctrl-C, a bad checkpoint) the temporary file is removed and nothing named OUT exists."""
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import secrets
+import sys
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .config import ModelConfig
+from .errors import ModelLoadError
+from .hf_loader import LAYER_TENSORS as HF_LAYER_TENSORS
+from .quantization import TYPE_IDS, check_quant, convert, tensor_type
+
+try:  # how q4_0/q8_0 scales are chosen; the default is what pyllm.load(hf_dir, quant=...) uses
+    from .quantization import DEFAULT_METHOD, METHODS
+except ImportError:  # a quantization module without methods: its convert() is ggml's reference
+    DEFAULT_METHOD, METHODS = None, ()
+from .safetensors_file import DTYPES, open_checkpoint
+
+EXPORT_TYPES = ("q4_0", "q8_0", "f16", "bf16", "f32")
+FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "bf16": 32}  # llama.cpp's LlamaFileType
+_GGUF_LAYER_NAMES = {
+    "attn_norm": "attn_norm", "wq": "attn_q", "wk": "attn_k", "wv": "attn_v", "wo": "attn_output",
+    "ffn_norm": "ffn_norm", "ffn_gate": "ffn_gate", "ffn_up": "ffn_up", "ffn_down": "ffn_down",
+}
+_CHUNK_BYTES = 64 << 20  # float32 bytes converted at a time
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: str
+    file_bytes: int
+    data_bytes: int
+    n_params: int
+    n_tensors: int
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.data_bytes / max(1, self.n_params)
+
+
+@dataclass
+class _Entry:
+    name: str  # GGUF tensor name
+    shape: tuple  # [rows, cols] / [n]
+    type_id: int
+    hf: Optional[str] = None  # source tensor (None: `data`)
+    data: Optional[np.ndarray] = None  # float32, for generated tensors (rope_freqs)
+    heads: int = 0  # > 0: permute rows for interleaved RoPE with this many heads
+
+    @property
+    def nbytes(self) -> int:
+        from . import _engine
+
+        rows = self.shape[0] if len(self.shape) == 2 else 1
+        return rows * _engine.row_bytes(self.type_id, self.shape[-1])
+
+
+def _rope_permutation(rows: int, heads: int) -> np.ndarray:
+    """Row order of llama.cpp's permute(): per head, the rotate_half halves are interleaved
+    (new row h*hd + 2j + t <- old row h*hd + t*hd/2 + j)."""
+    hd = rows // heads
+    return np.arange(rows).reshape(heads, 2, hd // 2).swapaxes(1, 2).reshape(-1)
+
+
+def _llama3_rope_factors(cfg: ModelConfig) -> np.ndarray:
+    """Frequency factors as convert_hf_to_gguf.py computes them (float32 arithmetic)."""
+    s = cfg.rope_scaling
+    f32 = np.float32
+    base_cfg = ModelConfig(**{**cfg.__dict__, "rope_scaling": {}})
+    freqs = base_cfg.rope_inv_freq()
+    factor = float(s.get("factor", 8.0))
+    low, high = float(s.get("low_freq_factor", 1.0)), float(s.get("high_freq_factor", 4.0))
+    old_ctx = float(s.get("original_max_position_embeddings", 8192))
+    # the converter does this with torch float32 scalars; Python numbers meeting them round to float32
+    low_wavelen, high_wavelen = f32(old_ctx / low), f32(old_ctx / high)
+    out = []
+    for freq in freqs:
+        wavelen = f32(2 * math.pi) / freq
+        if wavelen < high_wavelen:
+            out.append(f32(1))
+        elif wavelen > low_wavelen:
+            out.append(f32(factor))
+        else:
+            smooth = (f32(old_ctx) / wavelen - f32(low)) / f32(high - low)
+            out.append(f32(1) / ((f32(1) - smooth) / f32(factor) + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{path}: not valid JSON ({e})") from None
+    return d if isinstance(d, dict) else {}
+
+
+def _chat_template(folder: str) -> Optional[str]:
+    """The folder's chat template, looked up as transformers does."""
+    p = os.path.join(folder, "chat_template.jinja")
+    if os.path.isfile(p):
+        with open(p, encoding="utf-8") as f:
+            return f.read()
+    t = _read_json(os.path.join(folder, "tokenizer_config.json")).get("chat_template")
+    if t is None:
+        t = _read_json(os.path.join(folder, "chat_template.json")).get("chat_template")
+    if isinstance(t, list):
+        named = {x.get("name"): x.get("template") for x in t if isinstance(x, dict)}
+        t = named.get("default") or next(iter(named.values()), None)
+    return t if isinstance(t, str) and t else None
+
+
+def _plan(folder: str, cfg: ModelConfig, quant: str, tensors: dict) -> list:
+    """Every tensor to write, checked against the config, in llama.cpp's order."""
+    hd, dim = cfg.head_dim, cfg.hidden_size
+    expect = {
+        "tok_embd": (cfg.vocab_size, dim), "output": (cfg.vocab_size, dim), "output_norm": (dim,),
+        "attn_norm": (dim,), "ffn_norm": (dim,), "wq": (cfg.num_heads * hd, dim), "wk": (cfg.num_kv_heads * hd, dim),
+        "wv": (cfg.num_kv_heads * hd, dim), "wo": (dim, cfg.num_heads * hd), "ffn_gate": (cfg.intermediate_size, dim),
+        "ffn_up": (cfg.intermediate_size, dim), "ffn_down": (dim, cfg.intermediate_size),
+    }
+    tied = cfg.tie_word_embeddings
+
+    def entry(gguf_name, eng, hf, heads=0):
+        if hf not in tensors:
+            raise ModelLoadError(f"{folder}: checkpoint has no tensor {hf!r}")
+        sf, info = tensors[hf]
+        if info.dtype not in DTYPES:
+            raise ModelLoadError(f"{sf.path}: tensor {hf!r} has dtype {info.dtype}; supported: {', '.join(DTYPES)}")
+        if tuple(info.shape) != expect[eng]:
+            raise ModelLoadError(f"{sf.path}: tensor {hf!r} has shape {list(info.shape)}, expected "
+                                 f"{list(expect[eng])} from config.json")
+        role = "norm" if eng.endswith("norm") else (eng if eng in ("tok_embd", "output") else "weight")
+        return _Entry(gguf_name, tuple(info.shape), tensor_type(role, quant, info.shape, tied), hf=hf, heads=heads)
+
+    out = []
+    if cfg.rope_scaling.get("rope_type") == "llama3":
+        f = _llama3_rope_factors(cfg)
+        out.append(_Entry("rope_freqs.weight", f.shape, TYPE_IDS["f32"], data=f))
+    out.append(entry("token_embd.weight", "tok_embd", "model.embed_tokens.weight"))
+    eng_of = {v: k for k, v in HF_LAYER_TENSORS.items()}  # engine name -> HF suffix
+    for i in range(cfg.num_layers):
+        for eng, g in _GGUF_LAYER_NAMES.items():
+            heads = cfg.num_heads if eng == "wq" else cfg.num_kv_heads if eng == "wk" else 0
+            out.append(entry(f"blk.{i}.{g}.weight", eng, f"model.layers.{i}.{eng_of[eng]}.weight", heads))
+    out.append(entry("output_norm.weight", "output_norm", "model.norm.weight"))
+    if not tied:
+        out.append(entry("output.weight", "output", "lm_head.weight"))
+    return out
+
+
+class _Progress:
+    def __init__(self, stream, total_bytes: int, n: int):
+        self.stream, self.total, self.n, self.done, self.i = stream, max(1, total_bytes), n, 0, 0
+        self.tty = stream is not None and hasattr(stream, "isatty") and stream.isatty()
+        self.last = -1
+
+    def update(self, name: str, nbytes: int) -> None:
+        self.done += nbytes
+        self.i += 1
+        if self.stream is None:
+            return
+        frac = self.done / self.total
+        if self.tty:
+            bar = "#" * int(frac * 30)
+            self.stream.write(f"\r[{bar:<30}] {frac * 100:5.1f}% {self.i}/{self.n} {name[:40]:<40}")
+        elif int(frac * 4) > self.last:  # a log file gets a line every 25%
+            self.last = int(frac * 4)
+            self.stream.write(f"{frac * 100:5.1f}% {self.i}/{self.n} tensors\n")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _float_rows(sf, info, rows) -> np.ndarray:
+    """float32 copy of the given rows (a slice or an index array) of a tensor in the mmapped file."""
+    dt = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}[info.dtype]
+    a = np.frombuffer(sf.buffer(info.name), dtype=dt)
+    a = a.reshape(info.shape[0], -1) if len(info.shape) == 2 else a.reshape(1, -1)
+    x = a[rows]
+    if info.dtype == "BF16":
+        return (x.astype(np.uint32) << 16).view(np.float32)
+    return x.astype(np.float32)
+
+
+def _convert(x, type_id: int, n_threads: int, method: Optional[str]):
+    if method is None:
+        return convert(x, type_id, n_threads)
+    return convert(x, type_id, n_threads, method=method)
+
+
+def _write_tensor(fout, e: _Entry, tensors: dict, n_threads: int, method: Optional[str] = None) -> int:
+    if e.data is not None:
+        b = _convert(e.data.reshape(1, -1), e.type_id, n_threads, method)
+        fout.write(memoryview(b))
+        return b.nbytes
+    sf, info = tensors[e.hf]
+    rows = info.shape[0] if len(info.shape) == 2 else 1
+    cols = info.shape[-1]
+    perm = _rope_permutation(rows, e.heads) if e.heads else None
+    step = max(1, _CHUNK_BYTES // (4 * cols))
+    written = 0
+    for r0 in range(0, rows, step):
+        sel = perm[r0 : r0 + step] if perm is not None else slice(r0, min(rows, r0 + step))
+        b = _convert(_float_rows(sf, info, sel), e.type_id, n_threads, method)
+        fout.write(memoryview(b))
+        written += b.nbytes
+        del b
+    return written
+
+
+def _add_value(writer, key: str, value, tag: Optional[str]) -> None:
+    from gguf import GGUFValueType as V
+
+    scalar = {"u8": V.UINT8, "i8": V.INT8, "u16": V.UINT16, "i16": V.INT16, "u32": V.UINT32, "i32": V.INT32,
+              "u64": V.UINT64, "i64": V.INT64, "f32": V.FLOAT32, "f64": V.FLOAT64, "bool": V.BOOL, "str": V.STRING}
+    if tag and tag.endswith("[]") and tag[:-2] in scalar:
+        if len(value) == 0:
+            return
+        sub = scalar[tag[:-2]]
+        if sub == V.FLOAT32:
+            value = [float(v) for v in value]
+        writer.add_key_value(key, list(value), V.ARRAY, sub_type=sub)
+    elif tag in scalar:
+        writer.add_key_value(key, value, scalar[tag])
+    elif isinstance(value, bool):
+        writer.add_bool(key, value)
+    elif isinstance(value, int):
+        writer.add_uint32(key, value) if value >= 0 else writer.add_int32(key, value)
+    elif isinstance(value, float):
+        writer.add_float32(key, value)
+    elif isinstance(value, str):
+        writer.add_string(key, value)
+    elif isinstance(value, (list, tuple)):
+        writer.add_array(key, list(value))
+    else:
+        raise ValueError(f"tokenizer metadata {key!r} has a value of type {type(value).__name__}")
+
+
+def _add_metadata(writer, folder: str, cfg: ModelConfig, raw: dict, quant: str, tok_md: dict, tok_types: dict,
+                  n_params: int) -> None:
+    import gguf
+
+    writer.add_type("model")
+    name = os.path.basename(os.path.normpath(folder)) or "model"
+    try:  # name, size label, sampling defaults, ... from the model card and generation_config.json, as the converter
+        from pathlib import Path
+
+        meta = gguf.Metadata.load(None, Path(folder), None, n_params)
+        if meta.name is None:
+            meta.name = name
+        if meta.size_label is None and n_params > 0:
+            meta.size_label = gguf.size_label(n_params, 0, 0, 0)
+        meta.set_gguf_meta_model(writer)
+    except Exception:  # a model card the heuristics cannot parse: the folder's name is enough
+        writer.add_name(name)
+    writer.add_block_count(cfg.num_layers)
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_heads)
+    writer.add_head_count_kv(cfg.num_kv_heads)
+    if cfg.rope_scaling.get("rope_type") == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(cfg.rope_scaling["factor"]))
+    writer.add_rope_freq_base(cfg.rope_theta)
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    if raw.get("head_dim") is not None:
+        writer.add_key_length(cfg.head_dim)
+        writer.add_value_length(cfg.head_dim)
+    writer.add_file_type(FILE_TYPES[quant])
+    writer.add_vocab_size(cfg.vocab_size)
+    writer.add_rope_dimension_count(cfg.head_dim)
+    if cfg.sliding_window:
+        writer.add_sliding_window(cfg.sliding_window)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    for key, value in tok_md.items():
+        if key == "tokenizer.chat_template" and not value:
+            continue
+        _add_value(writer, key, value, tok_types.get(key))
+    if "tokenizer.chat_template" not in tok_md:
+        t = _chat_template(folder)
+        if t:
+            writer.add_chat_template(t)
+
+
+def _writer_class():
+    """GGUFWriter with a fast path for long metadata arrays (a 128k-token vocabulary packed one value
+    at a time takes seconds); the bytes are the same as GGUFWriter's own."""
+    import struct
+
+    import gguf
+    from gguf import GGUFValueType as V
+
+    numeric = {V.UINT8: "<u1", V.INT8: "<i1", V.UINT16: "<u2", V.INT16: "<i2", V.UINT32: "<u4", V.INT32: "<i4",
+               V.FLOAT32: "<f4", V.UINT64: "<u8", V.INT64: "<i8", V.FLOAT64: "<f8"}
+
+    class Writer(gguf.GGUFWriter):
+        def _pack_val(self, val, vtype, add_vtype, sub_type=None):
+            if (vtype == V.ARRAY and sub_type is not None and self.endianess == gguf.GGUFEndian.LITTLE
+                    and isinstance(val, (list, tuple)) and len(val) > 0):
+                head = (struct.pack("<I", vtype) if add_vtype else b"") + struct.pack("<IQ", sub_type, len(val))
+                if sub_type == V.STRING:
+                    enc = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in val]
+                    lens = np.array([len(e) for e in enc], dtype="<u8")
+                    parts = [b""] * (2 * len(enc))
+                    parts[0::2] = [x.tobytes() for x in lens]
+                    parts[1::2] = enc
+                    return head + b"".join(parts)
+                if sub_type in numeric:
+                    return head + np.asarray(val, dtype=numeric[sub_type]).tobytes()
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+    return Writer
+
+
+def _temp_name(out_path: str) -> str:
+    d, base = os.path.split(os.path.abspath(out_path))
+    return os.path.join(d, f".{base}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def export_gguf(hf_dir: str, out_path: str, quant: str = "q8_0", n_threads: int = 0, progress=None,
+                method: Optional[str] = None) -> ExportResult:
+    """Write the checkpoint folder hf_dir as the GGUF file out_path with weights in `quant` (q4_0, q8_0,
+    f16, bf16, f32). progress: a text stream (e.g. sys.stderr) for a progress bar and the final size
+    line, or None for silence. method: how q4_0/q8_0 block scales are chosen (pyllm.quantization:
+    "reference" = ggml's quantizer, byte-identical to llama.cpp's files; "search" = error-minimizing
+    scales); default: what pyllm.load(hf_dir, quant=...) uses, so the file runs exactly like it. Raises ModelLoadError/UnsupportedArchitectureError for a bad or
+    unsupported checkpoint, ValueError for a bad type, OSError when the file cannot be written; in
+    every failure case no file named out_path is created (an existing one is left untouched)."""
+    try:
+        import gguf
+    except ImportError:
+        raise ModelLoadError("writing GGUF needs the `gguf` package (pip install gguf)") from None
+    from .gguf_tokenizer import GGUF_VALUE_TYPES, tokenizer_metadata
+
+    hf_dir, out_path = os.fspath(hf_dir), os.fspath(out_path)
+    quant = check_quant(quant)
+    if method is None:
+        method = DEFAULT_METHOD
+    elif method not in METHODS:
+        raise ValueError(f"unknown quantization method {method!r}: expected one of {', '.join(METHODS) or 'none'}")
+    if not os.path.isdir(hf_dir):
+        raise ModelLoadError(f"{hf_dir}: no such folder (expected a Hugging Face checkpoint folder)")
+    if not os.path.isfile(os.path.join(hf_dir, "config.json")):
+        raise ModelLoadError(f"{hf_dir}: not a Hugging Face checkpoint folder (no config.json)")
+    if os.path.isdir(out_path):
+        raise ValueError(f"{out_path}: is a folder; give the output file name (e.g. model-{quant}.gguf)")
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    if not os.path.isdir(out_dir):
+        raise OSError(errno.ENOENT, f"{out_dir}: output folder does not exist")
+
+    cfg = ModelConfig.from_file(os.path.join(hf_dir, "config.json"))
+    raw = _read_json(os.path.join(hf_dir, "config.json"))
+    tensors = open_checkpoint(hf_dir)
+    plan = _plan(hf_dir, cfg, quant, tensors)
+    try:
+        tok_md = tokenizer_metadata(hf_dir)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelLoadError(f"{hf_dir}: cannot read the tokenizer: {e}") from None
+
+    writer = _writer_class()(None, "llama")
+    n_params = sum(int(np.prod(e.shape)) for e in plan if e.hf is not None)
+    _add_metadata(writer, hf_dir, cfg, raw, quant, tok_md, dict(GGUF_VALUE_TYPES), n_params)
+    for e in plan:
+        writer.add_tensor_info(e.name, e.shape, np.dtype(np.float32), e.nbytes,
+                               raw_dtype=gguf.GGMLQuantizationType(e.type_id))
+
+    tmp = _temp_name(out_path)
+    total = sum(e.nbytes for e in plan)
+    bar = _Progress(progress, total, len(plan))
+    try:
+        with open(tmp, "xb"):  # claim the name (fails if it exists), then let the writer reopen it
+            pass
+        from pathlib import Path
+
+        writer.write_header_to_file(path=Path(tmp))
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        fout = writer.fout[0]
+        for e in plan:
+            writer.write_padding(fout, fout.tell())
+            n = _write_tensor(fout, e, tensors, n_threads, method)
+            if n != e.nbytes:  # cannot happen unless convert() and row_bytes() disagree
+                raise RuntimeError(f"tensor {e.name}: wrote {n} bytes, expected {e.nbytes}")
+            writer.write_padding(fout, n)
+            bar.update(e.name, n)
+        fout.flush()
+        os.fsync(fout.fileno())
+        writer.close()
+        os.replace(tmp, out_path)
+    except BaseException as exc:
+        try:
+            writer.close()
+        except Exception:
+            pass
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if progress is not None:
+            bar.finish()
+        if isinstance(exc, OSError) and not isinstance(exc, FileExistsError):
+            raise OSError(exc.errno, f"cannot write {out_path}: {exc.strerror or exc}; nothing was written") from None
+        raise
+    bar.finish()
+    res = ExportResult(out_path, os.path.getsize(out_path), total, n_params, len(plan))
+    if progress is not None:
+        progress.write(f"wrote {out_path}: {res.file_bytes / 2**20:.2f} MiB, {res.n_tensors} tensors, "
+                       f"{n_params / 1e6:.2f} M weights, {res.bits_per_weight:.2f} bits per weight ({quant})\n")
+        progress.flush()
+    return res
+
+
+def main(argv=None, prog: str = "quantize") -> int:
+    """Command line: PROG HF_DIR OUT.gguf --type q4_0|q8_0|f16|bf16 [--threads N]."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog=prog, description="Write a Hugging Face Llama/Mistral checkpoint as GGUF")
+    add_arguments(p)
+    return run(p.parse_args(argv), prog)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("hf_dir", help="Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer files)")
+    p.add_argument("out", help="output .gguf file")
+    p.add_argument("--type", dest="qtype", default="q8_0", type=str.lower, choices=EXPORT_TYPES,
+                   help="weight type (default q8_0)")
+    p.add_argument("-t", "--threads", type=int, default=0, help="threads for quantization (default: all)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    if METHODS:
+        p.add_argument("--method", choices=METHODS, default=None,
+                       help=f"how q4_0/q8_0 block scales are chosen: 'reference' is ggml's quantizer (files "
+                            f"byte-identical to llama.cpp's), 'search' minimizes the error (default: {DEFAULT_METHOD}, "
+                            f"as pyllm.load(..., quant=...))")
+
+
+def run(args, prog: str = "pyllm quantize") -> int:
+    if args.threads < 0:
+        print(f"{prog}: error: --threads must be >= 0", file=sys.stderr)
+        return 2
+    try:
+        export_gguf(args.hf_dir, args.out, args.qtype, n_threads=args.threads,
+                    progress=None if args.quiet else sys.stderr, method=getattr(args, "method", None))
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; no file written", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:
+        msg = e.strerror if isinstance(e, OSError) and e.strerror and e.filename is None else e
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,318 @@
+"""gguf_loader.py: turns a GGUF file (llama.cpp's format; architecture "llama", which also covers
+Mistral and Llama 3 files) into pyllm's ModelConfig, engine model and tokenizer. Weights are
+passed to the engine as memoryviews into the mmapped file, in their stored type (F32, F16,
+BF16, Q8_0, Q4_0); Q/K rows are in GGUF's permuted order, so RoPE runs in interleaved mode.
+
+Sliding window: llama.cpp's converter writes Mistral checkpoints as plain "llama" with no
+sliding-window key, and llama.cpp then runs them with full attention. pyllm does the same for
+such files: no `llama.attention.sliding_window` key -> full attention (identical to llama.cpp,
+and to transformers as long as the context stays within the window, e.g. 4096 tokens for
+Mistral 7B v0.1; later Mistral releases have no window at all). Files written by
+pyllm's exporter (pyllm.gguf_export) carry the checkpoint's window in
+`llama.attention.sliding_window`; pyllm honours it (so such a file behaves exactly like the
+Hugging Face checkpoint it came from), llama.cpp ignores it for "llama" models."""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from . import _engine
+from .config import ModelConfig
+from .errors import ModelLoadError, UnsupportedArchitectureError
+from .gguf_file import GGUFFile, is_gguf
+from .hf_loader import build_engine_model
+from .quantization import check_quant, convert, tensor_type
+
+try:  # scale-choosing method of quant-on-load (pyllm.load(hf_dir, quant=...))
+    from .quantization import DEFAULT_METHOD
+except ImportError:
+    DEFAULT_METHOD = None
+
+SUPPORTED_GGUF_ARCHITECTURES = ("llama",)
+ENGINE_TYPES = (0, 1, 2, 8, 30)  # F32, F16, Q4_0, Q8_0, BF16
+_INT_CAP = 1 << 31
+
+# engine tensor name -> GGUF tensor name (per-layer ones get "blk.N." in front)
+GLOBAL_TENSORS = {"tok_embd": "token_embd.weight", "output_norm": "output_norm.weight", "output": "output.weight"}
+LAYER_TENSORS = {
+    "attn_norm": "attn_norm.weight",
+    "wq": "attn_q.weight",
+    "wk": "attn_k.weight",
+    "wv": "attn_v.weight",
+    "wo": "attn_output.weight",
+    "ffn_norm": "ffn_norm.weight",
+    "ffn_gate": "ffn_gate.weight",
+    "ffn_up": "ffn_up.weight",
+    "ffn_down": "ffn_down.weight",
+}
+ROPE_FREQS = "rope_freqs.weight"
+
+
+@dataclass(frozen=True)
+class GGUFModelConfig(ModelConfig):
+    """ModelConfig plus GGUF's RoPE frequency factors (`rope_freqs.weight`: the converter's encoding of
+    Llama 3.1-style "llama3" rope scaling): inv_freq[i] = base_inv_freq[i] / rope_freq_factors[i],
+    which is what llama.cpp computes."""
+
+    rope_freq_factors: Optional[tuple] = None
+
+    def rope_inv_freq(self) -> np.ndarray:
+        inv = super().rope_inv_freq()
+        if self.rope_freq_factors is not None:
+            inv = (inv / np.asarray(self.rope_freq_factors, dtype=np.float32)).astype(np.float32)
+        return inv
+
+
+def gguf_tensor_name(name: str, layer: int) -> str:
+    return GLOBAL_TENSORS[name] if layer < 0 else f"blk.{layer}.{LAYER_TENSORS[name]}"
+
+
+def _file_name(engine_name: str, layer: int) -> str:
+    try:
+        return f"tensor {gguf_tensor_name(engine_name, layer)!r}"
+    except KeyError:
+        return f"{engine_name} (layer {layer})"
+
+
+def _int(gf: GGUFFile, key: str, default=None, required: bool = True) -> Optional[int]:
+    if key not in gf.metadata:
+        if default is None and required:
+            raise ModelLoadError(f"{gf.path}: missing required key {key!r}")
+        return default
+    v = gf.metadata[key]
+    if isinstance(v, list):
+        raise UnsupportedArchitectureError(f"{gf.path}: {key} is per-layer ({v[:4]}...): not supported")
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < _INT_CAP:
+        raise ModelLoadError(f"{gf.path}: {key} must be a positive integer, got {v!r}")
+    return v
+
+
+def _float(gf: GGUFFile, key: str, default=None) -> Optional[float]:
+    if key not in gf.metadata:
+        if default is None:
+            raise ModelLoadError(f"{gf.path}: missing required key {key!r}")
+        return default
+    v = gf.metadata[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise ModelLoadError(f"{gf.path}: {key} must be a positive number, got {v!r}")
+    return float(v)
+
+
+def read_config(gf: GGUFFile) -> GGUFModelConfig:
+    """The model description from the file's metadata (`llama.*` keys) and tensor shapes."""
+    path, md = gf.path, gf.metadata
+    if "general.architecture" not in md:
+        raise ModelLoadError(f"{path}: missing required key 'general.architecture'")
+    arch = md["general.architecture"]
+    if arch not in SUPPORTED_GGUF_ARCHITECTURES:
+        raise UnsupportedArchitectureError(
+            f"{path}: GGUF architecture {arch!r} is not supported; pyllm supports {', '.join(SUPPORTED_GGUF_ARCHITECTURES)} "
+            f"(Llama 2/3 and Mistral as written by llama.cpp's converter)"
+        )
+    a = arch + "."
+    if md.get(a + "expert_count", 0):
+        raise UnsupportedArchitectureError(f"{path}: mixture-of-experts models ({a}expert_count = "
+                                           f"{md[a + 'expert_count']}) are not supported")
+    hidden = _int(gf, a + "embedding_length")
+    layers = _int(gf, a + "block_count")
+    ffn = _int(gf, a + "feed_forward_length")
+    heads = _int(gf, a + "attention.head_count")
+    kv_heads = _int(gf, a + "attention.head_count_kv", heads)
+    ctx = _int(gf, a + "context_length")
+    head_dim = _int(gf, a + "attention.key_length", hidden // heads if hidden % heads == 0 else None, required=False)
+    if head_dim is None:
+        raise ModelLoadError(f"{path}: embedding_length {hidden} is not a multiple of head_count {heads} "
+                             f"and there is no {a}attention.key_length")
+    v_dim = _int(gf, a + "attention.value_length", head_dim)
+    if v_dim != head_dim:
+        raise UnsupportedArchitectureError(f"{path}: key_length {head_dim} != value_length {v_dim} is not supported")
+    if heads % kv_heads:
+        raise ModelLoadError(f"{path}: head_count {heads} is not a multiple of head_count_kv {kv_heads}")
+    rope_dim = _int(gf, a + "rope.dimension_count", head_dim)
+    if rope_dim != head_dim:
+        raise UnsupportedArchitectureError(
+            f"{path}: partial RoPE (rope.dimension_count {rope_dim} < head dim {head_dim}) is not supported")
+    eps = _float(gf, a + "attention.layer_norm_rms_epsilon")
+    theta = _float(gf, a + "rope.freq_base", 10000.0)
+
+    scaling = {}
+    kind = md.get(a + "rope.scaling.type", "none")
+    factor = md.get(a + "rope.scaling.factor")
+    if kind == "none" and a + "rope.scale_linear" in md:  # older files
+        kind, factor = "linear", md[a + "rope.scale_linear"]
+    if kind == "linear":
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
+            raise ModelLoadError(f"{path}: linear rope scaling needs a positive {a}rope.scaling.factor, got {factor!r}")
+        if factor != 1.0:
+            scaling = {"rope_type": "linear", "factor": float(factor)}
+    elif kind != "none":
+        raise UnsupportedArchitectureError(f"{path}: rope scaling type {kind!r} is not supported (supported: none, "
+                                           f"linear, llama3 via {ROPE_FREQS})")
+
+    freq_factors = None
+    if ROPE_FREQS in gf.tensors:
+        t = gf.tensors[ROPE_FREQS]
+        if t.type_id != 0 or t.shape != (head_dim // 2,):
+            raise ModelLoadError(f"{path}: tensor {ROPE_FREQS!r} is {t.type_name} {list(t.shape)}, expected F32 "
+                                 f"[{head_dim // 2}]")
+        f = np.frombuffer(gf.buffer(ROPE_FREQS), dtype="<f4").copy()
+        if not np.all(np.isfinite(f)) or not np.all(f > 0):
+            raise ModelLoadError(f"{path}: tensor {ROPE_FREQS!r} holds non-positive or non-finite factors")
+        freq_factors = tuple(float(x) for x in f)
+
+    emb = gf.tensors.get("token_embd.weight")
+    if emb is None:
+        raise ModelLoadError(f"{path}: file has no tensor 'token_embd.weight'")
+    if a + "vocab_size" in md:
+        vocab = _int(gf, a + "vocab_size")
+    elif len(emb.shape) == 2:
+        vocab = emb.shape[0]
+    else:
+        raise ModelLoadError(f"{path}: tensor 'token_embd.weight' has shape {list(emb.shape)}, expected [vocab, dim]")
+    if not 0 < vocab < _INT_CAP:
+        raise ModelLoadError(f"{path}: bad vocabulary size {vocab}")
+
+    sw = md.get(a + "attention.sliding_window", 0)
+    if isinstance(sw, bool) or not isinstance(sw, int) or sw < 0:
+        raise ModelLoadError(f"{path}: {a}attention.sliding_window must be a non-negative integer, got {sw!r}")
+
+    bos = md.get("tokenizer.ggml.bos_token_id")
+    eos = [md[k] for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
+           if isinstance(md.get(k), int) and not isinstance(md.get(k), bool)]
+    eos = list(dict.fromkeys(eos))
+    return GGUFModelConfig(
+        architecture="LlamaForCausalLM",
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        intermediate_size=ffn,
+        max_position_embeddings=ctx,
+        rms_norm_eps=eps,
+        rope_theta=theta,
+        rope_scaling=scaling,
+        tie_word_embeddings="output.weight" not in gf.tensors,
+        sliding_window=sw,
+        bos_token_id=bos if isinstance(bos, int) and not isinstance(bos, bool) else None,
+        eos_token_id=(eos[0] if len(eos) == 1 else eos) if eos else None,
+        rope_freq_factors=freq_factors,
+    )
+
+
+def _check_tensors(gf: GGUFFile, cfg: ModelConfig) -> None:
+    """Every tensor the model needs is there (checked before anything is sized by block_count) and
+    every tensor there is one the model uses."""
+    per_layer = len(LAYER_TENSORS)
+    if cfg.num_layers > (len(gf.tensors) - 2) // per_layer:
+        raise ModelLoadError(f"{gf.path}: block_count is {cfg.num_layers} but the file holds only {len(gf.tensors)} "
+                             f"tensors ({per_layer} per block are needed)")
+    for i in range(cfg.num_layers):
+        for n in LAYER_TENSORS.values():
+            if f"blk.{i}.{n}" not in gf.tensors:
+                raise ModelLoadError(f"{gf.path}: file has no tensor 'blk.{i}.{n}'")
+    for n in ("token_embd.weight", "output_norm.weight"):
+        if n not in gf.tensors:
+            raise ModelLoadError(f"{gf.path}: file has no tensor {n!r}")
+    known = {ROPE_FREQS} | set(GLOBAL_TENSORS.values())
+    for i in range(cfg.num_layers):
+        known.update(f"blk.{i}.{n}" for n in LAYER_TENSORS.values())
+    for name in gf.tensors:
+        if name not in known:
+            raise UnsupportedArchitectureError(
+                f"{gf.path}: tensor {name!r} is not part of a llama model pyllm runs (biases, experts and extra layers "
+                f"are not supported)")
+
+
+def generation_config_from_metadata(md: dict) -> dict:
+    """general.sampling.* keys (written from generation_config.json) -> generation_config entries."""
+    gen = {}
+    for key, name, kind in (("general.sampling.temp", "temperature", float), ("general.sampling.top_k", "top_k", int),
+                            ("general.sampling.top_p", "top_p", float), ("general.sampling.min_p", "min_p", float),
+                            ("general.sampling.penalty_repeat", "repetition_penalty", float)):
+        v = md.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            gen[name] = kind(v)
+    return gen
+
+
+def load_gguf_parts(path: str, n_ctx: Optional[int] = None, quant: Optional[str] = None, n_threads: int = 0):
+    """Returns (config, engine model, tokenizer, generation_config dict, n_ctx). n_ctx defaults to the
+    model's context length capped at 4096. With quant (q4_0, q8_0, f16, bf16, f32) each tensor whose
+    type differs from what pyllm.quantization.tensor_type picks is converted (dequantized exactly, then
+    re-quantized in C as quant-on-load does); without it the file's tensors are used in place."""
+    from .gguf_tokenizer import tokenizer_from_metadata
+
+    if not is_gguf(path):
+        raise ModelLoadError(f"{path}: not a GGUF file (no GGUF magic); pyllm loads a Hugging Face checkpoint folder "
+                             f"or a .gguf file")
+    gf = GGUFFile(path)
+    cfg = read_config(gf)
+    if n_ctx is None:
+        n_ctx = min(cfg.max_position_embeddings, 4096)
+    if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 1:
+        raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+    if n_ctx > cfg.max_position_embeddings:
+        raise ValueError(f"n_ctx {n_ctx} exceeds the model's context length ({cfg.max_position_embeddings})")
+    if quant is not None:
+        quant = check_quant(quant)
+    _check_tensors(gf, cfg)
+    try:
+        tokenizer = tokenizer_from_metadata(gf.metadata)
+    except ModelLoadError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise ModelLoadError(f"{path}: cannot build the tokenizer from the file's metadata: {e}") from None
+
+    converted = {}
+
+    def get_tensor(name, layer):
+        gname = gguf_tensor_name(name, layer)
+        if name == "output" and cfg.tie_word_embeddings:
+            gname = "token_embd.weight"
+        if gname not in gf.tensors:
+            raise ModelLoadError(f"{path}: file has no tensor {gname!r}")
+        info = gf.tensors[gname]
+        tid, shape = info.type_id, info.shape
+        if tid not in ENGINE_TYPES:
+            raise UnsupportedArchitectureError(
+                f"{path}: tensor {gname!r} is {info.type_name}; pyllm runs F32, F16, BF16, Q8_0 and Q4_0 "
+                f"(requantize with llama-quantize --pure, or export from the Hugging Face checkpoint with "
+                f"`pyllm quantize`)")
+        if quant is None:
+            return tid, shape, gf.buffer(gname)
+        role = "norm" if name.endswith("norm") else (name if name in ("tok_embd", "output") else "weight")
+        want = tensor_type(role, quant, shape, cfg.tie_word_embeddings)
+        if want == tid:
+            return tid, shape, gf.buffer(gname)
+        if (gname, want) in converted:  # the tied embedding, asked for twice
+            return converted[(gname, want)]
+        data = np.frombuffer(gf.buffer(gname), dtype=np.uint8)
+        x = _engine.to_float(tid, data, info.ne[0] if info.ne else 1)
+        data = convert(x, want, n_threads) if DEFAULT_METHOD is None else convert(x, want, n_threads,
+                                                                                 method=DEFAULT_METHOD)
+        out = (want, shape, data)
+        converted[(gname, want)] = out
+        return out
+
+    try:
+        cm = build_engine_model(cfg, n_ctx, get_tensor, interleaved_rope=True)
+    except ModelLoadError:
+        raise
+    except ValueError as e:  # the engine's size/shape checks; name the tensor as the file does
+        msg = re.sub(r"\b(\w+) \(layer (-?\d+)\)", lambda m: _file_name(m.group(1), int(m.group(2))), str(e))
+        raise ModelLoadError(f"{path}: {msg}") from None
+    return cfg, cm, tokenizer, generation_config_from_metadata(gf.metadata), n_ctx
+
+
+def load_gguf(path: str, n_threads: Optional[int] = None, n_ctx: Optional[int] = None, quant: Optional[str] = None):
+    """pyllm.load() for a .gguf file: returns a pyllm.Model."""
+    from .model import Model
+
+    cfg, cm, tokenizer, gen, n_ctx = load_gguf_parts(path, n_ctx=n_ctx, quant=quant, n_threads=n_threads or 0)
+    return Model(cm, cfg, tokenizer, n_ctx=n_ctx, n_threads=n_threads, generation_config=gen, path=path)
