@@ -307,9 +307,9 @@ def test_bad_arguments_raise(base, heldout):
 # ---------------------------------------------------------------------------- CLI
 
 def _cli(*args):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # the installed package (conftest runs tests from an empty directory)
     return subprocess.run([sys.executable, "-m", "pyllm", "perplexity", *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=120)
+                          timeout=120)
 
 
 def test_cli_perplexity():
