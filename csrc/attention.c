@@ -1,5 +1,8 @@
 /* attention.c: grouped-query attention over per-sequence KV caches. Each (token, kv head) is one
- * work item: the query heads that share a KV head read each cached key/value row once. */
+ * work item: the query heads that share a KV head are handled together, so each cached key and
+ * value row is read once. Both products run on the active ISA's f32 gemm kernel: scores =
+ * Q_group x K^T (keys are the "weight rows"), and output = P x V with the value block transposed
+ * into per-thread scratch first. */
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -7,10 +10,17 @@
 
 #include "ops.h"
 
+size_t pl_attention_scratch_floats(const pl_model *m, int max_len) {
+    const pl_config *c = &m->cfg;
+    return (size_t)(c->n_heads / c->n_kv_heads + c->head_dim) * max_len;
+}
+
 void pl_attention(const pl_model *m, int l, pl_kv *const *kvs, const pl_batch *b, const float *q, int ldq,
                   float *out, int ldo, float *scores, size_t scores_stride) {
     const pl_config *c = &m->cfg;
     const pl_kernels *K = pl_kernels_active();
+    const pl_gemm_fn gemm = K->types[PL_TYPE_F32].gemm;
+    const pl_vec_dot_fn dot = K->types[PL_TYPE_F32].vec_dot;
     const int hd = c->head_dim, G = c->n_heads / c->n_kv_heads, nkv = c->n_kv_heads;
     const int kv_dim = nkv * hd, sw = c->sliding_window;
     const int total = b->n_tokens * nkv;
@@ -26,22 +36,32 @@ void pl_attention(const pl_model *m, int l, pl_kv *const *kvs, const pl_batch *b
 #else
         float *sc = scores;
 #endif
+        float *vt = sc + (size_t)G * len; /* hd x len: the value block, transposed */
         const size_t layer_off = (size_t)l * kv->n_ctx * kv_dim + (size_t)h * hd;
         const float *kb = kv->k + layer_off + (size_t)start * kv_dim;
         const float *vb = kv->v + layer_off + (size_t)start * kv_dim;
         const float *qh = q + (size_t)t * ldq + (size_t)h * G * hd;
-        for (int p = 0; p < len; p++) {
-            const float *krow = kb + (size_t)p * kv_dim;
-            for (int g = 0; g < G; g++) sc[(size_t)g * len + p] = K->dot_f32(hd, qh + (size_t)g * hd, krow) * m->attn_scale;
-        }
         float *oh = out + (size_t)t * ldo + (size_t)h * G * hd;
+        /* scores[g][p] = q_g . k_p */
+        if (gemm)
+            gemm(hd, len, G, kb, (size_t)kv_dim * sizeof(float), qh, (size_t)hd * sizeof(float), sc, (size_t)len);
+        else
+            for (int g = 0; g < G; g++)
+                for (int p = 0; p < len; p++) dot(hd, sc + (size_t)g * len + p, kb + (size_t)p * kv_dim, qh + (size_t)g * hd);
         for (int g = 0; g < G; g++) {
-            pl_softmax(sc + (size_t)g * len, len);
-            memset(oh + (size_t)g * hd, 0, (size_t)hd * sizeof(float));
+            float *s = sc + (size_t)g * len;
+            for (int p = 0; p < len; p++) s[p] *= m->attn_scale;
+            pl_softmax(s, len);
         }
+        /* out[g][d] = sum_p scores[g][p] * v_p[d] */
         for (int p = 0; p < len; p++) {
             const float *vrow = vb + (size_t)p * kv_dim;
-            for (int g = 0; g < G; g++) K->axpy_f32(hd, sc[(size_t)g * len + p], vrow, oh + (size_t)g * hd);
+            for (int d = 0; d < hd; d++) vt[(size_t)d * len + p] = vrow[d];
         }
+        if (gemm)
+            gemm(len, hd, G, vt, (size_t)len * sizeof(float), sc, (size_t)len * sizeof(float), oh, (size_t)hd);
+        else
+            for (int g = 0; g < G; g++)
+                for (int d = 0; d < hd; d++) dot(len, oh + (size_t)g * hd + d, vt + (size_t)d * len, sc + (size_t)g * len);
     }
 }

@@ -67,7 +67,7 @@ static int carve(pl_scratch *s, const pl_model *m, int nt, int n_out, int nth, i
             if (a > act) act = a;
         }
     }
-    B->scores_stride = align64((size_t)(c->n_heads / c->n_kv_heads) * max_len * sizeof(float)) / sizeof(float);
+    B->scores_stride = align64(pl_attention_scratch_floats(m, max_len) * sizeof(float)) / sizeof(float);
     const size_t sz[] = {
         (size_t)rows * c->dim, (size_t)rows * c->dim, (size_t)nt * qd, (size_t)nt * kvd, (size_t)nt * kvd,
         (size_t)nt * qd, (size_t)nt * c->dim, (size_t)nt * c->hidden_dim, (size_t)nt * c->hidden_dim,
