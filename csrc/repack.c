@@ -3,7 +3,7 @@
  * the packed layout of tensor_types.h, which the kernels of every ISA read with aligned loads and
  * without transposes. PYLLM_REPACK=0 turns it off (the unpacked kernels then run, e.g. to compare).
  *
- * Memory: all packed tensors live in one anonymous mapping (huge pages where the kernel gives them),
+ * Memory: all packed tensors live in one anonymous mapping (2 MB pages where the kernel gives them),
  * about the size of the weights it replaces (16 x row bytes per 16-row group; the last group of a
  * tensor is padded). Tensors are repacked one after the other, and each source is released right
  * after its own copy is made, so the peak stays near the model size plus one tensor:
@@ -41,7 +41,9 @@ static void *arena_alloc(size_t bytes) {
     if (a > p) munmap(p, (size_t)(a - p));
     if (p + len > end) munmap(end, (size_t)(p + len - end));
 #ifdef MADV_HUGEPAGE
-    if (getenv("PLDEV_HUGE")) madvise(a, round_up(bytes, HUGE_PAGE), MADV_HUGEPAGE);
+    /* decode streams every weight once per token: 2 MB pages take the TLB misses out of that
+     * stream (about 10% more tokens/s here) */
+    madvise(a, round_up(bytes, HUGE_PAGE), MADV_HUGEPAGE);
 #endif
     return a;
 #else
@@ -114,12 +116,8 @@ int pl_model_repack(pl_model *m) {
         const size_t gb = pl_packed_group_bytes((pl_type)t->type, t->ne0);
         const int64_t ng = (t->ne1 + PL_PACK_ROWS - 1) / PL_PACK_ROWS;
         char *dst = arena + off;
-        if (getenv("PLDEV_POP")) {
-            const size_t pg = (size_t)sysconf(_SC_PAGESIZE);
-            const uintptr_t s0 = (uintptr_t)dst / pg * pg, e0 = round_up((uintptr_t)dst + (size_t)ng * gb, pg);
-            madvise((void *)s0, e0 - s0, 23);
-        }
-#pragma omp parallel for schedule(static)
+        /* one thread: the copy runs at memory speed (~0.4 s for 1.1 GB here), and a parallel loop per
+         * tensor only adds a barrier that stalls whenever the other thread is descheduled */
         for (int64_t g = 0; g < ng; g++) {
             const int64_t r0 = g * PL_PACK_ROWS;
             const int rows = (int)(t->ne1 - r0 < PL_PACK_ROWS ? t->ne1 - r0 : PL_PACK_ROWS);
