@@ -1,8 +1,8 @@
 /* attention.c: grouped-query attention over per-sequence KV caches. Each (token, kv head) is one
  * work item: the query heads that share a KV head are handled together, so each cached key and
- * value row is read once. Both products run on the active ISA's f32 gemm kernel: scores =
- * Q_group x K^T (keys are the "weight rows"), and output = P x V with the value block transposed
- * into per-thread scratch first. */
+ * value row is read once. Scores run on the active ISA's f32 gemm kernel: scores =
+ * Q_group x K^T (keys are the "weight rows"); softmax and output = P x V (the ISA's gemm_nn over
+ * the value rows where they lie in the cache) use the table's fp32 helpers. */
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -12,7 +12,7 @@
 
 size_t pl_attention_scratch_floats(const pl_model *m, int max_len) {
     const pl_config *c = &m->cfg;
-    return (size_t)(c->n_heads / c->n_kv_heads + c->head_dim) * max_len;
+    return (size_t)(c->n_heads / c->n_kv_heads) * max_len;
 }
 
 void pl_attention(const pl_model *m, int l, pl_kv *const *kvs, const pl_batch *b, const float *q, int ldq,
@@ -36,7 +36,6 @@ void pl_attention(const pl_model *m, int l, pl_kv *const *kvs, const pl_batch *b
 #else
         float *sc = scores;
 #endif
-        float *vt = sc + (size_t)G * len; /* hd x len: the value block, transposed */
         const size_t layer_off = (size_t)l * kv->n_ctx * kv_dim + (size_t)h * hd;
         const float *kb = kv->k + layer_off + (size_t)start * kv_dim;
         const float *vb = kv->v + layer_off + (size_t)start * kv_dim;
@@ -48,20 +47,8 @@ void pl_attention(const pl_model *m, int l, pl_kv *const *kvs, const pl_batch *b
         else
             for (int g = 0; g < G; g++)
                 for (int p = 0; p < len; p++) dot(hd, sc + (size_t)g * len + p, kb + (size_t)p * kv_dim, qh + (size_t)g * hd);
-        for (int g = 0; g < G; g++) {
-            float *s = sc + (size_t)g * len;
-            for (int p = 0; p < len; p++) s[p] *= m->attn_scale;
-            pl_softmax(s, len);
-        }
-        /* out[g][d] = sum_p scores[g][p] * v_p[d] */
-        for (int p = 0; p < len; p++) {
-            const float *vrow = vb + (size_t)p * kv_dim;
-            for (int d = 0; d < hd; d++) vt[(size_t)d * len + p] = vrow[d];
-        }
-        if (gemm)
-            gemm(len, hd, G, vt, (size_t)len * sizeof(float), sc, (size_t)len * sizeof(float), oh, (size_t)hd);
-        else
-            for (int g = 0; g < G; g++)
-                for (int d = 0; d < hd; d++) dot(len, oh + (size_t)g * hd + d, vt + (size_t)d * len, sc + (size_t)g * len);
+        for (int g = 0; g < G; g++) K->softmax_f32(sc + (size_t)g * len, len, m->attn_scale);
+        /* out[g][d] = sum_p scores[g][p] * v_p[d], the values read where they lie in the cache */
+        K->gemm_nn_f32(G, hd, len, sc, (size_t)len, vb, (size_t)kv_dim, oh, (size_t)hd);
     }
 }

@@ -93,6 +93,8 @@ static int carve(pl_scratch *s, const pl_model *m, int nt, int n_out, int nth, i
     return 1;
 }
 
+#define SWIGLU_CHUNK 1024 /* floats per work item of the SwiGLU loop (a multiple of 16) */
+
 #define FAIL(code, ...) (snprintf(err, PL_ERRMSG_LEN, __VA_ARGS__), code)
 
 int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, const pl_batch *b, float *logits,
@@ -184,8 +186,16 @@ int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, co
                 const int ld[2] = {hid, hid};
                 pl_matmul_multi(ws, ys, ld, 2, B.xb, nt, dim, B.act, 0);
             }
+            /* hb and hb2 are [nt][hid] contiguous: split the flat range, so one token's row is shared
+             * by all threads in decode */
+            {
+                const int64_t tot = (int64_t)nt * hid, nch = (tot + SWIGLU_CHUNK - 1) / SWIGLU_CHUNK;
 #pragma omp for schedule(static)
-            for (int t = 0; t < nt; t++) pl_swiglu(B.hb + (size_t)t * hid, B.hb2 + (size_t)t * hid, hid);
+                for (int64_t ch = 0; ch < nch; ch++) {
+                    const int64_t i0 = ch * SWIGLU_CHUNK;
+                    K->swiglu_f32(B.hb + i0, B.hb2 + i0, (int)(tot - i0 < SWIGLU_CHUNK ? tot - i0 : SWIGLU_CHUNK));
+                }
+            }
             if (st) accumulate_squares(st + 2 * dim + qd, B.hb, nt, hid, hid);
             pl_matmul(&L->ffn_down, B.hb, nt, hid, B.tmp, dim, B.act);
 #pragma omp for schedule(static)

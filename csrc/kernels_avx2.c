@@ -270,6 +270,120 @@ static void axpy_f32(int n, float alpha, const float *x, float *y) {
     }
 }
 
+/* ---- attention / MLP helpers ---- */
+AI __m256i lanes_below(int r) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+
+/* c = a x b (row-major, m x k times k x n): R rows of a x NV 8-float vectors of b per register tile
+ * (the last vector masked), b read once per R rows of a, in place (no transpose). */
+AI void nn_tile(const int R, const int NV, int k, const float *a, size_t lda, const float *b, size_t ldb, float *c,
+                size_t ldc, __m256i last) {
+    __m256 acc[4][3];
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm256_setzero_ps();
+    for (int p = 0; p < k; p++) {
+        __m256 bv[3];
+        UNROLL for (int v = 0; v < NV; v++) bv[v] = v == NV - 1 ? _mm256_maskload_ps(b + (size_t)p * ldb + 8 * v, last)
+                                                                : _mm256_loadu_ps(b + (size_t)p * ldb + 8 * v);
+        UNROLL for (int r = 0; r < R; r++) {
+            const __m256 av = _mm256_broadcast_ss(a + (size_t)r * lda + p);
+            UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm256_fmadd_ps(av, bv[v], acc[r][v]);
+        }
+    }
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int v = 0; v < NV; v++) {
+        if (v == NV - 1) _mm256_maskstore_ps(c + (size_t)r * ldc + 8 * v, last, acc[r][v]);
+        else _mm256_storeu_ps(c + (size_t)r * ldc + 8 * v, acc[r][v]);
+    }
+}
+typedef void (*nn_tile_fn)(int k, const float *a, size_t lda, const float *b, size_t ldb, float *c, size_t ldc,
+                           __m256i last);
+#define NN_DEF(R, NV)                                                                                           \
+    static void nn_tile_##R##_##NV(int k, const float *a, size_t lda, const float *b, size_t ldb, float *c,      \
+                                   size_t ldc, __m256i last) {                                                  \
+        nn_tile(R, NV, k, a, lda, b, ldb, c, ldc, last);                                                        \
+    }
+#define NN_ROW(R) NN_DEF(R, 1) NN_DEF(R, 2) NN_DEF(R, 3)
+NN_ROW(1) NN_ROW(2) NN_ROW(3) NN_ROW(4)
+#define NN_TAB(R) {nn_tile_##R##_1, nn_tile_##R##_2, nn_tile_##R##_3}
+static const nn_tile_fn nn_tab[4][3] = {NN_TAB(1), NN_TAB(2), NN_TAB(3), NN_TAB(4)};
+
+static void gemm_nn_f32(int m, int n, int k, const float *a, size_t lda, const float *b, size_t ldb, float *c,
+                        size_t ldc) {
+    for (int j0 = 0; j0 < n; j0 += 24) {
+        const int nj = n - j0 < 24 ? n - j0 : 24, nv = (nj + 7) / 8;
+        const __m256i last = lanes_below(nj - 8 * (nv - 1)); /* 1..8 lanes */
+        for (int i0 = 0; i0 < m; i0 += 4) {
+            const int R = m - i0 < 4 ? m - i0 : 4;
+            nn_tab[R - 1][nv - 1](k, a + (size_t)i0 * lda, lda, b + j0, ldb, c + (size_t)i0 * ldc + j0, ldc, last);
+        }
+    }
+}
+
+/* e^x for 8 floats: x = n ln2 + r (|r| <= ln2/2, ln2 in two parts), e^r by a degree-6 polynomial
+ * (Cephes expf's coefficients), times 2^n built in the exponent field; x is clamped to
+ * [-87.3, 88] (results below e^-87.3 are 0). Within 2 ulp of libm's expf in that range. */
+AI __m256 exp256(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.3f);
+    const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.0f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+static void softmax_f32(float *x, int n, float scale) {
+    const __m256 vs = _mm256_set1_ps(scale);
+    float mx = -INFINITY;
+    int i = 0;
+    if (n >= 8) {
+        __m256 m8 = _mm256_set1_ps(-INFINITY);
+        for (; i + 8 <= n; i += 8) m8 = _mm256_max_ps(m8, _mm256_mul_ps(_mm256_loadu_ps(x + i), vs));
+        float t[8];
+        _mm256_storeu_ps(t, m8);
+        for (int j = 0; j < 8; j++) mx = t[j] > mx ? t[j] : mx;
+    }
+    for (; i < n; i++) mx = x[i] * scale > mx ? x[i] * scale : mx;
+    const __m256 vm = _mm256_set1_ps(mx);
+    __m256 sum = _mm256_setzero_ps();
+    for (i = 0; i + 8 <= n; i += 8) {
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vs), vm));
+        _mm256_storeu_ps(x + i, e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    if (i < n) {
+        const __m256i m = lanes_below(n - i);
+        const __m256 e = _mm256_and_ps(_mm256_castsi256_ps(m),
+                                       exp256(_mm256_sub_ps(_mm256_mul_ps(_mm256_maskload_ps(x + i, m), vs), vm)));
+        _mm256_maskstore_ps(x + i, m, e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    const __m256 inv = _mm256_set1_ps(1.0f / hsum8(sum));
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
+    const float invs = _mm256_cvtss_f32(inv);
+    for (; i < n; i++) x[i] *= invs;
+}
+
+AI __m256 swiglu8(__m256 g, __m256 u) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    return _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, exp256(_mm256_sub_ps(_mm256_setzero_ps(), g)))), u);
+}
+static void swiglu_f32(float *gate, const float *up, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(gate + i, swiglu8(_mm256_loadu_ps(gate + i), _mm256_loadu_ps(up + i)));
+    if (i < n) {
+        const __m256i m = lanes_below(n - i);
+        _mm256_maskstore_ps(gate + i, m, swiglu8(_mm256_maskload_ps(gate + i, m), _mm256_maskload_ps(up + i, m)));
+    }
+}
+
 /* ============================== Q8_0 / Q4_0 x Q8_0 ============================== */
 
 enum { QT_q4_0 = 0, QT_q8_0 = 1 };
@@ -781,5 +895,8 @@ PL_BASELINE_FN void pl_kernels_init_avx2(pl_kernels *k) {
     t->to_float = q4_0_to_float;
     k->dot_f32 = dot_f32;
     k->axpy_f32 = axpy_f32;
+    k->gemm_nn_f32 = gemm_nn_f32;
+    k->softmax_f32 = softmax_f32;
+    k->swiglu_f32 = swiglu_f32;
 }
 #endif

@@ -556,6 +556,107 @@ static void q8_0_gemm(int n, int nr, int nc, const void *w, size_t ws, const voi
 static void q4_0_vec_dot(int n, float *s, const void *w, const void *a) { q4_0_gemm(n, 1, 1, w, 0, a, 0, s, 1); }
 static void q8_0_vec_dot(int n, float *s, const void *w, const void *a) { q8_0_gemm(n, 1, 1, w, 0, a, 0, s, 1); }
 
+/* ---- attention / MLP helpers ---- */
+/* c = a x b (row-major, m x k times k x n): R rows of a x NV 16-float vectors of b per register
+ * tile (the last vector masked), b read once per R rows of a, in place (no transpose). */
+AI void nn_tile(const int R, const int NV, int k, const float *a, size_t lda, const float *b, size_t ldb, float *c,
+                size_t ldc, __mmask16 last) {
+    __m512 acc[4][4];
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
+    for (int p = 0; p < k; p++) {
+        __m512 bv[4];
+        UNROLL for (int v = 0; v < NV; v++) bv[v] = v == NV - 1 ? _mm512_maskz_loadu_ps(last, b + (size_t)p * ldb + 16 * v)
+                                                                : _mm512_loadu_ps(b + (size_t)p * ldb + 16 * v);
+        UNROLL for (int r = 0; r < R; r++) {
+            const __m512 av = _mm512_set1_ps(a[(size_t)r * lda + p]);
+            UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+        }
+    }
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int v = 0; v < NV; v++) {
+        if (v == NV - 1) _mm512_mask_storeu_ps(c + (size_t)r * ldc + 16 * v, last, acc[r][v]);
+        else _mm512_storeu_ps(c + (size_t)r * ldc + 16 * v, acc[r][v]);
+    }
+}
+typedef void (*nn_tile_fn)(int k, const float *a, size_t lda, const float *b, size_t ldb, float *c, size_t ldc,
+                           __mmask16 last);
+#define NN_DEF(R, NV)                                                                                           \
+    static void nn_tile_##R##_##NV(int k, const float *a, size_t lda, const float *b, size_t ldb, float *c,      \
+                                   size_t ldc, __mmask16 last) {                                                \
+        nn_tile(R, NV, k, a, lda, b, ldb, c, ldc, last);                                                        \
+    }
+#define NN_ROW(R) NN_DEF(R, 1) NN_DEF(R, 2) NN_DEF(R, 3) NN_DEF(R, 4)
+NN_ROW(1) NN_ROW(2) NN_ROW(3) NN_ROW(4)
+#define NN_TAB(R) {nn_tile_##R##_1, nn_tile_##R##_2, nn_tile_##R##_3, nn_tile_##R##_4}
+static const nn_tile_fn nn_tab[4][4] = {NN_TAB(1), NN_TAB(2), NN_TAB(3), NN_TAB(4)};
+
+static void gemm_nn_f32(int m, int n, int k, const float *a, size_t lda, const float *b, size_t ldb, float *c,
+                        size_t ldc) {
+    for (int j0 = 0; j0 < n; j0 += 64) {
+        const int nj = n - j0 < 64 ? n - j0 : 64, nv = (nj + 15) / 16;
+        const __mmask16 last = tail_mask(nj - 16 * (nv - 1)); /* 1..16 lanes */
+        for (int i0 = 0; i0 < m; i0 += 4) {
+            const int R = m - i0 < 4 ? m - i0 : 4;
+            nn_tab[R - 1][nv - 1](k, a + (size_t)i0 * lda, lda, b + j0, ldb, c + (size_t)i0 * ldc + j0, ldc, last);
+        }
+    }
+}
+
+/* e^x for 16 floats: x = n ln2 + r (|r| <= ln2/2, ln2 in two parts), e^r by a degree-6 polynomial
+ * (Cephes expf's coefficients), times 2^n with vscalefps (which also gives 0 and inf at the ends);
+ * within 2 ulp of libm's expf. */
+AI __m512 exp512(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(89.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+static void softmax_f32(float *x, int n, float scale) {
+    const __m512 vs = _mm512_set1_ps(scale);
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) mx = _mm512_max_ps(mx, _mm512_mul_ps(_mm512_loadu_ps(x + i), vs));
+    if (i < n) mx = _mm512_mask_max_ps(mx, tail_mask(n - i), mx, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask(n - i), x + i), vs));
+    const __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+    __m512 sum = _mm512_setzero_ps();
+    for (i = 0; i + 16 <= n; i += 16) {
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), vs), vm));
+        _mm512_storeu_ps(x + i, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    if (i < n) {
+        const __mmask16 m = tail_mask(n - i);
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), vs), vm));
+        _mm512_mask_storeu_ps(x + i, m, e);
+        sum = _mm512_mask_add_ps(sum, m, sum, e);
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+    for (i = 0; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
+    if (i < n) _mm512_mask_storeu_ps(x + i, tail_mask(n - i), _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask(n - i), x + i), inv));
+}
+
+AI __m512 swiglu16(__m512 g, __m512 u) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    return _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), g)))), u);
+}
+static void swiglu_f32(float *gate, const float *up, int n) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(gate + i, swiglu16(_mm512_loadu_ps(gate + i), _mm512_loadu_ps(up + i)));
+    if (i < n) {
+        const __mmask16 m = tail_mask(n - i);
+        _mm512_mask_storeu_ps(gate + i, m, swiglu16(_mm512_maskz_loadu_ps(m, gate + i), _mm512_maskz_loadu_ps(m, up + i)));
+    }
+}
+
 /* ============================== packed Q4_0 / Q8_0 x q8x activations ==============================
  * Layout in tensor_types.h: lane r of a weight vector is row r of a 16-row group, so one vpdpbusd
  * with a broadcast activation dword adds 4 products for 16 rows, no transposes, and the 16 block
@@ -741,5 +842,8 @@ PL_BASELINE_FN void pl_kernels_init_avx512(pl_kernels *k) {
     t->to_float = q4_0_to_float;
     k->dot_f32 = dot_f32;
     k->axpy_f32 = axpy_f32;
+    k->gemm_nn_f32 = gemm_nn_f32;
+    k->softmax_f32 = softmax_f32;
+    k->swiglu_f32 = swiglu_f32;
 }
 #endif

@@ -85,6 +85,12 @@ typedef struct {
     pl_type_traits types[PL_TYPE_COUNT];
     float (*dot_f32)(int n, const float *a, const float *b);
     void (*axpy_f32)(int n, float alpha, const float *x, float *y); /* y += alpha * x */
+    /* attention / MLP helpers (fp32). gemm_nn: c[i*ldc + j] = sum_p a[i*lda + p] * b[p*ldb + j] for
+     * i < m, j < n, p < k (row-major; attention's probabilities x the cached values, read in place) */
+    void (*gemm_nn_f32)(int m, int n, int k, const float *a, size_t lda, const float *b, size_t ldb, float *c,
+                        size_t ldc);
+    void (*softmax_f32)(float *x, int n, float scale); /* x = softmax(scale * x) */
+    void (*swiglu_f32)(float *gate, const float *up, int n); /* gate = silu(gate) * up */
 } pl_kernels;
 
 /* Kernel tables; the SIMD ones start as a copy of the scalar table and override what they speed up. */

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "ops.h"
 #include "tensor_types.h"
 
 static inline float bits_to_fp32(uint32_t w) {
@@ -285,6 +286,23 @@ static void axpy_f32_scalar(int n, float alpha, const float *x, float *y) {
     for (int i = 0; i < n; i++) y[i] += alpha * x[i];
 }
 
+static void gemm_nn_f32_scalar(int m, int n, int k, const float *a, size_t lda, const float *b, size_t ldb, float *c,
+                               size_t ldc) {
+    for (int i = 0; i < m; i++) {
+        float *ci = c + (size_t)i * ldc;
+        for (int j = 0; j < n; j++) ci[j] = 0.0f;
+        for (int p = 0; p < k; p++) {
+            const float aip = a[(size_t)i * lda + p];
+            const float *bp = b + (size_t)p * ldb;
+            for (int j = 0; j < n; j++) ci[j] += aip * bp[j];
+        }
+    }
+}
+static void softmax_f32_scalar(float *x, int n, float scale) {
+    for (int i = 0; i < n; i++) x[i] *= scale;
+    pl_softmax(x, n);
+}
+
 void pl_kernels_init_scalar(pl_kernels *k) {
     memset(k, 0, sizeof(*k));
     k->isa = "scalar";
@@ -301,4 +319,7 @@ void pl_kernels_init_scalar(pl_kernels *k) {
     k->types[PL_TYPE_Q4_0].gemm_packed = q4_0_gemm_packed;
     k->dot_f32 = dot_f32_scalar;
     k->axpy_f32 = axpy_f32_scalar;
+    k->gemm_nn_f32 = gemm_nn_f32_scalar;
+    k->softmax_f32 = softmax_f32_scalar;
+    k->swiglu_f32 = pl_swiglu;
 }

@@ -32,6 +32,10 @@ cdef extern from "pyllm.h" nogil:
         pl_type_traits types[31]
         float (*dot_f32)(int n, const float *a, const float *b)
         void (*axpy_f32)(int n, float alpha, const float *x, float *y)
+        void (*gemm_nn_f32)(int m, int n, int k, const float *a, size_t lda, const float *b, size_t ldb, float *c,
+                            size_t ldc) nogil
+        void (*softmax_f32)(float *x, int n, float scale) nogil
+        void (*swiglu_f32)(float *gate, const float *up, int n) nogil
     const pl_kernels *pl_kernels_active()
     int pl_set_isa(const char *name)
     int pl_isa_supported(const char *name)
@@ -299,6 +303,41 @@ def axpy_f32(float alpha, const float[::1] x, float[::1] y):
     if x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise ValueError("length mismatch")
     pl_kernels_active().axpy_f32(<int>x.shape[0], alpha, &x[0], &y[0])
+
+def gemm_nn_f32(const float[:, :] a, const float[:, :] b):
+    """a (m, k) x b (k, n) with the active ISA's gemm_nn (attention's P x V); rows of a and b may
+    be strided (as values are in the KV cache), their elements must be contiguous."""
+    if a.shape[1] != b.shape[0] or a.shape[0] == 0 or b.shape[1] == 0 or a.shape[1] == 0:
+        raise ValueError("shapes do not chain")
+    if a.strides[1] != 4 or b.strides[1] != 4:
+        raise ValueError("rows must be contiguous")
+    out = np.zeros((a.shape[0], b.shape[1]), dtype=np.float32)
+    cdef float[:, ::1] o = out
+    with nogil:
+        pl_kernels_active().gemm_nn_f32(<int>a.shape[0], <int>b.shape[1], <int>a.shape[1], &a[0, 0],
+                                        a.strides[0] // 4, &b[0, 0], b.strides[0] // 4, &o[0, 0], o.shape[1])
+    return out
+
+def softmax_f32(x, float scale=1.0):
+    """softmax(scale * x) of a 1-d float32 array with the active ISA"""
+    out = np.array(x, dtype=np.float32, copy=True).ravel()
+    if out.shape[0] == 0:
+        raise ValueError("empty input")
+    cdef float[::1] o = out
+    with nogil:
+        pl_kernels_active().softmax_f32(&o[0], <int>o.shape[0], scale)
+    return out
+
+def swiglu_f32(gate, up):
+    """silu(gate) * up of 1-d float32 arrays with the active ISA"""
+    out = np.array(gate, dtype=np.float32, copy=True).ravel()
+    cdef const float[::1] u = np.ascontiguousarray(up, dtype=np.float32).ravel()
+    if out.shape[0] != u.shape[0] or out.shape[0] == 0:
+        raise ValueError("length mismatch")
+    cdef float[::1] o = out
+    with nogil:
+        pl_kernels_active().swiglu_f32(&o[0], &u[0], <int>o.shape[0])
+    return out
 
 # ---------------------------------------------------------------- model
 def _is_readonly_mmap(data) -> bool:

@@ -121,6 +121,51 @@ def test_fp32_helpers(isa):
         np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_gemm_nn_against_scalar(isa):
+    """attention's P x V: values read with a row stride (as in the KV cache), any m, n, k"""
+    rng = np.random.default_rng(4)
+    for m, n, k in [(1, 1, 1), (8, 64, 1), (8, 64, 37), (3, 17, 5), (5, 100, 9), (4, 128, 300), (2, 24, 2), (7, 33, 64)]:
+        a = rng.random((m, k), dtype=np.float32)  # probabilities are >= 0
+        cache = rng.standard_normal((k, n + 40), dtype=np.float32)
+        b = cache[:, 7:7 + n]  # row stride n + 40
+        ref = with_isa("scalar", _engine.gemm_nn_f32, a, b)
+        got = with_isa(isa, _engine.gemm_nn_f32, a, b)
+        bound = 1e-5 * (np.abs(a) @ np.abs(b)) + 1e-7  # summation order only (see the module docstring)
+        assert np.all(np.abs(got - ref) <= bound), (m, n, k)
+        np.testing.assert_allclose(ref, a.astype(np.float64) @ b.astype(np.float64), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ["scalar"] + ISAS)
+def test_softmax_and_swiglu_accuracy(isa):
+    """Against float64. The SIMD exp is a polynomial, the scalar one libm's expf; both within a few
+    ulp. softmax: 1e-5 relative, set by the normalizing sum of up to 4099 float32 terms (rounding
+    grows with n; the scalar reference's sequential sum measures 6e-6, the SIMD lane sums 3e-6).
+    swiglu: 5e-7 relative (exp, add, divide, multiply: about 1 ulp = 6e-8 each, measured 1.7e-7)."""
+    rng = np.random.default_rng(5)
+    for n in FLOAT_N + [1024, 4099]:
+        x = (rng.standard_normal(n) * 6).astype(np.float32)
+        for scale in (1.0, 0.125):
+            z = x.astype(np.float64) * np.float32(scale)
+            exact = np.exp(z - z.max())
+            exact /= exact.sum()
+            got = with_isa(isa, _engine.softmax_f32, x, scale)
+            np.testing.assert_allclose(got, exact, rtol=1e-5, atol=0)
+        g, u = (rng.standard_normal(n) * 4).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+        exact = g.astype(np.float64) / (1.0 + np.exp(-g.astype(np.float64))) * u
+        got = with_isa(isa, _engine.swiglu_f32, g, u)
+        np.testing.assert_allclose(got, exact, rtol=5e-7, atol=0)
+    # extremes: far-below entries vanish, a huge logit takes all; silu saturates without NaN
+    x = np.array([0.0, -200.0, -1e30, 50.0, -np.inf, 3.0], dtype=np.float32)
+    got = with_isa(isa, _engine.softmax_f32, x, 1.0)
+    np.testing.assert_allclose(got, [np.exp(-50.0), 0, 0, 1.0, 0, np.exp(-47.0)], rtol=1e-6, atol=0)
+    g = np.array([-1e4, -100.0, -88.5, -20.0, 0.0, 88.5, 1e4, 1e30], dtype=np.float32)
+    got = with_isa(isa, _engine.swiglu_f32, g, np.ones_like(g))
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got[3:], g[3:] / (1.0 + np.exp(-g[3:].astype(np.float64))), rtol=1e-6, atol=0)
+    assert np.all(np.abs(got[:3]) < 1e-30)
+
+
 def test_model_logits_same_on_every_isa(checkpoint):
     """PYLLM_ISA forces a kernel set for a whole process; every set gives the scalar logits."""
     path = checkpoint("mistral", "bfloat16")
