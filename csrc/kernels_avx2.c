@@ -751,7 +751,6 @@ AI void pk_block_dots(const int qt, const int C, const uint8_t *q, const uint8_t
 AI void pk_tile(const int qt, const int C, int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out,
                 size_t os, int rows) {
     const int QB = qt == QT_q4_0 ? 16 : 32;
-    const size_t pd = pl_round64((size_t)nb * 2 * PKR);
     const uint8_t *ab[PKC];
     const int32_t *ac[PKC];
     const float *ad[PKC];
@@ -765,12 +764,12 @@ AI void pk_tile(const int qt, const int C, int nb, const uint8_t *gp, const uint
         __m256 fa[PKC];
         UNROLL for (int c = 0; c < C; c++) fa[c] = _mm256_setzero_ps();
         for (int b = 0; b < nb; b++) {
-            const uint8_t *q = gp + pd + (size_t)b * PKR * QB + 32 * h;
+            const uint8_t *q = gp + pl_pk_q(b, QB) + 32 * h;
             const uint8_t *abb[PKC];
             UNROLL for (int c = 0; c < C; c++) abb[c] = ab[c] + (size_t)b * Q8B;
             __m256i acc[PKC];
             pk_block_dots(qt, C, q, abb, ac, b, acc);
-            const __m256 dw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(gp + 32 * (size_t)b + 16 * h)));
+            const __m256 dw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(gp + pl_pk_d(b, QB) + 16 * h)));
             UNROLL for (int c = 0; c < C; c++)
                 fa[c] = pk_accum(fa[c], acc[c], dw, _mm256_set1_ps(ad[c][b]));
         }
@@ -781,12 +780,11 @@ AI void pk_tile(const int qt, const int C, int nb, const uint8_t *gp, const uint
 /* decode: one group (both halves) x one activation row; each activation broadcast serves 16 rows */
 AI void pk_gemv(const int qt, int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) {
     const int QB = qt == QT_q4_0 ? 16 : 32;
-    const size_t pd = pl_round64((size_t)nb * 2 * PKR);
     const int32_t *ac = (const int32_t *)(a + pk_c_off(qt, nb));
     const float *ad = (const float *)(a + pk_d_off(nb));
     __m256 fa[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int b = 0; b < nb; b++) {
-        const uint8_t *q = gp + pd + (size_t)b * PKR * QB, *ab = a + (size_t)b * Q8B + 2;
+        const uint8_t *q = gp + pl_pk_q(b, QB), *ab = a + (size_t)b * Q8B + 2;
         const __m256i corr = _mm256_set1_epi32(ac[b]);
         __m256i acc[2];
         if (qt == QT_q4_0) {
@@ -817,7 +815,7 @@ AI void pk_gemv(const int qt, int nb, const uint8_t *gp, const uint8_t *a, float
         }
         const __m256 da = _mm256_set1_ps(ad[b]);
         UNROLL for (int h = 0; h < 2; h++)
-            fa[h] = pk_accum(fa[h], acc[h], _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(gp + 32 * (size_t)b + 16 * h))), da);
+            fa[h] = pk_accum(fa[h], acc[h], _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(gp + pl_pk_d(b, QB) + 16 * h))), da);
     }
     store_rows(out, fa[0], rows);
     if (rows > 8) store_rows(out + 8, fa[1], rows - 8);

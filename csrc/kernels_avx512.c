@@ -660,13 +660,12 @@ static void swiglu_f32(float *gate, const float *up, int n) {
 /* ============================== packed Q4_0 / Q8_0 x q8x activations ==============================
  * Layout in tensor_types.h: lane r of a weight vector is row r of a 16-row group, so one vpdpbusd
  * with a broadcast activation dword adds 4 products for 16 rows, no transposes, and the 16 block
- * scales are one 32-byte load. Decode (nc == 1): PKG groups share each activation broadcast.
+ * scales are one 32-byte load. Decode (nc == 1): one group at a time (see pk_gemv).
  * Prefill: one group x up to PKC activation rows, the group's weight block decoded once per
  * PKC rows (Q4_0 nibbles as 0..15, Q8_0 bytes as w + 128; exact corrections c4 / c8 from the
  * activation row). Each lane sums its row's blocks in order with the scalar reference's roundings
  * (pk_accum), so the results are bit-identical to it on every ISA. */
 #define PKR PL_PACK_ROWS
-#define PKG 4 /* decode: groups per pass */
 #define PKC 6 /* prefill: activation rows per pass (8 spills registers; the float part already limits) */
 
 /* acc + (float)dp * (dw * da), rounded after each operation like the scalar reference (no FMA: the
@@ -686,57 +685,51 @@ AI __mmask16 row_mask(int rows) { return rows >= 16 ? (__mmask16)0xFFFF : (__mma
 AI size_t pk_d_off(int nb) { return pl_round64((size_t)nb * Q8B); }
 AI size_t pk_c_off(const int qt, int nb) { return pk_d_off(nb) + (qt == QT_q4_0 ? 1 : 2) * pl_round64((size_t)nb * 4); }
 
-AI void pk_gemv(const int qt, const int NG, int nb, const uint8_t *w, size_t gb, const uint8_t *a, float *out,
-                int rows) {
+/* decode: one group x one activation row, the group read front to back as one stream (several groups
+ * per pass, sharing the activation broadcasts, read ~35% slower here: more streams than the
+ * prefetchers follow) */
+AI void pk_gemv(const int qt, int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) {
     const int QB = qt == QT_q4_0 ? 16 : 32;
-    const size_t pd = pl_round64((size_t)nb * 2 * PKR);
     const float *ad = (const float *)(a + pk_d_off(nb));
     const int32_t *ac = (const int32_t *)(a + pk_c_off(qt, nb));
     const __m512i m4 = _mm512_set1_epi8(0x0F);
-    __m512 fa[PKG];
-    UNROLL for (int g = 0; g < NG; g++) fa[g] = _mm512_setzero_ps();
+    __m512 fa = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const uint8_t *ab = a + (size_t)b * Q8B + 2;
-        const __m512 da = _mm512_set1_ps(ad[b]);
+        const uint8_t *q = gp + pl_pk_q(b, QB);
         const __m512i corr = _mm512_set1_epi32(ac[b]);
-        __m512i av[8];
-        UNROLL for (int k = 0; k < 8; k++) av[k] = bcast32(ab + 4 * k);
-        UNROLL for (int g = 0; g < NG; g++) {
-            const uint8_t *gp = w + (size_t)g * gb;
-            const uint8_t *q = gp + pd + (size_t)b * PKR * QB;
-            __m512i dp;
-            if (qt == QT_q4_0) {
-                __m512i lo = corr, hi = _mm512_setzero_si512();
-                UNROLL for (int k = 0; k < 4; k++) {
-                    const __m512i v = _mm512_load_si512((const void *)(q + 64 * k));
-                    lo = _mm512_dpbusd_epi32(lo, _mm512_and_si512(v, m4), av[k]);
-                    hi = _mm512_dpbusd_epi32(hi, _mm512_andnot_si512(m4, v), av[4 + k]); /* 16 x high nibble */
-                }
-                dp = _mm512_add_epi32(lo, _mm512_srai_epi32(hi, 4));
-            } else {
-                __m512i d0 = corr, d1 = _mm512_setzero_si512();
-                UNROLL for (int k = 0; k < 8; k += 2) {
-                    d0 = _mm512_dpbusd_epi32(d0, _mm512_load_si512((const void *)(q + 64 * k)), av[k]);
-                    d1 = _mm512_dpbusd_epi32(d1, _mm512_load_si512((const void *)(q + 64 * k + 64)), av[k + 1]);
-                }
-                dp = _mm512_add_epi32(d0, d1);
+        __m512i dp;
+        if (qt == QT_q4_0) {
+            __m512i lo = corr, hi = _mm512_setzero_si512();
+            UNROLL for (int k = 0; k < 4; k++) {
+                const __m512i v = _mm512_load_si512((const void *)(q + 64 * k));
+                lo = _mm512_dpbusd_epi32(lo, _mm512_and_si512(v, m4), bcast32(ab + 4 * k));
+                hi = _mm512_dpbusd_epi32(hi, _mm512_andnot_si512(m4, v), bcast32(ab + 16 + 4 * k)); /* 16 x high nibble */
             }
-            const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(gp + 32 * (size_t)b)));
-            fa[g] = pk_accum(fa[g], dp, dw, da);
+            dp = _mm512_add_epi32(lo, _mm512_srai_epi32(hi, 4));
+        } else {
+            __m512i d0 = corr, d1 = _mm512_setzero_si512();
+            UNROLL for (int k = 0; k < 8; k += 2) {
+                d0 = _mm512_dpbusd_epi32(d0, _mm512_load_si512((const void *)(q + 64 * k)), bcast32(ab + 4 * k));
+                d1 = _mm512_dpbusd_epi32(d1, _mm512_load_si512((const void *)(q + 64 * k + 64)), bcast32(ab + 4 * k + 4));
+            }
+            dp = _mm512_add_epi32(d0, d1);
         }
+        const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(gp + pl_pk_d(b, QB))));
+        fa = pk_accum(fa, dp, dw, _mm512_set1_ps(ad[b]));
     }
-    UNROLL for (int g = 0; g < NG; g++) _mm512_mask_storeu_ps(out + PKR * g, row_mask(rows - PKR * g), fa[g]);
+    _mm512_mask_storeu_ps(out, row_mask(rows), fa);
 }
 
 AI void pk_tile(const int qt, const int C, int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out,
                 size_t os, int rows) {
     const int QB = qt == QT_q4_0 ? 16 : 32;
-    const size_t pd = pl_round64((size_t)nb * 2 * PKR), doff = pk_d_off(nb), coff = pk_c_off(qt, nb);
+    const size_t doff = pk_d_off(nb), coff = pk_c_off(qt, nb);
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     __m512 fa[PKC];
     UNROLL for (int c = 0; c < C; c++) fa[c] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        const uint8_t *q = gp + pd + (size_t)b * PKR * QB;
+        const uint8_t *q = gp + pl_pk_q(b, QB);
         __m512i W[8];
         if (qt == QT_q4_0) {
             UNROLL for (int k = 0; k < 4; k++) {
@@ -747,7 +740,7 @@ AI void pk_tile(const int qt, const int C, int nb, const uint8_t *gp, const uint
         } else {
             UNROLL for (int k = 0; k < 8; k++) W[k] = _mm512_load_si512((const void *)(q + 64 * k));
         }
-        const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(gp + 32 * (size_t)b)));
+        const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(gp + pl_pk_d(b, QB))));
         /* k outer, activation rows inner: C independent accumulator chains in flight */
         __m512i acc[PKC];
         UNROLL for (int c = 0; c < C; c++) acc[c] = _mm512_set1_epi32(((const int32_t *)(a + (size_t)c * as + coff))[b]);
@@ -760,23 +753,16 @@ AI void pk_tile(const int qt, const int C, int nb, const uint8_t *gp, const uint
     UNROLL for (int c = 0; c < C; c++) _mm512_mask_storeu_ps(out + (size_t)c * os, m, fa[c]);
 }
 
-typedef void (*pk_gemv_fn)(int nb, const uint8_t *w, size_t gb, const uint8_t *a, float *out, int rows);
 typedef void (*pk_tile_fn)(int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out, size_t os, int rows);
-#define PKV_DEF(qt, G)                                                                                          \
-    static void pk_gemv_##qt##_##G(int nb, const uint8_t *w, size_t gb, const uint8_t *a, float *out, int rows) { \
-        pk_gemv(QT_##qt, G, nb, w, gb, a, out, rows);                                                           \
-    }
 #define PKT_DEF(qt, C)                                                                                          \
     static void pk_tile_##qt##_##C(int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out, size_t os, \
                                    int rows) {                                                                  \
         pk_tile(QT_##qt, C, nb, gp, a, as, out, os, rows);                                                      \
     }
-PKV_DEF(q4_0, 1) PKV_DEF(q4_0, 2) PKV_DEF(q4_0, 3) PKV_DEF(q4_0, 4)
-PKV_DEF(q8_0, 1) PKV_DEF(q8_0, 2) PKV_DEF(q8_0, 3) PKV_DEF(q8_0, 4)
+static void pk_gemv_q4_0(int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) { pk_gemv(QT_q4_0, nb, gp, a, out, rows); }
+static void pk_gemv_q8_0(int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) { pk_gemv(QT_q8_0, nb, gp, a, out, rows); }
 PKT_DEF(q4_0, 1) PKT_DEF(q4_0, 2) PKT_DEF(q4_0, 3) PKT_DEF(q4_0, 4) PKT_DEF(q4_0, 5) PKT_DEF(q4_0, 6)
 PKT_DEF(q8_0, 1) PKT_DEF(q8_0, 2) PKT_DEF(q8_0, 3) PKT_DEF(q8_0, 4) PKT_DEF(q8_0, 5) PKT_DEF(q8_0, 6)
-static const pk_gemv_fn pk_gemv_tab[2][PKG] = {{pk_gemv_q4_0_1, pk_gemv_q4_0_2, pk_gemv_q4_0_3, pk_gemv_q4_0_4},
-                                                {pk_gemv_q8_0_1, pk_gemv_q8_0_2, pk_gemv_q8_0_3, pk_gemv_q8_0_4}};
 static const pk_tile_fn pk_tile_tab[2][PKC] = {
     {pk_tile_q4_0_1, pk_tile_q4_0_2, pk_tile_q4_0_3, pk_tile_q4_0_4, pk_tile_q4_0_5, pk_tile_q4_0_6},
     {pk_tile_q8_0_1, pk_tile_q8_0_2, pk_tile_q8_0_3, pk_tile_q8_0_4, pk_tile_q8_0_5, pk_tile_q8_0_6}};
@@ -787,10 +773,8 @@ static void pk_gemm(const int qt, int n, int nr, int nc, const void *vw, const v
     const int nb = n / PL_QK, ng = (nr + PKR - 1) / PKR;
     const size_t gb = pl_packed_group_bytes(qt == QT_q4_0 ? PL_TYPE_Q4_0 : PL_TYPE_Q8_0, n);
     if (nc == 1) {
-        for (int g = 0; g < ng; g += PKG) {
-            const int G = ng - g < PKG ? ng - g : PKG;
-            pk_gemv_tab[qt][G - 1](nb, w + (size_t)g * gb, gb, a, out + PKR * g, nr - PKR * g);
-        }
+        for (int g = 0; g < ng; g++)
+            (qt == QT_q4_0 ? pk_gemv_q4_0 : pk_gemv_q8_0)(nb, w + (size_t)g * gb, a, out + PKR * g, nr - PKR * g);
         return;
     }
     for (int g = 0; g < ng; g++)

@@ -40,10 +40,12 @@ typedef void (*pl_from_float_fn)(const float *x, void *y, int64_t n);
 
 /* ---- Repacked ("packed") weights: Q4_0 / Q8_0 rows interleaved for SIMD, built once at model load ----
  * Rows are taken PL_PACK_ROWS (16) at a time; a group of 16 rows of n weights (nb = n/32 blocks)
- * is pl_packed_group_bytes(t, n) = PD(nb) + nb * 16 * QB bytes, a multiple of 64:
- *   [0, PD):  scales: fp16 d of row r, block b at 2 * (16 * b + r); PD = nb * 32 rounded up to 64
- *   [PD, ..): quants of block b at PD + b * 16 * QB (QB = 16 for Q4_0, 32 for Q8_0), as QB/4
- *             64-byte vectors: bytes 4r..4r+3 of vector v = qs bytes 4v..4v+3 of row r, block b.
+ * is pl_packed_group_bytes(t, n) = ceil(nb/2) * 64 + nb * 16 * QB bytes (QB = 16 for Q4_0, 32 for
+ * Q8_0), a multiple of 64, read front to back as one stream. Blocks go in pairs (2p, 2p+1):
+ *   [64 bytes: fp16 d of rows 0..15 of block 2p, then of block 2p+1 (zero if nb is odd and 2p+1 = nb)]
+ *   [16 * QB bytes: quants of block 2p][16 * QB bytes: quants of block 2p+1]
+ *   (offsets: pl_pk_d / pl_pk_q below). The quants of a block are QB/4 64-byte vectors: bytes
+ *             4r..4r+3 of vector v = qs bytes 4v..4v+3 of row r of that block.
  *             Q4_0: the qs bytes as stored (low nibble: weight j, high nibble: weight j + 16);
  *             Q8_0: qs ^ 0x80, i.e. w + 128 as an unsigned byte.
  * So a 32-bit lane is one row: a VNNI u8 x s8 dot of a weight vector with a broadcast dword of the
@@ -58,6 +60,12 @@ typedef void (*pl_from_float_fn)(const float *x, void *y, int64_t n);
  *   int32 c4[nb] = -8 * sum(qs of block), int32 c8[nb] = -128 * sum(qs of block) (the exact
  *   corrections for the Q4_0 nibble offset and the Q8_0 +128 offset). */
 #define PL_PACK_ROWS 16
+/* byte offsets, inside a packed group, of block b's 16 scales and of its quants (qb = QB) */
+static inline size_t pl_pk_pair_bytes(int qb) { return 64 + 32 * (size_t)qb; }
+static inline size_t pl_pk_d(int64_t b, int qb) { return (size_t)(b >> 1) * pl_pk_pair_bytes(qb) + 32 * (size_t)(b & 1); }
+static inline size_t pl_pk_q(int64_t b, int qb) {
+    return (size_t)(b >> 1) * pl_pk_pair_bytes(qb) + 64 + (size_t)(b & 1) * 16 * (size_t)qb;
+}
 /* packs rows r < nrows (<= PL_PACK_ROWS; missing rows are zero) of src (row stride src_stride) into
  * one group at dst (pl_packed_group_bytes bytes) */
 typedef void (*pl_repack_fn)(const void *src, size_t src_stride, int nrows, int64_t n, void *dst);

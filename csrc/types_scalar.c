@@ -181,8 +181,8 @@ static void q4_0_vec_dot(int n, float *s, const void *vw, const void *va) {
 size_t pl_packed_group_bytes(pl_type t, int64_t n) {
     if (n <= 0 || n % PL_QK) return 0;
     const size_t nb = (size_t)(n / PL_QK);
-    if (t == PL_TYPE_Q4_0) return pl_round64(nb * 2 * PK) + nb * PK * 16;
-    if (t == PL_TYPE_Q8_0) return pl_round64(nb * 2 * PK) + nb * PK * 32;
+    if (t == PL_TYPE_Q4_0) return (nb + 1) / 2 * 64 + nb * PK * 16;
+    if (t == PL_TYPE_Q8_0) return (nb + 1) / 2 * 64 + nb * PK * 32;
     return 0;
 }
 
@@ -214,16 +214,16 @@ void pl_pack_act_row(pl_from_float_fn q8_from_float, const float *x, void *dst, 
 static void repack_rows(int qb, uint32_t x, const void *vsrc, size_t ss, int nrows, int64_t n, void *vdst) {
     const uint8_t *src = (const uint8_t *)vsrc;
     uint8_t *dst = (uint8_t *)vdst;
-    const size_t nb = (size_t)(n / PL_QK), bs = 2 + (size_t)qb, pd = pl_round64(nb * 2 * PK);
+    const size_t nb = (size_t)(n / PL_QK), bs = 2 + (size_t)qb;
     const int nv = qb / 4;
     for (size_t b = 0; b < nb; b++) {
-        uint16_t d[PK];
-        for (int r = 0; r < PK; r++) d[r] = 0;
-        for (int r = 0; r < nrows; r++) memcpy(&d[r], src + r * ss + b * bs, 2);
-        memcpy(dst + 2 * PK * b, d, sizeof(d));
-    }
-    memset(dst + nb * 2 * PK, 0, pd - nb * 2 * PK);
-    for (size_t b = 0; b < nb; b++) {
+        if (b % 2 == 0) { /* the pair's scales: block b's 16, then block b+1's (zero past the end) */
+            uint16_t d[2 * PK];
+            memset(d, 0, sizeof(d));
+            for (size_t h = 0; h < 2 && b + h < nb; h++)
+                for (int r = 0; r < nrows; r++) memcpy(&d[PK * h + r], src + r * ss + (b + h) * bs, 2);
+            memcpy(dst + pl_pk_d((int64_t)b, qb), d, sizeof(d));
+        }
         uint32_t q[8][PK]; /* [v][r] */
         for (int r = 0; r < PK; r++) {
             const uint8_t *sq = src + r * ss + b * bs + 2;
@@ -236,7 +236,7 @@ static void repack_rows(int qb, uint32_t x, const void *vsrc, size_t ss, int nro
                 q[v][r] = w;
             }
         }
-        memcpy(dst + pd + b * PK * (size_t)qb, q, (size_t)nv * sizeof(q[0]));
+        memcpy(dst + pl_pk_q((int64_t)b, qb), q, (size_t)nv * sizeof(q[0]));
     }
 }
 static void q4_0_repack(const void *src, size_t ss, int nrows, int64_t n, void *dst) { repack_rows(16, 0, src, ss, nrows, n, dst); }
@@ -244,7 +244,7 @@ static void q8_0_repack(const void *src, size_t ss, int nrows, int64_t n, void *
 
 static void q_gemm_packed(int qt8, int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
     const int nb = n / PL_QK, qb = qt8 ? 32 : 16;
-    const size_t gb = pl_packed_group_bytes(qt8 ? PL_TYPE_Q8_0 : PL_TYPE_Q4_0, n), pd = pl_round64((size_t)nb * 2 * PK);
+    const size_t gb = pl_packed_group_bytes(qt8 ? PL_TYPE_Q8_0 : PL_TYPE_Q4_0, n);
     for (int i = 0; i < nr; i++) {
         const uint8_t *g = (const uint8_t *)w + (size_t)(i / PK) * gb;
         const int r = i % PK;
@@ -252,9 +252,9 @@ static void q_gemm_packed(int qt8, int n, int nr, int nc, const void *w, const v
             const pl_block_q8_0 *ab = (const pl_block_q8_0 *)((const char *)a + (size_t)j * as);
             float sum = 0.0f;
             for (int b = 0; b < nb; b++) {
-                const uint8_t *q = g + pd + (size_t)b * PK * qb + 4 * r;
+                const uint8_t *q = g + pl_pk_q(b, qb) + 4 * r;
                 uint16_t dh;
-                memcpy(&dh, g + 2 * (PK * b + r), 2);
+                memcpy(&dh, g + pl_pk_d(b, qb) + 2 * r, 2);
                 int32_t isum = 0;
                 for (int v = 0; v < qb / 4; v++)
                     for (int k = 0; k < 4; k++) {

@@ -74,29 +74,34 @@ def reference(tid, w, a_q8, n, nr, nc):
 
 @pytest.mark.parametrize("name", list(TYPES))
 def test_layout(name):
-    """Group bytes, the documented byte positions, zero padding of a partial group."""
+    """Group bytes, the documented byte positions (blocks in pairs: 64 bytes of scales, then the
+    two blocks' quants), zero padding of a partial group and of an odd block count's last pair."""
     tid = TYPES[name]
     rng = np.random.default_rng(1)
-    n, nr = 96, 5
-    nb = n // 32
-    w = raw_weights(tid, nr, n, rng)
-    gb = _engine.packed_group_bytes(tid, n)
-    pd = (nb * 32 + 63) // 64 * 64
-    assert gb == pd + nb * 16 * QB[tid] and gb % 64 == 0
-    assert gb == 16 * _engine.row_bytes(tid, n) or nb % 2  # same size as the rows it replaces (nb even)
-    p = _engine.repack(tid, w, nr, n)
-    assert p.shape == (gb,) and p.ctypes.data % 64 == 0
-    blocks = w.reshape(nr, nb, 2 + QB[tid])
-    x = 0x80 if tid == 8 else 0
-    for r in range(16):
-        for b in range(nb):
-            d = p[2 * (16 * b + r):2 * (16 * b + r) + 2]
-            q = np.concatenate([p[pd + b * 16 * QB[tid] + 64 * v + 4 * r:][:4] for v in range(QB[tid] // 4)])
-            if r < nr:
-                assert bytes(d) == bytes(blocks[r, b, :2])
-                assert bytes(q) == bytes(blocks[r, b, 2:] ^ x)
-            else:
-                assert not d.any() and not q.any()
+    for n, nr in ((96, 5), (128, 16)):
+        nb = n // 32
+        w = raw_weights(tid, nr, n, rng)
+        gb = _engine.packed_group_bytes(tid, n)
+        pair = 64 + 32 * QB[tid]
+        assert gb == (nb + 1) // 2 * 64 + nb * 16 * QB[tid] and gb % 64 == 0
+        assert gb == 16 * _engine.row_bytes(tid, n) or nb % 2  # same size as the rows it replaces (nb even)
+        p = _engine.repack(tid, w, nr, n)
+        assert p.shape == (gb,) and p.ctypes.data % 64 == 0
+        blocks = w.reshape(nr, nb, 2 + QB[tid])
+        x = 0x80 if tid == 8 else 0
+        for r in range(16):
+            for b in range(nb):
+                d_off = b // 2 * pair + 32 * (b % 2) + 2 * r
+                q_off = b // 2 * pair + 64 + (b % 2) * 16 * QB[tid] + 4 * r
+                d = p[d_off:d_off + 2]
+                q = np.concatenate([p[q_off + 64 * v:][:4] for v in range(QB[tid] // 4)])
+                if r < nr:
+                    assert bytes(d) == bytes(blocks[r, b, :2])
+                    assert bytes(q) == bytes(blocks[r, b, 2:] ^ x)
+                else:
+                    assert not d.any() and not q.any()
+        if nb % 2:  # the last pair's second half of scales is padding
+            assert not p[(nb // 2) * pair + 32:(nb // 2) * pair + 64].any()
 
 
 def test_pack_acts_layout():
