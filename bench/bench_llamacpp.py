@@ -475,10 +475,18 @@ def main() -> None:
             diff = [f"{n} {x.get(n, '-')}/{y.get(n, '-')}" for n in sorted(set(x) | set(y)) if x.get(n) != y.get(n)]
             print("tensor types pyllm/llama.cpp: " + ("identical" if not diff else
                   f"{len(diff)} differ: " + ", ".join(diff[:6]) + (" ..." if len(diff) > 6 else "")))
-        print(f"{'metric':26s}" + "".join(f"{e:>12s}" for e in engines) + ("     ratio" if len(engines) == 2 else ""))
+        print(f"{'metric':26s}" + "".join(f"{e:>12s}" for e in engines)
+              + ("     ratio   paired (min-max)" if len(engines) == 2 else ""))
         for k, label, scale in rows:
             vals = [med[e][k] / scale for e in engines]
-            print(f"{label:26s}" + "".join(f"{v:12.2f}" for v in vals) + (ratio(*vals) if len(vals) == 2 else ""))
+            line = f"{label:26s}" + "".join(f"{v:12.2f}" for v in vals) + (ratio(*vals) if len(vals) == 2 else "")
+            if len(engines) == 2:
+                # the two engines' runs of one rep are back to back: their ratio is less exposed to the
+                # machine drifting over the whole benchmark than the ratio of the two medians
+                pr = [x[k] / y[k] for x, y in zip(res[t, engines[0]], res[t, engines[1]]) if y[k]]
+                if pr:
+                    line += f"   {statistics.median(pr):.2f}x ({min(pr):.2f}-{max(pr):.2f})"
+            print(line)
         if t in checks:
             print(checks[t])
 
