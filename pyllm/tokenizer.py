@@ -516,6 +516,25 @@ class Tokenizer:
             for k, v in _read_json(stm_path).items():
                 if k in _NAMED_SPECIAL_KEYS or k in ("additional_special_tokens", "extra_special_tokens"):
                     config[k] = v
+        at_path = folder / "added_tokens.json"
+        if at_path.is_file() and "added_tokens_decoder" not in config:
+            # as transformers (legacy folders): {token: id} for tokens past the model's vocabulary; a token named as
+            # a special one in the config is special (and not normalized), the others are plain added tokens
+            at = _read_json(at_path)
+            specials = {_token_content(config.get(k)) for k in _NAMED_SPECIAL_KEYS}
+            for key in ("additional_special_tokens", "extra_special_tokens"):
+                vals = config.get(key)
+                vals = list(vals.values()) if isinstance(vals, Mapping) else vals
+                if isinstance(vals, list):
+                    specials.update(_token_content(v) for v in vals)
+            atd = {}
+            for content, idx in at.items():
+                if not isinstance(idx, int) or isinstance(idx, bool) or idx < 0:
+                    raise ValueError(f"{at_path}: id of {content!r} is {idx!r}, not a token id")
+                special = content in specials
+                atd[str(idx)] = {"content": content, "lstrip": False, "rstrip": False, "normalized": not special,
+                                 "special": special, "single_word": False}
+            config["added_tokens_decoder"] = atd
         # a separate chat_template.jinja takes priority over the config's template
         if (folder / "chat_template.jinja").is_file():
             try:

@@ -177,6 +177,29 @@ def test_sentencepiece_without_add_bos_key_adds_bos(tmp_path):
     assert tok.encode("Hello") == ref("Hello")["input_ids"] == [tok.piece_to_id("▁Hello"), 2]
 
 
+def test_added_tokens_json_as_transformers(tmp_path):
+    """Older folders list tokens past the SentencePiece vocabulary in added_tokens.json (no
+    added_tokens_decoder in the config): the ones named as special tokens are special, the rest plain
+    added tokens; ids, text and decoding as AutoTokenizer gives them."""
+    shutil.copy(FIXTURES / "llama2" / "tokenizer.model", tmp_path)
+    cfg = json.loads((FIXTURES / "llama2" / "tokenizer_config.json").read_text())
+    cfg["pad_token"] = "<pad>"
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (tmp_path / "added_tokens.json").write_text(json.dumps({"<pad>": 32000, "<extra_tok>": 32001}))
+    tok = Tokenizer.from_dir(tmp_path)
+    ref = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert tok.vocab_size == len(ref) == 32002
+    assert tok.piece_to_id("<extra_tok>") == 32001 and tok.is_special(32000) and not tok.is_special(32001)
+    for text in ["Hello <pad> world<extra_tok>!", "<extra_tok> x <pad>", "a<extra_tok>b <pad>c"]:
+        ids = tok.encode(text)
+        assert ids == ref(text)["input_ids"]
+        for skip in (False, True):
+            assert tok.decode(ids, skip_special_tokens=skip) == ref.decode(ids, skip_special_tokens=skip)
+    (tmp_path / "added_tokens.json").write_text(json.dumps({"<pad>": "x"}))
+    with pytest.raises(ValueError, match="added_tokens.json"):
+        Tokenizer.from_dir(tmp_path)
+
+
 def test_construction_without_files(toks):
     # (from_dir itself goes through from_sentencepiece_bytes / from_tokenizers_json)
     ref = toks["mistral"]
