@@ -100,7 +100,6 @@ static int carve(pl_scratch *s, const pl_model *m, int nt, int n_out, int nth, i
     return 1;
 }
 
-
 #define FAIL(code, ...) (snprintf(err, PL_ERRMSG_LEN, __VA_ARGS__), code)
 
 int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, const pl_batch *b, float *logits,

@@ -309,8 +309,8 @@ def gemm_nn_f32(const float[:, :] a, const float[:, :] b):
     be strided (as values are in the KV cache), their elements must be contiguous."""
     if a.shape[1] != b.shape[0] or a.shape[0] == 0 or b.shape[1] == 0 or a.shape[1] == 0:
         raise ValueError("shapes do not chain")
-    if a.strides[1] != 4 or b.strides[1] != 4:
-        raise ValueError("rows must be contiguous")
+    if a.strides[1] != 4 or b.strides[1] != 4 or a.strides[0] <= 0 or b.strides[0] <= 0:
+        raise ValueError("rows must be contiguous and in increasing memory order")
     out = np.zeros((a.shape[0], b.shape[1]), dtype=np.float32)
     cdef float[:, ::1] o = out
     with nogil:

@@ -134,6 +134,10 @@ def test_gemm_nn_against_scalar(isa):
         bound = 1e-5 * (np.abs(a) @ np.abs(b)) + 1e-7  # summation order only (see the module docstring)
         assert np.all(np.abs(got - ref) <= bound), (m, n, k)
         np.testing.assert_allclose(ref, a.astype(np.float64) @ b.astype(np.float64), rtol=1e-5, atol=1e-5)
+    a, b = np.ones((2, 3), np.float32), np.ones((3, 4), np.float32)
+    for bad in ((a, b[:2]), (a[:, ::2], b[:2]), (a[::-1], b), (a, np.ones((3, 4), np.float64))):
+        with pytest.raises(ValueError):
+            _engine.gemm_nn_f32(*bad)
 
 
 @pytest.mark.parametrize("isa", ["scalar"] + ISAS)
