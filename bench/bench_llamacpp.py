@@ -6,7 +6,7 @@ metric (above 1 means pyllm is faster for tok/s, slower for load time, bigger fo
 
     PYTHONPATH=. python bench/bench_llamacpp.py HF_DIR [--reps 3] [--threads N] [--types q4_0,q8_0]
         [--pyllm-source gguf|hf] [--workdir DIR] [--llama-cpp-src DIR | --convert-script PATH]
-        [--kv-type f16|f32] [--flash-attn auto|on|off] [--rebuild]
+        [--kv-type f16|f32] [--pyllm-kv f32|f16] [--flash-attn auto|on|off] [--rebuild]
     PYTHONPATH=. python bench/bench_llamacpp.py --quick      # smoke run on the shipped shakespeare-4m
 
 Model files (made once, cached in --workdir, default $TMPDIR/pyllm-bench-llamacpp/<checkpoint name>;
@@ -38,7 +38,7 @@ Prompts are random token ids in [3, vocab) from a fixed seed, the same ids for b
 How each engine is driven (the same Python greedy loop on both: feed tokens, take the argmax of the
 last token's logits, feed it back as a one-token batch):
   * pyllm: pyllm.load(file, n_threads=T, n_ctx=C), Sequence.append(ids) (prompts go in chunks of
-    512 tokens; only the last token's logits are computed and returned); KV cache f32.
+    512 tokens; only the last token's logits are computed and returned); KV cache --pyllm-kv (default f32).
   * llama.cpp: the low-level C API through ctypes (no Llama object, no sampler, no logits_all):
     llama_model_load_from_file (mmap, defaults) + llama_init_from_model with n_ctx=C, n_batch =
     n_ubatch = 512, n_seq_max=1, n_threads = n_threads_batch = T, KV cache --kv-type (default f16,
@@ -86,7 +86,8 @@ if engine == "pyllm":
     import pyllm
     from pyllm import _engine
     t0 = time.perf_counter()
-    m = pyllm.load(path, n_threads=threads, n_ctx=cfg["n_ctx"], quant=None if quant == "-" else quant)
+    m = pyllm.load(path, n_threads=threads, n_ctx=cfg["n_ctx"], quant=None if quant == "-" else quant,
+                   kv_type=cfg["pyllm_kv"])
     seq = m.sequence()
     load = time.perf_counter() - t0
     n_vocab = m.vocab_size
@@ -306,7 +307,8 @@ def main() -> None:
     p.add_argument("--workdir", help="where the GGUF files are made and cached")
     p.add_argument("--llama-cpp-src", help="extracted llama-cpp-python sdist (or llama.cpp checkout) with convert_hf_to_gguf.py")
     p.add_argument("--convert-script", help="path of llama.cpp's convert_hf_to_gguf.py")
-    p.add_argument("--kv-type", choices=["f16", "f32"], default="f16", help="llama.cpp's KV cache type (pyllm's is f32)")
+    p.add_argument("--kv-type", choices=["f16", "f32"], default="f16", help="llama.cpp's KV cache type")
+    p.add_argument("--pyllm-kv", choices=["f32", "f16"], default="f32", help="pyllm's KV cache type")
     p.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto", help="llama.cpp's flash attention")
     p.add_argument("--prompt", type=int, default=None, help="prefill prompt length (512)")
     p.add_argument("--gen", type=int, default=None, help="decode steps after an 8-token prompt (128)")
@@ -399,7 +401,7 @@ def main() -> None:
 
     engines = [e for e in ENGINES if e == "pyllm" or lcpp_file]
     run_cfg = dict(mode="bench", n_ctx=n_ctx, seed=0, tg_prompt=8, tg=a.gen, pp=a.prompt, long_prompt=a.long_prompt,
-                   long_gen=a.long_gen, check=16, kv=a.kv_type, fa=a.flash_attn)
+                   long_gen=a.long_gen, check=16, kv=a.kv_type, fa=a.flash_attn, pyllm_kv=a.pyllm_kv)
 
     def run(engine, t, mode="bench", path=None):
         if path is None:
@@ -455,7 +457,7 @@ def main() -> None:
     print(f"\nmedians of {a.reps} runs, {a.threads} threads, n_ctx {n_ctx}: {hf}")
     print(f"machine: {start_machine}; load average at the end "
           + " ".join(f"{x:.2f}" for x in os.getloadavg()))
-    print(f"pyllm: {build_note}; ISA {info['pyllm']}, model from "
+    print(f"pyllm: {build_note}; ISA {info['pyllm']}, KV cache {a.pyllm_kv}, model from "
           + ("its GGUF files (tools/quantize.py)" if source == "gguf" else "the HF folder, quantized while loading"))
     if lcpp_file:
         print(f"llama.cpp: llama-cpp-python {lcpp_version}, KV cache {a.kv_type}, flash attention {a.flash_attn}; "

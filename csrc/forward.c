@@ -114,7 +114,8 @@ int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, co
             return FAIL(-2, "token id %d at batch index %d outside the vocabulary (0..%d)", b->token[t], t, c->n_vocab - 1);
         if (b->seq[t] < 0 || b->seq[t] >= n_kv) return FAIL(-3, "sequence index %d out of range", b->seq[t]);
         const pl_kv *kv = kvs[b->seq[t]];
-        if (!kv || kv->n_layers != c->n_layers || kv->kv_dim != c->n_kv_heads * c->head_dim)
+        if (!kv || kv->n_layers != c->n_layers || kv->kv_dim != c->n_kv_heads * c->head_dim ||
+            (kv->type != PL_TYPE_F32 && kv->type != PL_TYPE_F16))
             return FAIL(-3, "KV cache %d does not belong to this model", b->seq[t]);
         if (b->pos[t] < 0 || b->pos[t] >= kv->n_ctx || b->pos[t] >= c->max_ctx)
             return FAIL(-4, "position %d outside the context (%d tokens)", b->pos[t], kv->n_ctx);
@@ -168,8 +169,14 @@ int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, co
                 pl_rope(B.k + (size_t)t * kvd, c->n_kv_heads, hd, cs, sn, c->rope_interleaved);
                 pl_kv *kv = kvs[b->seq[t]];
                 const size_t off = ((size_t)l * kv->n_ctx + b->pos[t]) * kvd;
-                memcpy(kv->k + off, B.k + (size_t)t * kvd, (size_t)kvd * sizeof(float));
-                memcpy(kv->v + off, B.v + (size_t)t * kvd, (size_t)kvd * sizeof(float));
+                if (kv->type == PL_TYPE_F32) {
+                    memcpy((float *)kv->k + off, B.k + (size_t)t * kvd, (size_t)kvd * sizeof(float));
+                    memcpy((float *)kv->v + off, B.v + (size_t)t * kvd, (size_t)kvd * sizeof(float));
+                } else {
+                    const pl_from_float_fn to_kv = K->types[kv->type].from_float;
+                    to_kv(B.k + (size_t)t * kvd, (char *)kv->k + off * kv->elt, kvd);
+                    to_kv(B.v + (size_t)t * kvd, (char *)kv->v + off * kv->elt, kvd);
+                }
             }
             /* attention over the cache, written over q (each work item reads its own q rows before it
              * writes the same rows) */

@@ -190,9 +190,13 @@ void pl_model_free(pl_model *m) {
     free(m);
 }
 
-pl_kv *pl_kv_new(const pl_model *m, int n_ctx, char *err) {
+pl_kv *pl_kv_new(const pl_model *m, int n_ctx, int type, char *err) {
     if (n_ctx <= 0 || n_ctx > m->cfg.max_ctx) {
         snprintf(err, PL_ERRMSG_LEN, "KV cache length %d outside 1..%d", n_ctx, m->cfg.max_ctx);
+        return NULL;
+    }
+    if (type != PL_TYPE_F32 && type != PL_TYPE_F16) {
+        snprintf(err, PL_ERRMSG_LEN, "KV cache type %d is not f32 (%d) or f16 (%d)", type, PL_TYPE_F32, PL_TYPE_F16);
         return NULL;
     }
     pl_kv *kv = calloc(1, sizeof(pl_kv));
@@ -203,12 +207,14 @@ pl_kv *pl_kv_new(const pl_model *m, int n_ctx, char *err) {
     kv->n_ctx = n_ctx;
     kv->n_layers = m->cfg.n_layers;
     kv->kv_dim = m->cfg.n_kv_heads * m->cfg.head_dim;
+    kv->type = type;
+    kv->elt = type == PL_TYPE_F16 ? 2 : 4;
     const size_t n = (size_t)kv->n_layers * n_ctx * kv->kv_dim;
-    kv->k = calloc(n, sizeof(float));
-    kv->v = calloc(n, sizeof(float));
+    kv->k = calloc(n, kv->elt);
+    kv->v = calloc(n, kv->elt);
     if (!kv->k || !kv->v) {
         pl_kv_free(kv);
-        snprintf(err, PL_ERRMSG_LEN, "out of memory allocating a %zu MB KV cache", 2 * n * sizeof(float) >> 20);
+        snprintf(err, PL_ERRMSG_LEN, "out of memory allocating a %zu MB KV cache", 2 * n * kv->elt >> 20);
         return NULL;
     }
     return kv;

@@ -56,7 +56,9 @@ typedef struct {
 
 typedef struct {
     int n_ctx, n_layers, kv_dim;
-    float *k, *v; /* [n_layers][n_ctx][kv_dim] */
+    int type;     /* PL_TYPE_F32 or PL_TYPE_F16 (half the memory; keys/values rounded to fp16 as written) */
+    size_t elt;   /* bytes per element */
+    void *k, *v;  /* [n_layers][n_ctx][kv_dim] of type */
 } pl_kv;
 
 typedef struct {
@@ -88,7 +90,7 @@ int pl_model_repack(pl_model *m);
 void pl_packed_arena_free(void *arena, size_t bytes);
 void pl_model_free(pl_model *m);
 
-pl_kv *pl_kv_new(const pl_model *m, int n_ctx, char *err);
+pl_kv *pl_kv_new(const pl_model *m, int n_ctx, int type, char *err);
 void pl_kv_free(pl_kv *kv);
 
 pl_scratch *pl_scratch_new(void);

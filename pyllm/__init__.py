@@ -15,7 +15,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 from . import _engine  # noqa: E402
 from .config import ModelConfig, SUPPORTED_ARCHITECTURES  # noqa: E402
 from .errors import ContextLengthError, ModelLoadError, PyllmError, UnsupportedArchitectureError  # noqa: E402
-from .model import Model, Sequence  # noqa: E402
+from .model import Model, Sequence, check_kv_type  # noqa: E402
 from .sampling import SamplingParams  # noqa: E402
 
 __version__ = "0.1.0"
@@ -39,17 +39,20 @@ def _resolve_isa() -> None:
 
 
 def load(path: Optional[str] = None, n_threads: Optional[int] = None, n_ctx: Optional[int] = None,
-         quant: Optional[str] = None, calibration=None) -> Model:
+         quant: Optional[str] = None, calibration=None, kv_type: str = "f32") -> Model:
     """Load a model: a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer files)
     or a .gguf file (llama.cpp's format, see pyllm/gguf_loader.py). With no path, the shipped
     shakespeare-4m model. n_ctx defaults to the model's training context capped at 4096;
     n_threads to the CPUs this process may use. quant ("q4_0", "q8_0", "f16", "bf16", "f32")
     converts the weights while loading. calibration (with quant, for a checkpoint folder): a text
-    file, an importance .npz or dict (pyllm/imatrix.py) to weight the q4_0/q8_0 scale search with."""
+    file, an importance .npz or dict (pyllm/imatrix.py) to weight the q4_0/q8_0 scale search with.
+    kv_type: the KV cache's element type, "f32" (default, exact) or "f16" (half the memory; keys and
+    values rounded to fp16 as they are written, as llama.cpp's default cache does)."""
     from .hf_loader import load_hf_folder
     from .tokenizer import Tokenizer
 
     _resolve_isa()
+    check_kv_type(kv_type)
     path = os.fspath(path) if path is not None else default_model_path()
     if not os.path.exists(path):
         raise ModelLoadError(f"{path}: no such file or folder")
@@ -61,7 +64,7 @@ def load(path: Optional[str] = None, n_threads: Optional[int] = None, n_ctx: Opt
         # a file: GGUF (llama.cpp's format); anything else is reported by the GGUF reader (bad magic)
         from .gguf_loader import load_gguf
 
-        return load_gguf(path, n_threads=n_threads, n_ctx=n_ctx, quant=quant)
+        return load_gguf(path, n_threads=n_threads, n_ctx=n_ctx, quant=quant, kv_type=kv_type)
     cfg = ModelConfig.from_file(os.path.join(path, "config.json"))
     if n_ctx is None:
         n_ctx = min(cfg.max_position_embeddings, _DEFAULT_N_CTX)
@@ -76,4 +79,5 @@ def load(path: Optional[str] = None, n_threads: Optional[int] = None, n_ctx: Opt
 
         importance = resolve_importance(path, calibration, n_threads=n_threads)
     cfg, cmodel, gen = load_hf_folder(path, n_ctx, quant=quant, n_threads=n_threads or 0, importance=importance)
-    return Model(cmodel, cfg, tokenizer, n_ctx=n_ctx, n_threads=n_threads, generation_config=gen, path=path)
+    return Model(cmodel, cfg, tokenizer, n_ctx=n_ctx, n_threads=n_threads, generation_config=gen, path=path,
+                 kv_type=kv_type)

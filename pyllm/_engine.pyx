@@ -58,7 +58,8 @@ cdef extern from "pyllm.h" nogil:
         void (*release)(void *ctx, const char *name, int layer) noexcept with gil
         void *release_ctx
     ctypedef struct pl_kv:
-        int n_ctx
+        int n_ctx, n_layers, kv_dim, type
+        size_t elt
     ctypedef struct pl_batch:
         int n_tokens
         const int32_t *token
@@ -76,7 +77,7 @@ cdef extern from "pyllm.h" nogil:
     int pl_model_set_tensor_flags(pl_model *m, const char *name, int layer, int flags, char *err)
     size_t pl_model_packed_bytes(const pl_model *m, const char *name, int layer)
     void pl_model_free(pl_model *m)
-    pl_kv *pl_kv_new(const pl_model *m, int n_ctx, char *err)
+    pl_kv *pl_kv_new(const pl_model *m, int n_ctx, int type, char *err)
     void pl_kv_free(pl_kv *kv)
     pl_scratch *pl_scratch_new()
     void pl_scratch_free(pl_scratch *s)
@@ -418,18 +419,26 @@ cdef class CModel:
 
 
 cdef class KVCache:
-    """The keys and values of one sequence, n_ctx positions per layer."""
+    """The keys and values of one sequence, n_ctx positions per layer, stored as type_id (0: f32,
+    1: f16)."""
     cdef pl_kv *kv
     cdef readonly int n_ctx
+    cdef readonly int type_id
     cdef CModel model
 
-    def __cinit__(self, CModel model, int n_ctx):
+    def __cinit__(self, CModel model, int n_ctx, int type_id=0):
         cdef _Err e = _Err()
-        self.kv = pl_kv_new(model.m, n_ctx, e.buf)
+        self.kv = pl_kv_new(model.m, n_ctx, type_id, e.buf)
         if self.kv == NULL:
             raise MemoryError(e.buf.decode()) if b"memory" in e.buf else ValueError(e.buf.decode())
         self.model = model
         self.n_ctx = n_ctx
+        self.type_id = type_id
+
+    @property
+    def nbytes(self) -> int:
+        """bytes held by the keys and values"""
+        return 2 * <size_t>self.kv.n_layers * self.kv.n_ctx * self.kv.kv_dim * self.kv.elt
 
     def __dealloc__(self):
         pl_kv_free(self.kv)

@@ -310,9 +310,11 @@ def load_gguf_parts(path: str, n_ctx: Optional[int] = None, quant: Optional[str]
     return cfg, cm, tokenizer, generation_config_from_metadata(gf.metadata), n_ctx
 
 
-def load_gguf(path: str, n_threads: Optional[int] = None, n_ctx: Optional[int] = None, quant: Optional[str] = None):
+def load_gguf(path: str, n_threads: Optional[int] = None, n_ctx: Optional[int] = None, quant: Optional[str] = None,
+              kv_type: str = "f32"):
     """pyllm.load() for a .gguf file: returns a pyllm.Model."""
     from .model import Model
 
     cfg, cm, tokenizer, gen, n_ctx = load_gguf_parts(path, n_ctx=n_ctx, quant=quant, n_threads=n_threads or 0)
-    return Model(cm, cfg, tokenizer, n_ctx=n_ctx, n_threads=n_threads, generation_config=gen, path=path)
+    return Model(cm, cfg, tokenizer, n_ctx=n_ctx, n_threads=n_threads, generation_config=gen, path=path,
+                 kv_type=kv_type)

@@ -25,13 +25,24 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+# KV cache element types: f32 (exact; the default) or f16 (half the memory, keys and values rounded to fp16
+# as they are written: llama.cpp's default)
+KV_TYPES = {"f32": 0, "f16": 1}
+
+
+def check_kv_type(kv_type) -> str:
+    if kv_type not in KV_TYPES:
+        raise ValueError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
+    return kv_type
+
+
 class Sequence:
     """One sequence's state: its tokens so far and its KV cache. Not thread-safe on its own;
     the model serializes engine calls."""
 
     def __init__(self, model: "Model"):
         self._model = model
-        self._kv = _engine.KVCache(model._cmodel, model.n_ctx)
+        self._kv = _engine.KVCache(model._cmodel, model.n_ctx, KV_TYPES[model.kv_type])
         self.tokens: list = []
         self._last_logits: Optional[np.ndarray] = None
 
@@ -82,7 +93,8 @@ class Model:
     """A loaded model. Use pyllm.load(...) to make one."""
 
     def __init__(self, cmodel, config: ModelConfig, tokenizer: Tokenizer, n_ctx: int, n_threads: Optional[int] = None,
-                 generation_config: Optional[dict] = None, path: str = ""):
+                 generation_config: Optional[dict] = None, path: str = "", kv_type: str = "f32"):
+        self.kv_type = check_kv_type(kv_type)
         self._cmodel = cmodel
         self.config = config
         self.tokenizer = tokenizer
@@ -104,7 +116,7 @@ class Model:
     def __repr__(self) -> str:
         c = self.config
         return (f"<pyllm.Model {c.architecture} layers={c.num_layers} dim={c.hidden_size} vocab={c.vocab_size} "
-                f"n_ctx={self.n_ctx} threads={self.n_threads} isa={_engine.get_isa()}>")
+                f"n_ctx={self.n_ctx} kv={self.kv_type} threads={self.n_threads} isa={_engine.get_isa()}>")
 
     @property
     def vocab_size(self) -> int:

@@ -22,6 +22,7 @@ from typing import Callable, List, Optional, Sequence as Seq, Union
 import numpy as np
 
 from . import _engine
+from .model import KV_TYPES
 
 DEFAULT_MAX_CTX = 512  # default chunk length: the model's context, capped here (llama.cpp's usual -c 512)
 MIN_CTX = 4
@@ -111,7 +112,7 @@ class _ChunkRunner:
 
     def __init__(self, model, n_ctx: int, first: int, batch: int, n_seq: int):
         self.model, self.n_ctx, self.first, self.batch = model, n_ctx, first, batch
-        self.caches = [_engine.KVCache(model._cmodel, n_ctx) for _ in range(n_seq)]
+        self.caches = [_engine.KVCache(model._cmodel, n_ctx, KV_TYPES[model.kv_type]) for _ in range(n_seq)]
 
     def run(self, chunks: list) -> np.ndarray:
         n_ctx, first, m = self.n_ctx, self.first, self.model
