@@ -1,0 +1,47 @@
+"""test_batch_invariance.py: a sequence's logits do not depend on what else shares its forward
+call. Every kernel sums each output in a fixed order whatever its tile's shape (packed gemm
+lanes, the float gemm's transpose-and-add network, per-row norms and quantization, per-(token,
+head) attention), so batching other sequences with it (as perplexity does, and as continuous
+batching will) gives bit-identical logits, on every ISA and weight type."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import pyllm
+from pyllm import _engine
+
+ISAS = ["scalar"] + [isa for isa in ("avx2", "avx512") if _engine.isa_supported(isa)]
+
+
+@pytest.fixture(autouse=True)
+def restore_isa():
+    before = _engine.get_isa()
+    yield
+    _engine.set_isa(before)
+
+
+def alone_and_batched(m, a_ids, b_ids):
+    """logits of every token of a, run alone and run interleaved with b in one call"""
+    ka, kb, kc = (_engine.KVCache(m._cmodel, 256) for _ in range(3))
+    alone = m._runner.forward([ka], a_ids, range(len(a_ids)), [0] * len(a_ids), range(len(a_ids)), m.n_threads)
+    toks, pos, seqs = [], [], []
+    for i in range(max(len(a_ids), len(b_ids))):  # a and b interleaved, b's tokens shifting the tiles
+        for s, ids in ((0, a_ids), (1, b_ids)):
+            if i < len(ids):
+                toks.append(ids[i]), pos.append(i), seqs.append(s)
+    rows = [j for j, s in enumerate(seqs) if s == 0]
+    batched = m._runner.forward([kc, kb], toks, pos, seqs, rows, m.n_threads)
+    return alone, batched
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("quant", [None, "q4_0", "q8_0", "bf16"])
+def test_logits_do_not_depend_on_the_batch(checkpoint, isa, quant):
+    _engine.set_isa(isa)
+    m = pyllm.load(checkpoint("llama3", "float32"), n_ctx=256, quant=quant)
+    rng = np.random.default_rng(7)
+    a = rng.integers(3, m.vocab_size, 37).tolist()
+    for nb in (1, 6, 50):
+        alone, batched = alone_and_batched(m, a, rng.integers(3, m.vocab_size, nb).tolist())
+        np.testing.assert_array_equal(alone, batched)
