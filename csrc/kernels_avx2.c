@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "packed_gemm_driver.h"
 #include "tensor_types.h"
 
 #define AI static inline __attribute__((always_inline))
@@ -823,7 +824,6 @@ AI void pk_gemv(const int qt, int nb, const uint8_t *gp, const uint8_t *a, float
 static void pk_gemv_q4_0(int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) { pk_gemv(QT_q4_0, nb, gp, a, out, rows); }
 static void pk_gemv_q8_0(int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) { pk_gemv(QT_q8_0, nb, gp, a, out, rows); }
 
-typedef void (*pk_tile_fn)(int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out, size_t os, int rows);
 #define PKT_DEF(qt, C)                                                                                          \
     static void pk_tile_##qt##_##C(int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out, size_t os, \
                                    int rows) {                                                                  \
@@ -831,31 +831,14 @@ typedef void (*pk_tile_fn)(int nb, const uint8_t *gp, const uint8_t *a, size_t a
     }
 PKT_DEF(q4_0, 1) PKT_DEF(q4_0, 2) PKT_DEF(q4_0, 3) PKT_DEF(q4_0, 4)
 PKT_DEF(q8_0, 1) PKT_DEF(q8_0, 2) PKT_DEF(q8_0, 3) PKT_DEF(q8_0, 4)
-static const pk_tile_fn pk_tile_tab[2][PKC] = {{pk_tile_q4_0_1, pk_tile_q4_0_2, pk_tile_q4_0_3, pk_tile_q4_0_4},
+static const pl_pk_tile_fn pk_tile_tab[2][PKC] = {{pk_tile_q4_0_1, pk_tile_q4_0_2, pk_tile_q4_0_3, pk_tile_q4_0_4},
                                                {pk_tile_q8_0_1, pk_tile_q8_0_2, pk_tile_q8_0_3, pk_tile_q8_0_4}};
 
-static void pk_gemm(const int qt, int n, int nr, int nc, const void *vw, const void *va, size_t as, float *out,
-                    size_t os) {
-    const uint8_t *w = (const uint8_t *)vw, *a = (const uint8_t *)va;
-    const int nb = n / PL_QK, ng = (nr + PKR - 1) / PKR;
-    const size_t gb = pl_packed_group_bytes(qt == QT_q4_0 ? PL_TYPE_Q4_0 : PL_TYPE_Q8_0, n);
-    if (nc == 1) {
-        for (int g = 0; g < ng; g++)
-            (qt == QT_q4_0 ? pk_gemv_q4_0 : pk_gemv_q8_0)(nb, w + (size_t)g * gb, a, out + PKR * g, nr - PKR * g);
-        return;
-    }
-    for (int g = 0; g < ng; g++)
-        for (int c0 = 0; c0 < nc; c0 += PKC) {
-            const int C = nc - c0 < PKC ? nc - c0 : PKC;
-            pk_tile_tab[qt][C - 1](nb, w + (size_t)g * gb, a + (size_t)c0 * as, as, out + (size_t)c0 * os + PKR * g, os,
-                                   nr - PKR * g);
-        }
-}
 static void q4_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
-    pk_gemm(QT_q4_0, n, nr, nc, w, a, as, out, os);
+    pl_pk_gemm_drive(PL_TYPE_Q4_0, pk_gemv_q4_0, pk_tile_tab[QT_q4_0], PKC, n, nr, nc, w, a, as, out, os);
 }
 static void q8_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
-    pk_gemm(QT_q8_0, n, nr, nc, w, a, as, out, os);
+    pl_pk_gemm_drive(PL_TYPE_Q8_0, pk_gemv_q8_0, pk_tile_tab[QT_q8_0], PKC, n, nr, nc, w, a, as, out, os);
 }
 
 /* cpu_dispatch.c builds every table on any CPU, so the init function itself must not use this
