@@ -8,7 +8,6 @@ bool, str, nested lists); tensors are handed out as (type id, shape in Hugging F
 [rows, cols], memoryview into the mapping), like safetensors_file.py does."""
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ModelLoadError
+from .mapped_file import map_readonly
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -143,17 +143,7 @@ class GGUFFile:
 
     def __init__(self, path: str):
         self.path = path = os.fspath(path)
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as e:
-            raise ModelLoadError(f"{path}: cannot open ({e.strerror})") from None
-        try:
-            size = os.fstat(fd).st_size
-            if size < 24:
-                raise ModelLoadError(f"{path}: truncated file ({size} bytes): too small for a GGUF header")
-            self._mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-        finally:
-            os.close(fd)
+        self._mm, size = map_readonly(path, 24, "truncated file ({size} bytes): too small for a GGUF header")
         self.size = size
         try:
             self._parse()

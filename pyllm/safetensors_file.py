@@ -4,7 +4,6 @@ bf16 checkpoint costs its file size in (shared, evictable) page cache and nothin
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ModelLoadError
+from .mapped_file import map_readonly
 
 # safetensors dtype -> (engine type id, bytes per element); only float types are runnable
 DTYPES = {"F32": (0, 4), "F16": (1, 2), "BF16": (30, 2)}
@@ -32,17 +32,7 @@ class TensorInfo:
 class SafetensorsFile:
     def __init__(self, path: str):
         self.path = path
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as e:
-            raise ModelLoadError(f"{path}: cannot open ({e.strerror})") from None
-        try:
-            size = os.fstat(fd).st_size
-            if size < 8:
-                raise ModelLoadError(f"{path}: truncated safetensors file ({size} bytes)")
-            self._mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-        finally:
-            os.close(fd)
+        self._mm, size = map_readonly(path, 8, "truncated safetensors file ({size} bytes)")
         (hlen,) = struct.unpack("<Q", self._mm[:8])
         if hlen > min(size - 8, _MAX_HEADER):
             raise ModelLoadError(f"{path}: header length {hlen} exceeds the file ({size} bytes): truncated or not safetensors")
