@@ -220,6 +220,25 @@ pl_kv *pl_kv_new(const pl_model *m, int n_ctx, int type, char *err) {
     return kv;
 }
 
+int pl_kv_copy_prefix(pl_kv *dst, const pl_kv *src, int n_tokens, char *err) {
+    if (dst == src) return 0;
+    if (dst->n_layers != src->n_layers || dst->kv_dim != src->kv_dim || dst->type != src->type) {
+        snprintf(err, PL_ERRMSG_LEN, "KV caches differ in layers, width or type");
+        return -1;
+    }
+    if (n_tokens < 0 || n_tokens > src->n_ctx || n_tokens > dst->n_ctx) {
+        snprintf(err, PL_ERRMSG_LEN, "cannot copy %d positions between caches of %d and %d", n_tokens, src->n_ctx,
+                 dst->n_ctx);
+        return -1;
+    }
+    const size_t row = (size_t)src->kv_dim * src->elt, n = (size_t)n_tokens * row;
+    for (int l = 0; l < src->n_layers; l++) {
+        memcpy((char *)dst->k + (size_t)l * dst->n_ctx * row, (const char *)src->k + (size_t)l * src->n_ctx * row, n);
+        memcpy((char *)dst->v + (size_t)l * dst->n_ctx * row, (const char *)src->v + (size_t)l * src->n_ctx * row, n);
+    }
+    return 0;
+}
+
 void pl_kv_free(pl_kv *kv) {
     if (!kv) return;
     free(kv->k);

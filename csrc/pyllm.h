@@ -92,6 +92,9 @@ void pl_model_free(pl_model *m);
 
 pl_kv *pl_kv_new(const pl_model *m, int n_ctx, int type, char *err);
 void pl_kv_free(pl_kv *kv);
+/* copies the first n_tokens positions of every layer from src to dst (same model and type): a cached
+ * prompt prefix handed to a new sequence. 0, or -1 with a message in err */
+int pl_kv_copy_prefix(pl_kv *dst, const pl_kv *src, int n_tokens, char *err);
 
 pl_scratch *pl_scratch_new(void);
 void pl_scratch_free(pl_scratch *s);

@@ -14,14 +14,17 @@ os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 from . import _engine  # noqa: E402
 from .config import ModelConfig, SUPPORTED_ARCHITECTURES  # noqa: E402
-from .errors import ContextLengthError, ModelLoadError, PyllmError, UnsupportedArchitectureError  # noqa: E402
+from .errors import ContextLengthError, ModelLoadError, PyllmError, QueueFullError, UnsupportedArchitectureError  # noqa: E402
 from .model import Model, Sequence, check_kv_type  # noqa: E402
 from .sampling import SamplingParams  # noqa: E402
+from .generation.options import GenerationOptions  # noqa: E402
+from .serving.request import Chunk, Completion, Request  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
     "load", "default_model_path", "Model", "Sequence", "ModelConfig", "SamplingParams", "PyllmError",
-    "ModelLoadError", "UnsupportedArchitectureError", "ContextLengthError", "SUPPORTED_ARCHITECTURES",
+    "ModelLoadError", "UnsupportedArchitectureError", "ContextLengthError", "QueueFullError", "SUPPORTED_ARCHITECTURES",
+    "GenerationOptions", "Request", "Chunk", "Completion",
 ]
 
 _DEFAULT_N_CTX = 4096

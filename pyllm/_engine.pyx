@@ -79,6 +79,7 @@ cdef extern from "pyllm.h" nogil:
     void pl_model_free(pl_model *m)
     pl_kv *pl_kv_new(const pl_model *m, int n_ctx, int type, char *err)
     void pl_kv_free(pl_kv *kv)
+    int pl_kv_copy_prefix(pl_kv *dst, const pl_kv *src, int n_tokens, char *err)
     pl_scratch *pl_scratch_new()
     void pl_scratch_free(pl_scratch *s)
     void pl_scratch_set_stats(pl_scratch *s, double *stats)
@@ -439,6 +440,14 @@ cdef class KVCache:
     def nbytes(self) -> int:
         """bytes held by the keys and values"""
         return 2 * <size_t>self.kv.n_layers * self.kv.n_ctx * self.kv.kv_dim * self.kv.elt
+
+    def copy_prefix_from(self, KVCache src, int n_tokens):
+        """Copy src's first n_tokens positions (every layer's keys and values) into this cache."""
+        cdef _Err e = _Err()
+        if src.model is not self.model:
+            raise ValueError("KV cache belongs to another model")
+        if pl_kv_copy_prefix(self.kv, src.kv, n_tokens, e.buf):
+            raise ValueError(e.buf.decode())
 
     def __dealloc__(self):
         pl_kv_free(self.kv)

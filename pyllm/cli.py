@@ -10,16 +10,22 @@ import sys
 def _generate(args) -> int:
     import pyllm
 
-    model = pyllm.load(args.model, n_threads=args.threads, n_ctx=args.ctx)
-    prompt = args.prompt
+    model = pyllm.load(args.model, n_threads=args.threads, n_ctx=args.ctx, kv_type=args.kv_type)
+    options = dict(max_tokens=args.n, temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                   repeat_penalty=args.repeat_penalty, seed=args.seed, ignore_eos=args.ignore_eos,
+                   stop=args.stop or None, presence_penalty=args.presence_penalty,
+                   frequency_penalty=args.frequency_penalty, special=args.special)
+    # submit() checks the prompt's length and every option before anything is printed
+    req = model.submit(args.prompt, **options)
     out = sys.stdout
-    if args.echo:
-        out.write(prompt)
-    for piece in model.stream(prompt, max_tokens=args.n, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
-                              min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed,
-                              ignore_eos=args.ignore_eos):
-        out.write(piece)
-        out.flush()
+    try:
+        if args.echo:
+            out.write(args.prompt)
+        for chunk in req:
+            out.write(chunk.text)
+            out.flush()
+    finally:
+        req.cancel()
     out.write("\n")
     return 0
 
@@ -79,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--repeat-penalty", type=float, default=None)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--ignore-eos", action="store_true")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end the text before this string (repeatable; never printed)")
+    g.add_argument("--presence-penalty", type=float, default=0.0, help="OpenAI's presence penalty (-2..2)")
+    g.add_argument("--frequency-penalty", type=float, default=0.0, help="OpenAI's frequency penalty (-2..2)")
+    g.add_argument("--special", action="store_true", help="print control tokens (<s>, <|im_end|>, ...) too")
+    g.add_argument("--kv-type", default="f32", choices=["f32", "f16"], help="KV cache element type")
     g.add_argument("-t", "--threads", type=int, default=None)
     g.add_argument("-c", "--ctx", type=int, default=None, help="context length (default: model's, at most 4096)")
     g.add_argument("--no-echo", dest="echo", action="store_false", help="do not print the prompt first")
@@ -104,10 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .errors import PyllmError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError) as e:  # pyllm's errors are ValueErrors with a clear message
+    except (ValueError, TypeError, OSError, PyllmError) as e:  # pyllm's errors carry a clear message
         print(f"pyllm: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -16,3 +16,7 @@ class UnsupportedArchitectureError(ModelLoadError):
 
 class ContextLengthError(PyllmError, ValueError):
     """A prompt or sequence does not fit in the model's context."""
+
+
+class QueueFullError(PyllmError):
+    """The batching engine's queue of waiting requests is full: try again later (HTTP 429)."""

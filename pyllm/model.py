@@ -1,6 +1,7 @@
-"""model.py: the user-facing Model (generate, stream, logits, tokenize) and Sequence, the
-stateful per-sequence API (append tokens, read the last logits, reset) that generation runs on.
-Prompts are prefilled in chunks of n_batch tokens; each decode step is one engine call."""
+"""model.py: the user-facing Model (generate, stream, complete, chat, submit, logits, tokenize) and
+Sequence, the stateful per-sequence API (append tokens, read the last logits, reset). Generation
+runs on the model's batching engine (pyllm/serving/engine.py), so concurrent callers share steps;
+Sequence calls the forward directly. Both go through one lock around the engine's scratch."""
 from __future__ import annotations
 
 import os
@@ -12,7 +13,10 @@ import numpy as np
 from . import _engine
 from .config import ModelConfig
 from .errors import ContextLengthError
-from .sampling import Sampler, SamplingParams
+from .generation.options import GenerationOptions
+from .sampling import SamplingParams
+from .serving.engine import Engine
+from .serving.request import Completion, Request
 from .tokenizer import Tokenizer
 
 Prompt = Union[str, Seq[int]]
@@ -105,6 +109,8 @@ class Model:
         self.generation_config = generation_config or {}
         self._runner = _engine.Runner(cmodel)
         self._lock = threading.Lock()
+        self._engine_lock = threading.Lock()
+        self._engine: Optional[Engine] = None
         eos = set(tokenizer.eos_ids)
         for src in (self.generation_config.get("eos_token_id"), config.eos_token_id):
             if isinstance(src, int):
@@ -193,58 +199,128 @@ class Model:
             seed=seed,
         )
 
-    def stream(self, prompt: Prompt, max_tokens: int = 128, temperature: Optional[float] = None,
-               top_k: Optional[int] = None, top_p: Optional[float] = None, min_p: Optional[float] = None,
-               repeat_penalty: Optional[float] = None, seed: Optional[int] = None, ignore_eos: bool = False,
-               ) -> Iterator[str]:
+    # ------------------------------------------------------------------ the batching engine
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """KV cache bytes one token position takes (all layers, keys and values)."""
+        c = self.config
+        return 2 * c.num_layers * c.num_kv_heads * c.head_dim * (4 if self.kv_type == "f32" else 2)
+
+    def _new_kv(self):
+        return _engine.KVCache(self._cmodel, self.n_ctx, KV_TYPES[self.kv_type])
+
+    @property
+    def engine(self) -> "Engine":
+        """The continuous-batching engine every generate / stream / chat / submit call goes through
+        (made on first use with the defaults; see configure_engine)."""
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = Engine(self)
+            return self._engine
+
+    def configure_engine(self, max_sequences: int = 16, max_queue: int = 64, kv_budget_tokens: Optional[int] = None,
+                         chunk_tokens: int = 128) -> None:
+        """Engine settings: at most max_sequences requests run at once (each step is one forward over
+        all of them), max_queue more may wait (beyond: QueueFullError), KV caches of running requests
+        and cached prefixes hold at most kv_budget_tokens positions together (default: room for every
+        sequence's full context, capped at 2 GiB of cache), and while others decode a step prefills at
+        most chunk_tokens prompt tokens. Only while no request runs."""
+        engine = Engine(self, max_sequences=max_sequences, max_queue=max_queue, kv_budget_tokens=kv_budget_tokens,
+                        chunk_tokens=chunk_tokens)
+        with self._engine_lock:
+            old = self._engine
+            if old is not None:
+                st = old.stats()
+                if st["running"] or st["waiting"]:
+                    raise RuntimeError("configure_engine() while requests are running")
+                old.close()
+            self._engine = engine
+
+    def engine_stats(self) -> dict:
+        """running / waiting / cached sequences, KV positions reserved and cached, and counters."""
+        return self.engine.stats()
+
+    def close(self) -> None:
+        """Cancel running requests and stop the engine's thread (it also stops by itself when idle)."""
+        with self._engine_lock:
+            if self._engine is not None:
+                self._engine.close()
+                self._engine = None
+
+    def submit(self, prompt: Prompt, **options) -> Request:
+        """Queue a generation and return at once: iterate the Request for Chunks (text, token ids,
+        logprobs, finish_reason), or call .result(). Options (see GenerationOptions): max_tokens (128),
+        temperature, top_k, top_p, min_p, repeat_penalty, seed, stop (strings, never emitted),
+        presence_penalty, frequency_penalty, logit_bias ({token id: bias}), logprobs, top_logprobs,
+        ignore_eos, special (keep control tokens in the text), stop_token_ids. Bad values raise here,
+        before anything runs."""
+        opts = GenerationOptions.from_kwargs(**options)
+        return self.engine.submit(self._prompt_ids(prompt), opts)
+
+    def stream(self, prompt: Prompt, max_tokens: int = 128, **options) -> Iterator[str]:
         """Yields the continuation's text as it is produced (never a broken UTF-8 character). Stops at
-        an end-of-sequence token (unless ignore_eos), after max_tokens, or when the context is full.
-        Unset sampling values come from generation_config.json, else llama.cpp's defaults
-        (temperature 0.8, top_k 40, top_p 0.95, min_p 0.05); temperature=0 is greedy."""
-        params = self._sampling_params(temperature, top_k, top_p, min_p, repeat_penalty, seed)
-        _check_max_tokens(max_tokens)
-        ids = self._prompt_ids(prompt)
-        return self._stream_tokens(ids, max_tokens, params, ignore_eos)
+        an end-of-sequence token (unless ignore_eos), a stop string, after max_tokens, or when the
+        context is full. Unset sampling values come from generation_config.json, else llama.cpp's
+        defaults (temperature 0.8, top_k 40, top_p 0.95, min_p 0.05); temperature=0 is greedy.
+        Options as for submit(); they are checked before this returns."""
+        return _texts(self.submit(prompt, max_tokens=max_tokens, **options))
 
-    def _token_loop(self, ids, max_tokens, params, ignore_eos) -> Iterator[int]:
-        """The decode loop: yields sampled token ids until EOS, max_tokens or a full context."""
-        seq = self.sequence()
-        sampler = Sampler(params)
-        logits = seq.append(ids)
-        for _ in range(max_tokens):
-            tok = sampler.sample(logits, seq.tokens)
-            if tok in self.eos_ids and not ignore_eos:
-                return
-            yield tok
-            if len(seq) >= self.n_ctx:
-                return
-            logits = seq.append([tok])
-
-    def _stream_tokens(self, ids, max_tokens, params, ignore_eos) -> Iterator[str]:
-        # primed with the prompt: the continuation's first piece keeps its leading space
-        decoder = self.tokenizer.stream_decoder(prompt_ids=ids)
-        for tok in self._token_loop(ids, max_tokens, params, ignore_eos):
-            piece = decoder.push(tok)
-            if piece:
-                yield piece
-        tail = decoder.flush()
-        if tail:
-            yield tail
-
-    def generate(self, prompt: Prompt, max_tokens: int = 128, **kwargs) -> str:
+    def generate(self, prompt: Prompt, max_tokens: int = 128, **options) -> str:
         """The continuation of prompt as one string; see stream() for the options."""
-        return "".join(self.stream(prompt, max_tokens=max_tokens, **kwargs))
+        return self.submit(prompt, max_tokens=max_tokens, **options).result().text
 
-    def generate_tokens(self, prompt: Prompt, max_tokens: int = 128, temperature: Optional[float] = None,
-                        top_k: Optional[int] = None, top_p: Optional[float] = None, min_p: Optional[float] = None,
-                        repeat_penalty: Optional[float] = None, seed: Optional[int] = None,
-                        ignore_eos: bool = False) -> list:
+    def complete(self, prompt: Prompt, max_tokens: int = 128, **options) -> Completion:
+        """Like generate(), with the details: token ids, finish_reason ("stop" / "length"), logprobs
+        when asked for, prompt and completion token counts."""
+        return self.submit(prompt, max_tokens=max_tokens, **options).result()
+
+    def generate_tokens(self, prompt: Prompt, max_tokens: int = 128, **options) -> list:
         """Like generate() but returns the new token ids (an end-of-sequence token is not included)."""
-        params = self._sampling_params(temperature, top_k, top_p, min_p, repeat_penalty, seed)
-        _check_max_tokens(max_tokens)
-        return list(self._token_loop(self._prompt_ids(prompt), max_tokens, params, ignore_eos))
+        return self.submit(prompt, max_tokens=max_tokens, **options).result().token_ids
+
+    # ------------------------------------------------------------------ chat
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True, chat_template: Optional[str] = None,
+                            tools=None, **kwargs) -> str:
+        """The conversation as the model's chat template renders it (as transformers'
+        apply_chat_template(..., tokenize=False)). chat_template: a Jinja template, or the name of
+        one of the model's named templates; kwargs are passed to the template."""
+        from .chat.template import render_chat_template, select_chat_template
+
+        template = select_chat_template(self.tokenizer, chat_template, tools)
+        return render_chat_template(template, messages, add_generation_prompt=add_generation_prompt, tools=tools,
+                                    special_tokens=self.tokenizer.template_special_tokens, **kwargs)
+
+    @property
+    def end_of_turn_ids(self) -> frozenset:
+        """Tokens that end an assistant turn: EOS (config and generation config) and the chat
+        template's end-of-turn tokens (<|eot_id|>, <|im_end|>, <|end|>, <end_of_turn>, ...)."""
+        from .chat.template import end_of_turn_ids
+
+        return frozenset(self.eos_ids | set(end_of_turn_ids(self.tokenizer)))
+
+    def submit_chat(self, messages, tools=None, chat_template: Optional[str] = None,
+                    template_kwargs: Optional[dict] = None, **options) -> Request:
+        """submit() for a conversation: renders the chat template with the generation prompt and
+        stops at the end of the assistant's turn."""
+        text = self.apply_chat_template(messages, add_generation_prompt=True, chat_template=chat_template, tools=tools,
+                                        **(template_kwargs or {}))
+        ids = self.tokenizer.encode(text, add_special_tokens=False)  # the template wrote BOS if it wants one
+        stop_ids = set(options.pop("stop_token_ids", ()) or ()) | self.end_of_turn_ids
+        return self.submit(ids, stop_token_ids=tuple(sorted(stop_ids)), **options)
+
+    def chat(self, messages, stream: bool = False, **options):
+        """The assistant's reply to a conversation (a list of {"role", "content"} dicts): a string, or
+        with stream=True an iterator of its pieces. Options as for submit(), plus tools, chat_template
+        and template_kwargs. A finished conversation's cache is kept, so the next turn prefills only
+        what is new."""
+        req = self.submit_chat(messages, **options)
+        return _texts(req) if stream else req.result().text
 
 
-def _check_max_tokens(max_tokens) -> None:
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
-        raise ValueError(f"max_tokens must be a non-negative integer, got {max_tokens!r}")
+def _texts(req: Request) -> Iterator[str]:
+    try:
+        for chunk in req:
+            if chunk.text:
+                yield chunk.text
+    finally:
+        req.cancel()  # the caller stopped early: free the sequence (no-op once finished)
