@@ -19,12 +19,13 @@ from .model import Model, Sequence, check_kv_type  # noqa: E402
 from .sampling import SamplingParams  # noqa: E402
 from .generation.options import GenerationOptions  # noqa: E402
 from .serving.request import Chunk, Completion, Request  # noqa: E402
+from .chat.template import ChatTemplateError  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
     "load", "default_model_path", "Model", "Sequence", "ModelConfig", "SamplingParams", "PyllmError",
     "ModelLoadError", "UnsupportedArchitectureError", "ContextLengthError", "QueueFullError", "SUPPORTED_ARCHITECTURES",
-    "GenerationOptions", "Request", "Chunk", "Completion",
+    "GenerationOptions", "Request", "Chunk", "Completion", "ChatTemplateError",
 ]
 
 _DEFAULT_N_CTX = 4096

@@ -14,6 +14,9 @@ Supported ``tokenizer.ggml.model`` values:
 * ``"gpt2"``: a byte-level BPE vocabulary with merges, for the pre-tokenizers in ``SUPPORTED_BPE_PRE``
   (``"llama-bpe"``: Llama 3; ``"gpt-2"``).
 
+Chat templates: ``tokenizer.chat_template`` is the default one; named ones (e.g. "tool_use") are
+``tokenizer.chat_template.NAME`` strings listed in ``tokenizer.chat_templates``, as gguf-py writes them.
+
 Where the converter's metadata cannot say what the Hugging Face folder says, two extra keys (ignored by llama.cpp)
 are written, only when needed: ``pyllm.tokenizer.legacy`` (a SentencePiece tokenizer with ``legacy: true``) and
 ``pyllm.tokenizer.eos_token_ids`` (end-of-generation ids beyond the ones llama.cpp derives from the file).
@@ -58,6 +61,8 @@ K_ADD_EOS = "tokenizer.ggml.add_eos_token"
 K_ADD_SEP = "tokenizer.ggml.add_sep_token"
 K_ADD_PREFIX = "tokenizer.ggml.add_space_prefix"
 K_CHAT = "tokenizer.chat_template"
+K_CHAT_PREFIX = "tokenizer.chat_template."  # + name: a named chat template (gguf-py's add_chat_template)
+K_CHAT_NAMES = "tokenizer.chat_templates"  # the names of those templates
 K_LEGACY = "pyllm.tokenizer.legacy"
 K_EOS_IDS = "pyllm.tokenizer.eos_token_ids"
 
@@ -80,6 +85,7 @@ GGUF_VALUE_TYPES: dict[str, str] = {
     K_ADD_SEP: "bool",
     K_ADD_PREFIX: "bool",
     K_CHAT: "str",
+    K_CHAT_NAMES: "str[]",
     K_LEGACY: "bool",
     K_EOS_IDS: "i32[]",
 }
@@ -345,8 +351,20 @@ def tokenizer_metadata(model_dir: str) -> dict:
             md[K_ADD_SEP] = add_sep
     if kind == "gpt2" and isinstance(config.get("add_prefix_space"), bool):
         md[K_ADD_PREFIX] = config["add_prefix_space"]  # the converter copies it for any Llama-family model
-    if tok.chat_template is not None:
-        md[K_CHAT] = tok.chat_template
+    templates = dict(tok.chat_templates)
+    default = templates.pop("default", None)
+    if default is None and tok.chat_template is not None and not templates:
+        default = tok.chat_template
+    if default is not None:
+        md[K_CHAT] = default
+    names = []
+    for key, template in templates.items():  # as gguf-py: tokenizer.chat_template.NAME, NAME made alphanumeric
+        key = "".join(c if c.isascii() and c.isalnum() else "_" for c in key)
+        if key and key != "default":
+            md[K_CHAT_PREFIX + key] = template
+            names.append(key)
+    if names:
+        md[K_CHAT_NAMES] = names
     if kind == "llama":
         legacy, prefix = _llama_options(config, tj)
         md[K_ADD_PREFIX] = prefix
@@ -535,6 +553,10 @@ def tokenizer_from_metadata(md: Mapping[str, Any], name: str = "<gguf>") -> Toke
     add_prefix, legacy = m.bool(K_ADD_PREFIX), m.bool(K_LEGACY)
     m.bool(K_ADD_SEP)
     template = m.str(K_CHAT)
+    templates = {"default": template} if template is not None else {}
+    for key in md:
+        if isinstance(key, str) and key.startswith(K_CHAT_PREFIX) and len(key) > len(K_CHAT_PREFIX):
+            templates[key[len(K_CHAT_PREFIX):]] = m.str(key)
     pre = m.str(K_PRE)
     extra_eos = m.list(K_EOS_IDS) or []
     for i, v in enumerate(extra_eos):
@@ -566,10 +588,10 @@ def tokenizer_from_metadata(md: Mapping[str, Any], name: str = "<gguf>") -> Toke
 
     try:
         if model == "llama":
-            return _build_llama(m, tokens, scores, types, ids, add_bos, add_eos, add_prefix, legacy, template,
+            return _build_llama(m, tokens, scores, types, ids, add_bos, add_eos, add_prefix, legacy, templates,
                                 more_eos)
         merges = _str_list(m, K_MERGES, required=True)
-        return _build_gpt2(m, tokens, types, merges, pre, ids, add_bos, add_eos, template, more_eos)
+        return _build_gpt2(m, tokens, types, merges, pre, ids, add_bos, add_eos, templates, more_eos)
     except ValueError:
         raise
     except BaseException as e:  # the tokenizers library rejected what the metadata holds (a Rust panic is a
@@ -578,7 +600,13 @@ def tokenizer_from_metadata(md: Mapping[str, Any], name: str = "<gguf>") -> Toke
         raise m.err(f"cannot build a tokenizer from this metadata: {e}") from None
 
 
-def _build_llama(m, tokens, scores, types, ids, add_bos, add_eos, add_prefix, legacy, template, more_eos):
+def _special_strings(tokens, ids) -> dict[str, str]:
+    """The named special tokens a chat template sees (bos/eos/unk/pad, as transformers reads them from GGUF)."""
+    return {key: tokens[ids[k]] for key, k in (("bos_token", K_BOS), ("eos_token", K_EOS), ("unk_token", K_UNK),
+                                                ("pad_token", K_PAD)) if ids[k] is not None}
+
+
+def _build_llama(m, tokens, scores, types, ids, add_bos, add_eos, add_prefix, legacy, templates, more_eos):
     bos, eos, unk = ids[K_BOS], ids[K_EOS], ids[K_UNK]
     config: dict[str, Any] = {
         "tokenizer_class": "LlamaTokenizer",
@@ -586,19 +614,21 @@ def _build_llama(m, tokens, scores, types, ids, add_bos, add_eos, add_prefix, le
         "add_prefix_space": add_prefix is not False,
         "add_bos_token": add_bos,
         "add_eos_token": add_eos,
-        "chat_template": template,
+        "chat_template": templates or None,
     }
     for key, i in (("bos_token", bos), ("eos_token", eos), ("unk_token", unk)):
         if i is not None:
             config[key] = tokens[i]
-    return Tokenizer.from_sentencepiece_vocab(
+    tok = Tokenizer.from_sentencepiece_vocab(
         tokens, scores, types, config,
         unk_id=-1 if unk is None else unk, bos_id=-1 if bos is None else bos, eos_id=-1 if eos is None else eos,
         generation_config={"eos_token_id": more_eos}, name=m.name,
     )
+    tok._special_tokens = _special_strings(tokens, ids)
+    return tok
 
 
-def _build_gpt2(m, tokens, types, merges, pre, ids, add_bos, add_eos, template, more_eos):
+def _build_gpt2(m, tokens, types, merges, pre, ids, add_bos, add_eos, templates, more_eos):
     regex, ignore_merges, _ = _BPE_PRE[pre]
     vocab = {t: i for i, t in enumerate(tokens)}
     pairs = [tuple(s.split(" ", 1)) for s in merges]
@@ -638,4 +668,5 @@ def _build_gpt2(m, tokens, types, merges, pre, ids, add_bos, add_eos, template, 
         special.append((eos_tok, eos))
     backend.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
     return Tokenizer(backend, bos_token=bos_tok, eos_token=eos_tok, eos_ids=more_eos, add_bos=add_bos,
-                     add_eos=add_eos, chat_template=template, name=m.name)
+                     add_eos=add_eos, chat_templates=templates, name=m.name,
+                     special_tokens=_special_strings(tokens, ids))

@@ -288,7 +288,7 @@ class Model:
 
         template = select_chat_template(self.tokenizer, chat_template, tools)
         return render_chat_template(template, messages, add_generation_prompt=add_generation_prompt, tools=tools,
-                                    special_tokens=self.tokenizer.template_special_tokens, **kwargs)
+                                    special_tokens=self.tokenizer.special_tokens_map, **kwargs)
 
     @property
     def end_of_turn_ids(self) -> frozenset:
@@ -305,7 +305,9 @@ class Model:
         text = self.apply_chat_template(messages, add_generation_prompt=True, chat_template=chat_template, tools=tools,
                                         **(template_kwargs or {}))
         ids = self.tokenizer.encode(text, add_special_tokens=False)  # the template wrote BOS if it wants one
-        stop_ids = set(options.pop("stop_token_ids", ()) or ()) | self.end_of_turn_ids
+        stop_ids = set(options.pop("stop_token_ids", ()) or ())
+        if not options.get("ignore_eos"):
+            stop_ids |= self.end_of_turn_ids
         return self.submit(ids, stop_token_ids=tuple(sorted(stop_ids)), **options)
 
     def chat(self, messages, stream: bool = False, **options):

@@ -37,6 +37,15 @@ __all__ = ["Tokenizer", "StreamDecoder", "SentencePieceModel", "parse_sentencepi
 
 _LLAMA_CLASSES = {"LlamaTokenizer", "LlamaTokenizerFast"}
 _NAMED_SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+# Special tokens a transformers tokenizer class has when tokenizer_config.json does not name them (its __init__
+# defaults); they are part of the special_tokens_map chat templates see.
+_CLASS_DEFAULT_TOKENS = {
+    "LlamaTokenizer": {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"},
+    "GemmaTokenizer": {"unk_token": "<unk>", "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
+                       "mask_token": "<mask>"},
+    "Qwen2Tokenizer": {"unk_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"},
+}
+_CHAT_TEMPLATE_DIR = "additional_chat_templates"  # <name>.jinja files: named chat templates (transformers 5)
 _BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 # SentencePiece piece types (sentencepiece_model.proto)
@@ -297,6 +306,63 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+def _chat_templates(value: Any, name: str) -> dict[str, str]:
+    """tokenizer_config.json's ``chat_template`` as {name: template}: a string is the "default" template, a list
+    holds {"name": ..., "template": ...} entries (a dict is already by name)."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        return {"default": value}
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, list):
+        items = []
+        for i, entry in enumerate(value):
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
+                raise ValueError(f"{name}: chat_template[{i}] is not a {{\"name\": ..., \"template\": ...}} entry")
+            items.append((entry["name"], entry.get("template")))
+    else:
+        raise ValueError(f"{name}: chat_template must be a string or a list of named templates, "
+                         f"not {type(value).__name__}")
+    out = {}
+    for key, template in items:
+        if not isinstance(key, str) or not isinstance(template, str):
+            raise ValueError(f"{name}: chat template {key!r} is not a string")
+        out[key] = template
+    return out
+
+
+def _special_tokens_map(config: Mapping[str, Any]) -> dict[str, str]:
+    """The named special tokens transformers' tokenizer gets from this config (its ``special_tokens_map``, which
+    chat templates see as variables): the standard names, the class's defaults for those the config does not
+    mention, and model-specific ``*_token`` entries (e.g. "image_token") and ``extra_special_tokens`` dicts."""
+    out: dict[str, str] = {}
+    cls_name = config.get("tokenizer_class")
+    if isinstance(cls_name, str):
+        defaults = _CLASS_DEFAULT_TOKENS.get(cls_name.removesuffix("Fast"), {})
+        out.update({k: v for k, v in defaults.items() if k not in config})
+    for key in _NAMED_SPECIAL_KEYS:
+        v = _token_content(config.get(key))
+        if v is not None:
+            out[key] = v
+    for key, value in config.items():
+        if key.endswith("_token") and key not in _NAMED_SPECIAL_KEYS:
+            if isinstance(value, str):
+                out[key] = value
+            elif isinstance(value, Mapping) and value.get("__type") == "AddedToken":
+                v = _token_content(value)
+                if v is not None:
+                    out[key] = v
+    for key in ("additional_special_tokens", "extra_special_tokens"):
+        vals = config.get(key)
+        if isinstance(vals, Mapping):
+            for k, v in vals.items():
+                v = _token_content(v)
+                if isinstance(k, str) and v is not None:
+                    out[k] = v
+    return out
+
+
 def _template_post_processor(backend: _Backend, bos: str | None, eos: str | None, add_bos: bool, add_eos: bool):
     """transformers' ``TokenizersBackend.update_post_processor``."""
     bos_id = backend.token_to_id(bos) if bos is not None else None
@@ -428,7 +494,9 @@ class Tokenizer:
 
     Attributes: ``vocab_size`` (number of ids, added tokens included), ``bos_id``, ``eos_ids`` (every id that ends
     generation), ``add_bos`` (whether ``encode(..., add_special_tokens=True)`` puts BOS first), ``add_eos``,
-    ``bos_token``/``eos_token`` (strings, for chat templates), ``chat_template``.
+    ``bos_token``/``eos_token`` (strings), ``chat_template`` (the default chat template or None),
+    ``chat_templates`` (every chat template by name: {"default": ..., "tool_use": ...}; empty when none) and
+    ``special_tokens_map`` (the special-token strings chat templates see, as transformers passes them).
     """
 
     def __init__(
@@ -443,10 +511,15 @@ class Tokenizer:
         chat_template: str | None = None,
         clean_up_tokenization_spaces: bool = False,
         name: str = "<memory>",
+        chat_templates: Mapping[str, str] | None = None,
+        special_tokens: Mapping[str, str] | None = None,
     ):
         """Wrap a ready ``tokenizers.Tokenizer``. ``eos_ids`` are extra end-of-generation ids (the id of
         ``eos_token`` always comes first). ``add_bos``/``add_eos``: None keeps what the backend's post-processor
-        adds; True/False replaces it (on a copy of the backend) by one that adds BOS/EOS or not."""
+        adds; True/False replaces it (on a copy of the backend) by one that adds BOS/EOS or not.
+        ``chat_templates``: named chat templates ({"default": ..., "tool_use": ...}); by default
+        {"default": chat_template}. ``special_tokens``: the named special-token strings chat templates see
+        ({"bos_token": "<s>", ...}); by default bos_token and eos_token."""
         if not isinstance(backend, _Backend):
             raise TypeError("backend must be a tokenizers.Tokenizer")
         self._backend = backend
@@ -468,7 +541,23 @@ class Tokenizer:
                 eos_list.append(i)
         self.eos_ids: list[int] = eos_list
         self.eos_id: int | None = eos_list[0] if eos_list else None
+        if chat_templates is None:
+            templates = {"default": chat_template} if chat_template is not None else {}
+        else:
+            templates = dict(chat_templates)
+            if chat_template is None and templates:
+                chat_template = templates.get("default", next(iter(templates.values())))
+        for key, value in [("chat_template", chat_template)] + list(templates.items()):
+            if value is not None and not isinstance(value, str) or not isinstance(key, str):
+                raise TypeError(f"chat template {key!r} must be a string, not {type(value).__name__}")
         self.chat_template: str | None = chat_template
+        self.chat_templates: dict[str, str] = templates
+        if special_tokens is None:
+            special_tokens = {k: v for k, v in (("bos_token", bos_token), ("eos_token", eos_token)) if v is not None}
+        for key, value in special_tokens.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise TypeError(f"special_tokens must map names to token strings; got {key!r}: {value!r}")
+        self._special_tokens: dict[str, str] = dict(special_tokens)
 
         # What the post-processor adds, found by encoding an empty text.
         probe = backend.encode("", add_special_tokens=True).ids
@@ -516,6 +605,8 @@ class Tokenizer:
             for k, v in _read_json(stm_path).items():
                 if k in _NAMED_SPECIAL_KEYS or k in ("additional_special_tokens", "extra_special_tokens"):
                     config[k] = v
+                elif k.endswith("_token") and _token_content(v) is not None:
+                    config[k] = _token_content(v)  # a model-specific special token, e.g. "image_token"
         at_path = folder / "added_tokens.json"
         if at_path.is_file() and "added_tokens_decoder" not in config:
             # as transformers (legacy folders): {token: id} for tokens past the model's vocabulary; a token named as
@@ -535,12 +626,22 @@ class Tokenizer:
                 atd[str(idx)] = {"content": content, "lstrip": False, "rstrip": False, "normalized": not special,
                                  "special": special, "single_word": False}
             config["added_tokens_decoder"] = atd
-        # a separate chat_template.jinja takes priority over the config's template
+        # As transformers: template files (chat_template.jinja: "default", additional_chat_templates/NAME.jinja:
+        # NAME) replace the config's templates. chat_template.json (a processor's file) is a last resort.
+        files = {}
         if (folder / "chat_template.jinja").is_file():
-            try:
-                config["chat_template"] = (folder / "chat_template.jinja").read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as e:
-                raise ValueError(f"cannot read {folder / 'chat_template.jinja'}: {e}") from None
+            files["default"] = folder / "chat_template.jinja"
+        if (folder / _CHAT_TEMPLATE_DIR).is_dir():
+            for p in sorted((folder / _CHAT_TEMPLATE_DIR).glob("*.jinja")):
+                files[p.name.removesuffix(".jinja")] = p
+        if files:
+            templates = {}
+            for key, p in files.items():
+                try:
+                    templates[key] = p.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as e:
+                    raise ValueError(f"cannot read {p}: {e}") from None
+            config["chat_template"] = templates["default"] if list(templates) == ["default"] else templates
         elif config.get("chat_template") is None and (folder / "chat_template.json").is_file():
             config["chat_template"] = _read_json(folder / "chat_template.json").get("chat_template")
         gen = _read_json(folder / "generation_config.json") if (folder / "generation_config.json").is_file() else {}
@@ -763,12 +864,8 @@ class Tokenizer:
 
         eos_ids = _as_id_list(generation_config.get("eos_token_id")) + _as_id_list(model_config.get("eos_token_id"))
 
-        template = config.get("chat_template")
-        if isinstance(template, list):  # [{"name": ..., "template": ...}]
-            named = {t.get("name"): t.get("template") for t in template if isinstance(t, Mapping)}
-            template = named.get("default") or next(iter(named.values()), None)
-        if not isinstance(template, str):
-            template = None
+        templates = _chat_templates(config.get("chat_template"), name)
+        template = templates.get("default", next(iter(templates.values()), None))
 
         return cls(
             backend,
@@ -778,9 +875,18 @@ class Tokenizer:
             chat_template=template,
             clean_up_tokenization_spaces=bool(config.get("clean_up_tokenization_spaces", False)),
             name=name,
+            chat_templates=templates,
+            special_tokens=_special_tokens_map(config),
         )
 
     # -- encode / decode ---------------------------------------------------------------------------------------
+
+    @property
+    def special_tokens_map(self) -> dict[str, str]:
+        """The named special tokens as strings ({"bos_token": "<s>", "eos_token": "</s>", "unk_token": ...}), as
+        transformers' ``tokenizer.special_tokens_map``: the variables ``apply_chat_template`` gives a chat template
+        besides the messages. A new dict each time."""
+        return dict(self._special_tokens)
 
     @property
     def backend(self) -> _Backend:
