@@ -1,6 +1,8 @@
 """cli.py: the `pyllm` command. `pyllm generate [MODEL] -p PROMPT` streams a continuation; with
-no MODEL it runs the shakespeare-4m model shipped in the package. `pyllm perplexity MODEL FILE
-[--ref REF]` measures perplexity (and KL-divergence / top-1 agreement against REF)."""
+no MODEL it runs the shakespeare-4m model shipped in the package. `pyllm chat [MODEL]` is a
+terminal chat (pyllm/chat/terminal.py), `pyllm serve [MODEL]` the OpenAI-compatible server
+(pyllm/serving/server.py), `pyllm perplexity MODEL FILE [--ref REF]` measures perplexity (and
+KL-divergence / top-1 agreement against REF), `pyllm quantize` writes GGUF files."""
 from __future__ import annotations
 
 import argparse
@@ -107,6 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("-b", "--batch", type=int, default=None, help="tokens per engine call (default 512)")
     pp.add_argument("-t", "--threads", type=int, default=None)
     pp.set_defaults(func=_perplexity)
+    c = sub.add_parser("chat", help="interactive chat in the terminal (the model's chat template; /help for commands)")
+    from .chat.terminal import add_arguments as chat_arguments, run as chat_run
+
+    chat_arguments(c)
+    c.set_defaults(func=chat_run)
+    sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (needs the server extra: pip install 'pyllm[server]')")
+    from .serving.server import add_arguments as serve_arguments, run as serve_run
+
+    serve_arguments(sv)
+    sv.set_defaults(func=serve_run)
     q = sub.add_parser("quantize", help="write a Hugging Face checkpoint as a GGUF file (q4_0, q8_0, f16, bf16)")
     from .gguf_export import add_arguments
 
