@@ -4,11 +4,15 @@ prefilling), so each weight matrix is read once for all of them. Requests join a
 finished or cancelled ones leave. Every request keeps its own sampler, penalties and stop rules;
 the kernels are batch-invariant, so a seeded request gives the same tokens alone or batched.
 
-Memory: KV caches are counted in token positions against kv_budget_tokens. A running request
-reserves min(n_ctx, prompt + max_tokens) positions; a finished one leaves its cache behind as a
-cached prefix (counted by the positions it holds) that a later prompt starting with the same tokens
-reuses instead of prefilling them again; cached prefixes are evicted least-recently-used when a
-new request needs the room. Requests that do not fit wait in a FIFO queue of at most max_queue."""
+Memory: KV caches are counted in token positions against kv_budget_tokens, as vLLM counts its
+blocks: a request is admitted when its prompt (and one more position) fits, and grows a position a
+step. A finished request leaves its cache behind as a cached prefix (counted by the positions it
+holds) that a later prompt starting with the same tokens reuses instead of prefilling them again;
+cached prefixes are evicted least-recently-used when running requests need the room. When running
+requests alone outgrow the budget, the one admitted last is preempted: its cache is freed and it
+goes back to the head of the queue, to be prefilled again (prompt and what it has generated) when
+there is room, and to go on exactly where it stopped (the kernels are batch-invariant, its sampler
+keeps its state). Requests that do not fit wait in a FIFO queue of at most max_queue."""
 from __future__ import annotations
 
 import itertools
@@ -56,8 +60,8 @@ class _Active:
         o = req.options
         self.req = req
         self.slot: Optional[_Slot] = None
-        self.reserved = min(model.n_ctx, len(req.prompt_ids) + o.max_tokens)
-        self.prefilled = 0  # prompt tokens in the cache
+        self.feed: List[int] = req.prompt_ids  # tokens to prefill: the prompt (after a preemption, more)
+        self.prefilled = 0  # tokens of feed in the cache
         self.next_token: Optional[int] = None  # sampled, to be fed in the next step
         self.sampler = Sampler(model._sampling_params(o.temperature, o.top_k, o.top_p, o.min_p,
                                                       o.repeat_penalty, o.seed))
@@ -66,6 +70,13 @@ class _Active:
         self.decoder = model.tokenizer.stream_decoder(skip_special_tokens=not o.special, prompt_ids=req.prompt_ids)
         self.stops = StopStringFilter(o.stop)
         self.generated = 0
+        self.admitted = False
+
+    def need(self) -> int:
+        """KV positions this request holds after its next step (a prefilling one: its whole feed)."""
+        if self.next_token is None:
+            return len(self.feed)
+        return len(self.slot.tokens) + 1
 
 
 class Engine:
@@ -95,7 +106,7 @@ class Engine:
         self._thread: Optional[threading.Thread] = None
         self._closed = False
         self._token_text = None
-        self.counters = dict(steps=0, prefilled_tokens=0, reused_tokens=0, decoded_tokens=0)
+        self.counters = dict(steps=0, prefilled_tokens=0, reused_tokens=0, decoded_tokens=0, preempted=0)
 
     # ------------------------------------------------------------------ public
     def submit(self, prompt_ids: List[int], options: GenerationOptions) -> Request:
@@ -110,7 +121,7 @@ class Engine:
                                      "(and one more is needed to generate)")
         req = Request(list(prompt_ids), options)
         active = _Active(self, req)  # checks the sampling values
-        if active.reserved > self.kv_budget_tokens:
+        if min(model.n_ctx, len(prompt_ids) + options.max_tokens) > self.kv_budget_tokens:
             raise ContextLengthError(f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({options.max_tokens}) "
                                      f"exceeds the engine's KV budget of {self.kv_budget_tokens} tokens")
         if options.max_tokens == 0:
@@ -131,7 +142,7 @@ class Engine:
         with self._cond:
             return dict(running=len(self._running), waiting=len(self._waiting), cached=len(self._cache),
                         cached_tokens=sum(len(s.tokens) for s in self._cache.values()),
-                        reserved_tokens=sum(a.reserved for a in self._running), kv_budget_tokens=self.kv_budget_tokens,
+                        held_tokens=sum(a.need() for a in self._running), kv_budget_tokens=self.kv_budget_tokens,
                         max_sequences=self.max_sequences, **self.counters)
 
     def clear_cache(self) -> None:
@@ -167,6 +178,7 @@ class Engine:
         while True:
             with self._cond:
                 self._reap()
+                self._make_room()
                 self._admit()
                 if not self._running:
                     if self._closed:
@@ -201,14 +213,34 @@ class Engine:
             a.req._push(Chunk("", finish_reason="cancelled"))
 
     def _used_tokens(self) -> int:
-        return sum(a.reserved for a in self._running) + sum(len(s.tokens) for s in self._cache.values())
+        return sum(a.need() for a in self._running) + sum(len(s.tokens) for s in self._cache.values())
+
+    def _make_room(self) -> None:
+        """Before a step: running requests may grow by a position each (prefilling ones were counted
+        whole when admitted). Evict cached prefixes, least recently used first, then preempt the
+        request admitted last, until the step fits the budget (caller holds the lock)."""
+        while self._used_tokens() > self.kv_budget_tokens:
+            if self._cache:
+                self._cache.popitem(last=False)
+                continue
+            if len(self._running) <= 1:
+                return  # cannot happen: a lone request always fits (checked at submit)
+            a = self._running.pop()
+            if a.next_token is not None:  # decoding: prefill what it holds plus its pending token
+                a.feed = a.slot.tokens + [a.next_token]
+                a.next_token = None
+            a.slot = None
+            a.prefilled = 0
+            self._waiting.appendleft(a)
+            self.counters["preempted"] += 1
 
     def _admit(self) -> None:
         """Move waiting requests to running, first come first served, while sequences and KV budget
         allow; cached prefixes are reused, or evicted least-recently-used to make room."""
         while self._waiting and len(self._running) < self.max_sequences:
             a = self._waiting[0]
-            prompt = a.req.prompt_ids
+            prompt = a.feed
+            need = len(prompt) + 1  # its prompt, and the first generated token's position
             # the longest prefix held by a cached sequence (taken over if it holds nothing more, else
             # copied) or by a running one (copied: requests sharing a system prompt at the same time)
             best_key, best_slot, best = None, None, 0
@@ -225,16 +257,16 @@ class Engine:
             used = self._used_tokens() - (len(self._cache[best_key].tokens) if take_over else 0)
             # evict least recently used prefixes (not the one this request reuses) until it fits
             for key in list(self._cache):
-                if used + a.reserved <= self.kv_budget_tokens:
+                if used + need <= self.kv_budget_tokens:
                     break
                 if key == best_key:
                     continue
                 used -= len(self._cache.pop(key).tokens)
-            if used + a.reserved > self.kv_budget_tokens:
+            if used + need > self.kv_budget_tokens:
                 if best_key is not None and not take_over:
                     used -= len(self._cache.pop(best_key).tokens)
                     best_key, best_slot, best = None, None, 0
-                if used + a.reserved > self.kv_budget_tokens:
+                if used + need > self.kv_budget_tokens:
                     return  # wait for running requests to finish
             self._waiting.popleft()
             if take_over:
@@ -248,7 +280,9 @@ class Engine:
                     if best_key is not None:
                         self._cache.move_to_end(best_key)
             a.prefilled = best
-            a.req.cached_tokens = best
+            if not a.admitted:  # (a preempted request comes back: its prompt's count stays)
+                a.req.cached_tokens = best
+                a.admitted = True
             self.counters["reused_tokens"] += best
             self._running.append(a)
 
@@ -284,7 +318,7 @@ class Engine:
         for a in batch:
             if a.next_token is not None or budget <= 0:
                 continue
-            prompt = a.req.prompt_ids
+            prompt = a.feed
             n = min(budget, len(prompt) - a.prefilled)
             chunk = prompt[a.prefilled:a.prefilled + n]
             si = len(kvs)
