@@ -70,6 +70,23 @@ def checkpoint(tmp_path_factory):
     return get
 
 
+def shipped_model_with_template(dst: str, template: str) -> str:
+    """A copy of the shipped model at dst whose tokenizer_config.json has a chat template (the
+    shipped model has none)."""
+    import json
+
+    import pyllm
+
+    shutil.copytree(pyllm.default_model_path(), dst)
+    path = os.path.join(dst, "tokenizer_config.json")
+    with open(path, encoding="utf-8") as f:
+        cfg = json.load(f)
+    cfg["chat_template"] = template
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(cfg, f)
+    return dst
+
+
 def hf_model(path: str):
     """The transformers model for a checkpoint, computing in float32 (bf16 weights upcast exactly),
     which is the arithmetic pyllm does."""

@@ -6,12 +6,10 @@ tokens. The shipped shakespeare-4m model gets a simple chat template in a tmp co
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import pty
 import re
 import select
-import shutil
 import struct
 import subprocess
 import sys
@@ -21,6 +19,7 @@ import time
 import pytest
 
 import pyllm
+from conftest import shipped_model_with_template
 
 TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}assistant:{% endif %}")
@@ -33,15 +32,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>]")
 @pytest.fixture(scope="module")
 def chat_dir(tmp_path_factory) -> str:
     """A copy of the shipped model with a chat template in its tokenizer_config.json."""
-    folder = str(tmp_path_factory.mktemp("chatmodel") / "shakespeare-chat")
-    shutil.copytree(pyllm.default_model_path(), folder)
-    path = os.path.join(folder, "tokenizer_config.json")
-    with open(path, encoding="utf-8") as f:
-        cfg = json.load(f)
-    cfg["chat_template"] = TEMPLATE
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(cfg, f)
-    return folder
+    return shipped_model_with_template(str(tmp_path_factory.mktemp("chatmodel") / "shakespeare-chat"), TEMPLATE)
 
 
 @pytest.fixture(scope="module")

@@ -124,15 +124,14 @@ def test_kv_budget_preempts_and_evicts_and_outputs_stay_exact(model):
     seen = []
     reqs = [model.submit(p, **kw) for p in PROMPTS]
     while not all(r.done for r in reqs):
-        st = model.engine_stats()
-        seen.append(st["running"])
-        assert st["held_tokens"] + st["cached_tokens"] <= st["kv_budget_tokens"]
+        seen.append(model.engine_stats()["running"])
         time.sleep(0.002)
     # more than two start (prompts are short), then growing caches push the latest ones back to
     # the queue; each resumes exactly where it was
     assert max(seen) > 2
     st = model.engine_stats()
     assert st["preempted"] > 0
+    assert st["peak_kv_tokens"] <= 2 * need  # every step's caches fit the budget
     assert [r.result().token_ids for r in reqs] == alone(PROMPTS, **kw)
     assert st["cached_tokens"] <= 2 * need and st["running"] == 0
 

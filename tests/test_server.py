@@ -6,7 +6,6 @@ the same requests run alone; client disconnects freeing their sequence; every ki
 an OpenAI error body; a full queue answering 429; and the CLI entry point in a subprocess."""
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +20,7 @@ import pytest
 import uvicorn
 
 import pyllm
+from conftest import shipped_model_with_template
 from pyllm.serving.server import create_app
 
 KEY = "sk-test-key"
@@ -41,16 +41,7 @@ DEADLINE_S = 20  # every wait on the server is bounded by this
 # ---------------------------------------------------------------------------------------- fixtures
 def _model_copy(tmp_path_factory) -> str:
     """The shipped model folder with a chat template in its tokenizer_config.json."""
-    src = pyllm.default_model_path()
-    dst = str(tmp_path_factory.mktemp("models") / MODEL_ID)
-    shutil.copytree(src, dst)
-    cfg_path = os.path.join(dst, "tokenizer_config.json")
-    with open(cfg_path, encoding="utf-8") as f:
-        cfg = json.load(f)
-    cfg["chat_template"] = CHAT_TEMPLATE
-    with open(cfg_path, "w", encoding="utf-8") as f:
-        json.dump(cfg, f)
-    return dst
+    return shipped_model_with_template(str(tmp_path_factory.mktemp("models") / MODEL_ID), CHAT_TEMPLATE)
 
 
 class Served:

@@ -22,7 +22,6 @@ from typing import List, Optional
 
 import numpy as np
 
-from .. import _engine
 from ..errors import ContextLengthError, QueueFullError
 from ..generation.logprobs import TokenText, log_softmax, token_logprob
 from ..generation.options import GenerationOptions
@@ -106,7 +105,8 @@ class Engine:
         self._thread: Optional[threading.Thread] = None
         self._closed = False
         self._token_text = None
-        self.counters = dict(steps=0, prefilled_tokens=0, reused_tokens=0, decoded_tokens=0, preempted=0)
+        self.counters = dict(steps=0, prefilled_tokens=0, reused_tokens=0, decoded_tokens=0, preempted=0,
+                             peak_kv_tokens=0)
 
     # ------------------------------------------------------------------ public
     def submit(self, prompt_ids: List[int], options: GenerationOptions) -> Request:
@@ -191,6 +191,9 @@ class Engine:
                         return
                     continue
                 batch = list(self._running)
+                used = self._used_tokens()  # positions in use once this step has run (<= the budget)
+                if used > self.counters["peak_kv_tokens"]:
+                    self.counters["peak_kv_tokens"] = used
             try:
                 self._step(batch)
             except BaseException as e:  # a failed forward: fail what ran, keep serving
