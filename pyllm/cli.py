@@ -10,9 +10,9 @@ import sys
 
 
 def _generate(args) -> int:
-    import pyllm
+    from .loader import load
 
-    model = pyllm.load(args.model, n_threads=args.threads, n_ctx=args.ctx, kv_type=args.kv_type)
+    model = load(args.model, n_threads=args.threads, n_ctx=args.ctx, kv_type=args.kv_type)
     options = dict(max_tokens=args.n, temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                    repeat_penalty=args.repeat_penalty, seed=args.seed, ignore_eos=args.ignore_eos,
                    stop=args.stop or None, presence_penalty=args.presence_penalty,
@@ -35,18 +35,18 @@ def _generate(args) -> int:
 def _perplexity(args) -> int:
     import time
 
-    import pyllm
-    from pyllm.perplexity import perplexity
+    from .loader import load
+    from .perplexity import perplexity
 
     try:
         with open(args.file, encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
         raise OSError(f"cannot read text file {args.file}: {e.strerror or e}") from None
-    model = pyllm.load(args.model, n_threads=args.threads, n_ctx=args.ctx, quant=args.quant)
+    model = load(args.model, n_threads=args.threads, n_ctx=args.ctx, quant=args.quant)
     ref = None
     if args.ref is not None:
-        ref = pyllm.load(args.ref, n_threads=args.threads, n_ctx=args.ctx, quant=args.ref_quant)
+        ref = load(args.ref, n_threads=args.threads, n_ctx=args.ctx, quant=args.ref_quant)
     print(f"model: {args.model}{' (' + args.quant + ')' if args.quant else ''}")
     if ref is not None:
         print(f"reference: {args.ref}{' (' + args.ref_quant + ')' if args.ref_quant else ''}")

@@ -1,9 +1,11 @@
-"""errors.py: the exceptions pyllm raises for bad input. All derive from ValueError so callers
-that already catch ValueError keep working; each message names the file/key/value at fault."""
+"""errors.py: pyllm's own exceptions, all PyllmErrors. Those about bad input (a model file, a
+prompt; also ChatTemplateError in pyllm/chat/template.py) are ValueErrors too, so callers that
+already catch ValueError keep working; each message names the file/key/value at fault.
+QueueFullError is about load, not input."""
 
 
 class PyllmError(Exception):
-    """Base class of pyllm's own errors."""
+    """Base class of pyllm's own errors (not itself a ValueError: see the subclasses)."""
 
 
 class ModelLoadError(PyllmError, ValueError):

@@ -126,6 +126,6 @@ def resolve_importance(model_path: str, calibration, n_threads: Optional[int] = 
         raise ValueError(f"{calibration}: no such calibration file")
     with open(calibration, encoding="utf-8") as f:
         text = f.read()
-    from . import load
+    from .loader import load
 
     return collect_importance(load(model_path, n_threads=n_threads), text, n_ctx=n_ctx, max_tokens=max_tokens)

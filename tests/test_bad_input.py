@@ -161,5 +161,7 @@ def test_bad_load_arguments(checkpoint):
         pyllm.load(path, n_ctx=0)
     with pytest.raises(ValueError, match="n_threads"):
         pyllm.load(path, n_threads=-2)
+    with pytest.raises(ValueError, match="n_threads"):
+        pyllm.load(path, n_threads=2**40)  # once an OverflowError at the first generate
     with pytest.raises(ValueError, match="max_position_embeddings"):
         pyllm.load(path, n_ctx=10**9)

@@ -65,7 +65,7 @@ def _err(msg: str) -> None:
 
 def _sampling_options(args) -> dict:
     """The sampling values the user set, checked (ValueError naming the flag)."""
-    from pyllm import SamplingParams
+    from ..sampling import SamplingParams
 
     opts = {}
     for flag, dest, name in _SAMPLING:
@@ -154,7 +154,7 @@ class ChatSession:
     def send(self, text: str) -> None:
         """Add the user message, stream the reply to stdout and add it to the history. Errors are
         printed (the user message is then dropped) and the session goes on."""
-        from pyllm import ContextLengthError
+        from ..errors import ContextLengthError
 
         self.messages.append({"role": "user", "content": text})
         parts: List[str] = []
@@ -308,7 +308,7 @@ def _enable_line_editing() -> None:
 def run(args) -> int:
     """`pyllm chat`: 0 on Ctrl-D or /quit, 2 for bad options, a model that cannot be loaded or one
     without a usable chat template. A Ctrl-C before the session starts raises KeyboardInterrupt."""
-    import pyllm
+    from ..loader import default_model_path, load
 
     for stream in (sys.stdin, sys.stdout, sys.stderr):
         try:
@@ -327,9 +327,9 @@ def run(args) -> int:
     if args.ignore_eos:
         options["ignore_eos"] = True
     system = args.system if args.system else None
-    path = args.model if args.model is not None else pyllm.default_model_path()
+    path = args.model if args.model is not None else default_model_path()
     try:
-        model = pyllm.load(path, n_threads=args.threads, n_ctx=args.ctx, kv_type=args.kv_type)
+        model = load(path, n_threads=args.threads, n_ctx=args.ctx, kv_type=args.kv_type)
     except (ValueError, OSError) as e:
         _err(f"cannot load {path}: {e}")
         return 2

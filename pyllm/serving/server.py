@@ -775,7 +775,7 @@ def run(args) -> int:
               "pip install 'pyllm[server]'", file=sys.stderr)
         return 2
 
-    import pyllm
+    from ..loader import load
 
     for name in ("max_sequences", "max_queue"):
         v = getattr(args, name)
@@ -789,7 +789,7 @@ def run(args) -> int:
                 template = f.read()
         except OSError as e:
             raise OSError(f"cannot read chat template {args.chat_template}: {e.strerror or e}") from None
-        from pyllm.chat.template import compile_chat_template
+        from ..chat.template import compile_chat_template
 
         try:  # a syntax error is reported now, not on every chat request
             compile_chat_template(template)
@@ -797,7 +797,7 @@ def run(args) -> int:
             raise ValueError(f"--chat-template {args.chat_template}: {e}") from None
     sock = _bind(args.host, args.port)  # a busy port fails before a long model load
     try:
-        model = pyllm.load(args.model, n_threads=args.threads, n_ctx=args.ctx, kv_type=args.kv_type)
+        model = load(args.model, n_threads=args.threads, n_ctx=args.ctx, kv_type=args.kv_type)
         model.configure_engine(max_sequences=args.max_sequences, max_queue=args.max_queue)
     except BaseException:
         sock.close()

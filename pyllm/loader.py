@@ -1,0 +1,73 @@
+"""loader.py: pyllm.load(), from a path to a ready Model: a Hugging Face checkpoint folder
+(config.json, safetensors, tokenizer files) or a GGUF file, with the load-time options (threads,
+context, quantize-on-load, calibration, KV cache type) checked first."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from . import _engine
+from .config import ModelConfig
+from .errors import ModelLoadError
+from .model import Model, check_kv_type
+
+MAX_THREADS = 4096  # more than any CPU this runs on; a larger value is a mistake, not a request
+
+_DEFAULT_N_CTX = 4096
+
+
+def default_model_path() -> str:
+    """The small Shakespeare model that ships inside the package."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "shakespeare-4m")
+
+
+def _resolve_isa() -> None:
+    want = os.environ.get("PYLLM_ISA")
+    if want:
+        _engine.set_isa(want)  # raises if unknown or unsupported on this CPU
+
+
+def load(path: Optional[str] = None, n_threads: Optional[int] = None, n_ctx: Optional[int] = None,
+         quant: Optional[str] = None, calibration=None, kv_type: str = "f32") -> Model:
+    """Load a model: a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer files)
+    or a .gguf file (llama.cpp's format, see pyllm/gguf_loader.py). With no path, the shipped
+    shakespeare-4m model. n_ctx defaults to the model's training context capped at 4096;
+    n_threads to the CPUs this process may use. quant ("q4_0", "q8_0", "f16", "bf16", "f32")
+    converts the weights while loading. calibration (with quant, for a checkpoint folder): a text
+    file, an importance .npz or dict (pyllm/imatrix.py) to weight the q4_0/q8_0 scale search with.
+    kv_type: the KV cache's element type, "f32" (default, exact) or "f16" (half the memory; keys and
+    values rounded to fp16 as they are written, as llama.cpp's default cache does)."""
+    from .hf_loader import load_hf_folder
+    from .tokenizer import Tokenizer
+
+    _resolve_isa()
+    check_kv_type(kv_type)
+    path = os.fspath(path) if path is not None else default_model_path()
+    if not os.path.exists(path):
+        raise ModelLoadError(f"{path}: no such file or folder")
+    if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, int)
+                                  or not 1 <= n_threads <= MAX_THREADS):
+        raise ValueError(f"n_threads must be an integer in 1..{MAX_THREADS}, got {n_threads!r}")
+    if calibration is not None and (quant is None or not os.path.isdir(path)):
+        raise ValueError("calibration is used when quantizing a Hugging Face checkpoint folder (quant=...)")
+    if not os.path.isdir(path):
+        # a file: GGUF (llama.cpp's format); anything else is reported by the GGUF reader (bad magic)
+        from .gguf_loader import load_gguf
+
+        return load_gguf(path, n_threads=n_threads, n_ctx=n_ctx, quant=quant, kv_type=kv_type)
+    cfg = ModelConfig.from_file(os.path.join(path, "config.json"))
+    if n_ctx is None:
+        n_ctx = min(cfg.max_position_embeddings, _DEFAULT_N_CTX)
+    if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 1:
+        raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+    if n_ctx > cfg.max_position_embeddings:
+        raise ValueError(f"n_ctx {n_ctx} exceeds the model's max_position_embeddings ({cfg.max_position_embeddings})")
+    tokenizer = Tokenizer.from_dir(path)
+    importance = None
+    if calibration is not None:
+        from .imatrix import resolve_importance
+
+        importance = resolve_importance(path, calibration, n_threads=n_threads)
+    cfg, cmodel, gen = load_hf_folder(path, n_ctx, quant=quant, n_threads=n_threads or 0, importance=importance)
+    return Model(cmodel, cfg, tokenizer, n_ctx=n_ctx, n_threads=n_threads, generation_config=gen, path=path,
+                 kv_type=kv_type)
