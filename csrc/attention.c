@@ -1,6 +1,6 @@
 /* attention.c: grouped-query attention over per-sequence KV caches. Each (token, kv head) is one
  * work item: the query heads that share a KV head are handled together, so each cached key and
- * value row is read once. Scores run on the active ISA's f32 gemm kernel: scores =
+ * value row is read once. Scores run on the f32 gemm kernel of the forward's table K: scores =
  * Q_group x K^T (keys are the "weight rows", f32 or f16 as the cache holds them); softmax and
  * output = P x V (the ISA's gemm_nn over the value rows where they lie in an f32 cache, or over an
  * f16 cache's rows widened into scratch) use the table's fp32 helpers. */
@@ -17,10 +17,9 @@ size_t pl_attention_scratch_floats(const pl_model *m, int max_len) {
     return (size_t)(c->n_heads / c->n_kv_heads + c->head_dim) * max_len;
 }
 
-void pl_attention(const pl_model *m, int l, pl_kv *const *kvs, const pl_batch *b, const float *q, int ldq,
-                  float *out, int ldo, float *scores, size_t scores_stride) {
+void pl_attention(const pl_kernels *K, const pl_model *m, int l, pl_kv *const *kvs, const pl_batch *b, const float *q,
+                  int ldq, float *out, int ldo, float *scores, size_t scores_stride) {
     const pl_config *c = &m->cfg;
-    const pl_kernels *K = pl_kernels_active();
     const int hd = c->head_dim, G = c->n_heads / c->n_kv_heads, nkv = c->n_kv_heads;
     const int kv_dim = nkv * hd, sw = c->sliding_window;
     const int total = b->n_tokens * nkv;

@@ -1,7 +1,8 @@
 /* forward.c: one call runs a batch of tokens (any mix of sequences and positions) through every
  * layer: embedding, then per layer RMSNorm, q/k/v, RoPE, KV-cache write, attention, output
  * projection, residual, RMSNorm, SwiGLU MLP, residual; then final norm and LM head for the rows
- * whose logits are wanted. All threads live in one OpenMP region for the whole call. */
+ * whose logits are wanted. All threads live in one OpenMP region for the whole call, and all of them
+ * use the one kernel table read at the start of the call. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,19 +58,20 @@ typedef struct {
     size_t scores_stride;
 } bufs;
 
-static int carve(pl_scratch *s, const pl_model *m, int nt, int n_out, int nth, int max_len, bufs *B) {
+static int carve(pl_scratch *s, const pl_kernels *K, const pl_model *m, int nt, int n_out, int nth, int max_len,
+                 bufs *B) {
     const pl_config *c = &m->cfg;
     const size_t qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
     const int rows = nt > n_out ? nt : n_out;
     size_t act = 0;
     /* the largest activation conversion any matmul of this model may need */
-    size_t a1 = pl_matmul_act_bytes(&m->output, rows);
+    size_t a1 = pl_matmul_act_bytes(K, &m->output, rows);
     if (a1 > act) act = a1;
     for (int l = 0; l < c->n_layers; l++) {
         const pl_layer *L = &m->layers[l];
         const pl_tensor *ts[] = {&L->wq, &L->wo, &L->ffn_gate, &L->ffn_down};
         for (int i = 0; i < 4; i++) {
-            size_t a = pl_matmul_act_bytes(ts[i], i >= 2 && nt > MLP_CHUNK ? MLP_CHUNK : nt);
+            size_t a = pl_matmul_act_bytes(K, ts[i], i >= 2 && nt > MLP_CHUNK ? MLP_CHUNK : nt);
             if (a > act) act = a;
         }
     }
@@ -125,18 +127,22 @@ int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, co
     }
     for (int o = 0; o < b->n_out; o++)
         if (b->out[o] < 0 || b->out[o] >= nt) return FAIL(-1, "output row %d outside the batch", b->out[o]);
+    if (n_threads < 0 || n_threads > PL_MAX_THREADS)
+        return FAIL(-1, "n_threads %d outside 1..%d (0: the OpenMP default)", n_threads, PL_MAX_THREADS);
 #ifdef _OPENMP
     const int nth = n_threads > 0 ? n_threads : omp_get_max_threads();
 #else
     const int nth = 1;
     (void)n_threads;
 #endif
+    /* the kernel table, read once: every matmul and attention call below uses this one, even if
+     * another thread calls pl_set_isa meanwhile */
+    const pl_kernels *K = pl_kernels_active();
     bufs B;
-    if (!carve(s, m, nt, b->n_out, nth, max_len, &B)) return FAIL(-5, "out of memory for scratch buffers");
+    if (!carve(s, K, m, nt, b->n_out, nth, max_len, &B)) return FAIL(-5, "out of memory for scratch buffers");
 
     const int dim = c->dim, hd = c->head_dim, half = hd / 2;
     const int qd = c->n_heads * hd, kvd = c->n_kv_heads * hd, hid = c->hidden_dim;
-    const pl_kernels *K = pl_kernels_active();
 
 #pragma omp parallel num_threads(nth)
     {
@@ -159,7 +165,7 @@ int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, co
                 const pl_tensor *ws[3] = {&L->wq, &L->wk, &L->wv};
                 float *ys[3] = {B.q, B.k, B.v};
                 const int ld[3] = {qd, kvd, kvd};
-                pl_matmul_multi(ws, ys, ld, 3, B.xb, nt, dim, B.act, 0);
+                pl_matmul_multi(K, ws, ys, ld, 3, B.xb, nt, dim, B.act, 0);
             }
             /* RoPE at each token's position, then write k, v into its sequence's cache */
 #pragma omp for schedule(static)
@@ -180,10 +186,10 @@ int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, co
             }
             /* attention over the cache, written over q (each work item reads its own q rows before it
              * writes the same rows) */
-            pl_attention(m, l, kvs, b, B.q, qd, B.q, qd, B.scores, B.scores_stride);
+            pl_attention(K, m, l, kvs, b, B.q, qd, B.q, qd, B.scores, B.scores_stride);
             if (st) accumulate_squares(st + dim, B.q, nt, qd, qd);
             /* output projection into xb (free once q/k/v are made), residual, MLP norm back into xb */
-            pl_matmul(&L->wo, B.q, nt, qd, B.xb, dim, B.act);
+            pl_matmul(K, &L->wo, B.q, nt, qd, B.xb, dim, B.act);
 #pragma omp for schedule(static)
             for (int t = 0; t < nt; t++) {
                 float *x = B.x + (size_t)t * dim, *xb = B.xb + (size_t)t * dim;
@@ -200,7 +206,7 @@ int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, co
                     const pl_tensor *ws[2] = {&L->ffn_gate, &L->ffn_up};
                     float *ys[2] = {B.hb, B.hb2};
                     const int ld[2] = {hid, hid};
-                    pl_matmul_multi(ws, ys, ld, 2, xbc, cn, dim, B.act, 0);
+                    pl_matmul_multi(K, ws, ys, ld, 2, xbc, cn, dim, B.act, 0);
                 }
                 /* hb and hb2 are [cn][hid] contiguous: split the flat range, so one token's row is
                  * shared by all threads in decode */
@@ -213,7 +219,7 @@ int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, co
                     }
                 }
                 if (st) accumulate_squares(st + 2 * dim + qd, B.hb, cn, hid, hid);
-                pl_matmul(&L->ffn_down, B.hb, cn, hid, xbc, dim, B.act);
+                pl_matmul(K, &L->ffn_down, B.hb, cn, hid, xbc, dim, B.act);
             }
 #pragma omp for schedule(static)
             for (int t = 0; t < nt; t++) {
@@ -227,7 +233,7 @@ int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, co
 #pragma omp for schedule(static)
             for (int o = 0; o < b->n_out; o++)
                 pl_rmsnorm(B.xb + (size_t)o * dim, B.x + (size_t)b->out[o] * dim, m->output_norm_f32, dim, c->norm_eps);
-            pl_matmul(&m->output, B.xb, b->n_out, dim, logits, c->n_vocab, B.act);
+            pl_matmul(K, &m->output, B.xb, b->n_out, dim, logits, c->n_vocab, B.act);
         }
     }
     return 0;

@@ -10,7 +10,7 @@
  *    (-128 included). Decode decodes each weight chunk in registers; prefill decodes the weight
  *    tile once and runs 2 x 4 (rows x activations) tiles.
  *  - Q8_0 from_float and F16/BF16/Q8_0/Q4_0 to_float (bit-identical to the scalar reference),
- *    dot_f32 / axpy_f32 for attention. */
+ *    dot_f32 / axpy_f32 (table entries the engine no longer calls; tests/test_kernels.py checks them). */
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #include <math.h>
@@ -69,7 +69,7 @@ AI float fl_dot(const int ft, int n, const void *w, const float *a) {
     }
     for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(fl_load(ft, w, i), _mm256_loadu_ps(a + i), s0);
     float sum = hsum8(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
-    for (; i < n; i++) sum += fl_load1(ft, w, i) * a[i];
+    for (; i < n; i++) sum += fl_load1(ft, w, i) * fl_load1(FT_f32, a, i); /* a may be unaligned too */
     return sum;
 }
 
@@ -91,8 +91,8 @@ AI void fl_tile(const int ft, const int R, const int C, int n, const char *w, si
     }
     UNROLL for (int c = 0; c < C; c++) UNROLL for (int r = 0; r < R; r++) {
         float s = hsum8(acc[r][c]);
-        const float *ac = (const float *)(a + c * as);
-        for (int k = i; k < n; k++) s += fl_load1(ft, w + r * ws, k) * ac[k];
+        const char *ac = a + c * as; /* activation rows may be unaligned too */
+        for (int k = i; k < n; k++) s += fl_load1(ft, w + r * ws, k) * fl_load1(FT_f32, ac, k);
         out[c * os + r] = s;
     }
 }

@@ -14,7 +14,7 @@
  *    Prefill (nc > 1): the weight tile is decoded once into the same layout, then 4 x 4
  *    (rows x activations) tiles of int32 accumulators.
  *  - Q8_0 from_float and F16/BF16/Q8_0/Q4_0 to_float (bit-identical to the scalar reference),
- *    dot_f32 / axpy_f32 for attention.
+ *    dot_f32 / axpy_f32 (table entries the engine no longer calls; tests/test_kernels.py checks them).
  * Porting note (NEON): the chunk layout works as is with SDOT (s8 x s8: no offset or correction)
  * on 4 blocks per 128-bit vector (transpose with vtrn/vzip); the float paths map onto vfmaq_f32. */
 #if defined(__x86_64__) || defined(_M_X64)

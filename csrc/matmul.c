@@ -19,8 +19,7 @@ static size_t act_stride(pl_type act, int64_t n, int packed) {
 }
 
 /* enough for either form (a weight may be repacked after the scratch was sized) */
-size_t pl_matmul_act_bytes(const pl_tensor *w, int nt) {
-    const pl_kernels *K = pl_kernels_active();
+size_t pl_matmul_act_bytes(const pl_kernels *K, const pl_tensor *w, int nt) {
     const pl_type act = K->types[w->type].act_type;
     if (act == PL_TYPE_F32) return 0;
     return (size_t)nt * act_stride(act, w->ne0, 1);
@@ -54,11 +53,15 @@ static void gemm_tile(const pl_type_traits *tt, int n, int nr, int nc, const voi
             tt->vec_dot(n, out + (size_t)j * os + i, (const char *)w + (size_t)i * ws, (const char *)a + (size_t)j * as);
 }
 
+static int row_tiles(const pl_tensor *w) { return (int)((w->ne1 + ROW_TILE - 1) / ROW_TILE); }
+
 /* Several weights with the same input (q/k/v, gate/up) in one pass over their combined rows,
- * so the threads meet at one barrier instead of one per weight. All must share ne0 and act_type. */
-void pl_matmul_multi(const pl_tensor *const *ws, float *const *ys, const int *ldys, int nw, const float *x, int nt,
-                     int ldx, void *act_buf, int act_ready) {
-    const pl_kernels *K = pl_kernels_active();
+ * so the threads meet at one barrier instead of one per weight. All must share ne0 and act_type
+ * (pl_model_finalize checks the forward's groups). Any number of weights: nw <= 0 does nothing
+ * (every thread of the region returns alike, so no barrier is left waiting). */
+void pl_matmul_multi(const pl_kernels *K, const pl_tensor *const *ws, float *const *ys, const int *ldys, int nw,
+                     const float *x, int nt, int ldx, void *act_buf, int act_ready) {
+    if (nw <= 0 || nt <= 0) return;
     const int64_t n = ws[0]->ne0;
     const pl_type act = K->types[ws[0]->type].act_type;
     const void *a = x;
@@ -69,11 +72,8 @@ void pl_matmul_multi(const pl_tensor *const *ws, float *const *ys, const int *ld
         as = act_ready ? act_stride(act, n, packed) : convert_acts(K, ws[0]->type, n, x, nt, ldx, act_buf, packed);
         a = act_buf;
     }
-    int tiles[4] = {0, 0, 0, 0}, total = 0;
-    for (int k = 0; k < nw; k++) {
-        tiles[k] = (int)((ws[k]->ne1 + ROW_TILE - 1) / ROW_TILE);
-        total += tiles[k];
-    }
+    int total = 0;
+    for (int k = 0; k < nw; k++) total += row_tiles(ws[k]);
     /* guided: each thread first takes a long run of consecutive tiles (one sequential stream of
      * weights, which is what decode's memory bandwidth depends on), then ever smaller ones, so a
      * thread slowed by the machine (another process, an interrupt) takes fewer instead of holding
@@ -83,7 +83,7 @@ void pl_matmul_multi(const pl_tensor *const *ws, float *const *ys, const int *ld
 #pragma omp for schedule(guided)
     for (int tile = 0; tile < total; tile++) {
         int k = 0, rt = tile;
-        while (rt >= tiles[k]) rt -= tiles[k++];
+        while (rt >= row_tiles(ws[k])) rt -= row_tiles(ws[k++]);
         const pl_tensor *w = ws[k];
         const pl_type_traits *tt = &K->types[w->type];
         const int r0 = rt * ROW_TILE;
@@ -106,6 +106,7 @@ void pl_matmul_multi(const pl_tensor *const *ws, float *const *ys, const int *ld
     }
 }
 
-void pl_matmul(const pl_tensor *w, const float *x, int nt, int ldx, float *y, int ldy, void *act_buf) {
-    pl_matmul_multi(&w, &y, &ldy, 1, x, nt, ldx, act_buf, 0);
+void pl_matmul(const pl_kernels *K, const pl_tensor *w, const float *x, int nt, int ldx, float *y, int ldy,
+               void *act_buf) {
+    pl_matmul_multi(K, &w, &y, &ldy, 1, x, nt, ldx, act_buf, 0);
 }

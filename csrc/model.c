@@ -1,5 +1,5 @@
 /* model.c: model and KV-cache lifecycle. Every tensor the caller hands in is checked against the
- * config (type, shape, byte size) before it is used; finalize builds the rope tables and fp32
+ * config (type, shape, byte size) before it is used; finalize (once) builds the rope tables and fp32
  * copies of the norm weights. */
 #include <math.h>
 #include <stdio.h>
@@ -126,14 +126,31 @@ size_t pl_model_packed_bytes(const pl_model *m, const char *name, int layer) {
     return (size_t)((t->ne1 + PL_PACK_ROWS - 1) / PL_PACK_ROWS) * t->packed_group_bytes;
 }
 
-static float *to_f32(const pl_tensor *t) {
+static float *to_f32(const pl_kernels *K, const pl_tensor *t) {
     float *out = malloc((size_t)t->ne0 * sizeof(float));
-    if (out) pl_kernels_active()->types[t->type].to_float(t->data, out, t->ne0);
+    if (out) K->types[t->type].to_float(t->data, out, t->ne0);
     return out;
+}
+
+/* frees what finalize allocated (rope tables, norm copies) and clears the pointers */
+static void free_finalized(pl_model *m) {
+    for (int l = 0; m->layers && l < m->cfg.n_layers; l++) {
+        free(m->layers[l].attn_norm_f32);
+        free(m->layers[l].ffn_norm_f32);
+        m->layers[l].attn_norm_f32 = m->layers[l].ffn_norm_f32 = NULL;
+    }
+    free(m->rope_cos);
+    free(m->rope_sin);
+    free(m->output_norm_f32);
+    m->rope_cos = m->rope_sin = m->output_norm_f32 = NULL;
 }
 
 int pl_model_finalize(pl_model *m, const float *inv_freq, float attn_factor, char *err) {
     const pl_config *c = &m->cfg;
+    /* a second call would allocate the tables and repack again over the first ones */
+    if (m->finalized) return ERR("model already finalized");
+    if (!inv_freq) return ERR("no rope inverse frequencies");
+    const pl_kernels *K = pl_kernels_active(); /* act_type and to_float are the same in every table */
     if (!m->tok_embd.data) return ERR("missing tensor tok_embd");
     if (!m->output.data) return ERR("missing tensor output");
     if (!m->output_norm.data) return ERR("missing tensor output_norm");
@@ -143,25 +160,29 @@ int pl_model_finalize(pl_model *m, const float *inv_freq, float attn_factor, cha
         pl_tensor *ts[] = {&L->attn_norm, &L->wq, &L->wk, &L->wv, &L->wo, &L->ffn_norm, &L->ffn_gate, &L->ffn_up, &L->ffn_down};
         for (int i = 0; i < 9; i++)
             if (!ts[i]->data) return ERR("missing tensor %s of layer %d", names[i], l);
-        if (L->wq.type != L->wk.type || L->wq.type != L->wv.type)
-            if (pl_kernels_active()->types[L->wq.type].act_type != pl_kernels_active()->types[L->wk.type].act_type ||
-                pl_kernels_active()->types[L->wq.type].act_type != pl_kernels_active()->types[L->wv.type].act_type)
-                return ERR("layer %d: q/k/v weights need the same activation format", l);
-        if (pl_kernels_active()->types[L->ffn_gate.type].act_type != pl_kernels_active()->types[L->ffn_up.type].act_type)
+        if (K->types[L->wq.type].act_type != K->types[L->wk.type].act_type ||
+            K->types[L->wq.type].act_type != K->types[L->wv.type].act_type)
+            return ERR("layer %d: q/k/v weights need the same activation format", l);
+        if (K->types[L->ffn_gate.type].act_type != K->types[L->ffn_up.type].act_type)
             return ERR("layer %d: gate/up weights need the same activation format", l);
     }
     const int half = c->head_dim / 2;
-    m->rope_cos = malloc((size_t)c->max_ctx * half * sizeof(float));
-    m->rope_sin = malloc((size_t)c->max_ctx * half * sizeof(float));
-    m->output_norm_f32 = to_f32(&m->output_norm);
-    if (!m->rope_cos || !m->rope_sin || !m->output_norm_f32) return ERR("out of memory");
-    for (int l = 0; l < c->n_layers; l++) {
-        m->layers[l].attn_norm_f32 = to_f32(&m->layers[l].attn_norm);
-        m->layers[l].ffn_norm_f32 = to_f32(&m->layers[l].ffn_norm);
-        if (!m->layers[l].attn_norm_f32 || !m->layers[l].ffn_norm_f32) return ERR("out of memory");
-    }
     for (int i = 0; i < half; i++)
         if (!isfinite(inv_freq[i])) return ERR("rope inverse frequency %d is not finite", i);
+    /* everything checked: only running out of memory can fail from here, and then nothing is kept */
+    m->rope_cos = malloc((size_t)c->max_ctx * half * sizeof(float));
+    m->rope_sin = malloc((size_t)c->max_ctx * half * sizeof(float));
+    m->output_norm_f32 = to_f32(K, &m->output_norm);
+    int ok = m->rope_cos && m->rope_sin && m->output_norm_f32;
+    for (int l = 0; ok && l < c->n_layers; l++) {
+        m->layers[l].attn_norm_f32 = to_f32(K, &m->layers[l].attn_norm);
+        m->layers[l].ffn_norm_f32 = to_f32(K, &m->layers[l].ffn_norm);
+        ok = m->layers[l].attn_norm_f32 && m->layers[l].ffn_norm_f32;
+    }
+    if (!ok) {
+        free_finalized(m);
+        return ERR("out of memory");
+    }
     /* as transformers: angle = float(pos) * inv_freq in fp32, then cos/sin, times attention factor */
     for (int p = 0; p < c->max_ctx; p++)
         for (int i = 0; i < half; i++) {
@@ -177,15 +198,8 @@ int pl_model_finalize(pl_model *m, const float *inv_freq, float attn_factor, cha
 
 void pl_model_free(pl_model *m) {
     if (!m) return;
-    if (m->layers)
-        for (int l = 0; l < m->cfg.n_layers; l++) {
-            free(m->layers[l].attn_norm_f32);
-            free(m->layers[l].ffn_norm_f32);
-        }
+    free_finalized(m);
     free(m->layers);
-    free(m->rope_cos);
-    free(m->rope_sin);
-    free(m->output_norm_f32);
     pl_packed_arena_free(m->packed_arena, m->packed_arena_bytes);
     free(m);
 }

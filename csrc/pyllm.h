@@ -9,7 +9,8 @@
 
 #include "tensor_types.h"
 
-#define PL_ERRMSG_LEN 256
+#define PL_ERRMSG_LEN 256 /* bytes of every err buffer */
+#define PL_MAX_THREADS 4096 /* most threads pl_forward takes (more is a mistake, not a request) */
 
 typedef struct {
     int type;          /* pl_type */
@@ -83,6 +84,8 @@ int pl_model_set_tensor_flags(pl_model *m, const char *name, int layer, int flag
 /* inv_freq: head_dim/2 rope inverse frequencies; attn_factor scales cos/sin (1 unless rope says so).
  * Also repacks the Q4_0/Q8_0 matmul weights (all but tok_embd) unless PYLLM_REPACK=0: see repack.c. */
 int pl_model_finalize(pl_model *m, const float *inv_freq, float attn_factor, char *err);
+/* A second finalize is an error (the model is left as it was); a failed one allocates nothing, so it
+ * may be retried. */
 /* bytes of a tensor's packed copy, 0 if it has none (or the name is unknown) */
 size_t pl_model_packed_bytes(const pl_model *m, const char *name, int layer);
 /* repack.c: called by pl_model_finalize; returns the number of tensors repacked */
@@ -105,22 +108,29 @@ void pl_scratch_free(pl_scratch *s);
 void pl_scratch_set_stats(pl_scratch *s, double *stats);
 size_t pl_stats_len(const pl_model *m);
 
-/* Runs the batch through every layer; writes n_out x n_vocab logits. Returns 0 or an error
- * code with a message in err. Never touches Python; safe to call without the GIL. */
+/* Runs the batch through every layer; writes n_out x n_vocab logits. n_threads: 1..PL_MAX_THREADS,
+ * or 0 for OpenMP's default. Returns 0 or an error code with a message in err. Never touches Python;
+ * safe to call without the GIL. The kernel table is read once per call (pl_set_isa from another
+ * thread takes effect at the next call). */
 int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, const pl_batch *b, float *logits,
                int n_threads, char *err);
 
-/* matmul driver: y[t*ldy + r] = dot(W row r, x row t) for t < nt, r < W->ne1. act_buf holds the
- * activations converted to W's act_type (pl_matmul_act_bytes(W, nt) bytes; unused for float weights).
+/* matmul driver: y[t*ldy + r] = dot(W row r, x row t) for t < nt, r < W->ne1, with the kernels of
+ * table K (the caller reads pl_kernels_active() once, so a pl_set_isa on another thread cannot mix
+ * two ISAs in one forward). act_buf holds the activations converted to W's act_type
+ * (pl_matmul_act_bytes(K, W, nt) bytes; unused for float weights).
  * Uses orphaned OpenMP worksharing: call it inside a parallel region to split rows over threads. */
-size_t pl_matmul_act_bytes(const pl_tensor *w, int nt);
-void pl_matmul(const pl_tensor *w, const float *x, int nt, int ldx, float *y, int ldy, void *act_buf);
-/* the same for nw <= 4 weights sharing one input (q/k/v, gate/up): one pass, one barrier. With
- * act_ready the activations are already converted in act_buf (as q8x rows when any weight is packed). */
-void pl_matmul_multi(const pl_tensor *const *ws, float *const *ys, const int *ldys, int nw, const float *x, int nt,
-                     int ldx, void *act_buf, int act_ready);
+size_t pl_matmul_act_bytes(const pl_kernels *K, const pl_tensor *w, int nt);
+void pl_matmul(const pl_kernels *K, const pl_tensor *w, const float *x, int nt, int ldx, float *y, int ldy,
+               void *act_buf);
+/* the same for nw weights sharing one input (q/k/v, gate/up; same ne0 and act_type): one pass, one
+ * barrier. nw <= 0 does nothing. With act_ready the activations are already converted in act_buf (as
+ * q8x rows when any weight is packed). */
+void pl_matmul_multi(const pl_kernels *K, const pl_tensor *const *ws, float *const *ys, const int *ldys, int nw,
+                     const float *x, int nt, int ldx, void *act_buf, int act_ready);
 
-/* converts rows x n float32 values to type (whole rows; n a multiple of the block); 0 or -1 */
+/* converts rows x n float32 values to type (whole rows; n a multiple of the block) with n_threads
+ * (<= 0: one, at most PL_MAX_THREADS); 0 or -1 */
 int pl_quantize_rows(int type, const float *src, void *dst, int64_t rows, int64_t n, int n_threads);
 /* the same blocks with error-minimizing scales (quantize.c): Q4_0/Q8_0 rows whose every block has
  * the least importance-weighted squared error found, never more than the reference's. importance:

@@ -9,7 +9,7 @@
 int pl_quantize_rows(int type, const float *src, void *dst, int64_t rows, int64_t n, int n_threads) {
     if (!pl_type_valid(type)) return -1;
     const size_t rb = pl_type_row_bytes((pl_type)type, n);
-    if (rb == 0 || rows < 0) return -1;
+    if (rb == 0 || rows < 0 || n_threads > PL_MAX_THREADS) return -1;
     const pl_from_float_fn conv = pl_kernels_active()->types[type].from_float;
 #pragma omp parallel for schedule(static) num_threads(n_threads > 0 ? n_threads : 1)
     for (int64_t r = 0; r < rows; r++) conv(src + r * n, (char *)dst + (size_t)r * rb, n);
@@ -225,7 +225,7 @@ int pl_quantize_rows_weighted(int type, const float *src, void *dst, int64_t row
                               const float *importance, int n_threads) {
     if (type != PL_TYPE_Q4_0 && type != PL_TYPE_Q8_0) return pl_quantize_rows(type, src, dst, rows, n, n_threads);
     const size_t rb = pl_type_row_bytes((pl_type)type, n);
-    if (rb == 0 || rows < 0) return -1;
+    if (rb == 0 || rows < 0 || n_threads > PL_MAX_THREADS) return -1;
     if (importance)
         for (int64_t j = 0; j < n; j++)
             if (!(importance[j] >= 0.0f) || !isfinite(importance[j])) return -2;

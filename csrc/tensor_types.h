@@ -91,8 +91,10 @@ typedef struct {
 typedef struct {
     const char *isa; /* "scalar", "avx2", "avx512" */
     pl_type_traits types[PL_TYPE_COUNT];
+    /* fp32 dot and y += alpha * x: not used by the forward any more (attention runs on the types'
+     * gemm and gemm_nn_f32); kept per ISA for tests/test_kernels.py and tools */
     float (*dot_f32)(int n, const float *a, const float *b);
-    void (*axpy_f32)(int n, float alpha, const float *x, float *y); /* y += alpha * x */
+    void (*axpy_f32)(int n, float alpha, const float *x, float *y);
     /* attention / MLP helpers (fp32). gemm_nn: c[i*ldc + j] = sum_p a[i*lda + p] * b[p*ldb + j] for
      * i < m, j < n, p < k (row-major; attention's probabilities x the cached values, read in place) */
     void (*gemm_nn_f32)(int m, int n, int k, const float *a, size_t lda, const float *b, size_t ldb, float *c,
@@ -106,17 +108,22 @@ void pl_kernels_init_scalar(pl_kernels *k);
 void pl_kernels_init_avx2(pl_kernels *k);   /* defined only on x86-64 builds */
 void pl_kernels_init_avx512(pl_kernels *k); /* defined only on x86-64 builds */
 
-/* The active table (chosen on first use from CPUID, or PYLLM_ISA). */
+/* The active table (chosen on first use from CPUID, or PYLLM_ISA). Tables are built once and never
+ * change, so the pointer stays valid; read it once per computation that must use one ISA throughout
+ * (pl_forward does), since another thread may pl_set_isa at any time. Thread-safe. */
 const pl_kernels *pl_kernels_active(void);
-/* Force an ISA by name: returns 0 on success, -1 if unknown, -2 if this CPU/build lacks it. */
+/* Force an ISA by name: returns 0 on success, -1 if unknown, -2 if this CPU/build lacks it.
+ * Thread-safe (an atomic switch of the active table; running forwards keep the one they started with). */
 int pl_set_isa(const char *name);
 /* 1 if the ISA is usable on this CPU and build. */
 int pl_isa_supported(const char *name);
 
-size_t pl_type_row_bytes(pl_type t, int64_t n); /* 0 if t unknown or n not a multiple of the block */
+/* 0 if t unknown, n negative or not a multiple of the block, or the bytes overflow a size_t */
+size_t pl_type_row_bytes(pl_type t, int64_t n);
 
-/* packed layout helpers (repack.c) */
-size_t pl_packed_group_bytes(pl_type t, int64_t n); /* 0 if t has no packed layout or n is not whole blocks */
+/* packed layout helpers (the reference implementations, in types_scalar.c; repack.c builds a model's
+ * packed copies with them). Both return 0 for n <= 0, n not whole blocks, or a size_t overflow. */
+size_t pl_packed_group_bytes(pl_type t, int64_t n); /* 0 also if t has no packed layout */
 size_t pl_packed_act_row_bytes(int64_t n);           /* q8x activation row stride (a multiple of 64) */
 /* quantizes one activation row with q8_from_float (the active Q8_0 from_float) and adds d/c4/c8 */
 void pl_pack_act_row(pl_from_float_fn q8_from_float, const float *x, void *dst, int64_t n);

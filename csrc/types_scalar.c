@@ -2,6 +2,8 @@
  * products) and for the fp32 helpers. These functions are the definition the SIMD kernels in
  * kernels_avx2.c / kernels_avx512.c are tested against; keep them simple and exact. */
 #include <math.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "ops.h"
@@ -52,86 +54,108 @@ uint16_t pl_fp32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
+/* Weight and activation rows may sit at any byte offset (a GGUF / safetensors file's data, the kernel
+ * tests' unaligned copies): multi-byte values are loaded and stored through memcpy (one plain load
+ * or store on x86), never through a cast pointer, as in the SIMD files. Blocks are addressed as bytes:
+ * block b at b * sizeof(block), its fp16 d at offset 0, its quants at offsetof(..., qs). */
+static inline uint16_t ld_u16(const void *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+static inline float ld_f32(const void *p) {
+    float v;
+    memcpy(&v, p, 4);
+    return v;
+}
+static inline void st_u16(void *p, uint16_t v) { memcpy(p, &v, 2); }
+#define Q8_BYTES sizeof(pl_block_q8_0)
+#define Q4_BYTES sizeof(pl_block_q4_0)
+#define Q8_QS offsetof(pl_block_q8_0, qs)
+#define Q4_QS offsetof(pl_block_q4_0, qs)
+
 /* ---- F32 ---- */
 static void f32_to_float(const void *x, float *y, int64_t n) { memcpy(y, x, (size_t)n * sizeof(float)); }
 static void f32_from_float(const float *x, void *y, int64_t n) { memcpy(y, x, (size_t)n * sizeof(float)); }
 static void f32_vec_dot(int n, float *s, const void *w, const void *a) {
-    const float *x = (const float *)w, *y = (const float *)a;
+    const char *x = (const char *)w, *y = (const char *)a;
     float sum = 0.0f;
-    for (int i = 0; i < n; i++) sum += x[i] * y[i];
+    for (int i = 0; i < n; i++) sum += ld_f32(x + 4 * (size_t)i) * ld_f32(y + 4 * (size_t)i);
     *s = sum;
 }
 
 /* ---- F16 ---- */
 static void f16_to_float(const void *x, float *y, int64_t n) {
-    const uint16_t *h = (const uint16_t *)x;
-    for (int64_t i = 0; i < n; i++) y[i] = pl_fp16_to_fp32(h[i]);
+    const char *h = (const char *)x;
+    for (int64_t i = 0; i < n; i++) y[i] = pl_fp16_to_fp32(ld_u16(h + 2 * i));
 }
 static void f16_from_float(const float *x, void *y, int64_t n) {
-    uint16_t *h = (uint16_t *)y;
-    for (int64_t i = 0; i < n; i++) h[i] = pl_fp32_to_fp16(x[i]);
+    char *h = (char *)y;
+    for (int64_t i = 0; i < n; i++) st_u16(h + 2 * i, pl_fp32_to_fp16(x[i]));
 }
 static void f16_vec_dot(int n, float *s, const void *w, const void *a) {
-    const uint16_t *x = (const uint16_t *)w;
-    const float *y = (const float *)a;
+    const char *x = (const char *)w, *y = (const char *)a;
     float sum = 0.0f;
-    for (int i = 0; i < n; i++) sum += pl_fp16_to_fp32(x[i]) * y[i];
+    for (int i = 0; i < n; i++) sum += pl_fp16_to_fp32(ld_u16(x + 2 * (size_t)i)) * ld_f32(y + 4 * (size_t)i);
     *s = sum;
 }
 
 /* ---- BF16 ---- */
 static void bf16_to_float(const void *x, float *y, int64_t n) {
-    const uint16_t *h = (const uint16_t *)x;
-    for (int64_t i = 0; i < n; i++) y[i] = pl_bf16_to_fp32(h[i]);
+    const char *h = (const char *)x;
+    for (int64_t i = 0; i < n; i++) y[i] = pl_bf16_to_fp32(ld_u16(h + 2 * i));
 }
 static void bf16_from_float(const float *x, void *y, int64_t n) {
-    uint16_t *h = (uint16_t *)y;
-    for (int64_t i = 0; i < n; i++) h[i] = pl_fp32_to_bf16(x[i]);
+    char *h = (char *)y;
+    for (int64_t i = 0; i < n; i++) st_u16(h + 2 * i, pl_fp32_to_bf16(x[i]));
 }
 static void bf16_vec_dot(int n, float *s, const void *w, const void *a) {
-    const uint16_t *x = (const uint16_t *)w;
-    const float *y = (const float *)a;
+    const char *x = (const char *)w, *y = (const char *)a;
     float sum = 0.0f;
-    for (int i = 0; i < n; i++) sum += pl_bf16_to_fp32(x[i]) * y[i];
+    for (int i = 0; i < n; i++) sum += pl_bf16_to_fp32(ld_u16(x + 2 * (size_t)i)) * ld_f32(y + 4 * (size_t)i);
     *s = sum;
 }
 
 /* ---- Q8_0: d = max|x| / 127, q = round-half-away(x / d) ---- */
 static void q8_0_from_float(const float *x, void *vy, int64_t n) {
-    pl_block_q8_0 *y = (pl_block_q8_0 *)vy;
+    uint8_t *y = (uint8_t *)vy;
     for (int64_t b = 0; b < n / PL_QK; b++) {
         const float *xb = x + b * PL_QK;
+        uint8_t *yb = y + (size_t)b * Q8_BYTES;
         float amax = 0.0f;
         for (int j = 0; j < PL_QK; j++) amax = fmaxf(amax, fabsf(xb[j]));
         const float d = amax / 127.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        y[b].d = pl_fp32_to_fp16(d);
-        for (int j = 0; j < PL_QK; j++) y[b].qs[j] = (int8_t)roundf(xb[j] * id);
+        st_u16(yb, pl_fp32_to_fp16(d));
+        for (int j = 0; j < PL_QK; j++) yb[Q8_QS + j] = (uint8_t)(int8_t)roundf(xb[j] * id);
     }
 }
 static void q8_0_to_float(const void *vx, float *y, int64_t n) {
-    const pl_block_q8_0 *x = (const pl_block_q8_0 *)vx;
+    const uint8_t *x = (const uint8_t *)vx;
     for (int64_t b = 0; b < n / PL_QK; b++) {
-        const float d = pl_fp16_to_fp32(x[b].d);
-        for (int j = 0; j < PL_QK; j++) y[b * PL_QK + j] = x[b].qs[j] * d;
+        const uint8_t *xb = x + (size_t)b * Q8_BYTES;
+        const float d = pl_fp16_to_fp32(ld_u16(xb));
+        for (int j = 0; j < PL_QK; j++) y[b * PL_QK + j] = (int8_t)xb[Q8_QS + j] * d;
     }
 }
 static void q8_0_vec_dot(int n, float *s, const void *vw, const void *va) {
-    const pl_block_q8_0 *w = (const pl_block_q8_0 *)vw, *a = (const pl_block_q8_0 *)va;
+    const uint8_t *w = (const uint8_t *)vw, *a = (const uint8_t *)va;
     float sum = 0.0f;
     for (int b = 0; b < n / PL_QK; b++) {
+        const uint8_t *wb = w + (size_t)b * Q8_BYTES, *ab = a + (size_t)b * Q8_BYTES;
         int32_t isum = 0;
-        for (int j = 0; j < PL_QK; j++) isum += (int32_t)w[b].qs[j] * (int32_t)a[b].qs[j];
-        sum += (float)isum * (pl_fp16_to_fp32(w[b].d) * pl_fp16_to_fp32(a[b].d));
+        for (int j = 0; j < PL_QK; j++) isum += (int32_t)(int8_t)wb[Q8_QS + j] * (int32_t)(int8_t)ab[Q8_QS + j];
+        sum += (float)isum * (pl_fp16_to_fp32(ld_u16(wb)) * pl_fp16_to_fp32(ld_u16(ab)));
     }
     *s = sum;
 }
 
 /* ---- Q4_0: d = (value of max |x|) / -8, q = min(15, trunc(x / d + 8.5)) ---- */
 static void q4_0_from_float(const float *x, void *vy, int64_t n) {
-    pl_block_q4_0 *y = (pl_block_q4_0 *)vy;
+    uint8_t *y = (uint8_t *)vy;
     for (int64_t b = 0; b < n / PL_QK; b++) {
         const float *xb = x + b * PL_QK;
+        uint8_t *yb = y + (size_t)b * Q4_BYTES;
         float amax = 0.0f, max = 0.0f;
         for (int j = 0; j < PL_QK; j++) {
             if (amax < fabsf(xb[j])) {
@@ -141,35 +165,36 @@ static void q4_0_from_float(const float *x, void *vy, int64_t n) {
         }
         const float d = max / -8.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        y[b].d = pl_fp32_to_fp16(d);
+        st_u16(yb, pl_fp32_to_fp16(d));
         for (int j = 0; j < PL_QK / 2; j++) {
             const float x0 = xb[j] * id, x1 = xb[j + PL_QK / 2] * id;
             const int q0 = (int)(x0 + 8.5f), q1 = (int)(x1 + 8.5f);
-            y[b].qs[j] = (uint8_t)((q0 < 15 ? q0 : 15) | ((q1 < 15 ? q1 : 15) << 4));
+            yb[Q4_QS + j] = (uint8_t)((q0 < 15 ? q0 : 15) | ((q1 < 15 ? q1 : 15) << 4));
         }
     }
 }
 static void q4_0_to_float(const void *vx, float *y, int64_t n) {
-    const pl_block_q4_0 *x = (const pl_block_q4_0 *)vx;
+    const uint8_t *x = (const uint8_t *)vx;
     for (int64_t b = 0; b < n / PL_QK; b++) {
-        const float d = pl_fp16_to_fp32(x[b].d);
+        const uint8_t *xb = x + (size_t)b * Q4_BYTES;
+        const float d = pl_fp16_to_fp32(ld_u16(xb));
         for (int j = 0; j < PL_QK / 2; j++) {
-            y[b * PL_QK + j] = ((x[b].qs[j] & 0x0F) - 8) * d;
-            y[b * PL_QK + j + PL_QK / 2] = ((x[b].qs[j] >> 4) - 8) * d;
+            y[b * PL_QK + j] = ((xb[Q4_QS + j] & 0x0F) - 8) * d;
+            y[b * PL_QK + j + PL_QK / 2] = ((xb[Q4_QS + j] >> 4) - 8) * d;
         }
     }
 }
 static void q4_0_vec_dot(int n, float *s, const void *vw, const void *va) {
-    const pl_block_q4_0 *w = (const pl_block_q4_0 *)vw;
-    const pl_block_q8_0 *a = (const pl_block_q8_0 *)va;
+    const uint8_t *w = (const uint8_t *)vw, *a = (const uint8_t *)va;
     float sum = 0.0f;
     for (int b = 0; b < n / PL_QK; b++) {
+        const uint8_t *wb = w + (size_t)b * Q4_BYTES, *ab = a + (size_t)b * Q8_BYTES;
         int32_t isum = 0;
         for (int j = 0; j < PL_QK / 2; j++) {
-            isum += ((w[b].qs[j] & 0x0F) - 8) * (int32_t)a[b].qs[j];
-            isum += ((w[b].qs[j] >> 4) - 8) * (int32_t)a[b].qs[j + PL_QK / 2];
+            isum += ((wb[Q4_QS + j] & 0x0F) - 8) * (int32_t)(int8_t)ab[Q8_QS + j];
+            isum += ((wb[Q4_QS + j] >> 4) - 8) * (int32_t)(int8_t)ab[Q8_QS + j + PL_QK / 2];
         }
-        sum += (float)isum * (pl_fp16_to_fp32(w[b].d) * pl_fp16_to_fp32(a[b].d));
+        sum += (float)isum * (pl_fp16_to_fp32(ld_u16(wb)) * pl_fp16_to_fp32(ld_u16(ab)));
     }
     *s = sum;
 }
@@ -178,16 +203,20 @@ static void q4_0_vec_dot(int n, float *s, const void *vw, const void *va) {
  * gemm; the gemm does exactly the unpacked vec_dot's arithmetic, in the same order. ---- */
 #define PK PL_PACK_ROWS
 
+/* both return 0 for n <= 0, n not whole blocks, or a byte count past what a size_t holds */
 size_t pl_packed_group_bytes(pl_type t, int64_t n) {
     if (n <= 0 || n % PL_QK) return 0;
     const size_t nb = (size_t)(n / PL_QK);
+    if (nb > SIZE_MAX / (64 + PK * 32)) return 0;
     if (t == PL_TYPE_Q4_0) return (nb + 1) / 2 * 64 + nb * PK * 16;
     if (t == PL_TYPE_Q8_0) return (nb + 1) / 2 * 64 + nb * PK * 32;
     return 0;
 }
 
 size_t pl_packed_act_row_bytes(int64_t n) {
+    if (n <= 0 || n % PL_QK) return 0;
     const size_t nb = (size_t)(n / PL_QK);
+    if (nb > (SIZE_MAX - 4 * 64) / (sizeof(pl_block_q8_0) + 3 * 4)) return 0; /* never for an int64 n */
     return pl_round64(nb * sizeof(pl_block_q8_0)) + 3 * pl_round64(nb * 4);
 }
 
@@ -249,21 +278,21 @@ static void q_gemm_packed(int qt8, int n, int nr, int nc, const void *w, const v
         const uint8_t *g = (const uint8_t *)w + (size_t)(i / PK) * gb;
         const int r = i % PK;
         for (int j = 0; j < nc; j++) {
-            const pl_block_q8_0 *ab = (const pl_block_q8_0 *)((const char *)a + (size_t)j * as);
+            const uint8_t *arow = (const uint8_t *)a + (size_t)j * as;
             float sum = 0.0f;
             for (int b = 0; b < nb; b++) {
                 const uint8_t *q = g + pl_pk_q(b, qb) + 4 * r;
-                uint16_t dh;
-                memcpy(&dh, g + pl_pk_d(b, qb) + 2 * r, 2);
+                const uint8_t *ab = arow + (size_t)b * Q8_BYTES, *aq = ab + Q8_QS;
+                const uint16_t dh = ld_u16(g + pl_pk_d(b, qb) + 2 * r);
                 int32_t isum = 0;
                 for (int v = 0; v < qb / 4; v++)
                     for (int k = 0; k < 4; k++) {
                         const uint8_t byte = q[64 * v + k];
                         const int jj = 4 * v + k;
-                        if (qt8) isum += (int32_t)(int8_t)(byte ^ 0x80) * (int32_t)ab[b].qs[jj];
-                        else isum += ((byte & 0x0F) - 8) * (int32_t)ab[b].qs[jj] + ((byte >> 4) - 8) * (int32_t)ab[b].qs[jj + 16];
+                        if (qt8) isum += (int32_t)(int8_t)(byte ^ 0x80) * (int32_t)(int8_t)aq[jj];
+                        else isum += ((byte & 0x0F) - 8) * (int32_t)(int8_t)aq[jj] + ((byte >> 4) - 8) * (int32_t)(int8_t)aq[jj + 16];
                     }
-                sum += (float)isum * (pl_fp16_to_fp32(dh) * pl_fp16_to_fp32(ab[b].d));
+                sum += (float)isum * (pl_fp16_to_fp32(dh) * pl_fp16_to_fp32(ld_u16(ab)));
             }
             out[(size_t)j * os + i] = sum;
         }
@@ -276,7 +305,9 @@ static void q8_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a
     q_gemm_packed(1, n, nr, nc, w, a, as, out, os);
 }
 
-/* ---- fp32 helpers (attention) ---- */
+/* ---- fp32 helpers. gemm_nn / softmax / swiglu are the forward's (attention, MLP); dot_f32 and
+ * axpy_f32 are no longer called by the engine (attention uses the type gemm kernels and gemm_nn):
+ * they stay as kernel-table entries that tests/test_kernels.py checks per ISA. ---- */
 static float dot_f32_scalar(int n, const float *a, const float *b) {
     float sum = 0.0f;
     for (int i = 0; i < n; i++) sum += a[i] * b[i];

@@ -8,6 +8,10 @@ from libc.stdlib cimport malloc, free
 import numpy as np
 
 cdef extern from "pyllm.h" nogil:
+    # the header's sizes (array dimensions below and the checks), never repeated as numbers here
+    enum: PL_TYPE_COUNT
+    enum: PL_ERRMSG_LEN
+    enum: PL_MAX_THREADS
     ctypedef void (*pl_gemm_fn)(int n, int nr, int nc, const void *w, size_t w_stride, const void *a,
                                 size_t a_stride, float *out, size_t out_stride)
     ctypedef void (*pl_vec_dot_fn)(int n, float *s, const void *w, const void *a)
@@ -29,7 +33,7 @@ cdef extern from "pyllm.h" nogil:
         pl_gemm_packed_fn gemm_packed
     ctypedef struct pl_kernels:
         const char *isa
-        pl_type_traits types[31]
+        pl_type_traits types[PL_TYPE_COUNT]
         float (*dot_f32)(int n, const float *a, const float *b)
         void (*axpy_f32)(int n, float alpha, const float *x, float *y)
         void (*gemm_nn_f32)(int m, int n, int k, const float *a, size_t lda, const float *b, size_t ldb, float *c,
@@ -46,7 +50,6 @@ cdef extern from "pyllm.h" nogil:
     size_t pl_packed_act_row_bytes(int64_t n)
     void pl_pack_act_row(pl_from_float_fn q8_from_float, const float *x, void *dst, int64_t n)
 
-    int PL_ERRMSG_LEN
     ctypedef struct pl_config:
         int n_vocab, dim, n_layers, n_heads, n_kv_heads, head_dim, hidden_dim
         int max_ctx
@@ -93,7 +96,41 @@ cdef extern from "pyllm.h" nogil:
 TYPE_IDS = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "bf16": 30}
 
 cdef class _Err:
-    cdef char buf[256]
+    cdef char buf[PL_ERRMSG_LEN]
+
+MAX_THREADS = PL_MAX_THREADS
+
+cdef int _check_threads(n_threads, str what) except -1:
+    """n_threads as a C int: 0 (the default: all) or 1..PL_MAX_THREADS; anything else a ValueError
+    (not Cython's OverflowError for a huge int, nor a silent truncation of a float)."""
+    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)):
+        raise TypeError(f"{what}: n_threads must be an integer, got {n_threads!r}")
+    if not 0 <= n_threads <= PL_MAX_THREADS:
+        raise ValueError(f"{what}: n_threads must be in 1..{PL_MAX_THREADS} (0: all CPUs), got {n_threads}")
+    return <int>n_threads
+
+cdef bint _fits(size_t length, size_t offset, size_t row_bytes, size_t rows):
+    """True if rows rows of row_bytes bytes starting at offset lie inside a buffer of length bytes,
+    computed without overflow (offset first, then the rows against what is left)."""
+    if offset > length:
+        return False
+    if rows == 0 or row_bytes == 0:
+        return True
+    return rows <= (length - offset) // row_bytes
+
+def _int32_array(x, str what):
+    """x as a contiguous int32 array: integer values only (a float or bool array, or a value past
+    int32, is an error instead of a silent cast)."""
+    arr = np.asarray(x)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be a 1-d sequence of integers")
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int32)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{what} must be integers, got {arr.dtype} values")
+    if arr.dtype != np.int32 and (arr.min() < -2**31 or arr.max() > 2**31 - 1):
+        raise ValueError(f"{what}: value outside the int32 range")
+    return np.ascontiguousarray(arr, dtype=np.int32)
 
 # ---------------------------------------------------------------- ISA selection
 def isa_supported(str name) -> bool:
@@ -138,7 +175,7 @@ def from_float(int type_id, const float[:, ::1] x) -> bytes:
                 tt.from_float(&x[r, 0], &o[r * rb], n)
     return bytes(out)
 
-def quantize(int type_id, x, int n_threads=0):
+def quantize(int type_id, x, n_threads=0):
     """Convert a float32 (rows, n) array to type_id with n_threads (0: all); returns a uint8 array of
     rows * row_bytes bytes. This is the path files are written and quantized-on-load with."""
     arr = np.ascontiguousarray(x, dtype=np.float32)
@@ -149,15 +186,19 @@ def quantize(int type_id, x, int n_threads=0):
     cdef size_t rb = row_bytes(type_id, n)
     out = np.empty(rb * rows, dtype=np.uint8)
     cdef unsigned char[::1] o = out
-    if n_threads <= 0:
+    cdef int nth = _check_threads(n_threads, "quantize()")
+    if nth == 0:
         import os
-        n_threads = len(os.sched_getaffinity(0))
+        nth = min(len(os.sched_getaffinity(0)), PL_MAX_THREADS)
+    cdef int r = 0
     if rows:
         with nogil:
-            pl_quantize_rows(type_id, &a[0, 0], &o[0], rows, n, n_threads)
+            r = pl_quantize_rows(type_id, &a[0, 0], &o[0], rows, n, nth)
+    if r:
+        raise ValueError(f"pl_quantize_rows failed ({r})")
     return out
 
-def quantize_weighted(int type_id, x, importance=None, int n_threads=0):
+def quantize_weighted(int type_id, x, importance=None, n_threads=0):
     """Like quantize(), but Q4_0/Q8_0 blocks get error-minimizing scales (pl_quantize_rows_weighted):
     importance is None (plain squared error) or n float32 per-column weights >= 0. Other types are
     converted as quantize() does. Returns a uint8 array of rows * row_bytes bytes."""
@@ -181,12 +222,13 @@ def quantize_weighted(int type_id, x, importance=None, int n_threads=0):
     out = np.empty(rb * rows, dtype=np.uint8)
     cdef unsigned char[::1] o = out
     cdef int r = 0
-    if n_threads <= 0:
+    cdef int nth = _check_threads(n_threads, "quantize_weighted()")
+    if nth == 0:
         import os
-        n_threads = len(os.sched_getaffinity(0))
+        nth = min(len(os.sched_getaffinity(0)), PL_MAX_THREADS)
     if rows:
         with nogil:
-            r = pl_quantize_rows_weighted(type_id, &a[0, 0], &o[0], rows, n, ip, n_threads)
+            r = pl_quantize_rows_weighted(type_id, &a[0, 0], &o[0], rows, n, ip, nth)
     if r:
         raise ValueError(f"pl_quantize_rows_weighted failed ({r})")
     return out
@@ -212,8 +254,10 @@ def gemm(int type_id, const unsigned char[::1] w, const unsigned char[::1] a, in
     (to test unaligned data)."""
     cdef const pl_type_traits *tt = _traits(type_id)
     cdef size_t ws = row_bytes(type_id, n), as_ = row_bytes(tt.act_type, n)
-    if nr <= 0 or nc <= 0 or w.shape[0] < w_offset + ws * nr or a.shape[0] < a_offset + as_ * nc:
-        raise ValueError("buffers too small for the requested shapes")
+    if nr <= 0 or nc <= 0:
+        raise ValueError(f"nr and nc must be positive, got {nr} and {nc}")
+    if not _fits(w.shape[0], w_offset, ws, nr) or not _fits(a.shape[0], a_offset, as_, nc):
+        raise ValueError("buffers too small for the requested shapes and offsets")
     out = np.zeros((nc, nr), dtype=np.float32)
     cdef float[:, ::1] o = out
     cdef int i, j
@@ -228,7 +272,9 @@ def gemm(int type_id, const unsigned char[::1] w, const unsigned char[::1] a, in
 
 def vec_dot(int type_id, const unsigned char[::1] w, const unsigned char[::1] a, int n) -> float:
     cdef const pl_type_traits *tt = _traits(type_id)
-    if w.shape[0] < row_bytes(type_id, n) or a.shape[0] < row_bytes(tt.act_type, n):
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    if not _fits(w.shape[0], 0, row_bytes(type_id, n), 1) or not _fits(a.shape[0], 0, row_bytes(tt.act_type, n), 1):
         raise ValueError("buffers too small")
     cdef float s = 0
     tt.vec_dot(n, &s, &w[0], &a[0])
@@ -245,9 +291,11 @@ def repack(int type_id, const unsigned char[::1] w, int nr, int64_t n, size_t w_
     cdef size_t gb = pl_packed_group_bytes(type_id, n), rb = row_bytes(type_id, n)
     if tt.repack == NULL or gb == 0:
         raise ValueError(f"type {type_id} has no packed layout for rows of {n}")
-    if nr <= 0 or w.shape[0] < w_offset + rb * nr:
-        raise ValueError("buffer too small for the requested shape")
-    cdef int ng = (nr + PL_PACK_ROWS - 1) // PL_PACK_ROWS, g
+    if nr <= 0:
+        raise ValueError(f"nr must be positive, got {nr}")
+    if not _fits(w.shape[0], w_offset, rb, nr):
+        raise ValueError("buffer too small for the requested shape and offset")
+    cdef int ng = (<int64_t>nr + PL_PACK_ROWS - 1) // PL_PACK_ROWS, g  # 64-bit: nr + 15 may pass INT_MAX
     raw = np.zeros(ng * gb + 64, dtype=np.uint8)
     cdef size_t off = (-raw.ctypes.data) % 64
     out = raw[off:off + ng * gb]
@@ -286,7 +334,10 @@ def gemm_packed(int type_id, const unsigned char[::1] wp, const unsigned char[::
     cdef size_t gb = pl_packed_group_bytes(type_id, n), as_ = pl_packed_act_row_bytes(n)
     if tt.gemm_packed == NULL or gb == 0:
         raise ValueError(f"type {type_id} has no packed layout for rows of {n}")
-    if nr <= 0 or nc <= 0 or wp.shape[0] < gb * ((nr + PL_PACK_ROWS - 1) // PL_PACK_ROWS) or a.shape[0] < as_ * nc:
+    if nr <= 0 or nc <= 0:
+        raise ValueError(f"nr and nc must be positive, got {nr} and {nc}")
+    if (not _fits(wp.shape[0], 0, gb, (<size_t>nr + PL_PACK_ROWS - 1) // PL_PACK_ROWS)
+            or not _fits(a.shape[0], 0, as_, nc)):
         raise ValueError("buffers too small for the requested shapes")
     if <size_t>&wp[0] % 64 or <size_t>&a[0] % 64:
         raise ValueError("packed weights and activations must be 64-byte aligned (as repack() and pack_acts() return them)")
@@ -482,13 +533,15 @@ cdef class Runner:
     def __dealloc__(self):
         pl_scratch_free(self.s)
 
-    def forward(self, list caches, tokens, positions, seqs, out_rows, int n_threads=0):
-        """Run a batch. tokens/positions/seqs: int32 per token; out_rows: batch indices whose logits
-        are returned as a float32 array (len(out_rows), n_vocab)."""
-        cdef const int32_t[::1] tok = np.ascontiguousarray(tokens, dtype=np.int32)
-        cdef const int32_t[::1] pos = np.ascontiguousarray(positions, dtype=np.int32)
-        cdef const int32_t[::1] seq = np.ascontiguousarray(seqs, dtype=np.int32)
-        cdef const int32_t[::1] outr = np.ascontiguousarray(out_rows, dtype=np.int32)
+    def forward(self, list caches, tokens, positions, seqs, out_rows, n_threads=0):
+        """Run a batch. tokens/positions/seqs: integers per token; out_rows: batch indices whose logits
+        are returned as a float32 array (len(out_rows), n_vocab). n_threads: 1..MAX_THREADS, or 0 for
+        the OpenMP default."""
+        cdef int nth = _check_threads(n_threads, "forward()")
+        cdef const int32_t[::1] tok = _int32_array(tokens, "tokens")
+        cdef const int32_t[::1] pos = _int32_array(positions, "positions")
+        cdef const int32_t[::1] seq = _int32_array(seqs, "seqs")
+        cdef const int32_t[::1] outr = _int32_array(out_rows, "out_rows")
         cdef int nt = tok.shape[0], n_kv = len(caches), i, r
         if nt == 0:
             raise ValueError("empty batch")
@@ -516,7 +569,7 @@ cdef class Runner:
             b.out = &outr[0] if outr.shape[0] else NULL
             with nogil:
                 r = pl_forward(self.model.m, self.s, kvs, n_kv, &b, &lg[0, 0] if b.n_out else NULL,
-                               n_threads, e.buf)
+                               nth, e.buf)
         finally:
             free(kvs)
         if r == -5:

@@ -134,12 +134,23 @@ class Model:
             return self._runner.forward(kvs, tokens, positions, seqs, out_rows, self.n_threads)
 
     def _check_ids(self, token_ids) -> list:
+        """token_ids as a list of Python ints: integers only (int, numpy integers, integer arrays);
+        a float such as 1.5 or a bool is a TypeError naming it, not a silently truncated id."""
         if isinstance(token_ids, (str, bytes)):
             raise TypeError("expected token ids, got a string: use tokenize() first")
-        try:
-            ids = [int(t) for t in token_ids]
-        except (TypeError, ValueError):
-            raise TypeError("token ids must be integers") from None
+        if isinstance(token_ids, np.ndarray):
+            if token_ids.ndim != 1 or (token_ids.size and token_ids.dtype.kind not in "iu"):
+                raise TypeError(f"token ids must be a 1-d integer array, got {token_ids.ndim}-d {token_ids.dtype}")
+            ids = token_ids.tolist()
+        else:
+            try:
+                ids = list(token_ids)
+            except TypeError:
+                raise TypeError(f"token ids must be a sequence of integers, got {token_ids!r}") from None
+            for t in ids:
+                if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)):
+                    raise TypeError(f"token ids must be integers, got {t!r} ({type(t).__name__})")
+            ids = [int(t) for t in ids]
         for t in ids:
             if not 0 <= t < self.vocab_size:
                 raise ValueError(f"token id {t} is outside the vocabulary (0..{self.vocab_size - 1})")
