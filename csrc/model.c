@@ -63,7 +63,8 @@ static int set(pl_tensor *t, const char *name, int layer, int type, int64_t ne0,
 /* the tensor called name in layer (-1: model-level) and the shape the config needs; NULL + err if unknown */
 static pl_tensor *find(const pl_model *m, const char *name, int layer, int64_t *w0, int64_t *w1, char *err) {
     const pl_config *c = &m->cfg;
-    const int64_t q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
+    const int64_t dim = c->dim, q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim,
+                  hid = c->hidden_dim;
     pl_model *mm = (pl_model *)m;
     if (layer < 0) {
         *w0 = c->dim;
@@ -81,11 +82,9 @@ static pl_tensor *find(const pl_model *m, const char *name, int layer, int64_t *
     }
     pl_layer *L = &m->layers[layer];
     struct { const char *n; pl_tensor *t; int64_t w0, w1; } tab[] = {
-        {"attn_norm", &L->attn_norm, c->dim, 1},      {"wq", &L->wq, c->dim, q},
-        {"wk", &L->wk, c->dim, kv},                   {"wv", &L->wv, c->dim, kv},
-        {"wo", &L->wo, q, c->dim},                    {"ffn_norm", &L->ffn_norm, c->dim, 1},
-        {"ffn_gate", &L->ffn_gate, c->dim, c->hidden_dim}, {"ffn_up", &L->ffn_up, c->dim, c->hidden_dim},
-        {"ffn_down", &L->ffn_down, c->hidden_dim, c->dim},
+#define ROW(f, mm, e0, e1) {#f, &L->f, e0, e1},
+        PL_LAYER_TENSORS(ROW)
+#undef ROW
     };
     for (size_t i = 0; i < sizeof(tab) / sizeof(tab[0]); i++)
         if (!strcmp(name, tab[i].n)) {
@@ -154,12 +153,12 @@ int pl_model_finalize(pl_model *m, const float *inv_freq, float attn_factor, cha
     if (!m->tok_embd.data) return ERR("missing tensor tok_embd");
     if (!m->output.data) return ERR("missing tensor output");
     if (!m->output_norm.data) return ERR("missing tensor output_norm");
-    const char *names[] = {"attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"};
     for (int l = 0; l < c->n_layers; l++) {
         pl_layer *L = &m->layers[l];
-        pl_tensor *ts[] = {&L->attn_norm, &L->wq, &L->wk, &L->wv, &L->wo, &L->ffn_norm, &L->ffn_gate, &L->ffn_up, &L->ffn_down};
-        for (int i = 0; i < 9; i++)
-            if (!ts[i]->data) return ERR("missing tensor %s of layer %d", names[i], l);
+#define CHECK(f, mm, e0, e1) \
+        if (!L->f.data) return ERR("missing tensor %s of layer %d", #f, l);
+        PL_LAYER_TENSORS(CHECK)
+#undef CHECK
         if (K->types[L->wq.type].act_type != K->types[L->wk.type].act_type ||
             K->types[L->wq.type].act_type != K->types[L->wv.type].act_type)
             return ERR("layer %d: q/k/v weights need the same activation format", l);

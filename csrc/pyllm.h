@@ -26,8 +26,25 @@ typedef struct {
  * finalize drops its pages from memory (madvise MADV_DONTNEED; they would be re-read from the file) */
 #define PL_TENSOR_MMAPPED 1
 
+/* The tensors of one layer, listed once: X(field, is_matmul, ne0, ne1). The shapes are expressions
+ * in dim, q (n_heads * head_dim), kv (n_kv_heads * head_dim) and hid (hidden_dim), which a user of
+ * the list defines. Lookup by name, the shape checks, finalize's completeness check and repacking
+ * all iterate this list; the forward uses the fields by name. */
+#define PL_LAYER_TENSORS(X)            \
+    X(attn_norm, 0, dim, 1)            \
+    X(wq, 1, dim, q)                   \
+    X(wk, 1, dim, kv)                  \
+    X(wv, 1, dim, kv)                  \
+    X(wo, 1, q, dim)                   \
+    X(ffn_norm, 0, dim, 1)             \
+    X(ffn_gate, 1, dim, hid)           \
+    X(ffn_up, 1, dim, hid)             \
+    X(ffn_down, 1, hid, dim)
+
 typedef struct {
-    pl_tensor attn_norm, wq, wk, wv, wo, ffn_norm, ffn_gate, ffn_up, ffn_down;
+#define PL_LAYER_FIELD(f, mm, w0, w1) pl_tensor f;
+    PL_LAYER_TENSORS(PL_LAYER_FIELD)
+#undef PL_LAYER_FIELD
     float *attn_norm_f32, *ffn_norm_f32; /* norm weights converted once at finalize */
 } pl_layer;
 

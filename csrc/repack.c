@@ -94,15 +94,19 @@ int pl_model_repack(pl_model *m) {
     const char *env = getenv("PYLLM_REPACK");
     if (env && !strcmp(env, "0")) return 0;
     const pl_kernels *K = pl_kernels_active();
-    const int nl = m->cfg.n_layers, ne = 7 * nl + 1;
+#define COUNT(f, mm, e0, e1) +(mm)
+    const int per_layer = 0 PL_LAYER_TENSORS(COUNT);
+#undef COUNT
+    const int nl = m->cfg.n_layers, ne = per_layer * nl + 1;
     entry *es = malloc((size_t)ne * sizeof(entry));
     if (!es) return 0;
     int n = 0;
     for (int l = 0; l < nl; l++) {
         pl_layer *L = &m->layers[l];
-        pl_tensor *ts[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->ffn_gate, &L->ffn_up, &L->ffn_down};
-        const char *names[7] = {"wq", "wk", "wv", "wo", "ffn_gate", "ffn_up", "ffn_down"};
-        for (int i = 0; i < 7; i++) es[n++] = (entry){ts[i], names[i], l};
+#define ADD(f, mm, e0, e1) \
+        if (mm) es[n++] = (entry){&L->f, #f, l};
+        PL_LAYER_TENSORS(ADD)
+#undef ADD
     }
     es[n++] = (entry){&m->output, "output", -1};
     /* what can be packed, and where it goes in the arena */
