@@ -206,3 +206,17 @@ def test_bad_requests(model):
     with pytest.raises(ValueError, match="max_sequences"):
         model.configure_engine(max_sequences=0)
     assert model.generate(PROMPTS[0], max_tokens=0) == ""
+
+
+def test_a_cache_that_cannot_be_allocated_fails_only_its_request(model, monkeypatch):
+    real = model._new_kv
+
+    def fail_once():
+        monkeypatch.setattr(model, "_new_kv", real)
+        raise MemoryError("out of memory allocating a KV cache")
+
+    monkeypatch.setattr(model, "_new_kv", fail_once)
+    with pytest.raises(MemoryError, match="KV cache"):
+        model.generate(PROMPTS[0], max_tokens=4)
+    assert model.generate(PROMPTS[1], max_tokens=4, temperature=0) == \
+        pyllm.load(n_threads=2).generate(PROMPTS[1], max_tokens=4, temperature=0)

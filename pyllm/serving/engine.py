@@ -276,7 +276,11 @@ class Engine:
                 a.slot = self._cache.pop(best_key)
                 del a.slot.tokens[best:]
             else:
-                a.slot = _Slot(self.model._new_kv())
+                try:
+                    a.slot = _Slot(self.model._new_kv())
+                except (MemoryError, ValueError) as e:  # no memory for a cache: fail this request only
+                    a.req._push(e)
+                    continue
                 if best > 0:
                     a.slot.kv.copy_prefix_from(best_slot.kv, best)
                     a.slot.tokens = prompt[:best]
