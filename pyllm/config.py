@@ -1,6 +1,8 @@
 """config.py: the model description pyllm runs, read from a Hugging Face config.json. Every
 dimension comes from here; variants (GQA, sliding window, rope scaling, tied embeddings) are
-parameters, not code paths. Also computes the RoPE inverse frequencies as transformers does."""
+parameters, not code paths. Also computes the RoPE inverse frequencies as transformers does, and
+holds the one JSON-file reader every loader uses (read_json_file: any unreadable, non-UTF-8,
+malformed or too deeply nested file is a ModelLoadError naming it)."""
 from __future__ import annotations
 
 import json
@@ -12,10 +14,53 @@ from typing import Any, Optional
 import numpy as np
 
 from .errors import ModelLoadError, UnsupportedArchitectureError
+from .mapped_file import read_small_file
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 _MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+MAX_INT32 = (1 << 31) - 1  # the engine takes every size as a C int
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """repr(value), cut to limit characters (a bad value may be a huge list)."""
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def parse_json(text, source: str) -> Any:
+    """json.loads(text) (str or bytes); every way it can fail is a ModelLoadError naming source."""
+    try:
+        if isinstance(text, (bytes, bytearray, memoryview)):
+            text = bytes(text).decode("utf-8")
+        return json.loads(text)
+    except UnicodeDecodeError as e:
+        raise ModelLoadError(f"{source}: not valid UTF-8 ({e})") from None
+    except RecursionError:
+        raise ModelLoadError(f"{source}: JSON nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, and integers longer than Python converts
+        raise ModelLoadError(f"{source}: not valid JSON ({e})") from None
+
+
+def read_json_file(path, object_required: bool = True) -> Any:
+    """The parsed contents of the JSON file at path (a dict unless object_required is False). A file
+    that is missing, not a regular file, unreadable, not UTF-8, not JSON, too deeply nested or (with
+    object_required) not an object raises ModelLoadError naming the file."""
+    path = os.fspath(path)
+    raw = read_small_file(path)
+    data = parse_json(raw, path)
+    if object_required and not isinstance(data, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass(frozen=True)
@@ -39,10 +84,17 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config.json") -> "ModelConfig":
+        """Every value is checked here (type and range, sizes against the engine's C int) so that a bad
+        config.json is a ModelLoadError naming the key, never a TypeError/OverflowError later."""
         if not isinstance(d, dict):
             raise ModelLoadError(f"{source}: expected a JSON object")
-        archs = d.get("architectures") or []
-        arch = archs[0] if archs else _MODEL_TYPES.get(d.get("model_type", ""), d.get("model_type"))
+        archs = d.get("architectures")
+        if archs is not None and (not isinstance(archs, list) or not all(isinstance(a, str) for a in archs)):
+            raise ModelLoadError(f"{source}: architectures must be a list of class names, got {short_repr(archs)}")
+        model_type = d.get("model_type")
+        if model_type is not None and not isinstance(model_type, str):
+            raise ModelLoadError(f"{source}: model_type must be a string, got {short_repr(model_type)}")
+        arch = archs[0] if archs else _MODEL_TYPES.get(model_type or "", model_type)
         if arch not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedArchitectureError(
                 f"{source}: architecture {arch!r} is not supported; pyllm supports {', '.join(SUPPORTED_ARCHITECTURES)}"
@@ -54,9 +106,22 @@ class ModelConfig:
             return d[key]
 
         def pos_int(key, value):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ModelLoadError(f"{source}: {key} must be a positive integer, got {value!r}")
+            if not _is_int(value) or value <= 0:
+                raise ModelLoadError(f"{source}: {key} must be a positive integer, got {short_repr(value)}")
+            if value > MAX_INT32:
+                raise ModelLoadError(f"{source}: {key} = {short_repr(value)} is too large (at most {MAX_INT32})")
             return value
+
+        def number(key, value, lo, hi, what):
+            if not _is_number(value) or not lo(value) or value > hi:
+                raise ModelLoadError(f"{source}: {key} must be {what}, got {short_repr(value)}")
+            return float(value)
+
+        def mapping(key):
+            v = d.get(key)
+            if v is not None and not isinstance(v, dict):
+                raise ModelLoadError(f"{source}: {key} must be an object (or null), got {short_repr(v)}")
+            return v or {}
 
         hidden = pos_int("hidden_size", need("hidden_size"))
         heads = pos_int("num_attention_heads", need("num_attention_heads"))
@@ -69,27 +134,39 @@ class ModelConfig:
                 raise UnsupportedArchitectureError(f"{source}: {key}=true is not supported")
         act = d.get("hidden_act", "silu")
         if act not in ("silu", "swish"):
-            raise UnsupportedArchitectureError(f"{source}: hidden_act {act!r} is not supported (only silu)")
+            raise UnsupportedArchitectureError(f"{source}: hidden_act {short_repr(act)} is not supported (only silu)")
 
-        rope = dict(d.get("rope_parameters") or {})
-        legacy = d.get("rope_scaling") or {}
+        rope = dict(mapping("rope_parameters"))
+        legacy = mapping("rope_scaling")
         if legacy:
             rope.update(legacy)
-        theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
+        theta_key = ("rope_scaling.rope_theta" if "rope_theta" in legacy else
+                     "rope_parameters.rope_theta" if "rope_theta" in rope else "rope_theta")
+        theta = number(theta_key, rope.get("rope_theta", d.get("rope_theta", 10000.0)), lambda v: v > 0,
+                       _FLOAT32_MAX, "a positive number")
         rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type not in SUPPORTED_ROPE_TYPES:
+        if not isinstance(rope_type, str) or rope_type not in SUPPORTED_ROPE_TYPES:
             raise UnsupportedArchitectureError(
-                f"{source}: rope scaling type {rope_type!r} is not supported (supported: {', '.join(SUPPORTED_ROPE_TYPES)})"
+                f"{source}: rope scaling type {short_repr(rope_type)} is not supported "
+                f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)})"
             )
         scaling = {} if rope_type == "default" else {k: v for k, v in rope.items() if k not in ("type", "rope_theta")}
         if scaling:
             scaling["rope_type"] = rope_type
+            _check_rope_scaling(scaling, source)
         if rope.get("partial_rotary_factor", 1.0) != 1.0:
             raise UnsupportedArchitectureError(f"{source}: partial_rotary_factor is not supported")
         max_pos = pos_int("max_position_embeddings", d.get("max_position_embeddings", 2048))
         sw = d.get("sliding_window") if arch == "MistralForCausalLM" else None
         if d.get("use_sliding_window") is False:
             sw = None
+        if sw is not None and (not _is_int(sw) or not 0 <= sw <= MAX_INT32):
+            raise ModelLoadError(f"{source}: sliding_window must be null or an integer in 0..{MAX_INT32}, "
+                                 f"got {short_repr(sw)}")
+        eps = number("rms_norm_eps", d.get("rms_norm_eps", 1e-6), lambda v: v >= 0, 1.0, "a number in [0, 1]")
+        tie = d.get("tie_word_embeddings", False)
+        if tie is not None and not isinstance(tie, bool):
+            raise ModelLoadError(f"{source}: tie_word_embeddings must be true or false, got {short_repr(tie)}")
         return cls(
             architecture=arch,
             vocab_size=pos_int("vocab_size", need("vocab_size")),
@@ -100,25 +177,20 @@ class ModelConfig:
             head_dim=head_dim,
             intermediate_size=pos_int("intermediate_size", need("intermediate_size")),
             max_position_embeddings=max_pos,
-            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(theta),
+            rms_norm_eps=eps,
+            rope_theta=theta,
             rope_scaling=scaling,
-            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            sliding_window=int(sw) if sw else 0,
+            tie_word_embeddings=bool(tie),
+            sliding_window=sw or 0,
             bos_token_id=d.get("bos_token_id"),
             eos_token_id=d.get("eos_token_id"),
         )
 
     @classmethod
     def from_file(cls, path: str) -> "ModelConfig":
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except FileNotFoundError:
-            raise ModelLoadError(f"{path}: not found (a Hugging Face checkpoint folder needs config.json)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ModelLoadError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(d, source=os.path.basename(path))
+        if not os.path.exists(path):
+            raise ModelLoadError(f"{path}: not found (a Hugging Face checkpoint folder needs config.json)")
+        return cls.from_dict(read_json_file(path), source=os.fspath(path))
 
     def rope_inv_freq(self) -> np.ndarray:
         """Inverse frequencies (head_dim/2, float32) computed with transformers' float32 arithmetic."""
@@ -127,6 +199,8 @@ class ModelConfig:
         inv = (np.float32(1.0) / np.power(np.float32(self.rope_theta), exps, dtype=np.float32)).astype(np.float32)
         s = self.rope_scaling
         kind = s.get("rope_type", "default")
+        if kind in ("linear", "llama3"):
+            _check_rope_scaling(s, "config.json")
         if kind == "linear":
             inv = (inv / np.float32(_num(s, "factor"))).astype(np.float32)
         elif kind == "llama3":
@@ -143,8 +217,20 @@ class ModelConfig:
         return inv
 
 
-def _num(s: dict, key: str) -> float:
+def _num(s: dict, key: str, source: str = "config.json") -> float:
     v = s.get(key)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise ModelLoadError(f"config.json: rope scaling {key!r} must be a positive number, got {v!r}")
+    if not _is_number(v) or v <= 0 or v > _FLOAT32_MAX:
+        raise ModelLoadError(f"{source}: rope scaling {key!r} must be a positive number, got {short_repr(v)}")
     return float(v)
+
+
+def _check_rope_scaling(s: dict, source: str) -> None:
+    """The values rope_inv_freq will use, checked when the config is read."""
+    kind = s.get("rope_type")
+    keys = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
+                                              "original_max_position_embeddings")}.get(kind, ())
+    for key in keys:
+        _num(s, key, source)
+    if kind == "llama3" and s["high_freq_factor"] <= s["low_freq_factor"]:
+        raise ModelLoadError(f"{source}: rope scaling high_freq_factor ({s['high_freq_factor']}) must be larger than "
+                             f"low_freq_factor ({s['low_freq_factor']})")

@@ -25,7 +25,6 @@ Ctrl-C, a bad checkpoint) the temporary file is removed and nothing named OUT ex
 from __future__ import annotations
 
 import errno
-import json
 import math
 import os
 import secrets
@@ -35,15 +34,11 @@ from typing import Optional
 
 import numpy as np
 
-from .config import ModelConfig
+from .config import ModelConfig, read_json_file
 from .errors import ModelLoadError
 from .hf_loader import LAYER_TENSORS as HF_LAYER_TENSORS
-from .quantization import TYPE_IDS, check_quant, convert, tensor_type
-
-try:  # how q4_0/q8_0 scales are chosen; the default is what pyllm.load(hf_dir, quant=...) uses
-    from .quantization import DEFAULT_METHOD, METHODS
-except ImportError:  # a quantization module without methods: its convert() is ggml's reference
-    DEFAULT_METHOD, METHODS = None, ()
+# DEFAULT_METHOD: how q4_0/q8_0 scales are chosen by default, as pyllm.load(hf_dir, quant=...) does
+from .quantization import DEFAULT_METHOD, METHODS, TYPE_IDS, check_quant, convert, tensor_type
 from .safetensors_file import DTYPES, open_checkpoint
 
 EXPORT_TYPES = ("q4_0", "q8_0", "f16", "bf16", "f32")
@@ -117,13 +112,10 @@ def _llama3_rope_factors(cfg: ModelConfig) -> np.ndarray:
 
 
 def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except FileNotFoundError:
+    """A folder's optional JSON file ({} when absent; bad contents raise ModelLoadError)."""
+    if not os.path.exists(path):
         return {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"{path}: not valid JSON ({e})") from None
+    d = read_json_file(path, object_required=False)
     return d if isinstance(d, dict) else {}
 
 
@@ -363,10 +355,8 @@ def export_gguf(hf_dir: str, out_path: str, quant: str = "q8_0", n_threads: int 
     scales); default: what pyllm.load(hf_dir, quant=...) uses, so the file runs exactly like it. Raises ModelLoadError/UnsupportedArchitectureError for a bad or
     unsupported checkpoint, ValueError for a bad type, OSError when the file cannot be written; in
     every failure case no file named out_path is created (an existing one is left untouched)."""
-    try:
-        import gguf
-    except ImportError:
-        raise ModelLoadError("writing GGUF needs the `gguf` package (pip install gguf)") from None
+    import gguf
+
     from .gguf_tokenizer import GGUF_VALUE_TYPES, tokenizer_metadata
 
     hf_dir, out_path = os.fspath(hf_dir), os.fspath(out_path)
@@ -374,7 +364,7 @@ def export_gguf(hf_dir: str, out_path: str, quant: str = "q8_0", n_threads: int 
     if method is None:
         method = DEFAULT_METHOD
     elif method not in METHODS:
-        raise ValueError(f"unknown quantization method {method!r}: expected one of {', '.join(METHODS) or 'none'}")
+        raise ValueError(f"unknown quantization method {method!r}: expected one of {', '.join(METHODS)}")
     if not os.path.isdir(hf_dir):
         raise ModelLoadError(f"{hf_dir}: no such folder (expected a Hugging Face checkpoint folder)")
     if not os.path.isfile(os.path.join(hf_dir, "config.json")):
@@ -465,11 +455,10 @@ def add_arguments(p) -> None:
                    help="weight type (default q8_0)")
     p.add_argument("-t", "--threads", type=int, default=0, help="threads for quantization (default: all)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    if METHODS:
-        p.add_argument("--method", choices=METHODS, default=None,
-                       help=f"how q4_0/q8_0 block scales are chosen: 'reference' is ggml's quantizer (files "
-                            f"byte-identical to llama.cpp's), 'search' minimizes the error (default: {DEFAULT_METHOD}, "
-                            f"as pyllm.load(..., quant=...))")
+    p.add_argument("--method", choices=METHODS, default=None,
+                   help=f"how q4_0/q8_0 block scales are chosen: 'reference' is ggml's quantizer (files "
+                        f"byte-identical to llama.cpp's), 'search' minimizes the error (default: {DEFAULT_METHOD}, "
+                        f"as pyllm.load(..., quant=...))")
 
 
 def run(args, prog: str = "pyllm quantize") -> int:

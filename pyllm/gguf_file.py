@@ -5,10 +5,16 @@ actually there (and against sane caps) before it is used, so a truncated or corr
 ModelLoadError naming the file and the problem, and never crashes the process or allocates
 memory in proportion to a bogus count. Metadata values are plain Python values (int, float,
 bool, str, nested lists); tensors are handed out as (type id, shape in Hugging Face order
-[rows, cols], memoryview into the mapping), like safetensors_file.py does."""
+[rows, cols], memoryview into the mapping), like safetensors_file.py does.
+
+Alignment: this reader takes what ggml takes, a `general.alignment` that is a power of two (up to
+1 MiB; absent, 32), and checks every tensor offset against it; the data section starts on a
+multiple of it. The model loader (gguf_loader.py) also requires the GGUF spec's multiple of 8, so
+that every tensor it hands the engine is aligned for its element type (see MIN_MODEL_ALIGNMENT)."""
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from dataclasses import dataclass
 
@@ -20,6 +26,8 @@ from .mapped_file import map_readonly
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
+MIN_MODEL_ALIGNMENT = 8  # the spec's rule ("a multiple of 8"); enough for every element type the engine reads
+MAX_ALIGNMENT = 1 << 20
 MAX_DIMS = 4
 MAX_NAME = 64  # the spec's limit for tensor names (bytes)
 MAX_KEY = 65535  # keys are ASCII paths; anything longer is corruption
@@ -195,7 +203,7 @@ class GGUFFile:
             if self.value_types["general.alignment"] != "u32":
                 raise ModelLoadError(f"{path}: general.alignment must be a u32, got {self.value_types['general.alignment']}")
             alignment = self.metadata["general.alignment"]
-            if alignment <= 0 or alignment & (alignment - 1) or alignment > 1 << 20:
+            if alignment <= 0 or alignment & (alignment - 1) or alignment > MAX_ALIGNMENT:
                 raise ModelLoadError(f"{path}: general.alignment {alignment} is not a power of two up to 1 MiB")
         self.alignment = alignment
 
@@ -349,6 +357,8 @@ def open_gguf(path: str) -> GGUFFile:
 def is_gguf(path: str) -> bool:
     """True if the file starts with the GGUF magic (no other check)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the read
+            return False
         with open(path, "rb") as f:
             return f.read(4) == GGUF_MAGIC
     except OSError:

@@ -21,20 +21,16 @@ from typing import Optional
 import numpy as np
 
 from . import _engine
-from .config import ModelConfig
+from .config import MAX_INT32, ModelConfig, short_repr
 from .errors import ModelLoadError, UnsupportedArchitectureError
-from .gguf_file import GGUFFile, is_gguf
-from .hf_loader import build_engine_model
-from .quantization import check_quant, convert, tensor_type
-
-try:  # scale-choosing method of quant-on-load (pyllm.load(hf_dir, quant=...))
-    from .quantization import DEFAULT_METHOD
-except ImportError:
-    DEFAULT_METHOD = None
+from .gguf_file import MIN_MODEL_ALIGNMENT, GGUFFile, is_gguf
+from .hf_loader import build_engine_model, check_sampling_defaults, check_tokenizer_vocab
+from .quantization import DEFAULT_METHOD, check_quant, convert, tensor_type
 
 SUPPORTED_GGUF_ARCHITECTURES = ("llama",)
 ENGINE_TYPES = (0, 1, 2, 8, 30)  # F32, F16, Q4_0, Q8_0, BF16
-_INT_CAP = 1 << 31
+_INT_CAP = MAX_INT32 + 1  # sizes go to the engine as C ints
+_FLOAT32_MAX = 3.4028234663852886e38
 
 # engine tensor name -> GGUF tensor name (per-layer ones get "blk.N." in front)
 GLOBAL_TENSORS = {"tok_embd": "token_embd.weight", "output_norm": "output_norm.weight", "output": "output.weight"}
@@ -91,14 +87,15 @@ def _int(gf: GGUFFile, key: str, default=None, required: bool = True) -> Optiona
     return v
 
 
-def _float(gf: GGUFFile, key: str, default=None) -> Optional[float]:
+def _float(gf: GGUFFile, key: str, default=None, limit: float = _FLOAT32_MAX) -> Optional[float]:
+    """A positive number up to limit (the engine computes in float32)."""
     if key not in gf.metadata:
         if default is None:
             raise ModelLoadError(f"{gf.path}: missing required key {key!r}")
         return default
     v = gf.metadata[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise ModelLoadError(f"{gf.path}: {key} must be a positive number, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= limit:
+        raise ModelLoadError(f"{gf.path}: {key} must be a positive number up to {limit:g}, got {short_repr(v)}")
     return float(v)
 
 
@@ -136,7 +133,7 @@ def read_config(gf: GGUFFile) -> GGUFModelConfig:
     if rope_dim != head_dim:
         raise UnsupportedArchitectureError(
             f"{path}: partial RoPE (rope.dimension_count {rope_dim} < head dim {head_dim}) is not supported")
-    eps = _float(gf, a + "attention.layer_norm_rms_epsilon")
+    eps = _float(gf, a + "attention.layer_norm_rms_epsilon", limit=1.0)
     theta = _float(gf, a + "rope.freq_base", 10000.0)
 
     scaling = {}
@@ -145,7 +142,8 @@ def read_config(gf: GGUFFile) -> GGUFModelConfig:
     if kind == "none" and a + "rope.scale_linear" in md:  # older files
         kind, factor = "linear", md[a + "rope.scale_linear"]
     if kind == "linear":
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
+        if (isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0
+                or factor > _FLOAT32_MAX):
             raise ModelLoadError(f"{path}: linear rope scaling needs a positive {a}rope.scaling.factor, got {factor!r}")
         if factor != 1.0:
             scaling = {"rope_type": "linear", "factor": float(factor)}
@@ -177,8 +175,9 @@ def read_config(gf: GGUFFile) -> GGUFModelConfig:
         raise ModelLoadError(f"{path}: bad vocabulary size {vocab}")
 
     sw = md.get(a + "attention.sliding_window", 0)
-    if isinstance(sw, bool) or not isinstance(sw, int) or sw < 0:
-        raise ModelLoadError(f"{path}: {a}attention.sliding_window must be a non-negative integer, got {sw!r}")
+    if isinstance(sw, bool) or not isinstance(sw, int) or not 0 <= sw < _INT_CAP:
+        raise ModelLoadError(f"{path}: {a}attention.sliding_window must be an integer in 0..{_INT_CAP - 1}, got "
+                             f"{short_repr(sw)}")
 
     bos = md.get("tokenizer.ggml.bos_token_id")
     eos = [md[k] for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
@@ -229,16 +228,25 @@ def _check_tensors(gf: GGUFFile, cfg: ModelConfig) -> None:
                 f"are not supported)")
 
 
-def generation_config_from_metadata(md: dict) -> dict:
-    """general.sampling.* keys (written from generation_config.json) -> generation_config entries."""
+# general.sampling.* key -> generation_config entry
+SAMPLING_METADATA = {"general.sampling.temp": "temperature", "general.sampling.top_k": "top_k",
+                     "general.sampling.top_p": "top_p", "general.sampling.min_p": "min_p",
+                     "general.sampling.penalty_repeat": "repetition_penalty"}
+
+
+def generation_config_from_metadata(md: dict, path: str = "<gguf>") -> dict:
+    """general.sampling.* keys (written from generation_config.json) -> generation_config entries. A value
+    generate() could not use (top_p 2.0, a string, a fractional top_k) is a ModelLoadError naming the key."""
     gen = {}
-    for key, name, kind in (("general.sampling.temp", "temperature", float), ("general.sampling.top_k", "top_k", int),
-                            ("general.sampling.top_p", "top_p", float), ("general.sampling.min_p", "min_p", float),
-                            ("general.sampling.penalty_repeat", "repetition_penalty", float)):
-        v = md.get(key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            gen[name] = kind(v)
-    return gen
+    for key, name in SAMPLING_METADATA.items():
+        if key not in md:
+            continue
+        v = md[key]
+        if name == "top_k" and isinstance(v, float) and v.is_integer():
+            v = int(v)
+        gen[name] = v
+    check_sampling_defaults(gen, path, {v: k for k, v in SAMPLING_METADATA.items()})
+    return {k: (int(v) if k == "top_k" else float(v)) for k, v in gen.items()}
 
 
 def load_gguf_parts(path: str, n_ctx: Optional[int] = None, quant: Optional[str] = None, n_threads: int = 0):
@@ -252,6 +260,11 @@ def load_gguf_parts(path: str, n_ctx: Optional[int] = None, quant: Optional[str]
         raise ModelLoadError(f"{path}: not a GGUF file (no GGUF magic); pyllm loads a Hugging Face checkpoint folder "
                              f"or a .gguf file")
     gf = GGUFFile(path)
+    if gf.alignment % MIN_MODEL_ALIGNMENT:
+        # every tensor starts on a multiple of the alignment (GGUFFile checks each offset); below 8 bytes a
+        # 16/32-bit tensor could start misaligned, which the C kernels must not be given
+        raise ModelLoadError(f"{path}: general.alignment is {gf.alignment}; the GGUF spec requires a multiple of "
+                             f"{MIN_MODEL_ALIGNMENT} (tensor data aligned to less can be misaligned for its type)")
     cfg = read_config(gf)
     if n_ctx is None:
         n_ctx = min(cfg.max_position_embeddings, 4096)
@@ -262,12 +275,16 @@ def load_gguf_parts(path: str, n_ctx: Optional[int] = None, quant: Optional[str]
     if quant is not None:
         quant = check_quant(quant)
     _check_tensors(gf, cfg)
+    gen = generation_config_from_metadata(gf.metadata, path)
     try:
         tokenizer = tokenizer_from_metadata(gf.metadata)
     except ModelLoadError:
         raise
     except (ValueError, KeyError, TypeError, IndexError) as e:
         raise ModelLoadError(f"{path}: cannot build the tokenizer from the file's metadata: {e}") from None
+    # llama.cpp sizes the vocabulary by tokenizer.ggml.tokens: the two must agree
+    vocab_from = "llama.vocab_size" if "llama.vocab_size" in gf.metadata else "rows of token_embd.weight"
+    check_tokenizer_vocab(cfg.vocab_size, tokenizer, f"{path}: tokenizer.ggml.tokens", vocab_from, exact=True)
 
     converted = {}
 
@@ -294,8 +311,7 @@ def load_gguf_parts(path: str, n_ctx: Optional[int] = None, quant: Optional[str]
             return converted[(gname, want)]
         data = np.frombuffer(gf.buffer(gname), dtype=np.uint8)
         x = _engine.to_float(tid, data, info.ne[0] if info.ne else 1)
-        data = convert(x, want, n_threads) if DEFAULT_METHOD is None else convert(x, want, n_threads,
-                                                                                 method=DEFAULT_METHOD)
+        data = convert(x, want, n_threads, method=DEFAULT_METHOD)
         out = (want, shape, data)
         converted[(gname, want)] = out
         return out
@@ -307,7 +323,7 @@ def load_gguf_parts(path: str, n_ctx: Optional[int] = None, quant: Optional[str]
     except ValueError as e:  # the engine's size/shape checks; name the tensor as the file does
         msg = re.sub(r"\b(\w+) \(layer (-?\d+)\)", lambda m: _file_name(m.group(1), int(m.group(2))), str(e))
         raise ModelLoadError(f"{path}: {msg}") from None
-    return cfg, cm, tokenizer, generation_config_from_metadata(gf.metadata), n_ctx
+    return cfg, cm, tokenizer, gen, n_ctx
 
 
 def load_gguf(path: str, n_threads: Optional[int] = None, n_ctx: Optional[int] = None, quant: Optional[str] = None,

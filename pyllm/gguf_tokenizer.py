@@ -35,6 +35,7 @@ from tokenizers import AddedToken, Regex, decoders, pre_tokenizers, processors
 from tokenizers import Tokenizer as _Backend
 from tokenizers.models import BPE
 
+from .config import read_json_file
 from .tokenizer import Tokenizer, parse_sentencepiece_model
 
 __all__ = ["tokenizer_metadata", "tokenizer_from_metadata", "GGUF_VALUE_TYPES", "SUPPORTED_MODELS",
@@ -137,13 +138,7 @@ _SP_DEFAULT_IDS = {"bos": 1, "eos": 2, "unk": 0}  # llama.cpp's defaults for tok
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data
+    return read_json_file(path)  # ModelLoadError naming the file for anything unreadable
 
 
 def _content(value: Any) -> str | None:

@@ -1,13 +1,14 @@
 """hf_loader.py: turns a Hugging Face checkpoint folder (config.json + safetensors + tokenizer
 files) into an engine model. Maps HF tensor names to the engine's, checks dtypes and shapes,
-and passes mmapped buffers straight through (no copies, 16-bit weights stay 16-bit)."""
+and passes mmapped buffers straight through (no copies, 16-bit weights stay 16-bit). Also the
+load-time checks shared with the GGUF loader: sampling defaults that generate() would reject, and
+a tokenizer that cannot decode every id the model can produce."""
 from __future__ import annotations
 
-import json
 import os
 
 from . import _engine
-from .config import ModelConfig
+from .config import ModelConfig, read_json_file, short_repr
 from .errors import ModelLoadError
 from .quantization import DEFAULT_METHOD, check_method, check_quant, convert, tensor_type
 from .safetensors_file import DTYPES, open_checkpoint
@@ -36,6 +37,56 @@ def hf_tensor_names(cfg: ModelConfig) -> dict:
         for hf, eng in LAYER_TENSORS.items():
             names[(eng, i)] = f"model.layers.{i}.{hf}.weight"
     return names
+
+
+def check_layer_tensors(cfg: ModelConfig, tensors, where: str) -> None:
+    """Every per-layer tensor config.json's num_hidden_layers asks for is in the checkpoint. Runs
+    before anything is sized by the layer count: the loop stops at the first missing name, so a
+    bogus count (2**31 - 1 layers) costs no more than the layers the file really holds."""
+    for i in range(cfg.num_layers):
+        for hf in LAYER_TENSORS:
+            name = f"model.layers.{i}.{hf}.weight"
+            if name not in tensors:
+                raise ModelLoadError(f"{where}: checkpoint has no tensor {name!r} (config.json num_hidden_layers is "
+                                     f"{cfg.num_layers}; the checkpoint holds {len(tensors)} tensors)")
+
+
+# generation_config.json key -> SamplingParams field, for the sampling defaults Model uses
+SAMPLING_KEYS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p",
+                 "repetition_penalty": "repeat_penalty"}
+
+
+def check_sampling_defaults(gen: dict, source: str, key_names: dict | None = None) -> None:
+    """Each sampling default in gen (generation_config entries, as Model._sampling_params reads them)
+    is one SamplingParams accepts, so that a default generate() cannot fail; else ModelLoadError
+    naming source and the key (key_names: generation_config key -> the file's own key name)."""
+    from .sampling import SamplingParams
+
+    if not gen.get("do_sample", True):
+        return  # Model ignores these values then
+    for key, field in SAMPLING_KEYS.items():
+        v = gen.get(key)
+        if v is None:
+            continue
+        try:
+            SamplingParams(**{field: v})
+        except (ValueError, TypeError) as e:
+            name = (key_names or {}).get(key, key)
+            raise ModelLoadError(f"{source}: {name} = {short_repr(v)} is not a usable sampling default ({e})") from None
+
+
+def check_tokenizer_vocab(vocab_size: int, tokenizer, source: str, vocab_from: str = "vocab_size",
+                          exact: bool = False) -> None:
+    """The tokenizer can decode every id the model can produce (0 .. vocab_size - 1, vocab_from naming
+    where that size comes from); with exact, it also has no ids past the model's vocabulary (as
+    llama.cpp requires of a GGUF file). Else ModelLoadError naming source."""
+    n = tokenizer.vocab_size
+    if n < vocab_size:
+        raise ModelLoadError(f"{source}: the tokenizer has {n} tokens but the model's vocabulary ({vocab_from}) has "
+                             f"{vocab_size}: ids {n}..{vocab_size - 1} could be generated and not decoded")
+    if exact and n > vocab_size:
+        raise ModelLoadError(f"{source}: the tokenizer has {n} tokens but the model's vocabulary ({vocab_from}) has "
+                             f"only {vocab_size}: text could encode to ids the model does not have")
 
 
 def build_engine_model(cfg: ModelConfig, n_ctx: int, get_tensor, interleaved_rope: bool = False) -> "_engine.CModel":
@@ -77,7 +128,13 @@ def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads:
     method = check_method(DEFAULT_METHOD if method is None else method)
     if importance and method != "search":
         raise ValueError("importance is only used by method='search'")
+    gen = {}
+    gpath = os.path.join(folder, "generation_config.json")
+    if os.path.exists(gpath):
+        gen = read_json_file(gpath)
+        check_sampling_defaults(gen, gpath)
     tensors = open_checkpoint(folder)
+    check_layer_tensors(cfg, tensors, folder)
     names = hf_tensor_names(cfg)
 
     def get_tensor(name, layer):
@@ -112,14 +169,4 @@ def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads:
         raise
     except ValueError as e:
         raise ModelLoadError(f"{folder}: {e}") from None
-    gen = {}
-    gpath = os.path.join(folder, "generation_config.json")
-    if os.path.exists(gpath):
-        try:
-            with open(gpath, encoding="utf-8") as f:
-                gen = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ModelLoadError(f"{gpath}: not valid JSON ({e})") from None
-        if not isinstance(gen, dict):
-            raise ModelLoadError(f"{gpath}: expected a JSON object")
     return cfg, cm, gen

@@ -118,6 +118,9 @@ class Model:
             elif isinstance(src, list):
                 eos.update(x for x in src if isinstance(x, int))
         self.eos_ids = frozenset(eos)
+        # ids the tokenizer can decode: a checkpoint may pad its vocabulary past the tokenizer
+        # (to a multiple of 64 or 128); generation never samples the padding ids
+        self.n_decodable = min(config.vocab_size, tokenizer.vocab_size)
 
     def __repr__(self) -> str:
         c = self.config

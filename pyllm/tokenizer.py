@@ -33,6 +33,10 @@ from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers,
 from tokenizers import Tokenizer as _Backend
 from tokenizers.models import BPE, Unigram
 
+from .config import read_json_file
+from .errors import ModelLoadError
+from .mapped_file import read_small_file
+
 __all__ = ["Tokenizer", "StreamDecoder", "SentencePieceModel", "parse_sentencepiece_model"]
 
 _LLAMA_CLASSES = {"LlamaTokenizer", "LlamaTokenizerFast"}
@@ -296,14 +300,7 @@ def _clean_up_tokenization(text: str) -> str:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data
+    return read_json_file(path)  # ModelLoadError naming the file for anything unreadable
 
 
 def _chat_templates(value: Any, name: str) -> dict[str, str]:
@@ -598,6 +595,17 @@ class Tokenizer:
         folder = Path(path)
         if not folder.is_dir():
             raise FileNotFoundError(f"tokenizer folder not found: {folder}")
+        try:
+            return cls._from_dir(folder)
+        except ModelLoadError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as e:
+            # what the files hold is wrong: a load error, naming the folder unless the message names a file in it
+            msg = str(e) if str(folder) in str(e) else f"{folder}: cannot build the tokenizer: {e}"
+            raise ModelLoadError(msg) from None
+
+    @classmethod
+    def _from_dir(cls, folder: Path) -> "Tokenizer":
         config = _read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
         stm_path = folder / "special_tokens_map.json"
         if stm_path.is_file() and "added_tokens_decoder" not in config:
@@ -638,9 +646,9 @@ class Tokenizer:
             templates = {}
             for key, p in files.items():
                 try:
-                    templates[key] = p.read_text(encoding="utf-8")
-                except (OSError, UnicodeDecodeError) as e:
-                    raise ValueError(f"cannot read {p}: {e}") from None
+                    templates[key] = read_small_file(str(p)).decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ModelLoadError(f"{p}: not valid UTF-8 ({e})") from None
             config["chat_template"] = templates["default"] if list(templates) == ["default"] else templates
         elif config.get("chat_template") is None and (folder / "chat_template.json").is_file():
             config["chat_template"] = _read_json(folder / "chat_template.json").get("chat_template")
@@ -650,15 +658,15 @@ class Tokenizer:
         tj, tm = folder / "tokenizer.json", folder / "tokenizer.model"
         if tj.is_file():
             try:
-                text = tj.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as e:
-                raise ValueError(f"cannot read {tj}: {e}") from None
+                text = read_small_file(str(tj)).decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ModelLoadError(f"{tj}: not valid UTF-8 ({e})") from None
             return cls.from_tokenizers_json(text, config, generation_config=gen, model_config=model_cfg, name=str(tj))
         if tm.is_file():
-            data = tm.read_bytes()
+            data = read_small_file(str(tm))
             return cls.from_sentencepiece_bytes(data, config, generation_config=gen, model_config=model_cfg,
                                                 name=str(tm))
-        raise FileNotFoundError(f"no tokenizer.json or tokenizer.model in {folder}")
+        raise ModelLoadError(f"{folder}: no tokenizer.json or tokenizer.model (a model folder needs one of them)")
 
     @classmethod
     def from_tokenizers_json(
@@ -720,7 +728,7 @@ class Tokenizer:
         try:
             m = parse_sentencepiece_model(bytes(model_bytes))
         except ValueError as e:
-            raise ValueError(f"{name}: {e}") from None
+            raise ModelLoadError(f"{name}: {e}") from None
         return cls._from_sp_model(m, config, generation_config, model_config, name)
 
     @classmethod

@@ -362,6 +362,9 @@ class Engine:
     def _sample(self, a: _Active, row: np.ndarray) -> None:
         model = self.model
         o = a.req.options
+        if model.n_decodable < row.shape[0]:  # padding ids past the tokenizer cannot be generated
+            row = row.copy()
+            row[model.n_decodable:] = -np.inf
         tok = a.sampler.sample(a.penalties.adjust(row), a.slot.tokens)
         if tok in a.stop_ids:
             self._finish(a, "stop")
