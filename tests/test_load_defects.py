@@ -281,25 +281,14 @@ def test_bad_gguf_values(base_gguf, tmp_path, key, value, vtype, match):
 
 def _sentencepiece_prefix(data: bytes, n: int) -> bytes:
     """A SentencePiece ModelProto keeping only its first n pieces (field 1) and every other field."""
+    from pyllm.tokenizer import _varint
+
     out, pos, kept = bytearray(), 0, 0
     while pos < len(data):
-        start, tag, shift = pos, 0, 0
-        while True:
-            b = data[pos]
-            pos += 1
-            tag |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                break
+        start = pos
+        tag, pos = _varint(data, pos)
         assert tag & 7 == 2  # ModelProto's top-level fields are all length-delimited
-        length, shift = 0, 0
-        while True:
-            b = data[pos]
-            pos += 1
-            length |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                break
+        length, pos = _varint(data, pos)
         pos += length
         if tag >> 3 != 1 or kept < n:
             out += data[start:pos]
