@@ -22,6 +22,7 @@ from typing import Callable, List, Optional, Sequence as Seq, Union
 import numpy as np
 
 from . import _engine
+from .generation.logprobs import log_softmax
 from .model import KV_TYPES
 
 DEFAULT_MAX_CTX = 512  # default chunk length: the model's context, capped here (llama.cpp's usual -c 512)
@@ -82,13 +83,6 @@ def _mean_stderr(x: np.ndarray) -> tuple:
         return mean, float("nan")
     var = float(np.mean(x * x)) - mean * mean
     return mean, math.sqrt(var / (n - 1)) if var > 0 else 0.0
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    x -= x.max(axis=-1, keepdims=True)
-    x -= np.log(np.exp(x).sum(axis=-1, keepdims=True))
-    return x
 
 
 def _check_int(name: str, v, lo: int) -> int:
@@ -201,12 +195,12 @@ def perplexity(model, text_or_ids: Union[str, Seq[int]], n_ctx: Optional[int] = 
             for r0 in range(0, n_score, block):
                 r1 = min(r0 + block, n_score)
                 tgt = targets[c, r0:r1]
-                lp = _log_softmax(logits[j, r0:r1])
+                lp = log_softmax(logits[j, r0:r1])
                 idx = np.arange(r1 - r0)
                 nll[c, r0:r1] = -lp[idx, tgt]
                 if ref_logits is not None:
                     rl = ref_logits[j, r0:r1]
-                    lpr = _log_softmax(rl)
+                    lpr = log_softmax(rl)
                     ref_nll[c, r0:r1] = -lpr[idx, tgt]
                     kl[c, r0:r1] = np.sum(np.exp(lpr) * (lpr - lp), axis=-1)
                     same[c, r0:r1] = np.argmax(logits[j, r0:r1], axis=-1) == np.argmax(rl, axis=-1)

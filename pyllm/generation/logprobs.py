@@ -20,10 +20,10 @@ class TokenLogprob:
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """float64 log-probabilities along the last axis (also what perplexity scores with)."""
     x = logits.astype(np.float64)
-    m = x.max()
-    x -= m
-    x -= np.log(np.exp(x).sum())
+    x -= x.max(axis=-1, keepdims=True)
+    x -= np.log(np.exp(x).sum(axis=-1, keepdims=True))
     return x
 
 

@@ -5,21 +5,14 @@ ValueError naming the option, so the engine and the server see only valid reques
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, fields
 from typing import Mapping, Optional, Tuple
+
+from ..sampling import _is_int, _is_real
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 MAX_STOP_STRINGS = 16
 LOGIT_BIAS_LIMIT = 100.0  # OpenAI: biases are in [-100, 100]
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
