@@ -171,17 +171,8 @@ class Model:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def _prompt_ids(self, prompt: Prompt) -> list:
-        if isinstance(prompt, str):
-            ids = self.tokenize(prompt)
-        else:
-            ids = self._check_ids(prompt)
-        if not ids:
-            raise ValueError("the prompt is empty (no tokens)")
-        if len(ids) >= self.n_ctx:
-            raise ContextLengthError(
-                f"prompt has {len(ids)} tokens but the context holds {self.n_ctx} (and one more is needed to generate)"
-            )
-        return ids
+        """Token ids of a prompt (text or ids); its length is checked by the engine's submit()."""
+        return self.tokenize(prompt) if isinstance(prompt, str) else self._check_ids(prompt)
 
     # ------------------------------------------------------------------ scoring
     def logits(self, token_ids: Seq[int]) -> np.ndarray:

@@ -12,16 +12,13 @@ class Penalties:
     """Per-request state: how often each token was generated. adjust() returns the logits to sample
     from (the input itself when the options ask for nothing)."""
 
-    def __init__(self, options: GenerationOptions, vocab_size: int):
+    def __init__(self, options: GenerationOptions):
         self._presence = options.presence_penalty
         self._frequency = options.frequency_penalty
         self._counts: dict = {}
         self._bias_ids = self._bias_vals = None
         if options.logit_bias:
-            ids = np.fromiter(options.logit_bias.keys(), dtype=np.int64)
-            if ids.size and int(ids.max()) >= vocab_size:
-                raise ValueError(f"logit_bias names token {int(ids.max())}, outside the vocabulary (0..{vocab_size - 1})")
-            self._bias_ids = ids
+            self._bias_ids = np.fromiter(options.logit_bias.keys(), dtype=np.int64)  # ids checked at submit
             self._bias_vals = np.fromiter(options.logit_bias.values(), dtype=np.float32)
         self.active = bool(self._presence or self._frequency or self._bias_ids is not None)
 

@@ -64,7 +64,7 @@ class _Active:
         self.next_token: Optional[int] = None  # sampled, to be fed in the next step
         self.sampler = Sampler(model._sampling_params(o.temperature, o.top_k, o.top_p, o.min_p,
                                                       o.repeat_penalty, o.seed))
-        self.penalties = Penalties(o, model.vocab_size)
+        self.penalties = Penalties(o)
         self.stop_ids = frozenset(o.stop_token_ids) | (frozenset() if o.ignore_eos else model.eos_ids)
         self.decoder = model.tokenizer.stream_decoder(skip_special_tokens=not o.special, prompt_ids=req.prompt_ids)
         self.stops = StopStringFilter(o.stop)
