@@ -1,7 +1,8 @@
 /* forward.c: one call runs a batch of tokens (any mix of sequences and positions) through every
- * layer: embedding, then per layer RMSNorm, q/k/v, RoPE, KV-cache write, attention, output
- * projection, residual, RMSNorm, SwiGLU MLP, residual; then final norm and LM head for the rows
- * whose logits are wanted. All threads live in one OpenMP region for the whole call, and all of them
+ * layer: embedding, then per layer RMSNorm, q/k/v (+ biases, per-head norms), RoPE, KV-cache
+ * write, attention, output projection, residual, RMSNorm, the layer's feed-forward block (dense
+ * SwiGLU or a mixture of SwiGLU experts), residual; then final norm and LM head for the rows whose
+ * logits are wanted. All threads live in one OpenMP region for the whole call, and all of them
  * use the one kernel table read at the start of the call. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,33 +57,48 @@ typedef struct {
     float *x, *xb, *q, *k, *v, *hb, *hb2, *scores;
     void *act;
     size_t scores_stride;
+    /* mixture of experts (n_expert > 0): router logits [chunk][nexp], each expert's tokens of a chunk
+     * (index and routing weight) [nexp][MLP_CHUNK], the gathered rows and the chunk's sum [chunk][dim] */
+    float *router, *exp_w, *xg, *acc;
+    int *exp_tok, *exp_n;
+    /* LongRoPE: the largest position of each sequence in the batch [n_kv] */
+    int *seq_max;
 } bufs;
 
-static int carve(pl_scratch *s, const pl_kernels *K, const pl_model *m, int nt, int n_out, int nth, int max_len,
-                 bufs *B) {
+static int carve(pl_scratch *s, const pl_kernels *K, const pl_model *m, int nt, int n_out, int n_kv, int nth,
+                 int max_len, bufs *B) {
     const pl_config *c = &m->cfg;
     const size_t qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
     const int rows = nt > n_out ? nt : n_out;
+    const int mlp_rows = nt < MLP_CHUNK ? nt : MLP_CHUNK;
+    const size_t nexp = (size_t)c->n_expert;
     size_t act = 0;
     /* the largest activation conversion any matmul of this model may need */
     size_t a1 = pl_matmul_act_bytes(K, &m->output, rows);
     if (a1 > act) act = a1;
     for (int l = 0; l < c->n_layers; l++) {
         const pl_layer *L = &m->layers[l];
-        const pl_tensor *ts[] = {&L->wq, &L->wo, &L->ffn_gate, &L->ffn_down};
-        for (int i = 0; i < 4; i++) {
-            size_t a = pl_matmul_act_bytes(K, ts[i], i >= 2 && nt > MLP_CHUNK ? MLP_CHUNK : nt);
-            if (a > act) act = a;
+#define ACT(f, mm, e0, e1, need, stk)                                                                  \
+        if ((mm) && L->f.data) {                                                                       \
+            const size_t a = pl_matmul_act_bytes(K, &L->f, !strncmp(#f, "ffn_", 4) ? mlp_rows : nt); \
+            if (a > act) act = a;                                                                      \
         }
+        PL_LAYER_TENSORS(ACT)
+#undef ACT
     }
     B->scores_stride = align64(pl_attention_scratch_floats(m, max_len) * sizeof(float)) / sizeof(float);
-    const size_t mlp_rows = nt < MLP_CHUNK ? (size_t)nt : MLP_CHUNK;
     const size_t sz[] = {
         (size_t)rows * c->dim, (size_t)rows * c->dim, (size_t)nt * qd, (size_t)nt * kvd, (size_t)nt * kvd,
-        mlp_rows * c->hidden_dim, mlp_rows * c->hidden_dim, (size_t)nth * B->scores_stride,
+        (size_t)mlp_rows * c->hidden_dim, (size_t)mlp_rows * c->hidden_dim, (size_t)nth * B->scores_stride,
+        nexp * mlp_rows, nexp * MLP_CHUNK, nexp ? (size_t)mlp_rows * c->dim : 0, nexp ? (size_t)mlp_rows * c->dim : 0,
+        nexp * MLP_CHUNK, nexp, c->rope_long_after > 0 ? (size_t)n_kv : 0,
     };
-    float **dst[] = {&B->x, &B->xb, &B->q, &B->k, &B->v, &B->hb, &B->hb2, &B->scores};
+    void **dst[] = {(void **)&B->x, (void **)&B->xb, (void **)&B->q, (void **)&B->k, (void **)&B->v,
+                    (void **)&B->hb, (void **)&B->hb2, (void **)&B->scores, (void **)&B->router, (void **)&B->exp_w,
+                    (void **)&B->xg, (void **)&B->acc, (void **)&B->exp_tok, (void **)&B->exp_n,
+                    (void **)&B->seq_max};
     enum { NBUF = sizeof(sz) / sizeof(sz[0]) };
+    _Static_assert(sizeof(float) == sizeof(int), "scratch counts floats and ints alike");
     size_t need = align64(act);
     for (int i = 0; i < NBUF; i++) need += align64(sz[i] * sizeof(float));
     if (need > s->cap) {
@@ -96,10 +112,127 @@ static int carve(pl_scratch *s, const pl_kernels *K, const pl_model *m, int nt, 
     B->act = p;
     p += align64(act);
     for (int i = 0; i < NBUF; i++) {
-        *dst[i] = (float *)p;
+        *dst[i] = p;
         p += align64(sz[i] * sizeof(float));
     }
     return 1;
+}
+
+/* expert e of a stacked tensor (rows per expert each): a view of its rows, packed ones included
+ * (repack.c packs a stacked tensor only when every expert starts a 16-row group) */
+static pl_tensor expert_view(const pl_tensor *t, int e, int64_t rows) {
+    pl_tensor v = *t;
+    v.ne1 = rows;
+    v.data = (const char *)t->data + (size_t)e * rows * t->row_bytes;
+    if (t->packed) v.packed = (const char *)t->packed + (size_t)(e * rows / PL_PACK_ROWS) * t->packed_group_bytes;
+    return v;
+}
+
+/* The dense SwiGLU MLP of layer L over nt rows of xb, written back over xb: MLP_CHUNK tokens at a
+ * time (hb/hb2 are the largest buffers); the down projection of a chunk goes over that chunk's xb
+ * rows, already read by gate/up. st: the layer's hidden-size calibration slot or NULL. */
+static void ffn_dense(const pl_kernels *K, const pl_model *m, const pl_layer *L, bufs *B, int nt, double *st) {
+    const int dim = m->cfg.dim, hid = m->cfg.hidden_dim;
+    for (int c0 = 0; c0 < nt; c0 += MLP_CHUNK) {
+        const int cn = nt - c0 < MLP_CHUNK ? nt - c0 : MLP_CHUNK;
+        float *xbc = B->xb + (size_t)c0 * dim;
+        {
+            const pl_tensor *ws[2] = {&L->ffn_gate, &L->ffn_up};
+            float *ys[2] = {B->hb, B->hb2};
+            const int ld[2] = {hid, hid};
+            pl_matmul_multi(K, ws, ys, ld, 2, xbc, cn, dim, B->act, 0);
+        }
+        /* hb and hb2 are [cn][hid] contiguous: split the flat range, so one token's row is shared by
+         * all threads in decode */
+        {
+            const int64_t tot = (int64_t)cn * hid, nch = (tot + SWIGLU_CHUNK - 1) / SWIGLU_CHUNK;
+#pragma omp for schedule(static)
+            for (int64_t ch = 0; ch < nch; ch++) {
+                const int64_t i0 = ch * SWIGLU_CHUNK;
+                K->swiglu_f32(B->hb + i0, B->hb2 + i0, (int)(tot - i0 < SWIGLU_CHUNK ? tot - i0 : SWIGLU_CHUNK));
+            }
+        }
+        if (st) accumulate_squares(st, B->hb, cn, hid, hid);
+        pl_matmul(K, &L->ffn_down, B->hb, cn, hid, xbc, dim, B->act);
+    }
+}
+
+/* The mixture-of-experts block of layer L (Mixtral, as transformers computes it): per token the
+ * router's logits, their softmax, the top n_expert_used experts, their weights renormalized to sum
+ * to 1, and the weighted sum of those experts' SwiGLU outputs, written back over xb. A chunk's tokens
+ * are grouped by expert, so each selected expert's weights are read once per chunk and every matmul
+ * is split over all threads (one token's decode included). Each token's sum runs over its experts in
+ * index order, whatever else is in the batch (batch invariance). */
+static void ffn_moe(const pl_kernels *K, const pl_model *m, const pl_layer *L, bufs *B, int nt, double *st) {
+    const pl_config *c = &m->cfg;
+    const int dim = c->dim, hid = c->hidden_dim, nexp = c->n_expert, ku = c->n_expert_used;
+    for (int c0 = 0; c0 < nt; c0 += MLP_CHUNK) {
+        const int cn = nt - c0 < MLP_CHUNK ? nt - c0 : MLP_CHUNK;
+        float *xbc = B->xb + (size_t)c0 * dim;
+        pl_matmul(K, &L->ffn_gate_inp, xbc, cn, dim, B->router, nexp, B->act);
+#pragma omp single
+        {
+            for (int e = 0; e < nexp; e++) B->exp_n[e] = 0;
+            for (int t = 0; t < cn; t++) {
+                float *p = B->router + (size_t)t * nexp;
+                pl_softmax(p, nexp);
+                /* top-k by probability (ties: the lower index, as torch.topk on CPU), renormalized */
+                int sel[PL_MAX_EXPERTS];
+                float sum = 0.0f;
+                for (int j = 0; j < ku; j++) {
+                    int best = -1;
+                    for (int e = 0; e < nexp; e++) {
+                        int taken = 0;
+                        for (int i = 0; i < j; i++) taken |= sel[i] == e;
+                        if (!taken && (best < 0 || p[e] > p[best])) best = e;
+                    }
+                    sel[j] = best;
+                    sum += p[best];
+                }
+                for (int j = 0; j < ku; j++) {
+                    const int e = sel[j], n = B->exp_n[e]++;
+                    B->exp_tok[(size_t)e * MLP_CHUNK + n] = t;
+                    B->exp_w[(size_t)e * MLP_CHUNK + n] = p[e] / sum;
+                }
+            }
+        }
+#pragma omp for schedule(static)
+        for (int t = 0; t < cn; t++) memset(B->acc + (size_t)t * dim, 0, (size_t)dim * sizeof(float));
+        for (int e = 0; e < nexp; e++) {
+            const int n = B->exp_n[e];
+            if (!n) continue;
+            const int *tok = B->exp_tok + (size_t)e * MLP_CHUNK;
+            const float *w = B->exp_w + (size_t)e * MLP_CHUNK;
+#pragma omp for schedule(static)
+            for (int i = 0; i < n; i++) memcpy(B->xg + (size_t)i * dim, xbc + (size_t)tok[i] * dim, (size_t)dim * sizeof(float));
+            const pl_tensor gate = expert_view(&L->ffn_gate_exps, e, hid), up = expert_view(&L->ffn_up_exps, e, hid);
+            const pl_tensor down = expert_view(&L->ffn_down_exps, e, dim);
+            {
+                const pl_tensor *ws[2] = {&gate, &up};
+                float *ys[2] = {B->hb, B->hb2};
+                const int ld[2] = {hid, hid};
+                pl_matmul_multi(K, ws, ys, ld, 2, B->xg, n, dim, B->act, 0);
+            }
+            {
+                const int64_t tot = (int64_t)n * hid, nch = (tot + SWIGLU_CHUNK - 1) / SWIGLU_CHUNK;
+#pragma omp for schedule(static)
+                for (int64_t ch = 0; ch < nch; ch++) {
+                    const int64_t i0 = ch * SWIGLU_CHUNK;
+                    K->swiglu_f32(B->hb + i0, B->hb2 + i0, (int)(tot - i0 < SWIGLU_CHUNK ? tot - i0 : SWIGLU_CHUNK));
+                }
+            }
+            if (st) accumulate_squares(st, B->hb, n, hid, hid);
+            pl_matmul(K, &down, B->hb, n, hid, B->xg, dim, B->act); /* the gathered rows are read: reuse them */
+#pragma omp for schedule(static)
+            for (int i = 0; i < n; i++) {
+                float *a = B->acc + (size_t)tok[i] * dim;
+                const float *y = B->xg + (size_t)i * dim;
+                for (int d = 0; d < dim; d++) a[d] += w[i] * y[d];
+            }
+        }
+#pragma omp for schedule(static)
+        for (int t = 0; t < cn; t++) memcpy(xbc + (size_t)t * dim, B->acc + (size_t)t * dim, (size_t)dim * sizeof(float));
+    }
 }
 
 #define FAIL(code, ...) (snprintf(err, PL_ERRMSG_LEN, __VA_ARGS__), code)
@@ -139,10 +272,15 @@ int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, co
      * another thread calls pl_set_isa meanwhile */
     const pl_kernels *K = pl_kernels_active();
     bufs B;
-    if (!carve(s, K, m, nt, b->n_out, nth, max_len, &B)) return FAIL(-5, "out of memory for scratch buffers");
+    if (!carve(s, K, m, nt, b->n_out, n_kv, nth, max_len, &B)) return FAIL(-5, "out of memory for scratch buffers");
+    if (c->rope_long_after > 0) {
+        for (int i = 0; i < n_kv; i++) B.seq_max[i] = -1;
+        for (int t = 0; t < nt; t++)
+            if (b->pos[t] > B.seq_max[b->seq[t]]) B.seq_max[b->seq[t]] = b->pos[t];
+    }
 
     const int dim = c->dim, hd = c->head_dim, half = hd / 2;
-    const int qd = c->n_heads * hd, kvd = c->n_kv_heads * hd, hid = c->hidden_dim;
+    const int qd = c->n_heads * hd, kvd = c->n_kv_heads * hd;
 
 #pragma omp parallel num_threads(nth)
     {
@@ -154,11 +292,11 @@ int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, co
 
         for (int l = 0; l < c->n_layers; l++) {
             const pl_layer *L = &m->layers[l];
-            double *st = s->stats ? s->stats + (size_t)l * (2 * dim + qd + hid) : NULL;
+            double *st = s->stats ? s->stats + (size_t)l * (2 * dim + qd + c->hidden_dim) : NULL;
             /* attention norm */
 #pragma omp for schedule(static)
             for (int t = 0; t < nt; t++)
-                pl_rmsnorm(B.xb + (size_t)t * dim, B.x + (size_t)t * dim, L->attn_norm_f32, dim, c->norm_eps);
+                pl_rmsnorm(B.xb + (size_t)t * dim, B.x + (size_t)t * dim, L->attn_norm.f32, dim, c->norm_eps);
             if (st) accumulate_squares(st, B.xb, nt, dim, dim);
             /* q, k, v projections */
             {
@@ -167,60 +305,59 @@ int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, co
                 const int ld[3] = {qd, kvd, kvd};
                 pl_matmul_multi(K, ws, ys, ld, 3, B.xb, nt, dim, B.act, 0);
             }
-            /* RoPE at each token's position, then write k, v into its sequence's cache */
+            /* biases, per-head q/k norms, RoPE at each token's position (LongRoPE: the long table once
+             * its sequence reaches the original context in this batch), then write k, v into its
+             * sequence's cache */
 #pragma omp for schedule(static)
             for (int t = 0; t < nt; t++) {
-                const float *cs = m->rope_cos + (size_t)b->pos[t] * half, *sn = m->rope_sin + (size_t)b->pos[t] * half;
-                pl_rope(B.q + (size_t)t * qd, c->n_heads, hd, cs, sn, c->rope_interleaved);
-                pl_rope(B.k + (size_t)t * kvd, c->n_kv_heads, hd, cs, sn, c->rope_interleaved);
+                float *qt = B.q + (size_t)t * qd, *kt = B.k + (size_t)t * kvd, *vt = B.v + (size_t)t * kvd;
+                if (c->qkv_bias) {
+                    for (int i = 0; i < qd; i++) qt[i] += L->bq.f32[i];
+                    for (int i = 0; i < kvd; i++) kt[i] += L->bk.f32[i];
+                    for (int i = 0; i < kvd; i++) vt[i] += L->bv.f32[i];
+                }
+                if (c->qk_norm) {
+                    for (int h = 0; h < c->n_heads; h++) pl_rmsnorm(qt + h * hd, qt + h * hd, L->q_norm.f32, hd, c->norm_eps);
+                    for (int h = 0; h < c->n_kv_heads; h++) pl_rmsnorm(kt + h * hd, kt + h * hd, L->k_norm.f32, hd, c->norm_eps);
+                }
+                const int lng = c->rope_long_after > 0 && B.seq_max[b->seq[t]] >= c->rope_long_after;
+                const size_t ro = (size_t)b->pos[t] * half;
+                const float *cs = (lng ? m->rope_cos_long : m->rope_cos) + ro, *sn = (lng ? m->rope_sin_long : m->rope_sin) + ro;
+                pl_rope(qt, c->n_heads, hd, cs, sn, c->rope_interleaved);
+                pl_rope(kt, c->n_kv_heads, hd, cs, sn, c->rope_interleaved);
                 pl_kv *kv = kvs[b->seq[t]];
                 const size_t off = ((size_t)l * kv->n_ctx + b->pos[t]) * kvd;
                 if (kv->type == PL_TYPE_F32) {
-                    memcpy((float *)kv->k + off, B.k + (size_t)t * kvd, (size_t)kvd * sizeof(float));
-                    memcpy((float *)kv->v + off, B.v + (size_t)t * kvd, (size_t)kvd * sizeof(float));
+                    memcpy((float *)kv->k + off, kt, (size_t)kvd * sizeof(float));
+                    memcpy((float *)kv->v + off, vt, (size_t)kvd * sizeof(float));
                 } else {
                     const pl_from_float_fn to_kv = K->types[kv->type].from_float;
-                    to_kv(B.k + (size_t)t * kvd, (char *)kv->k + off * kv->elt, kvd);
-                    to_kv(B.v + (size_t)t * kvd, (char *)kv->v + off * kv->elt, kvd);
+                    to_kv(kt, (char *)kv->k + off * kv->elt, kvd);
+                    to_kv(vt, (char *)kv->v + off * kv->elt, kvd);
                 }
             }
             /* attention over the cache, written over q (each work item reads its own q rows before it
              * writes the same rows) */
             pl_attention(K, m, l, kvs, b, B.q, qd, B.q, qd, B.scores, B.scores_stride);
             if (st) accumulate_squares(st + dim, B.q, nt, qd, qd);
-            /* output projection into xb (free once q/k/v are made), residual, MLP norm back into xb */
+            /* output projection into xb (free once q/k/v are made), its bias, residual, MLP norm back
+             * into xb */
             pl_matmul(K, &L->wo, B.q, nt, qd, B.xb, dim, B.act);
 #pragma omp for schedule(static)
             for (int t = 0; t < nt; t++) {
                 float *x = B.x + (size_t)t * dim, *xb = B.xb + (size_t)t * dim;
-                for (int i = 0; i < dim; i++) x[i] += xb[i];
-                pl_rmsnorm(xb, x, L->ffn_norm_f32, dim, c->norm_eps);
+                if (c->o_bias)
+                    for (int i = 0; i < dim; i++) x[i] += xb[i] + L->bo.f32[i];
+                else
+                    for (int i = 0; i < dim; i++) x[i] += xb[i];
+                pl_rmsnorm(xb, x, L->ffn_norm.f32, dim, c->norm_eps);
             }
             if (st) accumulate_squares(st + dim + qd, B.xb, nt, dim, dim);
-            /* SwiGLU MLP, MLP_CHUNK tokens at a time (hb/hb2 are the largest buffers); the down
-             * projection of a chunk goes over that chunk's xb rows, already read by gate/up */
-            for (int c0 = 0; c0 < nt; c0 += MLP_CHUNK) {
-                const int cn = nt - c0 < MLP_CHUNK ? nt - c0 : MLP_CHUNK;
-                float *xbc = B.xb + (size_t)c0 * dim;
-                {
-                    const pl_tensor *ws[2] = {&L->ffn_gate, &L->ffn_up};
-                    float *ys[2] = {B.hb, B.hb2};
-                    const int ld[2] = {hid, hid};
-                    pl_matmul_multi(K, ws, ys, ld, 2, xbc, cn, dim, B.act, 0);
-                }
-                /* hb and hb2 are [cn][hid] contiguous: split the flat range, so one token's row is
-                 * shared by all threads in decode */
-                {
-                    const int64_t tot = (int64_t)cn * hid, nch = (tot + SWIGLU_CHUNK - 1) / SWIGLU_CHUNK;
-#pragma omp for schedule(static)
-                    for (int64_t ch = 0; ch < nch; ch++) {
-                        const int64_t i0 = ch * SWIGLU_CHUNK;
-                        K->swiglu_f32(B.hb + i0, B.hb2 + i0, (int)(tot - i0 < SWIGLU_CHUNK ? tot - i0 : SWIGLU_CHUNK));
-                    }
-                }
-                if (st) accumulate_squares(st + 2 * dim + qd, B.hb, cn, hid, hid);
-                pl_matmul(K, &L->ffn_down, B.hb, cn, hid, xbc, dim, B.act);
-            }
+            /* the feed-forward block this layer has */
+            if (L->ffn_gate_inp.data)
+                ffn_moe(K, m, L, &B, nt, st ? st + 2 * dim + qd : NULL);
+            else
+                ffn_dense(K, m, L, &B, nt, st ? st + 2 * dim + qd : NULL);
 #pragma omp for schedule(static)
             for (int t = 0; t < nt; t++) {
                 float *x = B.x + (size_t)t * dim;
@@ -232,7 +369,7 @@ int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, co
         if (b->n_out > 0) {
 #pragma omp for schedule(static)
             for (int o = 0; o < b->n_out; o++)
-                pl_rmsnorm(B.xb + (size_t)o * dim, B.x + (size_t)b->out[o] * dim, m->output_norm_f32, dim, c->norm_eps);
+                pl_rmsnorm(B.xb + (size_t)o * dim, B.x + (size_t)b->out[o] * dim, m->output_norm.f32, dim, c->norm_eps);
             pl_matmul(K, &m->output, B.xb, b->n_out, dim, logits, c->n_vocab, B.act);
         }
     }

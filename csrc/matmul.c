@@ -18,11 +18,32 @@ static size_t act_stride(pl_type act, int64_t n, int packed) {
     return packed && act == PL_TYPE_Q8_0 ? pl_packed_act_row_bytes(n) : pl_type_row_bytes(act, n);
 }
 
-/* enough for either form (a weight may be repacked after the scratch was sized) */
+/* enough for either form (a weight may be repacked after the scratch was sized), and for the
+ * LoRA pass's a x rows, which reuse the buffer once the weights' tiles are done */
 size_t pl_matmul_act_bytes(const pl_kernels *K, const pl_tensor *w, int nt) {
     const pl_type act = K->types[w->type].act_type;
-    if (act == PL_TYPE_F32) return 0;
-    return (size_t)nt * act_stride(act, w->ne0, 1);
+    const size_t lora = (size_t)nt * w->lora_rank * sizeof(float);
+    const size_t conv = act == PL_TYPE_F32 ? 0 : (size_t)nt * act_stride(act, w->ne0, 1);
+    return conv > lora ? conv : lora;
+}
+
+/* y += b (a x) for a weight's LoRA side product: first the rank-wide a x of every row into tmp, then
+ * each output row's dot with it (both split over threads; each output value is one fixed sum, so the
+ * result does not depend on the other rows of the batch) */
+static void lora_pass(const pl_kernels *K, const pl_tensor *w, const float *x, int nt, int ldx, float *y, int ldy,
+                      float *tmp) {
+    const int r = w->lora_rank, n = (int)w->ne0;
+    const pl_vec_dot_fn dot = K->types[PL_TYPE_F32].vec_dot;
+#pragma omp for schedule(static)
+    for (int i = 0; i < nt * r; i++)
+        dot(n, tmp + i, w->lora_a + (size_t)(i % r) * n, x + (size_t)(i / r) * ldx);
+#pragma omp for schedule(static)
+    for (int64_t o = 0; o < w->ne1; o++)
+        for (int t = 0; t < nt; t++) {
+            float s;
+            dot(r, &s, w->lora_b + (size_t)o * r, tmp + (size_t)t * r);
+            y[(size_t)t * ldy + o] += s;
+        }
 }
 
 /* Converts nt rows of x to the act_type of weight type wtype (inside a parallel region: split
@@ -104,6 +125,9 @@ void pl_matmul_multi(const pl_kernels *K, const pl_tensor *const *ws, float *con
                       ys[k] + (size_t)t0 * ldys[k] + r0, (size_t)ldys[k]);
         }
     }
+    /* LoRA side products (after the tiles' barrier: act_buf is free again) */
+    for (int k = 0; k < nw; k++)
+        if (ws[k]->lora_rank) lora_pass(K, ws[k], x, nt, ldx, ys[k], ldys[k], (float *)act_buf);
 }
 
 void pl_matmul(const pl_kernels *K, const pl_tensor *w, const float *x, int nt, int ldx, float *y, int ldy,

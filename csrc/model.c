@@ -25,8 +25,14 @@ pl_model *pl_model_new(const pl_config *c, char *err) {
         snprintf(err, PL_ERRMSG_LEN, "head_dim (%d) must be even for rotary embeddings", c->head_dim);
         return NULL;
     }
-    if (c->sliding_window < 0 || !(c->norm_eps >= 0.0f)) {
-        snprintf(err, PL_ERRMSG_LEN, "sliding_window and rms_norm_eps must not be negative");
+    if (c->sliding_window < 0 || !(c->norm_eps >= 0.0f) || c->rope_long_after < 0) {
+        snprintf(err, PL_ERRMSG_LEN, "sliding_window, rms_norm_eps and rope_long_after must not be negative");
+        return NULL;
+    }
+    if (c->n_expert < 0 || (c->n_expert > 0 && (c->n_expert_used < 1 || c->n_expert_used > c->n_expert)) ||
+        c->n_expert > PL_MAX_EXPERTS) {
+        snprintf(err, PL_ERRMSG_LEN, "%d experts with %d used per token: need 1 <= used <= experts <= %d",
+                 c->n_expert, c->n_expert_used, PL_MAX_EXPERTS);
         return NULL;
     }
     pl_model *m = calloc(1, sizeof(pl_model));
@@ -60,12 +66,13 @@ static int set(pl_tensor *t, const char *name, int layer, int type, int64_t ne0,
     return 0;
 }
 
-/* the tensor called name in layer (-1: model-level) and the shape the config needs; NULL + err if unknown */
-static pl_tensor *find(const pl_model *m, const char *name, int layer, int64_t *w0, int64_t *w1, char *err) {
+/* the tensor called name in layer (-1: model-level), the shape the config needs and whether the
+ * config uses it; NULL + err if unknown */
+static pl_tensor *find(const pl_model *m, const char *name, int layer, int64_t *w0, int64_t *w1, int *needed,
+                       char *err) {
     const pl_config *c = &m->cfg;
-    const int64_t dim = c->dim, q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim,
-                  hid = c->hidden_dim;
     pl_model *mm = (pl_model *)m;
+    *needed = 1;
     if (layer < 0) {
         *w0 = c->dim;
         *w1 = c->n_vocab;
@@ -81,8 +88,9 @@ static pl_tensor *find(const pl_model *m, const char *name, int layer, int64_t *
         return NULL;
     }
     pl_layer *L = &m->layers[layer];
-    struct { const char *n; pl_tensor *t; int64_t w0, w1; } tab[] = {
-#define ROW(f, mm, e0, e1) {#f, &L->f, e0, e1},
+    PL_LAYER_SHAPE_VARS(c);
+    struct { const char *n; pl_tensor *t; int64_t w0, w1; int need; } tab[] = {
+#define ROW(f, mm, e0, e1, need, stk) {#f, &L->f, e0, e1, need},
         PL_LAYER_TENSORS(ROW)
 #undef ROW
     };
@@ -90,6 +98,7 @@ static pl_tensor *find(const pl_model *m, const char *name, int layer, int64_t *
         if (!strcmp(name, tab[i].n)) {
             *w0 = tab[i].w0;
             *w1 = tab[i].w1;
+            *needed = tab[i].need;
             return tab[i].t;
         }
     snprintf(err, PL_ERRMSG_LEN, "unknown tensor %s", name);
@@ -100,8 +109,10 @@ int pl_model_set_tensor(pl_model *m, const char *name, int layer, int type, int6
                         const void *data, size_t nbytes, char *err) {
     if (m->finalized) return ERR("model already finalized");
     int64_t w0, w1;
-    pl_tensor *t = find(m, name, layer, &w0, &w1, err);
+    int needed;
+    pl_tensor *t = find(m, name, layer, &w0, &w1, &needed, err);
     if (!t) return -1;
+    if (!needed) return ERR("%s (layer %d): this model's config has no such tensor", name, layer);
     if (set(t, name, layer, type, ne0, ne1, w0, w1, data, nbytes, err)) return -1;
     t->flags = 0;
     return 0;
@@ -110,17 +121,38 @@ int pl_model_set_tensor(pl_model *m, const char *name, int layer, int type, int6
 int pl_model_set_tensor_flags(pl_model *m, const char *name, int layer, int flags, char *err) {
     if (m->finalized) return ERR("model already finalized");
     int64_t w0, w1;
-    pl_tensor *t = find(m, name, layer, &w0, &w1, err);
+    int needed;
+    pl_tensor *t = find(m, name, layer, &w0, &w1, &needed, err);
     if (!t) return -1;
     if (!t->data) return ERR("%s (layer %d): flags set before the tensor", name, layer);
     t->flags = flags;
     return 0;
 }
 
+int pl_model_set_lora(pl_model *m, const char *name, int layer, int rank, const float *a, const float *b, char *err) {
+    if (m->finalized) return ERR("model already finalized");
+    int64_t w0, w1;
+    int needed;
+    pl_tensor *t = find(m, name, layer, &w0, &w1, &needed, err);
+    if (!t) return -1;
+    if (!t->data) return ERR("%s (layer %d): LoRA set before the tensor", name, layer);
+    if (t->ne1 == 1 || strstr(name, "_exps") || !strcmp(name, "tok_embd"))
+        return ERR("%s (layer %d): LoRA applies to matmul weights (not vectors, embeddings or stacked experts)",
+                   name, layer);
+    if (rank < 1 || rank > PL_MAX_LORA_RANK) return ERR("%s (layer %d): LoRA rank %d outside 1..%d", name, layer, rank,
+                                                        PL_MAX_LORA_RANK);
+    if (!a || !b) return ERR("%s (layer %d): no LoRA factors", name, layer);
+    t->lora_a = a;
+    t->lora_b = b;
+    t->lora_rank = rank;
+    return 0;
+}
+
 size_t pl_model_packed_bytes(const pl_model *m, const char *name, int layer) {
     char err[PL_ERRMSG_LEN];
     int64_t w0, w1;
-    const pl_tensor *t = find(m, name, layer, &w0, &w1, err);
+    int needed;
+    const pl_tensor *t = find(m, name, layer, &w0, &w1, &needed, err);
     if (!t || !t->packed) return 0;
     return (size_t)((t->ne1 + PL_PACK_ROWS - 1) / PL_PACK_ROWS) * t->packed_group_bytes;
 }
@@ -131,64 +163,93 @@ static float *to_f32(const pl_kernels *K, const pl_tensor *t) {
     return out;
 }
 
-/* frees what finalize allocated (rope tables, norm copies) and clears the pointers */
+/* frees what finalize allocated (rope tables, vector copies) and clears the pointers */
 static void free_finalized(pl_model *m) {
     for (int l = 0; m->layers && l < m->cfg.n_layers; l++) {
-        free(m->layers[l].attn_norm_f32);
-        free(m->layers[l].ffn_norm_f32);
-        m->layers[l].attn_norm_f32 = m->layers[l].ffn_norm_f32 = NULL;
+        pl_layer *L = &m->layers[l];
+#define FREE_F32(f, mm, e0, e1, need, stk) \
+        free(L->f.f32);                  \
+        L->f.f32 = NULL;
+        PL_LAYER_TENSORS(FREE_F32)
+#undef FREE_F32
     }
     free(m->rope_cos);
     free(m->rope_sin);
-    free(m->output_norm_f32);
-    m->rope_cos = m->rope_sin = m->output_norm_f32 = NULL;
+    free(m->rope_cos_long);
+    free(m->rope_sin_long);
+    free(m->output_norm.f32);
+    m->rope_cos = m->rope_sin = m->rope_cos_long = m->rope_sin_long = m->output_norm.f32 = NULL;
 }
 
-int pl_model_finalize(pl_model *m, const float *inv_freq, float attn_factor, char *err) {
+static int finite_all(const float *x, int n) {
+    for (int i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
+/* as transformers: angle = float(pos) * inv_freq in fp32, then cos/sin, times attention factor */
+static void rope_tables(float *cs, float *sn, const float *inv_freq, int max_ctx, int half, float attn_factor) {
+    for (int p = 0; p < max_ctx; p++)
+        for (int i = 0; i < half; i++) {
+            const float a = (float)p * inv_freq[i];
+            cs[(size_t)p * half + i] = cosf(a) * attn_factor;
+            sn[(size_t)p * half + i] = sinf(a) * attn_factor;
+        }
+}
+
+int pl_model_finalize(pl_model *m, const float *inv_freq, const float *inv_freq_long, float attn_factor,
+                      char *err) {
     const pl_config *c = &m->cfg;
     /* a second call would allocate the tables and repack again over the first ones */
     if (m->finalized) return ERR("model already finalized");
     if (!inv_freq) return ERR("no rope inverse frequencies");
+    if (c->rope_long_after > 0 && !inv_freq_long) return ERR("no long rope inverse frequencies (rope_long_after set)");
+    if (!isfinite(attn_factor)) return ERR("rope attention factor is not finite");
     const pl_kernels *K = pl_kernels_active(); /* act_type and to_float are the same in every table */
     if (!m->tok_embd.data) return ERR("missing tensor tok_embd");
     if (!m->output.data) return ERR("missing tensor output");
     if (!m->output_norm.data) return ERR("missing tensor output_norm");
+    PL_LAYER_SHAPE_VARS(c);
     for (int l = 0; l < c->n_layers; l++) {
         pl_layer *L = &m->layers[l];
-#define CHECK(f, mm, e0, e1) \
-        if (!L->f.data) return ERR("missing tensor %s of layer %d", #f, l);
+#define CHECK(f, mm, e0, e1, need, stk) \
+        if ((need) && !L->f.data) return ERR("missing tensor %s of layer %d", #f, l);
         PL_LAYER_TENSORS(CHECK)
 #undef CHECK
         if (K->types[L->wq.type].act_type != K->types[L->wk.type].act_type ||
             K->types[L->wq.type].act_type != K->types[L->wv.type].act_type)
             return ERR("layer %d: q/k/v weights need the same activation format", l);
-        if (K->types[L->ffn_gate.type].act_type != K->types[L->ffn_up.type].act_type)
+        const pl_tensor *gate = moe ? &L->ffn_gate_exps : &L->ffn_gate, *up = moe ? &L->ffn_up_exps : &L->ffn_up;
+        if (K->types[gate->type].act_type != K->types[up->type].act_type)
             return ERR("layer %d: gate/up weights need the same activation format", l);
     }
     const int half = c->head_dim / 2;
-    for (int i = 0; i < half; i++)
-        if (!isfinite(inv_freq[i])) return ERR("rope inverse frequency %d is not finite", i);
+    if (!finite_all(inv_freq, half)) return ERR("a rope inverse frequency is not finite");
+    if (c->rope_long_after > 0 && !finite_all(inv_freq_long, half)) return ERR("a long rope inverse frequency is not finite");
     /* everything checked: only running out of memory can fail from here, and then nothing is kept */
-    m->rope_cos = malloc((size_t)c->max_ctx * half * sizeof(float));
-    m->rope_sin = malloc((size_t)c->max_ctx * half * sizeof(float));
-    m->output_norm_f32 = to_f32(K, &m->output_norm);
-    int ok = m->rope_cos && m->rope_sin && m->output_norm_f32;
+    const size_t tab = (size_t)c->max_ctx * half * sizeof(float);
+    m->rope_cos = malloc(tab);
+    m->rope_sin = malloc(tab);
+    m->output_norm.f32 = to_f32(K, &m->output_norm);
+    int ok = m->rope_cos && m->rope_sin && m->output_norm.f32;
+    if (ok && c->rope_long_after > 0) {
+        m->rope_cos_long = malloc(tab);
+        m->rope_sin_long = malloc(tab);
+        ok = m->rope_cos_long && m->rope_sin_long;
+    }
     for (int l = 0; ok && l < c->n_layers; l++) {
-        m->layers[l].attn_norm_f32 = to_f32(K, &m->layers[l].attn_norm);
-        m->layers[l].ffn_norm_f32 = to_f32(K, &m->layers[l].ffn_norm);
-        ok = m->layers[l].attn_norm_f32 && m->layers[l].ffn_norm_f32;
+        pl_layer *L = &m->layers[l];
+#define VEC(f, mm, e0, e1, need, stk) \
+        if (ok && !(mm) && L->f.data) ok = (L->f.f32 = to_f32(K, &L->f)) != NULL;
+        PL_LAYER_TENSORS(VEC)
+#undef VEC
     }
     if (!ok) {
         free_finalized(m);
         return ERR("out of memory");
     }
-    /* as transformers: angle = float(pos) * inv_freq in fp32, then cos/sin, times attention factor */
-    for (int p = 0; p < c->max_ctx; p++)
-        for (int i = 0; i < half; i++) {
-            const float a = (float)p * inv_freq[i];
-            m->rope_cos[(size_t)p * half + i] = cosf(a) * attn_factor;
-            m->rope_sin[(size_t)p * half + i] = sinf(a) * attn_factor;
-        }
+    rope_tables(m->rope_cos, m->rope_sin, inv_freq, c->max_ctx, half, attn_factor);
+    if (m->rope_cos_long) rope_tables(m->rope_cos_long, m->rope_sin_long, inv_freq_long, c->max_ctx, half, attn_factor);
     m->attn_scale = 1.0f / sqrtf((float)c->head_dim);
     m->finalized = 1;
     pl_model_repack(m); /* best effort: a tensor it cannot repack (no memory) stays as it is */

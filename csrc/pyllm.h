@@ -11,6 +11,8 @@
 
 #define PL_ERRMSG_LEN 256 /* bytes of every err buffer */
 #define PL_MAX_THREADS 4096 /* most threads pl_forward takes (more is a mistake, not a request) */
+#define PL_MAX_EXPERTS 256  /* most experts per MoE layer (the router's scratch is sized by it) */
+#define PL_MAX_LORA_RANK 4096 /* largest summed rank of the LoRA adapters on one weight */
 
 typedef struct {
     int type;          /* pl_type */
@@ -21,31 +23,59 @@ typedef struct {
     int flags;                 /* PL_TENSOR_* (pl_model_set_tensor_flags) */
     const void *packed;        /* repacked copy made by finalize (csrc/repack.c) or NULL; matmuls prefer it */
     size_t packed_group_bytes; /* bytes per 16-row group of packed */
+    float *f32;                /* vectors (norms, biases; ne1 == 1): an fp32 copy made by finalize */
+    /* optional LoRA side product (pl_model_set_lora): y += lora_b (lora_a x), borrowed fp32 */
+    const float *lora_a;       /* [lora_rank][ne0] */
+    const float *lora_b;       /* [ne1][lora_rank], the adapter's scale folded in */
+    int lora_rank;             /* 0: none */
 } pl_tensor;
 /* data is a read-only file mapping (mmap of a GGUF/safetensors file): once the tensor is repacked,
  * finalize drops its pages from memory (madvise MADV_DONTNEED; they would be re-read from the file) */
 #define PL_TENSOR_MMAPPED 1
 
-/* The tensors of one layer, listed once: X(field, is_matmul, ne0, ne1). The shapes are expressions
- * in dim, q (n_heads * head_dim), kv (n_kv_heads * head_dim) and hid (hidden_dim), which a user of
- * the list defines. Lookup by name, the shape checks, finalize's completeness check and repacking
- * all iterate this list; the forward uses the fields by name. */
-#define PL_LAYER_TENSORS(X)            \
-    X(attn_norm, 0, dim, 1)            \
-    X(wq, 1, dim, q)                   \
-    X(wk, 1, dim, kv)                  \
-    X(wv, 1, dim, kv)                  \
-    X(wo, 1, q, dim)                   \
-    X(ffn_norm, 0, dim, 1)             \
-    X(ffn_gate, 1, dim, hid)           \
-    X(ffn_up, 1, dim, hid)             \
-    X(ffn_down, 1, hid, dim)
+/* The tensors of one layer, listed once: X(field, is_matmul, ne0, ne1, needed, stacked). The shapes
+ * are expressions in dim, q (n_heads * head_dim), kv (n_kv_heads * head_dim), hd (head_dim), hid
+ * (hidden_dim: the MLP's, or each expert's) and nexp (n_expert); `needed` is an expression in the
+ * config flags qkv_bias, o_bias, qk_norm, dense (n_expert == 0) and moe (n_expert > 0): a tensor
+ * is required exactly when it is true, and refused otherwise. `stacked`: the rows are n_expert
+ * experts one after the other (GGUF's ffn_*_exps: expert e is rows [e * rows/nexp, (e+1) * rows/nexp)).
+ * Lookup by name, the shape checks, finalize's completeness check, the fp32 vector copies, scratch
+ * sizing and repacking all iterate this list; the forward uses the fields by name. */
+#define PL_LAYER_TENSORS(X)                          \
+    X(attn_norm, 0, dim, 1, 1, 0)                    \
+    X(wq, 1, dim, q, 1, 0)                           \
+    X(wk, 1, dim, kv, 1, 0)                          \
+    X(wv, 1, dim, kv, 1, 0)                          \
+    X(bq, 0, q, 1, qkv_bias, 0)                      \
+    X(bk, 0, kv, 1, qkv_bias, 0)                     \
+    X(bv, 0, kv, 1, qkv_bias, 0)                     \
+    X(q_norm, 0, hd, 1, qk_norm, 0)                  \
+    X(k_norm, 0, hd, 1, qk_norm, 0)                  \
+    X(wo, 1, q, dim, 1, 0)                           \
+    X(bo, 0, dim, 1, o_bias, 0)                      \
+    X(ffn_norm, 0, dim, 1, 1, 0)                     \
+    X(ffn_gate, 1, dim, hid, dense, 0)               \
+    X(ffn_up, 1, dim, hid, dense, 0)                 \
+    X(ffn_down, 1, hid, dim, dense, 0)               \
+    X(ffn_gate_inp, 1, dim, nexp, moe, 0)            \
+    X(ffn_gate_exps, 1, dim, nexp * hid, moe, 1)     \
+    X(ffn_up_exps, 1, dim, nexp * hid, moe, 1)       \
+    X(ffn_down_exps, 1, hid, nexp * dim, moe, 1)
+
+/* the config values PL_LAYER_TENSORS' expressions use, for a block that iterates it */
+#define PL_LAYER_SHAPE_VARS(c)                                                                         \
+    const int64_t dim = (c)->dim, q = (int64_t)(c)->n_heads * (c)->head_dim,                            \
+                  kv = (int64_t)(c)->n_kv_heads * (c)->head_dim, hd = (c)->head_dim, hid = (c)->hidden_dim, \
+                  nexp = (c)->n_expert;                                                                 \
+    const int qkv_bias = (c)->qkv_bias, o_bias = (c)->o_bias, qk_norm = (c)->qk_norm,                  \
+              moe = (c)->n_expert > 0, dense = !moe;                                                    \
+    (void)dim; (void)q; (void)kv; (void)hd; (void)hid; (void)nexp;                                     \
+    (void)qkv_bias; (void)o_bias; (void)qk_norm; (void)moe; (void)dense
 
 typedef struct {
-#define PL_LAYER_FIELD(f, mm, w0, w1) pl_tensor f;
+#define PL_LAYER_FIELD(f, mm, w0, w1, need, stk) pl_tensor f;
     PL_LAYER_TENSORS(PL_LAYER_FIELD)
 #undef PL_LAYER_FIELD
-    float *attn_norm_f32, *ffn_norm_f32; /* norm weights converted once at finalize */
 } pl_layer;
 
 typedef struct {
@@ -54,14 +84,22 @@ typedef struct {
     float norm_eps;
     int rope_interleaved; /* 0: Hugging Face halves layout (rotate_half); 1: GGUF/Meta pairs (2i, 2i+1) */
     int sliding_window;   /* 0: none; else a query at p sees keys at p-W+1..p */
+    int qkv_bias;         /* q, k, v projections add a bias (Qwen2; attention_bias) */
+    int o_bias;           /* the output projection adds a bias (attention_bias of Llama / Qwen3) */
+    int qk_norm;          /* per-head RMSNorm of q and k before RoPE (Qwen3) */
+    int n_expert;         /* 0: dense SwiGLU MLP; else a mixture of n_expert SwiGLU experts (Mixtral) */
+    int n_expert_used;    /* experts per token (top-k of the router's softmax, renormalized) */
+    int rope_long_after;  /* 0, or LongRoPE's original context: the tokens of a sequence whose largest
+                           * position in the batch is >= this use the long rope table (as transformers
+                           * picks long factors once seq_len > original_max_position_embeddings) */
 } pl_config;
 
 typedef struct {
     pl_config cfg;
     pl_tensor tok_embd, output_norm, output;
-    float *output_norm_f32;
     pl_layer *layers;
     float *rope_cos, *rope_sin; /* [max_ctx][head_dim/2] */
+    float *rope_cos_long, *rope_sin_long; /* LongRoPE's long-factor tables (cfg.rope_long_after), or NULL */
     float attn_scale;
     int finalized;
     void *packed_arena; /* all packed tensors (repack.c) */
@@ -94,17 +132,23 @@ typedef struct pl_scratch pl_scratch;
 
 /* model lifecycle; errors are written to err (PL_ERRMSG_LEN bytes) and signalled by NULL / nonzero */
 pl_model *pl_model_new(const pl_config *cfg, char *err);
-/* name: tok_embd, output_norm, output, or per layer attn_norm wq wk wv wo ffn_norm ffn_gate ffn_up ffn_down */
+/* name: tok_embd, output_norm, output, or per layer one of PL_LAYER_TENSORS (those the config needs) */
 int pl_model_set_tensor(pl_model *m, const char *name, int layer, int type, int64_t ne0, int64_t ne1,
                         const void *data, size_t nbytes, char *err);
 int pl_model_set_tensor_flags(pl_model *m, const char *name, int layer, int flags, char *err);
-/* inv_freq: head_dim/2 rope inverse frequencies; attn_factor scales cos/sin (1 unless rope says so).
- * Also repacks the Q4_0/Q8_0 matmul weights (all but tok_embd) unless PYLLM_REPACK=0: see repack.c. */
-int pl_model_finalize(pl_model *m, const float *inv_freq, float attn_factor, char *err);
+/* inv_freq: head_dim/2 rope inverse frequencies; inv_freq_long: LongRoPE's long-factor frequencies
+ * (required when cfg.rope_long_after > 0, else ignored); attn_factor scales cos/sin (1 unless rope
+ * says so). Also repacks the Q4_0/Q8_0 matmul weights (all but tok_embd) unless PYLLM_REPACK=0:
+ * see repack.c. */
+int pl_model_finalize(pl_model *m, const float *inv_freq, const float *inv_freq_long, float attn_factor, char *err);
 /* A second finalize is an error (the model is left as it was); a failed one allocates nothing, so it
  * may be retried. */
 /* bytes of a tensor's packed copy, 0 if it has none (or the name is unknown) */
 size_t pl_model_packed_bytes(const pl_model *m, const char *name, int layer);
+/* A LoRA adapter kept beside a (quantized) matmul weight, not merged into it: every matmul with it
+ * adds b (a x). a: rank x ne0, b: ne1 x rank fp32 (row-major; the adapter's scale folded into b),
+ * borrowed like tensor data. Set after the tensor, before finalize; not for stacked experts. */
+int pl_model_set_lora(pl_model *m, const char *name, int layer, int rank, const float *a, const float *b, char *err);
 /* repack.c: called by pl_model_finalize; returns the number of tensors repacked */
 int pl_model_repack(pl_model *m);
 void pl_packed_arena_free(void *arena, size_t bytes);
@@ -132,8 +176,8 @@ size_t pl_stats_len(const pl_model *m);
 int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, const pl_batch *b, float *logits,
                int n_threads, char *err);
 
-/* matmul driver: y[t*ldy + r] = dot(W row r, x row t) for t < nt, r < W->ne1, with the kernels of
- * table K (the caller reads pl_kernels_active() once, so a pl_set_isa on another thread cannot mix
+/* matmul driver: y[t*ldy + r] = dot(W row r, x row t) (+ its LoRA side product) for t < nt,
+ * r < W->ne1, with the kernels of table K (the caller reads pl_kernels_active() once, so a pl_set_isa on another thread cannot mix
  * two ISAs in one forward). act_buf holds the activations converted to W's act_type
  * (pl_matmul_act_bytes(K, W, nt) bytes; unused for float weights).
  * Uses orphaned OpenMP worksharing: call it inside a parallel region to split rows over threads. */

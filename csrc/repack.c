@@ -1,7 +1,7 @@
-/* repack.c: at model load (pl_model_finalize), every Q4_0 / Q8_0 matmul weight (wq wk wv wo
- * ffn_gate ffn_up ffn_down output; not tok_embd, which is read a row at a time) is copied once into
+/* repack.c: at model load (pl_model_finalize), every Q4_0 / Q8_0 matmul weight (the matmul tensors
+ * of PL_LAYER_TENSORS and output; not tok_embd, which is read a row at a time) is copied once into
  * the packed layout of tensor_types.h, which the kernels of every ISA read with aligned loads and
- * without transposes. PYLLM_REPACK=0 turns it off (the unpacked kernels then run, e.g. to compare).
+ * without transposes (stacked MoE experts too, when each expert's rows start a 16-row group). PYLLM_REPACK=0 turns it off (the unpacked kernels then run, e.g. to compare).
  *
  * Memory: all packed tensors live in one anonymous mapping (2 MB pages where the kernel gives them),
  * about the size of the weights it replaces (16 x row bytes per 16-row group; the last group of a
@@ -88,13 +88,14 @@ typedef struct {
     pl_tensor *t;
     const char *name;
     int layer;
+    int64_t unit_rows; /* rows of one expert of a stacked tensor (else all rows) */
 } entry;
 
 int pl_model_repack(pl_model *m) {
     const char *env = getenv("PYLLM_REPACK");
     if (env && !strcmp(env, "0")) return 0;
     const pl_kernels *K = pl_kernels_active();
-#define COUNT(f, mm, e0, e1) +(mm)
+#define COUNT(f, mm, e0, e1, need, stk) +(mm)
     const int per_layer = 0 PL_LAYER_TENSORS(COUNT);
 #undef COUNT
     const int nl = m->cfg.n_layers, ne = per_layer * nl + 1;
@@ -103,12 +104,12 @@ int pl_model_repack(pl_model *m) {
     int n = 0;
     for (int l = 0; l < nl; l++) {
         pl_layer *L = &m->layers[l];
-#define ADD(f, mm, e0, e1) \
-        if (mm) es[n++] = (entry){&L->f, #f, l};
+#define ADD(f, mm, e0, e1, need, stk) \
+        if ((mm) && L->f.data) es[n++] = (entry){&L->f, #f, l, (stk) ? L->f.ne1 / m->cfg.n_expert : L->f.ne1};
         PL_LAYER_TENSORS(ADD)
 #undef ADD
     }
-    es[n++] = (entry){&m->output, "output", -1};
+    es[n++] = (entry){&m->output, "output", -1, m->output.ne1};
     /* what can be packed, and where it goes in the arena */
     size_t total = 0;
     int np = 0;
@@ -117,6 +118,9 @@ int pl_model_repack(pl_model *m) {
         const pl_type_traits *tt = &K->types[t->type];
         const size_t gb = pl_packed_group_bytes((pl_type)t->type, t->ne0);
         if (t->packed || !tt->repack || !tt->gemm_packed || gb == 0) continue;
+        /* an expert of a stacked tensor is used on its own (a view of its rows): its packed rows must
+         * start a group */
+        if (es[i].unit_rows != t->ne1 && es[i].unit_rows % PL_PACK_ROWS) continue;
         es[np++] = es[i];
         total += round_up((size_t)((t->ne1 + PL_PACK_ROWS - 1) / PL_PACK_ROWS) * gb, 64);
     }

@@ -12,7 +12,8 @@ import os
 os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 from . import _engine  # noqa: E402
-from .config import ModelConfig, SUPPORTED_ARCHITECTURES  # noqa: E402
+from .arch import SUPPORTED_ARCHITECTURES  # noqa: E402
+from .config import ModelConfig  # noqa: E402
 from .errors import ContextLengthError, ModelLoadError, PyllmError, QueueFullError, UnsupportedArchitectureError  # noqa: E402
 from .loader import default_model_path, load  # noqa: E402
 from .model import Model, Sequence  # noqa: E402

@@ -56,6 +56,7 @@ cdef extern from "pyllm.h" nogil:
         float norm_eps
         int rope_interleaved
         int sliding_window
+        int qkv_bias, o_bias, qk_norm, n_expert, n_expert_used, rope_long_after
     ctypedef struct pl_model:
         pl_config cfg
         void (*release)(void *ctx, const char *name, int layer) noexcept with gil
@@ -75,10 +76,13 @@ cdef extern from "pyllm.h" nogil:
     pl_model *pl_model_new(const pl_config *cfg, char *err)
     int pl_model_set_tensor(pl_model *m, const char *name, int layer, int type, int64_t ne0, int64_t ne1,
                             const void *data, size_t nbytes, char *err)
-    int pl_model_finalize(pl_model *m, const float *inv_freq, float attn_factor, char *err)
+    int pl_model_finalize(pl_model *m, const float *inv_freq, const float *inv_freq_long, float attn_factor,
+                          char *err)
     int PL_TENSOR_MMAPPED
     int pl_model_set_tensor_flags(pl_model *m, const char *name, int layer, int flags, char *err)
     size_t pl_model_packed_bytes(const pl_model *m, const char *name, int layer)
+    int pl_model_set_lora(pl_model *m, const char *name, int layer, int rank, const float *a, const float *b,
+                          char *err)
     void pl_model_free(pl_model *m)
     pl_kv *pl_kv_new(const pl_model *m, int n_ctx, int type, char *err)
     void pl_kv_free(pl_kv *kv)
@@ -413,20 +417,28 @@ cdef class CModel:
     repacked them: see csrc/repack.c)."""
     cdef pl_model *m
     cdef dict _keep
+    cdef dict _lora
+    cdef dict _shapes
     cdef readonly int n_vocab, max_ctx
 
     def __cinit__(self, *, int n_vocab, int dim, int n_layers, int n_heads, int n_kv_heads, int head_dim,
-                  int hidden_dim, int max_ctx, float norm_eps, bint rope_interleaved, int sliding_window):
+                  int hidden_dim, int max_ctx, float norm_eps, bint rope_interleaved, int sliding_window,
+                  bint qkv_bias=False, bint o_bias=False, bint qk_norm=False, int n_expert=0,
+                  int n_expert_used=0, int rope_long_after=0):
         cdef pl_config c
         cdef _Err e = _Err()
         c.n_vocab = n_vocab; c.dim = dim; c.n_layers = n_layers; c.n_heads = n_heads
         c.n_kv_heads = n_kv_heads; c.head_dim = head_dim; c.hidden_dim = hidden_dim
         c.max_ctx = max_ctx; c.norm_eps = norm_eps; c.rope_interleaved = rope_interleaved
         c.sliding_window = sliding_window
+        c.qkv_bias = qkv_bias; c.o_bias = o_bias; c.qk_norm = qk_norm; c.n_expert = n_expert
+        c.n_expert_used = n_expert_used; c.rope_long_after = rope_long_after
         self.m = pl_model_new(&c, e.buf)
         if self.m == NULL:
             raise ValueError(e.buf.decode())
         self._keep = {}
+        self._lora = {}
+        self._shapes = {}
         self.n_vocab = n_vocab
         self.max_ctx = max_ctx
 
@@ -449,20 +461,52 @@ cdef class CModel:
         if mmapped and pl_model_set_tensor_flags(self.m, name.encode(), layer, PL_TENSOR_MMAPPED, e.buf):
             raise ValueError(e.buf.decode())
         self._keep[(name, layer)] = data
+        self._shapes[(name, layer)] = (ne0, ne1)
+
+    def set_lora(self, str name, int layer, a, b):
+        """Keep a LoRA side product beside the weight: every matmul adds b @ (a @ x). a: [rank, ne0],
+        b: [ne1, rank] float32 (the adapter's scale folded into b)."""
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        b = np.ascontiguousarray(b, dtype=np.float32)
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1] or a.shape[0] == 0:
+            raise ValueError(f"{name} (layer {layer}): LoRA factors of shapes {a.shape} and {b.shape} do not pair")
+        cdef const float[:, ::1] av = a
+        cdef const float[:, ::1] bv = b
+        cdef _Err e = _Err()
+        key = (name, layer)
+        if key not in self._shapes:
+            raise ValueError(f"{name} (layer {layer}): LoRA set before the tensor")
+        ne0, ne1 = self._shapes[key]
+        if a.shape[1] != ne0 or b.shape[0] != ne1:
+            raise ValueError(f"{name} (layer {layer}): LoRA factors {a.shape} x {b.shape} do not fit the weight's "
+                             f"{ne1} x {ne0}")
+        if pl_model_set_lora(self.m, name.encode(), layer, <int>a.shape[0], &av[0, 0], &bv[0, 0], e.buf):
+            raise ValueError(e.buf.decode())
+        self._lora[key] = (a, b)
+
+    def lora_count(self) -> int:
+        """How many weights keep a LoRA side product."""
+        return len(self._lora)
 
     def packed_bytes(self, str name, int layer=-1) -> int:
         """Bytes of the tensor's repacked copy (0: not repacked)."""
         return pl_model_packed_bytes(self.m, name.encode(), layer)
 
-    def finalize(self, inv_freq, float attn_factor=1.0):
+    def finalize(self, inv_freq, float attn_factor=1.0, inv_freq_long=None):
+        """inv_freq_long: LongRoPE's long-factor frequencies (required with rope_long_after)."""
         cdef const float[::1] f = np.ascontiguousarray(inv_freq, dtype=np.float32)
+        cdef const float[::1] fl = np.ascontiguousarray(inv_freq if inv_freq_long is None else inv_freq_long,
+                                                        dtype=np.float32)
+        cdef const float *long_ptr = NULL
         cdef _Err e = _Err()
-        if f.shape[0] != self.m.cfg.head_dim // 2:
+        if f.shape[0] != self.m.cfg.head_dim // 2 or fl.shape[0] != f.shape[0]:
             raise ValueError(f"rope inv_freq needs {self.m.cfg.head_dim // 2} values, got {f.shape[0]}")
+        if inv_freq_long is not None:
+            long_ptr = &fl[0]
         self.m.release = _release_source
         self.m.release_ctx = <void *>self
         try:
-            r = pl_model_finalize(self.m, &f[0], attn_factor, e.buf)
+            r = pl_model_finalize(self.m, &f[0], long_ptr, attn_factor, e.buf)
         finally:
             self.m.release = NULL
             self.m.release_ctx = NULL

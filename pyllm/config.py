@@ -16,9 +16,7 @@ import numpy as np
 from .errors import ModelLoadError, UnsupportedArchitectureError
 from .mapped_file import read_small_file
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
-_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "longrope")
 MAX_INT32 = (1 << 31) - 1  # the engine takes every size as a C int
 _FLOAT32_MAX = 3.4028234663852886e38
 
@@ -81,6 +79,19 @@ class ModelConfig:
     sliding_window: int = 0  # 0 = full attention
     bos_token_id: Optional[int] = None
     eos_token_id: Any = None
+    # family options (pyllm/arch): attention biases, per-head q/k norms, mixture of experts
+    qkv_bias: bool = False
+    o_bias: bool = False
+    qk_norm: bool = False
+    n_experts: int = 0
+    n_experts_used: int = 0
+
+    @property
+    def family(self):
+        """The pyllm.arch.Family that describes this architecture."""
+        from .arch import family_of
+
+        return family_of(self.architecture)
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config.json") -> "ModelConfig":
@@ -94,11 +105,14 @@ class ModelConfig:
         model_type = d.get("model_type")
         if model_type is not None and not isinstance(model_type, str):
             raise ModelLoadError(f"{source}: model_type must be a string, got {short_repr(model_type)}")
-        arch = archs[0] if archs else _MODEL_TYPES.get(model_type or "", model_type)
+        from .arch import SUPPORTED_ARCHITECTURES, architecture_for_model_type, family_of
+
+        arch = archs[0] if archs else (architecture_for_model_type(model_type or "") or model_type)
         if arch not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedArchitectureError(
                 f"{source}: architecture {arch!r} is not supported; pyllm supports {', '.join(SUPPORTED_ARCHITECTURES)}"
             )
+        fam = family_of(arch)
 
         def need(key):
             if key not in d or d[key] is None:
@@ -129,9 +143,7 @@ class ModelConfig:
         head_dim = pos_int("head_dim", d.get("head_dim") or hidden // heads)
         if heads % kv_heads:
             raise ModelLoadError(f"{source}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
-        for key in ("attention_bias", "mlp_bias"):
-            if d.get(key):
-                raise UnsupportedArchitectureError(f"{source}: {key}=true is not supported")
+        extra = fam.hf_config(d, source)
         act = d.get("hidden_act", "silu")
         if act not in ("silu", "swish"):
             raise UnsupportedArchitectureError(f"{source}: hidden_act {short_repr(act)} is not supported (only silu)")
@@ -145,6 +157,11 @@ class ModelConfig:
         theta = number(theta_key, rope.get("rope_theta", d.get("rope_theta", 10000.0)), lambda v: v > 0,
                        _FLOAT32_MAX, "a positive number")
         rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type == "su":  # Phi-3's first name for longrope
+            rope_type = "longrope"
+        if rope_type == "longrope" and d.get("original_max_position_embeddings") is not None:
+            # as transformers: the top-level key (Phi-3 keeps it there) wins
+            rope["original_max_position_embeddings"] = d["original_max_position_embeddings"]
         if not isinstance(rope_type, str) or rope_type not in SUPPORTED_ROPE_TYPES:
             raise UnsupportedArchitectureError(
                 f"{source}: rope scaling type {short_repr(rope_type)} is not supported "
@@ -153,11 +170,14 @@ class ModelConfig:
         scaling = {} if rope_type == "default" else {k: v for k, v in rope.items() if k not in ("type", "rope_theta")}
         if scaling:
             scaling["rope_type"] = rope_type
-            _check_rope_scaling(scaling, source)
+            if rope_type == "longrope":
+                scaling.pop("partial_rotary_factor", None)
+                scaling["max_position_embeddings"] = d.get("max_position_embeddings", 2048)
+            _check_rope_scaling(scaling, source, head_dim)
         if rope.get("partial_rotary_factor", 1.0) != 1.0:
             raise UnsupportedArchitectureError(f"{source}: partial_rotary_factor is not supported")
         max_pos = pos_int("max_position_embeddings", d.get("max_position_embeddings", 2048))
-        sw = d.get("sliding_window") if arch == "MistralForCausalLM" else None
+        sw = d.get("sliding_window") if arch in fam.sliding_window else None
         if d.get("use_sliding_window") is False:
             sw = None
         if sw is not None and (not _is_int(sw) or not 0 <= sw <= MAX_INT32):
@@ -184,6 +204,7 @@ class ModelConfig:
             sliding_window=sw or 0,
             bos_token_id=d.get("bos_token_id"),
             eos_token_id=d.get("eos_token_id"),
+            **extra,
         )
 
     @classmethod
@@ -192,15 +213,20 @@ class ModelConfig:
             raise ModelLoadError(f"{path}: not found (a Hugging Face checkpoint folder needs config.json)")
         return cls.from_dict(read_json_file(path), source=os.fspath(path))
 
-    def rope_inv_freq(self) -> np.ndarray:
-        """Inverse frequencies (head_dim/2, float32) computed with transformers' float32 arithmetic."""
+    def _base_inv_freq(self) -> np.ndarray:
         dim = self.head_dim
         exps = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
-        inv = (np.float32(1.0) / np.power(np.float32(self.rope_theta), exps, dtype=np.float32)).astype(np.float32)
+        return np.power(np.float32(self.rope_theta), exps, dtype=np.float32)
+
+    def rope_inv_freq(self) -> np.ndarray:
+        """Inverse frequencies (head_dim/2, float32) computed with transformers' float32 arithmetic
+        (LongRoPE: the short factors', used until a sequence passes the original context)."""
+        pw = self._base_inv_freq()
+        inv = (np.float32(1.0) / pw).astype(np.float32)
         s = self.rope_scaling
         kind = s.get("rope_type", "default")
-        if kind in ("linear", "llama3"):
-            _check_rope_scaling(s, "config.json")
+        if kind in ("linear", "llama3", "longrope"):
+            _check_rope_scaling(s, "config.json", self.head_dim)
         if kind == "linear":
             inv = (inv / np.float32(_num(s, "factor"))).astype(np.float32)
         elif kind == "llama3":
@@ -214,7 +240,38 @@ class ModelConfig:
             smoothed = ((1 - smooth) * inv_l / factor + smooth * inv_l).astype(np.float32)
             medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
             inv = np.where(medium, smoothed, inv_l).astype(np.float32)
+        elif kind == "longrope":
+            inv = self._longrope_inv_freq(s["short_factor"])
         return inv
+
+    def _longrope_inv_freq(self, factors) -> np.ndarray:
+        # transformers: 1.0 / (ext_factors * base ** (arange(0, dim, 2) / dim)), all float32
+        f = np.asarray(factors, dtype=np.float32)
+        return (np.float32(1.0) / (f * self._base_inv_freq()).astype(np.float32)).astype(np.float32)
+
+    def rope_long_inv_freq(self) -> Optional[np.ndarray]:
+        """LongRoPE's long-factor frequencies (None for other rope types)."""
+        s = self.rope_scaling
+        return self._longrope_inv_freq(s["long_factor"]) if s.get("rope_type") == "longrope" else None
+
+    def rope_long_after(self) -> int:
+        """LongRoPE: the original context; a sequence whose largest position in a forward reaches it
+        uses the long factors, as transformers switches when seq_len > original_max_position_embeddings."""
+        s = self.rope_scaling
+        return int(s["original_max_position_embeddings"]) if s.get("rope_type") == "longrope" else 0
+
+    def rope_attention_factor(self) -> float:
+        """The factor transformers multiplies cos and sin by (1 except for LongRoPE)."""
+        s = self.rope_scaling
+        if s.get("rope_type") != "longrope":
+            return 1.0
+        if s.get("attention_factor") is not None:
+            return float(s["attention_factor"])
+        orig = s["original_max_position_embeddings"]
+        factor = s.get("factor")
+        if factor is None:  # transformers: the ratio of the two context lengths
+            factor = s.get("max_position_embeddings", self.max_position_embeddings) / orig
+        return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(orig))
 
 
 def _num(s: dict, key: str, source: str = "config.json") -> float:
@@ -224,13 +281,28 @@ def _num(s: dict, key: str, source: str = "config.json") -> float:
     return float(v)
 
 
-def _check_rope_scaling(s: dict, source: str) -> None:
+def _check_rope_scaling(s: dict, source: str, head_dim: int) -> None:
     """The values rope_inv_freq will use, checked when the config is read."""
     kind = s.get("rope_type")
     keys = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
-                                              "original_max_position_embeddings")}.get(kind, ())
+                                              "original_max_position_embeddings"),
+            "longrope": ("original_max_position_embeddings",)}.get(kind, ())
     for key in keys:
         _num(s, key, source)
     if kind == "llama3" and s["high_freq_factor"] <= s["low_freq_factor"]:
         raise ModelLoadError(f"{source}: rope scaling high_freq_factor ({s['high_freq_factor']}) must be larger than "
                              f"low_freq_factor ({s['low_freq_factor']})")
+    if kind == "longrope":
+        for key in ("short_factor", "long_factor"):
+            v = s.get(key)
+            if (not isinstance(v, list) or len(v) != head_dim // 2 or
+                    not all(_is_number(x) and 0 < x <= _FLOAT32_MAX for x in v)):
+                raise ModelLoadError(f"{source}: longrope {key} must be a list of {head_dim // 2} positive numbers "
+                                     f"(head_dim / 2), got {short_repr(v)}")
+        orig = s["original_max_position_embeddings"]
+        if not _is_int(orig) or orig < 2 or orig > MAX_INT32:
+            raise ModelLoadError(f"{source}: longrope original_max_position_embeddings must be an integer >= 2, "
+                                 f"got {short_repr(orig)}")
+        for key in ("factor", "attention_factor"):
+            if s.get(key) is not None:
+                _num(s, key, source)

@@ -1,7 +1,12 @@
-"""gguf_export.py: writes a Hugging Face Llama/Mistral checkpoint as a GGUF file (llama.cpp's
-format) in f32, f16, bf16, q8_0 or q4_0 — what `pyllm quantize` and tools/quantize.py run.
+"""gguf_export.py: writes a Hugging Face checkpoint of any family pyllm runs (pyllm.arch: Llama,
+Mistral, Mixtral, Qwen2, Qwen3, Phi-3) as a GGUF file (llama.cpp's format) in f32, f16, bf16, q8_0
+or q4_0 — what `pyllm quantize` and tools/quantize.py run. Tensor names, fusions (Phi-3's attn_qkv
+and gate+up ffn_up), stacked experts (ffn_*_exps, router ffn_gate_inp kept F32), biases, per-head
+norms and the architecture's metadata keys follow llama.cpp's converter for that architecture; for
+Phi-3 LongRoPE the rope_factors_long / _short tensors and rope.scaling.attn_factor /
+original_context_length. With --lora, adapters are merged into the float weights first.
 
-The file follows llama.cpp's convert_hf_to_gguf.py for "llama" models: the same metadata keys,
+For "llama" models the file follows llama.cpp's convert_hf_to_gguf.py: the same metadata keys,
 tensor names (token_embd, blk.N.attn_q, ...), Q/K rows permuted for interleaved RoPE, Llama 3.1
 "llama3" rope scaling stored as a `rope_freqs.weight` tensor of frequency factors, linear scaling
 as llama.rope.scaling.*, Mistral written as architecture "llama". Which tensor gets which type
@@ -36,17 +41,13 @@ import numpy as np
 
 from .config import ModelConfig, read_json_file
 from .errors import ModelLoadError
-from .hf_loader import LAYER_TENSORS as HF_LAYER_TENSORS
+from .hf_loader import role as engine_role
 # DEFAULT_METHOD: how q4_0/q8_0 scales are chosen by default, as pyllm.load(hf_dir, quant=...) does
 from .quantization import DEFAULT_METHOD, METHODS, TYPE_IDS, check_quant, convert, tensor_type
 from .safetensors_file import DTYPES, open_checkpoint
 
 EXPORT_TYPES = ("q4_0", "q8_0", "f16", "bf16", "f32")
 FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "bf16": 32}  # llama.cpp's LlamaFileType
-_GGUF_LAYER_NAMES = {
-    "attn_norm": "attn_norm", "wq": "attn_q", "wk": "attn_k", "wv": "attn_v", "wo": "attn_output",
-    "ffn_norm": "ffn_norm", "ffn_gate": "ffn_gate", "ffn_up": "ffn_up", "ffn_down": "ffn_down",
-}
 _CHUNK_BYTES = 64 << 20  # float32 bytes converted at a time
 
 
@@ -66,17 +67,18 @@ class ExportResult:
 @dataclass
 class _Entry:
     name: str  # GGUF tensor name
-    shape: tuple  # [rows, cols] / [n]
+    shape: tuple  # [rows, cols] / [n] / stacked experts [n_expert, rows, cols]
     type_id: int
-    hf: Optional[str] = None  # source tensor (None: `data`)
+    hf: Optional[tuple] = None  # source tensors, stacked in order (None: `data`)
     data: Optional[np.ndarray] = None  # float32, for generated tensors (rope_freqs)
     heads: int = 0  # > 0: permute rows for interleaved RoPE with this many heads
+    lora: Optional[dict] = None  # HF name -> [LoraFactors] merged into the rows before conversion
 
     @property
     def nbytes(self) -> int:
         from . import _engine
 
-        rows = self.shape[0] if len(self.shape) == 2 else 1
+        rows = int(np.prod(self.shape[:-1])) if len(self.shape) >= 2 else 1
         return rows * _engine.row_bytes(self.type_id, self.shape[-1])
 
 
@@ -134,42 +136,68 @@ def _chat_template(folder: str) -> Optional[str]:
     return t if isinstance(t, str) and t else None
 
 
-def _plan(folder: str, cfg: ModelConfig, quant: str, tensors: dict) -> list:
-    """Every tensor to write, checked against the config, in llama.cpp's order."""
-    hd, dim = cfg.head_dim, cfg.hidden_size
-    expect = {
+def engine_shapes(cfg: ModelConfig) -> dict:
+    """engine tensor name -> the shape the config gives it ([rows, cols] / [n]; stacked experts: one
+    expert's); csrc/pyllm.h PL_LAYER_TENSORS checks the same at load."""
+    hd, dim, hid = cfg.head_dim, cfg.hidden_size, cfg.intermediate_size
+    q, kv = cfg.num_heads * hd, cfg.num_kv_heads * hd
+    return {
         "tok_embd": (cfg.vocab_size, dim), "output": (cfg.vocab_size, dim), "output_norm": (dim,),
-        "attn_norm": (dim,), "ffn_norm": (dim,), "wq": (cfg.num_heads * hd, dim), "wk": (cfg.num_kv_heads * hd, dim),
-        "wv": (cfg.num_kv_heads * hd, dim), "wo": (dim, cfg.num_heads * hd), "ffn_gate": (cfg.intermediate_size, dim),
-        "ffn_up": (cfg.intermediate_size, dim), "ffn_down": (dim, cfg.intermediate_size),
+        "attn_norm": (dim,), "ffn_norm": (dim,), "wq": (q, dim), "wk": (kv, dim), "wv": (kv, dim), "wo": (dim, q),
+        "bq": (q,), "bk": (kv,), "bv": (kv,), "bo": (dim,), "q_norm": (hd,), "k_norm": (hd,),
+        "ffn_gate": (hid, dim), "ffn_up": (hid, dim), "ffn_down": (dim, hid), "ffn_gate_inp": (cfg.n_experts, dim),
+        "ffn_gate_exps": (hid, dim), "ffn_up_exps": (hid, dim), "ffn_down_exps": (dim, hid),
     }
+
+
+def _plan(folder: str, cfg: ModelConfig, quant: str, tensors: dict, adapters=None) -> list:
+    """Every tensor to write, checked against the config, in llama.cpp's order: the family's GGUF
+    tensors (pyllm.arch), each made of the Hugging Face tensors its engine tensors come from (a fused
+    GGUF tensor from the fused HF one, stacked experts from each expert's)."""
+    fam = cfg.family
+    expect = engine_shapes(cfg)
     tied = cfg.tie_word_embeddings
 
-    def entry(gguf_name, eng, hf, heads=0):
-        if hf not in tensors:
-            raise ModelLoadError(f"{folder}: checkpoint has no tensor {hf!r}")
-        sf, info = tensors[hf]
-        if info.dtype not in DTYPES:
-            raise ModelLoadError(f"{sf.path}: tensor {hf!r} has dtype {info.dtype}; supported: {', '.join(DTYPES)}")
-        if tuple(info.shape) != expect[eng]:
-            raise ModelLoadError(f"{sf.path}: tensor {hf!r} has shape {list(info.shape)}, expected "
-                                 f"{list(expect[eng])} from config.json")
-        role = "norm" if eng.endswith("norm") else (eng if eng in ("tok_embd", "output") else "weight")
-        return _Entry(gguf_name, tuple(info.shape), tensor_type(role, quant, info.shape, tied), hf=hf, heads=heads)
+    def entry(gguf_name, engs, hf_names, heads=0):
+        infos = []
+        for hf in hf_names:
+            if hf not in tensors:
+                raise ModelLoadError(f"{folder}: checkpoint has no tensor {hf!r}")
+            sf, info = tensors[hf]
+            if info.dtype not in DTYPES:
+                raise ModelLoadError(f"{sf.path}: tensor {hf!r} has dtype {info.dtype}; supported: {', '.join(DTYPES)}")
+            infos.append((sf, info))
+        # a fused tensor holds its engine tensors' rows one after the other
+        want = expect[engs[0]] if len(engs) == 1 else (sum(expect[e][0] for e in engs), expect[engs[0]][1])
+        for sf, info in infos:
+            if tuple(info.shape) != want:
+                raise ModelLoadError(f"{sf.path}: tensor {info.name!r} has shape {list(info.shape)}, expected "
+                                     f"{list(want)} from config.json")
+        shape = want if len(hf_names) == 1 else (len(hf_names), *want)
+        tid = tensor_type(engine_role(engs[0], want), quant, want, tied)
+        lora = {n: adapters.factors[n] for n in hf_names if n in adapters.factors} if adapters else None
+        return _Entry(gguf_name, tuple(shape), tid, hf=tuple(hf_names), heads=heads, lora=lora or None)
 
     out = []
     if cfg.rope_scaling.get("rope_type") == "llama3":
         f = _llama3_rope_factors(cfg)
         out.append(_Entry("rope_freqs.weight", f.shape, TYPE_IDS["f32"], data=f))
-    out.append(entry("token_embd.weight", "tok_embd", "model.embed_tokens.weight"))
-    eng_of = {v: k for k, v in HF_LAYER_TENSORS.items()}  # engine name -> HF suffix
+    if cfg.rope_scaling.get("rope_type") == "longrope":
+        for key, name in (("long_factor", "rope_factors_long.weight"), ("short_factor", "rope_factors_short.weight")):
+            f = np.asarray(cfg.rope_scaling[key], dtype=np.float32)
+            out.append(_Entry(name, f.shape, TYPE_IDS["f32"], data=f))
+    out.append(entry("token_embd.weight", ["tok_embd"], ["model.embed_tokens.weight"]))
     for i in range(cfg.num_layers):
-        for eng, g in _GGUF_LAYER_NAMES.items():
-            heads = cfg.num_heads if eng == "wq" else cfg.num_kv_heads if eng == "wk" else 0
-            out.append(entry(f"blk.{i}.{g}.weight", eng, f"model.layers.{i}.{eng_of[eng]}.weight", heads))
-    out.append(entry("output_norm.weight", "output_norm", "model.norm.weight"))
+        hf_src, g_src = fam.hf_layer(cfg, i), fam.gguf_layer(cfg, i)
+        by_name = {}  # GGUF tensor -> the engine tensors it holds, in order
+        for eng, src in g_src.items():
+            by_name.setdefault(src.name, []).append(eng)
+        for gname, engs in by_name.items():
+            hf = hf_src[engs[0]]
+            out.append(entry(f"blk.{i}.{gname}", engs, hf.names, g_src[engs[0]].permute_heads))
+    out.append(entry("output_norm.weight", ["output_norm"], ["model.norm.weight"]))
     if not tied:
-        out.append(entry("output.weight", "output", "lm_head.weight"))
+        out.append(entry("output.weight", ["output"], ["lm_head.weight"]))
     return out
 
 
@@ -200,10 +228,11 @@ class _Progress:
 
 
 def _float_rows(sf, info, rows) -> np.ndarray:
-    """float32 copy of the given rows (a slice or an index array) of a tensor in the mmapped file."""
+    """float32 copy of the given rows (a slice or an index array) of a tensor in the mmapped file (a
+    vector is a column: one value per row)."""
     dt = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}[info.dtype]
     a = np.frombuffer(sf.buffer(info.name), dtype=dt)
-    a = a.reshape(info.shape[0], -1) if len(info.shape) == 2 else a.reshape(1, -1)
+    a = a.reshape(info.shape[0], -1)
     x = a[rows]
     if info.dtype == "BF16":
         return (x.astype(np.uint32) << 16).view(np.float32)
@@ -221,18 +250,27 @@ def _write_tensor(fout, e: _Entry, tensors: dict, n_threads: int, method: Option
         b = _convert(e.data.reshape(1, -1), e.type_id, n_threads, method)
         fout.write(memoryview(b))
         return b.nbytes
-    sf, info = tensors[e.hf]
-    rows = info.shape[0] if len(info.shape) == 2 else 1
-    cols = info.shape[-1]
-    perm = _rope_permutation(rows, e.heads) if e.heads else None
-    step = max(1, _CHUNK_BYTES // (4 * cols))
     written = 0
-    for r0 in range(0, rows, step):
-        sel = perm[r0 : r0 + step] if perm is not None else slice(r0, min(rows, r0 + step))
-        b = _convert(_float_rows(sf, info, sel), e.type_id, n_threads, method)
-        fout.write(memoryview(b))
-        written += b.nbytes
-        del b
+    for hf in e.hf:  # stacked experts: one after the other
+        sf, info = tensors[hf]
+        rows = info.shape[0]
+        cols = info.shape[-1] if len(info.shape) == 2 else 1
+        perm = _rope_permutation(rows, e.heads) if e.heads else None
+        step = max(1, _CHUNK_BYTES // (4 * cols))
+        delta = None
+        if e.lora and hf in e.lora:  # pyllm quantize --lora: merged before quantizing
+            delta = sum(f.delta() for f in e.lora[hf])
+        for r0 in range(0, rows, step):
+            sel = perm[r0 : r0 + step] if perm is not None else slice(r0, min(rows, r0 + step))
+            x = _float_rows(sf, info, sel)
+            if delta is not None:
+                x = x + delta[sel]
+            if len(info.shape) == 1:
+                x = x.reshape(1, -1)  # a vector is one row of the file
+            b = _convert(x, e.type_id, n_threads, method)
+            fout.write(memoryview(b))
+            written += b.nbytes
+            del b
     return written
 
 
@@ -298,8 +336,15 @@ def _add_metadata(writer, folder: str, cfg: ModelConfig, raw: dict, quant: str, 
     writer.add_file_type(FILE_TYPES[quant])
     writer.add_vocab_size(cfg.vocab_size)
     writer.add_rope_dimension_count(cfg.head_dim)
-    if cfg.sliding_window:
+    if cfg.sliding_window or cfg.family.name == "phi3":  # llama.cpp's converter writes phi3's, 0 for none
         writer.add_sliding_window(cfg.sliding_window)
+    if cfg.rope_scaling.get("rope_type") == "longrope":
+        writer.add_rope_scaling_attn_factors(cfg.rope_attention_factor())
+        writer.add_rope_scaling_orig_ctx_len(cfg.rope_long_after())
+    elif cfg.family.name == "phi3":
+        writer.add_rope_scaling_orig_ctx_len(cfg.max_position_embeddings)
+    for key, value, tag in cfg.family.gguf_metadata(cfg):
+        _add_value(writer, f"{cfg.family.gguf_arch}.{key}", value, tag)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     for key, value in tok_md.items():
         if key == "tokenizer.chat_template" and not value:
@@ -347,12 +392,13 @@ def _temp_name(out_path: str) -> str:
 
 
 def export_gguf(hf_dir: str, out_path: str, quant: str = "q8_0", n_threads: int = 0, progress=None,
-                method: Optional[str] = None) -> ExportResult:
+                method: Optional[str] = None, lora=None) -> ExportResult:
     """Write the checkpoint folder hf_dir as the GGUF file out_path with weights in `quant` (q4_0, q8_0,
     f16, bf16, f32). progress: a text stream (e.g. sys.stderr) for a progress bar and the final size
     line, or None for silence. method: how q4_0/q8_0 block scales are chosen (pyllm.quantization:
     "reference" = ggml's quantizer, byte-identical to llama.cpp's files; "search" = error-minimizing
-    scales); default: what pyllm.load(hf_dir, quant=...) uses, so the file runs exactly like it. Raises ModelLoadError/UnsupportedArchitectureError for a bad or
+    scales); default: what pyllm.load(hf_dir, quant=...) uses, so the file runs exactly like it. lora:
+    PEFT adapters (as pyllm.load's lora=) merged into the weights before they are converted. Raises ModelLoadError/UnsupportedArchitectureError for a bad or
     unsupported checkpoint, ValueError for a bad type, OSError when the file cannot be written; in
     every failure case no file named out_path is created (an existing one is left untouched)."""
     import gguf
@@ -378,7 +424,13 @@ def export_gguf(hf_dir: str, out_path: str, quant: str = "q8_0", n_threads: int 
     cfg = ModelConfig.from_file(os.path.join(hf_dir, "config.json"))
     raw = _read_json(os.path.join(hf_dir, "config.json"))
     tensors = open_checkpoint(hf_dir)
-    plan = _plan(hf_dir, cfg, quant, tensors)
+    adapters = None
+    if lora is not None:
+        from .adapters import AdapterSet
+
+        adapters = AdapterSet(cfg, lora, hf_dir, {n: tuple(i.shape) for n, (_, i) in tensors.items()
+                                                  if len(i.shape) == 2}) or None
+    plan = _plan(hf_dir, cfg, quant, tensors, adapters)
     try:
         tok_md = tokenizer_metadata(hf_dir)
     except ModelLoadError:
@@ -386,7 +438,7 @@ def export_gguf(hf_dir: str, out_path: str, quant: str = "q8_0", n_threads: int 
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelLoadError(f"{hf_dir}: cannot read the tokenizer: {e}") from None
 
-    writer = _writer_class()(None, "llama")
+    writer = _writer_class()(None, cfg.family.gguf_arch)
     n_params = sum(int(np.prod(e.shape)) for e in plan if e.hf is not None)
     _add_metadata(writer, hf_dir, cfg, raw, quant, tok_md, dict(GGUF_VALUE_TYPES), n_params)
     for e in plan:
@@ -455,10 +507,30 @@ def add_arguments(p) -> None:
                    help="weight type (default q8_0)")
     p.add_argument("-t", "--threads", type=int, default=0, help="threads for quantization (default: all)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--lora", action="append", default=None, metavar="DIR[:SCALE]",
+                   help="a PEFT LoRA adapter folder merged into the weights before quantizing (repeatable; "
+                        "DIR:SCALE scales it)")
     p.add_argument("--method", choices=METHODS, default=None,
                    help=f"how q4_0/q8_0 block scales are chosen: 'reference' is ggml's quantizer (files "
                         f"byte-identical to llama.cpp's), 'search' minimizes the error (default: {DEFAULT_METHOD}, "
                         f"as pyllm.load(..., quant=...))")
+
+
+def _lora_arg(values):
+    """--lora DIR[:SCALE] values -> pyllm.load's lora= spec (None when absent)."""
+    if not values:
+        return None
+    out = []
+    for v in values:
+        path, sep, scale = v.rpartition(":")
+        if sep and path and not os.path.isdir(v):
+            try:
+                out.append((path, float(scale)))
+                continue
+            except ValueError:
+                pass
+        out.append(v)
+    return out
 
 
 def run(args, prog: str = "pyllm quantize") -> int:
@@ -467,7 +539,8 @@ def run(args, prog: str = "pyllm quantize") -> int:
         return 2
     try:
         export_gguf(args.hf_dir, args.out, args.qtype, n_threads=args.threads,
-                    progress=None if args.quiet else sys.stderr, method=getattr(args, "method", None))
+                    progress=None if args.quiet else sys.stderr, method=getattr(args, "method", None),
+                    lora=_lora_arg(getattr(args, "lora", None)))
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted; no file written", file=sys.stderr)
         return 130

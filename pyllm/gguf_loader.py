@@ -1,7 +1,15 @@
-"""gguf_loader.py: turns a GGUF file (llama.cpp's format; architecture "llama", which also covers
-Mistral and Llama 3 files) into pyllm's ModelConfig, engine model and tokenizer. Weights are
-passed to the engine as memoryviews into the mmapped file, in their stored type (F32, F16,
-BF16, Q8_0, Q4_0); Q/K rows are in GGUF's permuted order, so RoPE runs in interleaved mode.
+"""gguf_loader.py: turns a GGUF file (llama.cpp's format) into pyllm's ModelConfig, engine model and
+tokenizer, for the architectures of pyllm.arch: "llama" (Llama 2/3, Mistral; with expert_count,
+Mixtral), "qwen2", "qwen3", "phi3". Weights are passed to the engine as memoryviews into the
+mmapped file, in their stored type (F32, F16, BF16, Q8_0, Q4_0); fused tensors (Phi-3's attn_qkv,
+and ffn_up holding gate and up) as row ranges of it. "llama" files hold Q/K rows in llama.cpp's
+permuted order, so RoPE runs in interleaved mode; the others use the Hugging Face (NEOX) layout.
+
+Phi-3 LongRoPE: llama.cpp picks the long or short factors (rope_factors_long / _short tensors) once,
+by the context size it is given; pyllm picks them as transformers does, per sequence, once its
+positions reach rope.scaling.original_context_length. The two agree while a sequence stays below
+that length with a context no larger than it. Phi-3's attention.sliding_window (which llama.cpp
+ignores, running full attention) is honoured, as transformers does.
 
 Sliding window: llama.cpp's converter writes Mistral checkpoints as plain "llama" with no
 sliding-window key, and llama.cpp then runs them with full attention. pyllm does the same for
@@ -21,33 +29,20 @@ from typing import Optional
 import numpy as np
 
 from . import _engine
+from .arch import SUPPORTED_GGUF_ARCHITECTURES, gguf_family
 from .config import MAX_INT32, ModelConfig, short_repr
 from .errors import ModelLoadError, UnsupportedArchitectureError
 from .gguf_file import MIN_MODEL_ALIGNMENT, GGUFFile, is_gguf
-from .hf_loader import build_engine_model, check_sampling_defaults, check_tokenizer_vocab
+from .hf_loader import (build_engine_model, check_sampling_defaults, check_source_shapes, check_tokenizer_vocab,
+                        fused_rows, role)
 from .quantization import DEFAULT_METHOD, check_quant, convert, tensor_type
 
-SUPPORTED_GGUF_ARCHITECTURES = ("llama",)
 ENGINE_TYPES = (0, 1, 2, 8, 30)  # F32, F16, Q4_0, Q8_0, BF16
 _INT_CAP = MAX_INT32 + 1  # sizes go to the engine as C ints
 _FLOAT32_MAX = 3.4028234663852886e38
 
-# engine tensor name -> GGUF tensor name (per-layer ones get "blk.N." in front)
-GLOBAL_TENSORS = {"tok_embd": "token_embd.weight", "output_norm": "output_norm.weight", "output": "output.weight"}
-LAYER_TENSORS = {
-    "attn_norm": "attn_norm.weight",
-    "wq": "attn_q.weight",
-    "wk": "attn_k.weight",
-    "wv": "attn_v.weight",
-    "wo": "attn_output.weight",
-    "ffn_norm": "ffn_norm.weight",
-    "ffn_gate": "ffn_gate.weight",
-    "ffn_up": "ffn_up.weight",
-    "ffn_down": "ffn_down.weight",
-}
 ROPE_FREQS = "rope_freqs.weight"
-
-
+ROPE_FACTORS = ("rope_factors_short.weight", "rope_factors_long.weight")  # Phi-3 LongRoPE
 @dataclass(frozen=True)
 class GGUFModelConfig(ModelConfig):
     """ModelConfig plus GGUF's RoPE frequency factors (`rope_freqs.weight`: the converter's encoding of
@@ -63,15 +58,9 @@ class GGUFModelConfig(ModelConfig):
         return inv
 
 
-def gguf_tensor_name(name: str, layer: int) -> str:
-    return GLOBAL_TENSORS[name] if layer < 0 else f"blk.{layer}.{LAYER_TENSORS[name]}"
-
-
-def _file_name(engine_name: str, layer: int) -> str:
-    try:
-        return f"tensor {gguf_tensor_name(engine_name, layer)!r}"
-    except KeyError:
-        return f"{engine_name} (layer {layer})"
+def _file_name(names: dict, engine_name: str, layer: int) -> str:
+    src = names.get((engine_name, layer))
+    return f"tensor {src.name!r}" if src is not None else f"{engine_name} (layer {layer})"
 
 
 def _int(gf: GGUFFile, key: str, default=None, required: bool = True) -> Optional[int]:
@@ -108,12 +97,12 @@ def read_config(gf: GGUFFile) -> GGUFModelConfig:
     if arch not in SUPPORTED_GGUF_ARCHITECTURES:
         raise UnsupportedArchitectureError(
             f"{path}: GGUF architecture {arch!r} is not supported; pyllm supports {', '.join(SUPPORTED_GGUF_ARCHITECTURES)} "
-            f"(Llama 2/3 and Mistral as written by llama.cpp's converter)"
+            f"(Llama 2/3, Mistral, Mixtral, Qwen2, Qwen3 and Phi-3 as written by llama.cpp's converter)"
         )
     a = arch + "."
-    if md.get(a + "expert_count", 0):
-        raise UnsupportedArchitectureError(f"{path}: mixture-of-experts models ({a}expert_count = "
-                                           f"{md[a + 'expert_count']}) are not supported")
+    n_exp = md.get(a + "expert_count", 0)
+    fam = gguf_family(arch, n_exp if isinstance(n_exp, int) and not isinstance(n_exp, bool) else 1)
+    extra = fam.gguf_config(md, a, gf.tensors, path)
     hidden = _int(gf, a + "embedding_length")
     layers = _int(gf, a + "block_count")
     ffn = _int(gf, a + "feed_forward_length")
@@ -138,6 +127,8 @@ def read_config(gf: GGUFFile) -> GGUFModelConfig:
 
     scaling = {}
     kind = md.get(a + "rope.scaling.type", "none")
+    if kind == "longrope":
+        kind = "none"  # the factors come as tensors (below)
     factor = md.get(a + "rope.scaling.factor")
     if kind == "none" and a + "rope.scale_linear" in md:  # older files
         kind, factor = "linear", md[a + "rope.scale_linear"]
@@ -150,6 +141,27 @@ def read_config(gf: GGUFFile) -> GGUFModelConfig:
     elif kind != "none":
         raise UnsupportedArchitectureError(f"{path}: rope scaling type {kind!r} is not supported (supported: none, "
                                            f"linear, llama3 via {ROPE_FREQS})")
+
+    def factors(name, n):
+        t = gf.tensors[name]
+        if t.type_id != 0 or t.shape != (n,):
+            raise ModelLoadError(f"{path}: tensor {name!r} is {t.type_name} {list(t.shape)}, expected F32 [{n}]")
+        f = np.frombuffer(gf.buffer(name), dtype="<f4").copy()
+        if not np.all(np.isfinite(f)) or not np.all(f > 0):
+            raise ModelLoadError(f"{path}: tensor {name!r} holds non-positive or non-finite factors")
+        return [float(x) for x in f]
+
+    if any(n in gf.tensors for n in ROPE_FACTORS):
+        if fam.name != "phi3" or not all(n in gf.tensors for n in ROPE_FACTORS):
+            raise UnsupportedArchitectureError(f"{path}: rope factor tensors {', '.join(ROPE_FACTORS)} are read for "
+                                               f"phi3 files with both present")
+        ctx0 = _int(gf, a + "context_length")
+        orig = _int(gf, a + "rope.scaling.original_context_length", ctx0)
+        if orig < 2:
+            raise ModelLoadError(f"{path}: {a}rope.scaling.original_context_length must be >= 2, got {orig}")
+        scaling = {"rope_type": "longrope", "short_factor": factors(ROPE_FACTORS[0], head_dim // 2),
+                   "long_factor": factors(ROPE_FACTORS[1], head_dim // 2), "original_max_position_embeddings": orig,
+                   "attention_factor": _float(gf, a + "rope.scaling.attn_factor", 1.0)}
 
     freq_factors = None
     if ROPE_FREQS in gf.tensors:
@@ -184,7 +196,7 @@ def read_config(gf: GGUFFile) -> GGUFModelConfig:
            if isinstance(md.get(k), int) and not isinstance(md.get(k), bool)]
     eos = list(dict.fromkeys(eos))
     return GGUFModelConfig(
-        architecture="LlamaForCausalLM",
+        architecture=fam.hf_architectures[0],
         vocab_size=vocab,
         hidden_size=hidden,
         num_layers=layers,
@@ -201,31 +213,34 @@ def read_config(gf: GGUFFile) -> GGUFModelConfig:
         bos_token_id=bos if isinstance(bos, int) and not isinstance(bos, bool) else None,
         eos_token_id=(eos[0] if len(eos) == 1 else eos) if eos else None,
         rope_freq_factors=freq_factors,
+        **extra,
     )
 
 
-def _check_tensors(gf: GGUFFile, cfg: ModelConfig) -> None:
+def _check_tensors(gf: GGUFFile, cfg: ModelConfig) -> dict:
     """Every tensor the model needs is there (checked before anything is sized by block_count) and
-    every tensor there is one the model uses."""
-    per_layer = len(LAYER_TENSORS)
-    if cfg.num_layers > (len(gf.tensors) - 2) // per_layer:
+    every tensor there is one the model uses. Returns (engine name, layer) -> Source."""
+    fam = cfg.family
+    if cfg.num_layers > len(gf.tensors):
         raise ModelLoadError(f"{gf.path}: block_count is {cfg.num_layers} but the file holds only {len(gf.tensors)} "
-                             f"tensors ({per_layer} per block are needed)")
-    for i in range(cfg.num_layers):
-        for n in LAYER_TENSORS.values():
-            if f"blk.{i}.{n}" not in gf.tensors:
-                raise ModelLoadError(f"{gf.path}: file has no tensor 'blk.{i}.{n}'")
-    for n in ("token_embd.weight", "output_norm.weight"):
-        if n not in gf.tensors:
-            raise ModelLoadError(f"{gf.path}: file has no tensor {n!r}")
-    known = {ROPE_FREQS} | set(GLOBAL_TENSORS.values())
-    for i in range(cfg.num_layers):
-        known.update(f"blk.{i}.{n}" for n in LAYER_TENSORS.values())
+                             f"tensors")
+    for i in range(cfg.num_layers):  # layer by layer: stops at the first missing tensor
+        for src in fam.gguf_layer(cfg, i).values():
+            for n in src.names:
+                if f"blk.{i}.{n}" not in gf.tensors:
+                    raise ModelLoadError(f"{gf.path}: file has no tensor 'blk.{i}.{n}'")
+    names = fam.gguf_tensors(cfg)
+    for src in names.values():
+        for n in src.names:
+            if n not in gf.tensors:
+                raise ModelLoadError(f"{gf.path}: file has no tensor {n!r}")
+    known = {ROPE_FREQS, *ROPE_FACTORS} | {n for src in names.values() for n in src.names}
     for name in gf.tensors:
         if name not in known:
             raise UnsupportedArchitectureError(
-                f"{gf.path}: tensor {name!r} is not part of a llama model pyllm runs (biases, experts and extra layers "
-                f"are not supported)")
+                f"{gf.path}: tensor {name!r} is not part of a {gf.metadata.get('general.architecture')} model as "
+                f"pyllm runs it ({fam.name}: unexpected biases, experts or extra layers are not supported)")
+    return names
 
 
 # general.sampling.* key -> generation_config entry
@@ -249,11 +264,13 @@ def generation_config_from_metadata(md: dict, path: str = "<gguf>") -> dict:
     return {k: (int(v) if k == "top_k" else float(v)) for k, v in gen.items()}
 
 
-def load_gguf_parts(path: str, n_ctx: Optional[int] = None, quant: Optional[str] = None, n_threads: int = 0):
+def load_gguf_parts(path: str, n_ctx: Optional[int] = None, quant: Optional[str] = None, n_threads: int = 0,
+                    lora=None):
     """Returns (config, engine model, tokenizer, generation_config dict, n_ctx). n_ctx defaults to the
     model's context length capped at 4096. With quant (q4_0, q8_0, f16, bf16, f32) each tensor whose
     type differs from what pyllm.quantization.tensor_type picks is converted (dequantized exactly, then
-    re-quantized in C as quant-on-load does); without it the file's tensors are used in place."""
+    re-quantized in C as quant-on-load does); without it the file's tensors are used in place. lora:
+    adapters kept beside the file's weights (pyllm/adapters.py; never merged into the mapping)."""
     from .gguf_tokenizer import tokenizer_from_metadata
 
     if not is_gguf(path):
@@ -274,7 +291,8 @@ def load_gguf_parts(path: str, n_ctx: Optional[int] = None, quant: Optional[str]
         raise ValueError(f"n_ctx {n_ctx} exceeds the model's context length ({cfg.max_position_embeddings})")
     if quant is not None:
         quant = check_quant(quant)
-    _check_tensors(gf, cfg)
+    names = _check_tensors(gf, cfg)
+    fused = fused_rows(names)
     gen = generation_config_from_metadata(gf.metadata, path)
     try:
         tokenizer = tokenizer_from_metadata(gf.metadata)
@@ -283,54 +301,77 @@ def load_gguf_parts(path: str, n_ctx: Optional[int] = None, quant: Optional[str]
     except (ValueError, KeyError, TypeError, IndexError) as e:
         raise ModelLoadError(f"{path}: cannot build the tokenizer from the file's metadata: {e}") from None
     # llama.cpp sizes the vocabulary by tokenizer.ggml.tokens: the two must agree
-    vocab_from = "llama.vocab_size" if "llama.vocab_size" in gf.metadata else "rows of token_embd.weight"
+    vkey = gf.metadata["general.architecture"] + ".vocab_size"
+    vocab_from = vkey if vkey in gf.metadata else "rows of token_embd.weight"
     check_tokenizer_vocab(cfg.vocab_size, tokenizer, f"{path}: tokenizer.ggml.tokens", vocab_from, exact=True)
 
     converted = {}
+    adapters, sides = None, {}
+    if lora is not None:
+        from .adapters import AdapterSet
+
+        adapters = AdapterSet(cfg, lora, path) or None
 
     def get_tensor(name, layer):
-        gname = gguf_tensor_name(name, layer)
-        if name == "output" and cfg.tie_word_embeddings:
-            gname = "token_embd.weight"
-        if gname not in gf.tensors:
-            raise ModelLoadError(f"{path}: file has no tensor {gname!r}")
+        src = names[(name, layer)]
+        if adapters is not None and adapters.for_tensor(name, layer):
+            from .gguf_export import _rope_permutation
+
+            rows = cfg.num_heads * cfg.head_dim if name == "wq" else cfg.num_kv_heads * cfg.head_dim
+            perm = _rope_permutation(rows, src.permute_heads) if src.permute_heads else None
+            sides[(name, layer)] = adapters.side_product(name, layer, perm)
+        gname = src.name
         info = gf.tensors[gname]
-        tid, shape = info.type_id, info.shape
+        tid = info.type_id
         if tid not in ENGINE_TYPES:
             raise UnsupportedArchitectureError(
                 f"{path}: tensor {gname!r} is {info.type_name}; pyllm runs F32, F16, BF16, Q8_0 and Q4_0 "
                 f"(requantize with llama-quantize --pure, or export from the Hugging Face checkpoint with "
                 f"`pyllm quantize`)")
-        if quant is None:
-            return tid, shape, gf.buffer(gname)
-        role = "norm" if name.endswith("norm") else (name if name in ("tok_embd", "output") else "weight")
-        want = tensor_type(role, quant, shape, cfg.tie_word_embeddings)
+        file_shape = info.shape
+        if len(file_shape) == 3:  # stacked experts [n_expert, rows, cols]: the engine takes them as one matrix
+            if file_shape[0] != cfg.n_experts:
+                raise ModelLoadError(f"{path}: tensor {gname!r} has shape {list(file_shape)}: {file_shape[0]} experts, "
+                                     f"expected {cfg.n_experts}")
+            file_shape = (file_shape[0] * file_shape[1], file_shape[2])
+        shape = check_source_shapes(src, [file_shape], path, fused)
+        want = tid if quant is None else tensor_type(role(name, shape), quant, shape, cfg.tie_word_embeddings)
         if want == tid:
-            return tid, shape, gf.buffer(gname)
-        if (gname, want) in converted:  # the tied embedding, asked for twice
-            return converted[(gname, want)]
+            buf = gf.buffer(gname)
+            if src.rows is not None:  # a row range of a fused tensor, zero-copy
+                rb = info.nbytes // file_shape[0]
+                buf = buf[src.rows[0] * rb : src.rows[1] * rb]
+            return tid, shape, buf
+        key = (gname, src.rows, want)
+        if key in converted:  # the tied embedding, asked for twice
+            return converted[key]
         data = np.frombuffer(gf.buffer(gname), dtype=np.uint8)
-        x = _engine.to_float(tid, data, info.ne[0] if info.ne else 1)
+        x = _engine.to_float(tid, data, info.ne[0] if info.ne else 1).reshape(file_shape[0] if len(file_shape) == 2
+                                                                               else 1, -1)
+        if src.rows is not None:
+            x = x[src.rows[0] : src.rows[1]]
         data = convert(x, want, n_threads, method=DEFAULT_METHOD)
         out = (want, shape, data)
-        converted[(gname, want)] = out
+        converted[key] = out
         return out
 
     try:
-        cm = build_engine_model(cfg, n_ctx, get_tensor, interleaved_rope=True)
+        cm = build_engine_model(cfg, n_ctx, get_tensor, interleaved_rope=cfg.family.gguf_interleaved_rope,
+                                names=names, side_products=sides)
     except ModelLoadError:
         raise
     except ValueError as e:  # the engine's size/shape checks; name the tensor as the file does
-        msg = re.sub(r"\b(\w+) \(layer (-?\d+)\)", lambda m: _file_name(m.group(1), int(m.group(2))), str(e))
+        msg = re.sub(r"\b(\w+) \(layer (-?\d+)\)", lambda m: _file_name(names, m.group(1), int(m.group(2))), str(e))
         raise ModelLoadError(f"{path}: {msg}") from None
     return cfg, cm, tokenizer, gen, n_ctx
 
 
 def load_gguf(path: str, n_threads: Optional[int] = None, n_ctx: Optional[int] = None, quant: Optional[str] = None,
-              kv_type: str = "f32"):
+              kv_type: str = "f32", lora=None):
     """pyllm.load() for a .gguf file: returns a pyllm.Model."""
     from .model import Model
 
-    cfg, cm, tokenizer, gen, n_ctx = load_gguf_parts(path, n_ctx=n_ctx, quant=quant, n_threads=n_threads or 0)
+    cfg, cm, tokenizer, gen, n_ctx = load_gguf_parts(path, n_ctx=n_ctx, quant=quant, n_threads=n_threads or 0,
+                                                     lora=lora)
     return Model(cm, cfg, tokenizer, n_ctx=n_ctx, n_threads=n_threads, generation_config=gen, path=path,
                  kv_type=kv_type)

@@ -6,6 +6,9 @@ a tokenizer that cannot decode every id the model can produce."""
 from __future__ import annotations
 
 import os
+import re
+
+import numpy as np
 
 from . import _engine
 from .config import ModelConfig, read_json_file, short_repr
@@ -13,30 +16,9 @@ from .errors import ModelLoadError
 from .quantization import DEFAULT_METHOD, check_method, check_quant, convert, tensor_type
 from .safetensors_file import DTYPES, open_checkpoint
 
-LAYER_TENSORS = {
-    "input_layernorm": "attn_norm",
-    "self_attn.q_proj": "wq",
-    "self_attn.k_proj": "wk",
-    "self_attn.v_proj": "wv",
-    "self_attn.o_proj": "wo",
-    "post_attention_layernorm": "ffn_norm",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-}
-
-
 def hf_tensor_names(cfg: ModelConfig) -> dict:
-    """engine (name, layer) -> HF tensor name, for every tensor the model needs."""
-    names = {
-        ("tok_embd", -1): "model.embed_tokens.weight",
-        ("output_norm", -1): "model.norm.weight",
-        ("output", -1): "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight",
-    }
-    for i in range(cfg.num_layers):
-        for hf, eng in LAYER_TENSORS.items():
-            names[(eng, i)] = f"model.layers.{i}.{hf}.weight"
-    return names
+    """engine (name, layer) -> pyllm.arch Source in the checkpoint, for every tensor the model needs."""
+    return cfg.family.hf_tensors(cfg)
 
 
 def check_layer_tensors(cfg: ModelConfig, tensors, where: str) -> None:
@@ -44,11 +26,38 @@ def check_layer_tensors(cfg: ModelConfig, tensors, where: str) -> None:
     before anything is sized by the layer count: the loop stops at the first missing name, so a
     bogus count (2**31 - 1 layers) costs no more than the layers the file really holds."""
     for i in range(cfg.num_layers):
-        for hf in LAYER_TENSORS:
-            name = f"model.layers.{i}.{hf}.weight"
-            if name not in tensors:
-                raise ModelLoadError(f"{where}: checkpoint has no tensor {name!r} (config.json num_hidden_layers is "
-                                     f"{cfg.num_layers}; the checkpoint holds {len(tensors)} tensors)")
+        for src in cfg.family.hf_layer(cfg, i).values():
+            for name in src.names:
+                if name not in tensors:
+                    raise ModelLoadError(f"{where}: checkpoint has no tensor {name!r} (config.json num_hidden_layers "
+                                         f"is {cfg.num_layers}; the checkpoint holds {len(tensors)} tensors)")
+
+
+def fused_rows(names: dict) -> dict:
+    """file tensor name -> the rows the engine's row ranges of it add up to (fused tensors only)."""
+    out = {}
+    for src in names.values():
+        if src.rows is not None:
+            out[src.name] = max(out.get(src.name, 0), src.rows[1])
+    return out
+
+
+def check_source_shapes(src, shapes: list, where: str, fused: dict) -> tuple:
+    """The engine-side shape of a Source whose file tensors have the given shapes: a fused tensor
+    must have exactly the rows its parts add up to, stacked experts must agree. Else ModelLoadError."""
+    if src.rows is not None:
+        shape = shapes[0]
+        if len(shape) != 2 or shape[0] != fused[src.name]:
+            raise ModelLoadError(f"{where}: tensor {src.name!r} has shape {list(shape)}, expected "
+                                 f"[{fused[src.name]}, ...] (its parts from config.json)")
+        return (src.rows[1] - src.rows[0], shape[1])
+    if len(src.names) > 1:
+        if any(len(sh) != 2 or sh != shapes[0] for sh in shapes):
+            bad = next(i for i, sh in enumerate(shapes) if len(sh) != 2 or sh != shapes[0])
+            raise ModelLoadError(f"{where}: expert tensor {src.names[bad]!r} has shape {list(shapes[bad])}, "
+                                 f"expected a matrix shaped like {src.names[0]!r} {list(shapes[0])}")
+        return (len(shapes) * shapes[0][0], shapes[0][1])
+    return tuple(shapes[0])
 
 
 # generation_config.json key -> SamplingParams field, for the sampling defaults Model uses
@@ -89,14 +98,19 @@ def check_tokenizer_vocab(vocab_size: int, tokenizer, source: str, vocab_from: s
                              f"only {vocab_size}: text could encode to ids the model does not have")
 
 
-def build_engine_model(cfg: ModelConfig, n_ctx: int, get_tensor, interleaved_rope: bool = False) -> "_engine.CModel":
-    """get_tensor(engine_name, layer) -> (type_id, shape, buffer). Shapes follow HF: [rows, cols]."""
+def build_engine_model(cfg: ModelConfig, n_ctx: int, get_tensor, interleaved_rope: bool = False,
+                       names: dict | None = None, side_products: dict | None = None) -> "_engine.CModel":
+    """get_tensor(engine_name, layer) -> (type_id, shape, buffer), for each (name, layer) of names
+    (default: the family's Hugging Face tensors). Shapes follow HF: [rows, cols]. side_products:
+    (name, layer) -> (a, b) LoRA factors kept beside that weight (get_tensor may add to it)."""
     cm = _engine.CModel(
         n_vocab=cfg.vocab_size, dim=cfg.hidden_size, n_layers=cfg.num_layers, n_heads=cfg.num_heads,
         n_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, hidden_dim=cfg.intermediate_size, max_ctx=n_ctx,
         norm_eps=cfg.rms_norm_eps, rope_interleaved=interleaved_rope, sliding_window=cfg.sliding_window,
+        qkv_bias=cfg.qkv_bias, o_bias=cfg.o_bias, qk_norm=cfg.qk_norm, n_expert=cfg.n_experts,
+        n_expert_used=cfg.n_experts_used, rope_long_after=cfg.rope_long_after(),
     )
-    for (name, layer) in hf_tensor_names(cfg):
+    for (name, layer) in (names if names is not None else hf_tensor_names(cfg)):
         type_id, shape, buf = get_tensor(name, layer)
         if len(shape) == 1:
             ne0, ne1 = shape[0], 1
@@ -105,23 +119,32 @@ def build_engine_model(cfg: ModelConfig, n_ctx: int, get_tensor, interleaved_rop
         else:
             raise ModelLoadError(f"tensor {name} (layer {layer}) has {len(shape)} dimensions, expected 1 or 2")
         cm.set_tensor(name, layer, type_id, ne0, ne1, buf)
-    cm.finalize(cfg.rope_inv_freq())
+        if side_products and (name, layer) in side_products:
+            cm.set_lora(name, layer, *side_products[(name, layer)])
+    cm.finalize(cfg.rope_inv_freq(), cfg.rope_attention_factor(), cfg.rope_long_inv_freq())
     return cm
 
 
-def _role(name: str) -> str:
-    if name.endswith("norm"):
+FLOAT_TYPES = (0, 1, 30)  # F32, F16, BF16
+
+
+def role(name: str, shape) -> str:
+    """The quantization role of an engine tensor (pyllm.quantization.tensor_type): vectors and the MoE
+    router stay F32, as llama.cpp keeps them."""
+    if name.endswith("norm") or len(shape) == 1 or name == "ffn_gate_inp":
         return "norm"
     return name if name in ("tok_embd", "output") else "weight"
 
 
 def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads: int = 0,
-                   importance: dict | None = None, method: str | None = None):
+                   importance: dict | None = None, method: str | None = None, lora=None):
     """Returns (config, engine model, generation_config dict). With quant (q4_0, q8_0, f16, bf16,
     f32) the weights are converted while loading (see pyllm/quantization.py for which tensor
     gets which type); without it they are used in place, in their stored dtype. method: how
     q4_0/q8_0 scales are chosen (default pyllm.quantization.DEFAULT_METHOD); importance: per
-    (engine name, layer) column weights for method "search" (pyllm/imatrix.py)."""
+    (engine name, layer) column weights for method "search" (pyllm/imatrix.py). lora: adapters
+    (pyllm.load's lora=; applied as pyllm/adapters.py says: merged into float weights, kept beside
+    quantized ones)."""
     cfg = ModelConfig.from_file(os.path.join(folder, "config.json"))
     if quant is not None:
         quant = check_quant(quant)
@@ -136,37 +159,79 @@ def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads:
     tensors = open_checkpoint(folder)
     check_layer_tensors(cfg, tensors, folder)
     names = hf_tensor_names(cfg)
+    fused = fused_rows(names)
+    converted = {}
+    adapters = None
+    if lora is not None:
+        from .adapters import AdapterSet
 
-    def get_tensor(name, layer):
-        hf = names[(name, layer)]
+        shapes = {n: tuple(i.shape) for n, (_, i) in tensors.items() if len(i.shape) == 2}
+        adapters = AdapterSet(cfg, lora, folder, shapes) or None
+    sides = {}
+
+    def info_of(hf):
         if hf not in tensors:
             raise ModelLoadError(f"{folder}: checkpoint has no tensor {hf!r}")
         sf, info = tensors[hf]
         if info.dtype not in DTYPES:
             raise ModelLoadError(f"{sf.path}: tensor {hf!r} has dtype {info.dtype}; supported: {', '.join(DTYPES)}")
-        if quant is None:
-            return DTYPES[info.dtype][0], info.shape, sf.buffer(hf)
-        tid = tensor_type(_role(name), quant, info.shape, cfg.tie_word_embeddings)
-        if tid == DTYPES[info.dtype][0]:
-            return tid, info.shape, sf.buffer(hf)
-        if len(info.shape) != 2 and tid != 0:
-            raise ModelLoadError(f"{sf.path}: tensor {hf!r} has shape {info.shape}, expected a matrix")
-        if cfg.tie_word_embeddings and name in ("tok_embd", "output") and "tied" in converted:
+        return sf, info
+
+    def floats(hf, rows=None):
+        sf, info = tensors[hf]
+        a = sf.numpy(hf)
+        a = a.reshape(info.shape[0], -1) if len(info.shape) == 2 else a[None]
+        return a if rows is None else a[rows[0] : rows[1]]
+
+    def get_tensor(name, layer):
+        src = names[(name, layer)]
+        parts = [info_of(hf) for hf in src.names]
+        sf, info = parts[0]
+        shape = check_source_shapes(src, [i.shape for _, i in parts], sf.path, fused)
+        stored = DTYPES[info.dtype][0]
+        if any(DTYPES[i.dtype][0] != stored for _, i in parts):
+            raise ModelLoadError(f"{sf.path}: the experts of {src.name!r} have different dtypes")
+        tid = stored if quant is None else tensor_type(role(name, shape), quant, shape, cfg.tie_word_embeddings)
+        adapted = adapters is not None and adapters.for_tensor(name, layer)
+        if adapted and tid not in FLOAT_TYPES:
+            sides[(name, layer)] = adapters.side_product(name, layer)
+        elif adapted:  # merged into the float weight (stored in its type, as peft merges)
+            parts_f = [adapters.merge(name, layer, hf, floats(hf, src.rows), src.rows) for hf in src.names]
+            return tid, shape, np.concatenate([np.frombuffer(convert(x, tid, n_threads), dtype=np.uint8)
+                                               for x in parts_f])
+        if tid == stored:
+            if src.rows is not None:  # a row range of a fused tensor: a zero-copy slice
+                rb = info.nbytes // info.shape[0]
+                return tid, shape, sf.buffer(src.name)[src.rows[0] * rb : src.rows[1] * rb]
+            if len(src.names) == 1:
+                return tid, shape, sf.buffer(src.name)
+            # stacked experts: one copy of the layer's experts (the engine reads them as one tensor)
+            return tid, shape, np.concatenate([np.frombuffer(p.buffer(i.name), dtype=np.uint8) for p, i in parts])
+        if len(shape) != 2 and tid != 0:
+            raise ModelLoadError(f"{sf.path}: tensor {src.name!r} has shape {list(shape)}, expected a matrix")
+        tied = cfg.tie_word_embeddings and name in ("tok_embd", "output")
+        if tied and "tied" in converted:
             return converted["tied"]
-        imp = importance.get((name, layer)) if importance and len(info.shape) == 2 else None
-        data = convert(sf.numpy(hf).reshape(info.shape[0], -1) if len(info.shape) == 2 else sf.numpy(hf)[None], tid,
-                       n_threads, importance=imp, method=method)
-        out = (tid, info.shape, data)
-        if cfg.tie_word_embeddings and name in ("tok_embd", "output"):
+        imp = importance.get((name, layer)) if importance and len(shape) == 2 else None
+        if len(src.names) > 1:  # experts converted one at a time (a layer's experts in float32 can be GBs)
+            data = np.concatenate([np.frombuffer(convert(floats(hf), tid, n_threads, importance=imp, method=method),
+                                                 dtype=np.uint8) for hf in src.names])
+        else:
+            data = convert(floats(src.name, src.rows), tid, n_threads, importance=imp, method=method)
+        out = (tid, shape, data)
+        if tied:
             converted["tied"] = out
         return out
 
-    converted = {}
-
     try:
-        cm = build_engine_model(cfg, n_ctx, get_tensor)
+        cm = build_engine_model(cfg, n_ctx, get_tensor, names=names, side_products=sides)
     except ModelLoadError:
         raise
-    except ValueError as e:
-        raise ModelLoadError(f"{folder}: {e}") from None
+    except ValueError as e:  # the engine's size/shape checks: name the tensor as the checkpoint does
+        def hf_name(m):
+            src = names.get((m.group(1), int(m.group(2))))
+            return f"tensor {src.name!r}" if src is not None else m.group(0)
+
+        msg = re.sub(r"\b(\w+) \(layer (-?\d+)\)", hf_name, str(e))
+        raise ModelLoadError(f"{folder}: {msg}") from None
     return cfg, cm, gen

@@ -28,7 +28,7 @@ def _resolve_isa() -> None:
 
 
 def load(path: Optional[str] = None, n_threads: Optional[int] = None, n_ctx: Optional[int] = None,
-         quant: Optional[str] = None, calibration=None, kv_type: str = "f32") -> Model:
+         quant: Optional[str] = None, calibration=None, kv_type: str = "f32", lora=None) -> Model:
     """Load a model: a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer files)
     or a .gguf file (llama.cpp's format, see pyllm/gguf_loader.py). With no path, the shipped
     shakespeare-4m model. n_ctx defaults to the model's training context capped at 4096;
@@ -36,7 +36,9 @@ def load(path: Optional[str] = None, n_threads: Optional[int] = None, n_ctx: Opt
     converts the weights while loading. calibration (with quant, for a checkpoint folder): a text
     file, an importance .npz or dict (pyllm/imatrix.py) to weight the q4_0/q8_0 scale search with.
     kv_type: the KV cache's element type, "f32" (default, exact) or "f16" (half the memory; keys and
-    values rounded to fp16 as they are written, as llama.cpp's default cache does)."""
+    values rounded to fp16 as they are written, as llama.cpp's default cache does). lora: PEFT LoRA
+    adapters, a folder, a (folder, scale) pair or a list of them (pyllm/lora.py): merged into 16-bit
+    and f32 weights, kept beside quantized ones as a low-rank side product (pyllm/adapters.py)."""
     from .hf_loader import load_hf_folder
     from .tokenizer import Tokenizer
 
@@ -54,7 +56,7 @@ def load(path: Optional[str] = None, n_threads: Optional[int] = None, n_ctx: Opt
         # a file: GGUF (llama.cpp's format); anything else is reported by the GGUF reader (bad magic)
         from .gguf_loader import load_gguf
 
-        return load_gguf(path, n_threads=n_threads, n_ctx=n_ctx, quant=quant, kv_type=kv_type)
+        return load_gguf(path, n_threads=n_threads, n_ctx=n_ctx, quant=quant, kv_type=kv_type, lora=lora)
     cfg = ModelConfig.from_file(os.path.join(path, "config.json"))
     if n_ctx is None:
         n_ctx = min(cfg.max_position_embeddings, _DEFAULT_N_CTX)
@@ -68,6 +70,7 @@ def load(path: Optional[str] = None, n_threads: Optional[int] = None, n_ctx: Opt
         from .imatrix import resolve_importance
 
         importance = resolve_importance(path, calibration, n_threads=n_threads)
-    cfg, cmodel, gen = load_hf_folder(path, n_ctx, quant=quant, n_threads=n_threads or 0, importance=importance)
+    cfg, cmodel, gen = load_hf_folder(path, n_ctx, quant=quant, n_threads=n_threads or 0, importance=importance,
+                                      lora=lora)
     return Model(cmodel, cfg, tokenizer, n_ctx=n_ctx, n_threads=n_threads, generation_config=gen, path=path,
                  kv_type=kv_type)

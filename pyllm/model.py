@@ -75,6 +75,11 @@ class Sequence:
             )
         outs = []
         nb = self._model.n_batch
+        long_after = self._model.config.rope_long_after()
+        if long_after and len(self.tokens) + len(ids) > long_after:
+            # LongRoPE: the forward that reaches the original context picks the long factors for all
+            # of its tokens (as transformers does for one forward): feed them in one piece
+            nb = len(ids)
         for s in range(0, len(ids), nb):
             chunk = ids[s : s + nb]
             start = len(self.tokens)

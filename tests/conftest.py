@@ -1,6 +1,9 @@
 """conftest.py: shared fixtures. Tiny random-init checkpoints of each supported architecture are
 built here with transformers' own config classes (Llama 2 shape, Llama 3 shape, Mistral), saved
-as float32 and bfloat16 safetensors next to the real tokenizer files from tests/fixtures."""
+as float32 and bfloat16 safetensors next to the real tokenizer files from tests/fixtures. The other
+families (Qwen2, Qwen3, Phi-3 with and without LongRoPE, Mixtral with 8 and 4 experts) borrow the
+real tokenizer of a model with the same kind of vocabulary: the engine's arithmetic does not
+depend on which tokenizer made the ids."""
 from __future__ import annotations
 
 import os
@@ -34,6 +37,53 @@ ARCHS = {
         dict(vocab_size=32000, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=10000.0,
              sliding_window=24, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False),
+        "mistral",
+    ),
+    "qwen2": (
+        "Qwen2Config",
+        dict(vocab_size=128256, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6, rope_theta=1000000.0,
+             bos_token_id=128000, eos_token_id=128009, tie_word_embeddings=True),
+        "llama3",
+    ),
+    "qwen3": (
+        "Qwen3Config",
+        dict(vocab_size=128256, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=32, max_position_embeddings=512, rms_norm_eps=1e-6,
+             rope_theta=1000000.0, bos_token_id=128000, eos_token_id=128009, tie_word_embeddings=False),
+        "llama3",
+    ),
+    "phi3": (
+        "Phi3Config",
+        dict(vocab_size=32000, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=10000.0,
+             sliding_window=48, bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False),
+        "llama2",
+    ),
+    # LongRoPE: a prompt past original_max_position_embeddings (64) switches to the long factors
+    "phi3-longrope": (
+        "Phi3Config",
+        dict(vocab_size=32000, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=4, max_position_embeddings=512, original_max_position_embeddings=64,
+             rms_norm_eps=1e-5, rope_theta=10000.0,
+             rope_parameters=dict(rope_type="longrope", rope_theta=10000.0,
+                                  short_factor=[1.0, 1.02, 1.05, 1.1, 1.3, 1.6, 2.0, 2.9],
+                                  long_factor=[1.0, 1.3, 2.1, 3.7, 6.5, 11.0, 19.0, 31.0]),
+             bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False),
+        "llama2",
+    ),
+    "mixtral": (
+        "MixtralConfig",
+        dict(vocab_size=32000, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=512,
+             rms_norm_eps=1e-5, rope_theta=1000000.0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False),
+        "mistral",
+    ),
+    "mixtral4": (
+        "MixtralConfig",
+        dict(vocab_size=32000, hidden_size=64, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=4, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=512,
+             rms_norm_eps=1e-5, rope_theta=10000.0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False),
         "mistral",
     ),
 }

@@ -45,3 +45,18 @@ def test_logits_do_not_depend_on_the_batch(checkpoint, isa, quant):
     for nb in (1, 6, 50):
         alone, batched = alone_and_batched(m, a, rng.integers(3, m.vocab_size, nb).tolist())
         np.testing.assert_array_equal(alone, batched)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("arch", ["mixtral", "mixtral4", "qwen2", "qwen3", "phi3"])
+@pytest.mark.parametrize("quant", [None, "q4_0"])
+def test_family_logits_do_not_depend_on_the_batch(checkpoint, isa, arch, quant):
+    """The other families' layers too: biases, per-head norms, fused weights, and MoE routing (a
+    token's experts and the order of their sum do not depend on which tokens share its chunk)."""
+    _engine.set_isa(isa)
+    m = pyllm.load(checkpoint(arch, "float32"), n_ctx=256, quant=quant)
+    rng = np.random.default_rng(8)
+    a = rng.integers(3, 32000, 29).tolist()
+    for nb in (1, 40):
+        alone, batched = alone_and_batched(m, a, rng.integers(3, 32000, nb).tolist())
+        np.testing.assert_array_equal(alone, batched)

@@ -179,15 +179,15 @@ def _unpermuted_model(path, n_ctx):
     """The GGUF's tensors with the Q/K rows put back in Hugging Face order and RoPE in halves mode: the
     same arithmetic, in the same order, as pyllm.load(hf_dir, quant=...)."""
     from pyllm.gguf_export import _rope_permutation
-    from pyllm.gguf_loader import gguf_tensor_name, read_config
+    from pyllm.gguf_loader import read_config
     from pyllm.hf_loader import build_engine_model
 
     gf = GGUFFile(path)
     cfg = read_config(gf)
+    names = cfg.family.gguf_tensors(cfg)
 
     def get(name, layer):
-        g = "token_embd.weight" if name == "output" and cfg.tie_word_embeddings else gguf_tensor_name(name, layer)
-        tid, shape, buf = gf.tensor(g)
+        tid, shape, buf = gf.tensor(names[(name, layer)].name)
         if name in ("wq", "wk"):
             perm = _rope_permutation(shape[0], cfg.num_heads if name == "wq" else cfg.num_kv_heads)
             rows = np.frombuffer(buf, np.uint8).reshape(shape[0], -1)
@@ -196,7 +196,7 @@ def _unpermuted_model(path, n_ctx):
             return tid, shape, out.reshape(-1)
         return tid, shape, buf
 
-    return cfg, build_engine_model(cfg, n_ctx, get, interleaved_rope=False)
+    return cfg, build_engine_model(cfg, n_ctx, get, interleaved_rope=False, names=names)
 
 
 def _unpermuted_logits(path, ids):
@@ -636,12 +636,19 @@ def test_unsupported_variants(tmp_path, exported):
     cases = {
         "yarn": ({"llama.rope.scaling.type": ("yarn", V.STRING), "llama.rope.scaling.factor": (4.0, V.FLOAT32)},
                  "yarn"),
-        "moe": ({"llama.expert_count": (8, V.UINT32)}, "expert"),
         "partial rope": ({"llama.rope.dimension_count": (16, V.UINT32)}, "partial RoPE"),
     }
     for name, (keys, match) in cases.items():
         dst = _rewrite(src, str(tmp_path / f"{name}.gguf"), set_keys=keys)
         with pytest.raises(UnsupportedArchitectureError, match=match):
+            pyllm.load(dst)
+    # experts announced but not there (or without their count per token): a clear error
+    for keys, match in (({"llama.expert_count": (8, V.UINT32)}, r"moe.gguf: llama.expert_used_count must be an integer in 1..llama.expert_count \(8\)"),
+                        ({"llama.expert_count": (8, V.UINT32), "llama.expert_used_count": (2, V.UINT32)},
+                         "no tensor 'blk.0.ffn_gate_inp.weight'"),
+                        ({"llama.expert_count": (1000, V.UINT32)}, "at most 256 experts")):
+        dst = _rewrite(src, str(tmp_path / "moe.gguf"), set_keys=keys)
+        with pytest.raises((ModelLoadError, UnsupportedArchitectureError), match=match):
             pyllm.load(dst)
     # no output.weight: the LM head is tied to token_embd, as in llama.cpp
     dst = _rewrite(src, str(tmp_path / "tied.gguf"), drop_tensors=("output.weight",))

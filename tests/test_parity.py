@@ -16,8 +16,13 @@ import pyllm
 from conftest import ARCHS, hf_model
 
 RTOL = 1e-4
-N_PROMPT = 200  # longer than Mistral's test sliding window (24), Llama 3's original context (32) and the
-# engine's MLP pass (128 tokens: csrc/forward.c MLP_CHUNK)
+N_PROMPT = 200  # longer than Mistral's test sliding window (24), Llama 3's original context (32), Phi-3's
+# LongRoPE original context (64) and the engine's MLP pass (128 tokens: csrc/forward.c MLP_CHUNK)
+# LongRoPE picks its factors by the longest position of the forward (as transformers does), so a
+# sequence built step by step past the original context keeps keys rotated with the short factors
+# and is not the same computation as one forward over the whole prompt (in transformers neither):
+# the cached / chunked tests stay below it for that model, and test_longrope_switch_* crosses it.
+LONGROPE_CTX = {"phi3-longrope": 64}
 
 
 def assert_logits_close(ours: np.ndarray, ref: np.ndarray):
@@ -74,7 +79,7 @@ def test_prompt_logits_match_transformers(pair, arch, dtype):
 @pytest.mark.parametrize("arch,dtype", CASES)
 def test_cached_decoding_equals_full_recompute(pair, arch, dtype):
     ours, _ = pair(arch, dtype)
-    ids = prompt_ids(ours.vocab_size, seed=2)
+    ids = prompt_ids(ours.vocab_size, n=LONGROPE_CTX.get(arch, N_PROMPT), seed=2)
     full = ours.logits(ids)
     seq = ours.sequence()
     stepwise = np.stack([seq.append([t]) for t in ids])
@@ -85,10 +90,12 @@ def test_cached_decoding_equals_full_recompute(pair, arch, dtype):
 @pytest.mark.parametrize("arch,dtype", CASES)
 def test_chunked_prefill_equals_one_shot(pair, arch, dtype):
     ours, _ = pair(arch, dtype)
-    ids = prompt_ids(ours.vocab_size, seed=3)
+    n = LONGROPE_CTX.get(arch, N_PROMPT)
+    ids = prompt_ids(ours.vocab_size, n=n, seed=3)
     one = ours.logits(ids)
     seq = ours.sequence()
-    parts = [seq.append(ids[a:b], all_logits=True) for a, b in ((0, 7), (7, 50), (50, 51), (51, 190), (190, N_PROMPT))]
+    cuts = sorted({0, 7, 50, 51, min(190, n - 1), n})
+    parts = [seq.append(ids[a:b], all_logits=True) for a, b in zip(cuts, cuts[1:])]
     assert_logits_close(np.concatenate(parts), one)
     # and the engine's own chunking (n_batch) is invisible too
     ours.n_batch = 16
@@ -104,6 +111,24 @@ def test_greedy_continuation_matches_transformers(pair, arch, dtype):
     ids = prompt_ids(ours.vocab_size, n=100, seed=4)
     got = ours.generate_tokens(ids, max_tokens=64, temperature=0, ignore_eos=True)
     assert got == hf_greedy(ref, ids, 64)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_longrope_switch_during_generation_matches_transformers(pair, dtype):
+    """A 40-token prompt (short factors) generating past position 64: from there each new token uses
+    the long factors while the cached keys keep the short ones, exactly as transformers' cached
+    generation does; and a prompt already past 64 runs long from its first token."""
+    ours, ref = pair("phi3-longrope", dtype)
+    for n in (40, 100):
+        ids = prompt_ids(ours.vocab_size, n=n, seed=7)
+        assert ours.generate_tokens(ids, max_tokens=64, temperature=0, ignore_eos=True) == hf_greedy(ref, ids, 64)
+    # the same 60 tokens give other logits when the forward reaches past 64 (long factors for all of
+    # them), in both engines
+    ids = prompt_ids(ours.vocab_size, n=80, seed=8)
+    long_, short = ours.logits(ids), ours.logits(ids[:60])
+    assert_logits_close(long_, hf_logits(ref, ids))
+    assert_logits_close(short, hf_logits(ref, ids[:60]))
+    assert np.abs(long_[:60] - short).max() > 1e-2
 
 
 def test_sequences_are_independent(pair):

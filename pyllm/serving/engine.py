@@ -247,11 +247,19 @@ class Engine:
             # the longest prefix held by a cached sequence (taken over if it holds nothing more, else
             # copied) or by a running one (copied: requests sharing a system prompt at the same time)
             best_key, best_slot, best = None, None, 0
+            # LongRoPE: keys are rotated with the short or long factors depending on the forward that
+            # made them, so only sequences that never reached the original context share prefixes
+            long_after = self.model.config.rope_long_after()
+            reusable = (lambda s: not long_after or (len(prompt) <= long_after and len(s.tokens) <= long_after))
             for key, slot in self._cache.items():
+                if not reusable(slot):
+                    continue
                 n = _common_prefix(slot.tokens, prompt)
                 if n > best:
                     best_key, best_slot, best = key, slot, n
             for r in self._running:
+                if not reusable(r.slot):
+                    continue
                 n = _common_prefix(r.slot.tokens, prompt)
                 if n > best:
                     best_key, best_slot, best = None, r.slot, n
@@ -322,11 +330,14 @@ class Engine:
         # prompt chunks: a step holds at most chunk_tokens prompt tokens while others decode (so
         # their next token is not held up for long), a full n_batch when nothing decodes
         budget = self.chunk_tokens if decoding else max(self.chunk_tokens, model.n_batch)
+        long_after = model.config.rope_long_after()
         for a in batch:
             if a.next_token is not None or budget <= 0:
                 continue
             prompt = a.feed
             n = min(budget, len(prompt) - a.prefilled)
+            if long_after and len(prompt) > long_after:
+                n = len(prompt) - a.prefilled  # LongRoPE: a prompt past the original context in one forward
             chunk = prompt[a.prefilled:a.prefilled + n]
             si = len(kvs)
             kvs.append(a.slot.kv)

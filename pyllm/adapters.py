@@ -1,0 +1,100 @@
+"""adapters.py: how the loaders apply LoRA adapters (read by pyllm/lora.py) to a model. Each
+adapted Hugging Face weight is found among the engine tensors the family builds from it (a fused
+Phi-3 weight feeds several, by row ranges); then, per engine tensor:
+  * a float weight the loader hands over as float (F32/F16/BF16, or converted to one) gets the delta
+    merged in (in float32, then stored in the tensor's type, as peft's merge_and_unload does);
+  * a quantized weight (quant-on-load, or any GGUF file) keeps the adapters beside it, unmerged: the
+    engine adds b (a x) to every matmul with it (csrc/matmul.c), so no requantization error is added.
+Several adapters on one weight are applied in order (merged one after the other, or their factors
+concatenated into one side product). Errors name the adapter and the weight."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .errors import ModelLoadError
+from .lora import LoraAdapter, LoraFactors, load_adapters, merged_factors
+
+
+def hf_weight_shapes(cfg) -> dict:
+    """HF weight name -> [out, in] for every matrix the model is built from (fused ones whole)."""
+    from .gguf_export import engine_shapes
+
+    shapes = engine_shapes(cfg)
+    out = {}
+    for (eng, _layer), src in cfg.family.hf_tensors(cfg).items():
+        shape = shapes[eng]
+        if len(shape) != 2:
+            continue
+        for name in src.names:
+            if src.rows is not None:
+                prev = out.get(name, (0, shape[1]))
+                out[name] = (max(prev[0], src.rows[1]), shape[1])
+            else:
+                out[name] = shape
+    return out
+
+
+class AdapterSet:
+    """The adapters applied to one model: what each engine tensor gets."""
+
+    def __init__(self, cfg, spec, where: str, shapes: Optional[dict] = None):
+        self.adapters: list[LoraAdapter] = load_adapters(spec)
+        shapes = hf_weight_shapes(cfg) if shapes is None else shapes
+        for a in self.adapters:
+            try:
+                a.check_against(shapes, where)
+            except ModelLoadError as e:
+                if a.base_model:
+                    raise ModelLoadError(f"{e} (the adapter was trained on {a.base_model})") from None
+                raise
+        self.factors = merged_factors(self.adapters)
+        self.sources = cfg.family.hf_tensors(cfg)
+        used = {n for src in self.sources.values() for n in src.names}
+        if cfg.tie_word_embeddings:
+            used.discard("model.embed_tokens.weight")
+        for name in self.factors:
+            if name not in used or name == "model.embed_tokens.weight":
+                a = next(a for a in self.adapters if name in a.targets)
+                raise ModelLoadError(f"{where}: adapter {a.path} adapts {name}, which pyllm cannot apply it to "
+                                     f"(embeddings{' and the tied LM head' if cfg.tie_word_embeddings else ''} are "
+                                     f"not adapted)")
+
+    def __bool__(self) -> bool:
+        return bool(self.factors)
+
+    def for_tensor(self, eng: str, layer: int) -> list:
+        """[(hf name, [LoraFactors])] adapting the engine tensor (eng, layer), in the Source's order."""
+        src = self.sources.get((eng, layer))
+        if src is None:
+            return []
+        return [(n, self.factors[n]) for n in src.names if n in self.factors]
+
+    def merge(self, eng: str, layer: int, hf_name: str, x: np.ndarray, rows=None) -> np.ndarray:
+        """x (float32 rows of hf_name, or of its rows range) with the adapters' deltas added."""
+        out = np.array(x, dtype=np.float32, copy=True)
+        for f in self.factors.get(hf_name, []):
+            d = f.delta()
+            out += d if rows is None else d[rows[0] : rows[1]]
+        return out
+
+    def side_product(self, eng: str, layer: int, permutation=None):
+        """(a, b) for the engine's unmerged LoRA pass on (eng, layer), or None: all adapters' factors
+        concatenated (a: [sum r, in], b: [out, sum r] with each scale folded in); permutation reorders
+        b's rows as the file's rows were (GGUF's Q/K permutation)."""
+        parts = self.for_tensor(eng, layer)
+        if not parts:
+            return None
+        src = self.sources[(eng, layer)]
+        if len(src.names) > 1:
+            raise ModelLoadError(f"LoRA on the experts of {eng} (layer {layer}) can only be merged: load the model "
+                                 f"unquantized, or merge it into a quantized file with `pyllm quantize --lora`")
+        fs: list[LoraFactors] = parts[0][1]
+        a = np.concatenate([f.a for f in fs], axis=0)
+        b = np.concatenate([f.b * np.float32(f.scale) for f in fs], axis=1)
+        if src.rows is not None:
+            b = b[src.rows[0] : src.rows[1]]
+        if permutation is not None:
+            b = b[permutation]
+        return np.ascontiguousarray(a, dtype=np.float32), np.ascontiguousarray(b, dtype=np.float32)

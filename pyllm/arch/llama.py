@@ -1,0 +1,51 @@
+"""llama.py: Llama 2/3 and Mistral (LlamaForCausalLM, MistralForCausalLM): the reference layout.
+GGUF "llama": Q/K rows permuted for llama.cpp's interleaved (NORM) RoPE; Llama 3.1 rope scaling
+as a rope_freqs tensor (gguf_loader / gguf_export). attention_bias adds q/k/v and output biases."""
+from __future__ import annotations
+
+from .common import (GGUF_ATTENTION, GGUF_MLP, GGUF_O_BIAS, GGUF_QKV_BIAS, HF_ATTENTION, HF_MLP, HF_O_BIAS,
+                     HF_QKV_BIAS, flag, layer_sources, refuse)
+from .family import Family, Source
+
+
+def hf_config(d: dict, source: str) -> dict:
+    refuse(d, source, "mlp_bias")
+    bias = flag(d, "attention_bias", source)
+    return {"qkv_bias": bias, "o_bias": bias}
+
+
+def hf_layer(cfg, i):
+    t = [HF_ATTENTION, HF_MLP]
+    if cfg.qkv_bias:
+        t.append(HF_QKV_BIAS)
+    if cfg.o_bias:
+        t.append(HF_O_BIAS)
+    return layer_sources(i, *t)
+
+
+def gguf_layer(cfg, i):
+    t = [GGUF_ATTENTION, GGUF_MLP]
+    if cfg.qkv_bias:
+        t.append(GGUF_QKV_BIAS)
+    if cfg.o_bias:
+        t.append(GGUF_O_BIAS)
+    out = layer_sources(i, *t, prefix="")
+    # llama.cpp's converter permutes q/k rows (and q/k biases) for interleaved RoPE
+    for eng, heads in (("wq", cfg.num_heads), ("wk", cfg.num_kv_heads), ("bq", cfg.num_heads),
+                       ("bk", cfg.num_kv_heads)):
+        if eng in out:
+            out[eng] = Source(out[eng].names, permute_heads=heads)
+    return out
+
+
+FAMILY = Family(
+    name="llama",
+    hf_architectures=("LlamaForCausalLM", "MistralForCausalLM"),
+    model_types=("llama", "mistral"),
+    hf_config=hf_config,
+    hf_layer=hf_layer,
+    gguf_arch="llama",
+    gguf_layer=gguf_layer,
+    gguf_interleaved_rope=True,
+    sliding_window=("MistralForCausalLM",),
+)
