@@ -6,10 +6,13 @@ Phi-3 weight feeds several, by row ranges); then, per engine tensor:
   * a quantized weight (quant-on-load, or any GGUF file) keeps the adapters beside it, unmerged: the
     engine adds b (a x) to every matmul with it (csrc/matmul.c), so no requantization error is added.
 Several adapters on one weight are applied in order (merged one after the other, or their factors
-concatenated into one side product). Errors name the adapter and the weight."""
+concatenated into one side product). Errors name the adapter and the weight. Also the --lora
+option the generate / chat / serve / quantize commands share."""
 from __future__ import annotations
 
 from typing import Optional
+
+import os
 
 import numpy as np
 
@@ -98,3 +101,26 @@ class AdapterSet:
         if permutation is not None:
             b = b[permutation]
         return np.ascontiguousarray(a, dtype=np.float32), np.ascontiguousarray(b, dtype=np.float32)
+
+
+def add_lora_argument(parser, what: str) -> None:
+    """The command-line --lora DIR[:SCALE] option (repeatable) of generate, chat, serve and quantize."""
+    parser.add_argument("--lora", action="append", default=None, metavar="DIR[:SCALE]",
+                        help=f"a PEFT LoRA adapter folder, {what} (repeatable; DIR:SCALE scales it)")
+
+
+def lora_spec(values):
+    """--lora values -> pyllm.load's lora= spec (None when absent): DIR, or (DIR, SCALE) for DIR:SCALE."""
+    if not values:
+        return None
+    out = []
+    for v in values:
+        path, sep, scale = v.rpartition(":")
+        if sep and path and not os.path.isdir(v):
+            try:
+                out.append((path, float(scale)))
+                continue
+            except ValueError:
+                pass
+        out.append(v)
+    return out

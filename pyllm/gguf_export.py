@@ -41,6 +41,7 @@ import numpy as np
 
 from .config import ModelConfig, read_json_file
 from .errors import ModelLoadError
+from .adapters import add_lora_argument, lora_spec
 from .hf_loader import role as engine_role
 # DEFAULT_METHOD: how q4_0/q8_0 scales are chosen by default, as pyllm.load(hf_dir, quant=...) does
 from .quantization import DEFAULT_METHOD, METHODS, TYPE_IDS, check_quant, convert, tensor_type
@@ -507,30 +508,11 @@ def add_arguments(p) -> None:
                    help="weight type (default q8_0)")
     p.add_argument("-t", "--threads", type=int, default=0, help="threads for quantization (default: all)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--lora", action="append", default=None, metavar="DIR[:SCALE]",
-                   help="a PEFT LoRA adapter folder merged into the weights before quantizing (repeatable; "
-                        "DIR:SCALE scales it)")
+    add_lora_argument(p, "merged into the weights before quantizing")
     p.add_argument("--method", choices=METHODS, default=None,
                    help=f"how q4_0/q8_0 block scales are chosen: 'reference' is ggml's quantizer (files "
                         f"byte-identical to llama.cpp's), 'search' minimizes the error (default: {DEFAULT_METHOD}, "
                         f"as pyllm.load(..., quant=...))")
-
-
-def _lora_arg(values):
-    """--lora DIR[:SCALE] values -> pyllm.load's lora= spec (None when absent)."""
-    if not values:
-        return None
-    out = []
-    for v in values:
-        path, sep, scale = v.rpartition(":")
-        if sep and path and not os.path.isdir(v):
-            try:
-                out.append((path, float(scale)))
-                continue
-            except ValueError:
-                pass
-        out.append(v)
-    return out
 
 
 def run(args, prog: str = "pyllm quantize") -> int:
@@ -540,7 +522,7 @@ def run(args, prog: str = "pyllm quantize") -> int:
     try:
         export_gguf(args.hf_dir, args.out, args.qtype, n_threads=args.threads,
                     progress=None if args.quiet else sys.stderr, method=getattr(args, "method", None),
-                    lora=_lora_arg(getattr(args, "lora", None)))
+                    lora=lora_spec(getattr(args, "lora", None)))
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted; no file written", file=sys.stderr)
         return 130

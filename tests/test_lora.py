@@ -172,3 +172,16 @@ def test_adapter_errors(checkpoint, adapter, tmp_path):
                         str(tmp_path / "x.gguf"), "-q", "--lora", str(tmp_path / "missing")],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "error" in r.stderr and not os.path.exists(tmp_path / "x.gguf")
+
+
+def test_generate_cli_applies_the_adapter(checkpoint, adapter):
+    base = checkpoint("llama3", "float32")
+    m = pyllm.load(base, n_ctx=128, lora=[(adapter("llama3"), 0.5)])
+    want = m.generate("Hello world", max_tokens=8, temperature=0, ignore_eos=True)
+    r = subprocess.run([sys.executable, "-m", "pyllm", "generate", base, "-p", "Hello world", "-n", "8", "--temp", "0",
+                        "--ignore-eos", "--no-echo", "--lora", adapter("llama3") + ":0.5"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == want.strip()
+    plain = pyllm.load(base, n_ctx=128).generate("Hello world", max_tokens=8, temperature=0, ignore_eos=True)
+    assert plain != want

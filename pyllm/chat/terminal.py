@@ -11,6 +11,8 @@ import signal
 import sys
 from typing import List, Optional
 
+from ..adapters import add_lora_argument, lora_spec
+
 HELP = """commands:
   /reset          forget the conversation (the system message stays)
   /system TEXT    set the system message and start a new conversation (/system alone removes it)
@@ -56,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="context length (default: the model's, at most 4096)")
     parser.add_argument("--special", action="store_true", help="show control tokens in replies")
     parser.add_argument("--kv-type", choices=("f32", "f16"), default="f32", help="KV cache element type (default f32)")
+    add_lora_argument(parser, "applied to the model")
     parser.add_argument("--ignore-eos", action="store_true", help=argparse.SUPPRESS)  # for tests: long replies
 
 
@@ -329,7 +332,7 @@ def run(args) -> int:
     system = args.system if args.system else None
     path = args.model if args.model is not None else default_model_path()
     try:
-        model = load(path, n_threads=args.threads, n_ctx=args.ctx, kv_type=args.kv_type)
+        model = load(path, n_threads=args.threads, n_ctx=args.ctx, kv_type=args.kv_type, lora=lora_spec(args.lora))
     except (ValueError, OSError) as e:
         _err(f"cannot load {path}: {e}")
         return 2

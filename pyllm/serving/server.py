@@ -723,6 +723,8 @@ def create_app(model, *, api_key: Optional[str] = None, model_id: Optional[str] 
 
 # ---------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..adapters import add_lora_argument
+
     """The options of `pyllm serve`."""
     parser.add_argument("model", nargs="?", default=None,
                         help="Hugging Face checkpoint folder or .gguf file (default: the shipped shakespeare-4m)")
@@ -741,6 +743,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-queue", type=int, default=64,
                         help="requests waiting for a sequence before new ones get 429 (default 64)")
     parser.add_argument("--kv-type", choices=("f32", "f16"), default="f32", help="KV cache element type (default f32)")
+    add_lora_argument(parser, "applied to the model")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                         help="uvicorn's log level (default info)")
 
@@ -775,6 +778,7 @@ def run(args) -> int:
               "pip install 'pyllm[server]'", file=sys.stderr)
         return 2
 
+    from ..adapters import lora_spec
     from ..loader import load
 
     for name in ("max_sequences", "max_queue"):
@@ -797,7 +801,7 @@ def run(args) -> int:
             raise ValueError(f"--chat-template {args.chat_template}: {e}") from None
     sock = _bind(args.host, args.port)  # a busy port fails before a long model load
     try:
-        model = load(args.model, n_threads=args.threads, n_ctx=args.ctx, kv_type=args.kv_type)
+        model = load(args.model, n_threads=args.threads, n_ctx=args.ctx, kv_type=args.kv_type, lora=lora_spec(args.lora))
         model.configure_engine(max_sequences=args.max_sequences, max_queue=args.max_queue)
     except BaseException:
         sock.close()
