@@ -18,6 +18,9 @@
  * tile over 64 tokens at a time anyway */
 #define MLP_CHUNK 128
 #define SWIGLU_CHUNK 1024 /* floats per work item of the SwiGLU loop (a multiple of 16) */
+/* tokens routed together by a mixture-of-experts layer: each expert's weights are read once per
+ * group (per MLP_CHUNK of the tokens it gets), and a 512-token prefill batch is one group */
+#define MOE_CHUNK 512
 
 struct pl_scratch {
     size_t cap;   /* bytes in mem */
@@ -57,8 +60,9 @@ typedef struct {
     float *x, *xb, *q, *k, *v, *hb, *hb2, *scores;
     void *act;
     size_t scores_stride;
-    /* mixture of experts (n_expert > 0): router logits [chunk][nexp], each expert's tokens of a chunk
-     * (index and routing weight) [nexp][MLP_CHUNK], the gathered rows and the chunk's sum [chunk][dim] */
+    /* mixture of experts (n_expert > 0): router logits [group][nexp], each expert's tokens of a group
+     * (index and routing weight) [nexp][MOE_CHUNK], gathered rows [MLP_CHUNK][dim], the group's sum
+     * [group][dim] */
     float *router, *exp_w, *xg, *acc;
     int *exp_tok, *exp_n;
     /* LongRoPE: the largest position of each sequence in the batch [n_kv] */
@@ -72,6 +76,7 @@ static int carve(pl_scratch *s, const pl_kernels *K, const pl_model *m, int nt, 
     const int rows = nt > n_out ? nt : n_out;
     const int mlp_rows = nt < MLP_CHUNK ? nt : MLP_CHUNK;
     const size_t nexp = (size_t)c->n_expert;
+    const size_t moe_rows = nexp ? (size_t)(nt < MOE_CHUNK ? nt : MOE_CHUNK) : 0;
     size_t act = 0;
     /* the largest activation conversion any matmul of this model may need */
     size_t a1 = pl_matmul_act_bytes(K, &m->output, rows);
@@ -80,7 +85,8 @@ static int carve(pl_scratch *s, const pl_kernels *K, const pl_model *m, int nt, 
         const pl_layer *L = &m->layers[l];
 #define ACT(f, mm, e0, e1, need, stk)                                                                  \
         if ((mm) && L->f.data) {                                                                       \
-            const size_t a = pl_matmul_act_bytes(K, &L->f, !strncmp(#f, "ffn_", 4) ? mlp_rows : nt); \
+            const size_t a = pl_matmul_act_bytes(K, &L->f, !strcmp(#f, "ffn_gate_inp") ? (int)moe_rows  \
+                                                     : !strncmp(#f, "ffn_", 4) ? mlp_rows : nt);          \
             if (a > act) act = a;                                                                      \
         }
         PL_LAYER_TENSORS(ACT)
@@ -90,8 +96,8 @@ static int carve(pl_scratch *s, const pl_kernels *K, const pl_model *m, int nt, 
     const size_t sz[] = {
         (size_t)rows * c->dim, (size_t)rows * c->dim, (size_t)nt * qd, (size_t)nt * kvd, (size_t)nt * kvd,
         (size_t)mlp_rows * c->hidden_dim, (size_t)mlp_rows * c->hidden_dim, (size_t)nth * B->scores_stride,
-        nexp * mlp_rows, nexp * MLP_CHUNK, nexp ? (size_t)mlp_rows * c->dim : 0, nexp ? (size_t)mlp_rows * c->dim : 0,
-        nexp * MLP_CHUNK, nexp, c->rope_long_after > 0 ? (size_t)n_kv : 0,
+        nexp * moe_rows, nexp * MOE_CHUNK, nexp ? (size_t)mlp_rows * c->dim : 0, moe_rows * c->dim,
+        nexp * MOE_CHUNK, nexp, c->rope_long_after > 0 ? (size_t)n_kv : 0,
     };
     void **dst[] = {(void **)&B->x, (void **)&B->xb, (void **)&B->q, (void **)&B->k, (void **)&B->v,
                     (void **)&B->hb, (void **)&B->hb2, (void **)&B->scores, (void **)&B->router, (void **)&B->exp_w,
@@ -159,15 +165,15 @@ static void ffn_dense(const pl_kernels *K, const pl_model *m, const pl_layer *L,
 
 /* The mixture-of-experts block of layer L (Mixtral, as transformers computes it): per token the
  * router's logits, their softmax, the top n_expert_used experts, their weights renormalized to sum
- * to 1, and the weighted sum of those experts' SwiGLU outputs, written back over xb. A chunk's tokens
- * are grouped by expert, so each selected expert's weights are read once per chunk and every matmul
- * is split over all threads (one token's decode included). Each token's sum runs over its experts in
+ * to 1, and the weighted sum of those experts' SwiGLU outputs, written back over xb. A group's tokens
+ * (MOE_CHUNK) are grouped by expert, so each selected expert's weights are read once per group (per
+ * MLP_CHUNK of its tokens) and every matmul is split over all threads (one token's decode included). Each token's sum runs over its experts in
  * index order, whatever else is in the batch (batch invariance). */
 static void ffn_moe(const pl_kernels *K, const pl_model *m, const pl_layer *L, bufs *B, int nt, double *st) {
     const pl_config *c = &m->cfg;
     const int dim = c->dim, hid = c->hidden_dim, nexp = c->n_expert, ku = c->n_expert_used;
-    for (int c0 = 0; c0 < nt; c0 += MLP_CHUNK) {
-        const int cn = nt - c0 < MLP_CHUNK ? nt - c0 : MLP_CHUNK;
+    for (int c0 = 0; c0 < nt; c0 += MOE_CHUNK) {
+        const int cn = nt - c0 < MOE_CHUNK ? nt - c0 : MOE_CHUNK;
         float *xbc = B->xb + (size_t)c0 * dim;
         pl_matmul(K, &L->ffn_gate_inp, xbc, cn, dim, B->router, nexp, B->act);
 #pragma omp single
@@ -191,43 +197,46 @@ static void ffn_moe(const pl_kernels *K, const pl_model *m, const pl_layer *L, b
                 }
                 for (int j = 0; j < ku; j++) {
                     const int e = sel[j], n = B->exp_n[e]++;
-                    B->exp_tok[(size_t)e * MLP_CHUNK + n] = t;
-                    B->exp_w[(size_t)e * MLP_CHUNK + n] = p[e] / sum;
+                    B->exp_tok[(size_t)e * MOE_CHUNK + n] = t;
+                    B->exp_w[(size_t)e * MOE_CHUNK + n] = p[e] / sum;
                 }
             }
         }
 #pragma omp for schedule(static)
         for (int t = 0; t < cn; t++) memset(B->acc + (size_t)t * dim, 0, (size_t)dim * sizeof(float));
         for (int e = 0; e < nexp; e++) {
-            const int n = B->exp_n[e];
-            if (!n) continue;
-            const int *tok = B->exp_tok + (size_t)e * MLP_CHUNK;
-            const float *w = B->exp_w + (size_t)e * MLP_CHUNK;
-#pragma omp for schedule(static)
-            for (int i = 0; i < n; i++) memcpy(B->xg + (size_t)i * dim, xbc + (size_t)tok[i] * dim, (size_t)dim * sizeof(float));
             const pl_tensor gate = expert_view(&L->ffn_gate_exps, e, hid), up = expert_view(&L->ffn_up_exps, e, hid);
             const pl_tensor down = expert_view(&L->ffn_down_exps, e, dim);
-            {
-                const pl_tensor *ws[2] = {&gate, &up};
-                float *ys[2] = {B->hb, B->hb2};
-                const int ld[2] = {hid, hid};
-                pl_matmul_multi(K, ws, ys, ld, 2, B->xg, n, dim, B->act, 0);
-            }
-            {
-                const int64_t tot = (int64_t)n * hid, nch = (tot + SWIGLU_CHUNK - 1) / SWIGLU_CHUNK;
+            /* the expert's tokens, MLP_CHUNK at a time (hb/hb2 hold that many rows) */
+            for (int i0 = 0; i0 < B->exp_n[e]; i0 += MLP_CHUNK) {
+                const int n = B->exp_n[e] - i0 < MLP_CHUNK ? B->exp_n[e] - i0 : MLP_CHUNK;
+                const int *tok = B->exp_tok + (size_t)e * MOE_CHUNK + i0;
+                const float *w = B->exp_w + (size_t)e * MOE_CHUNK + i0;
 #pragma omp for schedule(static)
-                for (int64_t ch = 0; ch < nch; ch++) {
-                    const int64_t i0 = ch * SWIGLU_CHUNK;
-                    K->swiglu_f32(B->hb + i0, B->hb2 + i0, (int)(tot - i0 < SWIGLU_CHUNK ? tot - i0 : SWIGLU_CHUNK));
+                for (int i = 0; i < n; i++)
+                    memcpy(B->xg + (size_t)i * dim, xbc + (size_t)tok[i] * dim, (size_t)dim * sizeof(float));
+                {
+                    const pl_tensor *ws[2] = {&gate, &up};
+                    float *ys[2] = {B->hb, B->hb2};
+                    const int ld[2] = {hid, hid};
+                    pl_matmul_multi(K, ws, ys, ld, 2, B->xg, n, dim, B->act, 0);
                 }
-            }
-            if (st) accumulate_squares(st, B->hb, n, hid, hid);
-            pl_matmul(K, &down, B->hb, n, hid, B->xg, dim, B->act); /* the gathered rows are read: reuse them */
+                {
+                    const int64_t tot = (int64_t)n * hid, nch = (tot + SWIGLU_CHUNK - 1) / SWIGLU_CHUNK;
 #pragma omp for schedule(static)
-            for (int i = 0; i < n; i++) {
-                float *a = B->acc + (size_t)tok[i] * dim;
-                const float *y = B->xg + (size_t)i * dim;
-                for (int d = 0; d < dim; d++) a[d] += w[i] * y[d];
+                    for (int64_t ch = 0; ch < nch; ch++) {
+                        const int64_t j0 = ch * SWIGLU_CHUNK;
+                        K->swiglu_f32(B->hb + j0, B->hb2 + j0, (int)(tot - j0 < SWIGLU_CHUNK ? tot - j0 : SWIGLU_CHUNK));
+                    }
+                }
+                if (st) accumulate_squares(st, B->hb, n, hid, hid);
+                pl_matmul(K, &down, B->hb, n, hid, B->xg, dim, B->act); /* the gathered rows are read: reuse them */
+#pragma omp for schedule(static)
+                for (int i = 0; i < n; i++) {
+                    float *a = B->acc + (size_t)tok[i] * dim;
+                    const float *y = B->xg + (size_t)i * dim;
+                    for (int d = 0; d < dim; d++) a[d] += w[i] * y[d];
+                }
             }
         }
 #pragma omp for schedule(static)

@@ -11,7 +11,9 @@ is sum_j E[a_j^2] (w_j - w'_j)^2 when the activation columns are uncorrelated, s
 per-column weights an error-minimizing quantizer should use (pyllm.quantization.convert(...,
 importance=...)). Keys are the engine's tensor names: wq, wk, wv (all three read the attention
 norm's output), wo (attention output), ffn_gate, ffn_up (the MLP norm's output) and ffn_down
-(the SwiGLU output). The embedding and the LM head have no entry: the hook does not see the LM
+(the SwiGLU output); for a mixture of experts ffn_gate_inp, ffn_gate_exps, ffn_up_exps (the MLP
+norm's output over all tokens) and ffn_down_exps (every expert's SwiGLU output, summed over the
+experts: one vector shared by all of them, not one per expert). The embedding and the LM head have no entry: the hook does not see the LM
 head's input, and the embedding is a lookup.
 
 The text is split like llama.cpp's imatrix tool: tokenized once, cut into chunks of n_ctx tokens
@@ -29,7 +31,8 @@ from . import _engine
 Key = Tuple[str, int]
 
 #: engine tensor name -> which of the four per-layer statistics is its input
-INPUTS = {"wq": 0, "wk": 0, "wv": 0, "wo": 1, "ffn_gate": 2, "ffn_up": 2, "ffn_down": 3}
+INPUTS = {"wq": 0, "wk": 0, "wv": 0, "wo": 1, "ffn_gate": 2, "ffn_up": 2, "ffn_down": 3,
+          "ffn_gate_inp": 2, "ffn_gate_exps": 2, "ffn_up_exps": 2, "ffn_down_exps": 3}
 
 
 def _layout(cfg) -> list:
@@ -86,8 +89,11 @@ def collect_importance(model, text, n_ctx: int = 512, max_tokens: Optional[int] 
     if per_layer.shape[1] != sum(n for _, n in lay):
         raise RuntimeError("engine statistics do not match the model's configuration")
     out: Dict[Key, np.ndarray] = {}
+    present = set(cfg.family.hf_layer(cfg, 0))  # the matmul weights this family's layers have
     for layer in range(cfg.num_layers):
         for name, which in INPUTS.items():
+            if name not in present:
+                continue
             o, n = lay[which]
             out[(name, layer)] = (per_layer[layer, o : o + n] / n_tokens).astype(np.float32)
     return out

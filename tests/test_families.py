@@ -221,3 +221,23 @@ def test_gguf_expert_tensor_with_wrong_expert_count(exported, tmp_path):
     w.close()
     with pytest.raises(ModelLoadError, match="experts, expected 8|ffn_gate_inp"):
         pyllm.load(str(tmp_path / "bad.gguf"), n_ctx=64)
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "phi3", "qwen3"])
+def test_calibrated_quantization_of_other_families(checkpoint, tmp_path, arch):
+    """Calibration statistics reach every matmul weight a family has (MoE experts and router, fused
+    Phi-3 parts), and quantizing with them gives a model within the same KL bound."""
+    from pyllm.imatrix import collect_importance
+
+    path = checkpoint(arch, "float32")
+    ref = pyllm.load(path, n_ctx=256)
+    text = " ".join(["the quick brown fox jumps over the lazy dog"] * 40)
+    imp = collect_importance(ref, text, n_ctx=64)
+    names = {n for n, _ in imp}
+    want = {"mixtral": {"wq", "wo", "ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"},
+            "phi3": {"wq", "wk", "wv", "ffn_gate", "ffn_up", "ffn_down"},
+            "qwen3": {"wq", "ffn_down"}}[arch]
+    assert want <= names and all(np.all(v >= 0) and np.any(v > 0) for v in imp.values())
+    ids = _ids(seed=9)
+    q = pyllm.load(path, n_ctx=256, quant="q4_0", calibration=imp)
+    assert mean_kl(ref.logits(ids), q.logits(ids)) <= KL_BOUND["q4_0"]
