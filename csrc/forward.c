@@ -77,6 +77,8 @@ static int carve(pl_scratch *s, const pl_kernels *K, const pl_model *m, int nt, 
     const int mlp_rows = nt < MLP_CHUNK ? nt : MLP_CHUNK;
     const size_t nexp = (size_t)c->n_expert;
     const size_t moe_rows = nexp ? (size_t)(nt < MOE_CHUNK ? nt : MOE_CHUNK) : 0;
+    /* rows of hb/hb2 (and the gathered rows): a chunk of the MLP, or one token's selected experts */
+    const size_t h_rows = nexp && (size_t)c->n_expert_used > (size_t)mlp_rows ? (size_t)c->n_expert_used : (size_t)mlp_rows;
     size_t act = 0;
     /* the largest activation conversion any matmul of this model may need */
     size_t a1 = pl_matmul_act_bytes(K, &m->output, rows);
@@ -95,8 +97,8 @@ static int carve(pl_scratch *s, const pl_kernels *K, const pl_model *m, int nt, 
     B->scores_stride = align64(pl_attention_scratch_floats(m, max_len) * sizeof(float)) / sizeof(float);
     const size_t sz[] = {
         (size_t)rows * c->dim, (size_t)rows * c->dim, (size_t)nt * qd, (size_t)nt * kvd, (size_t)nt * kvd,
-        (size_t)mlp_rows * c->hidden_dim, (size_t)mlp_rows * c->hidden_dim, (size_t)nth * B->scores_stride,
-        nexp * moe_rows, nexp * MOE_CHUNK, nexp ? (size_t)mlp_rows * c->dim : 0, moe_rows * c->dim,
+        h_rows * c->hidden_dim, h_rows * c->hidden_dim, (size_t)nth * B->scores_stride,
+        nexp * moe_rows, nexp * MOE_CHUNK, nexp ? h_rows * c->dim : 0, moe_rows * c->dim,
         nexp * MOE_CHUNK, nexp, c->rope_long_after > 0 ? (size_t)n_kv : 0,
     };
     void **dst[] = {(void **)&B->x, (void **)&B->xb, (void **)&B->q, (void **)&B->k, (void **)&B->v,
@@ -134,6 +136,17 @@ static pl_tensor expert_view(const pl_tensor *t, int e, int64_t rows) {
     return v;
 }
 
+/* hb = silu(hb) * hb2 over n rows of hid: hb and hb2 are [n][hid] contiguous, so the flat range is
+ * split over threads (one token's row is shared by all threads in decode) */
+static void swiglu_rows(const pl_kernels *K, bufs *B, int n, int hid) {
+    const int64_t tot = (int64_t)n * hid, nch = (tot + SWIGLU_CHUNK - 1) / SWIGLU_CHUNK;
+#pragma omp for schedule(static)
+    for (int64_t ch = 0; ch < nch; ch++) {
+        const int64_t i0 = ch * SWIGLU_CHUNK;
+        K->swiglu_f32(B->hb + i0, B->hb2 + i0, (int)(tot - i0 < SWIGLU_CHUNK ? tot - i0 : SWIGLU_CHUNK));
+    }
+}
+
 /* The dense SwiGLU MLP of layer L over nt rows of xb, written back over xb: MLP_CHUNK tokens at a
  * time (hb/hb2 are the largest buffers); the down projection of a chunk goes over that chunk's xb
  * rows, already read by gate/up. st: the layer's hidden-size calibration slot or NULL. */
@@ -148,16 +161,7 @@ static void ffn_dense(const pl_kernels *K, const pl_model *m, const pl_layer *L,
             const int ld[2] = {hid, hid};
             pl_matmul_multi(K, ws, ys, ld, 2, xbc, cn, dim, B->act, 0);
         }
-        /* hb and hb2 are [cn][hid] contiguous: split the flat range, so one token's row is shared by
-         * all threads in decode */
-        {
-            const int64_t tot = (int64_t)cn * hid, nch = (tot + SWIGLU_CHUNK - 1) / SWIGLU_CHUNK;
-#pragma omp for schedule(static)
-            for (int64_t ch = 0; ch < nch; ch++) {
-                const int64_t i0 = ch * SWIGLU_CHUNK;
-                K->swiglu_f32(B->hb + i0, B->hb2 + i0, (int)(tot - i0 < SWIGLU_CHUNK ? tot - i0 : SWIGLU_CHUNK));
-            }
-        }
+        swiglu_rows(K, B, cn, hid);
         if (st) accumulate_squares(st, B->hb, cn, hid, hid);
         pl_matmul(K, &L->ffn_down, B->hb, cn, hid, xbc, dim, B->act);
     }
@@ -169,9 +173,79 @@ static void ffn_dense(const pl_kernels *K, const pl_model *m, const pl_layer *L,
  * (MOE_CHUNK) are grouped by expert, so each selected expert's weights are read once per group (per
  * MLP_CHUNK of its tokens) and every matmul is split over all threads (one token's decode included). Each token's sum runs over its experts in
  * index order, whatever else is in the batch (batch invariance). */
+/* one token's routing: softmax of its router logits p (in place), the top ku experts by probability
+ * (ties: the lower index, as torch.topk on CPU) listed in expert order in sel, their probabilities
+ * renormalized to sum to 1 in w */
+static void route(float *p, int nexp, int ku, int *sel, float *w) {
+    pl_softmax(p, nexp);
+    float sum = 0.0f;
+    for (int j = 0; j < ku; j++) {
+        int best = -1;
+        for (int e = 0; e < nexp; e++) {
+            int taken = 0;
+            for (int i = 0; i < j; i++) taken |= sel[i] == e;
+            if (!taken && (best < 0 || p[e] > p[best])) best = e;
+        }
+        sel[j] = best;
+        sum += p[best];
+    }
+    for (int j = 1; j < ku; j++) /* expert order: the order each token's sum runs in */
+        for (int i = j; i > 0 && sel[i - 1] > sel[i]; i--) {
+            const int t = sel[i];
+            sel[i] = sel[i - 1];
+            sel[i - 1] = t;
+        }
+    for (int j = 0; j < ku; j++) w[j] = p[sel[j]] / sum;
+}
+
+/* ffn_moe for a batch of one token (decode): the selected experts' gate and up projections in one
+ * pass over the same input, one SwiGLU over their rows, then each down projection; the weighted
+ * sum in expert order, the arithmetic of the general path (batch invariance) with fewer barriers */
+static void moe_one_token(const pl_kernels *K, const pl_model *m, const pl_layer *L, bufs *B, double *st) {
+    const pl_config *c = &m->cfg;
+    const int dim = c->dim, hid = c->hidden_dim, nexp = c->n_expert, ku = c->n_expert_used;
+    pl_matmul(K, &L->ffn_gate_inp, B->xb, 1, dim, B->router, nexp, B->act);
+    int *sel = B->exp_tok;
+    float *w = B->exp_w;
+#pragma omp single
+    route(B->router, nexp, ku, sel, w);
+    {
+        pl_tensor v[2 * PL_MAX_EXPERTS];
+        const pl_tensor *ws[2 * PL_MAX_EXPERTS];
+        float *ys[2 * PL_MAX_EXPERTS];
+        int ld[2 * PL_MAX_EXPERTS];
+        for (int j = 0; j < ku; j++) {
+            v[2 * j] = expert_view(&L->ffn_gate_exps, sel[j], hid);
+            v[2 * j + 1] = expert_view(&L->ffn_up_exps, sel[j], hid);
+            ws[2 * j] = &v[2 * j];
+            ws[2 * j + 1] = &v[2 * j + 1];
+            ys[2 * j] = B->hb + (size_t)j * hid;
+            ys[2 * j + 1] = B->hb2 + (size_t)j * hid;
+            ld[2 * j] = ld[2 * j + 1] = hid;
+        }
+        pl_matmul_multi(K, ws, ys, ld, 2 * ku, B->xb, 1, dim, B->act, 0);
+    }
+    swiglu_rows(K, B, ku, hid);
+    if (st) accumulate_squares(st, B->hb, ku, hid, hid);
+    for (int j = 0; j < ku; j++) {
+        const pl_tensor down = expert_view(&L->ffn_down_exps, sel[j], dim);
+        pl_matmul(K, &down, B->hb + (size_t)j * hid, 1, hid, B->xg + (size_t)j * dim, dim, B->act);
+    }
+#pragma omp for schedule(static)
+    for (int d = 0; d < dim; d++) {
+        float a = 0.0f;
+        for (int j = 0; j < ku; j++) a += w[j] * B->xg[(size_t)j * dim + d];
+        B->xb[d] = a;
+    }
+}
+
 static void ffn_moe(const pl_kernels *K, const pl_model *m, const pl_layer *L, bufs *B, int nt, double *st) {
     const pl_config *c = &m->cfg;
     const int dim = c->dim, hid = c->hidden_dim, nexp = c->n_expert, ku = c->n_expert_used;
+    if (nt == 1) {
+        moe_one_token(K, m, L, B, st);
+        return;
+    }
     for (int c0 = 0; c0 < nt; c0 += MOE_CHUNK) {
         const int cn = nt - c0 < MOE_CHUNK ? nt - c0 : MOE_CHUNK;
         float *xbc = B->xb + (size_t)c0 * dim;
@@ -180,25 +254,13 @@ static void ffn_moe(const pl_kernels *K, const pl_model *m, const pl_layer *L, b
         {
             for (int e = 0; e < nexp; e++) B->exp_n[e] = 0;
             for (int t = 0; t < cn; t++) {
-                float *p = B->router + (size_t)t * nexp;
-                pl_softmax(p, nexp);
-                /* top-k by probability (ties: the lower index, as torch.topk on CPU), renormalized */
                 int sel[PL_MAX_EXPERTS];
-                float sum = 0.0f;
-                for (int j = 0; j < ku; j++) {
-                    int best = -1;
-                    for (int e = 0; e < nexp; e++) {
-                        int taken = 0;
-                        for (int i = 0; i < j; i++) taken |= sel[i] == e;
-                        if (!taken && (best < 0 || p[e] > p[best])) best = e;
-                    }
-                    sel[j] = best;
-                    sum += p[best];
-                }
+                float w[PL_MAX_EXPERTS];
+                route(B->router + (size_t)t * nexp, nexp, ku, sel, w);
                 for (int j = 0; j < ku; j++) {
                     const int e = sel[j], n = B->exp_n[e]++;
                     B->exp_tok[(size_t)e * MOE_CHUNK + n] = t;
-                    B->exp_w[(size_t)e * MOE_CHUNK + n] = p[e] / sum;
+                    B->exp_w[(size_t)e * MOE_CHUNK + n] = w[j];
                 }
             }
         }
@@ -221,14 +283,7 @@ static void ffn_moe(const pl_kernels *K, const pl_model *m, const pl_layer *L, b
                     const int ld[2] = {hid, hid};
                     pl_matmul_multi(K, ws, ys, ld, 2, B->xg, n, dim, B->act, 0);
                 }
-                {
-                    const int64_t tot = (int64_t)n * hid, nch = (tot + SWIGLU_CHUNK - 1) / SWIGLU_CHUNK;
-#pragma omp for schedule(static)
-                    for (int64_t ch = 0; ch < nch; ch++) {
-                        const int64_t j0 = ch * SWIGLU_CHUNK;
-                        K->swiglu_f32(B->hb + j0, B->hb2 + j0, (int)(tot - j0 < SWIGLU_CHUNK ? tot - j0 : SWIGLU_CHUNK));
-                    }
-                }
+                swiglu_rows(K, B, n, hid);
                 if (st) accumulate_squares(st, B->hb, n, hid, hid);
                 pl_matmul(K, &down, B->hb, n, hid, B->xg, dim, B->act); /* the gathered rows are read: reuse them */
 #pragma omp for schedule(static)

@@ -60,3 +60,25 @@ def test_family_logits_do_not_depend_on_the_batch(checkpoint, isa, arch, quant):
     for nb in (1, 40):
         alone, batched = alone_and_batched(m, a, rng.integers(3, 32000, nb).tolist())
         np.testing.assert_array_equal(alone, batched)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("quant", [None, "q8_0"])
+def test_moe_decode_path_equals_the_batched_one(checkpoint, isa, quant):
+    """A one-token forward (decode) takes MoE's one-token path; the same token in a batch with others
+    takes the grouped path: bit-identical logits."""
+    _engine.set_isa(isa)
+    m = pyllm.load(checkpoint("mixtral", "float32"), n_ctx=256, quant=quant)
+    rng = np.random.default_rng(9)
+    prompt = rng.integers(3, 32000, 20).tolist()
+    other = rng.integers(3, 32000, 7).tolist()
+    k1, k2, k3 = (_engine.KVCache(m._cmodel, 256) for _ in range(3))
+    for k in (k1, k2):
+        m._runner.forward([k], prompt, range(20), [0] * 20, [19], m.n_threads)
+    for tok in rng.integers(3, 32000, 4).tolist():
+        pos = len(prompt)
+        alone = m._runner.forward([k1], [tok], [pos], [0], [0], m.n_threads)
+        batched = m._runner.forward([k3, k2], other + [tok], list(range(7)) + [pos], [0] * 7 + [1], [7], m.n_threads)
+        np.testing.assert_array_equal(alone, batched)
+        prompt.append(tok)
+        k3 = _engine.KVCache(m._cmodel, 256)

@@ -14,6 +14,7 @@ import pytest
 
 import pyllm
 from pyllm.errors import ModelLoadError, UnsupportedArchitectureError
+from pyllm.generation.logprobs import log_softmax
 from pyllm.gguf_export import export_gguf
 
 gguf = pytest.importorskip("gguf")
@@ -31,13 +32,9 @@ def _close(a, b, rtol=RTOL):
     assert float(np.abs(a - b).max()) <= rtol * scale, f"max |diff| {np.abs(a - b).max():.3g}"
 
 
-def _log_softmax(x):
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
 def mean_kl(ref_logits, logits) -> float:
-    p, q = _log_softmax(ref_logits.astype(np.float64)), _log_softmax(logits.astype(np.float64))
+    """Mean KL(ref || ours) per token, in nats."""
+    p, q = log_softmax(ref_logits), log_softmax(logits)
     return float((np.exp(p) * (p - q)).sum(-1).mean())
 
 
@@ -241,3 +238,22 @@ def test_calibrated_quantization_of_other_families(checkpoint, tmp_path, arch):
     ids = _ids(seed=9)
     q = pyllm.load(path, n_ctx=256, quant="q4_0", calibration=imp)
     assert mean_kl(ref.logits(ids), q.logits(ids)) <= KL_BOUND["q4_0"]
+
+
+def test_llama_attention_bias_matches_transformers(tmp_path):
+    """Llama with attention_bias (q/k/v and output biases): transformers' logits, and a GGUF round
+    trip, where the q/k biases are permuted with their rows."""
+    from conftest import build_checkpoint, hf_model
+    import torch
+
+    path = build_checkpoint("llama3", "float32", str(tmp_path / "b"), attention_bias=True)
+    m = pyllm.load(path, n_ctx=256)
+    assert m.config.qkv_bias and m.config.o_bias
+    ids = _ids(100, seed=11)
+    with torch.no_grad():
+        want = hf_model(path)(torch.tensor([ids])).logits[0].numpy()
+    _close(m.logits(ids), want)
+    out = str(tmp_path / "b.gguf")
+    export_gguf(path, out, "f32")
+    assert "blk.0.attn_q.bias" in {t.name for t in gguf.GGUFReader(out).tensors}
+    _close(pyllm.load(out, n_ctx=256).logits(ids), want)

@@ -55,3 +55,17 @@ def refuse(d: dict, source: str, *keys: str) -> None:
     for key in keys:
         if flag(d, key, source):
             raise UnsupportedArchitectureError(f"{source}: {key}=true is not supported")
+
+
+def llama_style_layer(cfg, i: int, gguf: bool, mlp: bool = True) -> dict:
+    """engine name -> Source of a Llama-style layer (attention, and the dense SwiGLU MLP unless
+    mlp=False) with the optional q/k/v biases, output bias and per-head q/k norms cfg asks for, under
+    Hugging Face names (model.layers.i.) or GGUF's (without the blk.i. prefix)."""
+    t = [GGUF_ATTENTION if gguf else HF_ATTENTION]
+    if mlp:
+        t.append(GGUF_MLP if gguf else HF_MLP)
+    for on, hf, gg in ((cfg.qkv_bias, HF_QKV_BIAS, GGUF_QKV_BIAS), (cfg.o_bias, HF_O_BIAS, GGUF_O_BIAS),
+                       (cfg.qk_norm, HF_QK_NORM, GGUF_QK_NORM)):
+        if on:
+            t.append(gg if gguf else hf)
+    return layer_sources(i, *t, prefix="" if gguf else "model.layers.{i}.")

@@ -3,8 +3,7 @@ GGUF "llama": Q/K rows permuted for llama.cpp's interleaved (NORM) RoPE; Llama 3
 as a rope_freqs tensor (gguf_loader / gguf_export). attention_bias adds q/k/v and output biases."""
 from __future__ import annotations
 
-from .common import (GGUF_ATTENTION, GGUF_MLP, GGUF_O_BIAS, GGUF_QKV_BIAS, HF_ATTENTION, HF_MLP, HF_O_BIAS,
-                     HF_QKV_BIAS, flag, layer_sources, refuse)
+from .common import flag, llama_style_layer, refuse
 from .family import Family, Source
 
 
@@ -14,22 +13,12 @@ def hf_config(d: dict, source: str) -> dict:
     return {"qkv_bias": bias, "o_bias": bias}
 
 
-def hf_layer(cfg, i):
-    t = [HF_ATTENTION, HF_MLP]
-    if cfg.qkv_bias:
-        t.append(HF_QKV_BIAS)
-    if cfg.o_bias:
-        t.append(HF_O_BIAS)
-    return layer_sources(i, *t)
+def hf_layer(cfg, i, mlp=True):
+    return llama_style_layer(cfg, i, gguf=False, mlp=mlp)
 
 
-def gguf_layer(cfg, i):
-    t = [GGUF_ATTENTION, GGUF_MLP]
-    if cfg.qkv_bias:
-        t.append(GGUF_QKV_BIAS)
-    if cfg.o_bias:
-        t.append(GGUF_O_BIAS)
-    out = layer_sources(i, *t, prefix="")
+def gguf_layer(cfg, i, mlp=True):
+    out = llama_style_layer(cfg, i, gguf=True, mlp=mlp)
     # llama.cpp's converter permutes q/k rows (and q/k biases) for interleaved RoPE
     for eng, heads in (("wq", cfg.num_heads), ("wk", cfg.num_kv_heads), ("bq", cfg.num_heads),
                        ("bk", cfg.num_kv_heads)):

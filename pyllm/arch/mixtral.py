@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..config import short_repr
 from ..errors import ModelLoadError, UnsupportedArchitectureError
 from . import llama
-from .common import HF_ATTENTION, HF_O_BIAS, HF_QKV_BIAS, layer_sources
+from .common import layer_sources
 from .family import Family, Source, one
 
 MAX_EXPERTS = 256  # csrc/pyllm.h PL_MAX_EXPERTS
@@ -38,12 +38,7 @@ def hf_config(d: dict, source: str) -> dict:
 
 
 def hf_layer(cfg, i):
-    t = [HF_ATTENTION]
-    if cfg.qkv_bias:
-        t.append(HF_QKV_BIAS)
-    if cfg.o_bias:
-        t.append(HF_O_BIAS)
-    out = layer_sources(i, *t)
+    out = llama.hf_layer(cfg, i, mlp=False)
     p = f"model.layers.{i}.block_sparse_moe."
     out["ffn_gate_inp"] = one(p + "gate.weight")
     for eng, w in (("ffn_gate_exps", "w1"), ("ffn_up_exps", "w3"), ("ffn_down_exps", "w2")):
@@ -56,7 +51,7 @@ GGUF_MOE = {"ffn_gate_inp": "ffn_gate_inp.weight", "ffn_gate_exps": "ffn_gate_ex
 
 
 def gguf_layer(cfg, i):
-    out = {k: v for k, v in llama.gguf_layer(cfg, i).items() if not k.startswith("ffn_") or k == "ffn_norm"}
+    out = llama.gguf_layer(cfg, i, mlp=False)
     out.update(layer_sources(i, GGUF_MOE, prefix=""))
     return out
 

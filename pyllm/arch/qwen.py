@@ -5,8 +5,7 @@ sliding-window attention (use_sliding_window) are refused."""
 from __future__ import annotations
 
 from ..errors import UnsupportedArchitectureError
-from .common import (GGUF_ATTENTION, GGUF_MLP, GGUF_O_BIAS, GGUF_QK_NORM, GGUF_QKV_BIAS, HF_ATTENTION, HF_MLP,
-                     HF_O_BIAS, HF_QK_NORM, HF_QKV_BIAS, flag, layer_sources)
+from .common import flag, llama_style_layer
 from .family import Family, gguf_biases
 
 
@@ -31,25 +30,11 @@ def qwen3_config(d: dict, source: str) -> dict:
 
 
 def _hf_layer(cfg, i):
-    t = [HF_ATTENTION, HF_MLP]
-    if cfg.qkv_bias:
-        t.append(HF_QKV_BIAS)
-    if cfg.o_bias:
-        t.append(HF_O_BIAS)
-    if cfg.qk_norm:
-        t.append(HF_QK_NORM)
-    return layer_sources(i, *t)
+    return llama_style_layer(cfg, i, gguf=False)
 
 
 def _gguf_layer(cfg, i):
-    t = [GGUF_ATTENTION, GGUF_MLP]
-    if cfg.qkv_bias:
-        t.append(GGUF_QKV_BIAS)
-    if cfg.o_bias:
-        t.append(GGUF_O_BIAS)
-    if cfg.qk_norm:
-        t.append(GGUF_QK_NORM)
-    return layer_sources(i, *t, prefix="")
+    return llama_style_layer(cfg, i, gguf=True)
 
 
 QWEN2 = Family(
