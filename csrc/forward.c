@@ -30,10 +30,7 @@ struct pl_scratch {
 
 void pl_scratch_set_stats(pl_scratch *s, double *stats) { s->stats = stats; }
 
-size_t pl_stats_len(const pl_model *m) {
-    const pl_config *c = &m->cfg;
-    return (size_t)c->n_layers * (2 * c->dim + c->n_heads * c->head_dim + c->hidden_dim);
-}
+size_t pl_stats_len(const pl_model *m) { return m->stats_len; }
 
 /* adds the squares of nt rows of x (n wide, ld apart) to acc, column-parallel (no races) */
 static void accumulate_squares(double *acc, const float *x, int nt, int n, int ld) {
@@ -43,6 +40,16 @@ static void accumulate_squares(double *acc, const float *x, int nt, int n, int l
         for (int t = 0; t < nt; t++) a += (double)x[(size_t)t * ld + i] * x[(size_t)t * ld + i];
         acc[i] += a;
     }
+}
+
+/* calibration: w's statistics slot gets the squares of the nt input rows x (ld apart) per column
+ * and their count (no-op without stats or a slot) */
+static void tensor_stats(double *stats, const pl_tensor *w, const float *x, int nt, int ld) {
+    if (!stats || w->stats_off < 0 || nt <= 0) return;
+    double *slot = stats + w->stats_off;
+    accumulate_squares(slot, x, nt, (int)w->ne0, ld);
+#pragma omp master
+    slot[w->ne0] += nt;
 }
 
 pl_scratch *pl_scratch_new(void) { return calloc(1, sizeof(pl_scratch)); }
@@ -133,6 +140,7 @@ static pl_tensor expert_view(const pl_tensor *t, int e, int64_t rows) {
     v.ne1 = rows;
     v.data = (const char *)t->data + (size_t)e * rows * t->row_bytes;
     if (t->packed) v.packed = (const char *)t->packed + (size_t)(e * rows / PL_PACK_ROWS) * t->packed_group_bytes;
+    if (t->stats_off >= 0) v.stats_off = t->stats_off + (int64_t)e * (t->ne0 + 1);
     return v;
 }
 
@@ -149,12 +157,14 @@ static void swiglu_rows(const pl_kernels *K, bufs *B, int n, int hid) {
 
 /* The dense SwiGLU MLP of layer L over nt rows of xb, written back over xb: MLP_CHUNK tokens at a
  * time (hb/hb2 are the largest buffers); the down projection of a chunk goes over that chunk's xb
- * rows, already read by gate/up. st: the layer's hidden-size calibration slot or NULL. */
+ * rows, already read by gate/up. st: the calibration statistics (tensor_stats) or NULL. */
 static void ffn_dense(const pl_kernels *K, const pl_model *m, const pl_layer *L, bufs *B, int nt, double *st) {
     const int dim = m->cfg.dim, hid = m->cfg.hidden_dim;
     for (int c0 = 0; c0 < nt; c0 += MLP_CHUNK) {
         const int cn = nt - c0 < MLP_CHUNK ? nt - c0 : MLP_CHUNK;
         float *xbc = B->xb + (size_t)c0 * dim;
+        tensor_stats(st, &L->ffn_gate, xbc, cn, dim);
+        tensor_stats(st, &L->ffn_up, xbc, cn, dim);
         {
             const pl_tensor *ws[2] = {&L->ffn_gate, &L->ffn_up};
             float *ys[2] = {B->hb, B->hb2};
@@ -162,7 +172,7 @@ static void ffn_dense(const pl_kernels *K, const pl_model *m, const pl_layer *L,
             pl_matmul_multi(K, ws, ys, ld, 2, xbc, cn, dim, B->act, 0);
         }
         swiglu_rows(K, B, cn, hid);
-        if (st) accumulate_squares(st, B->hb, cn, hid, hid);
+        tensor_stats(st, &L->ffn_down, B->hb, cn, hid);
         pl_matmul(K, &L->ffn_down, B->hb, cn, hid, xbc, dim, B->act);
     }
 }
@@ -204,6 +214,7 @@ static void route(float *p, int nexp, int ku, int *sel, float *w) {
 static void moe_one_token(const pl_kernels *K, const pl_model *m, const pl_layer *L, bufs *B, double *st) {
     const pl_config *c = &m->cfg;
     const int dim = c->dim, hid = c->hidden_dim, nexp = c->n_expert, ku = c->n_expert_used;
+    tensor_stats(st, &L->ffn_gate_inp, B->xb, 1, dim);
     pl_matmul(K, &L->ffn_gate_inp, B->xb, 1, dim, B->router, nexp, B->act);
     int *sel = B->exp_tok;
     float *w = B->exp_w;
@@ -219,6 +230,8 @@ static void moe_one_token(const pl_kernels *K, const pl_model *m, const pl_layer
             v[2 * j + 1] = expert_view(&L->ffn_up_exps, sel[j], hid);
             ws[2 * j] = &v[2 * j];
             ws[2 * j + 1] = &v[2 * j + 1];
+            tensor_stats(st, &v[2 * j], B->xb, 1, dim);
+            tensor_stats(st, &v[2 * j + 1], B->xb, 1, dim);
             ys[2 * j] = B->hb + (size_t)j * hid;
             ys[2 * j + 1] = B->hb2 + (size_t)j * hid;
             ld[2 * j] = ld[2 * j + 1] = hid;
@@ -226,9 +239,9 @@ static void moe_one_token(const pl_kernels *K, const pl_model *m, const pl_layer
         pl_matmul_multi(K, ws, ys, ld, 2 * ku, B->xb, 1, dim, B->act, 0);
     }
     swiglu_rows(K, B, ku, hid);
-    if (st) accumulate_squares(st, B->hb, ku, hid, hid);
     for (int j = 0; j < ku; j++) {
         const pl_tensor down = expert_view(&L->ffn_down_exps, sel[j], dim);
+        tensor_stats(st, &down, B->hb + (size_t)j * hid, 1, hid);
         pl_matmul(K, &down, B->hb + (size_t)j * hid, 1, hid, B->xg + (size_t)j * dim, dim, B->act);
     }
 #pragma omp for schedule(static)
@@ -249,6 +262,7 @@ static void ffn_moe(const pl_kernels *K, const pl_model *m, const pl_layer *L, b
     for (int c0 = 0; c0 < nt; c0 += MOE_CHUNK) {
         const int cn = nt - c0 < MOE_CHUNK ? nt - c0 : MOE_CHUNK;
         float *xbc = B->xb + (size_t)c0 * dim;
+        tensor_stats(st, &L->ffn_gate_inp, xbc, cn, dim);
         pl_matmul(K, &L->ffn_gate_inp, xbc, cn, dim, B->router, nexp, B->act);
 #pragma omp single
         {
@@ -277,6 +291,8 @@ static void ffn_moe(const pl_kernels *K, const pl_model *m, const pl_layer *L, b
 #pragma omp for schedule(static)
                 for (int i = 0; i < n; i++)
                     memcpy(B->xg + (size_t)i * dim, xbc + (size_t)tok[i] * dim, (size_t)dim * sizeof(float));
+                tensor_stats(st, &gate, B->xg, n, dim);
+                tensor_stats(st, &up, B->xg, n, dim);
                 {
                     const pl_tensor *ws[2] = {&gate, &up};
                     float *ys[2] = {B->hb, B->hb2};
@@ -284,7 +300,7 @@ static void ffn_moe(const pl_kernels *K, const pl_model *m, const pl_layer *L, b
                     pl_matmul_multi(K, ws, ys, ld, 2, B->xg, n, dim, B->act, 0);
                 }
                 swiglu_rows(K, B, n, hid);
-                if (st) accumulate_squares(st, B->hb, n, hid, hid);
+                tensor_stats(st, &down, B->hb, n, hid);
                 pl_matmul(K, &down, B->hb, n, hid, B->xg, dim, B->act); /* the gathered rows are read: reuse them */
 #pragma omp for schedule(static)
                 for (int i = 0; i < n; i++) {
@@ -356,12 +372,14 @@ int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, co
 
         for (int l = 0; l < c->n_layers; l++) {
             const pl_layer *L = &m->layers[l];
-            double *st = s->stats ? s->stats + (size_t)l * (2 * dim + qd + c->hidden_dim) : NULL;
+            double *st = s->stats; /* calibration statistics (tensor_stats), or NULL */
             /* attention norm */
 #pragma omp for schedule(static)
             for (int t = 0; t < nt; t++)
                 pl_rmsnorm(B.xb + (size_t)t * dim, B.x + (size_t)t * dim, L->attn_norm.f32, dim, c->norm_eps);
-            if (st) accumulate_squares(st, B.xb, nt, dim, dim);
+            tensor_stats(st, &L->wq, B.xb, nt, dim);
+            tensor_stats(st, &L->wk, B.xb, nt, dim);
+            tensor_stats(st, &L->wv, B.xb, nt, dim);
             /* q, k, v projections */
             {
                 const pl_tensor *ws[3] = {&L->wq, &L->wk, &L->wv};
@@ -403,7 +421,7 @@ int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, co
             /* attention over the cache, written over q (each work item reads its own q rows before it
              * writes the same rows) */
             pl_attention(K, m, l, kvs, b, B.q, qd, B.q, qd, B.scores, B.scores_stride);
-            if (st) accumulate_squares(st + dim, B.q, nt, qd, qd);
+            tensor_stats(st, &L->wo, B.q, nt, qd);
             /* output projection into xb (free once q/k/v are made), its bias, residual, MLP norm back
              * into xb */
             pl_matmul(K, &L->wo, B.q, nt, qd, B.xb, dim, B.act);
@@ -416,12 +434,11 @@ int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, co
                     for (int i = 0; i < dim; i++) x[i] += xb[i];
                 pl_rmsnorm(xb, x, L->ffn_norm.f32, dim, c->norm_eps);
             }
-            if (st) accumulate_squares(st + dim + qd, B.xb, nt, dim, dim);
             /* the feed-forward block this layer has */
             if (L->ffn_gate_inp.data)
-                ffn_moe(K, m, L, &B, nt, st ? st + 2 * dim + qd : NULL);
+                ffn_moe(K, m, L, &B, nt, st);
             else
-                ffn_dense(K, m, L, &B, nt, st ? st + 2 * dim + qd : NULL);
+                ffn_dense(K, m, L, &B, nt, st);
 #pragma omp for schedule(static)
             for (int t = 0; t < nt; t++) {
                 float *x = B.x + (size_t)t * dim;

@@ -148,6 +148,15 @@ int pl_model_set_lora(pl_model *m, const char *name, int layer, int rank, const 
     return 0;
 }
 
+int64_t pl_model_stats_offset(const pl_model *m, const char *name, int layer) {
+    char err[PL_ERRMSG_LEN];
+    int64_t w0, w1;
+    int needed;
+    if (layer < 0) return -1;
+    const pl_tensor *t = find(m, name, layer, &w0, &w1, &needed, err);
+    return t && t->data ? t->stats_off : -1;
+}
+
 size_t pl_model_packed_bytes(const pl_model *m, const char *name, int layer) {
     char err[PL_ERRMSG_LEN];
     int64_t w0, w1;
@@ -250,6 +259,22 @@ int pl_model_finalize(pl_model *m, const float *inv_freq, const float *inv_freq_
     }
     rope_tables(m->rope_cos, m->rope_sin, inv_freq, c->max_ctx, half, attn_factor);
     if (m->rope_cos_long) rope_tables(m->rope_cos_long, m->rope_sin_long, inv_freq_long, c->max_ctx, half, attn_factor);
+    /* calibration statistics: every per-layer matmul weight its own slot (ne0 sums + a row count, per
+     * expert for stacked tensors) */
+    int64_t off = 0;
+    m->tok_embd.stats_off = m->output.stats_off = m->output_norm.stats_off = -1;
+    for (int l = 0; l < c->n_layers; l++) {
+        pl_layer *L = &m->layers[l];
+#define SLOT(f, mm, e0, e1, need, stk)                                            \
+        L->f.stats_off = -1;                                                    \
+        if ((mm) && L->f.data) {                                                \
+            L->f.stats_off = off;                                               \
+            off += (L->f.ne0 + 1) * ((stk) ? c->n_expert : 1);                  \
+        }
+        PL_LAYER_TENSORS(SLOT)
+#undef SLOT
+    }
+    m->stats_len = (size_t)off;
     m->attn_scale = 1.0f / sqrtf((float)c->head_dim);
     m->finalized = 1;
     pl_model_repack(m); /* best effort: a tensor it cannot repack (no memory) stays as it is */

@@ -28,6 +28,7 @@ typedef struct {
     const float *lora_a;       /* [lora_rank][ne0] */
     const float *lora_b;       /* [ne1][lora_rank], the adapter's scale folded in */
     int lora_rank;             /* 0: none */
+    int64_t stats_off;         /* matmul weights: where its calibration statistics start (finalize) */
 } pl_tensor;
 /* data is a read-only file mapping (mmap of a GGUF/safetensors file): once the tensor is repacked,
  * finalize drops its pages from memory (madvise MADV_DONTNEED; they would be re-read from the file) */
@@ -102,6 +103,7 @@ typedef struct {
     float *rope_cos_long, *rope_sin_long; /* LongRoPE's long-factor tables (cfg.rope_long_after), or NULL */
     float attn_scale;
     int finalized;
+    size_t stats_len;   /* doubles of calibration statistics (pl_stats_len) */
     void *packed_arena; /* all packed tensors (repack.c) */
     size_t packed_arena_bytes;
     /* optional: called by finalize once a tensor is repacked and its data will not be read again
@@ -162,12 +164,15 @@ int pl_kv_copy_prefix(pl_kv *dst, const pl_kv *src, int n_tokens, char *err);
 
 pl_scratch *pl_scratch_new(void);
 void pl_scratch_free(pl_scratch *s);
-/* Calibration: while stats is set, every forward adds the squares of each matmul's input
- * activations, per column, to stats (pl_stats_len(m) doubles; per layer: q/k/v input [dim],
- * output-projection input [n_heads*head_dim], gate/up input [dim], down input [hidden_dim]).
- * NULL turns it off. */
+/* Calibration: while stats is set, every forward adds, for each per-layer matmul weight, the squares
+ * of its input activations per column and the number of rows it multiplied: at
+ * pl_model_stats_offset(m, name, layer), ne0 sums then the row count (a stacked MoE tensor: that
+ * per expert, expert e at offset + e * (ne0 + 1), counting only the tokens routed to it).
+ * pl_stats_len(m) doubles in all; NULL turns it off. */
 void pl_scratch_set_stats(pl_scratch *s, double *stats);
 size_t pl_stats_len(const pl_model *m);
+/* -1 for a tensor without statistics (vectors, embeddings, the LM head, unknown names) */
+int64_t pl_model_stats_offset(const pl_model *m, const char *name, int layer);
 
 /* Runs the batch through every layer; writes n_out x n_vocab logits. n_threads: 1..PL_MAX_THREADS,
  * or 0 for OpenMP's default. Returns 0 or an error code with a message in err. Never touches Python;

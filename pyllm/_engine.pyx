@@ -91,6 +91,7 @@ cdef extern from "pyllm.h" nogil:
     void pl_scratch_free(pl_scratch *s)
     void pl_scratch_set_stats(pl_scratch *s, double *stats)
     size_t pl_stats_len(const pl_model *m)
+    int64_t pl_model_stats_offset(const pl_model *m, const char *name, int layer)
     int pl_quantize_rows(int type, const float *src, void *dst, int64_t rows, int64_t n, int n_threads)
     int pl_quantize_rows_weighted(int type, const float *src, void *dst, int64_t rows, int64_t n,
                                   const float *importance, int n_threads)
@@ -483,6 +484,11 @@ cdef class CModel:
         if pl_model_set_lora(self.m, name.encode(), layer, <int>a.shape[0], &av[0, 0], &bv[0, 0], e.buf):
             raise ValueError(e.buf.decode())
         self._lora[key] = (a, b)
+
+    def stats_offset(self, str name, int layer) -> int:
+        """Where the calibration statistics of a per-layer matmul weight start (Runner.collect_stats:
+        ne0 sums of squares then the row count, per expert for stacked tensors), or -1."""
+        return pl_model_stats_offset(self.m, name.encode(), layer)
 
     def lora_count(self) -> int:
         """How many weights keep a LoRA side product."""

@@ -214,8 +214,9 @@ def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads:
             return converted["tied"]
         imp = importance.get((name, layer)) if importance and len(shape) == 2 else None
         if len(src.names) > 1:  # experts converted one at a time (a layer's experts in float32 can be GBs)
-            data = np.concatenate([np.frombuffer(convert(floats(hf), tid, n_threads, importance=imp, method=method),
-                                                 dtype=np.uint8) for hf in src.names])
+            per = [None] * len(src.names) if imp is None else (list(imp) if np.ndim(imp) == 2 else [imp] * len(src.names))
+            data = np.concatenate([np.frombuffer(convert(floats(hf), tid, n_threads, importance=i, method=method),
+                                                 dtype=np.uint8) for hf, i in zip(src.names, per)])
         else:
             data = convert(floats(src.name, src.rows), tid, n_threads, importance=imp, method=method)
         out = (tid, shape, data)

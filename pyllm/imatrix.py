@@ -9,12 +9,13 @@ activation, the mean square of each input column over all calibration tokens:
 For a weight row w and its quantized version w', the expected squared error of that row's output
 is sum_j E[a_j^2] (w_j - w'_j)^2 when the activation columns are uncorrelated, so these are the
 per-column weights an error-minimizing quantizer should use (pyllm.quantization.convert(...,
-importance=...)). Keys are the engine's tensor names: wq, wk, wv (all three read the attention
-norm's output), wo (attention output), ffn_gate, ffn_up (the MLP norm's output) and ffn_down
-(the SwiGLU output); for a mixture of experts ffn_gate_inp, ffn_gate_exps, ffn_up_exps (the MLP
-norm's output over all tokens) and ffn_down_exps (every expert's SwiGLU output, summed over the
-experts: one vector shared by all of them, not one per expert). The embedding and the LM head have no entry: the hook does not see the LM
-head's input, and the embedding is a lookup.
+importance=...)). The engine keeps the statistics per weight (csrc/forward.c tensor_stats, called
+by each matmul's caller): keys are the engine's names of every per-layer matmul weight of the
+model's family (wq, wk, wv, wo, ffn_gate, ffn_up, ffn_down; a mixture of experts' ffn_gate_inp and
+its stacked ffn_gate_exps / ffn_up_exps / ffn_down_exps, whose value is [n_expert, columns]: each
+expert's own statistics over the tokens routed to it; an expert no calibration token reached gets
+the mean of the others'). The embedding and the LM head have no entry (a lookup; the LM head keeps
+the type pyllm.quantization gives it).
 
 The text is split like llama.cpp's imatrix tool: tokenized once, cut into chunks of n_ctx tokens
 whose first token is replaced by BOS (when the tokenizer adds one), each run in a fresh sequence.
@@ -30,17 +31,12 @@ from . import _engine
 
 Key = Tuple[str, int]
 
-#: engine tensor name -> which of the four per-layer statistics is its input
-INPUTS = {"wq": 0, "wk": 0, "wv": 0, "wo": 1, "ffn_gate": 2, "ffn_up": 2, "ffn_down": 3,
-          "ffn_gate_inp": 2, "ffn_gate_exps": 2, "ffn_up_exps": 2, "ffn_down_exps": 3}
+def matmul_weights(cfg) -> list:
+    """The engine names of the per-layer matmul weights of cfg's family (those with statistics)."""
+    from .gguf_export import engine_shapes
 
-
-def _layout(cfg) -> list:
-    """(offset, length) of the four per-layer statistics within one layer's stats."""
-    dim, qd, hid = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.intermediate_size
-    lens = [dim, qd, dim, hid]
-    offs = np.cumsum([0] + lens[:-1]).tolist()
-    return list(zip(offs, lens))
+    shapes = engine_shapes(cfg)
+    return [n for n in cfg.family.hf_layer(cfg, 0) if len(shapes[n]) == 2]
 
 
 def collect_importance(model, text, n_ctx: int = 512, max_tokens: Optional[int] = None) -> Dict[Key, np.ndarray]:
@@ -64,7 +60,6 @@ def collect_importance(model, text, n_ctx: int = 512, max_tokens: Optional[int] 
     cfg = model.config
     runner = model._runner
     cache = _engine.KVCache(model._cmodel, n_ctx)
-    n_tokens = 0
     with model._lock:
         stats = runner.collect_stats(True)
         try:
@@ -79,23 +74,29 @@ def collect_importance(model, text, n_ctx: int = 512, max_tokens: Optional[int] 
                     pos = np.arange(s, s + len(part), dtype=np.int32)
                     runner.forward([cache], part, pos, np.zeros(len(part), np.int32), np.zeros(0, np.int32),
                                    model.n_threads)
-                n_tokens += len(chunk)
             stats = np.array(stats, dtype=np.float64)  # a copy: the runner's array is reused next time
         finally:
             runner.collect_stats(False)
 
-    per_layer = stats.reshape(cfg.num_layers, -1)
-    lay = _layout(cfg)
-    if per_layer.shape[1] != sum(n for _, n in lay):
-        raise RuntimeError("engine statistics do not match the model's configuration")
+    from .gguf_export import engine_shapes
+
+    shapes = engine_shapes(cfg)
     out: Dict[Key, np.ndarray] = {}
-    present = set(cfg.family.hf_layer(cfg, 0))  # the matmul weights this family's layers have
     for layer in range(cfg.num_layers):
-        for name, which in INPUTS.items():
-            if name not in present:
-                continue
-            o, n = lay[which]
-            out[(name, layer)] = (per_layer[layer, o : o + n] / n_tokens).astype(np.float32)
+        for name in matmul_weights(cfg):
+            off = model._cmodel.stats_offset(name, layer)
+            if off < 0:
+                raise RuntimeError(f"the engine keeps no statistics for {name} (layer {layer})")
+            cols = shapes[name][1]
+            units = cfg.n_experts if name.endswith("_exps") else 1
+            block = stats[off : off + units * (cols + 1)].reshape(units, cols + 1)
+            sums, counts = block[:, :cols], block[:, cols]
+            seen = counts > 0
+            mean = np.zeros((units, cols), np.float64)
+            mean[seen] = sums[seen] / counts[seen, None]
+            if not seen.all():  # an expert no token was routed to: the others' mean
+                mean[~seen] = mean[seen].mean(axis=0) if seen.any() else 1.0
+            out[(name, layer)] = (mean if units > 1 else mean[0]).astype(np.float32)
     return out
 
 

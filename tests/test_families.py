@@ -235,6 +235,10 @@ def test_calibrated_quantization_of_other_families(checkpoint, tmp_path, arch):
             "phi3": {"wq", "wk", "wv", "ffn_gate", "ffn_up", "ffn_down"},
             "qwen3": {"wq", "ffn_down"}}[arch]
     assert want <= names and all(np.all(v >= 0) and np.any(v > 0) for v in imp.values())
+    if arch == "mixtral":  # each expert its own statistics, over the tokens routed to it
+        e = imp[("ffn_down_exps", 0)]
+        assert e.shape == (8, 96) and not np.allclose(e[0], e[1])
+        assert imp[("ffn_gate_exps", 1)].shape == (8, 64)
     ids = _ids(seed=9)
     q = pyllm.load(path, n_ctx=256, quant="q4_0", calibration=imp)
     assert mean_kl(ref.logits(ids), q.logits(ids)) <= KL_BOUND["q4_0"]

@@ -14,7 +14,7 @@ import pytest
 
 import pyllm
 from pyllm import _engine
-from pyllm.imatrix import INPUTS, collect_importance, load_importance, resolve_importance, save_importance
+from pyllm.imatrix import collect_importance, load_importance, resolve_importance, save_importance
 from pyllm.quantization import DEFAULT_METHOD, convert
 
 Q4_0, Q8_0 = 2, 8
@@ -213,7 +213,7 @@ def test_collect_importance(model):
     lens = {"wq": cfg.hidden_size, "wk": cfg.hidden_size, "wv": cfg.hidden_size,
             "wo": cfg.num_heads * cfg.head_dim, "ffn_gate": cfg.hidden_size, "ffn_up": cfg.hidden_size,
             "ffn_down": cfg.intermediate_size}
-    assert set(imp) == {(name, layer) for name in INPUTS for layer in range(cfg.num_layers)}
+    assert set(imp) == {(name, layer) for name in lens for layer in range(cfg.num_layers)}
     for (name, layer), v in imp.items():
         assert v.dtype == np.float32 and v.shape == (lens[name],), (name, layer, v.shape)
         assert np.all(np.isfinite(v)) and np.all(v > 0), (name, layer)
