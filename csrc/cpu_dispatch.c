@@ -94,7 +94,14 @@ const pl_kernels *pl_kernels_active(void) {
 }
 
 int pl_type_valid(int t) {
-    return t == PL_TYPE_F32 || t == PL_TYPE_F16 || t == PL_TYPE_BF16 || t == PL_TYPE_Q8_0 || t == PL_TYPE_Q4_0;
+    switch (t) {
+    case PL_TYPE_F32: case PL_TYPE_F16: case PL_TYPE_BF16: case PL_TYPE_Q8_0: case PL_TYPE_Q4_0:
+    case PL_TYPE_Q4_1: case PL_TYPE_Q5_0: case PL_TYPE_Q5_1: case PL_TYPE_IQ4_NL: case PL_TYPE_Q2_K:
+    case PL_TYPE_Q3_K: case PL_TYPE_Q4_K: case PL_TYPE_Q5_K: case PL_TYPE_Q6_K: case PL_TYPE_IQ4_XS:
+        return 1;
+    default:
+        return 0;
+    }
 }
 
 /* 0 if t is unknown, n is negative or not whole blocks, or the byte count does not fit a size_t */

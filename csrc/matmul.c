@@ -77,14 +77,21 @@ static void gemm_tile(const pl_type_traits *tt, int n, int nr, int nc, const voi
 static int row_tiles(const pl_tensor *w) { return (int)((w->ne1 + ROW_TILE - 1) / ROW_TILE); }
 
 /* Several weights with the same input (q/k/v, gate/up) in one pass over their combined rows,
- * so the threads meet at one barrier instead of one per weight. All must share ne0 and act_type
- * (pl_model_finalize checks the forward's groups). Any number of weights: nw <= 0 does nothing
+ * so the threads meet at one barrier instead of one per weight. All must share ne0; weights whose
+ * act_type differs are run one after the other. Any number of weights: nw <= 0 does nothing
  * (every thread of the region returns alike, so no barrier is left waiting). */
 void pl_matmul_multi(const pl_kernels *K, const pl_tensor *const *ws, float *const *ys, const int *ldys, int nw,
                      const float *x, int nt, int ldx, void *act_buf, int act_ready) {
     if (nw <= 0 || nt <= 0) return;
     const int64_t n = ws[0]->ne0;
     const pl_type act = K->types[ws[0]->type].act_type;
+    for (int k = 1; k < nw; k++)
+        if (K->types[ws[k]->type].act_type != act) {
+            /* weights of different types (llama.cpp's mixes: attn_v in Q8_0 beside a Q4_K attn_q, or a
+             * K-quant next to a Q4_0): one pass per weight, each converting the input its own way */
+            for (int j = 0; j < nw; j++) pl_matmul_multi(K, &ws[j], &ys[j], &ldys[j], 1, x, nt, ldx, act_buf, 0);
+            return;
+        }
     const void *a = x;
     size_t as = (size_t)ldx * sizeof(float);
     int packed = 0;

@@ -225,12 +225,6 @@ int pl_model_finalize(pl_model *m, const float *inv_freq, const float *inv_freq_
         if ((need) && !L->f.data) return ERR("missing tensor %s of layer %d", #f, l);
         PL_LAYER_TENSORS(CHECK)
 #undef CHECK
-        if (K->types[L->wq.type].act_type != K->types[L->wk.type].act_type ||
-            K->types[L->wq.type].act_type != K->types[L->wv.type].act_type)
-            return ERR("layer %d: q/k/v weights need the same activation format", l);
-        const pl_tensor *gate = moe ? &L->ffn_gate_exps : &L->ffn_gate, *up = moe ? &L->ffn_up_exps : &L->ffn_up;
-        if (K->types[gate->type].act_type != K->types[up->type].act_type)
-            return ERR("layer %d: gate/up weights need the same activation format", l);
     }
     const int half = c->head_dim / 2;
     if (!finite_all(inv_freq, half)) return ERR("a rope inverse frequency is not finite");

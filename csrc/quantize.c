@@ -11,6 +11,7 @@ int pl_quantize_rows(int type, const float *src, void *dst, int64_t rows, int64_
     const size_t rb = pl_type_row_bytes((pl_type)type, n);
     if (rb == 0 || rows < 0 || n_threads > PL_MAX_THREADS) return -1;
     const pl_from_float_fn conv = pl_kernels_active()->types[type].from_float;
+    if (!conv) return -1; /* a type pyllm reads but does not write (types_kquants.c) */
 #pragma omp parallel for schedule(static) num_threads(n_threads > 0 ? n_threads : 1)
     for (int64_t r = 0; r < rows; r++) conv(src + r * n, (char *)dst + (size_t)r * rb, n);
     return 0;

@@ -11,7 +11,17 @@ typedef enum {
     PL_TYPE_F32 = 0,
     PL_TYPE_F16 = 1,
     PL_TYPE_Q4_0 = 2,
+    PL_TYPE_Q4_1 = 3,
+    PL_TYPE_Q5_0 = 6,
+    PL_TYPE_Q5_1 = 7,
     PL_TYPE_Q8_0 = 8,
+    PL_TYPE_Q2_K = 10,
+    PL_TYPE_Q3_K = 11,
+    PL_TYPE_Q4_K = 12,
+    PL_TYPE_Q5_K = 13,
+    PL_TYPE_Q6_K = 14,
+    PL_TYPE_IQ4_NL = 20,
+    PL_TYPE_IQ4_XS = 23,
     PL_TYPE_BF16 = 30,
     PL_TYPE_COUNT = 31 /* size of per-type tables (ids are sparse) */
 } pl_type;
@@ -105,6 +115,9 @@ typedef struct {
 
 /* Kernel tables; the SIMD ones start as a copy of the scalar table and override what they speed up. */
 void pl_kernels_init_scalar(pl_kernels *k);
+/* types_kquants.c: the rows of the types pyllm reads but cannot write (from_float NULL; Q4_1, Q5_0,
+ * Q5_1, IQ4_NL, Q2_K..Q6_K, IQ4_XS), added to the scalar table (and so to every table) */
+void pl_kernels_add_read_only_types(pl_kernels *k);
 void pl_kernels_init_avx2(pl_kernels *k);   /* defined only on x86-64 builds */
 void pl_kernels_init_avx512(pl_kernels *k); /* defined only on x86-64 builds */
 

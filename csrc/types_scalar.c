@@ -353,4 +353,5 @@ void pl_kernels_init_scalar(pl_kernels *k) {
     k->gemm_nn_f32 = gemm_nn_f32_scalar;
     k->softmax_f32 = softmax_f32_scalar;
     k->swiglu_f32 = pl_swiglu;
+    pl_kernels_add_read_only_types(k);
 }

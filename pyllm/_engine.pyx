@@ -99,6 +99,9 @@ cdef extern from "pyllm.h" nogil:
                    float *logits, int n_threads, char *err)
 
 TYPE_IDS = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "bf16": 30}
+# GGUF types pyllm reads and runs (dequantized per row, csrc/types_kquants.c) but does not write
+READ_ONLY_TYPE_IDS = {"q4_1": 3, "q5_0": 6, "q5_1": 7, "q2_k": 10, "q3_k": 11, "q4_k": 12, "q5_k": 13, "q6_k": 14,
+                      "iq4_nl": 20, "iq4_xs": 23}
 
 cdef class _Err:
     cdef char buf[PL_ERRMSG_LEN]
@@ -170,6 +173,8 @@ def act_type(int type_id) -> int:
 def from_float(int type_id, const float[:, ::1] x) -> bytes:
     """Convert/quantize rows of float32 to type_id with the active ISA; returns the packed bytes."""
     cdef const pl_type_traits *tt = _traits(type_id)
+    if tt.from_float == NULL:
+        raise ValueError(f"type {type_id} ({tt.name.decode()}) can be read but not written")
     cdef int64_t n = x.shape[1], rows = x.shape[0], r
     cdef size_t rb = row_bytes(type_id, n)
     out = bytearray(rb * rows)

@@ -37,7 +37,7 @@ from .hf_loader import (build_engine_model, check_sampling_defaults, check_sourc
                         fused_rows, role)
 from .quantization import DEFAULT_METHOD, check_quant, convert, tensor_type
 
-ENGINE_TYPES = (0, 1, 2, 8, 30)  # F32, F16, Q4_0, Q8_0, BF16
+ENGINE_TYPES = (0, 1, 2, 8, 30) + tuple(_engine.READ_ONLY_TYPE_IDS.values())  # F32 F16 Q4_0 Q8_0 BF16 + read-only
 _INT_CAP = MAX_INT32 + 1  # sizes go to the engine as C ints
 _FLOAT32_MAX = 3.4028234663852886e38
 
@@ -325,9 +325,9 @@ def load_gguf_parts(path: str, n_ctx: Optional[int] = None, quant: Optional[str]
         tid = info.type_id
         if tid not in ENGINE_TYPES:
             raise UnsupportedArchitectureError(
-                f"{path}: tensor {gname!r} is {info.type_name}; pyllm runs F32, F16, BF16, Q8_0 and Q4_0 "
-                f"(requantize with llama-quantize --pure, or export from the Hugging Face checkpoint with "
-                f"`pyllm quantize`)")
+                f"{path}: tensor {gname!r} is {info.type_name}; pyllm runs F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, "
+                f"Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS (requantize with llama-quantize, or export "
+                f"from the Hugging Face checkpoint with `pyllm quantize`)")
         file_shape = info.shape
         if len(file_shape) == 3:  # stacked experts [n_expert, rows, cols]: the engine takes them as one matrix
             if file_shape[0] != cfg.n_experts:

@@ -653,14 +653,14 @@ def test_unsupported_variants(tmp_path, exported):
     # no output.weight: the LM head is tied to token_embd, as in llama.cpp
     dst = _rewrite(src, str(tmp_path / "tied.gguf"), drop_tensors=("output.weight",))
     assert pyllm.load(dst).config.tie_word_embeddings
-    # a tensor type pyllm has no kernels for (output.weight Q8_0 -> Q6_K, a valid smaller size)
+    # a tensor type pyllm has no kernels for (output.weight Q8_0 -> IQ2_XXS, a valid smaller size)
     data = bytearray(open(src, "rb").read())
     name = b"output.weight"
     pos = bytes(data).index(struct.pack("<Q", len(name)) + name) + 8 + len(name) + 4 + 16
     assert struct.unpack_from("<I", data, pos)[0] == 8
-    struct.pack_into("<I", data, pos, 14)
+    struct.pack_into("<I", data, pos, 16)
     p = _write(tmp_path, bytes(data), "k.gguf")
-    with pytest.raises(UnsupportedArchitectureError, match="output.weight.*Q6_K"):
+    with pytest.raises(UnsupportedArchitectureError, match="output.weight.*IQ2_XXS"):
         pyllm.load(p)
 
 

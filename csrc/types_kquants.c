@@ -1,0 +1,283 @@
+/* types_kquants.c: the scalar reference of the GGUF weight types pyllm reads but does not write
+ * (yet): Q4_1, Q5_0, Q5_1 (32-weight blocks), llama.cpp's K-quants Q2_K..Q6_K and IQ4_XS (256-weight
+ * super-blocks), IQ4_NL. Dequantization follows ggml's block layouts and arithmetic (float32, the
+ * same operations in the same order, so the values equal gguf-py's numpy reference bit for bit:
+ * tests/test_kquants.py). A matmul with these weights dequantizes each weight row once to fp32 and
+ * takes its dot product with fp32 activations (act_type F32), the same fixed-order sum for vec_dot
+ * and gemm, so results do not depend on the batch. No integer-dot SIMD kernels or repacked layout
+ * yet: these types run at the scalar path's speed. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tensor_types.h"
+
+#define QK_K 256
+
+static inline uint16_t ld_u16(const void *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+static inline uint32_t ld_u32(const void *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+static inline float half(const uint8_t *p) { return pl_fp16_to_fp32(ld_u16(p)); }
+
+/* ---- 32-weight blocks ---- */
+/* Q4_1: d, m (fp16), 16 bytes of nibbles; value = q * d + m */
+static void q4_1_to_float(const void *vx, float *y, int64_t n) {
+    const uint8_t *b = vx;
+    for (int64_t i = 0; i < n / 32; i++, b += 20, y += 32) {
+        const float d = half(b), m = half(b + 2);
+        const uint8_t *qs = b + 4;
+        for (int j = 0; j < 16; j++) {
+            y[j] = (float)(qs[j] & 0x0F) * d + m;
+            y[j + 16] = (float)(qs[j] >> 4) * d + m;
+        }
+    }
+}
+
+/* Q5_0: d, 32 high bits, 16 bytes of nibbles; value = (q - 16) * d */
+static void q5_0_to_float(const void *vx, float *y, int64_t n) {
+    const uint8_t *b = vx;
+    for (int64_t i = 0; i < n / 32; i++, b += 22, y += 32) {
+        const float d = half(b);
+        const uint32_t qh = ld_u32(b + 2);
+        const uint8_t *qs = b + 6;
+        for (int j = 0; j < 16; j++) {
+            const uint8_t h0 = (uint8_t)(((qh >> j) << 4) & 0x10), h1 = (uint8_t)((qh >> (j + 12)) & 0x10);
+            y[j] = (float)(((qs[j] & 0x0F) | h0) - 16) * d;
+            y[j + 16] = (float)(((qs[j] >> 4) | h1) - 16) * d;
+        }
+    }
+}
+
+/* Q5_1: d, m, 32 high bits, 16 bytes of nibbles; value = q * d + m */
+static void q5_1_to_float(const void *vx, float *y, int64_t n) {
+    const uint8_t *b = vx;
+    for (int64_t i = 0; i < n / 32; i++, b += 24, y += 32) {
+        const float d = half(b), m = half(b + 2);
+        const uint32_t qh = ld_u32(b + 4);
+        const uint8_t *qs = b + 8;
+        for (int j = 0; j < 16; j++) {
+            const uint8_t h0 = (uint8_t)(((qh >> j) << 4) & 0x10), h1 = (uint8_t)((qh >> (j + 12)) & 0x10);
+            y[j] = (float)((qs[j] & 0x0F) | h0) * d + m;
+            y[j + 16] = (float)((qs[j] >> 4) | h1) * d + m;
+        }
+    }
+}
+
+/* IQ4_NL: d, 16 bytes of nibbles indexing a fixed non-linear table */
+static const int8_t kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+static void iq4_nl_to_float(const void *vx, float *y, int64_t n) {
+    const uint8_t *b = vx;
+    for (int64_t i = 0; i < n / 32; i++, b += 18, y += 32) {
+        const float d = half(b);
+        const uint8_t *qs = b + 2;
+        for (int j = 0; j < 16; j++) {
+            y[j] = d * (float)kvalues_iq4nl[qs[j] & 0x0F];
+            y[j + 16] = d * (float)kvalues_iq4nl[qs[j] >> 4];
+        }
+    }
+}
+
+/* ---- 256-weight super-blocks (K-quants) ---- */
+/* Q2_K (84 bytes): scales[16] (4-bit scale, 4-bit min per 16 weights), qs[64] (2-bit), d, dmin */
+static void q2_k_to_float(const void *vx, float *y, int64_t n) {
+    const uint8_t *b = vx;
+    for (int64_t i = 0; i < n / QK_K; i++, b += 84) {
+        const uint8_t *sc = b, *q = b + 16;
+        const float d = half(b + 80), dmin = half(b + 82);
+        int is = 0;
+        for (int h = 0; h < QK_K; h += 128, q += 32)
+            for (int shift = 0; shift < 8; shift += 2)
+                for (int part = 0; part < 2; part++) {
+                    const uint8_t s = sc[is++];
+                    const float dl = d * (float)(s & 0x0F), ml = dmin * (float)(s >> 4);
+                    for (int l = 0; l < 16; l++) *y++ = dl * (float)((q[l + 16 * part] >> shift) & 3) - ml;
+                }
+    }
+}
+
+/* Q3_K (110 bytes): hmask[32] (high bit), qs[64] (low 2 bits), scales[12] (16 6-bit scales), d */
+static void q3_k_to_float(const void *vx, float *y, int64_t n) {
+    const uint8_t *b = vx;
+    for (int64_t i = 0; i < n / QK_K; i++, b += 110) {
+        const uint8_t *hm = b, *q = b + 32, *s = b + 96;
+        const float d = half(b + 108);
+        int8_t scales[16];
+        for (int j = 0; j < 16; j++) { /* the 6-bit scales: low 4 bits, then 2 high bits from bytes 8..11 */
+            const int lo = j < 8 ? (s[j] & 0x0F) : (s[j - 8] >> 4);
+            const int hi = (s[8 + (j % 4)] >> (2 * (j / 4))) & 3;
+            scales[j] = (int8_t)((lo | (hi << 4)) - 32);
+        }
+        int is = 0;
+        uint8_t m = 1;
+        for (int h = 0; h < QK_K; h += 128, q += 32)
+            for (int shift = 0; shift < 8; shift += 2, m <<= 1)
+                for (int part = 0; part < 2; part++) {
+                    const float dl = d * (float)scales[is++];
+                    for (int l = 0; l < 16; l++) {
+                        const int k = l + 16 * part;
+                        *y++ = dl * (float)(((q[k] >> shift) & 3) - ((hm[k] & m) ? 0 : 4));
+                    }
+                }
+    }
+}
+
+/* the 6-bit scale and min of sub-block j of Q4_K / Q5_K (12 bytes for 8 pairs) */
+static void scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m) {
+    if (j < 4) {
+        *d = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *d = (uint8_t)((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4));
+        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+/* Q4_K (144 bytes): d, dmin, scales[12], qs[128]; value = d * sc * q - dmin * m per 32 weights */
+static void q4_k_to_float(const void *vx, float *y, int64_t n) {
+    const uint8_t *b = vx;
+    for (int64_t i = 0; i < n / QK_K; i++, b += 144) {
+        const float d = half(b), dmin = half(b + 2);
+        const uint8_t *scales = b + 4, *q = b + 16;
+        for (int j = 0, is = 0; j < QK_K; j += 64, q += 32, is += 2) {
+            uint8_t sc, m;
+            scale_min_k4(is, scales, &sc, &m);
+            const float d1 = d * (float)sc, m1 = dmin * (float)m;
+            scale_min_k4(is + 1, scales, &sc, &m);
+            const float d2 = d * (float)sc, m2 = dmin * (float)m;
+            for (int l = 0; l < 32; l++) *y++ = d1 * (float)(q[l] & 0x0F) - m1;
+            for (int l = 0; l < 32; l++) *y++ = d2 * (float)(q[l] >> 4) - m2;
+        }
+    }
+}
+
+/* Q5_K (176 bytes): d, dmin, scales[12], qh[32] (5th bits), qs[128] */
+static void q5_k_to_float(const void *vx, float *y, int64_t n) {
+    const uint8_t *b = vx;
+    for (int64_t i = 0; i < n / QK_K; i++, b += 176) {
+        const float d = half(b), dmin = half(b + 2);
+        const uint8_t *scales = b + 4, *qh = b + 16, *ql = b + 48;
+        uint8_t u1 = 1, u2 = 2;
+        for (int j = 0, is = 0; j < QK_K; j += 64, ql += 32, is += 2, u1 <<= 2, u2 <<= 2) {
+            uint8_t sc, m;
+            scale_min_k4(is, scales, &sc, &m);
+            const float d1 = d * (float)sc, m1 = dmin * (float)m;
+            scale_min_k4(is + 1, scales, &sc, &m);
+            const float d2 = d * (float)sc, m2 = dmin * (float)m;
+            for (int l = 0; l < 32; l++) *y++ = d1 * (float)((ql[l] & 0x0F) + ((qh[l] & u1) ? 16 : 0)) - m1;
+            for (int l = 0; l < 32; l++) *y++ = d2 * (float)((ql[l] >> 4) + ((qh[l] & u2) ? 16 : 0)) - m2;
+        }
+    }
+}
+
+/* Q6_K (210 bytes): ql[128] (low 4 bits), qh[64] (high 2 bits), scales[16] (int8), d */
+static void q6_k_to_float(const void *vx, float *y, int64_t n) {
+    const uint8_t *b = vx;
+    for (int64_t i = 0; i < n / QK_K; i++, b += 210) {
+        const float d = half(b + 208);
+        const uint8_t *ql = b, *qh = b + 128;
+        const int8_t *sc = (const int8_t *)(b + 192);
+        for (int h = 0; h < QK_K; h += 128, y += 128, ql += 64, qh += 32, sc += 8)
+            for (int l = 0; l < 32; l++) {
+                const int is = l / 16;
+                const int q1 = ((ql[l] & 0x0F) | (((qh[l] >> 0) & 3) << 4)) - 32;
+                const int q2 = ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                y[l] = d * (float)sc[is] * (float)q1;
+                y[l + 32] = d * (float)sc[is + 2] * (float)q2;
+                y[l + 64] = d * (float)sc[is + 4] * (float)q3;
+                y[l + 96] = d * (float)sc[is + 6] * (float)q4;
+            }
+    }
+}
+
+/* IQ4_XS (136 bytes): d, scales_h (2 high bits per 32 weights), scales_l[4] (4 low bits), qs[128] */
+static void iq4_xs_to_float(const void *vx, float *y, int64_t n) {
+    const uint8_t *b = vx;
+    for (int64_t i = 0; i < n / QK_K; i++, b += 136) {
+        const float d = half(b);
+        const uint16_t sh = ld_u16(b + 2);
+        const uint8_t *sl = b + 4, *qs = b + 8;
+        for (int ib = 0; ib < QK_K / 32; ib++, y += 32, qs += 16) {
+            const int ls = ((sl[ib / 2] >> (4 * (ib % 2))) & 0x0F) | (((sh >> (2 * ib)) & 3) << 4);
+            const float dl = d * (float)(ls - 32);
+            for (int j = 0; j < 16; j++) {
+                y[j] = dl * (float)kvalues_iq4nl[qs[j] & 0x0F];
+                y[j + 16] = dl * (float)kvalues_iq4nl[qs[j] >> 4];
+            }
+        }
+    }
+}
+
+/* ---- matmul: each weight row dequantized once, then fixed-order fp32 dot products ---- */
+/* 8 interleaved partial sums added pairwise at the end: one order for every caller */
+static float dot_rows(const float *x, const float *a, int n) {
+    float s[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) s[k] += x[i + k] * a[i + k];
+    for (int k = 0; i < n; i++, k++) s[k] += x[i] * a[i];
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+#define STACK_FLOATS 16384 /* rows up to this long dequantize into the stack (64 KB) */
+
+#define KQ_MATMUL(name)                                                                                  \
+    static void name##_vec_dot(int n, float *s, const void *w, const void *a) {                          \
+        float buf[STACK_FLOATS];                                                                          \
+        float *row = n <= STACK_FLOATS ? buf : malloc((size_t)n * sizeof(float));                        \
+        if (!row) {                                                                                       \
+            *s = 0.0f / 0.0f; /* out of memory: NaN rather than a wrong number */                         \
+            return;                                                                                       \
+        }                                                                                                 \
+        name##_to_float(w, row, n);                                                                       \
+        *s = dot_rows(row, a, n);                                                                         \
+        if (row != buf) free(row);                                                                        \
+    }                                                                                                     \
+    static void name##_gemm(int n, int nr, int nc, const void *w, size_t ws, const void *a, size_t as,    \
+                            float *out, size_t os) {                                                      \
+        float buf[STACK_FLOATS];                                                                          \
+        float *row = n <= STACK_FLOATS ? buf : malloc((size_t)n * sizeof(float));                        \
+        for (int i = 0; i < nr; i++) {                                                                    \
+            if (row) name##_to_float((const char *)w + (size_t)i * ws, row, n);                           \
+            for (int j = 0; j < nc; j++)                                                                  \
+                out[(size_t)j * os + i] =                                                                 \
+                    row ? dot_rows(row, (const float *)((const char *)a + (size_t)j * as), n) : 0.0f / 0.0f; \
+        }                                                                                                 \
+        if (row && row != buf) free(row);                                                                 \
+    }
+
+KQ_MATMUL(q4_1)
+KQ_MATMUL(q5_0)
+KQ_MATMUL(q5_1)
+KQ_MATMUL(iq4_nl)
+KQ_MATMUL(q2_k)
+KQ_MATMUL(q3_k)
+KQ_MATMUL(q4_k)
+KQ_MATMUL(q5_k)
+KQ_MATMUL(q6_k)
+KQ_MATMUL(iq4_xs)
+
+#define ROW(t, nm, blck, bytes, fn) \
+    k->types[t] = (pl_type_traits){nm, blck, bytes, PL_TYPE_F32, fn##_to_float, NULL, fn##_vec_dot, fn##_gemm}
+
+void pl_kernels_add_read_only_types(pl_kernels *k) {
+    ROW(PL_TYPE_Q4_1, "q4_1", 32, 20, q4_1);
+    ROW(PL_TYPE_Q5_0, "q5_0", 32, 22, q5_0);
+    ROW(PL_TYPE_Q5_1, "q5_1", 32, 24, q5_1);
+    ROW(PL_TYPE_IQ4_NL, "iq4_nl", 32, 18, iq4_nl);
+    ROW(PL_TYPE_Q2_K, "q2_k", QK_K, 84, q2_k);
+    ROW(PL_TYPE_Q3_K, "q3_k", QK_K, 110, q3_k);
+    ROW(PL_TYPE_Q4_K, "q4_k", QK_K, 144, q4_k);
+    ROW(PL_TYPE_Q5_K, "q5_k", QK_K, 176, q5_k);
+    ROW(PL_TYPE_Q6_K, "q6_k", QK_K, 210, q6_k);
+    ROW(PL_TYPE_IQ4_XS, "iq4_xs", QK_K, 136, iq4_xs);
+}

@@ -1,0 +1,147 @@
+"""test_kquants.py: the GGUF types pyllm reads but does not write (csrc/types_kquants.c: Q4_1, Q5_0,
+Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS).
+  * dequantization is bit-identical to gguf-py's numpy reference (gguf.quants.dequantize) on random
+    blocks, on every ISA's table;
+  * the matmul (dequantize a row, fixed-order fp32 dot) gives the same value through vec_dot and gemm
+    and for any batch, close to the dot of the dequantized values;
+  * a GGUF file whose weights are in these types (mixed with F32 / Q8_0 / Q4_0 inside one q/k/v
+    group, as llama.cpp's mixes are) runs like the same file with those tensors dequantized to F32.
+llama.cpp's own files of every standard mix were checked by hand against llama.cpp (README)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import pyllm
+from pyllm import _engine
+
+gguf = pytest.importorskip("gguf")
+from gguf import GGMLQuantizationType as T  # noqa: E402
+from gguf.quants import GGML_QUANT_SIZES, dequantize  # noqa: E402
+
+# type -> byte offsets of its fp16 scale fields (set to finite, weight-sized values in random blocks)
+HALVES = {T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2], T.IQ4_NL: [0], T.Q2_K: [80, 82], T.Q3_K: [108],
+          T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208], T.IQ4_XS: [0]}
+ISAS = ["scalar"] + [isa for isa in ("avx2", "avx512") if _engine.isa_supported(isa)]
+
+
+def random_blocks(t, rows, n, rng, scale=0.02) -> np.ndarray:
+    """rows x n weights of type t as random (valid) blocks: uint8 [rows, row bytes]."""
+    blck, nbytes = GGML_QUANT_SIZES[t]
+    nb = rows * n // blck
+    raw = rng.integers(0, 256, (nb, nbytes), dtype=np.uint8)
+    for o in HALVES[t]:
+        d = (rng.standard_normal(nb) * scale).astype(np.float16)
+        raw[:, o:o + 2] = d.view(np.uint8).reshape(nb, 2)
+    return raw.reshape(rows, -1)
+
+
+@pytest.fixture(autouse=True)
+def restore_isa():
+    before = _engine.get_isa()
+    yield
+    _engine.set_isa(before)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("t", list(HALVES), ids=lambda t: t.name)
+def test_dequantization_is_gguf_pys(isa, t):
+    _engine.set_isa(isa)
+    rng = np.random.default_rng(int(t))
+    blck = GGML_QUANT_SIZES[t][0]
+    for rows, nblk in ((1, 1), (3, 5), (7, 2)):
+        raw = random_blocks(t, rows, nblk * blck, rng, scale=rng.choice([1e-3, 0.05, 3.0]))
+        ours = _engine.to_float(int(t), raw.reshape(-1), nblk * blck)
+        ref = dequantize(raw.reshape(-1), t).reshape(rows, -1)
+        np.testing.assert_array_equal(ours.view(np.uint32), ref.view(np.uint32))
+    assert _engine.act_type(int(t)) == 0  # fp32 activations
+    with pytest.raises(ValueError):
+        _engine.row_bytes(int(t), blck + 1)
+    with pytest.raises(ValueError, match="read but not written"):
+        _engine.from_float(int(t), np.zeros((1, blck), np.float32))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("t", [T.Q4_K, T.Q6_K, T.Q2_K, T.IQ4_XS, T.Q5_0, T.IQ4_NL], ids=lambda t: t.name)
+def test_matmul_is_batch_invariant_and_close_to_the_dequantized_dot(isa, t):
+    _engine.set_isa(isa)
+    rng = np.random.default_rng(5)
+    blck = GGML_QUANT_SIZES[t][0]
+    n, nr = 2 * max(blck, 256), 13
+    w = random_blocks(t, nr, n, rng)
+    a = rng.standard_normal((9, n)).astype(np.float32)
+    ref = a.astype(np.float64) @ dequantize(w.reshape(-1), t).reshape(nr, n).astype(np.float64).T
+    full = _engine.gemm(int(t), w.reshape(-1), a.reshape(-1).view(np.uint8), n, nr, 9)
+    # fp32 sums of n products: a few ulp of the sum of |products|
+    mag = np.abs(a) @ np.abs(dequantize(w.reshape(-1), t).reshape(nr, n)).T
+    assert np.all(np.abs(full - ref) <= 1e-5 * mag + 1e-30)
+    for nc in (1, 4):  # any batch: the same values
+        part = _engine.gemm(int(t), w.reshape(-1), a[:nc].reshape(-1).view(np.uint8), n, nr, nc)
+        np.testing.assert_array_equal(part, full[:nc])
+
+
+def _rewrite(src: str, dst: str, types: dict, rng) -> str:
+    """A copy of the GGUF src whose 2-D weights named in types (substring -> type) hold random blocks of
+    that type; returns dst. The companion F32 file (dst + '.f32.gguf') holds those blocks dequantized."""
+    r = gguf.GGUFReader(src)
+    writers = [gguf.GGUFWriter(dst, "llama"), gguf.GGUFWriter(dst + ".f32.gguf", "llama")]
+    for k, f in r.fields.items():
+        if k.startswith("GGUF.") or k == "general.architecture":
+            continue
+        vt = f.types[0]
+        for w in writers:
+            if vt == gguf.GGUFValueType.ARRAY:
+                w.add_key_value(k, f.contents(), vt, sub_type=f.types[-1])
+            else:
+                w.add_key_value(k, f.contents(), vt)
+    for t in r.tensors:
+        shape = [int(x) for x in reversed([int(v) for v in t.shape])]  # numpy order [rows, cols]
+        t_new = next((ty for key, ty in types.items() if key in t.name), None)
+        if t_new is None or len(shape) != 2 or shape[1] % GGML_QUANT_SIZES[t_new][0]:
+            for w in writers:  # (quantized data comes as uint8 [rows, row bytes], which the writer expects)
+                w.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+            continue
+        blocks = random_blocks(t_new, shape[0], shape[1], rng)
+        writers[0].add_tensor(t.name, blocks, raw_dtype=t_new)
+        writers[1].add_tensor(t.name, dequantize(blocks.reshape(-1), t_new).reshape(shape), raw_dtype=T.F32)
+    for w in writers:
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    return dst
+
+
+@pytest.fixture(scope="module")
+def shipped_q8(tmp_path_factory):
+    """The shipped model (hidden 256: whole K-quant super-blocks) as a GGUF with Q8_0 weights."""
+    from pyllm.gguf_export import export_gguf
+
+    out = str(tmp_path_factory.mktemp("kq") / "shipped-q8_0.gguf")
+    export_gguf(pyllm.default_model_path(), out, "q8_0")
+    return out
+
+
+MIXES = {
+    "q4_k_m-like": {"attn_q": T.Q4_K, "attn_k": T.Q4_K, "attn_output": T.Q4_K, "ffn_gate": T.Q4_K, "ffn_up": T.Q4_K,
+                    "ffn_down": T.Q5_0, "output.weight": T.Q6_K, "token_embd": T.Q4_K},  # attn_v stays Q8_0
+    "k-quants": {"attn_q": T.Q2_K, "attn_k": T.Q3_K, "attn_v": T.Q5_K, "attn_output": T.Q6_K, "ffn_gate": T.IQ4_XS,
+                 "ffn_up": T.Q4_K, "ffn_down": T.IQ4_NL, "output.weight": T.Q5_K},
+    "legacy": {"attn_q": T.Q4_1, "attn_k": T.Q5_0, "attn_v": T.Q5_1, "attn_output": T.IQ4_NL, "ffn_": T.Q4_1,
+               "token_embd": T.Q5_1},
+}
+
+
+@pytest.mark.parametrize("mix", list(MIXES))
+def test_model_with_these_types_runs_like_its_dequantized_copy(shipped_q8, tmp_path, mix):
+    path = _rewrite(shipped_q8, str(tmp_path / f"{mix}.gguf"), MIXES[mix], np.random.default_rng(3))
+    m, ref = pyllm.load(path, n_ctx=128), pyllm.load(path + ".f32.gguf", n_ctx=128)
+    ids = m.tokenize("ROMEO:\nWhat light through yonder window breaks? It is the east")
+    got, want = m.logits(ids), ref.logits(ids)
+    # the same fp32 weights and activations, different summation order: the parity bound
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+    # decode through the engine (one token at a time) agrees too, and quant-on-load converts from them
+    assert m.generate_tokens(ids, max_tokens=12, temperature=0, ignore_eos=True) == \
+        ref.generate_tokens(ids, max_tokens=12, temperature=0, ignore_eos=True)
+    q = pyllm.load(path, n_ctx=128, quant="q8_0")
+    assert np.all(np.isfinite(q.logits(ids)))
