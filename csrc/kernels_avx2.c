@@ -23,13 +23,8 @@
 #define AI static inline __attribute__((always_inline))
 #define UNROLL _Pragma("GCC unroll 16")
 
-/* weight/activation rows may sit at any byte offset (GGUF / safetensors data): scalar accesses go
- * through memcpy, vector accesses are unaligned loads */
-AI uint16_t ld_u16(const void *p) {
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return v;
-}
+/* rows may sit at any byte offset (GGUF / safetensors data): scalar loads go through pl_ld_u16
+ * (tensor_types.h), vector loads are unaligned */
 
 /* ============================== float weights ============================== */
 
@@ -47,7 +42,7 @@ AI float fl_load1(const int ft, const void *p, int64_t i) {
         memcpy(&v, (const char *)p + 4 * i, 4);
         return v;
     }
-    const uint16_t h = ld_u16((const char *)p + 2 * i);
+    const uint16_t h = pl_ld_u16((const char *)p + 2 * i);
     if (ft == FT_f16) return _cvtsh_ss(h);
     return pl_bf16_to_fp32(h);
 }
@@ -153,7 +148,7 @@ static void bf16_to_float(const void *x, float *y, int64_t n) {
 static void q8_0_to_float(const void *vx, float *y, int64_t n) {
     for (int64_t b = 0; b < n / PL_QK; b++) {
         const uint8_t *blk = (const uint8_t *)vx + b * sizeof(pl_block_q8_0);
-        const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld_u16(blk)));
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(pl_ld_u16(blk)));
         UNROLL for (int k = 0; k < 4; k++) {
             const __m128i q = _mm_loadl_epi64((const __m128i *)(blk + 2 + 8 * k));
             _mm256_storeu_ps(y + b * PL_QK + 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
@@ -165,7 +160,7 @@ static void q4_0_to_float(const void *vx, float *y, int64_t n) {
     const __m256i eight = _mm256_set1_epi32(8);
     for (int64_t b = 0; b < n / PL_QK; b++) {
         const uint8_t *blk = (const uint8_t *)vx + b * sizeof(pl_block_q4_0);
-        const __m256 d = _mm256_set1_ps(_cvtsh_ss(ld_u16(blk)));
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(pl_ld_u16(blk)));
         const __m128i q = _mm_loadu_si128((const __m128i *)(blk + 2));
         const __m128i lo = _mm_and_si128(q, m4), hi = _mm_and_si128(_mm_srli_epi16(q, 4), m4);
         const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
@@ -420,10 +415,10 @@ AI void ld_transpose8(const uint8_t *p, int bs, __m256i *t) {
 }
 /* fp16 scales of 8 blocks (at p + L*bs) -> fp32 lane L (scalar loads: faster than vpgatherdd) */
 AI __m256 ld_scales8(const uint8_t *p, int bs) {
-    const uint64_t q0 = (uint64_t)ld_u16(p) | (uint64_t)ld_u16(p + bs) << 16 | (uint64_t)ld_u16(p + 2 * bs) << 32 |
-                        (uint64_t)ld_u16(p + 3 * bs) << 48;
-    const uint64_t q1 = (uint64_t)ld_u16(p + 4 * bs) | (uint64_t)ld_u16(p + 5 * bs) << 16 |
-                        (uint64_t)ld_u16(p + 6 * bs) << 32 | (uint64_t)ld_u16(p + 7 * bs) << 48;
+    const uint64_t q0 = (uint64_t)pl_ld_u16(p) | (uint64_t)pl_ld_u16(p + bs) << 16 | (uint64_t)pl_ld_u16(p + 2 * bs) << 32 |
+                        (uint64_t)pl_ld_u16(p + 3 * bs) << 48;
+    const uint64_t q1 = (uint64_t)pl_ld_u16(p + 4 * bs) | (uint64_t)pl_ld_u16(p + 5 * bs) << 16 |
+                        (uint64_t)pl_ld_u16(p + 6 * bs) << 32 | (uint64_t)pl_ld_u16(p + 7 * bs) << 48;
     return _mm256_cvtph_ps(_mm_insert_epi64(_mm_cvtsi64_si128((long long)q0), (long long)q1, 1));
 }
 /* int8 lanes -> the two int16 halves (bytes 0,2 and bytes 1,3 of each 32-bit lane, sign-extended) */

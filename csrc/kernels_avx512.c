@@ -29,13 +29,8 @@
 #define AI static inline __attribute__((always_inline))
 #define UNROLL _Pragma("GCC unroll 16")
 
-/* weight/activation rows may sit at any byte offset (GGUF / safetensors data): scalar accesses go
- * through memcpy, vector accesses are unaligned loads */
-AI uint16_t ld_u16(const void *p) {
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return v;
-}
+/* rows may sit at any byte offset (GGUF / safetensors data): scalar loads go through pl_ld_u16
+ * (tensor_types.h), vector loads are unaligned */
 
 /* ============================== float weights ============================== */
 
@@ -198,7 +193,7 @@ static void bf16_to_float(const void *x, float *y, int64_t n) {
 static void q8_0_to_float(const void *vx, float *y, int64_t n) {
     for (int64_t b = 0; b < n / PL_QK; b++) {
         const uint8_t *blk = (const uint8_t *)vx + b * sizeof(pl_block_q8_0);
-        const __m512 d = _mm512_set1_ps(_cvtsh_ss(ld_u16(blk)));
+        const __m512 d = _mm512_set1_ps(_cvtsh_ss(pl_ld_u16(blk)));
         const __m128i q0 = _mm_loadu_si128((const __m128i *)(blk + 2)), q1 = _mm_loadu_si128((const __m128i *)(blk + 18));
         _mm512_storeu_ps(y + b * PL_QK, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), d));
         _mm512_storeu_ps(y + b * PL_QK + 16, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), d));
@@ -209,7 +204,7 @@ static void q4_0_to_float(const void *vx, float *y, int64_t n) {
     const __m512i eight = _mm512_set1_epi32(8);
     for (int64_t b = 0; b < n / PL_QK; b++) {
         const uint8_t *blk = (const uint8_t *)vx + b * sizeof(pl_block_q4_0);
-        const __m512 d = _mm512_set1_ps(_cvtsh_ss(ld_u16(blk)));
+        const __m512 d = _mm512_set1_ps(_cvtsh_ss(pl_ld_u16(blk)));
         const __m128i q = _mm_loadu_si128((const __m128i *)(blk + 2));
         const __m512i lo = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_and_si128(q, m4)), eight);
         const __m512i hi = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), m4)), eight);
@@ -336,8 +331,8 @@ AI void ld_transpose16(const uint8_t *p, int bs, __m512i *t) {
 AI __m512 ld_scales16(const uint8_t *p, int bs) {
     uint64_t q[4];
     UNROLL for (int k = 0; k < 4; k++)
-        q[k] = (uint64_t)ld_u16(p + (4 * k) * bs) | (uint64_t)ld_u16(p + (4 * k + 1) * bs) << 16 |
-               (uint64_t)ld_u16(p + (4 * k + 2) * bs) << 32 | (uint64_t)ld_u16(p + (4 * k + 3) * bs) << 48;
+        q[k] = (uint64_t)pl_ld_u16(p + (4 * k) * bs) | (uint64_t)pl_ld_u16(p + (4 * k + 1) * bs) << 16 |
+               (uint64_t)pl_ld_u16(p + (4 * k + 2) * bs) << 32 | (uint64_t)pl_ld_u16(p + (4 * k + 3) * bs) << 48;
     const __m128i lo = _mm_insert_epi64(_mm_cvtsi64_si128((long long)q[0]), (long long)q[1], 1);
     const __m128i hi = _mm_insert_epi64(_mm_cvtsi64_si128((long long)q[2]), (long long)q[3], 1);
     return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));

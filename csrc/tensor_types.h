@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 typedef enum {
     PL_TYPE_F32 = 0,
@@ -142,6 +143,26 @@ size_t pl_packed_act_row_bytes(int64_t n);           /* q8x activation row strid
 void pl_pack_act_row(pl_from_float_fn q8_from_float, const float *x, void *dst, int64_t n);
 static inline size_t pl_round64(size_t x) { return (x + 63) & ~(size_t)63; }
 int pl_type_valid(int t);
+
+/* Weight and activation rows may sit at any byte offset (a GGUF / safetensors file's data, the kernel
+ * tests' unaligned copies): scalar multi-byte values are loaded and stored through memcpy (one plain
+ * load or store on x86), never through a cast pointer. Every kernel file uses these. */
+static inline uint16_t pl_ld_u16(const void *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+static inline uint32_t pl_ld_u32(const void *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+static inline float pl_ld_f32(const void *p) {
+    float v;
+    memcpy(&v, p, 4);
+    return v;
+}
+static inline void pl_st_u16(void *p, uint16_t v) { memcpy(p, &v, 2); }
 
 /* fp16 / bf16 <-> fp32 (scalar, exact IEEE rounding to nearest even) */
 float pl_fp16_to_fp32(uint16_t h);

@@ -14,17 +14,7 @@
 
 #define QK_K 256
 
-static inline uint16_t ld_u16(const void *p) {
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return v;
-}
-static inline uint32_t ld_u32(const void *p) {
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-static inline float half(const uint8_t *p) { return pl_fp16_to_fp32(ld_u16(p)); }
+static inline float half(const uint8_t *p) { return pl_fp16_to_fp32(pl_ld_u16(p)); }
 
 /* ---- 32-weight blocks ---- */
 /* Q4_1: d, m (fp16), 16 bytes of nibbles; value = q * d + m */
@@ -45,7 +35,7 @@ static void q5_0_to_float(const void *vx, float *y, int64_t n) {
     const uint8_t *b = vx;
     for (int64_t i = 0; i < n / 32; i++, b += 22, y += 32) {
         const float d = half(b);
-        const uint32_t qh = ld_u32(b + 2);
+        const uint32_t qh = pl_ld_u32(b + 2);
         const uint8_t *qs = b + 6;
         for (int j = 0; j < 16; j++) {
             const uint8_t h0 = (uint8_t)(((qh >> j) << 4) & 0x10), h1 = (uint8_t)((qh >> (j + 12)) & 0x10);
@@ -60,7 +50,7 @@ static void q5_1_to_float(const void *vx, float *y, int64_t n) {
     const uint8_t *b = vx;
     for (int64_t i = 0; i < n / 32; i++, b += 24, y += 32) {
         const float d = half(b), m = half(b + 2);
-        const uint32_t qh = ld_u32(b + 4);
+        const uint32_t qh = pl_ld_u32(b + 4);
         const uint8_t *qs = b + 8;
         for (int j = 0; j < 16; j++) {
             const uint8_t h0 = (uint8_t)(((qh >> j) << 4) & 0x10), h1 = (uint8_t)((qh >> (j + 12)) & 0x10);
@@ -204,7 +194,7 @@ static void iq4_xs_to_float(const void *vx, float *y, int64_t n) {
     const uint8_t *b = vx;
     for (int64_t i = 0; i < n / QK_K; i++, b += 136) {
         const float d = half(b);
-        const uint16_t sh = ld_u16(b + 2);
+        const uint16_t sh = pl_ld_u16(b + 2);
         const uint8_t *sl = b + 4, *qs = b + 8;
         for (int ib = 0; ib < QK_K / 32; ib++, y += 32, qs += 16) {
             const int ls = ((sl[ib / 2] >> (4 * (ib % 2))) & 0x0F) | (((sh >> (2 * ib)) & 3) << 4);

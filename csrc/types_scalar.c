@@ -54,21 +54,9 @@ uint16_t pl_fp32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
-/* Weight and activation rows may sit at any byte offset (a GGUF / safetensors file's data, the kernel
- * tests' unaligned copies): multi-byte values are loaded and stored through memcpy (one plain load
- * or store on x86), never through a cast pointer, as in the SIMD files. Blocks are addressed as bytes:
- * block b at b * sizeof(block), its fp16 d at offset 0, its quants at offsetof(..., qs). */
-static inline uint16_t ld_u16(const void *p) {
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return v;
-}
-static inline float ld_f32(const void *p) {
-    float v;
-    memcpy(&v, p, 4);
-    return v;
-}
-static inline void st_u16(void *p, uint16_t v) { memcpy(p, &v, 2); }
+/* Rows may sit at any byte offset (pl_ld_u16 / pl_ld_f32 / pl_st_u16, tensor_types.h). Blocks are
+ * addressed as bytes: block b at b * sizeof(block), its fp16 d at offset 0, its quants at
+ * offsetof(..., qs). */
 #define Q8_BYTES sizeof(pl_block_q8_0)
 #define Q4_BYTES sizeof(pl_block_q4_0)
 #define Q8_QS offsetof(pl_block_q8_0, qs)
@@ -80,39 +68,39 @@ static void f32_from_float(const float *x, void *y, int64_t n) { memcpy(y, x, (s
 static void f32_vec_dot(int n, float *s, const void *w, const void *a) {
     const char *x = (const char *)w, *y = (const char *)a;
     float sum = 0.0f;
-    for (int i = 0; i < n; i++) sum += ld_f32(x + 4 * (size_t)i) * ld_f32(y + 4 * (size_t)i);
+    for (int i = 0; i < n; i++) sum += pl_ld_f32(x + 4 * (size_t)i) * pl_ld_f32(y + 4 * (size_t)i);
     *s = sum;
 }
 
 /* ---- F16 ---- */
 static void f16_to_float(const void *x, float *y, int64_t n) {
     const char *h = (const char *)x;
-    for (int64_t i = 0; i < n; i++) y[i] = pl_fp16_to_fp32(ld_u16(h + 2 * i));
+    for (int64_t i = 0; i < n; i++) y[i] = pl_fp16_to_fp32(pl_ld_u16(h + 2 * i));
 }
 static void f16_from_float(const float *x, void *y, int64_t n) {
     char *h = (char *)y;
-    for (int64_t i = 0; i < n; i++) st_u16(h + 2 * i, pl_fp32_to_fp16(x[i]));
+    for (int64_t i = 0; i < n; i++) pl_st_u16(h + 2 * i, pl_fp32_to_fp16(x[i]));
 }
 static void f16_vec_dot(int n, float *s, const void *w, const void *a) {
     const char *x = (const char *)w, *y = (const char *)a;
     float sum = 0.0f;
-    for (int i = 0; i < n; i++) sum += pl_fp16_to_fp32(ld_u16(x + 2 * (size_t)i)) * ld_f32(y + 4 * (size_t)i);
+    for (int i = 0; i < n; i++) sum += pl_fp16_to_fp32(pl_ld_u16(x + 2 * (size_t)i)) * pl_ld_f32(y + 4 * (size_t)i);
     *s = sum;
 }
 
 /* ---- BF16 ---- */
 static void bf16_to_float(const void *x, float *y, int64_t n) {
     const char *h = (const char *)x;
-    for (int64_t i = 0; i < n; i++) y[i] = pl_bf16_to_fp32(ld_u16(h + 2 * i));
+    for (int64_t i = 0; i < n; i++) y[i] = pl_bf16_to_fp32(pl_ld_u16(h + 2 * i));
 }
 static void bf16_from_float(const float *x, void *y, int64_t n) {
     char *h = (char *)y;
-    for (int64_t i = 0; i < n; i++) st_u16(h + 2 * i, pl_fp32_to_bf16(x[i]));
+    for (int64_t i = 0; i < n; i++) pl_st_u16(h + 2 * i, pl_fp32_to_bf16(x[i]));
 }
 static void bf16_vec_dot(int n, float *s, const void *w, const void *a) {
     const char *x = (const char *)w, *y = (const char *)a;
     float sum = 0.0f;
-    for (int i = 0; i < n; i++) sum += pl_bf16_to_fp32(ld_u16(x + 2 * (size_t)i)) * ld_f32(y + 4 * (size_t)i);
+    for (int i = 0; i < n; i++) sum += pl_bf16_to_fp32(pl_ld_u16(x + 2 * (size_t)i)) * pl_ld_f32(y + 4 * (size_t)i);
     *s = sum;
 }
 
@@ -126,7 +114,7 @@ static void q8_0_from_float(const float *x, void *vy, int64_t n) {
         for (int j = 0; j < PL_QK; j++) amax = fmaxf(amax, fabsf(xb[j]));
         const float d = amax / 127.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        st_u16(yb, pl_fp32_to_fp16(d));
+        pl_st_u16(yb, pl_fp32_to_fp16(d));
         for (int j = 0; j < PL_QK; j++) yb[Q8_QS + j] = (uint8_t)(int8_t)roundf(xb[j] * id);
     }
 }
@@ -134,7 +122,7 @@ static void q8_0_to_float(const void *vx, float *y, int64_t n) {
     const uint8_t *x = (const uint8_t *)vx;
     for (int64_t b = 0; b < n / PL_QK; b++) {
         const uint8_t *xb = x + (size_t)b * Q8_BYTES;
-        const float d = pl_fp16_to_fp32(ld_u16(xb));
+        const float d = pl_fp16_to_fp32(pl_ld_u16(xb));
         for (int j = 0; j < PL_QK; j++) y[b * PL_QK + j] = (int8_t)xb[Q8_QS + j] * d;
     }
 }
@@ -145,7 +133,7 @@ static void q8_0_vec_dot(int n, float *s, const void *vw, const void *va) {
         const uint8_t *wb = w + (size_t)b * Q8_BYTES, *ab = a + (size_t)b * Q8_BYTES;
         int32_t isum = 0;
         for (int j = 0; j < PL_QK; j++) isum += (int32_t)(int8_t)wb[Q8_QS + j] * (int32_t)(int8_t)ab[Q8_QS + j];
-        sum += (float)isum * (pl_fp16_to_fp32(ld_u16(wb)) * pl_fp16_to_fp32(ld_u16(ab)));
+        sum += (float)isum * (pl_fp16_to_fp32(pl_ld_u16(wb)) * pl_fp16_to_fp32(pl_ld_u16(ab)));
     }
     *s = sum;
 }
@@ -165,7 +153,7 @@ static void q4_0_from_float(const float *x, void *vy, int64_t n) {
         }
         const float d = max / -8.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        st_u16(yb, pl_fp32_to_fp16(d));
+        pl_st_u16(yb, pl_fp32_to_fp16(d));
         for (int j = 0; j < PL_QK / 2; j++) {
             const float x0 = xb[j] * id, x1 = xb[j + PL_QK / 2] * id;
             const int q0 = (int)(x0 + 8.5f), q1 = (int)(x1 + 8.5f);
@@ -177,7 +165,7 @@ static void q4_0_to_float(const void *vx, float *y, int64_t n) {
     const uint8_t *x = (const uint8_t *)vx;
     for (int64_t b = 0; b < n / PL_QK; b++) {
         const uint8_t *xb = x + (size_t)b * Q4_BYTES;
-        const float d = pl_fp16_to_fp32(ld_u16(xb));
+        const float d = pl_fp16_to_fp32(pl_ld_u16(xb));
         for (int j = 0; j < PL_QK / 2; j++) {
             y[b * PL_QK + j] = ((xb[Q4_QS + j] & 0x0F) - 8) * d;
             y[b * PL_QK + j + PL_QK / 2] = ((xb[Q4_QS + j] >> 4) - 8) * d;
@@ -194,7 +182,7 @@ static void q4_0_vec_dot(int n, float *s, const void *vw, const void *va) {
             isum += ((wb[Q4_QS + j] & 0x0F) - 8) * (int32_t)(int8_t)ab[Q8_QS + j];
             isum += ((wb[Q4_QS + j] >> 4) - 8) * (int32_t)(int8_t)ab[Q8_QS + j + PL_QK / 2];
         }
-        sum += (float)isum * (pl_fp16_to_fp32(ld_u16(wb)) * pl_fp16_to_fp32(ld_u16(ab)));
+        sum += (float)isum * (pl_fp16_to_fp32(pl_ld_u16(wb)) * pl_fp16_to_fp32(pl_ld_u16(ab)));
     }
     *s = sum;
 }
@@ -283,7 +271,7 @@ static void q_gemm_packed(int qt8, int n, int nr, int nc, const void *w, const v
             for (int b = 0; b < nb; b++) {
                 const uint8_t *q = g + pl_pk_q(b, qb) + 4 * r;
                 const uint8_t *ab = arow + (size_t)b * Q8_BYTES, *aq = ab + Q8_QS;
-                const uint16_t dh = ld_u16(g + pl_pk_d(b, qb) + 2 * r);
+                const uint16_t dh = pl_ld_u16(g + pl_pk_d(b, qb) + 2 * r);
                 int32_t isum = 0;
                 for (int v = 0; v < qb / 4; v++)
                     for (int k = 0; k < 4; k++) {
@@ -292,7 +280,7 @@ static void q_gemm_packed(int qt8, int n, int nr, int nc, const void *w, const v
                         if (qt8) isum += (int32_t)(int8_t)(byte ^ 0x80) * (int32_t)(int8_t)aq[jj];
                         else isum += ((byte & 0x0F) - 8) * (int32_t)(int8_t)aq[jj] + ((byte >> 4) - 8) * (int32_t)(int8_t)aq[jj + 16];
                     }
-                sum += (float)isum * (pl_fp16_to_fp32(dh) * pl_fp16_to_fp32(ld_u16(ab)));
+                sum += (float)isum * (pl_fp16_to_fp32(dh) * pl_fp16_to_fp32(pl_ld_u16(ab)));
             }
             out[(size_t)j * os + i] = sum;
         }
