@@ -97,7 +97,7 @@ int pl_type_valid(int t) {
     switch (t) {
     case PL_TYPE_F32: case PL_TYPE_F16: case PL_TYPE_BF16: case PL_TYPE_Q8_0: case PL_TYPE_Q4_0:
     case PL_TYPE_Q4_1: case PL_TYPE_Q5_0: case PL_TYPE_Q5_1: case PL_TYPE_IQ4_NL: case PL_TYPE_Q2_K:
-    case PL_TYPE_Q3_K: case PL_TYPE_Q4_K: case PL_TYPE_Q5_K: case PL_TYPE_Q6_K: case PL_TYPE_IQ4_XS:
+    case PL_TYPE_Q3_K: case PL_TYPE_Q4_K: case PL_TYPE_Q5_K: case PL_TYPE_Q6_K: case PL_TYPE_IQ4_XS: case PL_TYPE_Q8_K:
         return 1;
     default:
         return 0;

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kquant_dots_avx2.h"
 #include "packed_gemm_driver.h"
 #include "tensor_types.h"
 
@@ -819,6 +820,8 @@ PL_BASELINE_FN void pl_kernels_init_avx512(pl_kernels *k) {
     pl_kernels_init_scalar(k);
     k->isa = "avx512";
     pl_type_traits *t;
+    k->types[PL_TYPE_Q4_K].vec_dot = kq_q4_k_vec_dot; /* kquant_dots_avx2.h */
+    k->types[PL_TYPE_Q6_K].vec_dot = kq_q6_k_vec_dot;
     t = &k->types[PL_TYPE_F32];
     t->vec_dot = f32_vec_dot;
     t->gemm = f32_gemm;

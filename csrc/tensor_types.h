@@ -21,6 +21,7 @@ typedef enum {
     PL_TYPE_Q4_K = 12,
     PL_TYPE_Q5_K = 13,
     PL_TYPE_Q6_K = 14,
+    PL_TYPE_Q8_K = 15, /* activations only: what Q4_K / Q6_K weights are multiplied with */
     PL_TYPE_IQ4_NL = 20,
     PL_TYPE_IQ4_XS = 23,
     PL_TYPE_BF16 = 30,
@@ -38,6 +39,15 @@ typedef struct {
     uint8_t qs[PL_QK / 2]; /* low nibbles: weights 0..15, high nibbles: 16..31; value = (q - 8) * d */
 } pl_block_q4_0;
 _Static_assert(sizeof(pl_block_q8_0) == 34, "q8_0 block must be 34 bytes");
+/* Q8_K (ggml's layout): 256 activations, fp32 scale d = max|x| / 127, q = round(x / d), and the sums
+ * of each 16 q (for the K-quants' minimums and Q6_K's offset). Activations only. */
+#define PL_QK_K 256
+typedef struct {
+    float d;
+    int8_t qs[PL_QK_K];
+    int16_t bsums[PL_QK_K / 16];
+} pl_block_q8_k;
+_Static_assert(sizeof(pl_block_q8_k) == 292, "q8_K block must be 292 bytes");
 _Static_assert(sizeof(pl_block_q4_0) == 18, "q4_0 block must be 18 bytes");
 
 /* out[j*out_stride + i] = dot(w row i, a row j) for i < nr, j < nc (out is token-major).
@@ -119,6 +129,10 @@ void pl_kernels_init_scalar(pl_kernels *k);
 /* types_kquants.c: the rows of the types pyllm reads but cannot write (from_float NULL; Q4_1, Q5_0,
  * Q5_1, IQ4_NL, Q2_K..Q6_K, IQ4_XS), added to the scalar table (and so to every table) */
 void pl_kernels_add_read_only_types(pl_kernels *k);
+/* reference helpers the SIMD K-quant kernels share: the 8 scales and mins of a Q4_K super-block (from
+ * its 12 scale bytes), and a Q6_K super-block's 256 values + 32 (0..63) in element order */
+void pl_q4_k_scales(const uint8_t *s12, uint8_t *sc, uint8_t *m);
+void pl_q6_k_unpack(const uint8_t *b, uint8_t *q);
 void pl_kernels_init_avx2(pl_kernels *k);   /* defined only on x86-64 builds */
 void pl_kernels_init_avx512(pl_kernels *k); /* defined only on x86-64 builds */
 

@@ -2,10 +2,12 @@
  * (yet): Q4_1, Q5_0, Q5_1 (32-weight blocks), llama.cpp's K-quants Q2_K..Q6_K and IQ4_XS (256-weight
  * super-blocks), IQ4_NL. Dequantization follows ggml's block layouts and arithmetic (float32, the
  * same operations in the same order, so the values equal gguf-py's numpy reference bit for bit:
- * tests/test_kquants.py). A matmul with these weights dequantizes each weight row once to fp32 and
- * takes its dot product with fp32 activations (act_type F32), the same fixed-order sum for vec_dot
- * and gemm, so results do not depend on the batch. No integer-dot SIMD kernels or repacked layout
- * yet: these types run at the scalar path's speed. */
+ * tests/test_kquants.py). Q4_K and Q6_K multiply Q8_K activations with exact integer sums (the
+ * reference below; kquant_dots_avx2.h is the SIMD twin, bit-identical). The other types dequantize
+ * each weight row once to fp32 and take its dot product with fp32 activations (act_type F32), the
+ * same fixed-order sum for vec_dot and gemm, so results do not depend on the batch; no SIMD or
+ * repacked layout for them yet. */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -207,6 +209,96 @@ static void iq4_xs_to_float(const void *vx, float *y, int64_t n) {
     }
 }
 
+
+/* ---- Q8_K activations and the integer dot products of Q4_K / Q6_K weights with them ----
+ * The reference every SIMD version equals bit for bit: per super-block the integer sums are exact
+ * (int32), and the float arithmetic is the same operations in the same order:
+ *   Q4_K: sum += (a.d * d) * (float)isum - (a.d * dmin) * (float)imin,
+ *         isum = sum over the 8 sub-blocks of scale_j * dot(q4, q8), imin = sum_j min_j * sum(q8 of j)
+ *   Q6_K: sum += (a.d * d) * (float)isum, isum = sum over the 16 groups of scale_g * dot(q6 - 32, q8) */
+static void q8_k_from_float(const float *x, void *vy, int64_t n) {
+    for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
+        pl_block_q8_k b;
+        float amax = 0.0f;
+        for (int j = 0; j < QK_K; j++) amax = fmaxf(amax, fabsf(x[j]));
+        const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        b.d = d;
+        for (int j = 0; j < QK_K; j++) b.qs[j] = (int8_t)roundf(x[j] * id);
+        for (int g = 0; g < QK_K / 16; g++) {
+            int s = 0;
+            for (int j = 0; j < 16; j++) s += b.qs[16 * g + j];
+            b.bsums[g] = (int16_t)s;
+        }
+        memcpy((char *)vy + (size_t)i * sizeof(pl_block_q8_k), &b, sizeof b);
+    }
+}
+
+static void q8_k_to_float(const void *vx, float *y, int64_t n) {
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const char *b = (const char *)vx + (size_t)i * sizeof(pl_block_q8_k);
+        const float d = pl_ld_f32(b);
+        for (int j = 0; j < QK_K; j++) y[i * QK_K + j] = d * (float)(int8_t)b[4 + j];
+    }
+}
+
+/* the 8 6-bit scales and mins of a Q4_K / Q5_K super-block */
+void pl_q4_k_scales(const uint8_t *s12, uint8_t *sc, uint8_t *m) {
+    for (int j = 0; j < 8; j++) scale_min_k4(j, s12, &sc[j], &m[j]);
+}
+
+static void q4_k_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw;
+    const char *a = va;
+    float sum = 0.0f;
+    for (int i = 0; i < n / QK_K; i++, w += 144, a += sizeof(pl_block_q8_k)) {
+        uint8_t sc[8], m[8];
+        pl_q4_k_scales(w + 4, sc, m);
+        const int8_t *q8 = (const int8_t *)(a + 4);
+        int32_t isum = 0, imin = 0;
+        for (int j = 0; j < 8; j++) {
+            const uint8_t *q4 = w + 16 + 32 * (j / 2);
+            int32_t dot = 0;
+            for (int l = 0; l < 32; l++) dot += (int32_t)((j & 1) ? q4[l] >> 4 : q4[l] & 0x0F) * q8[32 * j + l];
+            isum += (int32_t)sc[j] * dot;
+            imin += (int32_t)m[j] * ((int16_t)pl_ld_u16(a + 260 + 4 * j) + (int16_t)pl_ld_u16(a + 262 + 4 * j));
+        }
+        const float ad = pl_ld_f32(a);
+        sum += (ad * half(w)) * (float)isum - (ad * half(w + 2)) * (float)imin;
+    }
+    *s = sum;
+}
+
+/* the 256 values of a Q6_K super-block as unsigned 6-bit numbers (value + 32), in element order */
+void pl_q6_k_unpack(const uint8_t *b, uint8_t *q) {
+    const uint8_t *ql = b, *qh = b + 128;
+    for (int h = 0; h < 2; h++, ql += 64, qh += 32, q += 128)
+        for (int l = 0; l < 32; l++) {
+            q[l] = (uint8_t)((ql[l] & 0x0F) | (((qh[l] >> 0) & 3) << 4));
+            q[l + 32] = (uint8_t)((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4));
+            q[l + 64] = (uint8_t)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
+            q[l + 96] = (uint8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
+        }
+}
+
+static void q6_k_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw;
+    const char *a = va;
+    float sum = 0.0f;
+    for (int i = 0; i < n / QK_K; i++, w += 210, a += sizeof(pl_block_q8_k)) {
+        uint8_t q[QK_K];
+        pl_q6_k_unpack(w, q);
+        const int8_t *q8 = (const int8_t *)(a + 4), *sc = (const int8_t *)(w + 192);
+        int32_t isum = 0;
+        for (int g = 0; g < 16; g++) {
+            int32_t dot = 0;
+            for (int l = 0; l < 16; l++) dot += ((int32_t)q[16 * g + l] - 32) * q8[16 * g + l];
+            isum += (int32_t)sc[g] * dot;
+        }
+        sum += (pl_ld_f32(a) * half(w + 208)) * (float)isum;
+    }
+    *s = sum;
+}
+
 /* ---- matmul: each weight row dequantized once, then fixed-order fp32 dot products ---- */
 /* 8 interleaved partial sums added pairwise at the end: one order for every caller */
 static float dot_rows(const float *x, const float *a, int n) {
@@ -251,9 +343,7 @@ KQ_MATMUL(q5_1)
 KQ_MATMUL(iq4_nl)
 KQ_MATMUL(q2_k)
 KQ_MATMUL(q3_k)
-KQ_MATMUL(q4_k)
 KQ_MATMUL(q5_k)
-KQ_MATMUL(q6_k)
 KQ_MATMUL(iq4_xs)
 
 #define ROW(t, nm, blck, bytes, fn) \
@@ -266,8 +356,10 @@ void pl_kernels_add_read_only_types(pl_kernels *k) {
     ROW(PL_TYPE_IQ4_NL, "iq4_nl", 32, 18, iq4_nl);
     ROW(PL_TYPE_Q2_K, "q2_k", QK_K, 84, q2_k);
     ROW(PL_TYPE_Q3_K, "q3_k", QK_K, 110, q3_k);
-    ROW(PL_TYPE_Q4_K, "q4_k", QK_K, 144, q4_k);
+    k->types[PL_TYPE_Q4_K] = (pl_type_traits){"q4_k", QK_K, 144, PL_TYPE_Q8_K, q4_k_to_float, NULL, q4_k_vec_dot, NULL};
     ROW(PL_TYPE_Q5_K, "q5_k", QK_K, 176, q5_k);
-    ROW(PL_TYPE_Q6_K, "q6_k", QK_K, 210, q6_k);
+    k->types[PL_TYPE_Q6_K] = (pl_type_traits){"q6_k", QK_K, 210, PL_TYPE_Q8_K, q6_k_to_float, NULL, q6_k_vec_dot, NULL};
+    k->types[PL_TYPE_Q8_K] = (pl_type_traits){"q8_k", QK_K, sizeof(pl_block_q8_k), PL_TYPE_Q8_K, q8_k_to_float,
+                                              q8_k_from_float, NULL, NULL};
     ROW(PL_TYPE_IQ4_XS, "iq4_xs", QK_K, 136, iq4_xs);
 }

@@ -1,0 +1,83 @@
+/* kquant_dots_avx2.h: Q4_K and Q6_K weights x Q8_K activations with AVX2 integer arithmetic, for the
+ * AVX2 and AVX-512 tables (both files are compiled with -mavx2 and include this). Bit-identical to
+ * the scalar reference in types_kquants.c: every integer sum is exact (vpmaddubsw's int16 pair sums
+ * cannot overflow: <= 2 x 63 x 127; the scale products are int32), and the float arithmetic per
+ * super-block is the reference's, in its order. */
+#ifndef PYLLM_KQUANT_DOTS_AVX2_H
+#define PYLLM_KQUANT_DOTS_AVX2_H
+
+#include <immintrin.h>
+#include <stdint.h>
+
+#include "tensor_types.h"
+
+static inline int32_t kq_hsum_i32(__m256i v) {
+    const __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    const __m128i s2 = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    return _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, _MM_SHUFFLE(2, 3, 0, 1))));
+}
+
+static void kq_q4_k_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw;
+    const char *a = va;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    float sum = 0.0f;
+    for (int i = 0; i < n / PL_QK_K; i++, w += 144, a += sizeof(pl_block_q8_k)) {
+        uint8_t sc[8], m[8];
+        pl_q4_k_scales(w + 4, sc, m);
+        const int8_t *q8 = (const int8_t *)(a + 4);
+        __m256i acc = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) { /* 64 weights: 32 low nibbles (sub-block 2c), 32 high (2c + 1) */
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(w + 16 + 32 * c));
+            const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            const __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(q8 + 64 * c)));
+            const __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 64 * c + 32)));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c])));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1])));
+        }
+        const int32_t isum = kq_hsum_i32(acc);
+        int32_t imin = 0;
+        for (int j = 0; j < 8; j++)
+            imin += (int32_t)m[j] * ((int16_t)pl_ld_u16(a + 260 + 4 * j) + (int16_t)pl_ld_u16(a + 262 + 4 * j));
+        const float ad = pl_ld_f32(a);
+        sum += (ad * pl_fp16_to_fp32(pl_ld_u16(w))) * (float)isum - (ad * pl_fp16_to_fp32(pl_ld_u16(w + 2))) * (float)imin;
+    }
+    *s = sum;
+}
+
+static void kq_q6_k_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw;
+    const char *a = va;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x03);
+    float sum = 0.0f;
+    for (int i = 0; i < n / PL_QK_K; i++, w += 210, a += sizeof(pl_block_q8_k)) {
+        const int8_t *q8 = (const int8_t *)(a + 4), *sc = (const int8_t *)(w + 192);
+        __m256i acc = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) { /* 128 weights: ql[64 h ..], qh[32 h ..] */
+            const __m256i ql0 = _mm256_loadu_si256((const __m256i *)(w + 64 * h));
+            const __m256i ql1 = _mm256_loadu_si256((const __m256i *)(w + 64 * h + 32));
+            const __m256i qh = _mm256_loadu_si256((const __m256i *)(w + 128 + 32 * h));
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+            q[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+            for (int k = 0; k < 4; k++) { /* elements 128 h + 32 k ..: groups g, g + 1 */
+                const int g = 8 * h + 2 * k;
+                const __m256i p = _mm256_maddubs_epi16(q[k], _mm256_loadu_si256((const __m256i *)(q8 + 128 * h + 32 * k)));
+                const __m256i scv = _mm256_set_m128i(_mm_set1_epi16(sc[g + 1]), _mm_set1_epi16(sc[g]));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scv));
+            }
+        }
+        int32_t off = 0; /* the values are stored + 32: remove 32 x scale x sum(q8) per group */
+        for (int g = 0; g < 16; g++) off += (int32_t)sc[g] * (int16_t)pl_ld_u16(a + 260 + 2 * g);
+        const int32_t isum = kq_hsum_i32(acc) - 32 * off;
+        sum += (pl_ld_f32(a) * pl_fp16_to_fp32(pl_ld_u16(w + 208))) * (float)isum;
+    }
+    *s = sum;
+}
+
+#endif
