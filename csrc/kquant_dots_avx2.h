@@ -1,4 +1,4 @@
-/* kquant_dots_avx2.h: Q4_K and Q6_K weights x Q8_K activations with AVX2 integer arithmetic, for the
+/* kquant_dots_avx2.h: Q4_K, Q5_K, Q6_K and IQ4_XS weights x Q8_K activations with AVX2 integer arithmetic, for the
  * AVX2 and AVX-512 tables (both files are compiled with -mavx2 and include this). Bit-identical to
  * the scalar reference in types_kquants.c: every integer sum is exact (vpmaddubsw's int16 pair sums
  * cannot overflow: <= 2 x 63 x 127; the scale products are int32), and the float arithmetic per
@@ -45,6 +45,38 @@ static void kq_q4_k_vec_dot(int n, float *s, const void *vw, const void *va) {
     *s = sum;
 }
 
+static void kq_q5_k_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw;
+    const char *a = va;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    float sum = 0.0f;
+    for (int i = 0; i < n / PL_QK_K; i++, w += 176, a += sizeof(pl_block_q8_k)) {
+        uint8_t sc[8], m[8];
+        pl_q4_k_scales(w + 4, sc, m);
+        const int8_t *q8 = (const int8_t *)(a + 4);
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)(w + 16));
+        __m256i acc = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) { /* sub-blocks 2c (low nibbles, qh bit 2c) and 2c + 1 (high, bit 2c + 1) */
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(w + 48 + 32 * c));
+            const __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one);
+            const __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one);
+            const __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), _mm256_slli_epi16(h0, 4));
+            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), _mm256_slli_epi16(h1, 4));
+            const __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(q8 + 64 * c)));
+            const __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 64 * c + 32)));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c])));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1])));
+        }
+        const int32_t isum = kq_hsum_i32(acc);
+        int32_t imin = 0;
+        for (int j = 0; j < 8; j++)
+            imin += (int32_t)m[j] * ((int16_t)pl_ld_u16(a + 260 + 4 * j) + (int16_t)pl_ld_u16(a + 262 + 4 * j));
+        const float ad = pl_ld_f32(a);
+        sum += (ad * pl_fp16_to_fp32(pl_ld_u16(w))) * (float)isum - (ad * pl_fp16_to_fp32(pl_ld_u16(w + 2))) * (float)imin;
+    }
+    *s = sum;
+}
+
 static void kq_q6_k_vec_dot(int n, float *s, const void *vw, const void *va) {
     const uint8_t *w = vw;
     const char *a = va;
@@ -76,6 +108,34 @@ static void kq_q6_k_vec_dot(int n, float *s, const void *vw, const void *va) {
         for (int g = 0; g < 16; g++) off += (int32_t)sc[g] * (int16_t)pl_ld_u16(a + 260 + 2 * g);
         const int32_t isum = kq_hsum_i32(acc) - 32 * off;
         sum += (pl_ld_f32(a) * pl_fp16_to_fp32(pl_ld_u16(w + 208))) * (float)isum;
+    }
+    *s = sum;
+}
+
+/* IQ4_XS: the 4-bit indices looked up in the non-linear table (vpshufb), signed x signed products as
+ * |value| x (q8 with value's sign) so vpmaddubsw applies (pair sums <= 2 x 127 x 127: no saturation) */
+static void kq_iq4_xs_vec_dot(int n, float *s, const void *vw, const void *va) {
+    static const int8_t kv[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+    const __m128i kv128 = _mm_loadu_si128((const __m128i *)kv);
+    const __m256i table = _mm256_set_m128i(kv128, kv128), m4 = _mm256_set1_epi8(0x0F);
+    const uint8_t *w = vw;
+    const char *a = va;
+    float sum = 0.0f;
+    for (int i = 0; i < n / PL_QK_K; i++, w += 136, a += sizeof(pl_block_q8_k)) {
+        const uint16_t sh = pl_ld_u16(w + 2);
+        const uint8_t *sl = w + 4;
+        const int8_t *q8 = (const int8_t *)(a + 4);
+        __m256i acc = _mm256_setzero_si256();
+        for (int ib = 0; ib < 8; ib++) { /* 32 weights: 16 bytes, low nibbles then high nibbles */
+            const __m128i q = _mm_loadu_si128((const __m128i *)(w + 8 + 16 * ib));
+            const __m256i idx = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), m4);
+            const __m256i v = _mm256_shuffle_epi8(table, idx);
+            const __m256i y = _mm256_loadu_si256((const __m256i *)(q8 + 32 * ib));
+            const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(y, v));
+            const int ls = ((sl[ib / 2] >> (4 * (ib % 2))) & 0x0F) | (((sh >> (2 * ib)) & 3) << 4);
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16((int16_t)(ls - 32))));
+        }
+        sum += (pl_ld_f32(a) * pl_fp16_to_fp32(pl_ld_u16(w))) * (float)kq_hsum_i32(acc);
     }
     *s = sum;
 }

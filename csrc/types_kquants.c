@@ -2,7 +2,7 @@
  * (yet): Q4_1, Q5_0, Q5_1 (32-weight blocks), llama.cpp's K-quants Q2_K..Q6_K and IQ4_XS (256-weight
  * super-blocks), IQ4_NL. Dequantization follows ggml's block layouts and arithmetic (float32, the
  * same operations in the same order, so the values equal gguf-py's numpy reference bit for bit:
- * tests/test_kquants.py). Q4_K and Q6_K multiply Q8_K activations with exact integer sums (the
+ * tests/test_kquants.py). Q4_K, Q5_K, Q6_K and IQ4_XS multiply Q8_K activations with exact integer sums (the
  * reference below; kquant_dots_avx2.h is the SIMD twin, bit-identical). The other types dequantize
  * each weight row once to fp32 and take its dot product with fp32 activations (act_type F32), the
  * same fixed-order sum for vec_dot and gemm, so results do not depend on the batch; no SIMD or
@@ -268,6 +268,55 @@ static void q4_k_vec_dot(int n, float *s, const void *vw, const void *va) {
     *s = sum;
 }
 
+/* Q5_K x Q8_K: as Q4_K with 5-bit values (the nibble + 16 x its bit of qh) */
+static void q5_k_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw;
+    const char *a = va;
+    float sum = 0.0f;
+    for (int i = 0; i < n / QK_K; i++, w += 176, a += sizeof(pl_block_q8_k)) {
+        uint8_t sc[8], m[8];
+        pl_q4_k_scales(w + 4, sc, m);
+        const uint8_t *qh = w + 16, *ql = w + 48;
+        const int8_t *q8 = (const int8_t *)(a + 4);
+        int32_t isum = 0, imin = 0;
+        for (int j = 0; j < 8; j++) {
+            const uint8_t *q = ql + 32 * (j / 2);
+            int32_t dot = 0;
+            for (int l = 0; l < 32; l++) {
+                const int v = ((j & 1) ? q[l] >> 4 : q[l] & 0x0F) + (((qh[l] >> j) & 1) << 4);
+                dot += v * q8[32 * j + l];
+            }
+            isum += (int32_t)sc[j] * dot;
+            imin += (int32_t)m[j] * ((int16_t)pl_ld_u16(a + 260 + 4 * j) + (int16_t)pl_ld_u16(a + 262 + 4 * j));
+        }
+        const float ad = pl_ld_f32(a);
+        sum += (ad * half(w)) * (float)isum - (ad * half(w + 2)) * (float)imin;
+    }
+    *s = sum;
+}
+
+/* IQ4_XS x Q8_K: isum = sum over the 8 blocks of 32 of (ls - 32) x dot(kvalues[q], q8) */
+static void iq4_xs_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw;
+    const char *a = va;
+    float sum = 0.0f;
+    for (int i = 0; i < n / QK_K; i++, w += 136, a += sizeof(pl_block_q8_k)) {
+        const uint16_t sh = pl_ld_u16(w + 2);
+        const uint8_t *sl = w + 4, *qs = w + 8;
+        const int8_t *q8 = (const int8_t *)(a + 4);
+        int32_t isum = 0;
+        for (int ib = 0; ib < 8; ib++, qs += 16, q8 += 32) {
+            const int ls = ((sl[ib / 2] >> (4 * (ib % 2))) & 0x0F) | (((sh >> (2 * ib)) & 3) << 4);
+            int32_t dot = 0;
+            for (int j = 0; j < 16; j++)
+                dot += kvalues_iq4nl[qs[j] & 0x0F] * q8[j] + kvalues_iq4nl[qs[j] >> 4] * q8[j + 16];
+            isum += (ls - 32) * dot;
+        }
+        sum += (pl_ld_f32(a) * half(w)) * (float)isum;
+    }
+    *s = sum;
+}
+
 /* the 256 values of a Q6_K super-block as unsigned 6-bit numbers (value + 32), in element order */
 void pl_q6_k_unpack(const uint8_t *b, uint8_t *q) {
     const uint8_t *ql = b, *qh = b + 128;
@@ -343,8 +392,6 @@ KQ_MATMUL(q5_1)
 KQ_MATMUL(iq4_nl)
 KQ_MATMUL(q2_k)
 KQ_MATMUL(q3_k)
-KQ_MATMUL(q5_k)
-KQ_MATMUL(iq4_xs)
 
 #define ROW(t, nm, blck, bytes, fn) \
     k->types[t] = (pl_type_traits){nm, blck, bytes, PL_TYPE_F32, fn##_to_float, NULL, fn##_vec_dot, fn##_gemm}
@@ -357,9 +404,10 @@ void pl_kernels_add_read_only_types(pl_kernels *k) {
     ROW(PL_TYPE_Q2_K, "q2_k", QK_K, 84, q2_k);
     ROW(PL_TYPE_Q3_K, "q3_k", QK_K, 110, q3_k);
     k->types[PL_TYPE_Q4_K] = (pl_type_traits){"q4_k", QK_K, 144, PL_TYPE_Q8_K, q4_k_to_float, NULL, q4_k_vec_dot, NULL};
-    ROW(PL_TYPE_Q5_K, "q5_k", QK_K, 176, q5_k);
+    k->types[PL_TYPE_Q5_K] = (pl_type_traits){"q5_k", QK_K, 176, PL_TYPE_Q8_K, q5_k_to_float, NULL, q5_k_vec_dot, NULL};
     k->types[PL_TYPE_Q6_K] = (pl_type_traits){"q6_k", QK_K, 210, PL_TYPE_Q8_K, q6_k_to_float, NULL, q6_k_vec_dot, NULL};
     k->types[PL_TYPE_Q8_K] = (pl_type_traits){"q8_k", QK_K, sizeof(pl_block_q8_k), PL_TYPE_Q8_K, q8_k_to_float,
                                               q8_k_from_float, NULL, NULL};
-    ROW(PL_TYPE_IQ4_XS, "iq4_xs", QK_K, 136, iq4_xs);
+    k->types[PL_TYPE_IQ4_XS] =
+        (pl_type_traits){"iq4_xs", QK_K, 136, PL_TYPE_Q8_K, iq4_xs_to_float, NULL, iq4_xs_vec_dot, NULL};
 }
