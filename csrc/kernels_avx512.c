@@ -821,6 +821,8 @@ PL_BASELINE_FN void pl_kernels_init_avx512(pl_kernels *k) {
     k->isa = "avx512";
     pl_type_traits *t;
     k->types[PL_TYPE_Q4_K].vec_dot = kq_q4_k_vec_dot; /* kquant_dots_avx2.h */
+    k->types[PL_TYPE_Q2_K].vec_dot = kq_q2_k_vec_dot;
+    k->types[PL_TYPE_Q3_K].vec_dot = kq_q3_k_vec_dot;
     k->types[PL_TYPE_Q5_K].vec_dot = kq_q5_k_vec_dot;
     k->types[PL_TYPE_Q6_K].vec_dot = kq_q6_k_vec_dot;
     k->types[PL_TYPE_IQ4_XS].vec_dot = kq_iq4_xs_vec_dot;

@@ -1,4 +1,4 @@
-/* kquant_dots_avx2.h: Q4_K, Q5_K, Q6_K and IQ4_XS weights x Q8_K activations with AVX2 integer arithmetic, for the
+/* kquant_dots_avx2.h: K-quant (Q2_K..Q6_K) and IQ4_XS weights x Q8_K activations with AVX2 integer arithmetic, for the
  * AVX2 and AVX-512 tables (both files are compiled with -mavx2 and include this). Bit-identical to
  * the scalar reference in types_kquants.c: every integer sum is exact (vpmaddubsw's int16 pair sums
  * cannot overflow: <= 2 x 63 x 127; the scale products are int32), and the float arithmetic per
@@ -108,6 +108,65 @@ static void kq_q6_k_vec_dot(int n, float *s, const void *vw, const void *va) {
         for (int g = 0; g < 16; g++) off += (int32_t)sc[g] * (int16_t)pl_ld_u16(a + 260 + 2 * g);
         const int32_t isum = kq_hsum_i32(acc) - 32 * off;
         sum += (pl_ld_f32(a) * pl_fp16_to_fp32(pl_ld_u16(w + 208))) * (float)isum;
+    }
+    *s = sum;
+}
+
+/* Q2_K and Q3_K: per half h and shift j, 32 values of 2 bits (Q3_K: plus 4 x its hmask bit) for groups
+ * 8 h + 2 j and + 1 */
+static void kq_q2_k_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw;
+    const char *a = va;
+    const __m256i m3 = _mm256_set1_epi8(3);
+    float sum = 0.0f;
+    for (int i = 0; i < n / PL_QK_K; i++, w += 84, a += sizeof(pl_block_q8_k)) {
+        const int8_t *q8 = (const int8_t *)(a + 4);
+        __m256i acc = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            const __m256i qv = _mm256_loadu_si256((const __m256i *)(w + 16 + 32 * h));
+            for (int j = 0; j < 4; j++) {
+                const int g = 8 * h + 2 * j;
+                const __m256i u = _mm256_and_si256(_mm256_srli_epi16(qv, 2 * j), m3);
+                const __m256i p = _mm256_maddubs_epi16(u, _mm256_loadu_si256((const __m256i *)(q8 + 128 * h + 32 * j)));
+                const __m256i scv = _mm256_set_m128i(_mm_set1_epi16(w[g + 1] & 0x0F), _mm_set1_epi16(w[g] & 0x0F));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scv));
+            }
+        }
+        int32_t imin = 0;
+        for (int g = 0; g < 16; g++) imin += (int32_t)(w[g] >> 4) * (int16_t)pl_ld_u16(a + 260 + 2 * g);
+        const float ad = pl_ld_f32(a);
+        sum += (ad * pl_fp16_to_fp32(pl_ld_u16(w + 80))) * (float)kq_hsum_i32(acc) -
+               (ad * pl_fp16_to_fp32(pl_ld_u16(w + 82))) * (float)imin;
+    }
+    *s = sum;
+}
+
+static void kq_q3_k_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw;
+    const char *a = va;
+    const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    float sum = 0.0f;
+    for (int i = 0; i < n / PL_QK_K; i++, w += 110, a += sizeof(pl_block_q8_k)) {
+        int8_t sc[16];
+        pl_q3_k_scales(w + 96, sc);
+        const int8_t *q8 = (const int8_t *)(a + 4);
+        const __m256i hm = _mm256_loadu_si256((const __m256i *)w);
+        __m256i acc = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            const __m256i qv = _mm256_loadu_si256((const __m256i *)(w + 32 + 32 * h));
+            for (int j = 0; j < 4; j++) {
+                const int g = 8 * h + 2 * j;
+                const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + j), one);
+                const __m256i u = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qv, 2 * j), m3),
+                                                  _mm256_slli_epi16(hb, 2));
+                const __m256i p = _mm256_maddubs_epi16(u, _mm256_loadu_si256((const __m256i *)(q8 + 128 * h + 32 * j)));
+                const __m256i scv = _mm256_set_m128i(_mm_set1_epi16(sc[g + 1]), _mm_set1_epi16(sc[g]));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scv));
+            }
+        }
+        int32_t off = 0; /* u - 4: remove 4 x scale x sum(q8) per group */
+        for (int g = 0; g < 16; g++) off += (int32_t)sc[g] * (int16_t)pl_ld_u16(a + 260 + 2 * g);
+        sum += (pl_ld_f32(a) * pl_fp16_to_fp32(pl_ld_u16(w + 108))) * (float)(kq_hsum_i32(acc) - 4 * off);
     }
     *s = sum;
 }

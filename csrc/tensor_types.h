@@ -133,6 +133,7 @@ void pl_kernels_add_read_only_types(pl_kernels *k);
  * its 12 scale bytes), and a Q6_K super-block's 256 values + 32 (0..63) in element order */
 void pl_q4_k_scales(const uint8_t *s12, uint8_t *sc, uint8_t *m);
 void pl_q6_k_unpack(const uint8_t *b, uint8_t *q);
+void pl_q3_k_scales(const uint8_t *s12, int8_t *scales); /* Q3_K's 16 scales, the -32 applied */
 void pl_kernels_init_avx2(pl_kernels *k);   /* defined only on x86-64 builds */
 void pl_kernels_init_avx512(pl_kernels *k); /* defined only on x86-64 builds */
 

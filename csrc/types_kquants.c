@@ -2,7 +2,7 @@
  * (yet): Q4_1, Q5_0, Q5_1 (32-weight blocks), llama.cpp's K-quants Q2_K..Q6_K and IQ4_XS (256-weight
  * super-blocks), IQ4_NL. Dequantization follows ggml's block layouts and arithmetic (float32, the
  * same operations in the same order, so the values equal gguf-py's numpy reference bit for bit:
- * tests/test_kquants.py). Q4_K, Q5_K, Q6_K and IQ4_XS multiply Q8_K activations with exact integer sums (the
+ * tests/test_kquants.py). The K-quants (Q2_K..Q6_K) and IQ4_XS multiply Q8_K activations with exact integer sums (the
  * reference below; kquant_dots_avx2.h is the SIMD twin, bit-identical). The other types dequantize
  * each weight row once to fp32 and take its dot product with fp32 activations (act_type F32), the
  * same fixed-order sum for vec_dot and gemm, so results do not depend on the batch; no SIMD or
@@ -95,6 +95,15 @@ static void q2_k_to_float(const void *vx, float *y, int64_t n) {
     }
 }
 
+/* the 16 signed scales of a Q3_K super-block (6 bits - 32: low 4 bits, then 2 high bits from bytes 8..11) */
+void pl_q3_k_scales(const uint8_t *s, int8_t *scales) {
+    for (int j = 0; j < 16; j++) {
+        const int lo = j < 8 ? (s[j] & 0x0F) : (s[j - 8] >> 4);
+        const int hi = (s[8 + (j % 4)] >> (2 * (j / 4))) & 3;
+        scales[j] = (int8_t)((lo | (hi << 4)) - 32);
+    }
+}
+
 /* Q3_K (110 bytes): hmask[32] (high bit), qs[64] (low 2 bits), scales[12] (16 6-bit scales), d */
 static void q3_k_to_float(const void *vx, float *y, int64_t n) {
     const uint8_t *b = vx;
@@ -102,11 +111,7 @@ static void q3_k_to_float(const void *vx, float *y, int64_t n) {
         const uint8_t *hm = b, *q = b + 32, *s = b + 96;
         const float d = half(b + 108);
         int8_t scales[16];
-        for (int j = 0; j < 16; j++) { /* the 6-bit scales: low 4 bits, then 2 high bits from bytes 8..11 */
-            const int lo = j < 8 ? (s[j] & 0x0F) : (s[j - 8] >> 4);
-            const int hi = (s[8 + (j % 4)] >> (2 * (j / 4))) & 3;
-            scales[j] = (int8_t)((lo | (hi << 4)) - 32);
-        }
+        pl_q3_k_scales(s, scales);
         int is = 0;
         uint8_t m = 1;
         for (int h = 0; h < QK_K; h += 128, q += 32)
@@ -317,6 +322,53 @@ static void iq4_xs_vec_dot(int n, float *s, const void *vw, const void *va) {
     *s = sum;
 }
 
+/* Q2_K x Q8_K: 16 groups of 16, value = d * (sc & 15) * q - dmin * (sc >> 4), q = 2 bits of
+ * qs[32 h + i] at shift 2 j for element 128 h + 32 j + i */
+static void q2_k_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw;
+    const char *a = va;
+    float sum = 0.0f;
+    for (int i = 0; i < n / QK_K; i++, w += 84, a += sizeof(pl_block_q8_k)) {
+        const int8_t *q8 = (const int8_t *)(a + 4);
+        int32_t isum = 0, imin = 0;
+        for (int g = 0; g < 16; g++) {
+            const int h = g / 8, j = (g % 8) / 2, i0 = 16 * (g % 2);
+            int32_t dot = 0;
+            for (int l = 0; l < 16; l++) dot += ((w[16 + 32 * h + i0 + l] >> (2 * j)) & 3) * q8[16 * g + l];
+            isum += (int32_t)(w[g] & 0x0F) * dot;
+            imin += (int32_t)(w[g] >> 4) * (int16_t)pl_ld_u16(a + 260 + 2 * g);
+        }
+        const float ad = pl_ld_f32(a);
+        sum += (ad * half(w + 80)) * (float)isum - (ad * half(w + 82)) * (float)imin;
+    }
+    *s = sum;
+}
+
+/* Q3_K x Q8_K: 16 groups of 16, value = d * scale * (u - 4), u = the 2 bits of Q2_K's place plus 4 x
+ * bit (4 h + j) of hmask[i] for element 128 h + 32 j + i */
+static void q3_k_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw;
+    const char *a = va;
+    float sum = 0.0f;
+    for (int i = 0; i < n / QK_K; i++, w += 110, a += sizeof(pl_block_q8_k)) {
+        int8_t sc[16];
+        pl_q3_k_scales(w + 96, sc);
+        const int8_t *q8 = (const int8_t *)(a + 4);
+        int32_t isum = 0;
+        for (int g = 0; g < 16; g++) {
+            const int h = g / 8, j = (g % 8) / 2, i0 = 16 * (g % 2);
+            int32_t dot = 0;
+            for (int l = 0; l < 16; l++) {
+                const int u = ((w[32 + 32 * h + i0 + l] >> (2 * j)) & 3) | (((w[i0 + l] >> (4 * h + j)) & 1) << 2);
+                dot += (u - 4) * q8[16 * g + l];
+            }
+            isum += (int32_t)sc[g] * dot;
+        }
+        sum += (pl_ld_f32(a) * half(w + 108)) * (float)isum;
+    }
+    *s = sum;
+}
+
 /* the 256 values of a Q6_K super-block as unsigned 6-bit numbers (value + 32), in element order */
 void pl_q6_k_unpack(const uint8_t *b, uint8_t *q) {
     const uint8_t *ql = b, *qh = b + 128;
@@ -390,8 +442,6 @@ KQ_MATMUL(q4_1)
 KQ_MATMUL(q5_0)
 KQ_MATMUL(q5_1)
 KQ_MATMUL(iq4_nl)
-KQ_MATMUL(q2_k)
-KQ_MATMUL(q3_k)
 
 #define ROW(t, nm, blck, bytes, fn) \
     k->types[t] = (pl_type_traits){nm, blck, bytes, PL_TYPE_F32, fn##_to_float, NULL, fn##_vec_dot, fn##_gemm}
@@ -401,8 +451,8 @@ void pl_kernels_add_read_only_types(pl_kernels *k) {
     ROW(PL_TYPE_Q5_0, "q5_0", 32, 22, q5_0);
     ROW(PL_TYPE_Q5_1, "q5_1", 32, 24, q5_1);
     ROW(PL_TYPE_IQ4_NL, "iq4_nl", 32, 18, iq4_nl);
-    ROW(PL_TYPE_Q2_K, "q2_k", QK_K, 84, q2_k);
-    ROW(PL_TYPE_Q3_K, "q3_k", QK_K, 110, q3_k);
+    k->types[PL_TYPE_Q2_K] = (pl_type_traits){"q2_k", QK_K, 84, PL_TYPE_Q8_K, q2_k_to_float, NULL, q2_k_vec_dot, NULL};
+    k->types[PL_TYPE_Q3_K] = (pl_type_traits){"q3_k", QK_K, 110, PL_TYPE_Q8_K, q3_k_to_float, NULL, q3_k_vec_dot, NULL};
     k->types[PL_TYPE_Q4_K] = (pl_type_traits){"q4_k", QK_K, 144, PL_TYPE_Q8_K, q4_k_to_float, NULL, q4_k_vec_dot, NULL};
     k->types[PL_TYPE_Q5_K] = (pl_type_traits){"q5_k", QK_K, 176, PL_TYPE_Q8_K, q5_k_to_float, NULL, q5_k_vec_dot, NULL};
     k->types[PL_TYPE_Q6_K] = (pl_type_traits){"q6_k", QK_K, 210, PL_TYPE_Q8_K, q6_k_to_float, NULL, q6_k_vec_dot, NULL};

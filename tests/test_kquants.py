@@ -24,7 +24,7 @@ HALVES = {T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2], T.IQ4_NL: [0], T.Q2_K: [8
           T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208], T.IQ4_XS: [0]}
 ISAS = ["scalar"] + [isa for isa in ("avx2", "avx512") if _engine.isa_supported(isa)]
 Q8_K = 15  # the activations of the types with integer kernels
-INTEGER_KERNELS = (T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS)
+INTEGER_KERNELS = (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS)
 
 
 def random_blocks(t, rows, n, rng, scale=0.02, rms=None) -> np.ndarray:
@@ -71,7 +71,8 @@ def test_dequantization_is_gguf_pys(isa, t):
         _engine.from_float(int(t), np.zeros((1, blck), np.float32))
 
 
-@pytest.mark.parametrize("t", [T.Q4_K, T.Q5_K, T.Q6_K, T.Q2_K, T.IQ4_XS, T.Q5_0, T.IQ4_NL], ids=lambda t: t.name)
+@pytest.mark.parametrize("t", [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS, T.Q5_0, T.IQ4_NL, T.Q4_1],
+                         ids=lambda t: t.name)
 def test_matmul_is_exact_batch_invariant_and_the_same_on_every_isa(t):
     """Q4_K / Q6_K x Q8_K: integer sums, bit-identical on every ISA to the scalar reference; the others
     dequantize rows and dot in fp32. Either way: any batch gives the same values, and they are the
