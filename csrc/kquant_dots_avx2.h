@@ -8,6 +8,7 @@
 
 #include <immintrin.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "tensor_types.h"
 
@@ -17,14 +18,37 @@ static inline int32_t kq_hsum_i32(__m256i v) {
     return _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, _MM_SHUFFLE(2, 3, 0, 1))));
 }
 
+/* the 8 scales (bytes 0..7) and 8 mins (bytes 8..15) of a Q4_K / Q5_K super-block from its 12 scale
+ * bytes, four at a time (the same values as pl_q4_k_scales) */
+static inline void kq_q4_k_scales(const uint8_t *s12, uint8_t *out16) {
+    uint32_t u[4];
+    memcpy(u, s12, 12);
+    const uint32_t k1 = 0x3f3f3f3fu, k2 = 0x0f0f0f0fu, k3 = 0x03030303u;
+    u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
+    const uint32_t mins_lo = u[1] & k1;
+    u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
+    u[2] = mins_lo;
+    u[0] &= k1;
+    memcpy(out16, u, 16);
+}
+
+/* sum over the 8 sub-blocks of min_j x (the sums of its 32 activations): the bsums in pairs */
+static inline int32_t kq_mins_dot(const uint8_t *mins8, const char *bsums) {
+    const __m256i b = _mm256_loadu_si256((const __m256i *)bsums);
+    const __m128i m8 = _mm_loadl_epi64((const __m128i *)mins8);
+    const __m256i m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)); /* m0 m0 m1 m1 ... */
+    return kq_hsum_i32(_mm256_madd_epi16(b, m16));
+}
+
 static void kq_q4_k_vec_dot(int n, float *s, const void *vw, const void *va) {
     const uint8_t *w = vw;
     const char *a = va;
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     float sum = 0.0f;
     for (int i = 0; i < n / PL_QK_K; i++, w += 144, a += sizeof(pl_block_q8_k)) {
-        uint8_t sc[8], m[8];
-        pl_q4_k_scales(w + 4, sc, m);
+        uint8_t sm[16];
+        kq_q4_k_scales(w + 4, sm);
+        const uint8_t *sc = sm;
         const int8_t *q8 = (const int8_t *)(a + 4);
         __m256i acc = _mm256_setzero_si256();
         for (int c = 0; c < 4; c++) { /* 64 weights: 32 low nibbles (sub-block 2c), 32 high (2c + 1) */
@@ -35,10 +59,7 @@ static void kq_q4_k_vec_dot(int n, float *s, const void *vw, const void *va) {
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c])));
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1])));
         }
-        const int32_t isum = kq_hsum_i32(acc);
-        int32_t imin = 0;
-        for (int j = 0; j < 8; j++)
-            imin += (int32_t)m[j] * ((int16_t)pl_ld_u16(a + 260 + 4 * j) + (int16_t)pl_ld_u16(a + 262 + 4 * j));
+        const int32_t isum = kq_hsum_i32(acc), imin = kq_mins_dot(sm + 8, a + 260);
         const float ad = pl_ld_f32(a);
         sum += (ad * pl_fp16_to_fp32(pl_ld_u16(w))) * (float)isum - (ad * pl_fp16_to_fp32(pl_ld_u16(w + 2))) * (float)imin;
     }
@@ -51,8 +72,9 @@ static void kq_q5_k_vec_dot(int n, float *s, const void *vw, const void *va) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
     float sum = 0.0f;
     for (int i = 0; i < n / PL_QK_K; i++, w += 176, a += sizeof(pl_block_q8_k)) {
-        uint8_t sc[8], m[8];
-        pl_q4_k_scales(w + 4, sc, m);
+        uint8_t sm[16];
+        kq_q4_k_scales(w + 4, sm);
+        const uint8_t *sc = sm;
         const int8_t *q8 = (const int8_t *)(a + 4);
         const __m256i qh = _mm256_loadu_si256((const __m256i *)(w + 16));
         __m256i acc = _mm256_setzero_si256();
@@ -67,10 +89,7 @@ static void kq_q5_k_vec_dot(int n, float *s, const void *vw, const void *va) {
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c])));
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1])));
         }
-        const int32_t isum = kq_hsum_i32(acc);
-        int32_t imin = 0;
-        for (int j = 0; j < 8; j++)
-            imin += (int32_t)m[j] * ((int16_t)pl_ld_u16(a + 260 + 4 * j) + (int16_t)pl_ld_u16(a + 262 + 4 * j));
+        const int32_t isum = kq_hsum_i32(acc), imin = kq_mins_dot(sm + 8, a + 260);
         const float ad = pl_ld_f32(a);
         sum += (ad * pl_fp16_to_fp32(pl_ld_u16(w))) * (float)isum - (ad * pl_fp16_to_fp32(pl_ld_u16(w + 2))) * (float)imin;
     }
