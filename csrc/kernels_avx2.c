@@ -860,6 +860,10 @@ PL_BASELINE_FN void pl_kernels_init_avx2(pl_kernels *k) {
     k->types[PL_TYPE_Q5_K].vec_dot = kq_q5_k_vec_dot;
     k->types[PL_TYPE_Q6_K].vec_dot = kq_q6_k_vec_dot;
     k->types[PL_TYPE_IQ4_XS].vec_dot = kq_iq4_xs_vec_dot;
+    k->types[PL_TYPE_Q4_1].vec_dot = kq_q4_1_vec_dot;
+    k->types[PL_TYPE_Q5_0].vec_dot = kq_q5_0_vec_dot;
+    k->types[PL_TYPE_Q5_1].vec_dot = kq_q5_1_vec_dot;
+    k->types[PL_TYPE_IQ4_NL].vec_dot = kq_iq4_nl_vec_dot;
     t = &k->types[PL_TYPE_F32];
     t->vec_dot = f32_vec_dot;
     t->gemm = f32_gemm;

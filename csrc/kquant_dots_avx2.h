@@ -1,7 +1,8 @@
-/* kquant_dots_avx2.h: K-quant (Q2_K..Q6_K) and IQ4_XS weights x Q8_K activations with AVX2 integer arithmetic, for the
+/* kquant_dots_avx2.h: K-quant (Q2_K..Q6_K) and IQ4_XS weights x Q8_K activations, and Q4_1, Q5_0,
+ * Q5_1, IQ4_NL weights x Q8_0 activations with AVX2 integer arithmetic, for the
  * AVX2 and AVX-512 tables (both files are compiled with -mavx2 and include this). Bit-identical to
  * the scalar reference in types_kquants.c: every integer sum is exact (vpmaddubsw's int16 pair sums
- * cannot overflow: <= 2 x 63 x 127; the scale products are int32), and the float arithmetic per
+ * cannot overflow: <= 2 x 127 x 127; the scale products are int32), and the float arithmetic per
  * super-block is the reference's, in its order. */
 #ifndef PYLLM_KQUANT_DOTS_AVX2_H
 #define PYLLM_KQUANT_DOTS_AVX2_H
@@ -214,6 +215,77 @@ static void kq_iq4_xs_vec_dot(int n, float *s, const void *vw, const void *va) {
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16((int16_t)(ls - 32))));
         }
         sum += (pl_ld_f32(a) * pl_fp16_to_fp32(pl_ld_u16(w))) * (float)kq_hsum_i32(acc);
+    }
+    *s = sum;
+}
+
+/* ---- 32-weight types x Q8_0 activations (fp16 d + 32 int8 per block), as types_kquants.c ---- */
+/* the 32 weights of a block from 16 bytes of nibbles: weights 0..15 the low nibbles, 16..31 the high */
+static inline __m256i kq_nibbles32(const uint8_t *q16) {
+    const __m128i q = _mm_loadu_si128((const __m128i *)q16);
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0F));
+}
+/* 0x10 in the bytes whose bit of the 32-bit qh is set (byte e <- bit e) */
+static inline __m256i kq_high_bits32(const uint8_t *qh4) {
+    const __m256i sel = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                         2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
+    const __m256i b = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)pl_ld_u32(qh4)), sel), bit);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(b, bit), _mm256_set1_epi8(0x10));
+}
+static inline int32_t kq_dot_u8_s8(__m256i u, __m256i q8) {
+    return kq_hsum_i32(_mm256_madd_epi16(_mm256_maddubs_epi16(u, q8), _mm256_set1_epi16(1)));
+}
+static inline int32_t kq_sum_s8(__m256i q8) { return kq_dot_u8_s8(_mm256_set1_epi8(1), q8); }
+
+static void kq_q5_0_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw, *a = va;
+    float sum = 0.0f;
+    for (int b = 0; b < n / 32; b++, w += 22, a += 34) {
+        const __m256i q8 = _mm256_loadu_si256((const __m256i *)(a + 2));
+        const __m256i u = _mm256_or_si256(kq_nibbles32(w + 6), kq_high_bits32(w + 2));
+        const int32_t isum = kq_dot_u8_s8(u, q8) - 16 * kq_sum_s8(q8);
+        sum += (float)isum * (pl_fp16_to_fp32(pl_ld_u16(w)) * pl_fp16_to_fp32(pl_ld_u16(a)));
+    }
+    *s = sum;
+}
+
+static void kq_q5_1_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw, *a = va;
+    float sum = 0.0f;
+    for (int b = 0; b < n / 32; b++, w += 24, a += 34) {
+        const __m256i q8 = _mm256_loadu_si256((const __m256i *)(a + 2));
+        const __m256i u = _mm256_or_si256(kq_nibbles32(w + 8), kq_high_bits32(w + 4));
+        const int32_t isum = kq_dot_u8_s8(u, q8), sum8 = kq_sum_s8(q8);
+        const float d8 = pl_fp16_to_fp32(pl_ld_u16(a));
+        sum += (float)isum * (pl_fp16_to_fp32(pl_ld_u16(w)) * d8) + (float)sum8 * (pl_fp16_to_fp32(pl_ld_u16(w + 2)) * d8);
+    }
+    *s = sum;
+}
+
+static void kq_q4_1_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw, *a = va;
+    float sum = 0.0f;
+    for (int b = 0; b < n / 32; b++, w += 20, a += 34) {
+        const __m256i q8 = _mm256_loadu_si256((const __m256i *)(a + 2));
+        const int32_t isum = kq_dot_u8_s8(kq_nibbles32(w + 4), q8), sum8 = kq_sum_s8(q8);
+        const float d8 = pl_fp16_to_fp32(pl_ld_u16(a));
+        sum += (float)isum * (pl_fp16_to_fp32(pl_ld_u16(w)) * d8) + (float)sum8 * (pl_fp16_to_fp32(pl_ld_u16(w + 2)) * d8);
+    }
+    *s = sum;
+}
+
+static void kq_iq4_nl_vec_dot(int n, float *s, const void *vw, const void *va) {
+    static const int8_t kv[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+    const __m128i kv128 = _mm_loadu_si128((const __m128i *)kv);
+    const __m256i table = _mm256_set_m128i(kv128, kv128);
+    const uint8_t *w = vw, *a = va;
+    float sum = 0.0f;
+    for (int b = 0; b < n / 32; b++, w += 18, a += 34) {
+        const __m256i q8 = _mm256_loadu_si256((const __m256i *)(a + 2));
+        const __m256i v = _mm256_shuffle_epi8(table, kq_nibbles32(w + 2));
+        const int32_t isum = kq_dot_u8_s8(_mm256_sign_epi8(v, v), _mm256_sign_epi8(q8, v));
+        sum += (float)isum * (pl_fp16_to_fp32(pl_ld_u16(w)) * pl_fp16_to_fp32(pl_ld_u16(a)));
     }
     *s = sum;
 }

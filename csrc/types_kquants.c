@@ -2,14 +2,12 @@
  * (yet): Q4_1, Q5_0, Q5_1 (32-weight blocks), llama.cpp's K-quants Q2_K..Q6_K and IQ4_XS (256-weight
  * super-blocks), IQ4_NL. Dequantization follows ggml's block layouts and arithmetic (float32, the
  * same operations in the same order, so the values equal gguf-py's numpy reference bit for bit:
- * tests/test_kquants.py). The K-quants (Q2_K..Q6_K) and IQ4_XS multiply Q8_K activations with exact integer sums (the
- * reference below; kquant_dots_avx2.h is the SIMD twin, bit-identical). The other types dequantize
- * each weight row once to fp32 and take its dot product with fp32 activations (act_type F32), the
- * same fixed-order sum for vec_dot and gemm, so results do not depend on the batch; no SIMD or
- * repacked layout for them yet. */
+ * tests/test_kquants.py). The matmul: the K-quants (Q2_K..Q6_K) and IQ4_XS multiply Q8_K
+ * activations, the 32-weight types Q8_0 activations, with exact integer sums per block (the
+ * references below; kquant_dots_avx2.h is the SIMD twin of most, bit-identical), so results do not
+ * depend on the batch. No repacked layout for them yet. */
 #include <math.h>
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "tensor_types.h"
@@ -400,57 +398,79 @@ static void q6_k_vec_dot(int n, float *s, const void *vw, const void *va) {
     *s = sum;
 }
 
-/* ---- matmul: each weight row dequantized once, then fixed-order fp32 dot products ---- */
-/* 8 interleaved partial sums added pairwise at the end: one order for every caller */
-static float dot_rows(const float *x, const float *a, int n) {
-    float s[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int k = 0; k < 8; k++) s[k] += x[i + k] * a[i + k];
-    for (int k = 0; i < n; i++, k++) s[k] += x[i] * a[i];
-    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+/* ---- the 32-weight types x Q8_0 activations (fp16 d, 32 int8), exact integer sums per block:
+ *   Q5_0 / IQ4_NL: sum += (float)isum * (d * d8), isum = dot(value, q8) (value = q - 16 / the table's)
+ *   Q4_1 / Q5_1:   sum += (float)isum * (d * d8) + (float)sum8 * (m * d8), sum8 = sum(q8) */
+static int q5_bit(const uint8_t *qh4, int e) { return (int)((pl_ld_u32(qh4) >> e) & 1); }
+
+static void q5_0_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw, *a = va;
+    float sum = 0.0f;
+    for (int b = 0; b < n / 32; b++, w += 22, a += 34) {
+        const int8_t *q8 = (const int8_t *)(a + 2);
+        int32_t isum = 0;
+        for (int j = 0; j < 16; j++) {
+            isum += (((w[6 + j] & 0x0F) | (q5_bit(w + 2, j) << 4)) - 16) * q8[j];
+            isum += (((w[6 + j] >> 4) | (q5_bit(w + 2, j + 16) << 4)) - 16) * q8[j + 16];
+        }
+        sum += (float)isum * (half(w) * half(a));
+    }
+    *s = sum;
 }
 
-#define STACK_FLOATS 16384 /* rows up to this long dequantize into the stack (64 KB) */
-
-#define KQ_MATMUL(name)                                                                                  \
-    static void name##_vec_dot(int n, float *s, const void *w, const void *a) {                          \
-        float buf[STACK_FLOATS];                                                                          \
-        float *row = n <= STACK_FLOATS ? buf : malloc((size_t)n * sizeof(float));                        \
-        if (!row) {                                                                                       \
-            *s = 0.0f / 0.0f; /* out of memory: NaN rather than a wrong number */                         \
-            return;                                                                                       \
-        }                                                                                                 \
-        name##_to_float(w, row, n);                                                                       \
-        *s = dot_rows(row, a, n);                                                                         \
-        if (row != buf) free(row);                                                                        \
-    }                                                                                                     \
-    static void name##_gemm(int n, int nr, int nc, const void *w, size_t ws, const void *a, size_t as,    \
-                            float *out, size_t os) {                                                      \
-        float buf[STACK_FLOATS];                                                                          \
-        float *row = n <= STACK_FLOATS ? buf : malloc((size_t)n * sizeof(float));                        \
-        for (int i = 0; i < nr; i++) {                                                                    \
-            if (row) name##_to_float((const char *)w + (size_t)i * ws, row, n);                           \
-            for (int j = 0; j < nc; j++)                                                                  \
-                out[(size_t)j * os + i] =                                                                 \
-                    row ? dot_rows(row, (const float *)((const char *)a + (size_t)j * as), n) : 0.0f / 0.0f; \
-        }                                                                                                 \
-        if (row && row != buf) free(row);                                                                 \
+static void iq4_nl_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw, *a = va;
+    float sum = 0.0f;
+    for (int b = 0; b < n / 32; b++, w += 18, a += 34) {
+        const int8_t *q8 = (const int8_t *)(a + 2);
+        int32_t isum = 0;
+        for (int j = 0; j < 16; j++)
+            isum += kvalues_iq4nl[w[2 + j] & 0x0F] * q8[j] + kvalues_iq4nl[w[2 + j] >> 4] * q8[j + 16];
+        sum += (float)isum * (half(w) * half(a));
     }
+    *s = sum;
+}
 
-KQ_MATMUL(q4_1)
-KQ_MATMUL(q5_0)
-KQ_MATMUL(q5_1)
-KQ_MATMUL(iq4_nl)
+static void q4_1_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw, *a = va;
+    float sum = 0.0f;
+    for (int b = 0; b < n / 32; b++, w += 20, a += 34) {
+        const int8_t *q8 = (const int8_t *)(a + 2);
+        int32_t isum = 0, sum8 = 0;
+        for (int j = 0; j < 16; j++) {
+            isum += (w[4 + j] & 0x0F) * q8[j] + (w[4 + j] >> 4) * q8[j + 16];
+            sum8 += q8[j] + q8[j + 16];
+        }
+        const float d8 = half(a);
+        sum += (float)isum * (half(w) * d8) + (float)sum8 * (half(w + 2) * d8);
+    }
+    *s = sum;
+}
 
-#define ROW(t, nm, blck, bytes, fn) \
-    k->types[t] = (pl_type_traits){nm, blck, bytes, PL_TYPE_F32, fn##_to_float, NULL, fn##_vec_dot, fn##_gemm}
+static void q5_1_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw, *a = va;
+    float sum = 0.0f;
+    for (int b = 0; b < n / 32; b++, w += 24, a += 34) {
+        const int8_t *q8 = (const int8_t *)(a + 2);
+        int32_t isum = 0, sum8 = 0;
+        for (int j = 0; j < 16; j++) {
+            isum += ((w[8 + j] & 0x0F) | (q5_bit(w + 4, j) << 4)) * q8[j];
+            isum += ((w[8 + j] >> 4) | (q5_bit(w + 4, j + 16) << 4)) * q8[j + 16];
+            sum8 += q8[j] + q8[j + 16];
+        }
+        const float d8 = half(a);
+        sum += (float)isum * (half(w) * d8) + (float)sum8 * (half(w + 2) * d8);
+    }
+    *s = sum;
+}
 
+/* no from_float: these types are not written yet */
 void pl_kernels_add_read_only_types(pl_kernels *k) {
-    ROW(PL_TYPE_Q4_1, "q4_1", 32, 20, q4_1);
-    ROW(PL_TYPE_Q5_0, "q5_0", 32, 22, q5_0);
-    ROW(PL_TYPE_Q5_1, "q5_1", 32, 24, q5_1);
-    ROW(PL_TYPE_IQ4_NL, "iq4_nl", 32, 18, iq4_nl);
+    k->types[PL_TYPE_Q4_1] = (pl_type_traits){"q4_1", 32, 20, PL_TYPE_Q8_0, q4_1_to_float, NULL, q4_1_vec_dot, NULL};
+    k->types[PL_TYPE_Q5_0] = (pl_type_traits){"q5_0", 32, 22, PL_TYPE_Q8_0, q5_0_to_float, NULL, q5_0_vec_dot, NULL};
+    k->types[PL_TYPE_Q5_1] = (pl_type_traits){"q5_1", 32, 24, PL_TYPE_Q8_0, q5_1_to_float, NULL, q5_1_vec_dot, NULL};
+    k->types[PL_TYPE_IQ4_NL] =
+        (pl_type_traits){"iq4_nl", 32, 18, PL_TYPE_Q8_0, iq4_nl_to_float, NULL, iq4_nl_vec_dot, NULL};
     k->types[PL_TYPE_Q2_K] = (pl_type_traits){"q2_k", QK_K, 84, PL_TYPE_Q8_K, q2_k_to_float, NULL, q2_k_vec_dot, NULL};
     k->types[PL_TYPE_Q3_K] = (pl_type_traits){"q3_k", QK_K, 110, PL_TYPE_Q8_K, q3_k_to_float, NULL, q3_k_vec_dot, NULL};
     k->types[PL_TYPE_Q4_K] = (pl_type_traits){"q4_k", QK_K, 144, PL_TYPE_Q8_K, q4_k_to_float, NULL, q4_k_vec_dot, NULL};

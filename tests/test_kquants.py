@@ -24,7 +24,7 @@ HALVES = {T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2], T.IQ4_NL: [0], T.Q2_K: [8
           T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208], T.IQ4_XS: [0]}
 ISAS = ["scalar"] + [isa for isa in ("avx2", "avx512") if _engine.isa_supported(isa)]
 Q8_K = 15  # the activations of the types with integer kernels
-INTEGER_KERNELS = (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS)
+INTEGER_KERNELS = tuple(HALVES)  # every type: quantized activations, exact integer sums
 
 
 def random_blocks(t, rows, n, rng, scale=0.02, rms=None) -> np.ndarray:
@@ -63,8 +63,8 @@ def test_dequantization_is_gguf_pys(isa, t):
         ours = _engine.to_float(int(t), raw.reshape(-1), nblk * blck)
         ref = dequantize(raw.reshape(-1), t).reshape(rows, -1)
         np.testing.assert_array_equal(ours.view(np.uint32), ref.view(np.uint32))
-    # fp32 activations, or (Q4_K, Q6_K: integer kernels) Q8_K
-    assert _engine.act_type(int(t)) == (Q8_K if t in INTEGER_KERNELS else 0)
+    # integer kernels: Q8_K activations for the 256-weight types, Q8_0 for the 32-weight ones
+    assert _engine.act_type(int(t)) == (Q8_K if blck == 256 else 8)
     with pytest.raises(ValueError):
         _engine.row_bytes(int(t), blck + 1)
     with pytest.raises(ValueError, match="read but not written"):
