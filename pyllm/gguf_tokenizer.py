@@ -12,7 +12,7 @@ Supported ``tokenizer.ggml.model`` values:
 * ``"llama"``: a SentencePiece vocabulary (tokens, scores, token types) tokenized as transformers'
   ``LlamaTokenizer`` does it (``legacy: false``: the "▁" prefix only at the start of the text).
 * ``"gpt2"``: a byte-level BPE vocabulary with merges, for the pre-tokenizers in ``SUPPORTED_BPE_PRE``
-  (``"llama-bpe"``: Llama 3; ``"gpt-2"``).
+  (``"llama-bpe"``: Llama 3; ``"gpt-2"``; ``"qwen2"``: Qwen2 / 2.5 / 3, digits split one at a time).
 
 Chat templates: ``tokenizer.chat_template`` is the default one; named ones (e.g. "tool_use") are
 ``tokenizer.chat_template.NAME`` strings listed in ``tokenizer.chat_templates``, as gguf-py writes them.
@@ -97,11 +97,16 @@ SUPPORTED_MODELS = ("llama", "gpt2")
 # ignore_merges, llama.cpp's default for add_bos_token)
 _LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Qwen2 / Qwen2.5 / Qwen3 (tokenizer.json's pattern; llama.cpp spells the (?i:) group out): digits one at a time
+_QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 _BPE_PRE = {
     "llama-bpe": (_LLAMA3_REGEX, True, True),
     "llama3": (_LLAMA3_REGEX, True, True),
     "llama-v3": (_LLAMA3_REGEX, True, True),
     "gpt-2": (None, False, False),
+    "qwen2": (_QWEN2_REGEX, False, False),
+    "deepseek-r1-qwen": (_QWEN2_REGEX, False, False),  # DeepSeek-R1's Qwen distills: the Qwen2 pre-tokenizer
 }
 SUPPORTED_BPE_PRE = tuple(_BPE_PRE)
 
@@ -116,6 +121,8 @@ _CHKTXT = (
 _PRE_HASHES = {
     "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",  # meta-llama/Meta-Llama-3-8B
     "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",  # openai-community/gpt2
+    "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",  # Qwen/Qwen1.5-7B (Qwen2, 2.5)
+    "d4540891389ea895b53b399da6ac824becc30f2fba0e9ddbb98f92e55ca0e97c": "qwen2",  # Qwen/Qwen3-Embedding-0.6B
 }
 
 # Token texts llama.cpp treats as end of generation whatever the metadata says (llama_vocab::impl::load)
@@ -410,10 +417,11 @@ def _bpe_pre_name(tok: Tokenizer, tj: Mapping[str, Any], path: Path) -> str:
         items = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
         items = items if isinstance(items, list) else []
         if (len(items) == 2 and isinstance(items[0], Mapping) and isinstance(items[1], Mapping)
-                and items[0].get("type") == "Split" and items[0].get("pattern", {}).get("Regex") == _LLAMA3_REGEX
+                and items[0].get("type") == "Split"
+                and items[0].get("pattern", {}).get("Regex") in (_LLAMA3_REGEX, _QWEN2_REGEX)
                 and items[1].get("type") == "ByteLevel" and not items[1].get("use_regex", True)
                 and not items[1].get("add_prefix_space", False)):
-            return "llama-bpe"
+            return "llama-bpe" if items[0]["pattern"]["Regex"] == _LLAMA3_REGEX else "qwen2"
         if (len(items) == 1 and isinstance(items[0], Mapping) and items[0].get("type") == "ByteLevel"
                 and items[0].get("use_regex", True) and not items[0].get("add_prefix_space", False)):
             return "gpt-2"

@@ -392,7 +392,7 @@ BAD_GPT2 = [
     ("merge unknown part", lambda md: md["tokenizer.ggml.merges"].append("a zz"), "not in tokenizer.ggml.tokens"),
     ("merged not in vocab", lambda md: md["tokenizer.ggml.merges"].append("b c"), "not in tokenizer.ggml.tokens"),
     ("merge not str", lambda md: md["tokenizer.ggml.merges"].append(["a", "b"]), r"merges\[2\] must be a string"),
-    ("unknown pre", lambda md: md.update({"tokenizer.ggml.pre": "qwen2"}), "'qwen2'.*llama-bpe"),
+    ("unknown pre", lambda md: md.update({"tokenizer.ggml.pre": "starcoder"}), "'starcoder'.*llama-bpe"),
     ("missing pre", lambda md: md.pop("tokenizer.ggml.pre"), "pre None"),
     ("add_bos without bos", lambda md: (md.pop("tokenizer.ggml.bos_token_id"),
                                         md.update({"tokenizer.ggml.add_bos_token": True})), "no tokenizer.ggml.bos"),
