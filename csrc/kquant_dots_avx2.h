@@ -41,54 +41,32 @@ static inline int32_t kq_mins_dot(const uint8_t *mins8, const char *bsums) {
     return kq_hsum_i32(_mm256_madd_epi16(b, m16));
 }
 
-static void kq_q4_k_vec_dot(int n, float *s, const void *vw, const void *va) {
-    const uint8_t *w = vw;
-    const char *a = va;
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    float sum = 0.0f;
-    for (int i = 0; i < n / PL_QK_K; i++, w += 144, a += sizeof(pl_block_q8_k)) {
-        uint8_t sm[16];
-        kq_q4_k_scales(w + 4, sm);
-        const uint8_t *sc = sm;
-        const int8_t *q8 = (const int8_t *)(a + 4);
-        __m256i acc = _mm256_setzero_si256();
-        for (int c = 0; c < 4; c++) { /* 64 weights: 32 low nibbles (sub-block 2c), 32 high (2c + 1) */
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(w + 16 + 32 * c));
-            const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-            const __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(q8 + 64 * c)));
-            const __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 64 * c + 32)));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c])));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1])));
-        }
-        const int32_t isum = kq_hsum_i32(acc), imin = kq_mins_dot(sm + 8, a + 260);
-        const float ad = pl_ld_f32(a);
-        sum += (ad * pl_fp16_to_fp32(pl_ld_u16(w))) * (float)isum - (ad * pl_fp16_to_fp32(pl_ld_u16(w + 2))) * (float)imin;
-    }
-    *s = sum;
-}
-
-static void kq_q5_k_vec_dot(int n, float *s, const void *vw, const void *va) {
+/* Q4_K (has_qh 0: 144-byte blocks) and Q5_K (1: 176 bytes, a fifth bit per weight in qh[32]): per
+ * 64 weights c, sub-blocks 2c (low nibbles, qh bit 2c) and 2c + 1 (high nibbles, qh bit 2c + 1) */
+static inline __attribute__((always_inline)) void kq_q45_k_vec_dot(int n, float *s, const void *vw, const void *va,
+                                                                   const int has_qh) {
     const uint8_t *w = vw;
     const char *a = va;
     const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    const int bytes = has_qh ? 176 : 144, qs_off = has_qh ? 48 : 16;
     float sum = 0.0f;
-    for (int i = 0; i < n / PL_QK_K; i++, w += 176, a += sizeof(pl_block_q8_k)) {
+    for (int i = 0; i < n / PL_QK_K; i++, w += bytes, a += sizeof(pl_block_q8_k)) {
         uint8_t sm[16];
         kq_q4_k_scales(w + 4, sm);
-        const uint8_t *sc = sm;
         const int8_t *q8 = (const int8_t *)(a + 4);
-        const __m256i qh = _mm256_loadu_si256((const __m256i *)(w + 16));
+        const __m256i qh = has_qh ? _mm256_loadu_si256((const __m256i *)(w + 16)) : _mm256_setzero_si256();
         __m256i acc = _mm256_setzero_si256();
-        for (int c = 0; c < 4; c++) { /* sub-blocks 2c (low nibbles, qh bit 2c) and 2c + 1 (high, bit 2c + 1) */
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(w + 48 + 32 * c));
-            const __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one);
-            const __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one);
-            const __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), _mm256_slli_epi16(h0, 4));
-            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), _mm256_slli_epi16(h1, 4));
+        for (int c = 0; c < 4; c++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(w + qs_off + 32 * c));
+            __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            if (has_qh) {
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one), 4));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one), 4));
+            }
             const __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(q8 + 64 * c)));
             const __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 64 * c + 32)));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c])));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1])));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(plo, _mm256_set1_epi16(sm[2 * c])));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(phi, _mm256_set1_epi16(sm[2 * c + 1])));
         }
         const int32_t isum = kq_hsum_i32(acc), imin = kq_mins_dot(sm + 8, a + 260);
         const float ad = pl_ld_f32(a);
@@ -96,6 +74,8 @@ static void kq_q5_k_vec_dot(int n, float *s, const void *vw, const void *va) {
     }
     *s = sum;
 }
+static void kq_q4_k_vec_dot(int n, float *s, const void *w, const void *a) { kq_q45_k_vec_dot(n, s, w, a, 0); }
+static void kq_q5_k_vec_dot(int n, float *s, const void *w, const void *a) { kq_q45_k_vec_dot(n, s, w, a, 1); }
 
 static void kq_q6_k_vec_dot(int n, float *s, const void *vw, const void *va) {
     const uint8_t *w = vw;
@@ -288,6 +268,20 @@ static void kq_iq4_nl_vec_dot(int n, float *s, const void *vw, const void *va) {
         sum += (float)isum * (pl_fp16_to_fp32(pl_ld_u16(w)) * pl_fp16_to_fp32(pl_ld_u16(a)));
     }
     *s = sum;
+}
+
+/* the table entries: every type above (the AVX2 and AVX-512 tables call this) */
+static void kq_register(pl_kernels *k) {
+    k->types[PL_TYPE_Q2_K].vec_dot = kq_q2_k_vec_dot;
+    k->types[PL_TYPE_Q3_K].vec_dot = kq_q3_k_vec_dot;
+    k->types[PL_TYPE_Q4_K].vec_dot = kq_q4_k_vec_dot;
+    k->types[PL_TYPE_Q5_K].vec_dot = kq_q5_k_vec_dot;
+    k->types[PL_TYPE_Q6_K].vec_dot = kq_q6_k_vec_dot;
+    k->types[PL_TYPE_IQ4_XS].vec_dot = kq_iq4_xs_vec_dot;
+    k->types[PL_TYPE_Q4_1].vec_dot = kq_q4_1_vec_dot;
+    k->types[PL_TYPE_Q5_0].vec_dot = kq_q5_0_vec_dot;
+    k->types[PL_TYPE_Q5_1].vec_dot = kq_q5_1_vec_dot;
+    k->types[PL_TYPE_IQ4_NL].vec_dot = kq_iq4_nl_vec_dot;
 }
 
 #endif
