@@ -43,6 +43,7 @@ class LlamaCpp:
         cp = L.llama_context_default_params()
         cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, 512, 512, 1
         cp.type_k = cp.type_v = 0  # f32 KV cache, as pyllm's default
+        cp.n_threads = cp.n_threads_batch = len(os.sched_getaffinity(0))  # as pyllm's default
         self.ctx = L.llama_init_from_model(self.model, cp)
         self.n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self.model))
         self.batch = L.llama_batch_init(512, 0, 1)
