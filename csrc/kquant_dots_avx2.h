@@ -20,7 +20,7 @@ static inline int32_t kq_hsum_i32(__m256i v) {
 }
 
 /* the 8 scales (bytes 0..7) and 8 mins (bytes 8..15) of a Q4_K / Q5_K super-block from its 12 scale
- * bytes, four at a time (the same values as pl_q4_k_scales) */
+ * bytes, four at a time (the same values as types_kquants.c's scale_min_k4) */
 static inline void kq_q4_k_scales(const uint8_t *s12, uint8_t *out16) {
     uint32_t u[4];
     memcpy(u, s12, 12);
@@ -70,7 +70,7 @@ static inline __attribute__((always_inline)) void kq_q45_k_vec_dot(int n, float 
         }
         const int32_t isum = kq_hsum_i32(acc), imin = kq_mins_dot(sm + 8, a + 260);
         const float ad = pl_ld_f32(a);
-        sum += (ad * pl_fp16_to_fp32(pl_ld_u16(w))) * (float)isum - (ad * pl_fp16_to_fp32(pl_ld_u16(w + 2))) * (float)imin;
+        sum += (ad * pl_ld_fp16(w)) * (float)isum - (ad * pl_ld_fp16(w + 2)) * (float)imin;
     }
     *s = sum;
 }
@@ -107,7 +107,7 @@ static void kq_q6_k_vec_dot(int n, float *s, const void *vw, const void *va) {
         int32_t off = 0; /* the values are stored + 32: remove 32 x scale x sum(q8) per group */
         for (int g = 0; g < 16; g++) off += (int32_t)sc[g] * (int16_t)pl_ld_u16(a + 260 + 2 * g);
         const int32_t isum = kq_hsum_i32(acc) - 32 * off;
-        sum += (pl_ld_f32(a) * pl_fp16_to_fp32(pl_ld_u16(w + 208))) * (float)isum;
+        sum += (pl_ld_f32(a) * pl_ld_fp16(w + 208)) * (float)isum;
     }
     *s = sum;
 }
@@ -135,8 +135,8 @@ static void kq_q2_k_vec_dot(int n, float *s, const void *vw, const void *va) {
         int32_t imin = 0;
         for (int g = 0; g < 16; g++) imin += (int32_t)(w[g] >> 4) * (int16_t)pl_ld_u16(a + 260 + 2 * g);
         const float ad = pl_ld_f32(a);
-        sum += (ad * pl_fp16_to_fp32(pl_ld_u16(w + 80))) * (float)kq_hsum_i32(acc) -
-               (ad * pl_fp16_to_fp32(pl_ld_u16(w + 82))) * (float)imin;
+        sum += (ad * pl_ld_fp16(w + 80)) * (float)kq_hsum_i32(acc) -
+               (ad * pl_ld_fp16(w + 82)) * (float)imin;
     }
     *s = sum;
 }
@@ -166,7 +166,7 @@ static void kq_q3_k_vec_dot(int n, float *s, const void *vw, const void *va) {
         }
         int32_t off = 0; /* u - 4: remove 4 x scale x sum(q8) per group */
         for (int g = 0; g < 16; g++) off += (int32_t)sc[g] * (int16_t)pl_ld_u16(a + 260 + 2 * g);
-        sum += (pl_ld_f32(a) * pl_fp16_to_fp32(pl_ld_u16(w + 108))) * (float)(kq_hsum_i32(acc) - 4 * off);
+        sum += (pl_ld_f32(a) * pl_ld_fp16(w + 108)) * (float)(kq_hsum_i32(acc) - 4 * off);
     }
     *s = sum;
 }
@@ -174,8 +174,7 @@ static void kq_q3_k_vec_dot(int n, float *s, const void *vw, const void *va) {
 /* IQ4_XS: the 4-bit indices looked up in the non-linear table (vpshufb), signed x signed products as
  * |value| x (q8 with value's sign) so vpmaddubsw applies (pair sums <= 2 x 127 x 127: no saturation) */
 static void kq_iq4_xs_vec_dot(int n, float *s, const void *vw, const void *va) {
-    static const int8_t kv[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
-    const __m128i kv128 = _mm_loadu_si128((const __m128i *)kv);
+    const __m128i kv128 = _mm_loadu_si128((const __m128i *)pl_iq4nl_values);
     const __m256i table = _mm256_set_m128i(kv128, kv128), m4 = _mm256_set1_epi8(0x0F);
     const uint8_t *w = vw;
     const char *a = va;
@@ -194,7 +193,7 @@ static void kq_iq4_xs_vec_dot(int n, float *s, const void *vw, const void *va) {
             const int ls = ((sl[ib / 2] >> (4 * (ib % 2))) & 0x0F) | (((sh >> (2 * ib)) & 3) << 4);
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16((int16_t)(ls - 32))));
         }
-        sum += (pl_ld_f32(a) * pl_fp16_to_fp32(pl_ld_u16(w))) * (float)kq_hsum_i32(acc);
+        sum += (pl_ld_f32(a) * pl_ld_fp16(w)) * (float)kq_hsum_i32(acc);
     }
     *s = sum;
 }
@@ -225,7 +224,7 @@ static void kq_q5_0_vec_dot(int n, float *s, const void *vw, const void *va) {
         const __m256i q8 = _mm256_loadu_si256((const __m256i *)(a + 2));
         const __m256i u = _mm256_or_si256(kq_nibbles32(w + 6), kq_high_bits32(w + 2));
         const int32_t isum = kq_dot_u8_s8(u, q8) - 16 * kq_sum_s8(q8);
-        sum += (float)isum * (pl_fp16_to_fp32(pl_ld_u16(w)) * pl_fp16_to_fp32(pl_ld_u16(a)));
+        sum += (float)isum * (pl_ld_fp16(w) * pl_ld_fp16(a));
     }
     *s = sum;
 }
@@ -237,8 +236,8 @@ static void kq_q5_1_vec_dot(int n, float *s, const void *vw, const void *va) {
         const __m256i q8 = _mm256_loadu_si256((const __m256i *)(a + 2));
         const __m256i u = _mm256_or_si256(kq_nibbles32(w + 8), kq_high_bits32(w + 4));
         const int32_t isum = kq_dot_u8_s8(u, q8), sum8 = kq_sum_s8(q8);
-        const float d8 = pl_fp16_to_fp32(pl_ld_u16(a));
-        sum += (float)isum * (pl_fp16_to_fp32(pl_ld_u16(w)) * d8) + (float)sum8 * (pl_fp16_to_fp32(pl_ld_u16(w + 2)) * d8);
+        const float d8 = pl_ld_fp16(a);
+        sum += (float)isum * (pl_ld_fp16(w) * d8) + (float)sum8 * (pl_ld_fp16(w + 2) * d8);
     }
     *s = sum;
 }
@@ -249,15 +248,14 @@ static void kq_q4_1_vec_dot(int n, float *s, const void *vw, const void *va) {
     for (int b = 0; b < n / 32; b++, w += 20, a += 34) {
         const __m256i q8 = _mm256_loadu_si256((const __m256i *)(a + 2));
         const int32_t isum = kq_dot_u8_s8(kq_nibbles32(w + 4), q8), sum8 = kq_sum_s8(q8);
-        const float d8 = pl_fp16_to_fp32(pl_ld_u16(a));
-        sum += (float)isum * (pl_fp16_to_fp32(pl_ld_u16(w)) * d8) + (float)sum8 * (pl_fp16_to_fp32(pl_ld_u16(w + 2)) * d8);
+        const float d8 = pl_ld_fp16(a);
+        sum += (float)isum * (pl_ld_fp16(w) * d8) + (float)sum8 * (pl_ld_fp16(w + 2) * d8);
     }
     *s = sum;
 }
 
 static void kq_iq4_nl_vec_dot(int n, float *s, const void *vw, const void *va) {
-    static const int8_t kv[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
-    const __m128i kv128 = _mm_loadu_si128((const __m128i *)kv);
+    const __m128i kv128 = _mm_loadu_si128((const __m128i *)pl_iq4nl_values);
     const __m256i table = _mm256_set_m128i(kv128, kv128);
     const uint8_t *w = vw, *a = va;
     float sum = 0.0f;
@@ -265,7 +263,7 @@ static void kq_iq4_nl_vec_dot(int n, float *s, const void *vw, const void *va) {
         const __m256i q8 = _mm256_loadu_si256((const __m256i *)(a + 2));
         const __m256i v = _mm256_shuffle_epi8(table, kq_nibbles32(w + 2));
         const int32_t isum = kq_dot_u8_s8(_mm256_sign_epi8(v, v), _mm256_sign_epi8(q8, v));
-        sum += (float)isum * (pl_fp16_to_fp32(pl_ld_u16(w)) * pl_fp16_to_fp32(pl_ld_u16(a)));
+        sum += (float)isum * (pl_ld_fp16(w) * pl_ld_fp16(a));
     }
     *s = sum;
 }

@@ -129,11 +129,10 @@ void pl_kernels_init_scalar(pl_kernels *k);
 /* types_kquants.c: the rows of the types pyllm reads but cannot write (from_float NULL; Q4_1, Q5_0,
  * Q5_1, IQ4_NL, Q2_K..Q6_K, IQ4_XS), added to the scalar table (and so to every table) */
 void pl_kernels_add_read_only_types(pl_kernels *k);
-/* reference helpers the SIMD K-quant kernels share: the 8 scales and mins of a Q4_K super-block (from
- * its 12 scale bytes), and a Q6_K super-block's 256 values + 32 (0..63) in element order */
-void pl_q4_k_scales(const uint8_t *s12, uint8_t *sc, uint8_t *m);
-void pl_q6_k_unpack(const uint8_t *b, uint8_t *q);
-void pl_q3_k_scales(const uint8_t *s12, int8_t *scales); /* Q3_K's 16 scales, the -32 applied */
+/* shared by the reference and the SIMD kernels: Q3_K's 16 scales (the -32 applied) from its 12 scale
+ * bytes, and IQ4_NL / IQ4_XS's non-linear table of 16 values */
+void pl_q3_k_scales(const uint8_t *s12, int8_t *scales);
+extern const int8_t pl_iq4nl_values[16];
 void pl_kernels_init_avx2(pl_kernels *k);   /* defined only on x86-64 builds */
 void pl_kernels_init_avx512(pl_kernels *k); /* defined only on x86-64 builds */
 
@@ -182,6 +181,7 @@ static inline void pl_st_u16(void *p, uint16_t v) { memcpy(p, &v, 2); }
 /* fp16 / bf16 <-> fp32 (scalar, exact IEEE rounding to nearest even) */
 float pl_fp16_to_fp32(uint16_t h);
 uint16_t pl_fp32_to_fp16(float f);
+static inline float pl_ld_fp16(const void *p) { return pl_fp16_to_fp32(pl_ld_u16(p)); } /* an fp16 field, any alignment */
 static inline float pl_bf16_to_fp32(uint16_t h) {
     union { uint32_t u; float f; } v;
     v.u = (uint32_t)h << 16;

@@ -14,14 +14,13 @@
 
 #define QK_K 256
 
-static inline float half(const uint8_t *p) { return pl_fp16_to_fp32(pl_ld_u16(p)); }
 
 /* ---- 32-weight blocks ---- */
 /* Q4_1: d, m (fp16), 16 bytes of nibbles; value = q * d + m */
 static void q4_1_to_float(const void *vx, float *y, int64_t n) {
     const uint8_t *b = vx;
     for (int64_t i = 0; i < n / 32; i++, b += 20, y += 32) {
-        const float d = half(b), m = half(b + 2);
+        const float d = pl_ld_fp16(b), m = pl_ld_fp16(b + 2);
         const uint8_t *qs = b + 4;
         for (int j = 0; j < 16; j++) {
             y[j] = (float)(qs[j] & 0x0F) * d + m;
@@ -34,7 +33,7 @@ static void q4_1_to_float(const void *vx, float *y, int64_t n) {
 static void q5_0_to_float(const void *vx, float *y, int64_t n) {
     const uint8_t *b = vx;
     for (int64_t i = 0; i < n / 32; i++, b += 22, y += 32) {
-        const float d = half(b);
+        const float d = pl_ld_fp16(b);
         const uint32_t qh = pl_ld_u32(b + 2);
         const uint8_t *qs = b + 6;
         for (int j = 0; j < 16; j++) {
@@ -49,7 +48,7 @@ static void q5_0_to_float(const void *vx, float *y, int64_t n) {
 static void q5_1_to_float(const void *vx, float *y, int64_t n) {
     const uint8_t *b = vx;
     for (int64_t i = 0; i < n / 32; i++, b += 24, y += 32) {
-        const float d = half(b), m = half(b + 2);
+        const float d = pl_ld_fp16(b), m = pl_ld_fp16(b + 2);
         const uint32_t qh = pl_ld_u32(b + 4);
         const uint8_t *qs = b + 8;
         for (int j = 0; j < 16; j++) {
@@ -61,16 +60,16 @@ static void q5_1_to_float(const void *vx, float *y, int64_t n) {
 }
 
 /* IQ4_NL: d, 16 bytes of nibbles indexing a fixed non-linear table */
-static const int8_t kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+const int8_t pl_iq4nl_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
 static void iq4_nl_to_float(const void *vx, float *y, int64_t n) {
     const uint8_t *b = vx;
     for (int64_t i = 0; i < n / 32; i++, b += 18, y += 32) {
-        const float d = half(b);
+        const float d = pl_ld_fp16(b);
         const uint8_t *qs = b + 2;
         for (int j = 0; j < 16; j++) {
-            y[j] = d * (float)kvalues_iq4nl[qs[j] & 0x0F];
-            y[j + 16] = d * (float)kvalues_iq4nl[qs[j] >> 4];
+            y[j] = d * (float)pl_iq4nl_values[qs[j] & 0x0F];
+            y[j + 16] = d * (float)pl_iq4nl_values[qs[j] >> 4];
         }
     }
 }
@@ -81,7 +80,7 @@ static void q2_k_to_float(const void *vx, float *y, int64_t n) {
     const uint8_t *b = vx;
     for (int64_t i = 0; i < n / QK_K; i++, b += 84) {
         const uint8_t *sc = b, *q = b + 16;
-        const float d = half(b + 80), dmin = half(b + 82);
+        const float d = pl_ld_fp16(b + 80), dmin = pl_ld_fp16(b + 82);
         int is = 0;
         for (int h = 0; h < QK_K; h += 128, q += 32)
             for (int shift = 0; shift < 8; shift += 2)
@@ -107,7 +106,7 @@ static void q3_k_to_float(const void *vx, float *y, int64_t n) {
     const uint8_t *b = vx;
     for (int64_t i = 0; i < n / QK_K; i++, b += 110) {
         const uint8_t *hm = b, *q = b + 32, *s = b + 96;
-        const float d = half(b + 108);
+        const float d = pl_ld_fp16(b + 108);
         int8_t scales[16];
         pl_q3_k_scales(s, scales);
         int is = 0;
@@ -139,7 +138,7 @@ static void scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m) {
 static void q4_k_to_float(const void *vx, float *y, int64_t n) {
     const uint8_t *b = vx;
     for (int64_t i = 0; i < n / QK_K; i++, b += 144) {
-        const float d = half(b), dmin = half(b + 2);
+        const float d = pl_ld_fp16(b), dmin = pl_ld_fp16(b + 2);
         const uint8_t *scales = b + 4, *q = b + 16;
         for (int j = 0, is = 0; j < QK_K; j += 64, q += 32, is += 2) {
             uint8_t sc, m;
@@ -157,7 +156,7 @@ static void q4_k_to_float(const void *vx, float *y, int64_t n) {
 static void q5_k_to_float(const void *vx, float *y, int64_t n) {
     const uint8_t *b = vx;
     for (int64_t i = 0; i < n / QK_K; i++, b += 176) {
-        const float d = half(b), dmin = half(b + 2);
+        const float d = pl_ld_fp16(b), dmin = pl_ld_fp16(b + 2);
         const uint8_t *scales = b + 4, *qh = b + 16, *ql = b + 48;
         uint8_t u1 = 1, u2 = 2;
         for (int j = 0, is = 0; j < QK_K; j += 64, ql += 32, is += 2, u1 <<= 2, u2 <<= 2) {
@@ -176,7 +175,7 @@ static void q5_k_to_float(const void *vx, float *y, int64_t n) {
 static void q6_k_to_float(const void *vx, float *y, int64_t n) {
     const uint8_t *b = vx;
     for (int64_t i = 0; i < n / QK_K; i++, b += 210) {
-        const float d = half(b + 208);
+        const float d = pl_ld_fp16(b + 208);
         const uint8_t *ql = b, *qh = b + 128;
         const int8_t *sc = (const int8_t *)(b + 192);
         for (int h = 0; h < QK_K; h += 128, y += 128, ql += 64, qh += 32, sc += 8)
@@ -198,15 +197,15 @@ static void q6_k_to_float(const void *vx, float *y, int64_t n) {
 static void iq4_xs_to_float(const void *vx, float *y, int64_t n) {
     const uint8_t *b = vx;
     for (int64_t i = 0; i < n / QK_K; i++, b += 136) {
-        const float d = half(b);
+        const float d = pl_ld_fp16(b);
         const uint16_t sh = pl_ld_u16(b + 2);
         const uint8_t *sl = b + 4, *qs = b + 8;
         for (int ib = 0; ib < QK_K / 32; ib++, y += 32, qs += 16) {
             const int ls = ((sl[ib / 2] >> (4 * (ib % 2))) & 0x0F) | (((sh >> (2 * ib)) & 3) << 4);
             const float dl = d * (float)(ls - 32);
             for (int j = 0; j < 16; j++) {
-                y[j] = dl * (float)kvalues_iq4nl[qs[j] & 0x0F];
-                y[j + 16] = dl * (float)kvalues_iq4nl[qs[j] >> 4];
+                y[j] = dl * (float)pl_iq4nl_values[qs[j] & 0x0F];
+                y[j + 16] = dl * (float)pl_iq4nl_values[qs[j] >> 4];
             }
         }
     }
@@ -244,59 +243,35 @@ static void q8_k_to_float(const void *vx, float *y, int64_t n) {
     }
 }
 
-/* the 8 6-bit scales and mins of a Q4_K / Q5_K super-block */
-void pl_q4_k_scales(const uint8_t *s12, uint8_t *sc, uint8_t *m) {
-    for (int j = 0; j < 8; j++) scale_min_k4(j, s12, &sc[j], &m[j]);
-}
-
-static void q4_k_vec_dot(int n, float *s, const void *vw, const void *va) {
+/* Q4_K (has_qh 0: 144-byte blocks) and Q5_K (1: 176 bytes; a fifth bit per weight, bit j of qh[l] for
+ * sub-block j) x Q8_K */
+static inline void q45_k_vec_dot(int n, float *s, const void *vw, const void *va, const int has_qh) {
     const uint8_t *w = vw;
     const char *a = va;
     float sum = 0.0f;
-    for (int i = 0; i < n / QK_K; i++, w += 144, a += sizeof(pl_block_q8_k)) {
-        uint8_t sc[8], m[8];
-        pl_q4_k_scales(w + 4, sc, m);
+    for (int i = 0; i < n / QK_K; i++, w += has_qh ? 176 : 144, a += sizeof(pl_block_q8_k)) {
+        const uint8_t *qh = w + 16, *ql = w + (has_qh ? 48 : 16);
         const int8_t *q8 = (const int8_t *)(a + 4);
         int32_t isum = 0, imin = 0;
         for (int j = 0; j < 8; j++) {
-            const uint8_t *q4 = w + 16 + 32 * (j / 2);
-            int32_t dot = 0;
-            for (int l = 0; l < 32; l++) dot += (int32_t)((j & 1) ? q4[l] >> 4 : q4[l] & 0x0F) * q8[32 * j + l];
-            isum += (int32_t)sc[j] * dot;
-            imin += (int32_t)m[j] * ((int16_t)pl_ld_u16(a + 260 + 4 * j) + (int16_t)pl_ld_u16(a + 262 + 4 * j));
-        }
-        const float ad = pl_ld_f32(a);
-        sum += (ad * half(w)) * (float)isum - (ad * half(w + 2)) * (float)imin;
-    }
-    *s = sum;
-}
-
-/* Q5_K x Q8_K: as Q4_K with 5-bit values (the nibble + 16 x its bit of qh) */
-static void q5_k_vec_dot(int n, float *s, const void *vw, const void *va) {
-    const uint8_t *w = vw;
-    const char *a = va;
-    float sum = 0.0f;
-    for (int i = 0; i < n / QK_K; i++, w += 176, a += sizeof(pl_block_q8_k)) {
-        uint8_t sc[8], m[8];
-        pl_q4_k_scales(w + 4, sc, m);
-        const uint8_t *qh = w + 16, *ql = w + 48;
-        const int8_t *q8 = (const int8_t *)(a + 4);
-        int32_t isum = 0, imin = 0;
-        for (int j = 0; j < 8; j++) {
+            uint8_t sc, m;
+            scale_min_k4(j, w + 4, &sc, &m);
             const uint8_t *q = ql + 32 * (j / 2);
             int32_t dot = 0;
             for (int l = 0; l < 32; l++) {
-                const int v = ((j & 1) ? q[l] >> 4 : q[l] & 0x0F) + (((qh[l] >> j) & 1) << 4);
+                const int v = ((j & 1) ? q[l] >> 4 : q[l] & 0x0F) + (has_qh ? ((qh[l] >> j) & 1) << 4 : 0);
                 dot += v * q8[32 * j + l];
             }
-            isum += (int32_t)sc[j] * dot;
-            imin += (int32_t)m[j] * ((int16_t)pl_ld_u16(a + 260 + 4 * j) + (int16_t)pl_ld_u16(a + 262 + 4 * j));
+            isum += (int32_t)sc * dot;
+            imin += (int32_t)m * ((int16_t)pl_ld_u16(a + 260 + 4 * j) + (int16_t)pl_ld_u16(a + 262 + 4 * j));
         }
         const float ad = pl_ld_f32(a);
-        sum += (ad * half(w)) * (float)isum - (ad * half(w + 2)) * (float)imin;
+        sum += (ad * pl_ld_fp16(w)) * (float)isum - (ad * pl_ld_fp16(w + 2)) * (float)imin;
     }
     *s = sum;
 }
+static void q4_k_vec_dot(int n, float *s, const void *w, const void *a) { q45_k_vec_dot(n, s, w, a, 0); }
+static void q5_k_vec_dot(int n, float *s, const void *w, const void *a) { q45_k_vec_dot(n, s, w, a, 1); }
 
 /* IQ4_XS x Q8_K: isum = sum over the 8 blocks of 32 of (ls - 32) x dot(kvalues[q], q8) */
 static void iq4_xs_vec_dot(int n, float *s, const void *vw, const void *va) {
@@ -312,10 +287,10 @@ static void iq4_xs_vec_dot(int n, float *s, const void *vw, const void *va) {
             const int ls = ((sl[ib / 2] >> (4 * (ib % 2))) & 0x0F) | (((sh >> (2 * ib)) & 3) << 4);
             int32_t dot = 0;
             for (int j = 0; j < 16; j++)
-                dot += kvalues_iq4nl[qs[j] & 0x0F] * q8[j] + kvalues_iq4nl[qs[j] >> 4] * q8[j + 16];
+                dot += pl_iq4nl_values[qs[j] & 0x0F] * q8[j] + pl_iq4nl_values[qs[j] >> 4] * q8[j + 16];
             isum += (ls - 32) * dot;
         }
-        sum += (pl_ld_f32(a) * half(w)) * (float)isum;
+        sum += (pl_ld_f32(a) * pl_ld_fp16(w)) * (float)isum;
     }
     *s = sum;
 }
@@ -337,7 +312,7 @@ static void q2_k_vec_dot(int n, float *s, const void *vw, const void *va) {
             imin += (int32_t)(w[g] >> 4) * (int16_t)pl_ld_u16(a + 260 + 2 * g);
         }
         const float ad = pl_ld_f32(a);
-        sum += (ad * half(w + 80)) * (float)isum - (ad * half(w + 82)) * (float)imin;
+        sum += (ad * pl_ld_fp16(w + 80)) * (float)isum - (ad * pl_ld_fp16(w + 82)) * (float)imin;
     }
     *s = sum;
 }
@@ -362,13 +337,13 @@ static void q3_k_vec_dot(int n, float *s, const void *vw, const void *va) {
             }
             isum += (int32_t)sc[g] * dot;
         }
-        sum += (pl_ld_f32(a) * half(w + 108)) * (float)isum;
+        sum += (pl_ld_f32(a) * pl_ld_fp16(w + 108)) * (float)isum;
     }
     *s = sum;
 }
 
 /* the 256 values of a Q6_K super-block as unsigned 6-bit numbers (value + 32), in element order */
-void pl_q6_k_unpack(const uint8_t *b, uint8_t *q) {
+static void q6_k_unpack(const uint8_t *b, uint8_t *q) {
     const uint8_t *ql = b, *qh = b + 128;
     for (int h = 0; h < 2; h++, ql += 64, qh += 32, q += 128)
         for (int l = 0; l < 32; l++) {
@@ -385,7 +360,7 @@ static void q6_k_vec_dot(int n, float *s, const void *vw, const void *va) {
     float sum = 0.0f;
     for (int i = 0; i < n / QK_K; i++, w += 210, a += sizeof(pl_block_q8_k)) {
         uint8_t q[QK_K];
-        pl_q6_k_unpack(w, q);
+        q6_k_unpack(w, q);
         const int8_t *q8 = (const int8_t *)(a + 4), *sc = (const int8_t *)(w + 192);
         int32_t isum = 0;
         for (int g = 0; g < 16; g++) {
@@ -393,7 +368,7 @@ static void q6_k_vec_dot(int n, float *s, const void *vw, const void *va) {
             for (int l = 0; l < 16; l++) dot += ((int32_t)q[16 * g + l] - 32) * q8[16 * g + l];
             isum += (int32_t)sc[g] * dot;
         }
-        sum += (pl_ld_f32(a) * half(w + 208)) * (float)isum;
+        sum += (pl_ld_f32(a) * pl_ld_fp16(w + 208)) * (float)isum;
     }
     *s = sum;
 }
@@ -413,7 +388,7 @@ static void q5_0_vec_dot(int n, float *s, const void *vw, const void *va) {
             isum += (((w[6 + j] & 0x0F) | (q5_bit(w + 2, j) << 4)) - 16) * q8[j];
             isum += (((w[6 + j] >> 4) | (q5_bit(w + 2, j + 16) << 4)) - 16) * q8[j + 16];
         }
-        sum += (float)isum * (half(w) * half(a));
+        sum += (float)isum * (pl_ld_fp16(w) * pl_ld_fp16(a));
     }
     *s = sum;
 }
@@ -425,8 +400,8 @@ static void iq4_nl_vec_dot(int n, float *s, const void *vw, const void *va) {
         const int8_t *q8 = (const int8_t *)(a + 2);
         int32_t isum = 0;
         for (int j = 0; j < 16; j++)
-            isum += kvalues_iq4nl[w[2 + j] & 0x0F] * q8[j] + kvalues_iq4nl[w[2 + j] >> 4] * q8[j + 16];
-        sum += (float)isum * (half(w) * half(a));
+            isum += pl_iq4nl_values[w[2 + j] & 0x0F] * q8[j] + pl_iq4nl_values[w[2 + j] >> 4] * q8[j + 16];
+        sum += (float)isum * (pl_ld_fp16(w) * pl_ld_fp16(a));
     }
     *s = sum;
 }
@@ -441,8 +416,8 @@ static void q4_1_vec_dot(int n, float *s, const void *vw, const void *va) {
             isum += (w[4 + j] & 0x0F) * q8[j] + (w[4 + j] >> 4) * q8[j + 16];
             sum8 += q8[j] + q8[j + 16];
         }
-        const float d8 = half(a);
-        sum += (float)isum * (half(w) * d8) + (float)sum8 * (half(w + 2) * d8);
+        const float d8 = pl_ld_fp16(a);
+        sum += (float)isum * (pl_ld_fp16(w) * d8) + (float)sum8 * (pl_ld_fp16(w + 2) * d8);
     }
     *s = sum;
 }
@@ -458,8 +433,8 @@ static void q5_1_vec_dot(int n, float *s, const void *vw, const void *va) {
             isum += ((w[8 + j] >> 4) | (q5_bit(w + 4, j + 16) << 4)) * q8[j + 16];
             sum8 += q8[j] + q8[j + 16];
         }
-        const float d8 = half(a);
-        sum += (float)isum * (half(w) * d8) + (float)sum8 * (half(w + 2) * d8);
+        const float d8 = pl_ld_fp16(a);
+        sum += (float)isum * (pl_ld_fp16(w) * d8) + (float)sum8 * (pl_ld_fp16(w + 2) * d8);
     }
     *s = sum;
 }

@@ -75,7 +75,7 @@ static void f32_vec_dot(int n, float *s, const void *w, const void *a) {
 /* ---- F16 ---- */
 static void f16_to_float(const void *x, float *y, int64_t n) {
     const char *h = (const char *)x;
-    for (int64_t i = 0; i < n; i++) y[i] = pl_fp16_to_fp32(pl_ld_u16(h + 2 * i));
+    for (int64_t i = 0; i < n; i++) y[i] = pl_ld_fp16(h + 2 * i);
 }
 static void f16_from_float(const float *x, void *y, int64_t n) {
     char *h = (char *)y;
@@ -84,7 +84,7 @@ static void f16_from_float(const float *x, void *y, int64_t n) {
 static void f16_vec_dot(int n, float *s, const void *w, const void *a) {
     const char *x = (const char *)w, *y = (const char *)a;
     float sum = 0.0f;
-    for (int i = 0; i < n; i++) sum += pl_fp16_to_fp32(pl_ld_u16(x + 2 * (size_t)i)) * pl_ld_f32(y + 4 * (size_t)i);
+    for (int i = 0; i < n; i++) sum += pl_ld_fp16(x + 2 * (size_t)i) * pl_ld_f32(y + 4 * (size_t)i);
     *s = sum;
 }
 
@@ -122,7 +122,7 @@ static void q8_0_to_float(const void *vx, float *y, int64_t n) {
     const uint8_t *x = (const uint8_t *)vx;
     for (int64_t b = 0; b < n / PL_QK; b++) {
         const uint8_t *xb = x + (size_t)b * Q8_BYTES;
-        const float d = pl_fp16_to_fp32(pl_ld_u16(xb));
+        const float d = pl_ld_fp16(xb);
         for (int j = 0; j < PL_QK; j++) y[b * PL_QK + j] = (int8_t)xb[Q8_QS + j] * d;
     }
 }
@@ -133,7 +133,7 @@ static void q8_0_vec_dot(int n, float *s, const void *vw, const void *va) {
         const uint8_t *wb = w + (size_t)b * Q8_BYTES, *ab = a + (size_t)b * Q8_BYTES;
         int32_t isum = 0;
         for (int j = 0; j < PL_QK; j++) isum += (int32_t)(int8_t)wb[Q8_QS + j] * (int32_t)(int8_t)ab[Q8_QS + j];
-        sum += (float)isum * (pl_fp16_to_fp32(pl_ld_u16(wb)) * pl_fp16_to_fp32(pl_ld_u16(ab)));
+        sum += (float)isum * (pl_ld_fp16(wb) * pl_ld_fp16(ab));
     }
     *s = sum;
 }
@@ -165,7 +165,7 @@ static void q4_0_to_float(const void *vx, float *y, int64_t n) {
     const uint8_t *x = (const uint8_t *)vx;
     for (int64_t b = 0; b < n / PL_QK; b++) {
         const uint8_t *xb = x + (size_t)b * Q4_BYTES;
-        const float d = pl_fp16_to_fp32(pl_ld_u16(xb));
+        const float d = pl_ld_fp16(xb);
         for (int j = 0; j < PL_QK / 2; j++) {
             y[b * PL_QK + j] = ((xb[Q4_QS + j] & 0x0F) - 8) * d;
             y[b * PL_QK + j + PL_QK / 2] = ((xb[Q4_QS + j] >> 4) - 8) * d;
@@ -182,7 +182,7 @@ static void q4_0_vec_dot(int n, float *s, const void *vw, const void *va) {
             isum += ((wb[Q4_QS + j] & 0x0F) - 8) * (int32_t)(int8_t)ab[Q8_QS + j];
             isum += ((wb[Q4_QS + j] >> 4) - 8) * (int32_t)(int8_t)ab[Q8_QS + j + PL_QK / 2];
         }
-        sum += (float)isum * (pl_fp16_to_fp32(pl_ld_u16(wb)) * pl_fp16_to_fp32(pl_ld_u16(ab)));
+        sum += (float)isum * (pl_ld_fp16(wb) * pl_ld_fp16(ab));
     }
     *s = sum;
 }
@@ -280,7 +280,7 @@ static void q_gemm_packed(int qt8, int n, int nr, int nc, const void *w, const v
                         if (qt8) isum += (int32_t)(int8_t)(byte ^ 0x80) * (int32_t)(int8_t)aq[jj];
                         else isum += ((byte & 0x0F) - 8) * (int32_t)(int8_t)aq[jj] + ((byte >> 4) - 8) * (int32_t)(int8_t)aq[jj + 16];
                     }
-                sum += (float)isum * (pl_fp16_to_fp32(dh) * pl_fp16_to_fp32(pl_ld_u16(ab)));
+                sum += (float)isum * (pl_fp16_to_fp32(dh) * pl_ld_fp16(ab));
             }
             out[(size_t)j * os + i] = sum;
         }
