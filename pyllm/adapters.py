@@ -22,20 +22,17 @@ from .lora import LoraAdapter, LoraFactors, load_adapters, merged_factors
 
 def hf_weight_shapes(cfg) -> dict:
     """HF weight name -> [out, in] for every matrix the model is built from (fused ones whole)."""
-    from .gguf_export import engine_shapes
+    from .arch.family import engine_shapes
+    from .hf_loader import fused_rows
 
-    shapes = engine_shapes(cfg)
+    shapes, sources = engine_shapes(cfg), cfg.family.hf_tensors(cfg)
+    fused = fused_rows(sources)
     out = {}
-    for (eng, _layer), src in cfg.family.hf_tensors(cfg).items():
+    for (eng, _layer), src in sources.items():
         shape = shapes[eng]
-        if len(shape) != 2:
-            continue
-        for name in src.names:
-            if src.rows is not None:
-                prev = out.get(name, (0, shape[1]))
-                out[name] = (max(prev[0], src.rows[1]), shape[1])
-            else:
-                out[name] = shape
+        if len(shape) == 2:
+            for name in src.names:
+                out[name] = (fused[name], shape[1]) if src.rows is not None else shape
     return out
 
 
@@ -53,6 +50,7 @@ class AdapterSet:
                     raise ModelLoadError(f"{e} (the adapter was trained on {a.base_model})") from None
                 raise
         self.factors = merged_factors(self.adapters)
+        self._delta_of, self._delta = None, None  # merge()'s last delta
         self.sources = cfg.family.hf_tensors(cfg)
         used = {n for src in self.sources.values() for n in src.names}
         if cfg.tie_word_embeddings:
@@ -74,12 +72,17 @@ class AdapterSet:
             return []
         return [(n, self.factors[n]) for n in src.names if n in self.factors]
 
-    def merge(self, eng: str, layer: int, hf_name: str, x: np.ndarray, rows=None) -> np.ndarray:
-        """x (float32 rows of hf_name, or of its rows range) with the adapters' deltas added."""
+    def merge(self, hf_name: str, x: np.ndarray, rows=None) -> np.ndarray:
+        """x (float32 rows of hf_name, or of its rows range) with the adapters' deltas added. The delta of
+        the last weight asked for is kept: a fused weight's parts (Phi-3's q/k/v) come one after another."""
+        if self._delta_of != hf_name:
+            d = None
+            for f in self.factors.get(hf_name, []):
+                d = f.delta() if d is None else d + f.delta()
+            self._delta_of, self._delta = hf_name, d
         out = np.array(x, dtype=np.float32, copy=True)
-        for f in self.factors.get(hf_name, []):
-            d = f.delta()
-            out += d if rows is None else d[rows[0] : rows[1]]
+        if self._delta is not None:
+            out += self._delta if rows is None else self._delta[rows[0] : rows[1]]
         return out
 
     def side_product(self, eng: str, layer: int, permutation=None):

@@ -42,6 +42,7 @@ import numpy as np
 from .config import ModelConfig, read_json_file
 from .errors import ModelLoadError
 from .adapters import add_lora_argument, lora_spec
+from .arch.family import engine_shapes
 from .hf_loader import role as engine_role
 # DEFAULT_METHOD: how q4_0/q8_0 scales are chosen by default, as pyllm.load(hf_dir, quant=...) does
 from .quantization import DEFAULT_METHOD, METHODS, TYPE_IDS, check_quant, convert, tensor_type
@@ -135,20 +136,6 @@ def _chat_template(folder: str) -> Optional[str]:
         named = {x.get("name"): x.get("template") for x in t if isinstance(x, dict)}
         t = named.get("default") or next(iter(named.values()), None)
     return t if isinstance(t, str) and t else None
-
-
-def engine_shapes(cfg: ModelConfig) -> dict:
-    """engine tensor name -> the shape the config gives it ([rows, cols] / [n]; stacked experts: one
-    expert's); csrc/pyllm.h PL_LAYER_TENSORS checks the same at load."""
-    hd, dim, hid = cfg.head_dim, cfg.hidden_size, cfg.intermediate_size
-    q, kv = cfg.num_heads * hd, cfg.num_kv_heads * hd
-    return {
-        "tok_embd": (cfg.vocab_size, dim), "output": (cfg.vocab_size, dim), "output_norm": (dim,),
-        "attn_norm": (dim,), "ffn_norm": (dim,), "wq": (q, dim), "wk": (kv, dim), "wv": (kv, dim), "wo": (dim, q),
-        "bq": (q,), "bk": (kv,), "bv": (kv,), "bo": (dim,), "q_norm": (hd,), "k_norm": (hd,),
-        "ffn_gate": (hid, dim), "ffn_up": (hid, dim), "ffn_down": (dim, hid), "ffn_gate_inp": (cfg.n_experts, dim),
-        "ffn_gate_exps": (hid, dim), "ffn_up_exps": (hid, dim), "ffn_down_exps": (dim, hid),
-    }
 
 
 def _plan(folder: str, cfg: ModelConfig, quant: str, tensors: dict, adapters=None) -> list:

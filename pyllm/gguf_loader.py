@@ -165,14 +165,7 @@ def read_config(gf: GGUFFile) -> GGUFModelConfig:
 
     freq_factors = None
     if ROPE_FREQS in gf.tensors:
-        t = gf.tensors[ROPE_FREQS]
-        if t.type_id != 0 or t.shape != (head_dim // 2,):
-            raise ModelLoadError(f"{path}: tensor {ROPE_FREQS!r} is {t.type_name} {list(t.shape)}, expected F32 "
-                                 f"[{head_dim // 2}]")
-        f = np.frombuffer(gf.buffer(ROPE_FREQS), dtype="<f4").copy()
-        if not np.all(np.isfinite(f)) or not np.all(f > 0):
-            raise ModelLoadError(f"{path}: tensor {ROPE_FREQS!r} holds non-positive or non-finite factors")
-        freq_factors = tuple(float(x) for x in f)
+        freq_factors = tuple(factors(ROPE_FREQS, head_dim // 2))
 
     emb = gf.tensors.get("token_embd.weight")
     if emb is None:
@@ -230,10 +223,9 @@ def _check_tensors(gf: GGUFFile, cfg: ModelConfig) -> dict:
                 if f"blk.{i}.{n}" not in gf.tensors:
                     raise ModelLoadError(f"{gf.path}: file has no tensor 'blk.{i}.{n}'")
     names = fam.gguf_tensors(cfg)
-    for src in names.values():
-        for n in src.names:
-            if n not in gf.tensors:
-                raise ModelLoadError(f"{gf.path}: file has no tensor {n!r}")
+    for (_, layer), src in names.items():
+        if layer < 0 and src.name not in gf.tensors:  # (the blocks' tensors are checked above)
+            raise ModelLoadError(f"{gf.path}: file has no tensor {src.name!r}")
     known = {ROPE_FREQS, *ROPE_FACTORS} | {n for src in names.values() for n in src.names}
     for name in gf.tensors:
         if name not in known:

@@ -196,7 +196,7 @@ def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads:
         if adapted and tid not in FLOAT_TYPES:
             sides[(name, layer)] = adapters.side_product(name, layer)
         elif adapted:  # merged into the float weight (stored in its type, as peft merges)
-            parts_f = [adapters.merge(name, layer, hf, floats(hf, src.rows), src.rows) for hf in src.names]
+            parts_f = [adapters.merge(hf, floats(hf, src.rows), src.rows) for hf in src.names]
             return tid, shape, np.concatenate([np.frombuffer(convert(x, tid, n_threads), dtype=np.uint8)
                                                for x in parts_f])
         if tid == stored:

@@ -33,7 +33,7 @@ Key = Tuple[str, int]
 
 def matmul_weights(cfg) -> list:
     """The engine names of the per-layer matmul weights of cfg's family (those with statistics)."""
-    from .gguf_export import engine_shapes
+    from .arch.family import engine_shapes
 
     shapes = engine_shapes(cfg)
     return [n for n in cfg.family.hf_layer(cfg, 0) if len(shapes[n]) == 2]
@@ -78,7 +78,7 @@ def collect_importance(model, text, n_ctx: int = 512, max_tokens: Optional[int] 
         finally:
             runner.collect_stats(False)
 
-    from .gguf_export import engine_shapes
+    from .arch.family import engine_shapes
 
     shapes = engine_shapes(cfg)
     out: Dict[Key, np.ndarray] = {}

@@ -3,7 +3,7 @@ Face class names and config reading it adds, where each engine tensor comes from
 checkpoint and in a GGUF file, and how GGUF metadata maps onto the config. The loaders
 (hf_loader, gguf_loader), the GGUF writer (gguf_export) and calibration (imatrix) read these
 descriptions instead of listing tensors themselves; the engine's own list is csrc/pyllm.h
-PL_LAYER_TENSORS (the engine names used here)."""
+PL_LAYER_TENSORS (the engine names used here), whose shapes engine_shapes() gives in Python."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -30,6 +30,20 @@ class Source:
 
 def one(name: str, rows=None, permute_heads: int = 0) -> Source:
     return Source((name,), rows, permute_heads)
+
+
+def engine_shapes(cfg) -> dict:
+    """engine tensor name -> the shape the config gives it ([rows, cols] / [n]; stacked experts: one
+    expert's); csrc/pyllm.h PL_LAYER_TENSORS checks the same at load."""
+    hd, dim, hid = cfg.head_dim, cfg.hidden_size, cfg.intermediate_size
+    q, kv = cfg.num_heads * hd, cfg.num_kv_heads * hd
+    return {
+        "tok_embd": (cfg.vocab_size, dim), "output": (cfg.vocab_size, dim), "output_norm": (dim,),
+        "attn_norm": (dim,), "ffn_norm": (dim,), "wq": (q, dim), "wk": (kv, dim), "wv": (kv, dim), "wo": (dim, q),
+        "bq": (q,), "bk": (kv,), "bv": (kv,), "bo": (dim,), "q_norm": (hd,), "k_norm": (hd,),
+        "ffn_gate": (hid, dim), "ffn_up": (hid, dim), "ffn_down": (dim, hid), "ffn_gate_inp": (cfg.n_experts, dim),
+        "ffn_gate_exps": (hid, dim), "ffn_up_exps": (hid, dim), "ffn_down_exps": (dim, hid),
+    }
 
 
 def gguf_biases(tensors) -> dict:
