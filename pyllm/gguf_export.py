@@ -43,6 +43,7 @@ from .config import ModelConfig, read_json_file
 from .errors import ModelLoadError
 from .adapters import add_lora_argument, lora_spec
 from .arch.family import engine_shapes
+from .gptq_awq import quantized_linears, scheme_of_folder, storage_of, warn_dequantized
 from .hf_loader import role as engine_role
 # DEFAULT_METHOD: how q4_0/q8_0 scales are chosen by default, as pyllm.load(hf_dir, quant=...) does
 from .quantization import DEFAULT_METHOD, METHODS, TYPE_IDS, check_quant, convert, tensor_type
@@ -75,6 +76,7 @@ class _Entry:
     data: Optional[np.ndarray] = None  # float32, for generated tensors (rope_freqs)
     heads: int = 0  # > 0: permute rows for interleaved RoPE with this many heads
     lora: Optional[dict] = None  # HF name -> [LoraFactors] merged into the rows before conversion
+    quantized: Optional[tuple] = None  # GPTQ / AWQ layers (pyllm.gptq_awq.QuantizedLinear) written from their 4-bit values
 
     @property
     def nbytes(self) -> int:
@@ -138,15 +140,18 @@ def _chat_template(folder: str) -> Optional[str]:
     return t if isinstance(t, str) and t else None
 
 
-def _plan(folder: str, cfg: ModelConfig, quant: str, tensors: dict, adapters=None) -> list:
+def _plan(folder: str, cfg: ModelConfig, quant: str, tensors: dict, adapters=None, qlin=None) -> list:
     """Every tensor to write, checked against the config, in llama.cpp's order: the family's GGUF
     tensors (pyllm.arch), each made of the Hugging Face tensors its engine tensors come from (a fused
-    GGUF tensor from the fused HF one, stacked experts from each expert's)."""
+    GGUF tensor from the fused HF one, stacked experts from each expert's). qlin: weight name ->
+    GPTQ / AWQ layer (pyllm.gptq_awq), written as Q4_1 blocks (or dequantized) whatever quant says."""
     fam = cfg.family
     expect = engine_shapes(cfg)
     tied = cfg.tie_word_embeddings
 
     def entry(gguf_name, engs, hf_names, heads=0):
+        if qlin and any(hf in qlin for hf in hf_names):
+            return quantized_entry(gguf_name, engs, hf_names, heads)
         infos = []
         for hf in hf_names:
             if hf not in tensors:
@@ -166,6 +171,26 @@ def _plan(folder: str, cfg: ModelConfig, quant: str, tensors: dict, adapters=Non
         lora = {n: adapters.factors[n] for n in hf_names if n in adapters.factors} if adapters else None
         return _Entry(gguf_name, tuple(shape), tid, hf=tuple(hf_names), heads=heads, lora=lora or None)
 
+    def quantized_entry(gguf_name, engs, hf_names, heads):
+        if any(hf not in qlin for hf in hf_names):
+            raise ModelLoadError(f"{folder}: {hf_names[0]!r} is stored quantized but "
+                                 f"{next(hf for hf in hf_names if hf not in qlin)!r} is not")
+        want = expect[engs[0]] if len(engs) == 1 else (sum(expect[e][0] for e in engs), expect[engs[0]][1])
+        lins = tuple(qlin[hf] for hf in hf_names)
+        for ql in lins:
+            if tuple(ql.shape) != want:
+                raise ModelLoadError(f"{folder}: {ql.prefix}.qweight holds a weight of shape {list(ql.shape)}, "
+                                     f"expected {list(want)} from config.json")
+        if adapters and any(hf in adapters.factors for hf in hf_names):
+            raise ModelLoadError(f"{folder}: a LoRA adapter cannot be merged into the 4-bit weight {hf_names[0]!r}; "
+                                 f"load the folder with lora= instead (kept beside the 4-bit weights)")
+        tid, why = storage_of(list(lins))
+        if why is not None:
+            dequantized.append((hf_names[0], why, tid))
+        shape = want if len(hf_names) == 1 else (len(hf_names), *want)
+        return _Entry(gguf_name, tuple(shape), tid, hf=tuple(hf_names), heads=heads, quantized=lins)
+
+    dequantized = []
     out = []
     if cfg.rope_scaling.get("rope_type") == "llama3":
         f = _llama3_rope_factors(cfg)
@@ -186,6 +211,7 @@ def _plan(folder: str, cfg: ModelConfig, quant: str, tensors: dict, adapters=Non
     out.append(entry("output_norm.weight", ["output_norm"], ["model.norm.weight"]))
     if not tied:
         out.append(entry("output.weight", ["output"], ["lm_head.weight"]))
+    warn_dequantized(folder, dequantized)
     return out
 
 
@@ -239,6 +265,12 @@ def _write_tensor(fout, e: _Entry, tensors: dict, n_threads: int, method: Option
         fout.write(memoryview(b))
         return b.nbytes
     written = 0
+    for ql in e.quantized or ():  # GPTQ / AWQ: the Q4_1 blocks the loader makes, rows permuted as below
+        b = ql.engine_rows(e.type_id, _rope_permutation(ql.shape[0], e.heads) if e.heads else None)
+        fout.write(memoryview(b))
+        written += b.nbytes
+    if e.quantized:
+        return written
     for hf in e.hf:  # stacked experts: one after the other
         sf, info = tensors[hf]
         rows = info.shape[0]
@@ -412,13 +444,15 @@ def export_gguf(hf_dir: str, out_path: str, quant: str = "q8_0", n_threads: int 
     cfg = ModelConfig.from_file(os.path.join(hf_dir, "config.json"))
     raw = _read_json(os.path.join(hf_dir, "config.json"))
     tensors = open_checkpoint(hf_dir)
+    qlin = quantized_linears(scheme_of_folder(hf_dir), tensors)  # GPTQ / AWQ layers
     adapters = None
     if lora is not None:
         from .adapters import AdapterSet
 
-        adapters = AdapterSet(cfg, lora, hf_dir, {n: tuple(i.shape) for n, (_, i) in tensors.items()
-                                                  if len(i.shape) == 2}) or None
-    plan = _plan(hf_dir, cfg, quant, tensors, adapters)
+        shapes = {n: tuple(i.shape) for n, (_, i) in tensors.items() if len(i.shape) == 2}
+        shapes.update({n: ql.shape for n, ql in qlin.items()})
+        adapters = AdapterSet(cfg, lora, hf_dir, shapes) or None
+    plan = _plan(hf_dir, cfg, quant, tensors, adapters, qlin)
     try:
         tok_md = tokenizer_metadata(hf_dir)
     except ModelLoadError:

@@ -13,6 +13,7 @@ import numpy as np
 from . import _engine
 from .config import ModelConfig, read_json_file, short_repr
 from .errors import ModelLoadError
+from .gptq_awq import engine_tensor, quantized_linears, scheme_of_folder, warn_dequantized
 from .quantization import DEFAULT_METHOD, check_method, check_quant, convert, tensor_type
 from .safetensors_file import DTYPES, open_checkpoint
 
@@ -157,7 +158,8 @@ def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads:
         gen = read_json_file(gpath)
         check_sampling_defaults(gen, gpath)
     tensors = open_checkpoint(folder)
-    check_layer_tensors(cfg, tensors, folder)
+    qlin = quantized_linears(scheme_of_folder(folder), tensors)  # GPTQ / AWQ layers (pyllm/gptq_awq.py)
+    check_layer_tensors(cfg, tensors.keys() | qlin.keys(), folder)
     names = hf_tensor_names(cfg)
     fused = fused_rows(names)
     converted = {}
@@ -166,8 +168,24 @@ def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads:
         from .adapters import AdapterSet
 
         shapes = {n: tuple(i.shape) for n, (_, i) in tensors.items() if len(i.shape) == 2}
+        shapes.update({n: ql.shape for n, ql in qlin.items()})
         adapters = AdapterSet(cfg, lora, folder, shapes) or None
     sides = {}
+    dequantized = []  # GPTQ / AWQ layers that do not map onto Q4_1: (name, reason, type)
+
+    def quantized_tensor(name, layer, src):
+        if any(n not in qlin for n in src.names):
+            raise ModelLoadError(f"{folder}: {src.names[0]!r} is stored quantized but "
+                                 f"{next(n for n in src.names if n not in qlin)!r} is not (experts stacked into one "
+                                 f"tensor must share one storage)")
+        lins = [qlin[n] for n in src.names]
+        shape = check_source_shapes(src, [ql.shape for ql in lins], folder, fused)
+        tid, data, why = engine_tensor(lins, src.rows)
+        if why is not None:
+            dequantized.append((src.name, why, tid))
+        if adapters is not None and adapters.for_tensor(name, layer):  # never merged into 4-bit values
+            sides[(name, layer)] = adapters.side_product(name, layer)
+        return tid, shape, data
 
     def info_of(hf):
         if hf not in tensors:
@@ -185,6 +203,8 @@ def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads:
 
     def get_tensor(name, layer):
         src = names[(name, layer)]
+        if qlin and any(n in qlin for n in src.names):
+            return quantized_tensor(name, layer, src)
         parts = [info_of(hf) for hf in src.names]
         sf, info = parts[0]
         shape = check_source_shapes(src, [i.shape for _, i in parts], sf.path, fused)
@@ -235,4 +255,5 @@ def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads:
 
         msg = re.sub(r"\b(\w+) \(layer (-?\d+)\)", hf_name, str(e))
         raise ModelLoadError(f"{folder}: {msg}") from None
+    warn_dequantized(folder, dequantized)
     return cfg, cm, gen

@@ -1,0 +1,386 @@
+"""gptq_awq.py: Hugging Face checkpoints quantized to 4 bits with GPTQ (auto-gptq / gptqmodel / optimum)
+or AWQ (autoawq, GEMM packing): reading config.json's quantization_config, checking each quantized
+linear's tensors, and turning them into engine tensors without a round trip through 16-bit.
+
+Formats (per linear layer `P` = e.g. model.layers.0.self_attn.q_proj, weight W [out, in]):
+  * GPTQ: P.qweight int32 [in/8, out] (8 4-bit values per int32 along the input dimension, the lowest
+    bits first), P.qzeros int32 [n_groups, out/8] (the same packing along the output dimension),
+    P.scales fp16 [n_groups, out], P.g_idx int32 [in] (each input column's group; absent: column // group
+    size). W[o, i] = s[g, o] * (q[o, i] - z[g, o]) with g = g_idx[i]. The classic checkpoint format
+    ("gptq") stores z - 1 in the 4-bit field (so z = field + 1, 1..16); "gptq_v2" stores z.
+  * AWQ GEMM: P.qweight int32 [in, out/8], P.qzeros int32 [in/group, out/8], both packed along the
+    output dimension in AWQ's interleaved order (the 4-bit fields of one int32, lowest first, hold
+    output columns 0, 2, 4, 6, 1, 3, 5, 7 of its 8), P.scales fp16 [in/group, out];
+    W[o, i] = s[i // group, o] * (q[o, i] - z[i // group, o]).
+A layer the checkpoint keeps in float (P.weight, e.g. lm_head, AWQ's modules_to_not_convert) loads as
+any float tensor does; biases (P.bias) are separate tensors as in float checkpoints.
+
+How they run: every 32 input columns of a row that lie in one group become one ggml Q4_1 block
+(value = d * q + m, fp16 d and m): d = s exactly, q the stored 4-bit values bit for bit, m = -s * z
+rounded to fp16. That rounding is the only change: per weight |m - (-s z)| <= 2^-11 |s z| (half an
+fp16 ulp; 2^-25 absolute when s z is below fp16's normal range), at most 1/128 of the scale s, against
+a quantization step of s. It is exact when s z is an fp16 number, e.g. every symmetric checkpoint
+(z = 8). A tensor maps this way when every 32-column block lies in one group: group sizes that are
+multiples of 32 (32, 64, 128, ...) or -1 (one group per row), without act-order.
+
+What does not map, and is dequantized instead (exactly, in float32) and stored as F16 (a warning names
+the tensors): act-order checkpoints (desc_act: g_idx scatters a group's columns over the row, so a
+32-column block holds several groups' scales and zeros), group sizes that are not multiples of 32,
+rows whose length is not a multiple of 32, scales that are not fp16 numbers (bf16/f32 scales outside
+fp16's range or precision), and s * z beyond fp16's range. F16 keeps each dequantized weight to within
+2^-11 of its value (the same relative bound as Q4_1's m), where re-quantizing the scattered groups to
+a 4-bit or 8-bit block type would add an error of the order of the quantization step itself; it costs
+16 bits per weight instead of 5.
+
+Refused with UnsupportedArchitectureError naming the option: other quant_methods (bitsandbytes, exl2,
+fp8, ...), bits other than 4, GPTQ formats other than gptq / gptq_v2 (marlin, bitblas), AWQ packings
+other than GEMM (gemv, gemv_fast, marlin), AWQ without zero points. Tensors with the wrong dtype,
+mismatched shapes, g_idx values outside the groups, non-finite scales or a missing qzeros / scales are
+ModelLoadErrors naming the tensor."""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .config import read_json_file, short_repr
+from .errors import ModelLoadError, UnsupportedArchitectureError
+
+Q4_1 = 3  # engine / ggml type ids
+F16 = 1
+F32 = 0
+BLOCK = 32  # weights per Q4_1 block
+Q4_1_BYTES = 20  # fp16 d, fp16 m, 16 bytes of 4-bit values
+AWQ_PACK_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # output column held by each 4-bit field of an AWQ int32
+_INT_DTYPES = {"I32": "<i4", "U32": "<u4"}
+_INDEX_DTYPES = {"I32": "<i4", "I64": "<i8"}
+_SCALE_DTYPES = ("F16", "BF16", "F32")
+_FP16_MAX = 65504.0
+_CHUNK_WEIGHTS = 1 << 24  # weights unpacked at a time (bounds the loader's temporary memory)
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    """config.json's quantization_config, checked."""
+
+    method: str  # "gptq" or "awq"
+    group_size: int  # input columns per group; -1: one group per row
+    zero_offset: int  # added to each stored zero point: 1 for GPTQ's classic format, else 0
+    desc_act: bool  # GPTQ act-order (g_idx then decides the groups)
+    sym: bool
+    source: str  # the config.json path, for messages
+
+    @property
+    def label(self) -> str:
+        return "GPTQ" if self.method == "gptq" else "AWQ"
+
+
+def _opt(qc: dict, source: str, keys, default=None):
+    """The first of keys that qc has (not None), else default."""
+    for k in keys:
+        if qc.get(k) is not None:
+            return k, qc[k]
+    return keys[0], default
+
+
+def _bool(qc: dict, key: str, default: bool, source: str) -> bool:
+    v = qc.get(key, default)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise ModelLoadError(f"{source}: quantization_config.{key} must be true or false, got {short_repr(v)}")
+    return v
+
+
+def read_scheme(config: dict, source: str) -> Optional[QuantScheme]:
+    """The quantization scheme config.json (parsed: config) declares, None for a float checkpoint.
+    Unsupported methods and options raise UnsupportedArchitectureError naming them; malformed values
+    ModelLoadError."""
+    qc = config.get("quantization_config")
+    if qc is None:
+        return None
+    if not isinstance(qc, dict):
+        raise ModelLoadError(f"{source}: quantization_config must be an object, got {short_repr(qc)}")
+    method = qc.get("quant_method")
+    if not isinstance(method, str) or method.lower() not in ("gptq", "awq"):
+        raise UnsupportedArchitectureError(
+            f"{source}: quantization_config.quant_method {short_repr(method)} is not supported; pyllm reads 4-bit "
+            f"'gptq' and 'awq' checkpoints (other quantized checkpoints: load the original float model, "
+            f"optionally with quant=...)")
+    method = method.lower()
+    bkey, bits = _opt(qc, source, ("bits", "w_bit"))
+    if bits != 4 or isinstance(bits, bool):
+        raise UnsupportedArchitectureError(f"{source}: quantization_config.{bkey} = {short_repr(bits)} is not "
+                                           f"supported: pyllm runs 4-bit {method.upper()} checkpoints only")
+    gkey, gs = _opt(qc, source, ("group_size", "q_group_size"), 128)
+    if not isinstance(gs, int) or isinstance(gs, bool) or not (gs == -1 or gs > 0):
+        raise ModelLoadError(f"{source}: quantization_config.{gkey} must be -1 or a positive integer, "
+                             f"got {short_repr(gs)}")
+    if method == "gptq":
+        fkey, fmt = _opt(qc, source, ("checkpoint_format", "format"), "gptq")
+        if not isinstance(fmt, str) or fmt.lower() not in ("gptq", "gptq_v2"):
+            raise UnsupportedArchitectureError(f"{source}: quantization_config.{fkey} {short_repr(fmt)} is not "
+                                               f"supported (GPTQ formats pyllm reads: 'gptq', 'gptq_v2')")
+        return QuantScheme("gptq", gs, 1 if fmt.lower() == "gptq" else 0, _bool(qc, "desc_act", False, source),
+                           _bool(qc, "sym", True, source), source)
+    vkey, version = _opt(qc, source, ("version", "format"), "gemm")
+    if not isinstance(version, str) or version.lower() != "gemm":
+        raise UnsupportedArchitectureError(f"{source}: quantization_config.{vkey} {short_repr(version)} is not "
+                                           f"supported: pyllm reads AWQ's 'gemm' packing only")
+    if not _bool(qc, "zero_point", True, source):
+        raise UnsupportedArchitectureError(f"{source}: quantization_config.zero_point = false is not supported "
+                                           f"(pyllm reads AWQ checkpoints with zero points)")
+    return QuantScheme("awq", gs, 0, False, False, source)
+
+
+def scheme_of_folder(folder: str) -> Optional[QuantScheme]:
+    """read_scheme of the folder's config.json."""
+    path = os.path.join(folder, "config.json")
+    return read_scheme(read_json_file(path), path)
+
+
+def _raw(sf, info, dtypes: dict) -> np.ndarray:
+    return np.frombuffer(sf.buffer(info.name), dtype=dtypes[info.dtype]).reshape(info.shape)
+
+
+def _nibbles(packed: np.ndarray, axis: int) -> np.ndarray:
+    """int32 array -> uint8 4-bit fields, each int32 expanded into 8 along axis (lowest bits first)."""
+    u = packed.astype(np.uint32, copy=False)
+    shifts = np.arange(0, 32, 4, dtype=np.uint32)
+    if axis == 0:
+        out = (u[:, None, :] >> shifts[None, :, None]) & 0xF  # [r, 8, c]
+        return out.reshape(u.shape[0] * 8, u.shape[1]).astype(np.uint8)
+    out = (u[:, :, None] >> shifts[None, None, :]) & 0xF  # [r, c, 8]
+    return out.reshape(u.shape[0], u.shape[1] * 8).astype(np.uint8)
+
+
+_AWQ_COLUMNS = np.argsort(AWQ_PACK_ORDER)  # output column j of 8 is 4-bit field _AWQ_COLUMNS[j]
+
+
+class QuantizedLinear:
+    """One GPTQ/AWQ linear layer of a checkpoint (its tensors checked when made; values read on use).
+    shape: (out, in) as the float weight's."""
+
+    def __init__(self, prefix: str, scheme: QuantScheme, tensors: dict):
+        self.prefix, self.scheme = prefix, scheme
+
+        def get(suffix, dtypes, required=True):
+            name = f"{prefix}.{suffix}"
+            if name not in tensors:
+                if required:
+                    raise ModelLoadError(f"{scheme.source}: {scheme.label} checkpoint has {prefix}.qweight but no "
+                                         f"tensor {name!r}")
+                return None
+            sf, info = tensors[name]
+            if info.dtype not in dtypes:
+                raise ModelLoadError(f"{sf.path}: {scheme.label} tensor {name!r} has dtype {info.dtype}, expected "
+                                     f"{' or '.join(dtypes)}")
+            if len(info.shape) != (1 if suffix == "g_idx" else 2):
+                raise ModelLoadError(f"{sf.path}: {scheme.label} tensor {name!r} has shape {list(info.shape)}, "
+                                     f"expected {'a vector' if suffix == 'g_idx' else 'a matrix'}")
+            return sf, info
+
+        self.qweight = get("qweight", _INT_DTYPES)
+        self.qzeros = get("qzeros", _INT_DTYPES)
+        self.scales = get("scales", _SCALE_DTYPES)
+        self.g_idx = get("g_idx", _INDEX_DTYPES, required=False) if scheme.method == "gptq" else None
+        qw, qz, sc = (t[1].shape for t in (self.qweight, self.qzeros, self.scales))
+        if scheme.method == "gptq":
+            n_in, n_out = qw[0] * 8, qw[1]
+        else:
+            n_in, n_out = qw[0], qw[1] * 8
+        self.shape = (n_out, n_in)
+        gs = scheme.group_size
+        if scheme.method == "awq" and gs != -1 and n_in % gs:
+            raise ModelLoadError(f"{self._path('qweight')}: {prefix}.qweight has {n_in} input rows, not a multiple "
+                                 f"of group_size {gs} (AWQ groups whole rows)")
+        n_groups = 1 if gs == -1 else -(-n_in // gs)
+        if self.g_idx is not None:  # GPTQ: g_idx decides; its largest value is checked when read
+            n_groups = sc[0]
+        if sc != (n_groups, n_out):
+            raise ModelLoadError(f"{self._path('scales')}: {prefix}.scales has shape {list(sc)}, expected "
+                                 f"[{n_groups}, {n_out}] ({prefix}.qweight {list(qw)} with group_size {gs})")
+        if n_out % 8 or qz != (n_groups, n_out // 8):
+            raise ModelLoadError(f"{self._path('qzeros')}: {prefix}.qzeros has shape {list(qz)}, expected "
+                                 f"[{n_groups}, {n_out // 8}] ({prefix}.scales {list(sc)}, 8 zero points per int32)")
+        if self.g_idx is not None and self.g_idx[1].shape != (n_in,):
+            raise ModelLoadError(f"{self._path('g_idx')}: {prefix}.g_idx has shape {list(self.g_idx[1].shape)}, "
+                                 f"expected [{n_in}] (one group per input column)")
+        self.n_groups = n_groups
+        self._groups = None
+
+    def _path(self, suffix: str) -> str:
+        t = getattr(self, suffix, None)
+        return t[0].path if t else self.scheme.source
+
+    # --- values ------------------------------------------------------------------------------------
+    def groups(self) -> np.ndarray:
+        """Each input column's group (int64 [in]), checked against the groups the scales hold."""
+        if self._groups is None:
+            n_in = self.shape[1]
+            if self.g_idx is None:
+                gs = n_in if self.scheme.group_size == -1 else self.scheme.group_size
+                g = np.arange(n_in, dtype=np.int64) // gs
+            else:
+                g = _raw(*self.g_idx, _INDEX_DTYPES).astype(np.int64)
+                bad = np.flatnonzero((g < 0) | (g >= self.n_groups))
+                if bad.size:
+                    raise ModelLoadError(f"{self._path('g_idx')}: {self.prefix}.g_idx[{bad[0]}] = {g[bad[0]]} is "
+                                         f"outside the {self.n_groups} groups of {self.prefix}.scales")
+            self._groups = g
+        return self._groups
+
+    def scale_values(self) -> np.ndarray:
+        """scales as float32 [n_groups, out] (exact), checked finite."""
+        sf, info = self.scales
+        s = sf.numpy(info.name)
+        if not np.all(np.isfinite(s)):
+            raise ModelLoadError(f"{sf.path}: {self.prefix}.scales holds non-finite values (corrupt file)")
+        return s
+
+    def zero_values(self) -> np.ndarray:
+        """zero points z as int32 [n_groups, out] (stored field + the format's offset)."""
+        z = _nibbles(_raw(*self.qzeros, _INT_DTYPES), axis=1)
+        if self.scheme.method == "awq":
+            z = z.reshape(z.shape[0], -1, 8)[:, :, _AWQ_COLUMNS].reshape(z.shape[0], -1)
+        return z.astype(np.int32) + self.scheme.zero_offset
+
+    def q_values(self, rows) -> np.ndarray:
+        """The 4-bit values of the given output rows (slice or index array): uint8 [n_rows, in]."""
+        packed = _raw(*self.qweight, _INT_DTYPES)
+        if self.scheme.method == "gptq":
+            return np.ascontiguousarray(_nibbles(packed[:, rows], axis=0).T)
+        if isinstance(rows, slice):  # AWQ: rows are packed 8 to an int32; unpack the int32 columns they touch
+            r0, r1, _ = rows.indices(self.shape[0])
+            c0, c1 = r0 // 8, -(-r1 // 8)
+            q = _nibbles(packed[:, c0:c1], axis=1)
+            q = q.reshape(q.shape[0], -1, 8)[:, :, _AWQ_COLUMNS].reshape(q.shape[0], -1)
+            return np.ascontiguousarray(q[:, r0 - 8 * c0 : r1 - 8 * c0].T)
+        rows = np.asarray(rows)
+        cols = np.unique(rows // 8)
+        q = _nibbles(packed[:, cols], axis=1)
+        q = q.reshape(q.shape[0], -1, 8)[:, :, _AWQ_COLUMNS].reshape(q.shape[0], -1)
+        where = np.searchsorted(cols, rows // 8) * 8 + rows % 8
+        return np.ascontiguousarray(q[:, where].T)
+
+    def dequantized(self, rows=slice(None)) -> np.ndarray:
+        """W[rows] exactly, float32 [n_rows, in]: s (fp16: 11 significant bits) times q - z (at most 5
+        bits) has at most 16 significant bits, so the float32 product is exact."""
+        g = self.groups()
+        s, z = self.scale_values()[:, rows], self.zero_values()[:, rows]
+        q = self.q_values(rows).astype(np.float32)
+        return s.T[:, g] * (q - z.T[:, g].astype(np.float32))
+
+    # --- engine storage ------------------------------------------------------------------------------
+    def storage(self) -> tuple:
+        """(engine type id, None) when the tensor maps onto Q4_1 blocks, else (F16 or F32, the reason)."""
+        n_in = self.shape[1]
+        why = None
+        if n_in % BLOCK:
+            why = f"its rows ({n_in} weights) are not whole 32-weight blocks"
+        else:
+            g = self.groups().reshape(-1, BLOCK)
+            if np.any(g != g[:, :1]):
+                why = ("act-order (desc_act): its g_idx puts some 32-column blocks in several groups"
+                       if self.scheme.desc_act else "its g_idx puts some 32-column blocks in several groups")
+            else:
+                s = self.scale_values()
+                with np.errstate(over="ignore"):
+                    s16 = s.astype(np.float16)
+                    m = (s * self.zero_values()).astype(np.float16)
+                if np.any(s16.astype(np.float32) != s):
+                    why = "its scales are not fp16 numbers"
+                elif not np.all(np.isfinite(m)):
+                    why = "scale x zero point exceeds fp16's range"
+        if why is None:
+            return Q4_1, None
+        limit = np.abs(self.scale_values()).max() * 16 if self.n_groups else 0.0
+        return (F16 if limit <= _FP16_MAX else F32), why
+
+    def engine_rows(self, type_id: int, rows=None) -> np.ndarray:
+        """The given output rows (None: all; a slice or an index array) as type_id bytes: uint8
+        [n_rows, row bytes]. type_id: Q4_1 (when storage() allows it), F16 or F32 (dequantized)."""
+        n_out, n_in = self.shape
+        idx = np.arange(n_out)[rows if rows is not None else slice(None)]
+        step = max(1, _CHUNK_WEIGHTS // max(1, n_in))
+        parts = []
+        for c0 in range(0, len(idx), step):
+            sel = idx[c0 : c0 + step]
+            sel = slice(int(sel[0]), int(sel[-1]) + 1) if np.all(np.diff(sel) == 1) else sel
+            if type_id == Q4_1:
+                parts.append(self._q4_1(sel))
+            elif type_id in (F16, F32):
+                w = self.dequantized(sel)
+                w = np.ascontiguousarray(w, dtype=np.float16 if type_id == F16 else np.float32)
+                parts.append(w.view(np.uint8).reshape(w.shape[0], -1))
+            else:
+                raise ValueError(f"{self.prefix}: cannot store a {self.scheme.label} tensor as type {type_id}")
+        if not parts:
+            return np.zeros((0, 0), dtype=np.uint8)
+        return np.concatenate(parts)
+
+    def _q4_1(self, rows) -> np.ndarray:
+        n_in = self.shape[1]
+        nb = n_in // BLOCK
+        gb = self.groups()[::BLOCK]  # the group of each block (storage() checked they are whole)
+        s = self.scale_values()[:, rows]
+        z = self.zero_values()[:, rows]
+        d = np.ascontiguousarray(s.T[:, gb], dtype=np.float16)  # exact (storage() checked)
+        m = np.ascontiguousarray((-(s * z)).T[:, gb], dtype=np.float16)  # the one rounding: -s z (exact in float32) to fp16
+        q = self.q_values(rows).reshape(-1, nb, BLOCK)
+        out = np.empty((q.shape[0], nb, Q4_1_BYTES), dtype=np.uint8)
+        out[:, :, 0:2] = d.view(np.uint8).reshape(q.shape[0], nb, 2)
+        out[:, :, 2:4] = m.view(np.uint8).reshape(q.shape[0], nb, 2)
+        out[:, :, 4:] = q[:, :, :16] | (q[:, :, 16:] << 4)  # ggml: byte j holds weights j (low) and j + 16
+        return out.reshape(q.shape[0], nb * Q4_1_BYTES)
+
+
+def quantized_linears(scheme: Optional[QuantScheme], tensors: dict) -> dict:
+    """float weight name ("<prefix>.weight") -> QuantizedLinear, for every "<prefix>.qweight" in the
+    checkpoint's tensors (name -> (file, info)); {} without a scheme. A checkpoint without a scheme
+    but with qweight tensors, or with a scheme and both forms of one layer, is a ModelLoadError."""
+    prefixes = sorted(n[: -len(".qweight")] for n in tensors if n.endswith(".qweight"))
+    if scheme is None:
+        if prefixes:
+            raise ModelLoadError(f"{tensors[prefixes[0] + '.qweight'][0].path}: tensor {prefixes[0] + '.qweight'!r} "
+                                 f"is a quantized weight but config.json has no quantization_config")
+        return {}
+    out = {}
+    for p in prefixes:
+        if f"{p}.weight" in tensors:
+            raise ModelLoadError(f"{scheme.source}: the checkpoint has both {p}.weight and {p}.qweight")
+        out[f"{p}.weight"] = QuantizedLinear(p, scheme, tensors)
+    return out
+
+
+def storage_of(linears: list) -> tuple:
+    """(type id, reason) of one engine tensor made of these layers (stacked experts share one type):
+    (Q4_1, None) when each maps onto Q4_1 blocks, else F16 (or F32) for all and the first reason."""
+    plans = [ql.storage() for ql in linears]
+    why = next((why for _, why in plans if why), None)
+    if why is None:
+        return Q4_1, None
+    return (F32 if any(t == F32 for t, _ in plans) else F16), why
+
+
+def engine_tensor(linears: list, rows=None) -> tuple:
+    """The engine type and bytes (uint8 array) of a tensor made of these quantized layers stacked
+    (MoE experts) or of a row range (start, stop) of one (a fused Phi-3 weight). Returns
+    (type_id, data, reason) where reason says why the tensor is dequantized (None: Q4_1)."""
+    tid, why = storage_of(linears)
+    sel = None if rows is None else slice(rows[0], rows[1])
+    data = np.concatenate([ql.engine_rows(tid, sel).reshape(-1) for ql in linears])
+    return tid, data, why
+
+
+def warn_dequantized(where: str, dequantized: list) -> None:
+    """One warning for a load: which quantized layers were dequantized (list of (name, reason, type))."""
+    if not dequantized:
+        return
+    names = ", ".join(n for n, _, _ in dequantized[:4]) + (f" and {len(dequantized) - 4} more" if len(dequantized) > 4 else "")
+    kinds = {"F16" if t == F16 else "F32" for _, _, t in dequantized}
+    warnings.warn(f"{where}: {len(dequantized)} 4-bit layers cannot map onto Q4_1 blocks and were dequantized to "
+                  f"{'/'.join(sorted(kinds))} ({dequantized[0][1]}): {names}", stacklevel=3)
