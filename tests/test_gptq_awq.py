@@ -1,0 +1,346 @@
+"""test_gptq_awq.py: GPTQ and AWQ 4-bit Hugging Face checkpoints (pyllm/gptq_awq.py). The checkpoints
+are made here from conftest's random models by the formats' published packing rules
+(tests/gptq_awq_packing.py), next to a float32 copy holding exactly the weights they dequantize to.
+  * the engine tensors: each 32-column block in one group is a Q4_1 block whose d and 4-bit values
+    are the checkpoint's bit for bit and whose m is -s z rounded to fp16 (within the bound that rounding
+    implies; exact for symmetric checkpoints); act-order tensors are the exact values rounded to F16;
+  * logits against transformers running the dequantized copy, for GPTQ (both formats, sym/asym,
+    group sizes 32/64/128/-1, desc_act on/off) and AWQ, on Llama, Qwen2 (biases), Phi-3 (fused
+    q/k/v: row ranges of one quantized layer) and Mixtral (stacked experts);
+  * `pyllm quantize` writes those Q4_1 blocks into the GGUF unchanged and the file runs identically;
+  * bad input (other methods, bits, packings, shapes, indices, missing tensors) is a clear error."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import pyllm
+from pyllm.errors import ModelLoadError, UnsupportedArchitectureError
+from pyllm.gptq_awq import F16, Q4_1, engine_tensor, quantized_linears, scheme_of_folder
+from pyllm.safetensors_file import open_checkpoint
+
+from conftest import build_checkpoint, hf_model
+from gptq_awq_packing import write_quantized
+
+gguf = pytest.importorskip("gguf")
+
+THREADS = 1  # tiny models: one thread is fastest on a loaded machine, and results do not depend on it
+SIZES = {"llama2": dict(hidden_size=128, intermediate_size=256), "qwen2": dict(hidden_size=128, intermediate_size=256),
+         "phi3": dict(hidden_size=128, intermediate_size=256), "mixtral": dict(hidden_size=128, intermediate_size=96)}
+
+# (method, checkpoint format, group size, sym, desc_act)
+CASES = [
+    ("gptq", "gptq", 128, False, False),
+    ("gptq", "gptq", 64, True, False),
+    ("gptq", "gptq_v2", 32, False, False),
+    ("gptq", "gptq_v2", -1, True, False),
+    ("gptq", "gptq", 128, False, True),
+    ("gptq", "gptq_v2", 32, True, True),
+    ("awq", "gemm", 128, False, False),
+    ("awq", "gemm", 64, False, False),
+    ("awq", "gemm", 32, False, False),
+    ("awq", "gemm", -1, False, False),
+]
+
+
+def case_id(c):
+    method, fmt, gs, sym, act = c
+    return f"{fmt if method == 'gptq' else 'awq'}-g{gs}-{'sym' if sym else 'asym'}{'-act' if act else ''}"
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    """quantized(arch, case) -> (checkpoint folder, dequantized float32 folder, packer's integers)."""
+    sources, cache = {}, {}
+
+    def get(arch, case):
+        if arch not in sources:
+            sources[arch] = build_checkpoint(arch, "float32", str(tmp_path_factory.mktemp(f"{arch}-src")),
+                                             **SIZES[arch])
+        if (arch, case) not in cache:
+            method, fmt, gs, sym, act = case
+            base = tmp_path_factory.mktemp(f"{arch}-{case_id(case)}")
+            cache[(arch, case)] = write_quantized(sources[arch], str(base / "q"), str(base / "ref"), method, fmt, gs,
+                                                  sym, act)
+        return cache[(arch, case)]
+
+    return get
+
+
+def _ids(vocab, n=40, seed=0):
+    return np.random.default_rng(seed).integers(3, vocab, n).tolist()
+
+
+# ------------------------------------------------------------------------------------------ tensors
+def _block_bound(s, z):
+    """|m - (-s z)| after rounding -s z to fp16: half an ulp, 2^-11 of |s z| in fp16's normal range and
+    2^-25 below it; plus gguf-py's float32 d * q + m (2^-24 of the result, at most 16 |s|)."""
+    sz = np.abs(s.astype(np.float64) * z)
+    return np.maximum(sz * 2.0 ** -11, 2.0 ** -25) + 16 * np.abs(s.astype(np.float64)) * 2.0 ** -24
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_engine_tensors_hold_the_checkpoints_values(quantized, case):
+    method, fmt, gs, sym, act = case
+    dst, _, parts = quantized("llama2", case)
+    lins = quantized_linears(scheme_of_folder(dst), open_checkpoint(dst))
+    assert sorted(lins) == sorted(p + ".weight" for p in parts)
+    n_f16 = 0
+    for prefix, (q, s, z, g) in parts.items():
+        out_f, in_f = q.shape
+        tid, data, why = engine_tensor([lins[prefix + ".weight"]])
+        exact = s.astype(np.float32)[g].T * (q.astype(np.float32) - z[g].T.astype(np.float32))
+        blocks_of = g.reshape(-1, 32)
+        if np.any(blocks_of != blocks_of[:, :1]):  # act-order: a 32-column block spans groups
+            assert act and tid == F16 and "desc_act" in why
+            n_f16 += 1  # the exact values, rounded once to F16
+            np.testing.assert_array_equal(data.view(np.float16).reshape(out_f, in_f), exact.astype(np.float16))
+            continue
+        assert tid == Q4_1 and why is None
+        blocks = data.reshape(out_f, in_f // 32, 20)
+        gb = g[::32]
+        # d and the 4-bit values are the checkpoint's, bit for bit
+        np.testing.assert_array_equal(blocks[:, :, 0:2].copy().view(np.float16)[..., 0], s[gb].T)
+        nib = np.concatenate([blocks[:, :, 4:] & 0xF, blocks[:, :, 4:] >> 4], axis=-1)
+        np.testing.assert_array_equal(nib.reshape(out_f, in_f), q)
+        # m = -s z rounded to fp16 (gguf-py decodes the blocks independently of pyllm)
+        got = gguf.quants.dequantize(data, gguf.GGMLQuantizationType.Q4_1).reshape(out_f, in_f)
+        if sym:  # z = 8: -8 s is an fp16 number, and d q + m is exact in float32
+            np.testing.assert_array_equal(got, exact)
+        else:
+            bound = np.repeat(_block_bound(s[gb].T, z[gb].T), 32, axis=1)
+            assert np.all(np.abs(got.astype(np.float64) - exact) <= bound)
+            assert not np.array_equal(got, exact)  # the asymmetric zero points do need the rounding here
+    assert n_f16 > 0 if act else n_f16 == 0  # (act-order with one group per row, e.g. 128 inputs at g128, maps)
+
+
+def test_classic_gptq_zero_field_15_means_16(small_source, tmp_path):
+    """The classic format stores z - 1 in 4 bits and GPTQ's kernels read field + 1, so a field of 15 is
+    z = 16 (a quantizer's z = 0, wrapped): -16 s is an fp16 number, so the block is still exact."""
+    def edit(t):
+        t[f"{Q}.qzeros"][0, 0] |= 0xF  # group 0, output row 0
+
+    dst, _, parts = write_quantized(small_source, str(tmp_path / "q"), str(tmp_path / "ref"), "gptq", "gptq", 32,
+                                    False, False, edit=edit)
+    q, s, _, g = parts[Q]
+    lin = quantized_linears(scheme_of_folder(dst), open_checkpoint(dst))[Q + ".weight"]
+    tid, data, _ = engine_tensor([lin])
+    got = gguf.quants.dequantize(data, gguf.GGMLQuantizationType.Q4_1).reshape(q.shape)
+    cols = np.flatnonzero(g == 0)
+    np.testing.assert_array_equal(got[0, cols], s[0, 0].astype(np.float32) * (q[0, cols].astype(np.float32) - 16))
+
+
+# ------------------------------------------------------------------------------------------- logits
+def _kl(want, got):
+    from pyllm.generation.logprobs import log_softmax
+
+    p, q = log_softmax(want), log_softmax(got)
+    return float((np.exp(p) * (p - q)).sum(-1).mean())
+
+
+def _check_logits(dst, ref, case, vocab):
+    import torch
+
+    ids = _ids(vocab)
+    m = pyllm.load(dst, n_ctx=64, n_threads=THREADS)
+    got = m.logits(ids)
+    with torch.no_grad():
+        want = hf_model(ref)(torch.tensor([ids])).logits[0].numpy()
+    scale = float(np.abs(want).max())
+    diff = float(np.abs(got - want).max())
+    types = {ql.storage()[0] for ql in quantized_linears(scheme_of_folder(dst), open_checkpoint(dst)).values()}
+    if types == {F16}:
+        # act-order, every layer: F16 weights (each within 2^-11 of its exact value), float32 activations: measured
+        # 1.0e-3 of max |logit| on Llama (mean KL 2e-7); bound 4x
+        assert diff <= 4e-3 * scale, f"max |logit diff| {diff} (scale {scale})"
+    else:
+        # Q4_1 layers quantize their inputs to Q8_0 blocks (as Q4_0/Q8_0 layers do), which dominates the
+        # m rounding (<= 1/128 of a step, see above): measured 1.6e-2..2.8e-2 of max |logit| and mean KL
+        # 0.8e-4..1.8e-4 over these cases; bounds as test_kquants' for quantized activations (2.5x, 5x)
+        assert diff <= 7e-2 * scale, f"max |logit diff| {diff} (scale {scale})"
+        assert _kl(want, got) <= 1e-3
+    return m, got
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_llama_logits_match_transformers_on_the_dequantized_weights(quantized, case):
+    dst, ref, _ = quantized("llama2", case)
+    if case[4]:
+        with pytest.warns(UserWarning, match=r"dequantized to F16 \(act-order"):
+            _check_logits(dst, ref, case, 32000)
+    else:
+        _check_logits(dst, ref, case, 32000)
+
+
+@pytest.mark.parametrize("arch,case", [("qwen2", CASES[2]), ("qwen2", CASES[7]), ("phi3", CASES[1]),
+                                       ("mixtral", CASES[8])], ids=lambda x: x if isinstance(x, str) else case_id(x))
+def test_other_families(quantized, arch, case):
+    dst, ref, _ = quantized(arch, case)
+    _check_logits(dst, ref, case, 128256 if arch == "qwen2" else 32000)
+
+
+def test_quant_on_load_converts_only_the_float_tensors(quantized):
+    """quant= picks the type of the tensors the checkpoint keeps in float (embeddings, LM head); the
+    4-bit layers keep their values, so the logits move only by the embeddings' Q8_0 error."""
+    dst, ref, _ = quantized("llama2", CASES[0])
+    ids = _ids(32000)
+    plain = pyllm.load(dst, n_ctx=64, n_threads=THREADS).logits(ids)
+    q8 = pyllm.load(dst, n_ctx=64, n_threads=THREADS, quant="q8_0").logits(ids)
+    assert not np.array_equal(plain, q8)
+    assert np.abs(plain - q8).max() <= 7e-2 * np.abs(plain).max()
+
+
+# ------------------------------------------------------------------------------------------- export
+def _tensor_bytes(path):
+    from pyllm.gguf_file import GGUFFile
+
+    gf = GGUFFile(path)
+    return {name: gf.tensor(name) for name in gf.tensors}
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama2"])
+def test_quantize_writes_the_q4_1_blocks_and_runs_identically(quantized, tmp_path, arch):
+    from pyllm.cli import main
+    from pyllm.gguf_export import _rope_permutation
+
+    dst, _, parts = quantized(arch, CASES[0])
+    out = str(tmp_path / "m.gguf")
+    assert main(["quantize", dst, out, "--type", "f16", "-q"]) == 0
+    lins = quantized_linears(scheme_of_folder(dst), open_checkpoint(dst))
+    tensors = _tensor_bytes(out)
+    hf_to_gguf = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                  "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+                  "mlp.down_proj": "ffn_down"}
+    heads = {"attn_q": 4, "attn_k": 4 if arch == "llama2" else 2}
+    for prefix in parts:
+        layer, kind = prefix.split(".")[2], prefix.split(".", 3)[3]
+        gname = f"blk.{layer}.{hf_to_gguf[kind]}.weight"
+        tid, shape, buf = tensors[gname]
+        _, data, _ = engine_tensor([lins[prefix + ".weight"]])
+        rows = data.reshape(shape[0], -1)
+        if arch == "llama2" and hf_to_gguf[kind] in heads:  # llama.cpp's Q/K row order for interleaved RoPE
+            rows = rows[_rope_permutation(shape[0], heads[hf_to_gguf[kind]])]
+        assert tid == Q4_1
+        np.testing.assert_array_equal(np.frombuffer(buf, np.uint8), rows.reshape(-1))
+    ids = _ids(128256 if arch == "qwen2" else 32000)
+    want = pyllm.load(dst, n_ctx=64, n_threads=THREADS).logits(ids)
+    got = pyllm.load(out, n_ctx=64, n_threads=THREADS).logits(ids)
+    if arch == "qwen2":  # same tensors, same rope layout: the same arithmetic
+        np.testing.assert_array_equal(got, want)
+    else:
+        # Llama's GGUF permutes Q/K rows (interleaved RoPE): q.k sums in another order, which the Q8_0
+        # activations usually absorb (test_gguf's bound for quantized files)
+        assert np.abs(got - want).max() <= 5e-2 * np.abs(want).max()
+
+
+# ---------------------------------------------------------------------------------------- bad input
+def _with_config(folder, **changes):
+    path = os.path.join(folder, "config.json")
+    with open(path) as f:
+        cfg = json.load(f)
+    cfg["quantization_config"].update(changes)
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def small_source(tmp_path_factory):
+    return build_checkpoint("llama2", "float32", str(tmp_path_factory.mktemp("small-src")), hidden_size=64,
+                            intermediate_size=128)
+
+
+def _bad(small_source, tmp_path, method="gptq", fmt="gptq", edit=None, **config):
+    dst, _, _ = write_quantized(small_source, str(tmp_path / "q"), str(tmp_path / "ref"), method, fmt, 32, False,
+                                False, edit=edit)
+    return _with_config(dst, **config) if config else dst
+
+
+@pytest.mark.parametrize("changes,match", [
+    (dict(bits=8), r"quantization_config\.bits = 8.*4-bit"),
+    (dict(bits=3), r"quantization_config\.bits = 3"),
+    (dict(quant_method="bitsandbytes"), r"quant_method 'bitsandbytes' is not supported"),
+    (dict(quant_method="exl2"), r"quant_method 'exl2' is not supported"),
+    (dict(checkpoint_format="marlin"), r"checkpoint_format 'marlin' is not supported"),
+    (dict(quant_method="awq", version="gemv"), r"version 'gemv' is not supported.*'gemm'"),
+    (dict(quant_method="awq", version="gemm", zero_point=False), r"zero_point = false"),
+])
+def test_unsupported_options_are_refused(small_source, tmp_path, changes, match):
+    dst = _bad(small_source, tmp_path, **changes)
+    with pytest.raises(UnsupportedArchitectureError, match=match):
+        pyllm.load(dst, n_ctx=32)
+    from pyllm.gguf_export import export_gguf
+
+    with pytest.raises(UnsupportedArchitectureError, match=match):
+        export_gguf(dst, str(tmp_path / "x.gguf"), "f16")
+    assert not os.path.exists(tmp_path / "x.gguf")
+
+
+Q = "model.layers.0.self_attn.q_proj"
+
+
+def _drop(name):
+    return lambda t: t.pop(name)
+
+
+def _set(name, fn):
+    def edit(t):
+        t[name] = fn(t[name])
+    return edit
+
+
+def _g_idx_out_of_range(g):
+    g = g.copy()
+    g[5] = 99
+    return g
+
+
+@pytest.mark.parametrize("method,edit,match", [
+    ("gptq", _drop(f"{Q}.qzeros"), rf"has {Q}\.qweight but no tensor '{Q}\.qzeros'"),
+    ("gptq", _drop(f"{Q}.scales"), rf"no tensor '{Q}\.scales'"),
+    ("awq", _drop(f"{Q}.qzeros"), rf"no tensor '{Q}\.qzeros'"),
+    ("gptq", _set(f"{Q}.scales", lambda s: s[:, :-8]), rf"{Q}\.scales has shape \[2, 56\], expected \[2, 64\]"),
+    ("gptq", _set(f"{Q}.qzeros", lambda z: z[:1]), rf"{Q}\.qzeros has shape \[1, 8\], expected \[2, 8\]"),
+    ("awq", _set(f"{Q}.scales", lambda s: s[:1]), rf"{Q}\.scales has shape \[1, 64\], expected \[2, 64\]"),
+    ("gptq", _set(f"{Q}.g_idx", _g_idx_out_of_range), rf"{Q}\.g_idx\[5\] = 99 is outside the 2 groups"),
+    ("gptq", _set(f"{Q}.g_idx", lambda g: g[:-1]), rf"{Q}\.g_idx has shape \[63\], expected \[64\]"),
+    ("gptq", _set(f"{Q}.qweight", lambda w: w.astype(np.float32)), rf"{Q}\.qweight' has dtype F32, expected I32"),
+    ("gptq", _set(f"{Q}.scales", lambda s: np.where(s == s.max(), np.float16(np.inf), s)),
+     rf"{Q}\.scales holds non-finite values"),
+    ("gptq", _set(f"{Q}.qweight", lambda w: w[:, :-8]), r"q_proj"),  # 56 output rows: not the config's 64
+    ("gptq", lambda t: t.update({f"{Q}.weight": np.zeros((64, 64), np.float16)}), rf"both {Q}\.weight and"),
+])
+def test_bad_tensors_are_named(small_source, tmp_path, method, edit, match):
+    dst = _bad(small_source, tmp_path, method, "gptq" if method == "gptq" else "gemm", edit=edit)
+    with pytest.raises(ModelLoadError, match=match):
+        pyllm.load(dst, n_ctx=32)
+
+
+def test_missing_layer_and_stray_qweight(small_source, tmp_path):
+    dst = _bad(small_source, tmp_path, edit=lambda t: [t.pop(f"{Q}.{k}") for k in ("qweight", "qzeros", "scales",
+                                                                                     "g_idx")])
+    with pytest.raises(ModelLoadError, match=rf"no tensor '{Q}\.weight'"):
+        pyllm.load(dst, n_ctx=32)
+    # qweight tensors in a checkpoint whose config.json does not say how they are quantized
+    dst = _bad(small_source, tmp_path / "b")
+    path = os.path.join(dst, "config.json")
+    with open(path) as f:
+        cfg = json.load(f)
+    del cfg["quantization_config"]
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    with pytest.raises(ModelLoadError, match=r"qweight'? is a quantized weight but config.json has no "
+                                             r"quantization_config"):
+        pyllm.load(dst, n_ctx=32)
+
+
+def test_quantize_cli_reports_bad_input(small_source, tmp_path, capsys):
+    from pyllm.cli import main
+
+    dst = _bad(small_source, tmp_path, quant_method="awq", version="gemv_fast")
+    assert main(["quantize", dst, str(tmp_path / "x.gguf"), "-q"]) != 0
+    assert "version 'gemv_fast' is not supported" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "x.gguf")
