@@ -146,18 +146,29 @@ def _raw(sf, info, dtypes: dict) -> np.ndarray:
     return np.frombuffer(sf.buffer(info.name), dtype=dtypes[info.dtype]).reshape(info.shape)
 
 
-def _nibbles(packed: np.ndarray, axis: int) -> np.ndarray:
-    """int32 array -> uint8 4-bit fields, each int32 expanded into 8 along axis (lowest bits first)."""
-    u = packed.astype(np.uint32, copy=False)
-    shifts = np.arange(0, 32, 4, dtype=np.uint32)
-    if axis == 0:
-        out = (u[:, None, :] >> shifts[None, :, None]) & 0xF  # [r, 8, c]
-        return out.reshape(u.shape[0] * 8, u.shape[1]).astype(np.uint8)
-    out = (u[:, :, None] >> shifts[None, None, :]) & 0xF  # [r, c, 8]
-    return out.reshape(u.shape[0], u.shape[1] * 8).astype(np.uint8)
+def _nibbles(packed: np.ndarray, axis: int, order=range(8)) -> np.ndarray:
+    """int32 array -> uint8 4-bit fields, each int32 expanded into 8 along axis, field t (bits 4t..4t+3)
+    going to position order[t] of its 8."""
+    u = packed.view(np.uint32) if packed.dtype.itemsize == 4 else packed.astype(np.uint32)
+    r, c = u.shape
+    out = np.empty((r, 8, c) if axis == 0 else (r, c, 8), dtype=np.uint8)
+    tmp = np.empty_like(u)
+    for t in range(8):
+        np.right_shift(u, np.uint32(4 * t), out=tmp)
+        np.bitwise_and(tmp, np.uint32(0xF), out=tmp)
+        if axis == 0:
+            out[:, order[t], :] = tmp
+        else:
+            out[:, :, order[t]] = tmp
+    return out.reshape(r * 8, c) if axis == 0 else out.reshape(r, c * 8)
 
 
-_AWQ_COLUMNS = np.argsort(AWQ_PACK_ORDER)  # output column j of 8 is 4-bit field _AWQ_COLUMNS[j]
+def _spread(w: np.ndarray) -> np.ndarray:
+    """uint32 words -> uint64 with 4-bit field t of each word in the low half of byte t."""
+    x = w.astype(np.uint64)
+    x = (x | (x << np.uint64(16))) & np.uint64(0x0000FFFF0000FFFF)
+    x = (x | (x << np.uint64(8))) & np.uint64(0x00FF00FF00FF00FF)
+    return (x | (x << np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
 
 
 class QuantizedLinear:
@@ -197,9 +208,7 @@ class QuantizedLinear:
         if scheme.method == "awq" and gs != -1 and n_in % gs:
             raise ModelLoadError(f"{self._path('qweight')}: {prefix}.qweight has {n_in} input rows, not a multiple "
                                  f"of group_size {gs} (AWQ groups whole rows)")
-        n_groups = 1 if gs == -1 else -(-n_in // gs)
-        if self.g_idx is not None:  # GPTQ: g_idx decides; its largest value is checked when read
-            n_groups = sc[0]
+        n_groups = 1 if gs == -1 else -(-n_in // gs)  # also with act-order: g_idx then spreads the groups
         if sc != (n_groups, n_out):
             raise ModelLoadError(f"{self._path('scales')}: {prefix}.scales has shape {list(sc)}, expected "
                                  f"[{n_groups}, {n_out}] ({prefix}.qweight {list(qw)} with group_size {gs})")
@@ -243,9 +252,8 @@ class QuantizedLinear:
 
     def zero_values(self) -> np.ndarray:
         """zero points z as int32 [n_groups, out] (stored field + the format's offset)."""
-        z = _nibbles(_raw(*self.qzeros, _INT_DTYPES), axis=1)
-        if self.scheme.method == "awq":
-            z = z.reshape(z.shape[0], -1, 8)[:, :, _AWQ_COLUMNS].reshape(z.shape[0], -1)
+        z = _nibbles(_raw(*self.qzeros, _INT_DTYPES), axis=1,
+                     order=AWQ_PACK_ORDER if self.scheme.method == "awq" else range(8))
         return z.astype(np.int32) + self.scheme.zero_offset
 
     def q_values(self, rows) -> np.ndarray:
@@ -253,18 +261,19 @@ class QuantizedLinear:
         packed = _raw(*self.qweight, _INT_DTYPES)
         if self.scheme.method == "gptq":
             return np.ascontiguousarray(_nibbles(packed[:, rows], axis=0).T)
-        if isinstance(rows, slice):  # AWQ: rows are packed 8 to an int32; unpack the int32 columns they touch
+        return np.ascontiguousarray(self._awq_values(rows).T)
+
+    def _awq_values(self, rows) -> np.ndarray:
+        """AWQ's 4-bit values of the given output rows in the file's orientation: uint8 [in, n_rows]."""
+        packed = _raw(*self.qweight, _INT_DTYPES)
+        if isinstance(rows, slice):  # rows are packed 8 to an int32: unpack the int32 columns they touch
             r0, r1, _ = rows.indices(self.shape[0])
             c0, c1 = r0 // 8, -(-r1 // 8)
-            q = _nibbles(packed[:, c0:c1], axis=1)
-            q = q.reshape(q.shape[0], -1, 8)[:, :, _AWQ_COLUMNS].reshape(q.shape[0], -1)
-            return np.ascontiguousarray(q[:, r0 - 8 * c0 : r1 - 8 * c0].T)
+            return _nibbles(packed[:, c0:c1], axis=1, order=AWQ_PACK_ORDER)[:, r0 - 8 * c0 : r1 - 8 * c0]
         rows = np.asarray(rows)
         cols = np.unique(rows // 8)
-        q = _nibbles(packed[:, cols], axis=1)
-        q = q.reshape(q.shape[0], -1, 8)[:, :, _AWQ_COLUMNS].reshape(q.shape[0], -1)
-        where = np.searchsorted(cols, rows // 8) * 8 + rows % 8
-        return np.ascontiguousarray(q[:, where].T)
+        q = _nibbles(packed[:, cols], axis=1, order=AWQ_PACK_ORDER)
+        return q[:, np.searchsorted(cols, rows // 8) * 8 + rows % 8]
 
     def dequantized(self, rows=slice(None)) -> np.ndarray:
         """W[rows] exactly, float32 [n_rows, in]: s (fp16: 11 significant bits) times q - z (at most 5
@@ -330,12 +339,26 @@ class QuantizedLinear:
         z = self.zero_values()[:, rows]
         d = np.ascontiguousarray(s.T[:, gb], dtype=np.float16)  # exact (storage() checked)
         m = np.ascontiguousarray((-(s * z)).T[:, gb], dtype=np.float16)  # the one rounding: -s z (exact in float32) to fp16
-        q = self.q_values(rows).reshape(-1, nb, BLOCK)
-        out = np.empty((q.shape[0], nb, Q4_1_BYTES), dtype=np.uint8)
-        out[:, :, 0:2] = d.view(np.uint8).reshape(q.shape[0], nb, 2)
-        out[:, :, 2:4] = m.view(np.uint8).reshape(q.shape[0], nb, 2)
-        out[:, :, 4:] = q[:, :, :16] | (q[:, :, 16:] << 4)  # ggml: byte j holds weights j (low) and j + 16
-        return out.reshape(q.shape[0], nb * Q4_1_BYTES)
+        n = d.shape[0]
+        out = np.empty((n, nb, Q4_1_BYTES), dtype=np.uint8)
+        out[:, :, 0:2] = d.view(np.uint8).reshape(n, nb, 2)
+        out[:, :, 2:4] = m.view(np.uint8).reshape(n, nb, 2)
+        out[:, :, 4:] = self._block_nibbles(rows, nb)
+        return out.reshape(n, nb * Q4_1_BYTES)
+
+    def _block_nibbles(self, rows, nb: int) -> np.ndarray:
+        """The Q4_1 value bytes of the given rows: uint8 [n_rows, nb, 16], byte j of a block holding its
+        weight j (low 4 bits) and weight j + 16 (high), as ggml lays them out."""
+        if self.scheme.method == "gptq":  # 4 int32 per block and row, weights 0-7, 8-15, 16-23, 24-31
+            w = _raw(*self.qweight, _INT_DTYPES)[:, rows].view(np.uint32)
+            w = w.reshape(nb, 4, w.shape[1])
+            lo = _spread(w[:, 0]) | (_spread(w[:, 2]) << np.uint64(4))  # bytes 0-7
+            hi = _spread(w[:, 1]) | (_spread(w[:, 3]) << np.uint64(4))  # bytes 8-15
+            both = np.ascontiguousarray(np.stack([lo, hi], axis=-1).transpose(1, 0, 2), dtype="<u8")
+            return both.view(np.uint8).reshape(w.shape[2], nb, 16)
+        q = self._awq_values(rows)  # [in, n]: pair the weights before transposing (half the bytes)
+        q = q.reshape(nb, 2, 16, q.shape[1])
+        return (q[:, 0] | (q[:, 1] << 4)).transpose(2, 0, 1)
 
 
 def quantized_linears(scheme: Optional[QuantScheme], tensors: dict) -> dict:
