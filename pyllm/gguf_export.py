@@ -4,7 +4,9 @@ or q4_0 — what `pyllm quantize` and tools/quantize.py run. Tensor names, fusio
 and gate+up ffn_up), stacked experts (ffn_*_exps, router ffn_gate_inp kept F32), biases, per-head
 norms and the architecture's metadata keys follow llama.cpp's converter for that architecture; for
 Phi-3 LongRoPE the rope_factors_long / _short tensors and rope.scaling.attn_factor /
-original_context_length. With --lora, adapters are merged into the float weights first.
+original_context_length. With --lora, adapters are merged into the float weights first. A GPTQ /
+AWQ 4-bit folder's quantized layers are written as the Q4_1 blocks pyllm.load runs (pyllm/gptq_awq.py;
+act-order ones dequantized to F16), whatever the requested type, which applies to the float tensors.
 
 For "llama" models the file follows llama.cpp's convert_hf_to_gguf.py: the same metadata keys,
 tensor names (token_embd, blk.N.attn_q, ...), Q/K rows permuted for interleaved RoPE, Llama 3.1

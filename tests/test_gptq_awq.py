@@ -344,3 +344,26 @@ def test_quantize_cli_reports_bad_input(small_source, tmp_path, capsys):
     assert main(["quantize", dst, str(tmp_path / "x.gguf"), "-q"]) != 0
     assert "version 'gemv_fast' is not supported" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x.gguf")
+
+
+# --------------------------------------------------------------------------------------------- LoRA
+def test_lora_stays_beside_the_4_bit_layers(quantized, tmp_path):
+    """An adapter trained on the float model runs unmerged beside the Q4_1 layers (as beside any
+    quantized weight): logits against PEFT on the dequantized weights, with the Q4_1 bounds above."""
+    from test_lora import make_adapter, peft_logits
+
+    dst, ref, _ = quantized("llama2", CASES[0])
+    adapter = make_adapter(ref, str(tmp_path / "adapter"), ["q_proj", "v_proj", "down_proj"])
+    ids = _ids(32000)
+    m = pyllm.load(dst, n_ctx=64, n_threads=THREADS, lora=adapter)
+    assert m._cmodel.lora_count() == 2 * 3
+    got, want = m.logits(ids), peft_logits(ref, [(adapter, 1.0)], ids)
+    assert np.abs(got - want).max() <= 7e-2 * np.abs(want).max()
+    assert _kl(want, got) <= 1e-3
+    assert _kl(want, pyllm.load(dst, n_ctx=64, n_threads=THREADS).logits(ids)) > 10 * _kl(want, got)
+    # pyllm quantize --lora would have to requantize the 4-bit values: refused, no file written
+    from pyllm.gguf_export import export_gguf
+
+    with pytest.raises(ModelLoadError, match=r"cannot be merged into the 4-bit weight .*q_proj"):
+        export_gguf(dst, str(tmp_path / "x.gguf"), "f16", lora=adapter)
+    assert not os.path.exists(tmp_path / "x.gguf")
