@@ -70,7 +70,6 @@ class QuantScheme:
     group_size: int  # input columns per group; -1: one group per row
     zero_offset: int  # added to each stored zero point: 1 for GPTQ's classic format, else 0
     desc_act: bool  # GPTQ act-order (g_idx then decides the groups)
-    sym: bool
     source: str  # the config.json path, for messages
 
     @property
@@ -78,7 +77,7 @@ class QuantScheme:
         return "GPTQ" if self.method == "gptq" else "AWQ"
 
 
-def _opt(qc: dict, source: str, keys, default=None):
+def _opt(qc: dict, keys, default=None):
     """The first of keys that qc has (not None), else default."""
     for k in keys:
         if qc.get(k) is not None:
@@ -111,29 +110,30 @@ def read_scheme(config: dict, source: str) -> Optional[QuantScheme]:
             f"'gptq' and 'awq' checkpoints (other quantized checkpoints: load the original float model, "
             f"optionally with quant=...)")
     method = method.lower()
-    bkey, bits = _opt(qc, source, ("bits", "w_bit"))
+    bkey, bits = _opt(qc, ("bits", "w_bit"))
     if bits != 4 or isinstance(bits, bool):
         raise UnsupportedArchitectureError(f"{source}: quantization_config.{bkey} = {short_repr(bits)} is not "
                                            f"supported: pyllm runs 4-bit {method.upper()} checkpoints only")
-    gkey, gs = _opt(qc, source, ("group_size", "q_group_size"), 128)
+    gkey, gs = _opt(qc, ("group_size", "q_group_size"), 128)
     if not isinstance(gs, int) or isinstance(gs, bool) or not (gs == -1 or gs > 0):
         raise ModelLoadError(f"{source}: quantization_config.{gkey} must be -1 or a positive integer, "
                              f"got {short_repr(gs)}")
     if method == "gptq":
-        fkey, fmt = _opt(qc, source, ("checkpoint_format", "format"), "gptq")
+        fkey, fmt = _opt(qc, ("checkpoint_format", "format"), "gptq")
         if not isinstance(fmt, str) or fmt.lower() not in ("gptq", "gptq_v2"):
             raise UnsupportedArchitectureError(f"{source}: quantization_config.{fkey} {short_repr(fmt)} is not "
                                                f"supported (GPTQ formats pyllm reads: 'gptq', 'gptq_v2')")
+        _bool(qc, "sym", True, source)  # symmetric or not, the zero points are stored either way
         return QuantScheme("gptq", gs, 1 if fmt.lower() == "gptq" else 0, _bool(qc, "desc_act", False, source),
-                           _bool(qc, "sym", True, source), source)
-    vkey, version = _opt(qc, source, ("version", "format"), "gemm")
+                           source)
+    vkey, version = _opt(qc, ("version", "format"), "gemm")
     if not isinstance(version, str) or version.lower() != "gemm":
         raise UnsupportedArchitectureError(f"{source}: quantization_config.{vkey} {short_repr(version)} is not "
                                            f"supported: pyllm reads AWQ's 'gemm' packing only")
     if not _bool(qc, "zero_point", True, source):
         raise UnsupportedArchitectureError(f"{source}: quantization_config.zero_point = false is not supported "
                                            f"(pyllm reads AWQ checkpoints with zero points)")
-    return QuantScheme("awq", gs, 0, False, False, source)
+    return QuantScheme("awq", gs, 0, False, source)
 
 
 def scheme_of_folder(folder: str) -> Optional[QuantScheme]:
@@ -306,7 +306,8 @@ class QuantizedLinear:
                     why = "scale x zero point exceeds fp16's range"
         if why is None:
             return Q4_1, None
-        limit = np.abs(self.scale_values()).max() * 16 if self.n_groups else 0.0
+        s = self.scale_values()
+        limit = float(np.abs(s).max()) * 16 if s.size else 0.0  # |q - z| <= 16
         return (F16 if limit <= _FP16_MAX else F32), why
 
     def engine_rows(self, type_id: int, rows=None) -> np.ndarray:

@@ -367,3 +367,31 @@ def test_lora_stays_beside_the_4_bit_layers(quantized, tmp_path):
     with pytest.raises(ModelLoadError, match=r"cannot be merged into the 4-bit weight .*q_proj"):
         export_gguf(dst, str(tmp_path / "x.gguf"), "f16", lora=adapter)
     assert not os.path.exists(tmp_path / "x.gguf")
+
+
+def test_scales_in_other_float_types(small_source, tmp_path):
+    """Scales saved as bf16 / f32: a value that is an fp16 number still makes an exact d; one that is
+    not (here f32 scales nudged off fp16's grid) makes the layer dequantize (exactly, then F16)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    k_name = "model.layers.0.self_attn.k_proj"
+
+    def edit(t):
+        t[f"{k_name}.scales"] = t[f"{k_name}.scales"].astype(np.float32) * np.float32(1 + 2 ** -15)
+
+    dst, _, _ = write_quantized(small_source, str(tmp_path / "q"), str(tmp_path / "ref"), "gptq", "gptq", 32,
+                                False, False, edit=edit)
+    path = os.path.join(dst, "model.safetensors")
+    t = load_file(path)
+    t[f"{Q}.scales"] = t[f"{Q}.scales"].to(torch.bfloat16)  # bf16's 8-bit significands: fp16 numbers still
+    save_file(t, path, metadata={"format": "pt"})
+    lins = quantized_linears(scheme_of_folder(dst), open_checkpoint(dst))
+    q, k = lins[Q + ".weight"], lins[k_name + ".weight"]
+    assert q.scales[1].dtype == "BF16" and q.storage() == (Q4_1, None)
+    tid, data, _ = engine_tensor([q])
+    d = data.reshape(64, 2, 20)[:, :, 0:2].copy().view(np.float16)[..., 0]
+    np.testing.assert_array_equal(d.astype(np.float32), q.scale_values().T)
+    assert k.scales[1].dtype == "F32" and k.storage() == (F16, "its scales are not fp16 numbers")
+    tid, data, _ = engine_tensor([k])
+    np.testing.assert_array_equal(data.view(np.float16).reshape(64, 64), k.dequantized().astype(np.float16))
