@@ -45,7 +45,7 @@ from .config import ModelConfig, read_json_file
 from .errors import ModelLoadError
 from .adapters import add_lora_argument, lora_spec
 from .arch.family import engine_shapes
-from .gptq_awq import quantized_linears, scheme_of_folder, storage_of, warn_dequantized
+from .gptq_awq import Q4_1 as Q4_1_TYPE, quantized_linears, scheme_of_folder, storage_of, warn_dequantized
 from .hf_loader import role as engine_role
 # DEFAULT_METHOD: how q4_0/q8_0 scales are chosen by default, as pyllm.load(hf_dir, quant=...) does
 from .quantization import DEFAULT_METHOD, METHODS, TYPE_IDS, check_quant, convert, tensor_type
@@ -325,7 +325,7 @@ def _add_value(writer, key: str, value, tag: Optional[str]) -> None:
 
 
 def _add_metadata(writer, folder: str, cfg: ModelConfig, raw: dict, quant: str, tok_md: dict, tok_types: dict,
-                  n_params: int) -> None:
+                  n_params: int, file_type: Optional[int] = None) -> None:
     import gguf
 
     writer.add_type("model")
@@ -355,7 +355,7 @@ def _add_metadata(writer, folder: str, cfg: ModelConfig, raw: dict, quant: str, 
     if raw.get("head_dim") is not None:
         writer.add_key_length(cfg.head_dim)
         writer.add_value_length(cfg.head_dim)
-    writer.add_file_type(FILE_TYPES[quant])
+    writer.add_file_type(FILE_TYPES[quant] if file_type is None else file_type)
     writer.add_vocab_size(cfg.vocab_size)
     writer.add_rope_dimension_count(cfg.head_dim)
     if cfg.sliding_window or cfg.family.name == "phi3":  # llama.cpp's converter writes phi3's, 0 for none
@@ -464,7 +464,9 @@ def export_gguf(hf_dir: str, out_path: str, quant: str = "q8_0", n_threads: int 
 
     writer = _writer_class()(None, cfg.family.gguf_arch)
     n_params = sum(int(np.prod(e.shape)) for e in plan if e.hf is not None)
-    _add_metadata(writer, hf_dir, cfg, raw, quant, tok_md, dict(GGUF_VALUE_TYPES), n_params)
+    # a GPTQ / AWQ folder's file is mostly its Q4_1 layers: llama.cpp's MOSTLY_Q4_1 (3)
+    q4_1 = any(e.quantized and e.type_id == Q4_1_TYPE for e in plan)
+    _add_metadata(writer, hf_dir, cfg, raw, quant, tok_md, dict(GGUF_VALUE_TYPES), n_params, 3 if q4_1 else None)
     for e in plan:
         writer.add_tensor_info(e.name, e.shape, np.dtype(np.float32), e.nbytes,
                                raw_dtype=gguf.GGMLQuantizationType(e.type_id))

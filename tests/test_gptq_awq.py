@@ -210,6 +210,9 @@ def test_quantize_writes_the_q4_1_blocks_and_runs_identically(quantized, tmp_pat
     out = str(tmp_path / "m.gguf")
     assert main(["quantize", dst, out, "--type", "f16", "-q"]) == 0
     lins = quantized_linears(scheme_of_folder(dst), open_checkpoint(dst))
+    from pyllm.gguf_file import GGUFFile
+
+    assert GGUFFile(out).metadata["general.file_type"] == 3  # llama.cpp's MOSTLY_Q4_1
     tensors = _tensor_bytes(out)
     hf_to_gguf = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
                   "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
