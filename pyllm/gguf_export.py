@@ -5,7 +5,7 @@ and gate+up ffn_up), stacked experts (ffn_*_exps, router ffn_gate_inp kept F32),
 norms and the architecture's metadata keys follow llama.cpp's converter for that architecture; for
 Phi-3 LongRoPE the rope_factors_long / _short tensors and rope.scaling.attn_factor /
 original_context_length. With --lora, adapters are merged into the float weights first. A GPTQ /
-AWQ 4-bit folder's quantized layers are written as the Q4_1 blocks pyllm.load runs (pyllm/gptq_awq.py;
+AWQ 4-bit folder's quantized layers are written as the Q4_0 / Q4_1 blocks pyllm.load runs (pyllm/gptq_awq.py;
 act-order ones dequantized to F16), whatever the requested type, which applies to the float tensors.
 
 For "llama" models the file follows llama.cpp's convert_hf_to_gguf.py: the same metadata keys,
@@ -45,7 +45,8 @@ from .config import ModelConfig, read_json_file
 from .errors import ModelLoadError
 from .adapters import add_lora_argument, lora_spec
 from .arch.family import engine_shapes
-from .gptq_awq import Q4_1 as Q4_1_TYPE, quantized_linears, scheme_of_folder, storage_of, warn_dequantized
+from .gptq_awq import (Q4_0 as Q4_0_TYPE, Q4_1 as Q4_1_TYPE, quantized_linears, scheme_of_folder, storage_of,
+                       warn_dequantized)
 from .hf_loader import role as engine_role
 # DEFAULT_METHOD: how q4_0/q8_0 scales are chosen by default, as pyllm.load(hf_dir, quant=...) does
 from .quantization import DEFAULT_METHOD, METHODS, TYPE_IDS, check_quant, convert, tensor_type
@@ -146,7 +147,7 @@ def _plan(folder: str, cfg: ModelConfig, quant: str, tensors: dict, adapters=Non
     """Every tensor to write, checked against the config, in llama.cpp's order: the family's GGUF
     tensors (pyllm.arch), each made of the Hugging Face tensors its engine tensors come from (a fused
     GGUF tensor from the fused HF one, stacked experts from each expert's). qlin: weight name ->
-    GPTQ / AWQ layer (pyllm.gptq_awq), written as Q4_1 blocks (or dequantized) whatever quant says."""
+    GPTQ / AWQ layer (pyllm.gptq_awq), written as Q4_0 / Q4_1 blocks (or dequantized) whatever quant says."""
     fam = cfg.family
     expect = engine_shapes(cfg)
     tied = cfg.tie_word_embeddings
@@ -267,7 +268,7 @@ def _write_tensor(fout, e: _Entry, tensors: dict, n_threads: int, method: Option
         fout.write(memoryview(b))
         return b.nbytes
     written = 0
-    for ql in e.quantized or ():  # GPTQ / AWQ: the Q4_1 blocks the loader makes, rows permuted as below
+    for ql in e.quantized or ():  # GPTQ / AWQ: the 4-bit blocks the loader makes, rows permuted as below
         b = ql.engine_rows(e.type_id, _rope_permutation(ql.shape[0], e.heads) if e.heads else None)
         fout.write(memoryview(b))
         written += b.nbytes
@@ -464,9 +465,10 @@ def export_gguf(hf_dir: str, out_path: str, quant: str = "q8_0", n_threads: int 
 
     writer = _writer_class()(None, cfg.family.gguf_arch)
     n_params = sum(int(np.prod(e.shape)) for e in plan if e.hf is not None)
-    # a GPTQ / AWQ folder's file is mostly its Q4_1 layers: llama.cpp's MOSTLY_Q4_1 (3)
-    q4_1 = any(e.quantized and e.type_id == Q4_1_TYPE for e in plan)
-    _add_metadata(writer, hf_dir, cfg, raw, quant, tok_md, dict(GGUF_VALUE_TYPES), n_params, 3 if q4_1 else None)
+    # a GPTQ / AWQ folder's file is mostly its 4-bit layers: llama.cpp's MOSTLY_Q4_1 (3) or MOSTLY_Q4_0 (2)
+    four_bit = {e.type_id for e in plan if e.quantized} & {Q4_0_TYPE, Q4_1_TYPE}
+    file_type = (3 if Q4_1_TYPE in four_bit else 2) if four_bit else None
+    _add_metadata(writer, hf_dir, cfg, raw, quant, tok_md, dict(GGUF_VALUE_TYPES), n_params, file_type)
     for e in plan:
         writer.add_tensor_info(e.name, e.shape, np.dtype(np.float32), e.nbytes,
                                raw_dtype=gguf.GGMLQuantizationType(e.type_id))

@@ -15,22 +15,26 @@ Formats (per linear layer `P` = e.g. model.layers.0.self_attn.q_proj, weight W [
 A layer the checkpoint keeps in float (P.weight, e.g. lm_head, AWQ's modules_to_not_convert) loads as
 any float tensor does; biases (P.bias) are separate tensors as in float checkpoints.
 
-How they run: every 32 input columns of a row that lie in one group become one ggml Q4_1 block
-(value = d * q + m, fp16 d and m): d = s exactly, q the stored 4-bit values bit for bit, m = -s * z
-rounded to fp16. That rounding is the only change: per weight |m - (-s z)| <= 2^-11 |s z| (half an
-fp16 ulp; 2^-25 absolute when s z is below fp16's normal range), at most 1/128 of the scale s, against
-a quantization step of s. It is exact when s z is an fp16 number, e.g. every symmetric checkpoint
-(z = 8). A tensor maps this way when every 32-column block lies in one group: group sizes that are
-multiples of 32 (32, 64, 128, ...) or -1 (one group per row), without act-order.
+How they run: every 32 input columns of a row that lie in one group become one ggml 4-bit block, with
+d = s exactly and the stored 4-bit values bit for bit:
+  * symmetric layers (every zero point 8, GPTQ's sym=true): Q4_0 blocks (value = d (q - 8)), exactly
+    the checkpoint's weights, through the engine's fastest 4-bit path (repacked Q4_0 gemm), 4.5 bits;
+  * others (AWQ, asymmetric GPTQ): Q4_1 blocks (value = d q + m, fp16 d and m) with m = -s z rounded
+    to fp16. That rounding is the only change: per weight |m - (-s z)| <= 2^-11 |s z| (half an fp16
+    ulp; 2^-25 absolute when s z is below fp16's normal range), at most 1/128 of the scale s, against a
+    quantization step of s; exact when s z is an fp16 number. 5 bits per weight.
+A tensor maps this way when every 32-column block lies in one group: group sizes that are multiples
+of 32 (32, 64, 128, ...) or -1 (one group per row), without act-order. MoE experts stacked into one
+tensor share one type (Q4_1 unless all are symmetric: a Q4_0 block is a Q4_1 one with m = -8 d).
 
 What does not map, and is dequantized instead (exactly, in float32) and stored as F16 (a warning names
 the tensors): act-order checkpoints (desc_act: g_idx scatters a group's columns over the row, so a
 32-column block holds several groups' scales and zeros), group sizes that are not multiples of 32,
 rows whose length is not a multiple of 32, scales that are not fp16 numbers (bf16/f32 scales outside
 fp16's range or precision), and s * z beyond fp16's range. F16 keeps each dequantized weight to within
-2^-11 of its value (the same relative bound as Q4_1's m), where re-quantizing the scattered groups to
+2^-11 of its value (the relative bound of Q4_1's m), where re-quantizing the scattered groups to
 a 4-bit or 8-bit block type would add an error of the order of the quantization step itself; it costs
-16 bits per weight instead of 5.
+16 bits per weight instead of 4.5 or 5.
 
 Refused with UnsupportedArchitectureError naming the option: other quant_methods (bitsandbytes, exl2,
 fp8, ...), bits other than 4, GPTQ formats other than gptq / gptq_v2 (marlin, bitblas), AWQ packings
@@ -49,11 +53,13 @@ import numpy as np
 from .config import read_json_file, short_repr
 from .errors import ModelLoadError, UnsupportedArchitectureError
 
-Q4_1 = 3  # engine / ggml type ids
+Q4_0 = 2  # engine / ggml type ids
+Q4_1 = 3
 F16 = 1
 F32 = 0
-BLOCK = 32  # weights per Q4_1 block
-Q4_1_BYTES = 20  # fp16 d, fp16 m, 16 bytes of 4-bit values
+BLOCK = 32  # weights per Q4_0 / Q4_1 block
+BLOCK_BYTES = {Q4_0: 18, Q4_1: 20}  # fp16 d, (Q4_1: fp16 m,) 16 bytes of 4-bit values
+SYMMETRIC_ZERO = 8  # the zero point of symmetric 4-bit quantization: value = s (q - 8), i.e. Q4_0
 AWQ_PACK_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # output column held by each 4-bit field of an AWQ int32
 _INT_DTYPES = {"I32": "<i4", "U32": "<u4"}
 _INDEX_DTYPES = {"I32": "<i4", "I64": "<i8"}
@@ -285,7 +291,8 @@ class QuantizedLinear:
 
     # --- engine storage ------------------------------------------------------------------------------
     def storage(self) -> tuple:
-        """(engine type id, None) when the tensor maps onto Q4_1 blocks, else (F16 or F32, the reason)."""
+        """(engine type id, None) when the tensor maps onto 4-bit blocks: Q4_0 when every zero point is
+        8 (symmetric), else Q4_1; otherwise (F16 or F32, the reason)."""
         n_in = self.shape[1]
         why = None
         if n_in % BLOCK:
@@ -296,23 +303,23 @@ class QuantizedLinear:
                 why = ("act-order (desc_act): its g_idx puts some 32-column blocks in several groups"
                        if self.scheme.desc_act else "its g_idx puts some 32-column blocks in several groups")
             else:
-                s = self.scale_values()
+                s, z = self.scale_values(), self.zero_values()
                 with np.errstate(over="ignore"):
                     s16 = s.astype(np.float16)
-                    m = (s * self.zero_values()).astype(np.float16)
+                    m = (s * z).astype(np.float16)
                 if np.any(s16.astype(np.float32) != s):
                     why = "its scales are not fp16 numbers"
                 elif not np.all(np.isfinite(m)):
                     why = "scale x zero point exceeds fp16's range"
         if why is None:
-            return Q4_1, None
+            return (Q4_0 if np.all(z == SYMMETRIC_ZERO) else Q4_1), None
         s = self.scale_values()
         limit = float(np.abs(s).max()) * 16 if s.size else 0.0  # |q - z| <= 16
         return (F16 if limit <= _FP16_MAX else F32), why
 
     def engine_rows(self, type_id: int, rows=None) -> np.ndarray:
         """The given output rows (None: all; a slice or an index array) as type_id bytes: uint8
-        [n_rows, row bytes]. type_id: Q4_1 (when storage() allows it), F16 or F32 (dequantized)."""
+        [n_rows, row bytes]. type_id: Q4_0 / Q4_1 (as storage() allows), F16 or F32 (dequantized)."""
         n_out, n_in = self.shape
         idx = np.arange(n_out)[rows if rows is not None else slice(None)]
         step = max(1, _CHUNK_WEIGHTS // max(1, n_in))
@@ -320,8 +327,8 @@ class QuantizedLinear:
         for c0 in range(0, len(idx), step):
             sel = idx[c0 : c0 + step]
             sel = slice(int(sel[0]), int(sel[-1]) + 1) if np.all(np.diff(sel) == 1) else sel
-            if type_id == Q4_1:
-                parts.append(self._q4_1(sel))
+            if type_id in BLOCK_BYTES:
+                parts.append(self._blocks(sel, type_id))
             elif type_id in (F16, F32):
                 w = self.dequantized(sel)
                 w = np.ascontiguousarray(w, dtype=np.float16 if type_id == F16 else np.float32)
@@ -332,24 +339,28 @@ class QuantizedLinear:
             return np.zeros((0, 0), dtype=np.uint8)
         return np.concatenate(parts)
 
-    def _q4_1(self, rows) -> np.ndarray:
+    def _blocks(self, rows, type_id: int) -> np.ndarray:
+        """Q4_0 blocks (d = s; symmetric layers only, z = 8: exact) or Q4_1 blocks (d = s, m = -s z)."""
         n_in = self.shape[1]
         nb = n_in // BLOCK
         gb = self.groups()[::BLOCK]  # the group of each block (storage() checked they are whole)
         s = self.scale_values()[:, rows]
         z = self.zero_values()[:, rows]
         d = np.ascontiguousarray(s.T[:, gb], dtype=np.float16)  # exact (storage() checked)
-        m = np.ascontiguousarray((-(s * z)).T[:, gb], dtype=np.float16)  # the one rounding: -s z (exact in float32) to fp16
-        n = d.shape[0]
-        out = np.empty((n, nb, Q4_1_BYTES), dtype=np.uint8)
+        n, size = d.shape[0], BLOCK_BYTES[type_id]
+        out = np.empty((n, nb, size), dtype=np.uint8)
         out[:, :, 0:2] = d.view(np.uint8).reshape(n, nb, 2)
-        out[:, :, 2:4] = m.view(np.uint8).reshape(n, nb, 2)
-        out[:, :, 4:] = self._block_nibbles(rows, nb)
-        return out.reshape(n, nb * Q4_1_BYTES)
+        if type_id == Q4_1:  # the one rounding: -s z (exact in float32) to fp16
+            m = np.ascontiguousarray((-(s * z)).T[:, gb], dtype=np.float16)
+            out[:, :, 2:4] = m.view(np.uint8).reshape(n, nb, 2)
+        elif np.any(z != SYMMETRIC_ZERO):
+            raise ValueError(f"{self.prefix}: Q4_0 holds symmetric layers only (zero point 8)")
+        out[:, :, size - 16 :] = self._block_nibbles(rows, nb)
+        return out.reshape(n, nb * size)
 
     def _block_nibbles(self, rows, nb: int) -> np.ndarray:
-        """The Q4_1 value bytes of the given rows: uint8 [n_rows, nb, 16], byte j of a block holding its
-        weight j (low 4 bits) and weight j + 16 (high), as ggml lays them out."""
+        """The Q4_0 / Q4_1 value bytes of the given rows: uint8 [n_rows, nb, 16], byte j of a block holding
+        its weight j (low 4 bits) and weight j + 16 (high), as ggml lays them out."""
         if self.scheme.method == "gptq":  # 4 int32 per block and row, weights 0-7, 8-15, 16-23, 24-31
             w = _raw(*self.qweight, _INT_DTYPES)[:, rows].view(np.uint32)
             w = w.reshape(nb, 4, w.shape[1])
@@ -382,18 +393,19 @@ def quantized_linears(scheme: Optional[QuantScheme], tensors: dict) -> dict:
 
 def storage_of(linears: list) -> tuple:
     """(type id, reason) of one engine tensor made of these layers (stacked experts share one type):
-    (Q4_1, None) when each maps onto Q4_1 blocks, else F16 (or F32) for all and the first reason."""
+    (Q4_0, None) when every one is symmetric, (Q4_1, None) when each maps onto 4-bit blocks (a Q4_0
+    block is a Q4_1 one with m = -8 d, exactly), else F16 (or F32) for all and the first reason."""
     plans = [ql.storage() for ql in linears]
     why = next((why for _, why in plans if why), None)
     if why is None:
-        return Q4_1, None
+        return (Q4_0 if all(t == Q4_0 for t, _ in plans) else Q4_1), None
     return (F32 if any(t == F32 for t, _ in plans) else F16), why
 
 
 def engine_tensor(linears: list, rows=None) -> tuple:
     """The engine type and bytes (uint8 array) of a tensor made of these quantized layers stacked
     (MoE experts) or of a row range (start, stop) of one (a fused Phi-3 weight). Returns
-    (type_id, data, reason) where reason says why the tensor is dequantized (None: Q4_1)."""
+    (type_id, data, reason) where reason says why the tensor is dequantized (None: Q4_0 / Q4_1)."""
     tid, why = storage_of(linears)
     sel = None if rows is None else slice(rows[0], rows[1])
     data = np.concatenate([ql.engine_rows(tid, sel).reshape(-1) for ql in linears])
@@ -406,5 +418,5 @@ def warn_dequantized(where: str, dequantized: list) -> None:
         return
     names = ", ".join(n for n, _, _ in dequantized[:4]) + (f" and {len(dequantized) - 4} more" if len(dequantized) > 4 else "")
     kinds = {"F16" if t == F16 else "F32" for _, _, t in dequantized}
-    warnings.warn(f"{where}: {len(dequantized)} 4-bit layers cannot map onto Q4_1 blocks and were dequantized to "
+    warnings.warn(f"{where}: {len(dequantized)} 4-bit layers cannot map onto 4-bit blocks and were dequantized to "
                   f"{'/'.join(sorted(kinds))} ({dequantized[0][1]}): {names}", stacklevel=3)

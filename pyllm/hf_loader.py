@@ -1,7 +1,7 @@
 """hf_loader.py: turns a Hugging Face checkpoint folder (config.json + safetensors + tokenizer
 files) into an engine model. Maps HF tensor names to the engine's, checks dtypes and shapes,
 and passes mmapped buffers straight through (no copies, 16-bit weights stay 16-bit); GPTQ / AWQ 4-bit
-layers become Q4_1 engine tensors (pyllm/gptq_awq.py). Also the
+layers become Q4_0 / Q4_1 engine tensors (pyllm/gptq_awq.py). Also the
 load-time checks shared with the GGUF loader: sampling defaults that generate() would reject, and
 a tokenizer that cannot decode every id the model can produce."""
 from __future__ import annotations
@@ -146,8 +146,8 @@ def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads:
     q4_0/q8_0 scales are chosen (default pyllm.quantization.DEFAULT_METHOD); importance: per
     (engine name, layer) column weights for method "search" (pyllm/imatrix.py). lora: adapters
     (pyllm.load's lora=; applied as pyllm/adapters.py says: merged into float weights, kept beside
-    quantized ones). GPTQ / AWQ layers (pyllm/gptq_awq.py) keep their 4-bit values (Q4_1, or F16 where
-    they cannot map, with one warning); quant applies to the other tensors."""
+    quantized ones). GPTQ / AWQ layers (pyllm/gptq_awq.py) keep their 4-bit values (Q4_0 / Q4_1, or
+    F16 where they cannot map, with one warning); quant applies to the other tensors."""
     cfg = ModelConfig.from_file(os.path.join(folder, "config.json"))
     if quant is not None:
         quant = check_quant(quant)
@@ -173,7 +173,7 @@ def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads:
         shapes.update({n: ql.shape for n, ql in qlin.items()})
         adapters = AdapterSet(cfg, lora, folder, shapes) or None
     sides = {}
-    dequantized = []  # GPTQ / AWQ layers that do not map onto Q4_1: (name, reason, type)
+    dequantized = []  # GPTQ / AWQ layers that do not map onto 4-bit blocks: (name, reason, type)
 
     def quantized_tensor(name, layer, src):
         if any(n not in qlin for n in src.names):

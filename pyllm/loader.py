@@ -39,9 +39,9 @@ def load(path: Optional[str] = None, n_threads: Optional[int] = None, n_ctx: Opt
     values rounded to fp16 as they are written, as llama.cpp's default cache does). lora: PEFT LoRA
     adapters, a folder, a (folder, scale) pair or a list of them (pyllm/lora.py): merged into 16-bit
     and f32 weights, kept beside quantized ones as a low-rank side product (pyllm/adapters.py).
-    A GPTQ or AWQ 4-bit folder (config.json quantization_config) runs its 4-bit layers as Q4_1 blocks
-    (act-order layers dequantized to F16, with a warning); quant= then applies to the tensors it keeps
-    in float (pyllm/gptq_awq.py)."""
+    A GPTQ or AWQ 4-bit folder (config.json quantization_config) runs its 4-bit layers as Q4_0
+    (symmetric) or Q4_1 blocks (act-order layers dequantized to F16, with a warning); quant= then
+    applies to the tensors it keeps in float (pyllm/gptq_awq.py)."""
     from .hf_loader import load_hf_folder
     from .tokenizer import Tokenizer
 

@@ -1,13 +1,14 @@
 """test_gptq_awq.py: GPTQ and AWQ 4-bit Hugging Face checkpoints (pyllm/gptq_awq.py). The checkpoints
 are made here from conftest's random models by the formats' published packing rules
 (tests/gptq_awq_packing.py), next to a float32 copy holding exactly the weights they dequantize to.
-  * the engine tensors: each 32-column block in one group is a Q4_1 block whose d and 4-bit values
-    are the checkpoint's bit for bit and whose m is -s z rounded to fp16 (within the bound that rounding
-    implies; exact for symmetric checkpoints); act-order tensors are the exact values rounded to F16;
+  * the engine tensors: each 32-column block in one group is a Q4_0 block (symmetric layers: exactly
+    the checkpoint's weights) or a Q4_1 block whose d and 4-bit values are the checkpoint's bit for bit
+    and whose m is -s z rounded to fp16 (within the bound that rounding implies); act-order tensors are
+    the exact values rounded to F16;
   * logits against transformers running the dequantized copy, for GPTQ (both formats, sym/asym,
     group sizes 32/64/128/-1, desc_act on/off) and AWQ, on Llama, Qwen2 (biases), Phi-3 (fused
     q/k/v: row ranges of one quantized layer) and Mixtral (stacked experts);
-  * `pyllm quantize` writes those Q4_1 blocks into the GGUF unchanged and the file runs identically;
+  * `pyllm quantize` writes those blocks into the GGUF unchanged and the file runs identically;
   * bad input (other methods, bits, packings, shapes, indices, missing tensors) is a clear error."""
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pytest
 
 import pyllm
 from pyllm.errors import ModelLoadError, UnsupportedArchitectureError
-from pyllm.gptq_awq import F16, Q4_1, engine_tensor, quantized_linears, scheme_of_folder
+from pyllm.gptq_awq import F16, Q4_0, Q4_1, engine_tensor, quantized_linears, scheme_of_folder
 from pyllm.safetensors_file import open_checkpoint
 
 from conftest import build_checkpoint, hf_model
@@ -99,18 +100,20 @@ def test_engine_tensors_hold_the_checkpoints_values(quantized, case):
             n_f16 += 1  # the exact values, rounded once to F16
             np.testing.assert_array_equal(data.view(np.float16).reshape(out_f, in_f), exact.astype(np.float16))
             continue
-        assert tid == Q4_1 and why is None
-        blocks = data.reshape(out_f, in_f // 32, 20)
+        # symmetric (z = 8): Q4_0, d (q - 8); else Q4_1, d q + m
+        assert tid == (Q4_0 if sym else Q4_1) and why is None
+        blocks = data.reshape(out_f, in_f // 32, 18 if sym else 20)
         gb = g[::32]
         # d and the 4-bit values are the checkpoint's, bit for bit
         np.testing.assert_array_equal(blocks[:, :, 0:2].copy().view(np.float16)[..., 0], s[gb].T)
-        nib = np.concatenate([blocks[:, :, 4:] & 0xF, blocks[:, :, 4:] >> 4], axis=-1)
+        nib = np.concatenate([blocks[:, :, -16:] & 0xF, blocks[:, :, -16:] >> 4], axis=-1)
         np.testing.assert_array_equal(nib.reshape(out_f, in_f), q)
-        # m = -s z rounded to fp16 (gguf-py decodes the blocks independently of pyllm)
-        got = gguf.quants.dequantize(data, gguf.GGMLQuantizationType.Q4_1).reshape(out_f, in_f)
-        if sym:  # z = 8: -8 s is an fp16 number, and d q + m is exact in float32
+        # gguf-py decodes the blocks independently of pyllm
+        got = gguf.quants.dequantize(data, gguf.GGMLQuantizationType(tid)).reshape(out_f, in_f)
+        if sym:  # exactly the checkpoint's weights
             np.testing.assert_array_equal(got, exact)
         else:
+            # m = -s z rounded to fp16
             bound = np.repeat(_block_bound(s[gb].T, z[gb].T), 32, axis=1)
             assert np.all(np.abs(got.astype(np.float64) - exact) <= bound)
             assert not np.array_equal(got, exact)  # the asymmetric zero points do need the rounding here
@@ -153,12 +156,12 @@ def _check_logits(dst, ref, case, vocab):
     diff = float(np.abs(got - want).max())
     types = {ql.storage()[0] for ql in quantized_linears(scheme_of_folder(dst), open_checkpoint(dst)).values()}
     if types == {F16}:
-        # act-order, every layer: F16 weights (each within 2^-11 of its exact value), float32 activations: measured
-        # 1.0e-3 of max |logit| on Llama (mean KL 2e-7); bound 4x
+        # act-order, every layer: F16 weights (each within 2^-11 of its exact value), float32
+        # activations: measured 1.0e-3 of max |logit| on Llama (mean KL 2e-7); bound 4x
         assert diff <= 4e-3 * scale, f"max |logit diff| {diff} (scale {scale})"
     else:
-        # Q4_1 layers quantize their inputs to Q8_0 blocks (as Q4_0/Q8_0 layers do), which dominates the
-        # m rounding (<= 1/128 of a step, see above): measured 1.6e-2..2.8e-2 of max |logit| and mean KL
+        # Q4_0 / Q4_1 layers quantize their inputs to Q8_0 blocks, which dominates Q4_1's m rounding
+        # (<= 1/128 of a step, see above): measured 1.6e-2..2.8e-2 of max |logit| and mean KL
         # 0.8e-4..1.8e-4 over these cases; bounds as test_kquants' for quantized activations (2.5x, 5x)
         assert diff <= 7e-2 * scale, f"max |logit diff| {diff} (scale {scale})"
         assert _kl(want, got) <= 1e-3
@@ -201,18 +204,20 @@ def _tensor_bytes(path):
     return {name: gf.tensor(name) for name in gf.tensors}
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "llama2"])
-def test_quantize_writes_the_q4_1_blocks_and_runs_identically(quantized, tmp_path, arch):
+@pytest.mark.parametrize("arch,case", [("qwen2", CASES[0]), ("llama2", CASES[0]), ("qwen2", CASES[1])],
+                         ids=["qwen2-asym", "llama2-asym", "qwen2-sym"])
+def test_quantize_writes_the_4_bit_blocks_and_runs_identically(quantized, tmp_path, arch, case):
     from pyllm.cli import main
     from pyllm.gguf_export import _rope_permutation
 
-    dst, _, parts = quantized(arch, CASES[0])
+    dst, _, parts = quantized(arch, case)
+    sym = case[3]
     out = str(tmp_path / "m.gguf")
     assert main(["quantize", dst, out, "--type", "f16", "-q"]) == 0
     lins = quantized_linears(scheme_of_folder(dst), open_checkpoint(dst))
     from pyllm.gguf_file import GGUFFile
 
-    assert GGUFFile(out).metadata["general.file_type"] == 3  # llama.cpp's MOSTLY_Q4_1
+    assert GGUFFile(out).metadata["general.file_type"] == (2 if sym else 3)  # llama.cpp's MOSTLY_Q4_0 / _Q4_1
     tensors = _tensor_bytes(out)
     hf_to_gguf = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
                   "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
@@ -226,7 +231,7 @@ def test_quantize_writes_the_q4_1_blocks_and_runs_identically(quantized, tmp_pat
         rows = data.reshape(shape[0], -1)
         if arch == "llama2" and hf_to_gguf[kind] in heads:  # llama.cpp's Q/K row order for interleaved RoPE
             rows = rows[_rope_permutation(shape[0], heads[hf_to_gguf[kind]])]
-        assert tid == Q4_1
+        assert tid == (Q4_0 if sym else Q4_1)
         np.testing.assert_array_equal(np.frombuffer(buf, np.uint8), rows.reshape(-1))
     ids = _ids(128256 if arch == "qwen2" else 32000)
     want = pyllm.load(dst, n_ctx=64, n_threads=THREADS).logits(ids)
@@ -351,8 +356,8 @@ def test_quantize_cli_reports_bad_input(small_source, tmp_path, capsys):
 
 # --------------------------------------------------------------------------------------------- LoRA
 def test_lora_stays_beside_the_4_bit_layers(quantized, tmp_path):
-    """An adapter trained on the float model runs unmerged beside the Q4_1 layers (as beside any
-    quantized weight): logits against PEFT on the dequantized weights, with the Q4_1 bounds above."""
+    """An adapter trained on the float model runs unmerged beside the 4-bit layers (as beside any
+    quantized weight): logits against PEFT on the dequantized weights, with the 4-bit bounds above."""
     from test_lora import make_adapter, peft_logits
 
     dst, ref, _ = quantized("llama2", CASES[0])
