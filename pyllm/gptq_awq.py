@@ -1,5 +1,6 @@
 """gptq_awq.py: Hugging Face checkpoints quantized to 4 bits with GPTQ (auto-gptq / gptqmodel / optimum)
-or AWQ (autoawq, GEMM packing): reading config.json's quantization_config, checking each quantized
+or AWQ (autoawq, GEMM packing): reading config.json's quantization_config (or the quantizer's own
+quantize_config.json / quant_config.json in older folders), checking each quantized
 linear's tensors, and turning them into engine tensors without a round trip through 16-bit.
 
 Formats (per linear layer `P` = e.g. model.layers.0.self_attn.q_proj, weight W [out, in]):
@@ -142,10 +143,23 @@ def read_scheme(config: dict, source: str) -> Optional[QuantScheme]:
     return QuantScheme("awq", gs, 0, False, source)
 
 
+# the quantizers' own config files, which older checkpoints have instead of config.json's
+# quantization_config: auto-gptq's quantize_config.json, autoawq's quant_config.json
+_QUANTIZER_FILES = (("quantize_config.json", "gptq"), ("quant_config.json", "awq"))
+
+
 def scheme_of_folder(folder: str) -> Optional[QuantScheme]:
-    """read_scheme of the folder's config.json."""
+    """read_scheme of the folder's config.json, or of the quantizer's own file when config.json has no
+    quantization_config (older auto-gptq / autoawq checkpoints)."""
     path = os.path.join(folder, "config.json")
-    return read_scheme(read_json_file(path), path)
+    config = read_json_file(path)
+    if config.get("quantization_config") is None:
+        for name, method in _QUANTIZER_FILES:
+            qpath = os.path.join(folder, name)
+            if os.path.isfile(qpath):
+                qc = read_json_file(qpath)
+                return read_scheme({"quantization_config": {"quant_method": method, **qc}}, qpath)
+    return read_scheme(config, path)
 
 
 def _raw(sf, info, dtypes: dict) -> np.ndarray:

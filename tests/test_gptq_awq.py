@@ -403,3 +403,25 @@ def test_scales_in_other_float_types(small_source, tmp_path):
     assert k.scales[1].dtype == "F32" and k.storage() == (F16, "its scales are not fp16 numbers")
     tid, data, _ = engine_tensor([k])
     np.testing.assert_array_equal(data.view(np.float16).reshape(64, 64), k.dequantized().astype(np.float16))
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_quantizer_config_file_without_quantization_config(small_source, tmp_path, method):
+    """Older auto-gptq / autoawq folders describe the quantization in quantize_config.json /
+    quant_config.json (autoawq's own keys: w_bit, q_group_size, version "GEMM") instead of config.json."""
+    dst, _, _ = write_quantized(small_source, str(tmp_path / "q"), str(tmp_path / "ref"), method,
+                                "gptq" if method == "gptq" else "gemm", 32, False, False)
+    ids = _ids(32000)
+    want = pyllm.load(dst, n_ctx=64, n_threads=THREADS).logits(ids)
+    path = os.path.join(dst, "config.json")
+    with open(path) as f:
+        cfg = json.load(f)
+    qc = cfg.pop("quantization_config")
+    del qc["quant_method"]
+    if method == "awq":
+        qc = {"w_bit": qc["bits"], "q_group_size": qc["group_size"], "zero_point": True, "version": "GEMM"}
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    with open(os.path.join(dst, "quantize_config.json" if method == "gptq" else "quant_config.json"), "w") as f:
+        json.dump(qc, f)
+    np.testing.assert_array_equal(pyllm.load(dst, n_ctx=64, n_threads=THREADS).logits(ids), want)
