@@ -191,6 +191,9 @@ def _spread(w: np.ndarray) -> np.ndarray:
     return (x | (x << np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
 
 
+_AWQ_FIELD_OF_ROW = np.argsort(AWQ_PACK_ORDER)  # the 4-bit field of an AWQ int32 holding its output row k
+
+
 class QuantizedLinear:
     """One GPTQ/AWQ linear layer of a checkpoint (its tensors checked when made; values read on use).
     shape: (out, in) as the float weight's."""
@@ -382,9 +385,22 @@ class QuantizedLinear:
             hi = _spread(w[:, 1]) | (_spread(w[:, 3]) << np.uint64(4))  # bytes 8-15
             both = np.ascontiguousarray(np.stack([lo, hi], axis=-1).transpose(1, 0, 2), dtype="<u8")
             return both.view(np.uint8).reshape(w.shape[2], nb, 16)
-        q = self._awq_values(rows)  # [in, n]: pair the weights before transposing (half the bytes)
-        q = q.reshape(nb, 2, 16, q.shape[1])
-        return (q[:, 0] | (q[:, 1] << 4)).transpose(2, 0, 1)
+        # AWQ: an int32 holds 8 output rows of one input column; pair input columns 32b + j and
+        # 32b + 16 + j field by field in the packed words, then move the bytes to row-major order
+        packed = _raw(*self.qweight, _INT_DTYPES)
+        if isinstance(rows, slice):
+            r0, r1, _ = rows.indices(self.shape[0])
+            cols = np.arange(r0 // 8, -(-r1 // 8))
+            where = slice(r0 - 8 * (r0 // 8), r1 - 8 * (r0 // 8))
+        else:
+            rows = np.asarray(rows)
+            cols = np.unique(rows // 8)
+            where = np.searchsorted(cols, rows // 8) * 8 + rows % 8
+        w = packed[:, cols].view(np.uint32).reshape(nb, 2, 16, len(cols))
+        pairs = _spread(w[:, 0]) | (_spread(w[:, 1]) << np.uint64(4))  # byte t: output AWQ_PACK_ORDER[t]
+        by = np.ascontiguousarray(pairs, dtype="<u8").view(np.uint8).reshape(nb, 16, len(cols), 8)
+        by = by[:, :, :, _AWQ_FIELD_OF_ROW].transpose(2, 3, 0, 1).reshape(len(cols) * 8, nb, 16)
+        return by[where]
 
 
 def quantized_linears(scheme: Optional[QuantScheme], tensors: dict) -> dict:

@@ -102,6 +102,11 @@ def test_engine_tensors_hold_the_checkpoints_values(quantized, case):
             continue
         # symmetric (z = 8): Q4_0, d (q - 8); else Q4_1, d q + m
         assert tid == (Q4_0 if sym else Q4_1) and why is None
+        # any rows (GGUF's Q/K permutation, a fused tensor's range not on an int32 boundary) are those rows
+        lin, full = lins[prefix + ".weight"], data.reshape(out_f, -1)
+        perm = np.random.default_rng(1).permutation(out_f)
+        np.testing.assert_array_equal(lin.engine_rows(tid, perm), full[perm])
+        np.testing.assert_array_equal(lin.engine_rows(tid, slice(3, 45)), full[3:45])
         blocks = data.reshape(out_f, in_f // 32, 18 if sym else 20)
         gb = g[::32]
         # d and the 4-bit values are the checkpoint's, bit for bit
