@@ -5,8 +5,9 @@ and gate+up ffn_up), stacked experts (ffn_*_exps, router ffn_gate_inp kept F32),
 norms and the architecture's metadata keys follow llama.cpp's converter for that architecture; for
 Phi-3 LongRoPE the rope_factors_long / _short tensors and rope.scaling.attn_factor /
 original_context_length. With --lora, adapters are merged into the float weights first. A GPTQ /
-AWQ 4-bit folder's quantized layers are written as the Q4_0 / Q4_1 blocks pyllm.load runs (pyllm/gptq_awq.py;
-act-order ones dequantized to F16), whatever the requested type, which applies to the float tensors.
+AWQ 4-bit folder's quantized layers are written as the Q4_0 / Q4_1 blocks pyllm.load runs
+(pyllm/gptq_awq.py; act-order ones dequantized to F16), whatever the requested type, which applies
+to the float tensors.
 
 For "llama" models the file follows llama.cpp's convert_hf_to_gguf.py: the same metadata keys,
 tensor names (token_embd, blk.N.attn_q, ...), Q/K rows permuted for interleaved RoPE, Llama 3.1
@@ -79,7 +80,7 @@ class _Entry:
     data: Optional[np.ndarray] = None  # float32, for generated tensors (rope_freqs)
     heads: int = 0  # > 0: permute rows for interleaved RoPE with this many heads
     lora: Optional[dict] = None  # HF name -> [LoraFactors] merged into the rows before conversion
-    quantized: Optional[tuple] = None  # GPTQ / AWQ layers (pyllm.gptq_awq.QuantizedLinear) written from their 4-bit values
+    quantized: Optional[tuple] = None  # GPTQ / AWQ layers (pyllm.gptq_awq), written from their 4-bit values
 
     @property
     def nbytes(self) -> int:
@@ -147,7 +148,8 @@ def _plan(folder: str, cfg: ModelConfig, quant: str, tensors: dict, adapters=Non
     """Every tensor to write, checked against the config, in llama.cpp's order: the family's GGUF
     tensors (pyllm.arch), each made of the Hugging Face tensors its engine tensors come from (a fused
     GGUF tensor from the fused HF one, stacked experts from each expert's). qlin: weight name ->
-    GPTQ / AWQ layer (pyllm.gptq_awq), written as Q4_0 / Q4_1 blocks (or dequantized) whatever quant says."""
+    GPTQ / AWQ layer (pyllm.gptq_awq), written as Q4_0 / Q4_1 blocks (or dequantized) whatever quant
+    says."""
     fam = cfg.family
     expect = engine_shapes(cfg)
     tied = cfg.tie_word_embeddings

@@ -444,9 +444,10 @@ def engine_tensor(linears: list, rows=None) -> tuple:
 
 def warn_dequantized(where: str, dequantized: list) -> None:
     """One warning for a load: which quantized layers were dequantized (list of (name, reason, type))."""
-    if not dequantized:
+    layers = list(dict.fromkeys(n for n, _, _ in dequantized))  # a fused layer's row ranges: once
+    if not layers:
         return
-    names = ", ".join(n for n, _, _ in dequantized[:4]) + (f" and {len(dequantized) - 4} more" if len(dequantized) > 4 else "")
+    names = ", ".join(layers[:4]) + (f" and {len(layers) - 4} more" if len(layers) > 4 else "")
     kinds = {"F16" if t == F16 else "F32" for _, _, t in dequantized}
-    warnings.warn(f"{where}: {len(dequantized)} 4-bit layers cannot map onto 4-bit blocks and were dequantized to "
+    warnings.warn(f"{where}: {len(layers)} 4-bit layers cannot map onto 4-bit blocks and were dequantized to "
                   f"{'/'.join(sorted(kinds))} ({dequantized[0][1]}): {names}", stacklevel=3)
