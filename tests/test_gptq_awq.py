@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
 
 import pyllm
 from pyllm.errors import ModelLoadError, UnsupportedArchitectureError
-from pyllm.gptq_awq import F16, Q4_0, Q4_1, engine_tensor, quantized_linears, scheme_of_folder
+from pyllm.gptq_awq import F16, F32, Q4_0, Q4_1, engine_tensor, quantized_linears, scheme_of_folder
 from pyllm.safetensors_file import open_checkpoint
 
 from conftest import build_checkpoint, hf_model
@@ -209,20 +210,27 @@ def _tensor_bytes(path):
     return {name: gf.tensor(name) for name in gf.tensors}
 
 
-@pytest.mark.parametrize("arch,case", [("qwen2", CASES[0]), ("llama2", CASES[0]), ("qwen2", CASES[1])],
-                         ids=["qwen2-asym", "llama2-asym", "qwen2-sym"])
+@pytest.mark.parametrize("arch,case", [("qwen2", CASES[0]), ("llama2", CASES[0]), ("qwen2", CASES[1]),
+                                       ("llama2", CASES[5])],
+                         ids=["qwen2-asym", "llama2-asym", "qwen2-sym", "llama2-act-order"])
 def test_quantize_writes_the_4_bit_blocks_and_runs_identically(quantized, tmp_path, arch, case):
     from pyllm.cli import main
     from pyllm.gguf_export import _rope_permutation
 
     dst, _, parts = quantized(arch, case)
-    sym = case[3]
     out = str(tmp_path / "m.gguf")
-    assert main(["quantize", dst, out, "--type", "f16", "-q"]) == 0
+    if case[4]:
+        with pytest.warns(UserWarning, match="dequantized to F16"):
+            assert main(["quantize", dst, out, "--type", "f16", "-q"]) == 0
+    else:
+        assert main(["quantize", dst, out, "--type", "f16", "-q"]) == 0
     lins = quantized_linears(scheme_of_folder(dst), open_checkpoint(dst))
+    kinds = {ql.storage()[0] for ql in lins.values()}
+    assert kinds == ({F16} if case[4] else {Q4_0} if case[3] else {Q4_1})
     from pyllm.gguf_file import GGUFFile
 
-    assert GGUFFile(out).metadata["general.file_type"] == (2 if sym else 3)  # llama.cpp's MOSTLY_Q4_0 / _Q4_1
+    # llama.cpp's MOSTLY_Q4_1 / MOSTLY_Q4_0, or --type's (f16: 1) when no layer is 4-bit
+    assert GGUFFile(out).metadata["general.file_type"] == (3 if Q4_1 in kinds else 2 if Q4_0 in kinds else 1)
     tensors = _tensor_bytes(out)
     hf_to_gguf = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
                   "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
@@ -232,21 +240,24 @@ def test_quantize_writes_the_4_bit_blocks_and_runs_identically(quantized, tmp_pa
         layer, kind = prefix.split(".")[2], prefix.split(".", 3)[3]
         gname = f"blk.{layer}.{hf_to_gguf[kind]}.weight"
         tid, shape, buf = tensors[gname]
-        _, data, _ = engine_tensor([lins[prefix + ".weight"]])
+        etid, data, _ = engine_tensor([lins[prefix + ".weight"]])
         rows = data.reshape(shape[0], -1)
         if arch == "llama2" and hf_to_gguf[kind] in heads:  # llama.cpp's Q/K row order for interleaved RoPE
             rows = rows[_rope_permutation(shape[0], heads[hf_to_gguf[kind]])]
-        assert tid == (Q4_0 if sym else Q4_1)
+        assert tid == etid
         np.testing.assert_array_equal(np.frombuffer(buf, np.uint8), rows.reshape(-1))
     ids = _ids(128256 if arch == "qwen2" else 32000)
-    want = pyllm.load(dst, n_ctx=64, n_threads=THREADS).logits(ids)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # act-order: the dequantization warning again
+        want = pyllm.load(dst, n_ctx=64, n_threads=THREADS).logits(ids)
     got = pyllm.load(out, n_ctx=64, n_threads=THREADS).logits(ids)
     if arch == "qwen2":  # same tensors, same rope layout: the same arithmetic
         np.testing.assert_array_equal(got, want)
     else:
-        # Llama's GGUF permutes Q/K rows (interleaved RoPE): q.k sums in another order, which the Q8_0
-        # activations usually absorb (test_gguf's bound for quantized files)
-        assert np.abs(got - want).max() <= 5e-2 * np.abs(want).max()
+        # Llama's GGUF permutes Q/K rows (interleaved RoPE): q.k sums in another order, which Q8_0
+        # activations usually absorb; test_gguf's bounds for quantized and for f16 files
+        bound = 1e-4 if kinds == {F16} else 5e-2
+        assert np.abs(got - want).max() <= bound * np.abs(want).max()
 
 
 # ---------------------------------------------------------------------------------------- bad input
@@ -430,3 +441,27 @@ def test_quantizer_config_file_without_quantization_config(small_source, tmp_pat
     with open(os.path.join(dst, "quantize_config.json" if method == "gptq" else "quant_config.json"), "w") as f:
         json.dump(qc, f)
     np.testing.assert_array_equal(pyllm.load(dst, n_ctx=64, n_threads=THREADS).logits(ids), want)
+
+
+def test_weights_beyond_fp16_stay_float32(small_source, tmp_path):
+    """A layer whose s * z (and so its weights) can exceed fp16's range maps neither onto Q4_1 (m would
+    overflow) nor onto F16: it is stored as the exact float32 values, never as inf."""
+    def edit(t):
+        s = t[f"{Q}.scales"].astype(np.float32)
+        s[0, 0] = 5000.0  # an fp16 number, but 5000 * z > 65504 for z >= 14
+        t[f"{Q}.scales"] = s
+        z = t[f"{Q}.qzeros"]
+        z[0, 0] = (z[0, 0] & ~0xF) | 14  # output row 0's zero field in group 0: z = 15 (classic format)
+
+    dst, _, parts = write_quantized(small_source, str(tmp_path / "q"), str(tmp_path / "ref"), "gptq", "gptq", 32,
+                                    False, False, edit=edit)
+    q = parts[Q][0]
+    lin = quantized_linears(scheme_of_folder(dst), open_checkpoint(dst))[Q + ".weight"]
+    assert lin.storage() == (F32, "scale x zero point exceeds fp16's range")
+    tid, data, _ = engine_tensor([lin])
+    w = data.view(np.float32).reshape(64, 64)
+    np.testing.assert_array_equal(w, lin.dequantized())
+    np.testing.assert_array_equal(w[0, :32], np.float32(5000) * (q[0, :32].astype(np.float32) - 15))
+    with pytest.warns(UserWarning, match=r"dequantized to F32 \(scale x zero point exceeds fp16's range\)"):
+        m = pyllm.load(dst, n_ctx=32, n_threads=THREADS)
+    assert np.all(np.isfinite(m.logits(_ids(32000, n=8))))
