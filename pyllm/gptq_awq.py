@@ -38,7 +38,8 @@ a 4-bit or 8-bit block type would add an error of the order of the quantization 
 16 bits per weight instead of 4.5 or 5.
 
 Refused with UnsupportedArchitectureError naming the option: other quant_methods (bitsandbytes, exl2,
-fp8, ...), bits other than 4, GPTQ formats other than gptq / gptq_v2 (marlin, bitblas), AWQ packings
+fp8, ...), bits other than 4, GPTQ formats other than gptq / gptq_v2 (marlin, bitblas) or packed
+into other integers than int32 (gptqmodel's pack_dtype), AWQ packings
 other than GEMM (gemv, gemv_fast, marlin), AWQ without zero points. Tensors with the wrong dtype,
 mismatched shapes, g_idx values outside the groups, non-finite scales or a missing qzeros / scales are
 ModelLoadErrors naming the tensor."""
@@ -130,6 +131,10 @@ def read_scheme(config: dict, source: str) -> Optional[QuantScheme]:
         if not isinstance(fmt, str) or fmt.lower() not in ("gptq", "gptq_v2"):
             raise UnsupportedArchitectureError(f"{source}: quantization_config.{fkey} {short_repr(fmt)} is not "
                                                f"supported (GPTQ formats pyllm reads: 'gptq', 'gptq_v2')")
+        pack = qc.get("pack_dtype", "int32")  # gptqmodel can pack into other integer widths
+        if pack not in (None, "int32", "torch.int32"):
+            raise UnsupportedArchitectureError(f"{source}: quantization_config.pack_dtype {short_repr(pack)} is not "
+                                               f"supported (pyllm reads GPTQ values packed into int32)")
         _bool(qc, "sym", True, source)  # symmetric or not, the zero points are stored either way
         return QuantScheme("gptq", gs, 1 if fmt.lower() == "gptq" else 0, _bool(qc, "desc_act", False, source),
                            source)

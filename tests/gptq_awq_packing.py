@@ -86,11 +86,12 @@ def pack_linear(method: str, fmt: str, q, scales, zeros, g_idx) -> dict:
 
 def write_quantized(src: str, dst: str, ref: str, method: str = "gptq", fmt: str = "gptq", group_size: int = 128,
                     sym: bool = False, desc_act: bool = False, seed: int = 0, quant_config: dict | None = None,
-                    edit=None) -> tuple:
+                    edit=None, also=()) -> tuple:
     """From the float checkpoint folder src, writes dst (the GPTQ / AWQ checkpoint: quantized linears,
     other tensors fp16 as quantizers save them) and ref (a float32 checkpoint of the same model: the
     exactly dequantized weights, the fp16 tensors widened). Returns (dst, ref, {linear prefix: (q,
-    scales, zeros, g_idx)}). edit(tensors) may change dst's tensors before they are written (bad input)."""
+    scales, zeros, g_idx)}). also: more weights to quantize (e.g. "lm_head.weight", as gptqmodel's
+    lm_head option). edit(tensors) may change dst's tensors before they are written (bad input)."""
     from safetensors.numpy import load_file, save_file
 
     rng = np.random.default_rng(seed)
@@ -99,7 +100,7 @@ def write_quantized(src: str, dst: str, ref: str, method: str = "gptq", fmt: str
     zero_range = (1, 16) if method == "gptq" and fmt == "gptq" else (0, 15)
     for name in sorted(tensors):
         w = tensors[name]
-        if is_linear(name):
+        if is_linear(name) or name in also:
             prefix = name[: -len(".weight")]
             q, s, z, g = quantize_groups(w, group_size, sym, desc_act, zero_range, rng)
             parts[prefix] = (q, s, z, g)

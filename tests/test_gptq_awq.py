@@ -289,6 +289,7 @@ def _bad(small_source, tmp_path, method="gptq", fmt="gptq", edit=None, **config)
     (dict(quant_method="bitsandbytes"), r"quant_method 'bitsandbytes' is not supported"),
     (dict(quant_method="exl2"), r"quant_method 'exl2' is not supported"),
     (dict(checkpoint_format="marlin"), r"checkpoint_format 'marlin' is not supported"),
+    (dict(pack_dtype="int16"), r"pack_dtype 'int16' is not supported"),
     (dict(quant_method="awq", version="gemv"), r"version 'gemv' is not supported.*'gemm'"),
     (dict(quant_method="awq", version="gemm", zero_point=False), r"zero_point = false"),
 ])
@@ -465,3 +466,19 @@ def test_weights_beyond_fp16_stay_float32(small_source, tmp_path):
     with pytest.warns(UserWarning, match=r"dequantized to F32 \(scale x zero point exceeds fp16's range\)"):
         m = pyllm.load(dst, n_ctx=32, n_threads=THREADS)
     assert np.all(np.isfinite(m.logits(_ids(32000, n=8))))
+
+
+def test_quantized_lm_head(tmp_path, small_source):
+    """gptqmodel's lm_head option quantizes the LM head too: the engine's output tensor is then 4-bit."""
+    dst, ref, parts = write_quantized(small_source, str(tmp_path / "q"), str(tmp_path / "ref"), "gptq", "gptq_v2",
+                                      64, False, False, also=("lm_head.weight",))
+    assert "lm_head" in parts
+    lins = quantized_linears(scheme_of_folder(dst), open_checkpoint(dst))
+    assert lins["lm_head.weight"].storage() == (Q4_1, None)
+    _check_logits(dst, ref, CASES[2], 32000)
+    out = str(tmp_path / "m.gguf")
+    from pyllm.gguf_export import export_gguf
+
+    export_gguf(dst, out, "f16")
+    tid, _, buf = _tensor_bytes(out)["output.weight"]
+    assert tid == Q4_1 and np.array_equal(np.frombuffer(buf, np.uint8), engine_tensor([lins["lm_head.weight"]])[1])
