@@ -260,6 +260,26 @@ def test_quantize_writes_the_4_bit_blocks_and_runs_identically(quantized, tmp_pa
         assert np.abs(got - want).max() <= bound * np.abs(want).max()
 
 
+@pytest.mark.parametrize("arch,case", [("phi3", CASES[1]), ("mixtral", CASES[8])], ids=["phi3", "mixtral"])
+def test_quantize_fused_and_expert_layers(quantized, tmp_path, arch, case):
+    """Phi-3's fused attn_qkv / ffn_up and Mixtral's stacked experts written from their 4-bit layers."""
+    from pyllm.gguf_export import export_gguf
+
+    dst, _, _ = quantized(arch, case)
+    out = str(tmp_path / "m.gguf")
+    export_gguf(dst, out, "f16")
+    tensors = _tensor_bytes(out)
+    four_bit = Q4_0 if case[3] else Q4_1
+    assert tensors["blk.0.attn_qkv.weight" if arch == "phi3" else "blk.0.ffn_gate_exps.weight"][0] == four_bit
+    ids = _ids(32000)
+    want = pyllm.load(dst, n_ctx=64, n_threads=THREADS).logits(ids)
+    got = pyllm.load(out, n_ctx=64, n_threads=THREADS).logits(ids)
+    if arch == "phi3":  # same tensors, same rope layout: the same arithmetic
+        np.testing.assert_array_equal(got, want)
+    else:  # "llama" GGUF: Q/K rows permuted, as in test_quantize_writes_the_4_bit_blocks_and_runs_identically
+        assert np.abs(got - want).max() <= 5e-2 * np.abs(want).max()
+
+
 # ---------------------------------------------------------------------------------------- bad input
 def _with_config(folder, **changes):
     path = os.path.join(folder, "config.json")
