@@ -67,7 +67,7 @@ _INT_DTYPES = {"I32": "<i4", "U32": "<u4"}
 _INDEX_DTYPES = {"I32": "<i4", "I64": "<i8"}
 _SCALE_DTYPES = ("F16", "BF16", "F32")
 _FP16_MAX = 65504.0
-_CHUNK_WEIGHTS = 1 << 24  # weights unpacked at a time (bounds the loader's temporary memory)
+_CHUNK_WEIGHTS = 1 << 22  # weights unpacked at a time (bounds temporary memory; smaller stays in cache)
 
 
 @dataclass(frozen=True)
