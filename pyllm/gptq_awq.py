@@ -304,8 +304,9 @@ class QuantizedLinear:
         return q[:, np.searchsorted(cols, rows // 8) * 8 + rows % 8]
 
     def dequantized(self, rows=slice(None)) -> np.ndarray:
-        """W[rows] exactly, float32 [n_rows, in]: s (fp16: 11 significant bits) times q - z (at most 5
-        bits) has at most 16 significant bits, so the float32 product is exact."""
+        """W[rows], float32 [n_rows, in]: with fp16 / bf16 scales (at most 11 significant bits) times q - z
+        (at most 5 bits) the product has at most 16 significant bits, so the float32 value is exact (f32
+        scales: rounded once to float32)."""
         g = self.groups()
         s, z = self.scale_values()[:, rows], self.zero_values()[:, rows]
         q = self.q_values(rows).astype(np.float32)
