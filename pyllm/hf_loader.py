@@ -13,7 +13,7 @@ import numpy as np
 from . import _engine
 from .config import ModelConfig, read_json_file, short_repr
 from .errors import ModelLoadError
-from .quantization import DEFAULT_METHOD, check_method, check_quant, convert, tensor_type
+from .quantization import DEFAULT_METHOD, check_method, check_quant, convert
 from .safetensors_file import DTYPES, open_checkpoint
 
 def hf_tensor_names(cfg: ModelConfig) -> dict:
@@ -139,8 +139,8 @@ def role(name: str, shape) -> str:
 def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads: int = 0,
                    importance: dict | None = None, method: str | None = None, lora=None):
     """Returns (config, engine model, generation_config dict). With quant (q4_0, q8_0, f16, bf16,
-    f32) the weights are converted while loading (see pyllm/quantization.py for which tensor
-    gets which type); without it they are used in place, in their stored dtype. method: how
+    f32, or a llama.cpp mix such as q4_k_m) the weights are converted while loading (see
+    pyllm/quant_mixes.py for which tensor gets which type); without it they are used in place, in their stored dtype. method: how
     q4_0/q8_0 scales are chosen (default pyllm.quantization.DEFAULT_METHOD); importance: per
     (engine name, layer) column weights for method "search" (pyllm/imatrix.py). lora: adapters
     (pyllm.load's lora=; applied as pyllm/adapters.py says: merged into float weights, kept beside
@@ -160,6 +160,10 @@ def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads:
     check_layer_tensors(cfg, tensors, folder)
     names = hf_tensor_names(cfg)
     fused = fused_rows(names)
+    if quant is not None:
+        from .quant_mixes import plan_types
+
+        types = plan_types(cfg, quant, has_imatrix=bool(importance))
     converted = {}
     adapters = None
     if lora is not None:
@@ -191,7 +195,7 @@ def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads:
         stored = DTYPES[info.dtype][0]
         if any(DTYPES[i.dtype][0] != stored for _, i in parts):
             raise ModelLoadError(f"{sf.path}: the experts of {src.name!r} have different dtypes")
-        tid = stored if quant is None else tensor_type(role(name, shape), quant, shape, cfg.tie_word_embeddings)
+        tid = stored if quant is None else types[(name, layer)]
         adapted = adapters is not None and adapters.for_tensor(name, layer)
         if adapted and tid not in FLOAT_TYPES:
             sides[(name, layer)] = adapters.side_product(name, layer)

@@ -38,9 +38,12 @@ import numpy as np
 
 from . import _engine
 
-TYPE_IDS = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "bf16": 30}
+TYPE_IDS = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q2_k": 10, "q3_k": 11,
+            "q4_k": 12, "q5_k": 13, "q6_k": 14, "iq4_nl": 20, "iq4_xs": 23, "bf16": 30}
 TYPE_NAMES = {v: k for k, v in TYPE_IDS.items()}
-QUANT_TYPES = ("q4_0", "q8_0", "f16", "bf16", "f32")
+# pyllm's own types (tensor_type below) and llama.cpp's mixes (pyllm/quant_mixes.py)
+QUANT_TYPES = ("q4_0", "q8_0", "f16", "bf16", "f32", "q4_k_m", "q4_k_s", "q5_k_m", "q5_k_s", "q6_k", "q3_k_m",
+               "q3_k_s", "q3_k_l", "q2_k", "iq4_xs", "iq4_nl", "q4_1", "q5_0", "q5_1")
 
 
 def check_quant(quant: str) -> str:
