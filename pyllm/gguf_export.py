@@ -144,14 +144,15 @@ def _chat_template(folder: str) -> Optional[str]:
 
 
 def _plan(folder: str, cfg: ModelConfig, quant: str, tensors: dict, adapters=None, pure: bool = False,
-          has_imatrix: bool = False) -> list:
+          has_imatrix: bool = False, types: Optional[dict] = None) -> list:
     """Every tensor to write, checked against the config, in llama.cpp's order: the family's GGUF
     tensors (pyllm.arch), each made of the Hugging Face tensors its engine tensors come from (a fused
     GGUF tensor from the fused HF one, stacked experts from each expert's)."""
     fam = cfg.family
     expect = engine_shapes(cfg)
     tied = cfg.tie_word_embeddings
-    types = plan_types(cfg, quant, pure, has_imatrix)
+    if types is None:
+        types = plan_types(cfg, quant, pure, has_imatrix)
 
     def entry(gguf_name, engs, hf_names, heads=0, layer=-1):
         infos = []
@@ -391,13 +392,15 @@ def _temp_name(out_path: str) -> str:
 
 
 def export_gguf(hf_dir: str, out_path: str, quant: str = "q8_0", n_threads: int = 0, progress=None,
-                method: Optional[str] = None, lora=None, pure: bool = False, calibration=None) -> ExportResult:
+                method: Optional[str] = None, lora=None, pure: bool = False, calibration=None,
+                allocate: bool = False) -> ExportResult:
     """Write the checkpoint folder hf_dir as the GGUF file out_path with weights in `quant` (q4_0, q8_0,
     f16, bf16, f32, or one of llama.cpp's mixes q4_k_m, q5_k_m, q6_k, iq4_xs, ... with its tensor
     types: pyllm/quant_mixes.py; pure: the mix's base type for every matrix, as llama-quantize --pure).
     calibration: as pyllm.load's (a text file the unquantized model is run over, a .npz of
     pyllm.imatrix.save_importance, or llama.cpp's imatrix file .gguf / .dat): the quantizers weight
-    each column's error by it. progress: a text stream (e.g. sys.stderr) for a progress bar and the final size
+    each column's error by it. allocate (a mix, with calibration text): the mix's bytes re-spent
+    where the measured error is largest (pyllm/quant_allocation.py), never a larger file. progress: a text stream (e.g. sys.stderr) for a progress bar and the final size
     line, or None for silence. method: how q4_0/q8_0 block scales are chosen (pyllm.quantization:
     "reference" = ggml's quantizer, byte-identical to llama.cpp's files; "search" = error-minimizing
     scales); default: what pyllm.load(hf_dir, quant=...) uses, so the file runs exactly like it. lora:
@@ -416,6 +419,14 @@ def export_gguf(hf_dir: str, out_path: str, quant: str = "q8_0", n_threads: int 
         raise ValueError(f"unknown quantization method {method!r}: expected one of {', '.join(METHODS)}")
     if calibration is not None and method != "search":
         raise ValueError("calibration is only used by method 'search'")
+    if allocate:
+        from .quant_mixes import MIX_BASE
+
+        if quant not in MIX_BASE or pure:
+            raise ValueError(f"allocate re-spends the bits of one of llama.cpp's mixes ({', '.join(MIX_BASE)}); "
+                             f"not {quant!r}{' with --pure' if pure else ''}")
+        if not isinstance(calibration, (str, os.PathLike)) or os.fspath(calibration).endswith((".npz", ".gguf", ".dat")):
+            raise ValueError("allocate needs calibration text (a UTF-8 text file the model is run over)")
     if not os.path.isdir(hf_dir):
         raise ModelLoadError(f"{hf_dir}: no such folder (expected a Hugging Face checkpoint folder)")
     if not os.path.isfile(os.path.join(hf_dir, "config.json")):
@@ -440,7 +451,22 @@ def export_gguf(hf_dir: str, out_path: str, quant: str = "q8_0", n_threads: int 
         from .imatrix import resolve_importance
 
         importance = resolve_importance(hf_dir, calibration, n_threads=n_threads or None, cfg=cfg)
-    plan = _plan(hf_dir, cfg, quant, tensors, adapters, pure=pure, has_imatrix=importance is not None)
+    types = None
+    if allocate:
+        from .quant_allocation import allocate as allocate_types
+
+        with open(os.fspath(calibration), encoding="utf-8") as f:
+            text = f.read()
+
+        def report(i, n, name, kl):
+            if progress is not None:
+                progress.write(f"\rallocating bits: {i}/{n} {name[:40]:<40}")
+                progress.flush()
+
+        types = allocate_types(hf_dir, cfg, quant, text, importance, n_threads, progress=report)
+        if progress is not None:
+            progress.write("\n")
+    plan = _plan(hf_dir, cfg, quant, tensors, adapters, pure=pure, has_imatrix=importance is not None, types=types)
     try:
         tok_md = tokenizer_metadata(hf_dir)
     except ModelLoadError:
@@ -519,6 +545,9 @@ def add_arguments(p) -> None:
     p.add_argument("--calibration", "--imatrix", dest="calibration", default=None, metavar="FILE",
                    help="importance for the quantizer: a text file (the model is run over it), a .npz "
                         "from pyllm, or llama.cpp's imatrix file (.gguf or .dat)")
+    p.add_argument("--allocate", action="store_true",
+                   help="with a mix and --calibration TEXT: spend the mix's bits where measurement says they "
+                        "lower the error most (same file size or smaller)")
     p.add_argument("-t", "--threads", type=int, default=0, help="threads for quantization (default: all)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_lora_argument(p, "merged into the weights before quantizing")
@@ -536,7 +565,7 @@ def run(args, prog: str = "pyllm quantize") -> int:
         export_gguf(args.hf_dir, args.out, args.qtype, n_threads=args.threads,
                     progress=None if args.quiet else sys.stderr, method=getattr(args, "method", None),
                     lora=lora_spec(getattr(args, "lora", None)), pure=getattr(args, "pure", False),
-                    calibration=getattr(args, "calibration", None))
+                    calibration=getattr(args, "calibration", None), allocate=getattr(args, "allocate", False))
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted; no file written", file=sys.stderr)
         return 130

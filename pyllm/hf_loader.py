@@ -137,14 +137,16 @@ def role(name: str, shape) -> str:
 
 
 def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads: int = 0,
-                   importance: dict | None = None, method: str | None = None, lora=None):
+                   importance: dict | None = None, method: str | None = None, lora=None,
+                   override: dict | None = None):
     """Returns (config, engine model, generation_config dict). With quant (q4_0, q8_0, f16, bf16,
     f32, or a llama.cpp mix such as q4_k_m) the weights are converted while loading (see
     pyllm/quant_mixes.py for which tensor gets which type); without it they are used in place, in their stored dtype. method: how
     q4_0/q8_0 scales are chosen (default pyllm.quantization.DEFAULT_METHOD); importance: per
     (engine name, layer) column weights for method "search" (pyllm/imatrix.py). lora: adapters
     (pyllm.load's lora=; applied as pyllm/adapters.py says: merged into float weights, kept beside
-    quantized ones)."""
+    quantized ones). override: (engine name, layer) -> float32 array of that tensor's shape, used
+    instead of the checkpoint's (pyllm/quant_allocation.py measures one quantized tensor at a time)."""
     cfg = ModelConfig.from_file(os.path.join(folder, "config.json"))
     if quant is not None:
         quant = check_quant(quant)
@@ -196,6 +198,11 @@ def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads:
         if any(DTYPES[i.dtype][0] != stored for _, i in parts):
             raise ModelLoadError(f"{sf.path}: the experts of {src.name!r} have different dtypes")
         tid = stored if quant is None else types[(name, layer)]
+        if override and (name, layer) in override:
+            x = np.ascontiguousarray(override[(name, layer)], dtype=np.float32)
+            if x.size != int(np.prod(shape)):
+                raise ValueError(f"override of {name} (layer {layer}) has {x.size} values, expected {list(shape)}")
+            return 0, shape, x
         adapted = adapters is not None and adapters.for_tensor(name, layer)
         if adapted and tid not in FLOAT_TYPES:
             sides[(name, layer)] = adapters.side_product(name, layer)
