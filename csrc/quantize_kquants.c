@@ -36,7 +36,19 @@
 
 #include "pyllm.h"
 
+#ifndef KQ_ROW
+#define KQ_ROW pl_kq_quantize_row_scalar
+#endif
+void pl_kq_quantize_row_scalar(int type, const float *x, void *y, int64_t n, const float *imp);
+void pl_kq_quantize_row_avx2(int type, const float *x, void *y, int64_t n, const float *imp);
+
 #define QK_K 256
+/* the error loops are vectorized for any n; a clone specialized for n = 16 was not (GCC 12) */
+#if defined(__GNUC__) && !defined(__clang__)
+#define KQ_NOCLONE __attribute__((noipa))
+#else
+#define KQ_NOCLONE
+#endif
 #define KQ_QK 32
 /* candidates per side of the grids: one-level fits (f in 0.8..1.2: steps of 0.2 / KQ_SYM_STEPS; levels
  * (nmax + f): steps of 1 / KQ_AFF_STEPS), and the K-quants' sub-block fits, whose codes are chosen
@@ -117,24 +129,46 @@ static inline int kq_nearest(const kq_levels *L, float t) {
     return i;
 }
 
-/* weighted error of x ~ d * v[q] with nearest levels (stored in q if not NULL). n is a multiple of
- * KQ_LANES; the sums run in KQ_LANES partial sums (a fixed order the compiler can vectorize). */
-static float kq_sym_err(const float *x, const float *w, int n, const kq_levels *L, float d, uint8_t *q) {
+/* x * (1 / d) to the nearest levels' indices (d = 0: the level nearest 0) */
+static void kq_sym_levels(const float *x, int n, const kq_levels *L, float d, uint8_t *q) {
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < n; j++) q[j] = (uint8_t)kq_nearest(L, x[j] * id);
+}
+
+/* weighted error of x ~ d * v[q] with nearest levels. n is a multiple of KQ_LANES; the sums run in
+ * KQ_LANES partial sums (a fixed order the compiler vectorizes). The level's value is computed
+ * without a table lookup: lo + the rounded offset (uniform sets), or v[0] plus the steps between
+ * levels whose midpoint t exceeds (tables; integers, so exactly v[nearest]). */
+KQ_NOCLONE static float kq_sym_err(const float *restrict x, const float *restrict w, int n, const kq_levels *L, float d) {
     float acc[KQ_LANES] = {0};
     if (d == 0.0f) {
-        const int z = kq_nearest(L, 0.0f);
-        for (int j = 0; j < n; j++) {
-            acc[j % KQ_LANES] += w[j] * x[j] * x[j];
-            if (q) q[j] = (uint8_t)z;
-        }
-    } else {
-        const float id = 1.0f / d;
+        for (int g = 0; g < n; g += KQ_LANES)
+            for (int k = 0; k < KQ_LANES; k++) acc[k] += w[g + k] * x[g + k] * x[g + k];
+    } else if (L->uniform) {
+        const float id = 1.0f / d, lo = (float)L->lo, top = (float)(L->n - 1);
         for (int g = 0; g < n; g += KQ_LANES)
             for (int k = 0; k < KQ_LANES; k++) {
-                const int i = kq_nearest(L, x[g + k] * id);
-                const float r = x[g + k] - d * L->v[i];
+                float u = x[g + k] * id - lo;
+                u = u > 0.0f ? u : 0.0f;
+                u = u < top ? u : top;
+                const float v = (float)(int)(u + 0.5f) + lo;
+                const float r = x[g + k] - d * v;
                 acc[k] += w[g + k] * r * r;
-                if (q) q[g + k] = (uint8_t)i;
+            }
+    } else {
+        const float id = 1.0f / d, v0 = L->v[0];
+        float mid[15], step[15];
+        for (int m = 0; m < 15; m++) {
+            mid[m] = L->mid[m];
+            step[m] = L->v[m + 1] - L->v[m];
+        }
+        for (int g = 0; g < n; g += KQ_LANES)
+            for (int k = 0; k < KQ_LANES; k++) {
+                const float t = x[g + k] * id;
+                float v = v0;
+                for (int m = 0; m < 15; m++) v += t > mid[m] ? step[m] : 0.0f;
+                const float r = x[g + k] - d * v;
+                acc[k] += w[g + k] * r * r;
             }
     }
     float e = 0.0f;
@@ -162,7 +196,7 @@ static float kq_sym_fit(const float *x, const float *w, int n, const kq_levels *
             amax = fabsf(x[j]);
             M = x[j];
         }
-    float best_d = 0.0f, best_e = kq_sym_err(x, w, n, L, 0.0f, NULL);
+    float best_d = 0.0f, best_e = kq_sym_err(x, w, n, L, 0.0f);
     if (amax > 0.0f) {
         const float ends[2] = {L->v[0], L->v[L->n - 1]};
         for (int e = 0; e < 2; e++) {
@@ -171,7 +205,7 @@ static float kq_sym_fit(const float *x, const float *w, int n, const kq_levels *
                 float d = M / (ends[e] * (1.0f + (0.2f / (float)steps) * (float)k));
                 if (f16) d = kq_f16r(d);
                 if (!kq_usable(d) || d == best_d) continue;
-                const float err = kq_sym_err(x, w, n, L, d, NULL);
+                const float err = kq_sym_err(x, w, n, L, d);
                 if (err < best_e) {
                     best_e = err;
                     best_d = d;
@@ -179,7 +213,7 @@ static float kq_sym_fit(const float *x, const float *w, int n, const kq_levels *
             }
         }
         for (int it = 0; it < 2 && best_d != 0.0f; it++) {
-            kq_sym_err(x, w, n, L, best_d, q);
+            kq_sym_levels(x, n, L, best_d, q);
             const float d0 = best_d;
             float c[3] = {kq_sym_ls(x, w, n, L, q), 0.0f, 0.0f};
             if (f16) {
@@ -189,7 +223,7 @@ static float kq_sym_fit(const float *x, const float *w, int n, const kq_levels *
             }
             for (int k = 0; k < 3; k++) {
                 if (!kq_usable(c[k]) || c[k] == d0) continue;
-                const float err = kq_sym_err(x, w, n, L, c[k], NULL);
+                const float err = kq_sym_err(x, w, n, L, c[k]);
                 if (err < best_e) {
                     best_e = err;
                     best_d = c[k];
@@ -199,12 +233,24 @@ static float kq_sym_fit(const float *x, const float *w, int n, const kq_levels *
         }
     }
     *d_out = best_d;
-    return kq_sym_err(x, w, n, L, best_d, q);
+    kq_sym_levels(x, n, L, best_d, q);
+    return best_e;
 }
 
 /* ---------------------------------------------------------------- one-level fit with a minimum */
-/* weighted error of x ~ a * q - b, q in 0..nmax nearest (stored in q if not NULL); lanes as above */
-static float kq_aff_err(const float *x, const float *w, int n, int nmax, float a, float b, uint8_t *q) {
+/* the nearest levels 0..nmax of x ~ a * q - b (a = 0: 0) */
+static void kq_aff_levels(const float *x, int n, int nmax, float a, float b, uint8_t *q) {
+    const float ia = a != 0.0f ? 1.0f / a : 0.0f, top = (float)nmax;
+    for (int j = 0; j < n; j++) {
+        float t = (x[j] + b) * ia;
+        t = t > 0.0f ? t : 0.0f;
+        t = t < top ? t : top;
+        q[j] = (uint8_t)(int)(t + 0.5f);
+    }
+}
+
+/* weighted error of x ~ a * q - b with those levels; lanes as kq_sym_err */
+KQ_NOCLONE static float kq_aff_err(const float *restrict x, const float *restrict w, int n, int nmax, float a, float b) {
     float acc[KQ_LANES] = {0};
     const float ia = a != 0.0f ? 1.0f / a : 0.0f, top = (float)nmax;
     for (int g = 0; g < n; g += KQ_LANES)
@@ -212,10 +258,9 @@ static float kq_aff_err(const float *x, const float *w, int n, int nmax, float a
             float t = (x[g + k] + b) * ia;
             t = t > 0.0f ? t : 0.0f;
             t = t < top ? t : top;
-            const int l = (int)(t + 0.5f);
-            const float r = x[g + k] - (a * (float)l - b);
+            const float l = (float)(int)(t + 0.5f);
+            const float r = x[g + k] - (a * l - b);
             acc[k] += w[g + k] * r * r;
-            if (q) q[g + k] = (uint8_t)l;
         }
     float e = 0.0f;
     for (int k = 0; k < KQ_LANES; k++) e += acc[k];
@@ -257,12 +302,12 @@ static float kq_aff_fit(const float *x, const float *w, int n, int nmax, int non
     }
     if (nonneg_b && mn > 0.0f) mn = 0.0f;
     float best_a = 0.0f, best_b = -mn;
-    float best_e = kq_aff_err(x, w, n, nmax, best_a, best_b, NULL);
+    float best_e = kq_aff_err(x, w, n, nmax, best_a, best_b);
     if (mx > mn) {
         const float range = mx - mn;
         uint8_t l[KQ_QK];
         {
-            const float a = range / (float)nmax, e = kq_aff_err(x, w, n, nmax, a, -mn, NULL);
+            const float a = range / (float)nmax, e = kq_aff_err(x, w, n, nmax, a, -mn);
             if (e < best_e) {
                 best_e = e;
                 best_a = a;
@@ -277,7 +322,7 @@ static float kq_aff_fit(const float *x, const float *w, int n, int nmax, int non
             }
             float a, b;
             if (!kq_aff_ls(x, w, n, l, nonneg_b, &a, &b)) continue;
-            const float e = kq_aff_err(x, w, n, nmax, a, b, NULL);
+            const float e = kq_aff_err(x, w, n, nmax, a, b);
             if (e < best_e) {
                 best_e = e;
                 best_a = a;
@@ -285,10 +330,10 @@ static float kq_aff_fit(const float *x, const float *w, int n, int nmax, int non
             }
         }
         for (int it = 0; it < 2 && best_a > 0.0f; it++) {
-            kq_aff_err(x, w, n, nmax, best_a, best_b, l);
+            kq_aff_levels(x, n, nmax, best_a, best_b, l);
             float a, b;
             if (!kq_aff_ls(x, w, n, l, nonneg_b, &a, &b)) break;
-            const float e = kq_aff_err(x, w, n, nmax, a, b, NULL);
+            const float e = kq_aff_err(x, w, n, nmax, a, b);
             if (!(e < best_e)) break;
             best_e = e;
             best_a = a;
@@ -297,7 +342,8 @@ static float kq_aff_fit(const float *x, const float *w, int n, int nmax, int non
     }
     *a_out = best_a;
     *b_out = best_b;
-    return kq_aff_err(x, w, n, nmax, best_a, best_b, q);
+    kq_aff_levels(x, n, nmax, best_a, best_b, q);
+    return best_e;
 }
 
 /* ---------------------------------------------------------------- super-blocks, signed codes */
@@ -306,7 +352,6 @@ static float kq_aff_fit(const float *x, const float *w, int n, int nmax, int non
 static float kq_sym_codes(const float *x, const float *w, int sub, int nsub, const kq_levels *L, int cmin, int cmax,
                           const float *s, float d, int *codes, uint8_t *q) {
     float total = 0.0f;
-    uint8_t tq[KQ_QK];
     for (int j = 0; j < nsub; j++) {
         const float *xj = x + j * sub, *wj = w + j * sub;
         float t = s[j] / d;
@@ -315,13 +360,13 @@ static float kq_sym_codes(const float *x, const float *w, int sub, int nsub, con
         float best = INFINITY;
         for (int c = c0 - 1; c <= c0 + 1; c++) {
             if (c < cmin || c > cmax) continue;
-            const float e = kq_sym_err(xj, wj, sub, L, d * (float)c, tq);
+            const float e = kq_sym_err(xj, wj, sub, L, d * (float)c);
             if (e < best) {
                 best = e;
                 codes[j] = c;
-                memcpy(q + j * sub, tq, (size_t)sub);
             }
         }
+        kq_sym_levels(xj, sub, L, d * (float)codes[j], q + j * sub);
         total += best;
     }
     return total;
@@ -376,7 +421,6 @@ static float kq_sym_super(const float *x, const float *w, int sub, const kq_leve
 static float kq_aff_codes(const float *x, const float *w, int sub, int nsub, int nmax, int cmax, const float *a,
                           const float *b, float d, float dmin, int *sc, int *mc, uint8_t *q) {
     float total = 0.0f;
-    uint8_t tq[KQ_QK];
     for (int j = 0; j < nsub; j++) {
         const float *xj = x + j * sub, *wj = w + j * sub;
         const int s0 = d > 0.0f ? kq_clampi(kq_round(fminf(a[j] / d, (float)cmax)), 0, cmax) : 0;
@@ -386,15 +430,15 @@ static float kq_aff_codes(const float *x, const float *w, int sub, int nsub, int
             if (s < 0 || s > cmax || (s != s0 && d == 0.0f)) continue;
             for (int m = m0 - 1; m <= m0 + 1; m++) {
                 if (m < 0 || m > cmax || (m != m0 && dmin == 0.0f)) continue;
-                const float e = kq_aff_err(xj, wj, sub, nmax, d * (float)s, dmin * (float)m, tq);
+                const float e = kq_aff_err(xj, wj, sub, nmax, d * (float)s, dmin * (float)m);
                 if (e < best) {
                     best = e;
                     sc[j] = s;
                     mc[j] = m;
-                    memcpy(q + j * sub, tq, (size_t)sub);
                 }
             }
         }
+        kq_aff_levels(xj, sub, nmax, d * (float)sc[j], dmin * (float)mc[j], q + j * sub);
         total += best;
     }
     return total;
@@ -518,6 +562,7 @@ static void write_q5_0(uint8_t *y, float d, const uint8_t *q) {
     put_nibbles32(y + 6, q);
 }
 
+#ifndef KQ_SIMD_BUILD
 static void pl_q4_1_from_float(const float *x, void *vy, int64_t n) {
     uint8_t *y = vy, q[KQ_QK];
     for (int64_t b = 0; b < n / KQ_QK; b++, x += KQ_QK, y += 20) {
@@ -555,6 +600,8 @@ static void pl_q5_0_from_float(const float *x, void *vy, int64_t n) {
     }
 }
 
+#endif
+
 /* weighted error in double of a decoded block (the final comparison with the reference) */
 static double kq_err_exact(const float *x, const float *w, const float *xhat, int n) {
     double e = 0.0;
@@ -572,26 +619,26 @@ static void search_block_q41_q51(const float *x, const float *w, int nmax, uint8
     float a, b;
     kq_aff_fit(x, w, KQ_QK, nmax, 0, KQ_AFF_STEPS, &a, &b, q);
     float d = kq_f16r(a), m = kq_f16r(-b);
-    float best_e = kq_aff_err(x, w, KQ_QK, nmax, d, -m, NULL);
+    float best_e = kq_aff_err(x, w, KQ_QK, nmax, d, -m);
     for (int it = 0; it < 2; it++) {
         const float d0 = d, m0 = m;
         for (int i = -1; i <= 1; i++)
             for (int k = -1; k <= 1; k++) {
                 const float dc = i ? kq_f16_step(d0, i) : d0, mc = k ? kq_f16_step(m0, k) : m0;
                 if (!isfinite(dc) || !isfinite(mc)) continue;
-                const float e = kq_aff_err(x, w, KQ_QK, nmax, dc, -mc, NULL);
+                const float e = kq_aff_err(x, w, KQ_QK, nmax, dc, -mc);
                 if (e < best_e) {
                     best_e = e;
                     d = dc;
                     m = mc;
                 }
             }
-        kq_aff_err(x, w, KQ_QK, nmax, d, -m, q);
+        kq_aff_levels(x, KQ_QK, nmax, d, -m, q);
         float a2, b2;
         if (kq_aff_ls(x, w, KQ_QK, q, 0, &a2, &b2)) {
             const float dc = kq_f16r(a2), mc = kq_f16r(-b2);
             if (isfinite(dc) && isfinite(mc)) {
-                const float e = kq_aff_err(x, w, KQ_QK, nmax, dc, -mc, NULL);
+                const float e = kq_aff_err(x, w, KQ_QK, nmax, dc, -mc);
                 if (e < best_e) {
                     best_e = e;
                     d = dc;
@@ -601,7 +648,7 @@ static void search_block_q41_q51(const float *x, const float *w, int nmax, uint8
         }
         if (d == d0 && m == m0) break;
     }
-    kq_aff_err(x, w, KQ_QK, nmax, d, -m, q);
+    kq_aff_levels(x, KQ_QK, nmax, d, -m, q);
     /* the reference block, decoded as a reader does */
     float rd, rm, xs[KQ_QK], xr[KQ_QK];
     ref_block_aff(x, nmax, &rd, &rm, rq);
@@ -719,6 +766,7 @@ static void write_iq4_xs(uint8_t *y, float d, const int *codes, const uint8_t *q
 }
 
 /* ---------------------------------------------------------------- rows */
+#ifndef KQ_SIMD_BUILD
 int pl_kq_searchable(int type) {
     switch (type) {
     case PL_TYPE_Q4_1: case PL_TYPE_Q5_0: case PL_TYPE_Q5_1: case PL_TYPE_IQ4_NL: case PL_TYPE_Q2_K:
@@ -729,7 +777,10 @@ int pl_kq_searchable(int type) {
     }
 }
 
-void pl_kq_quantize_row(int type, const float *x, void *vy, int64_t n, const float *imp) {
+#endif
+
+/* the search over a row, compiled once per build of this file (KQ_ROW: the scalar or the AVX2 one) */
+void KQ_ROW(int type, const float *x, void *vy, int64_t n, const float *imp) {
     uint8_t *y = vy;
     const int blk = (type == PL_TYPE_Q4_1 || type == PL_TYPE_Q5_0 || type == PL_TYPE_Q5_1 || type == PL_TYPE_IQ4_NL)
                         ? KQ_QK
@@ -783,6 +834,20 @@ void pl_kq_quantize_row(int type, const float *x, void *vy, int64_t n, const flo
     }
 }
 
+#ifndef KQ_SIMD_BUILD
+/* the AVX2 build (quantize_kquants_avx2.c) when the active kernel table is a SIMD one: the same C,
+ * hence the same IEEE operations in the same order (no FMA contraction, no reassociation), so the
+ * same bytes (tests/test_kquant_write.py compares every table's), about twice as fast */
+void pl_kq_quantize_row(int type, const float *x, void *y, int64_t n, const float *imp) {
+#ifdef PYLLM_X86_SIMD
+    if (strcmp(pl_kernels_active()->isa, "scalar") != 0) {
+        pl_kq_quantize_row_avx2(type, x, y, n, imp);
+        return;
+    }
+#endif
+    pl_kq_quantize_row_scalar(type, x, y, n, imp);
+}
+
 /* from_float of the types without a ggml reference quantizer: the search with unit weights */
 static void pl_iq4_nl_from_float(const float *x, void *y, int64_t n) { pl_kq_quantize_row(PL_TYPE_IQ4_NL, x, y, n, NULL); }
 static void pl_q2_k_from_float(const float *x, void *y, int64_t n) { pl_kq_quantize_row(PL_TYPE_Q2_K, x, y, n, NULL); }
@@ -807,3 +872,4 @@ pl_from_float_fn pl_kq_from_float(int type) {
     default: return NULL;
     }
 }
+#endif /* KQ_SIMD_BUILD */
