@@ -420,13 +420,9 @@ def export_gguf(hf_dir: str, out_path: str, quant: str = "q8_0", n_threads: int 
     if calibration is not None and method != "search":
         raise ValueError("calibration is only used by method 'search'")
     if allocate:
-        from .quant_mixes import MIX_BASE
+        from .quant_allocation import check_allocate
 
-        if quant not in MIX_BASE or pure:
-            raise ValueError(f"allocate re-spends the bits of one of llama.cpp's mixes ({', '.join(MIX_BASE)}); "
-                             f"not {quant!r}{' with --pure' if pure else ''}")
-        if not isinstance(calibration, (str, os.PathLike)) or os.fspath(calibration).endswith((".npz", ".gguf", ".dat")):
-            raise ValueError("allocate needs calibration text (a UTF-8 text file the model is run over)")
+        check_allocate(quant, calibration, pure)
     if not os.path.isdir(hf_dir):
         raise ModelLoadError(f"{hf_dir}: no such folder (expected a Hugging Face checkpoint folder)")
     if not os.path.isfile(os.path.join(hf_dir, "config.json")):

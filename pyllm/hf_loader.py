@@ -138,14 +138,15 @@ def role(name: str, shape) -> str:
 
 def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads: int = 0,
                    importance: dict | None = None, method: str | None = None, lora=None,
-                   override: dict | None = None):
+                   override: dict | None = None, types: dict | None = None):
     """Returns (config, engine model, generation_config dict). With quant (q4_0, q8_0, f16, bf16,
     f32, or a llama.cpp mix such as q4_k_m) the weights are converted while loading (see
     pyllm/quant_mixes.py for which tensor gets which type); without it they are used in place, in their stored dtype. method: how
     q4_0/q8_0 scales are chosen (default pyllm.quantization.DEFAULT_METHOD); importance: per
     (engine name, layer) column weights for method "search" (pyllm/imatrix.py). lora: adapters
     (pyllm.load's lora=; applied as pyllm/adapters.py says: merged into float weights, kept beside
-    quantized ones). override: (engine name, layer) -> float32 array of that tensor's shape, used
+    quantized ones). types: (engine name, layer) -> type id instead of the mix's plan
+    (pyllm/quant_allocation.py). override: (engine name, layer) -> float32 array of that tensor's shape, used
     instead of the checkpoint's (pyllm/quant_allocation.py measures one quantized tensor at a time)."""
     cfg = ModelConfig.from_file(os.path.join(folder, "config.json"))
     if quant is not None:
@@ -165,7 +166,7 @@ def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads:
     if quant is not None:
         from .quant_mixes import plan_types
 
-        types = plan_types(cfg, quant, has_imatrix=bool(importance))
+        types = types or plan_types(cfg, quant, has_imatrix=bool(importance))
     converted = {}
     adapters = None
     if lora is not None:

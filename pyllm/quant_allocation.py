@@ -24,6 +24,7 @@ sample tokens). On the shipped model q4_k_m allocated this way measures a mean K
 held-out text where llama.cpp's Q4_K_M file measures 0.0118 at the same size (README)."""
 from __future__ import annotations
 
+import os
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -35,6 +36,19 @@ from .quantization import TYPE_IDS, TYPE_NAMES, convert
 Key = Tuple[str, int]
 # what a matrix may get, in increasing size; each is mapped through the block fallback
 LADDER = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_0")
+
+
+def check_allocate(quant, calibration, pure: bool = False) -> str:
+    """The mix name allocation works on, or ValueError saying what is missing."""
+    q = str(quant).lower() if quant is not None else None
+    if q not in MIX_BASE or pure:
+        raise ValueError(f"allocate re-spends the bits of one of llama.cpp's mixes ({', '.join(MIX_BASE)}), not "
+                         f"{quant!r}{' with pure' if pure else ''}")
+    if not isinstance(calibration, (str, os.PathLike)) or os.fspath(calibration).endswith((".npz", ".gguf", ".dat")):
+        raise ValueError("allocate needs calibration text (a UTF-8 text file the model is run over)")
+    if not os.path.isfile(calibration):
+        raise ValueError(f"{calibration}: no such calibration file")
+    return q
 
 
 def _kl(ref_logp: np.ndarray, logits: np.ndarray) -> float:
