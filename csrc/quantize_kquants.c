@@ -28,6 +28,10 @@
  *     fp16 super-scale(s) for those codes and levels. The best round is kept.
  *   Q4_1 / Q5_0 / Q5_1: the reference block is a candidate too, so the search is never worse than
  *     ggml's reference on any block (compared in double precision).
+ *   Every search is never worse than the all-zero block either (tiny weights, whose scales fp16
+ *   cannot hold). Weights beyond fp16's range (|x| around 1e6 and more): the search writes zeros
+ *   where no finite scale exists (ggml's reference, and so from_float of Q4_1 / Q5_0 / Q5_1, writes
+ *   an infinite scale there, as Q4_0's does).
  * A block (super-block) holding a non-finite value is written as all zeros (d = 0): a deterministic
  * encoding instead of undefined float-to-int conversions; not an error, as for Q4_0 / Q8_0 (whose
  * search keeps the reference block there). A block whose weights are all 0 uses unit weights.
@@ -474,6 +478,17 @@ static float kq_aff_codes(const float *x, const float *w, int sub, int nsub, int
                 }
             }
         }
+        /* no minimum, and zero: where the fp16 scales are too coarse (tiny weights), a min offset
+         * can be worse than none */
+        const int extra[2][2] = {{s0, 0}, {0, 0}};
+        for (int k = 0; k < 2; k++) {
+            const float e = kq_aff_err(xj, wj, sub, nmax, d * (float)extra[k][0], 0.0f);
+            if (e < best) {
+                best = e;
+                sc[j] = extra[k][0];
+                mc[j] = 0;
+            }
+        }
         kq_aff_levels(xj, sub, nmax, d * (float)sc[j], dmin * (float)mc[j], q + j * sub);
         total += best;
     }
@@ -493,7 +508,12 @@ static float kq_aff_super(const float *x, const float *w, int sub, int nmax, int
     }
     float d = kq_f16r(A / (float)cmax), dmin = kq_f16r(B / (float)cmax);
     if (!isfinite(d) || !isfinite(dmin)) d = dmin = 0.0f; /* beyond fp16: zeros (as a non-finite block) */
-    float best_e = INFINITY;
+    /* the first candidate: all zeros */
+    float best_e = 0.0f;
+    for (int i = 0; i < QK_K; i++) best_e += w[i] * x[i] * x[i];
+    *d_out = *dmin_out = 0.0f;
+    for (int j = 0; j < nsub; j++) sc[j] = mc[j] = 0;
+    memset(q, 0, QK_K);
     for (int it = 0; it < 3; it++) {
         const float e = kq_aff_codes(x, w, sub, nsub, nmax, cmax, a, b, d, dmin, ts, tm, tq);
         if (e < best_e) {
@@ -684,16 +704,24 @@ static void search_block_q41_q51(const float *x, const float *w, int nmax, uint8
         }
         if (d == d0 && m == m0) break;
     }
+    if (!isfinite(d) || !isfinite(m)) d = m = 0.0f; /* beyond fp16 (|x| ~ 1e6): zeros, not inf */
     kq_aff_levels(x, KQ_QK, nmax, d, -m, q);
-    /* the reference block, decoded as a reader does */
     float rd, rm, xs[KQ_QK], xr[KQ_QK];
+    for (int j = 0; j < KQ_QK; j++) xs[j] = (float)q[j] * d + m;
+    {
+        const float zero[KQ_QK] = {0};
+        if (kq_err_exact(x, w, zero, KQ_QK) < kq_err_exact(x, w, xs, KQ_QK)) { /* tiny weights */
+            d = m = 0.0f;
+            memset(q, 0, KQ_QK);
+            memset(xs, 0, sizeof xs);
+        }
+    }
+    /* the reference block, decoded as a reader does */
     ref_block_aff(x, nmax, &rd, &rm, rq);
     const float rd16 = kq_f16r(rd), rm16 = kq_f16r(rm);
-    for (int j = 0; j < KQ_QK; j++) {
-        xr[j] = (float)rq[j] * rd16 + rm16;
-        xs[j] = (float)q[j] * d + m;
-    }
-    const int use_ref = !(kq_err_exact(x, w, xs, KQ_QK) < kq_err_exact(x, w, xr, KQ_QK));
+    for (int j = 0; j < KQ_QK; j++) xr[j] = (float)rq[j] * rd16 + rm16;
+    /* the reference only if strictly better (so not where it decodes to inf / NaN) */
+    const int use_ref = kq_err_exact(x, w, xr, KQ_QK) < kq_err_exact(x, w, xs, KQ_QK);
     if (bytes == 20) write_q4_1(y, use_ref ? rd : d, use_ref ? rm : m, use_ref ? rq : q);
     else write_q5_1(y, use_ref ? rd : d, use_ref ? rm : m, use_ref ? rq : q);
 }
@@ -708,8 +736,8 @@ static void search_block_q5_0(const float *x, const float *w, const kq_levels *L
         xr[j] = (float)((int)rq[j] - 16) * rd16;
         xs[j] = (float)((int)q[j] - 16) * d;
     }
-    if (kq_err_exact(x, w, xs, KQ_QK) < kq_err_exact(x, w, xr, KQ_QK)) write_q5_0(y, d, q);
-    else write_q5_0(y, rd, rq);
+    if (kq_err_exact(x, w, xr, KQ_QK) < kq_err_exact(x, w, xs, KQ_QK)) write_q5_0(y, rd, rq);
+    else write_q5_0(y, d, q);
 }
 
 static void search_block_iq4_nl(const float *x, const float *w, const kq_levels *L, uint8_t *y) {

@@ -210,6 +210,29 @@ def test_error_below_round_to_nearest(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_tiny_and_huge_weights_never_worse_than_zeros(name):
+    """Scales fp16 cannot hold (tiny weights: sub-normal or zero scales; huge ones: beyond 65504): per
+    block the search's (weighted) error is never above the all-zero block's, and the values are finite
+    (where no finite scale exists the search writes zeros; llama.cpp's K-quants would have written a
+    min offset larger than the weights: 4x their squared sum at 1e-5 for Q5_K)."""
+    tid, blk = TYPE_IDS[name], BLOCK[name]
+    rng = np.random.default_rng(11)
+    imp = importance_for(512)
+    for scale in (1e-30, 1e-8, 1e-6, 1e-5, 1e-4, 1e6, 1e30):
+        x = rng.standard_normal((6, 512)) * scale
+        x[1], x[2] = np.abs(x[1]), -np.abs(x[2])
+        x = x.astype(np.float32)
+        for w in (None, imp):
+            y = _engine.to_float(tid, convert(x, tid, importance=w, method="search"), 512).astype(np.float64)
+            assert np.all(np.isfinite(y)), scale
+            ww = 1.0 if w is None else w.astype(np.float64)
+            xd = x.astype(np.float64)
+            e = (ww * (y - xd) ** 2).reshape(-1, blk).sum(axis=1)
+            z = (ww * xd ** 2).reshape(-1, blk).sum(axis=1)
+            assert np.all(e <= z), (scale, float(np.max(e / z)))
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_importance_lowers_the_weighted_error(name):
     tid = TYPE_IDS[name]
     x = _error_rows()["shipped"]
