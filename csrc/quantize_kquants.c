@@ -216,7 +216,7 @@ KQ_NOCLONE static float kq_sym_err(const float *restrict x, const float *restric
     return e;
 }
 
-/* least-squares d for levels q (0 if undefined), with every level multiplied by c */
+/* least-squares d for levels q (0 if undefined) */
 static float kq_sym_ls(const float *x, const float *w, int n, const kq_levels *L, const uint8_t *q) {
     float a = 0.0f, b = 0.0f;
     for (int j = 0; j < n; j++) {
