@@ -255,7 +255,25 @@ def _ggml():
     lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                         ctypes.c_int64, ctypes.c_void_p]
     lib.ggml_quantize_init.argtypes = [ctypes.c_int]
+    lib.ggml_get_type_traits.restype = ctypes.POINTER(_GgmlTypeTraits)
+    lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
     return lib
+
+
+class _GgmlTypeTraits(ctypes.Structure):  # ggml.h's struct ggml_type_traits
+    _fields_ = [("type_name", ctypes.c_char_p), ("blck_size", ctypes.c_int64), ("blck_size_interleave", ctypes.c_int64),
+                ("type_size", ctypes.c_size_t), ("is_quantized", ctypes.c_bool),
+                ("to_float", ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)),
+                ("from_float_ref", ctypes.c_void_p)]
+
+
+def _ggml_dequantize(lib, tid, raw, shape):
+    traits = lib.ggml_get_type_traits(tid).contents
+    assert traits.type_size == _engine.row_bytes(tid, traits.blck_size)
+    out = np.empty(shape, np.float32)
+    raw = np.ascontiguousarray(raw)
+    traits.to_float(raw.ctypes.data, out.ctypes.data, out.size)
+    return out
 
 
 def _ggml_quantize(lib, tid, x, imp):
@@ -269,7 +287,8 @@ def _ggml_quantize(lib, tid, x, imp):
 @pytest.mark.parametrize("name", NAMES)
 def test_not_worse_than_llama_cpp(name):
     """llama.cpp's quantizer of the same type (ggml_quantize_chunk; with the importance as its imatrix
-    for the weighted error): ours is below it in plain and in importance-weighted squared error."""
+    for the weighted error): ours is below it in plain and in importance-weighted squared error; and
+    llama.cpp's dequantization (its type traits' to_float) of our bytes equals ours."""
     lib = _ggml()
     if lib is None:
         pytest.skip("llama.cpp's ggml library (llama-cpp-python) is not installed")
@@ -282,6 +301,10 @@ def test_not_worse_than_llama_cpp(name):
         ours = werr(x, deq(name, convert(x, tid, method="search"), x.shape))
         ours_w = werr(x, deq(name, convert(x, tid, importance=imp), x.shape), imp)
         assert ours <= theirs and ours_w <= theirs_w, (kind, ours / theirs, ours_w / theirs_w)
+    # and llama.cpp's own dequantization reads our bytes as we do
+    x = test_rows()
+    raw = convert(x, tid, importance=importance_for(x.shape[1]))
+    np.testing.assert_array_equal(_ggml_dequantize(lib, tid, raw, x.shape), _engine.to_float(tid, raw, x.shape[1]))
 
 
 # ---------------------------------------------------------------- bad input
