@@ -40,7 +40,7 @@ def deq(name, raw, shape):
     return dequantize(np.asarray(raw, np.uint8).reshape(shape[0], -1), T(TYPE_IDS[name])).reshape(shape)
 
 
-def test_rows(seed=0, n=512):
+def sample_rows(seed=0, n=512):
     """rows of various distributions, plus awkward blocks (zero, constant, one outlier, ties)"""
     rng = np.random.default_rng(seed)
     x = np.concatenate([
@@ -59,7 +59,6 @@ def test_rows(seed=0, n=512):
     return x
 
 
-test_rows.__test__ = False  # a helper, not a test
 
 
 def shipped_rows(width=256):
@@ -135,7 +134,7 @@ def werr(x, xhat, w=None):
 # ---------------------------------------------------------------- layout
 @pytest.mark.parametrize("name", NAMES)
 def test_bytes_are_ggml_layout_same_on_every_isa_and_thread_count(name):
-    tid, x = TYPE_IDS[name], test_rows()
+    tid, x = TYPE_IDS[name], sample_rows()
     imp = importance_for(x.shape[1])
     try:
         outs = {}
@@ -166,7 +165,7 @@ def test_bytes_are_ggml_layout_same_on_every_isa_and_thread_count(name):
 
 @pytest.mark.parametrize("name", GGML_REFERENCE)
 def test_reference_is_ggmls_and_search_never_worse_per_block(name):
-    tid, x = TYPE_IDS[name], test_rows(1)
+    tid, x = TYPE_IDS[name], sample_rows(1)
     ref = convert(x, tid, method="reference")
     np.testing.assert_array_equal(ref, gguf_quantize(x, T(tid)).reshape(-1))
     w = importance_for(x.shape[1])
@@ -302,7 +301,7 @@ def test_not_worse_than_llama_cpp(name):
         ours_w = werr(x, deq(name, convert(x, tid, importance=imp), x.shape), imp)
         assert ours <= theirs and ours_w <= theirs_w, (kind, ours / theirs, ours_w / theirs_w)
     # and llama.cpp's own dequantization reads our bytes as we do
-    x = test_rows()
+    x = sample_rows()
     raw = convert(x, tid, importance=importance_for(x.shape[1]))
     np.testing.assert_array_equal(_ggml_dequantize(lib, tid, raw, x.shape), _engine.to_float(tid, raw, x.shape[1]))
 
@@ -311,7 +310,7 @@ def test_not_worse_than_llama_cpp(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_input(name):
     tid, blk = TYPE_IDS[name], BLOCK[name]
-    x = test_rows(2, n=512)[:4]
+    x = sample_rows(2, n=512)[:4]
     for n in (blk + 32 if blk == 256 else 48, 704 if blk == 256 else 20):
         for fn in (lambda a: convert(a, tid), lambda a: convert(a, tid, method="search"),
                    lambda a: _engine.quantize_weighted(tid, a, None, 1)):
