@@ -40,7 +40,7 @@ def deq(name, raw, shape):
     return dequantize(np.asarray(raw, np.uint8).reshape(shape[0], -1), T(TYPE_IDS[name])).reshape(shape)
 
 
-def test_rows(seed=0, n=512):
+def sample_rows(seed=0, n=512):
     """rows of various distributions, plus awkward blocks (zero, constant, one outlier, ties)"""
     rng = np.random.default_rng(seed)
     x = np.concatenate([
@@ -59,7 +59,6 @@ def test_rows(seed=0, n=512):
     return x
 
 
-test_rows.__test__ = False  # a helper, not a test
 
 
 def shipped_rows(width=256):
@@ -135,7 +134,7 @@ def werr(x, xhat, w=None):
 # ---------------------------------------------------------------- layout
 @pytest.mark.parametrize("name", NAMES)
 def test_bytes_are_ggml_layout_same_on_every_isa_and_thread_count(name):
-    tid, x = TYPE_IDS[name], test_rows()
+    tid, x = TYPE_IDS[name], sample_rows()
     imp = importance_for(x.shape[1])
     try:
         outs = {}
@@ -166,7 +165,7 @@ def test_bytes_are_ggml_layout_same_on_every_isa_and_thread_count(name):
 
 @pytest.mark.parametrize("name", GGML_REFERENCE)
 def test_reference_is_ggmls_and_search_never_worse_per_block(name):
-    tid, x = TYPE_IDS[name], test_rows(1)
+    tid, x = TYPE_IDS[name], sample_rows(1)
     ref = convert(x, tid, method="reference")
     np.testing.assert_array_equal(ref, gguf_quantize(x, T(tid)).reshape(-1))
     w = importance_for(x.shape[1])
@@ -210,6 +209,29 @@ def test_error_below_round_to_nearest(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_tiny_and_huge_weights_never_worse_than_zeros(name):
+    """Scales fp16 cannot hold (tiny weights: sub-normal or zero scales; huge ones: beyond 65504): per
+    block the search's (weighted) error is never above the all-zero block's, and the values are finite
+    (where no finite scale exists the search writes zeros; llama.cpp's K-quants would have written a
+    min offset larger than the weights: 4x their squared sum at 1e-5 for Q5_K)."""
+    tid, blk = TYPE_IDS[name], BLOCK[name]
+    rng = np.random.default_rng(11)
+    imp = importance_for(512)
+    for scale in (1e-30, 1e-8, 1e-6, 1e-5, 1e-4, 1e6, 1e30):
+        x = rng.standard_normal((6, 512)) * scale
+        x[1], x[2] = np.abs(x[1]), -np.abs(x[2])
+        x = x.astype(np.float32)
+        for w in (None, imp):
+            y = _engine.to_float(tid, convert(x, tid, importance=w, method="search"), 512).astype(np.float64)
+            assert np.all(np.isfinite(y)), scale
+            ww = 1.0 if w is None else w.astype(np.float64)
+            xd = x.astype(np.float64)
+            e = (ww * (y - xd) ** 2).reshape(-1, blk).sum(axis=1)
+            z = (ww * xd ** 2).reshape(-1, blk).sum(axis=1)
+            assert np.all(e <= z), (scale, float(np.max(e / z)))
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_importance_lowers_the_weighted_error(name):
     tid = TYPE_IDS[name]
     x = _error_rows()["shipped"]
@@ -232,7 +254,25 @@ def _ggml():
     lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                         ctypes.c_int64, ctypes.c_void_p]
     lib.ggml_quantize_init.argtypes = [ctypes.c_int]
+    lib.ggml_get_type_traits.restype = ctypes.POINTER(_GgmlTypeTraits)
+    lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
     return lib
+
+
+class _GgmlTypeTraits(ctypes.Structure):  # ggml.h's struct ggml_type_traits
+    _fields_ = [("type_name", ctypes.c_char_p), ("blck_size", ctypes.c_int64), ("blck_size_interleave", ctypes.c_int64),
+                ("type_size", ctypes.c_size_t), ("is_quantized", ctypes.c_bool),
+                ("to_float", ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)),
+                ("from_float_ref", ctypes.c_void_p)]
+
+
+def _ggml_dequantize(lib, tid, raw, shape):
+    traits = lib.ggml_get_type_traits(tid).contents
+    assert traits.type_size == _engine.row_bytes(tid, traits.blck_size)
+    out = np.empty(shape, np.float32)
+    raw = np.ascontiguousarray(raw)
+    traits.to_float(raw.ctypes.data, out.ctypes.data, out.size)
+    return out
 
 
 def _ggml_quantize(lib, tid, x, imp):
@@ -246,7 +286,8 @@ def _ggml_quantize(lib, tid, x, imp):
 @pytest.mark.parametrize("name", NAMES)
 def test_not_worse_than_llama_cpp(name):
     """llama.cpp's quantizer of the same type (ggml_quantize_chunk; with the importance as its imatrix
-    for the weighted error): ours is below it in plain and in importance-weighted squared error."""
+    for the weighted error): ours is below it in plain and in importance-weighted squared error; and
+    llama.cpp's dequantization (its type traits' to_float) of our bytes equals ours."""
     lib = _ggml()
     if lib is None:
         pytest.skip("llama.cpp's ggml library (llama-cpp-python) is not installed")
@@ -259,13 +300,17 @@ def test_not_worse_than_llama_cpp(name):
         ours = werr(x, deq(name, convert(x, tid, method="search"), x.shape))
         ours_w = werr(x, deq(name, convert(x, tid, importance=imp), x.shape), imp)
         assert ours <= theirs and ours_w <= theirs_w, (kind, ours / theirs, ours_w / theirs_w)
+    # and llama.cpp's own dequantization reads our bytes as we do
+    x = sample_rows()
+    raw = convert(x, tid, importance=importance_for(x.shape[1]))
+    np.testing.assert_array_equal(_ggml_dequantize(lib, tid, raw, x.shape), _engine.to_float(tid, raw, x.shape[1]))
 
 
 # ---------------------------------------------------------------- bad input
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_input(name):
     tid, blk = TYPE_IDS[name], BLOCK[name]
-    x = test_rows(2, n=512)[:4]
+    x = sample_rows(2, n=512)[:4]
     for n in (blk + 32 if blk == 256 else 48, 704 if blk == 256 else 20):
         for fn in (lambda a: convert(a, tid), lambda a: convert(a, tid, method="search"),
                    lambda a: _engine.quantize_weighted(tid, a, None, 1)):
