@@ -7,19 +7,26 @@
 for a Hugging Face folder; ``GGUF_VALUE_TYPES`` says which GGUF type each key is stored as.
 ``tokenizer_from_metadata(md)`` builds a :class:`pyllm.tokenizer.Tokenizer` from the key/values of a GGUF file.
 
-Supported ``tokenizer.ggml.model`` values:
+A GGUF file tokenizes as llama.cpp (its own engine) does; a Hugging Face folder (pyllm.tokenizer) as transformers
+does. Supported ``tokenizer.ggml.model`` values:
 
-* ``"llama"``: a SentencePiece vocabulary (tokens, scores, token types) tokenized as transformers'
-  ``LlamaTokenizer`` does it (``legacy: false``: the "▁" prefix only at the start of the text).
-* ``"gpt2"``: a byte-level BPE vocabulary with merges, for the pre-tokenizers in ``SUPPORTED_BPE_PRE``
-  (``"llama-bpe"``: Llama 3; ``"gpt-2"``; ``"qwen2"``: Qwen2 / 2.5 / 3, digits split one at a time).
+* ``"llama"``: a SentencePiece vocabulary (tokens, scores, token types): the text is cut at control, user-defined
+  and unknown tokens, every piece between them gets the "▁" dummy prefix (``tokenizer.ggml.add_space_prefix``,
+  default true: at the start and after each special token), spaces become "▁", adjacent pieces merge by the
+  score of the token they form, characters without a token become <0xXX> byte tokens. Where two different tokens
+  have the same score pyllm merges the lower id first and llama.cpp the leftmost pair (gguf-py's LlamaHfVocab
+  gives every token -1000; ``tokenizer_metadata`` writes scores that follow the folder's merges instead).
+* ``"gpt2"``: a byte-level BPE vocabulary with merges, split first by the regexes llama.cpp uses for
+  ``tokenizer.ggml.pre`` (``SUPPORTED_BPE_PRE``: llama-bpe (Llama 3), qwen2, qwen35, gpt-2, mpt, starcoder,
+  refact, command-r, falcon, deepseek-llm, deepseek-coder, "default", and the names llama.cpp treats as one of
+  these); a file without the key gets llama.cpp's "default" splits, with a warning as llama.cpp gives.
 
 Chat templates: ``tokenizer.chat_template`` is the default one; named ones (e.g. "tool_use") are
 ``tokenizer.chat_template.NAME`` strings listed in ``tokenizer.chat_templates``, as gguf-py writes them.
 
-Where the converter's metadata cannot say what the Hugging Face folder says, two extra keys (ignored by llama.cpp)
-are written, only when needed: ``pyllm.tokenizer.legacy`` (a SentencePiece tokenizer with ``legacy: true``) and
-``pyllm.tokenizer.eos_token_ids`` (end-of-generation ids beyond the ones llama.cpp derives from the file).
+Where the converter's metadata cannot say what the Hugging Face folder says, one extra key (ignored by llama.cpp)
+is written, only when needed: ``pyllm.tokenizer.eos_token_ids`` (end-of-generation ids beyond the ones llama.cpp
+derives from the file).
 """
 
 from __future__ import annotations
@@ -28,10 +35,11 @@ import hashlib
 import json
 import numbers
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-from tokenizers import AddedToken, Regex, decoders, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as _Backend
 from tokenizers.models import BPE
 
@@ -64,7 +72,6 @@ K_ADD_PREFIX = "tokenizer.ggml.add_space_prefix"
 K_CHAT = "tokenizer.chat_template"
 K_CHAT_PREFIX = "tokenizer.chat_template."  # + name: a named chat template (gguf-py's add_chat_template)
 K_CHAT_NAMES = "tokenizer.chat_templates"  # the names of those templates
-K_LEGACY = "pyllm.tokenizer.legacy"
 K_EOS_IDS = "pyllm.tokenizer.eos_token_ids"
 
 #: key -> type tag for the GGUF writer: "str", "u32", "bool", "f32[]", "i32[]", "str[]".
@@ -87,26 +94,71 @@ GGUF_VALUE_TYPES: dict[str, str] = {
     K_ADD_PREFIX: "bool",
     K_CHAT: "str",
     K_CHAT_NAMES: "str[]",
-    K_LEGACY: "bool",
     K_EOS_IDS: "i32[]",
 }
 
 SUPPORTED_MODELS = ("llama", "gpt2")
 
-# Byte-level BPE pre-tokenizers: tokenizer.ggml.pre -> (split regex or None for GPT-2's built-in one,
-# ignore_merges, llama.cpp's default for add_bos_token)
+# tokenizer.json's pre-tokenizer regexes of Llama 3 and Qwen2 (how _bpe_pre_name recognizes a folder's)
 _LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-# Qwen2 / Qwen2.5 / Qwen3 (tokenizer.json's pattern; llama.cpp spells the (?i:) group out): digits one at a time
 _QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-_BPE_PRE = {
-    "llama-bpe": (_LLAMA3_REGEX, True, True),
-    "llama3": (_LLAMA3_REGEX, True, True),
-    "llama-v3": (_LLAMA3_REGEX, True, True),
-    "gpt-2": (None, False, False),
-    "qwen2": (_QWEN2_REGEX, False, False),
-    "deepseek-r1-qwen": (_QWEN2_REGEX, False, False),  # DeepSeek-R1's Qwen distills: the Qwen2 pre-tokenizer
+
+# The splits llama.cpp applies for each tokenizer.ggml.pre (llm_tokenizer_bpe), as Oniguruma regexes: each regex
+# splits every piece left by the previous ones into its matches and the text between them. llama.cpp spells
+# the contractions' case-insensitivity out ('[sS], not (?i:'s), which would also match a long s or Kelvin sign).
+_CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+_RE_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_RE_LLAMA3 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+              r"|\s+(?!\S)|\s+")
+_RE_QWEN2 = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_RE_QWEN35 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
+              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# DeepSeek's CJK run (as its tokenizer.json writes it: U+0800..U+4E00 is one range there)
+_RE_CJK = "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+"
+# DeepSeek LLM's cased letters (its tokenizer.json's class). llama.cpp runs DeepSeek LLM's regexes with
+# std::wregex; measured against it (random texts), its punctuation class leaves U+3000 (ideographic space) out,
+# so it is spelled U+3001-U+3002 here.
+_DEEPSEEK_LETTERS = (
+    "A-Za-z\u00b5\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u01ba\u01bc-\u01bf\u01c4-\u0293\u0295-\u02af\u0370-\u0373"
+    "\u0376\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c\u038e-\u03a1\u03a3-\u03f5\u03f7-\u0481"
+    "\u048a-\u052f\u0531-\u0556\u10a0-\u10c5\u13a0-\u13f5\u13f8-\u13fd\u1c90-\u1cba\u1cbd-\u1cbf\u1d00-\u1d2b"
+    "\u1d6b-\u1d77\u1d79-\u1d9a\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45\u1f48-\u1f4d\u1f50-\u1f57\u1f59\u1f5b"
+    "\u1f5d\u1f5f-\u1f7d\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe\u1fc2-\u1fc4\u1fc6-\u1fcc\u1fd0-\u1fd3\u1fd6-\u1fdb"
+    "\u1fe0-\u1fec\u1ff2-\u1ff4\u1ff6-\u1ffc\u2102\u2107\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128"
+    "\u212a-\u212d\u212f-\u2134\u2139\u213c-\u213f\u2145-\u2149\u214e\u2183\u2184\u2c00-\u2c7b\u2c7e-\u2ce4"
+    "\u2ceb-\u2cee\u2cf2\u2cf3\ua640-\ua66d\ua680-\ua69b\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e\uab70-\uabbf"
+    "\ufb00-\ufb06\ufb13-\ufb17\uff21-\uff3a\uff41-\uff5a\U00010400-\U0001044f\U000104b0-\U000104d3"
+    "\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0-\U00010cf2\U000118a0-\U000118df\U0001e900-\U0001e943"
+)
+_PRE_DEFAULT = (r"[\p{P}\$\+<=>\^~\|]+", _RE_GPT2, r"\p{N}+", "[0-9][0-9][0-9]")
+_PRE_GPT2 = (_RE_GPT2,)
+_PRE_LLAMA3 = (_RE_LLAMA3,)
+_PRE_QWEN2 = (_RE_QWEN2,)
+_PRE_STARCODER = (r"\p{N}", _RE_GPT2)
+_PRE_FALCON = (r"[\p{P}\$\+<=>\^~\|`]+", _RE_GPT2, "[0-9][0-9][0-9]")
+_PRE_DEEPSEEK_LLM = ("[\r\n]", r"\s?[" + _DEEPSEEK_LETTERS + "]+",
+                     r"\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3001-\u3002]+", r"\s+\z", _RE_CJK, r"\p{N}+")
+_PRE_DEEPSEEK_CODER = ("[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _RE_CJK, r"\p{N}")
+
+# tokenizer.ggml.pre -> (regexes, ignore_merges: a piece that is a token is not split, llama.cpp's add_bos
+# default). The names llama.cpp maps to the same splits and flags share an entry.
+_BPE_PRE: dict[str, tuple[tuple[str, ...], bool, bool]] = {
+    "default": (_PRE_DEFAULT, False, False),
+    **{k: (_PRE_LLAMA3, True, True) for k in ("llama-bpe", "llama3", "llama-v3", "falcon3", "falcon-h1", "pixtral",
+                                              "midm-2.0", "lfm2")},
+    **{k: (_PRE_LLAMA3, False, False) for k in ("dbrx", "smaug-bpe")},
+    **{k: (_PRE_GPT2, False, False) for k in ("gpt-2", "phi-2", "mpt", "olmo", "jais", "exaone4", "trillion",
+                                              "granite-docling", "gigachat", "a.x-4.0", "mellum")},
+    **{k: (_PRE_QWEN2, False, False) for k in ("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez",
+                                               "stablelm2", "hunyuan", "solar-open")},
+    "qwen35": ((_RE_QWEN35,), False, False),
+    **{k: (_PRE_STARCODER, False, False) for k in ("starcoder", "refact", "command-r", "smollm", "codeshell",
+                                                   "exaone", "minerva-7b", "mellum2")},
+    "falcon": (_PRE_FALCON, False, False),
+    "deepseek-llm": (_PRE_DEEPSEEK_LLM, False, False),
+    "deepseek-coder": (_PRE_DEEPSEEK_CODER, False, False),
 }
 SUPPORTED_BPE_PRE = tuple(_BPE_PRE)
 
@@ -294,6 +346,7 @@ def tokenizer_metadata(model_dir: str) -> dict:
     types: list[int] = []
     scores: list[float] = []
     sp = parse_sentencepiece_model(tm.read_bytes()) if kind == "llama" and tm.is_file() else None
+    merge_scores = _merge_scores(tj, tj_path) if kind == "llama" and sp is None else {}
     for i in range(n):
         text = backend.id_to_token(i)
         if text is None:  # a row of the embedding with no token
@@ -305,9 +358,9 @@ def tokenizer_metadata(model_dir: str) -> dict:
             in_sp = i < len(sp.pieces)
             base = sp.types[i] if in_sp else NORMAL
             score = sp.scores[i] if in_sp else -1000.0
-        elif kind == "llama":  # a SentencePiece-style tokenizer.json: as gguf-py's LlamaHfVocab
+        elif kind == "llama":  # a SentencePiece-style tokenizer.json: types as gguf-py's LlamaHfVocab
             base = BYTE if len(text) == 6 and _BYTE_PIECE.fullmatch(text) else NORMAL
-            score = -1000.0
+            score = merge_scores.get(text, -float(len(merge_scores) + 1))
         else:
             base, score = NORMAL, 0.0
         t = added.get(i)
@@ -368,31 +421,39 @@ def tokenizer_metadata(model_dir: str) -> dict:
     if names:
         md[K_CHAT_NAMES] = names
     if kind == "llama":
-        legacy, prefix = _llama_options(config, tj)
-        md[K_ADD_PREFIX] = prefix
-        if legacy:
-            md[K_LEGACY] = True
+        md[K_ADD_PREFIX] = _llama_add_prefix(config, tj)
     derived = _llamacpp_eog(tokens, md.get(K_EOS), None, None)
     if not set(tok.eos_ids) <= derived:
         md[K_EOS_IDS] = list(tok.eos_ids)
     return md
 
 
-def _llama_options(config: Mapping[str, Any], tj: Mapping[str, Any] | None) -> tuple[bool, bool]:
-    """(legacy, add_space_prefix) of the tokenizer Tokenizer.from_dir builds for a SentencePiece-style folder."""
-    legacy = bool(config.get("legacy", False))
-    prefix = config.get("add_prefix_space") is not False
+def _merge_scores(tj: Mapping[str, Any], path: Path) -> dict[str, float]:
+    """Scores for a SentencePiece-style BPE tokenizer.json: -(rank + 1) of the first merge making each token, so
+    that llama.cpp's merge-by-score order is the file's merge order. (gguf-py's LlamaHfVocab writes -1000 for every
+    token: llama.cpp then merges the leftmost pair first, whatever the file's merges say.)"""
+    merges = (tj.get("model") or {}).get("merges")
+    _merge_strings(merges, path)  # checks the format
+    scores: dict[str, float] = {}
+    for rank, merge in enumerate(merges):
+        merged = merge.replace(" ", "", 1) if isinstance(merge, str) else merge[0] + merge[1]
+        scores.setdefault(merged, -float(rank + 1))
+    return scores
+
+
+def _llama_add_prefix(config: Mapping[str, Any], tj: Mapping[str, Any] | None) -> bool:
+    """add_space_prefix for a SentencePiece-style folder: whether its tokenizer puts "▁" before the text."""
     if tj is None or config.get("tokenizer_class") in ("LlamaTokenizer", "LlamaTokenizerFast"):
-        return legacy, prefix  # rebuilt from the vocabulary the way transformers' LlamaTokenizer does it
+        return config.get("add_prefix_space") is not False  # transformers' LlamaTokenizer
     # a tokenizer.json used as it is: its own Metaspace scheme / "Prepend" normalizer decide
     pre, norm = json.dumps(tj.get("pre_tokenizer")), json.dumps(tj.get("normalizer"))
     if '"Prepend"' in norm:
-        return True, True
+        return True
     if '"Metaspace"' in pre:
         scheme = re.search(r'"prepend_scheme": "(\w+)"', pre)
         scheme = scheme.group(1) if scheme else ("always" if '"add_prefix_space": true' in pre else "never")
-        return scheme == "always", scheme != "never"
-    return False, False
+        return scheme != "never"
+    return False
 
 
 def _special_id(backend: _Backend, token: Any, cfg_id: Any, n: int) -> int | None:
@@ -553,7 +614,7 @@ def tokenizer_from_metadata(md: Mapping[str, Any], name: str = "<gguf>") -> Toke
 
     ids = {key: m.id(key, n) for key in (K_BOS, K_EOS, K_UNK, K_PAD, K_EOT, K_EOM)}
     add_bos, add_eos = m.bool(K_ADD_BOS), m.bool(K_ADD_EOS)
-    add_prefix, legacy = m.bool(K_ADD_PREFIX), m.bool(K_LEGACY)
+    add_prefix = m.bool(K_ADD_PREFIX)
     m.bool(K_ADD_SEP)
     template = m.str(K_CHAT)
     templates = {"default": template} if template is not None else {}
@@ -572,6 +633,10 @@ def tokenizer_from_metadata(md: Mapping[str, Any], name: str = "<gguf>") -> Toke
                 ids[kind] = _SP_DEFAULT_IDS[key]
         default_add_bos = True
     else:
+        if pre is None:  # as llama.cpp: no pre-tokenizer name means its "default" splits
+            warnings.warn(f"{name}: no {K_PRE}; using llama.cpp's 'default' pre-tokenizer (the file's own "
+                          f"tokenizer may split text differently)", stacklevel=2)
+            pre = "default"
         if pre not in _BPE_PRE:
             raise m.err(f"unsupported {K_PRE} {pre!r} for {K_MODEL} 'gpt2'; supported: {', '.join(SUPPORTED_BPE_PRE)}")
         default_add_bos = _BPE_PRE[pre][2]
@@ -591,8 +656,7 @@ def tokenizer_from_metadata(md: Mapping[str, Any], name: str = "<gguf>") -> Toke
 
     try:
         if model == "llama":
-            return _build_llama(m, tokens, scores, types, ids, add_bos, add_eos, add_prefix, legacy, templates,
-                                more_eos)
+            return _build_llama(m, tokens, scores, types, ids, add_bos, add_eos, add_prefix, templates, more_eos)
         merges = _str_list(m, K_MERGES, required=True)
         return _build_gpt2(m, tokens, types, merges, pre, ids, add_bos, add_eos, templates, more_eos)
     except ValueError:
@@ -609,30 +673,82 @@ def _special_strings(tokens, ids) -> dict[str, str]:
                                                 ("pad_token", K_PAD)) if ids[k] is not None}
 
 
-def _build_llama(m, tokens, scores, types, ids, add_bos, add_eos, add_prefix, legacy, templates, more_eos):
+def _spm_merges(tokens, scores):
+    """llama.cpp's SentencePiece merge order as BPE merges: two adjacent pieces merge when their concatenation is
+    a token, the highest-scoring such token first (llama_vocab's SPM session; any token type counts). Ranked by
+    (score descending, id): tokens with equal scores are merged in id order where llama.cpp takes the leftmost."""
+    index = {t: i for i, t in enumerate(tokens)}
+    ranked = []
+    for i, t in enumerate(tokens):
+        for cut in range(1, len(t)):
+            left, right = t[:cut], t[cut:]
+            if left in index and right in index:
+                ranked.append((-scores[i], i, cut, left, right))
+    ranked.sort()
+    return [(left, right) for _, _, _, left, right in ranked]
+
+
+# Token texts llama.cpp never right-strips in Phi-3 files (every other special token strips the spaces after it)
+_PHI3_NO_RSTRIP = frozenset(("<unk>", "<s>", "<|endoftext|>"))
+
+
+def _is_phi3(md: Mapping[str, Any]) -> bool:
+    """llama.cpp's Phi-3 rule: general.name contains "phi-3" or "phi3" (any case)."""
+    name = md.get("general.name")
+    return isinstance(name, str) and ("phi-3" in name.lower() or "phi3" in name.lower())
+
+
+def _build_llama(m, tokens, scores, types, ids, add_bos, add_eos, add_prefix, templates, more_eos):
+    """A SentencePiece vocabulary tokenized as llama.cpp does it: the text is split at special and user-defined
+    tokens; each remaining piece gets a "▁" prefix (add_space_prefix, default true: llama.cpp prefixes the text
+    at the start and after every special token), spaces become "▁", pieces merge by score, and characters
+    without a token become <0xXX> byte tokens."""
     bos, eos, unk = ids[K_BOS], ids[K_EOS], ids[K_UNK]
-    config: dict[str, Any] = {
-        "tokenizer_class": "LlamaTokenizer",
-        "legacy": bool(legacy),
-        "add_prefix_space": add_prefix is not False,
-        "add_bos_token": add_bos,
-        "add_eos_token": add_eos,
-        "chat_template": templates or None,
-    }
-    for key, i in (("bos_token", bos), ("eos_token", eos), ("unk_token", unk)):
-        if i is not None:
-            config[key] = tokens[i]
-    tok = Tokenizer.from_sentencepiece_vocab(
-        tokens, scores, types, config,
-        unk_id=-1 if unk is None else unk, bos_id=-1 if bos is None else bos, eos_id=-1 if eos is None else eos,
-        generation_config={"eos_token_id": more_eos}, name=m.name,
-    )
-    tok._special_tokens = _special_strings(tokens, ids)
-    return tok
+    if scores is None:
+        scores = [0.0] * len(tokens)
+    vocab = {t: i for i, t in enumerate(tokens)}
+    byte_fallback = any(t == BYTE for t in types)
+    backend = _Backend(BPE(vocab=vocab, merges=_spm_merges(tokens, scores),
+                           unk_token=tokens[unk] if unk is not None else None, fuse_unk=True,
+                           byte_fallback=byte_fallback, dropout=None))
+    norm = [normalizers.Replace(" ", "\u2581")]
+    if add_prefix is not False:
+        # the normalizer runs on each piece between added tokens: llama.cpp's prefix after special tokens
+        norm.insert(0, normalizers.Prepend("\u2581"))
+    backend.normalizer = normalizers.Sequence(norm)
+    backend.pre_tokenizer = None
+    dec = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if add_prefix is not False:
+        dec.append(decoders.Strip(content=" ", left=1))
+    backend.decoder = decoders.Sequence(dec)
+    phi3 = _is_phi3(m.md)
+    added = [AddedToken(t, special=(ty != USER_DEFINED), normalized=False,
+                        rstrip=phi3 and t not in _PHI3_NO_RSTRIP)
+             for t, ty in zip(tokens, types) if ty in (CONTROL, USER_DEFINED, UNKNOWN)]
+    if added:
+        backend.add_tokens(added)  # already in the vocabulary: they keep their ids
+    return _finish(m, backend, tokens, ids, add_bos, add_eos, templates, more_eos)
+
+
+def _finish(m, backend, tokens, ids, add_bos, add_eos, templates, more_eos):
+    """BOS/EOS post-processor and the pyllm Tokenizer around a built backend."""
+    bos, eos = ids[K_BOS], ids[K_EOS]
+    bos_tok = tokens[bos] if bos is not None else None
+    eos_tok = tokens[eos] if eos is not None else None
+    single = " ".join(([f"{bos_tok}:0"] if add_bos else []) + ["$A:0"] + ([f"{eos_tok}:0"] if add_eos else []))
+    pair = " ".join([single] + ([f"{bos_tok}:1"] if add_bos else []) + ["$B:1"]
+                    + ([f"{eos_tok}:1"] if add_eos else []))
+    special = [(bos_tok, bos)] if add_bos else []
+    if add_eos and not (add_bos and eos == bos):
+        special.append((eos_tok, eos))
+    backend.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
+    return Tokenizer(backend, bos_token=bos_tok, eos_token=eos_tok, eos_ids=more_eos, add_bos=add_bos,
+                     add_eos=add_eos, chat_templates=templates, name=m.name,
+                     special_tokens=_special_strings(tokens, ids))
 
 
 def _build_gpt2(m, tokens, types, merges, pre, ids, add_bos, add_eos, templates, more_eos):
-    regex, ignore_merges, _ = _BPE_PRE[pre]
+    regexes, ignore_merges, _ = _BPE_PRE[pre]
     vocab = {t: i for i, t in enumerate(tokens)}
     pairs = [tuple(s.split(" ", 1)) for s in merges]
     for k, p in enumerate(pairs):
@@ -648,28 +764,12 @@ def _build_gpt2(m, tokens, types, merges, pre, ids, add_bos, add_eos, templates,
     backend = _Backend(BPE(vocab=vocab, merges=pairs, unk_token=tokens[unk] if unk is not None else None,
                            fuse_unk=False, byte_fallback=False, ignore_merges=ignore_merges, dropout=None))
     backend.normalizer = None
-    if regex is None:
-        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
-    else:
-        backend.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
-        ])
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(r), behavior="isolated", invert=False) for r in regexes]
+        + [pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)])
     backend.decoder = decoders.ByteLevel()
     added = [AddedToken(t, special=(ty == CONTROL), normalized=False)
              for t, ty in zip(tokens, types) if ty in (CONTROL, USER_DEFINED)]
     if added:
         backend.add_tokens(added)  # already in the vocabulary: they keep their ids
-    bos, eos = ids[K_BOS], ids[K_EOS]
-    bos_tok = tokens[bos] if bos is not None else None
-    eos_tok = tokens[eos] if eos is not None else None
-    single = " ".join(([f"{bos_tok}:0"] if add_bos else []) + ["$A:0"] + ([f"{eos_tok}:0"] if add_eos else []))
-    pair = " ".join([single] + ([f"{bos_tok}:1"] if add_bos else []) + ["$B:1"]
-                    + ([f"{eos_tok}:1"] if add_eos else []))
-    special = [(bos_tok, bos)] if add_bos else []
-    if add_eos and not (add_bos and eos == bos):
-        special.append((eos_tok, eos))
-    backend.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
-    return Tokenizer(backend, bos_token=bos_tok, eos_token=eos_tok, eos_ids=more_eos, add_bos=add_bos,
-                     add_eos=add_eos, chat_templates=templates, name=m.name,
-                     special_tokens=_special_strings(tokens, ids))
+    return _finish(m, backend, tokens, ids, add_bos, add_eos, templates, more_eos)
