@@ -187,6 +187,21 @@ _EOG_TEXTS = frozenset((
 _EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>",
               "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>", "<end_of_utterance>")
 
+# Fill-in-the-middle token texts llama.cpp looks for when the file names no such token (GGUF key -> texts)
+_FIM_TEXTS = {
+    "tokenizer.ggml.fim_pre_token_id": ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>",
+                                        "▁<PRE>", "<|code_prefix|>", "<|prefix|>"),
+    "tokenizer.ggml.fim_suf_token_id": ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>",
+                                        "▁<SUF>", "<|code_suffix|>", "<|suffix|>"),
+    "tokenizer.ggml.fim_mid_token_id": ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>",
+                                        "▁<MID>", "<|code_middle|>", "<|middle|>"),
+    "tokenizer.ggml.fim_pad_token_id": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
+    "tokenizer.ggml.fim_rep_token_id": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
+    "tokenizer.ggml.fim_sep_token_id": ("<|file_sep|>",),
+}
+# gpt-oss tokens llama.cpp always renders (user-defined whatever the file says)
+_GPT_OSS_SHOWN = frozenset(("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"))
+
 _BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 _SP_DEFAULT_IDS = {"bos": 1, "eos": 2, "unk": 0}  # llama.cpp's defaults for tokenizer.ggml.model "llama"
 
@@ -302,6 +317,29 @@ def _llamacpp_eog(tokens: list[str], eos: int | None, eot: int | None, eom: int 
     if ("<|tool_response>" in texts or "<|plamo:eos|>" in texts) and "</s>" in texts:
         ids.discard(index["</s>"])
     return ids
+
+
+def _llamacpp_types(md: Mapping[str, Any], tokens: list[str], types: list[int], eog: set[int]) -> list[int]:
+    """The token types llama.cpp tokenizes with (which texts it cuts out as special tokens): it makes control
+    tokens of the end-of-generation texts and, where the file names no fill-in-the-middle token, of the FIM texts,
+    and user-defined tokens of gpt-oss's always-shown ones; <|end|> of o200k_harmony / solar-open (not an end of
+    generation there) is user-defined and a </s> that is not an end of generation a normal token."""
+    out = list(types)
+    promote = set(_EOG_TEXTS)
+    for key, texts in _FIM_TEXTS.items():
+        if md.get(key) is None:
+            promote.update(texts)
+    eog_texts = {tokens[i] for i in eog}
+    harmony = bool({"<|call|>", "<|calls|>"} & eog_texts and {"<|return|>", "<|flush|>"} & eog_texts)
+    normal_s = bool({"<|tool_response>", "<|plamo:eos|>"} & eog_texts)
+    for i, t in enumerate(tokens):
+        if t in _GPT_OSS_SHOWN or (t == "<|end|>" and harmony):
+            out[i] = USER_DEFINED
+        elif t == "</s>" and normal_s:
+            out[i] = NORMAL
+        elif t in promote and out[i] not in (CONTROL, USER_DEFINED, UNKNOWN):
+            out[i] = CONTROL
+    return out
 
 
 def tokenizer_metadata(model_dir: str) -> dict:
@@ -649,11 +687,13 @@ def tokenizer_from_metadata(md: Mapping[str, Any], name: str = "<gguf>") -> Toke
         add_bos = default_add_bos and bos is not None
     add_eos = bool(add_eos)
 
-    eog = _llamacpp_eog(tokens, eos, ids[K_EOT], ids[K_EOM]) | {int(v) for v in extra_eos}
+    llama_eog = _llamacpp_eog(tokens, eos, ids[K_EOT], ids[K_EOM])
+    eog = llama_eog | {int(v) for v in extra_eos}
     eog.discard(eos)
     more_eos = [int(v) for v in extra_eos if int(v) != eos]
     more_eos += sorted(i for i in eog if i not in more_eos)
 
+    types = _llamacpp_types(md, tokens, types, llama_eog)
     try:
         if model == "llama":
             return _build_llama(m, tokens, scores, types, ids, add_bos, add_eos, add_prefix, templates, more_eos)

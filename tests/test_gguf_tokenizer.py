@@ -436,6 +436,24 @@ def test_small_gpt2_metadata():
     assert tok.decode([4, 5, 0]) == "abc<|endoftext|>a"
 
 
+def test_control_looking_tokens_as_llama_cpp():
+    # llama.cpp cuts end-of-generation and fill-in-the-middle texts out of a prompt as control tokens even when the
+    # file types them normal, and gpt-oss's always-shown tokens as user-defined ones (cut out, kept in text)
+    md = _gpt2_md()
+    md["tokenizer.ggml.tokens"] += ["<|fim_prefix|>", "<|channel|>", "</s>"]
+    md["tokenizer.ggml.token_type"] += [1, 3, 1]
+    tok = tokenizer_from_metadata(md)
+    assert tok.encode("a<|fim_prefix|>b</s>c<|channel|>a") == [0, 6, 1, 8, 3, 7, 0]
+    assert {6, 8} <= tok.special_ids and 7 not in tok.special_ids and 8 in tok.eos_ids
+    assert tok.decode([0, 6, 7, 8], skip_special_tokens=True) == "a<|channel|>"
+    md["tokenizer.ggml.fim_pre_token_id"] = 5  # the file names its FIM token: no text is looked for
+    assert 6 not in tokenizer_from_metadata(md).encode("a<|fim_prefix|>b")
+    md["tokenizer.ggml.tokens"].append("<|tool_response>")  # Gemma 4: </s> is a normal token there
+    md["tokenizer.ggml.token_type"].append(1)
+    tok = tokenizer_from_metadata(md)
+    assert 8 not in tok.encode("b</s>") and 8 not in tok.eos_ids and 9 in tok.eos_ids
+
+
 BAD = [
     ("not a mapping", lambda md: [1, 2], "mapping"),
     ("missing model", lambda md: md.pop("tokenizer.ggml.model"), "missing tokenizer.ggml.model.*llama, gpt2"),

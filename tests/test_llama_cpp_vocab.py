@@ -6,6 +6,7 @@ pre-tokenizer (tokenizer.ggml.pre) that has a vocabulary here."""
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 import warnings
@@ -107,3 +108,19 @@ def test_unknown_pre_tokenizer_is_named(metadata):
     md["tokenizer.ggml.pre"] = "no-such-splitter"
     with pytest.raises(ValueError, match="'no-such-splitter'.*supported: .*starcoder"):
         tokenizer_from_metadata(md, name="x.gguf")
+
+
+def special_cases():
+    with open(os.path.join(HERE, "special_cases.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("name", sorted(special_cases()))
+def test_special_tokens_in_text_as_llama_cpp(metadata, name):
+    # special_cases.json: texts with control, user-defined and fill-in-the-middle token texts, and the ids llama.cpp
+    # gives them when it parses special tokens (as its server and CLI do for prompts). This checks which texts it
+    # cuts out (control-looking texts such as qwen2's normal "</s>" or the FIM texts become control tokens), the
+    # "▁" prefix after them (SentencePiece) and Phi-3's right-stripping of the spaces after its special tokens.
+    tok = tokenizer_from_metadata(vocab_metadata(metadata, name), name=name)
+    for text, want in special_cases()[name]:
+        assert tok.encode(text, add_special_tokens=False) == want, text
