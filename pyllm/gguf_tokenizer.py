@@ -728,7 +728,8 @@ def _spm_merges(tokens, scores):
     return [(left, right) for _, _, _, left, right in ranked]
 
 
-# Token texts llama.cpp never right-strips in Phi-3 files (every other special token strips the spaces after it)
+# Token texts llama.cpp never right-strips in Phi-3 files (every other special token strips the whitespace after
+# it)
 _PHI3_NO_RSTRIP = frozenset(("<unk>", "<s>", "<|endoftext|>"))
 
 
@@ -761,13 +762,24 @@ def _build_llama(m, tokens, scores, types, ids, add_bos, add_eos, add_prefix, te
     if add_prefix is not False:
         dec.append(decoders.Strip(content=" ", left=1))
     backend.decoder = decoders.Sequence(dec)
-    phi3 = _is_phi3(m.md)
-    added = [AddedToken(t, special=(ty != USER_DEFINED), normalized=False,
-                        rstrip=phi3 and t not in _PHI3_NO_RSTRIP)
+    added = [AddedToken(t, special=(ty != USER_DEFINED), normalized=False)
              for t, ty in zip(tokens, types) if ty in (CONTROL, USER_DEFINED, UNKNOWN)]
     if added:
         backend.add_tokens(added)  # already in the vocabulary: they keep their ids
     return _finish(m, backend, tokens, ids, add_bos, add_eos, templates, more_eos)
+
+
+class _Phi3Tokenizer(Tokenizer):
+    """llama.cpp's Phi-3 rule: the whitespace after a special token (but <unk>, <s>, <|endoftext|>) is dropped.
+    llama.cpp drops ASCII whitespace only (C isspace), where the tokenizers library's rstrip would drop any
+    Unicode whitespace, so it is dropped here before encoding."""
+
+    _rstrip: re.Pattern | None = None
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        if isinstance(text, str) and self._rstrip is not None:
+            text = self._rstrip.sub(r"\1", text)
+        return super().encode(text, add_special_tokens)
 
 
 def _finish(m, backend, tokens, ids, add_bos, add_eos, templates, more_eos):
@@ -782,9 +794,15 @@ def _finish(m, backend, tokens, ids, add_bos, add_eos, templates, more_eos):
     if add_eos and not (add_bos and eos == bos):
         special.append((eos_tok, eos))
     backend.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
-    return Tokenizer(backend, bos_token=bos_tok, eos_token=eos_tok, eos_ids=more_eos, add_bos=add_bos,
-                     add_eos=add_eos, chat_templates=templates, name=m.name,
-                     special_tokens=_special_strings(tokens, ids))
+    phi3 = _is_phi3(m.md)
+    tok = (_Phi3Tokenizer if phi3 else Tokenizer)(
+        backend, bos_token=bos_tok, eos_token=eos_tok, eos_ids=more_eos, add_bos=add_bos, add_eos=add_eos,
+        chat_templates=templates, name=m.name, special_tokens=_special_strings(tokens, ids))
+    if phi3:
+        strip = sorted((t.content for t in backend.get_added_tokens_decoder().values()
+                        if t.content not in _PHI3_NO_RSTRIP), key=len, reverse=True)
+        tok._rstrip = re.compile("(" + "|".join(map(re.escape, strip)) + ")[ \t\n\x0b\x0c\r]+") if strip else None
+    return tok
 
 
 def _build_gpt2(m, tokens, types, merges, pre, ids, add_bos, add_eos, templates, more_eos):

@@ -124,3 +124,22 @@ def test_special_tokens_in_text_as_llama_cpp(metadata, name):
     tok = tokenizer_from_metadata(vocab_metadata(metadata, name), name=name)
     for text, want in special_cases()[name]:
         assert tok.encode(text, add_special_tokens=False) == want, text
+
+
+@pytest.fixture(scope="module")
+def random_cases():
+    with gzip.open(os.path.join(HERE, "random_cases.json.gz"), "rt", encoding="utf-8") as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("name", list(VOCABS))
+def test_random_texts_as_llama_cpp(metadata, random_cases, name):
+    # random_cases.json.gz: 160 random texts per vocabulary (letters of many scripts, digits, punctuation, Unicode
+    # spaces and marks, emoji; the last 40 with special-token texts, parsed) and llama.cpp's ids for them
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # gpt-neox: no tokenizer.ggml.pre (tested above)
+        tok = tokenizer_from_metadata(vocab_metadata(metadata, name), name=name)
+    cases = random_cases[name]
+    assert len(cases) == 160 and sum(parse for _, parse, _ in cases) == 40
+    bad = [(text, want) for text, parse, want in cases if tok.encode(text, add_special_tokens=False) != want]
+    assert not bad, f"{len(bad)} of {len(cases)} differ; first: {bad[0]!r}"
