@@ -69,6 +69,9 @@ K_ADD_BOS = "tokenizer.ggml.add_bos_token"
 K_ADD_EOS = "tokenizer.ggml.add_eos_token"
 K_ADD_SEP = "tokenizer.ggml.add_sep_token"
 K_ADD_PREFIX = "tokenizer.ggml.add_space_prefix"
+K_FIM_PAD = "tokenizer.ggml.fim_pad_token_id"
+K_FIM_REP = "tokenizer.ggml.fim_rep_token_id"
+K_FIM_SEP = "tokenizer.ggml.fim_sep_token_id"
 K_CHAT = "tokenizer.chat_template"
 K_CHAT_PREFIX = "tokenizer.chat_template."  # + name: a named chat template (gguf-py's add_chat_template)
 K_CHAT_NAMES = "tokenizer.chat_templates"  # the names of those templates
@@ -195,9 +198,9 @@ _FIM_TEXTS = {
                                         "▁<SUF>", "<|code_suffix|>", "<|suffix|>"),
     "tokenizer.ggml.fim_mid_token_id": ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>",
                                         "▁<MID>", "<|code_middle|>", "<|middle|>"),
-    "tokenizer.ggml.fim_pad_token_id": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
-    "tokenizer.ggml.fim_rep_token_id": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
-    "tokenizer.ggml.fim_sep_token_id": ("<|file_sep|>",),
+    K_FIM_PAD: ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
+    K_FIM_REP: ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
+    K_FIM_SEP: ("<|file_sep|>",),
 }
 # gpt-oss tokens llama.cpp always renders (user-defined whatever the file says)
 _GPT_OSS_SHOWN = frozenset(("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"))
@@ -299,8 +302,10 @@ def _template_add_sep(tj: Mapping[str, Any], config: Mapping[str, Any]) -> bool 
     return add_sep
 
 
-def _llamacpp_eog(tokens: list[str], eos: int | None, eot: int | None, eom: int | None) -> set[int]:
-    """The end-of-generation ids llama.cpp derives from a vocabulary (special_eog_ids)."""
+def _llamacpp_eog(tokens: list[str], eos: int | None, eot: int | None, eom: int | None,
+                  fim: Mapping[str, int | None] | None = None) -> set[int]:
+    """The end-of-generation ids llama.cpp derives from a vocabulary (special_eog_ids); ``fim``: the file's
+    fill-in-the-middle ids by GGUF key (its pad, repo and file-separator tokens end generation too)."""
     ids = {i for i, t in enumerate(tokens) if t in _EOG_TEXTS}
     index = {}
     for i, t in enumerate(tokens):
@@ -310,6 +315,12 @@ def _llamacpp_eog(tokens: list[str], eos: int | None, eot: int | None, eom: int 
     if eom is None:
         eom = index.get("<|eom_id|>")
     ids.update(i for i in (eos, eot, eom) if i is not None)
+    for key in (K_FIM_PAD, K_FIM_REP, K_FIM_SEP):
+        i = (fim or {}).get(key)
+        if i is None:
+            i = next((index[t] for t in _FIM_TEXTS[key] if t in index), None)
+        if i is not None:
+            ids.add(i)
     texts = {tokens[i] for i in ids}
     has_call = "<|call|>" in texts or "<|calls|>" in texts
     if "<|end|>" in texts and has_call and ("<|return|>" in texts or "<|flush|>" in texts):
@@ -650,7 +661,7 @@ def tokenizer_from_metadata(md: Mapping[str, Any], name: str = "<gguf>") -> Toke
                 raise m.err(f"{K_SCORES}[{i}] = {s!r} is not a number")
         scores = [float(s) for s in scores]
 
-    ids = {key: m.id(key, n) for key in (K_BOS, K_EOS, K_UNK, K_PAD, K_EOT, K_EOM)}
+    ids = {key: m.id(key, n) for key in (K_BOS, K_EOS, K_UNK, K_PAD, K_EOT, K_EOM) + tuple(_FIM_TEXTS)}
     add_bos, add_eos = m.bool(K_ADD_BOS), m.bool(K_ADD_EOS)
     add_prefix = m.bool(K_ADD_PREFIX)
     m.bool(K_ADD_SEP)
@@ -687,7 +698,7 @@ def tokenizer_from_metadata(md: Mapping[str, Any], name: str = "<gguf>") -> Toke
         add_bos = default_add_bos and bos is not None
     add_eos = bool(add_eos)
 
-    llama_eog = _llamacpp_eog(tokens, eos, ids[K_EOT], ids[K_EOM])
+    llama_eog = _llamacpp_eog(tokens, eos, ids[K_EOT], ids[K_EOM], {k: ids[k] for k in _FIM_TEXTS})
     eog = llama_eog | {int(v) for v in extra_eos}
     eog.discard(eos)
     more_eos = [int(v) for v in extra_eos if int(v) != eos]

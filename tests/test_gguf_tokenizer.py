@@ -452,6 +452,13 @@ def test_control_looking_tokens_as_llama_cpp():
     md["tokenizer.ggml.token_type"].append(1)
     tok = tokenizer_from_metadata(md)
     assert 8 not in tok.encode("b</s>") and 8 not in tok.eos_ids and 9 in tok.eos_ids
+    # the FIM pad / repo / file-separator tokens end generation, found by their text or named by the file
+    md["tokenizer.ggml.tokens"] += ["<|fim_pad|>", "<|file_sep|>"]
+    md["tokenizer.ggml.token_type"] += [1, 3]
+    tok = tokenizer_from_metadata(md)
+    assert {10, 11} <= set(tok.eos_ids) and tok.encode("a<|fim_pad|>") == [0, 10]
+    md["tokenizer.ggml.fim_sep_token_id"] = 3
+    assert 3 in tokenizer_from_metadata(md).eos_ids and 11 not in tokenizer_from_metadata(md).eos_ids
 
 
 BAD = [

@@ -143,3 +143,15 @@ def test_random_texts_as_llama_cpp(metadata, random_cases, name):
     assert len(cases) == 160 and sum(parse for _, parse, _ in cases) == 40
     bad = [(text, want) for text, parse, want in cases if tok.encode(text, add_special_tokens=False) != want]
     assert not bad, f"{len(bad)} of {len(cases)} differ; first: {bad[0]!r}"
+
+
+def test_end_of_generation_ids_as_llama_cpp(metadata):
+    # eog_ids.json: every id llama.cpp's llama_vocab_is_eog is true for, on the original files
+    with open(os.path.join(HERE, "eog_ids.json"), encoding="utf-8") as f:
+        want = json.load(f)
+    assert set(want) == set(VOCABS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # gpt-neox: no tokenizer.ggml.pre
+        for name in VOCABS:
+            tok = tokenizer_from_metadata(vocab_metadata(metadata, name), name=name)
+            assert sorted(tok.eos_ids) == want[name], name
