@@ -13,9 +13,10 @@ does. Supported ``tokenizer.ggml.model`` values:
 * ``"llama"``: a SentencePiece vocabulary (tokens, scores, token types): the text is cut at control, user-defined
   and unknown tokens, every piece between them gets the "▁" dummy prefix (``tokenizer.ggml.add_space_prefix``,
   default true: at the start and after each special token), spaces become "▁", adjacent pieces merge by the
-  score of the token they form, characters without a token become <0xXX> byte tokens. Where two different tokens
-  have the same score pyllm merges the lower id first and llama.cpp the leftmost pair (gguf-py's LlamaHfVocab
-  gives every token -1000; ``tokenizer_metadata`` writes scores that follow the folder's merges instead).
+  score of the token they form (the leftmost pair on a tie), characters without a token become <0xXX> byte
+  tokens. The merges run in the tokenizers library, ranked by score; a file where most merged tokens share one
+  score (gguf-py's LlamaHfVocab writes -1000 for all; ``tokenizer_metadata`` writes scores that follow the
+  folder's merges instead) is tokenized by llama.cpp's algorithm in Python, as no ranking gives leftmost-first.
 * ``"gpt2"``: a byte-level BPE vocabulary with merges, split first by the regexes llama.cpp uses for
   ``tokenizer.ggml.pre`` (``SUPPORTED_BPE_PRE``: llama-bpe (Llama 3), qwen2, qwen35, gpt-2, mpt, starcoder,
   refact, command-r, falcon, deepseek-llm, deepseek-coder, "default", and the names llama.cpp treats as one of
@@ -32,6 +33,7 @@ derives from the file).
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import numbers
 import re
@@ -760,7 +762,12 @@ def _build_llama(m, tokens, scores, types, ids, add_bos, add_eos, add_prefix, te
         scores = [0.0] * len(tokens)
     vocab = {t: i for i, t in enumerate(tokens)}
     byte_fallback = any(t == BYTE for t in types)
-    backend = _Backend(BPE(vocab=vocab, merges=_spm_merges(tokens, scores),
+    merges = _spm_merges(tokens, scores)
+    spm = None
+    if _tie_heavy(tokens, scores, merges):
+        spm = _SpmSession(tokens, scores, [i for i, ty in enumerate(types) if ty in (CONTROL, USER_DEFINED, UNKNOWN)],
+                          add_prefix is not False, unk)
+    backend = _Backend(BPE(vocab=vocab, merges=merges,
                            unk_token=tokens[unk] if unk is not None else None, fuse_unk=True,
                            byte_fallback=byte_fallback, dropout=None))
     norm = [normalizers.Replace(" ", "\u2581")]
@@ -777,23 +784,126 @@ def _build_llama(m, tokens, scores, types, ids, add_bos, add_eos, add_prefix, te
              for t, ty in zip(tokens, types) if ty in (CONTROL, USER_DEFINED, UNKNOWN)]
     if added:
         backend.add_tokens(added)  # already in the vocabulary: they keep their ids
-    return _finish(m, backend, tokens, ids, add_bos, add_eos, templates, more_eos)
+    return _finish(m, backend, tokens, ids, add_bos, add_eos, templates, more_eos, spm)
 
 
-class _Phi3Tokenizer(Tokenizer):
-    """llama.cpp's Phi-3 rule: the whitespace after a special token (but <unk>, <s>, <|endoftext|>) is dropped.
-    llama.cpp drops ASCII whitespace only (C isspace), where the tokenizers library's rstrip would drop any
-    Unicode whitespace, so it is dropped here before encoding."""
+class _LlamaCppTokenizer(Tokenizer):
+    """A Tokenizer with llama.cpp rules the tokenizers library cannot express.
+
+    ``_rstrip``: llama.cpp's Phi-3 rule, the whitespace after a special token (but <unk>, <s>, <|endoftext|>) is
+    dropped; llama.cpp drops ASCII whitespace only (C isspace), where the library's rstrip would drop any Unicode
+    whitespace, so it is dropped here before encoding.
+    ``_spm``: a _SpmSession for SentencePiece vocabularies whose merged tokens mostly share one score (gguf-py's
+    LlamaHfVocab writes -1000 for all): llama.cpp then merges the leftmost pair first, which no merge ranking
+    reproduces, so such files are tokenized here by llama.cpp's algorithm itself."""
 
     _rstrip: re.Pattern | None = None
+    _spm: "_SpmSession | None" = None
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         if isinstance(text, str) and self._rstrip is not None:
             text = self._rstrip.sub(r"\1", text)
-        return super().encode(text, add_special_tokens)
+        if self._spm is None or not isinstance(text, str):
+            return super().encode(text, add_special_tokens)
+        ids = self._spm.encode(text)
+        if add_special_tokens:
+            ids = ([self.bos_id] if self.add_bos else []) + ids + ([self.eos_id] if self.add_eos else [])
+        return ids
 
 
-def _finish(m, backend, tokens, ids, add_bos, add_eos, templates, more_eos):
+class _SpmSession:
+    """llama.cpp's SentencePiece tokenization (llama_vocab::impl::tokenize, llm_tokenizer_spm_session) in Python:
+    the text is cut at special token texts (the longest first, each occurrence left to right); every text piece
+    gets " " in front (add_space_prefix), spaces become "▁", its characters merge pairwise, the highest-scoring
+    resulting token first and the leftmost on a tie, and characters without a token become <0xXX> tokens."""
+
+    def __init__(self, tokens: list[str], scores: list[float], specials: list[int], add_prefix: bool,
+                 unk: int | None):
+        self.vocab = {t: i for i, t in enumerate(tokens)}
+        self.scores = scores
+        self.specials = sorted(specials, key=lambda i: -len(tokens[i]))
+        self.tokens = tokens
+        self.prefix = add_prefix
+        self.unk = unk
+
+    def encode(self, text: str) -> list[int]:
+        parts: list = [text] if text else []  # str: text to tokenize, int: a special token
+        for i in self.specials:
+            t, cut = self.tokens[i], []
+            for part in parts:
+                if isinstance(part, int) or t not in part:
+                    cut.append(part)
+                    continue
+                for k, piece in enumerate(part.split(t)):
+                    if k:
+                        cut.append(i)
+                    if piece:
+                        cut.append(piece)
+            parts = cut
+        out: list[int] = []
+        for part in parts:  # a text part starts the text or follows a special token: it gets the prefix
+            if isinstance(part, int):
+                out.append(part)
+            else:
+                self._merge((" " + part if self.prefix else part).replace(" ", "\u2581"), out)
+        return out
+
+    def _merge(self, text: str, out: list[int]) -> None:
+        if not text:
+            return
+        sym = list(text)  # each symbol's text ("" once merged into its left neighbour)
+        n = len(sym)
+        nxt = list(range(1, n + 1))
+        nxt[-1] = -1
+        prv = list(range(-1, n - 1))
+        vocab, scores, heap = self.vocab, self.scores, []
+
+        def push(left: int, right: int) -> None:
+            if left >= 0 and right >= 0:
+                i = vocab.get(sym[left] + sym[right])
+                if i is not None:
+                    heapq.heappush(heap, (-scores[i], left, right, len(sym[left]) + len(sym[right])))
+
+        for k in range(n - 1):
+            push(k, k + 1)
+        while heap:
+            _, left, right, size = heapq.heappop(heap)
+            if not sym[left] or not sym[right] or len(sym[left]) + len(sym[right]) != size:
+                continue  # one of them has merged since
+            sym[left] += sym[right]
+            sym[right] = ""
+            nxt[left] = nxt[right]
+            if nxt[right] >= 0:
+                prv[nxt[right]] = left
+            push(prv[left], left)
+            push(left, nxt[left])
+        k = 0 if n else -1
+        while k >= 0:
+            i = vocab.get(sym[k])
+            if i is not None:
+                out.append(i)
+            else:  # a character without a token: its UTF-8 bytes
+                for byte in sym[k].encode("utf-8"):
+                    i = vocab.get(f"<0x{byte:02X}>", vocab.get(chr(byte), self.unk))
+                    if i is not None:
+                        out.append(i)
+            k = nxt[k]
+
+
+def _tie_heavy(tokens: list[str], scores: list[float], merges: list[tuple[str, str]]) -> bool:
+    """Whether most tokens that merges make share one score (where the merge ranking's id order and llama.cpp's
+    leftmost-first order part)."""
+    index = {t: i for i, t in enumerate(tokens)}
+    made = {index[a + b] for a, b in merges}
+    if len(made) < 2:
+        return False
+    counts: dict[float, int] = {}
+    for i in made:
+        counts[scores[i]] = counts.get(scores[i], 0) + 1
+    return max(counts.values()) * 2 > len(made)
+
+
+def _finish(m, backend, tokens, ids, add_bos, add_eos, templates, more_eos, spm=None):
     """BOS/EOS post-processor and the pyllm Tokenizer around a built backend."""
     bos, eos = ids[K_BOS], ids[K_EOS]
     bos_tok = tokens[bos] if bos is not None else None
@@ -806,9 +916,10 @@ def _finish(m, backend, tokens, ids, add_bos, add_eos, templates, more_eos):
         special.append((eos_tok, eos))
     backend.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
     phi3 = _is_phi3(m.md)
-    tok = (_Phi3Tokenizer if phi3 else Tokenizer)(
+    tok = (_LlamaCppTokenizer if phi3 or spm is not None else Tokenizer)(
         backend, bos_token=bos_tok, eos_token=eos_tok, eos_ids=more_eos, add_bos=add_bos, add_eos=add_eos,
         chat_templates=templates, name=m.name, special_tokens=_special_strings(tokens, ids))
+    tok._spm = spm
     if phi3:
         strip = sorted((t.content for t in backend.get_added_tokens_decoder().values()
                         if t.content not in _PHI3_NO_RSTRIP), key=len, reverse=True)

@@ -137,9 +137,13 @@ class SpmReference:
 
         tokens, types = md["tokenizer.ggml.tokens"], [int(t) for t in md["tokenizer.ggml.token_type"]]
         scores = [float(x) for x in md["tokenizer.ggml.scores"]]
-        pieces = b"".join(_field(1, _field(1, t) + _field(2, sc) + _field(3, ty))
-                          for t, sc, ty in zip(tokens, scores, types))
         ids = [md.get(f"tokenizer.ggml.{k}_token_id", -1) for k in ("unknown", "bos", "eos")]
+        unk = ids[0] if ids[0] >= 0 else 0
+        # sentencepiece allows one unknown piece: the others (Phi-3's [PAD...] entries, which no two pieces of the
+        # vocabulary form) are given to it as control pieces
+        sp_types = [3 if ty == 2 and i != unk else ty for i, ty in enumerate(types)]
+        pieces = b"".join(_field(1, _field(1, t) + _field(2, sc) + _field(3, ty))
+                          for t, sc, ty in zip(tokens, scores, sp_types))
         trainer = (_field(3, 2) + _field(4, len(tokens)) + _field(35, 6 in types)
                    + b"".join(_field(40 + k, v) for k, v in enumerate(ids) if v >= 0))
         self.add_prefix = md.get("tokenizer.ggml.add_space_prefix", True)
@@ -377,8 +381,28 @@ def test_sentencepiece_style_tokenizer_json(tmp_path, refs):
     assert len(set(merged)) > 0.9 * len(merged)
     for text in ["Hello, world! How are you today?", TEXTS[-1], TEXTS[3]]:
         assert tok.encode(text) == ref.encode(text), text
+    # the file llama.cpp's converter writes (every score -1000): llama.cpp merges left to right, and so does pyllm
     flat = dict(md, **{"tokenizer.ggml.scores": [-1000.0] * len(md["tokenizer.ggml.scores"])})
     assert SpmReference(flat).encode(TEXTS[-1]) != ref.encode(TEXTS[-1])
+    assert_same_tokenizer(tokenizer_from_metadata(flat), ref, llama_cpp=SpmReference(flat))
+
+
+@pytest.mark.parametrize("name", ["llama-spm", "phi-3"])
+def test_spm_reference_is_llama_cpp(name, tmp_path):
+    # the reference above gives llama.cpp's own ids for its test cases (tests/fixtures/llama_cpp_vocab)
+    import gzip
+
+    from pyllm.gguf_file import GGUFFile
+
+    vocab = FIXTURES / "llama_cpp_vocab"
+    (tmp_path / "v.gguf").write_bytes(gzip.decompress((vocab / f"ggml-vocab-{name}.gguf.gz").read_bytes()))
+    reference = SpmReference(GGUFFile(str(tmp_path / "v.gguf")).metadata)
+    texts = (vocab / f"ggml-vocab-{name}.gguf.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
+    ids = [[int(x) for x in line.split()]
+           for line in (vocab / f"ggml-vocab-{name}.gguf.out").read_text(encoding="utf-8").split("\n")]
+    assert len(texts) == len(ids) >= 40
+    for text, want in zip(texts, ids):
+        assert reference.encode(text, add_special_tokens=False) == want, text
 
 
 def test_gpt2_style_byte_level_bpe(tmp_path):
