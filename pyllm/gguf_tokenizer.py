@@ -18,9 +18,10 @@ does. Supported ``tokenizer.ggml.model`` values:
   score (gguf-py's LlamaHfVocab writes -1000 for all; ``tokenizer_metadata`` writes scores that follow the
   folder's merges instead) is tokenized by llama.cpp's algorithm in Python, as no ranking gives leftmost-first.
 * ``"gpt2"``: a byte-level BPE vocabulary with merges, split first by the regexes llama.cpp uses for
-  ``tokenizer.ggml.pre`` (``SUPPORTED_BPE_PRE``: llama-bpe (Llama 3), qwen2, qwen35, gpt-2, mpt, starcoder,
-  refact, command-r, falcon, deepseek-llm, deepseek-coder, "default", and the names llama.cpp treats as one of
-  these); a file without the key gets llama.cpp's "default" splits, with a warning as llama.cpp gives.
+  ``tokenizer.ggml.pre`` (``SUPPORTED_BPE_PRE``: llama-bpe (Llama 3), qwen2, qwen35, tekken (Mistral Nemo),
+  gpt-4o, gpt-2, mpt, starcoder, refact, command-r, falcon, deepseek-llm, deepseek-coder, deepseek-v3,
+  "default", and the names llama.cpp treats as one of these); a file without the key gets llama.cpp's "default"
+  splits, with a warning as llama.cpp gives.
 
 Chat templates: ``tokenizer.chat_template`` is the default one; named ones (e.g. "tool_use") are
 ``tokenizer.chat_template.NAME`` strings listed in ``tokenizer.chat_templates``, as gguf-py writes them.
@@ -137,6 +138,19 @@ _DEEPSEEK_LETTERS = (
     "\ufb00-\ufb06\ufb13-\ufb17\uff21-\uff3a\uff41-\uff5a\U00010400-\U0001044f\U000104b0-\U000104d3"
     "\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0-\U00010cf2\U000118a0-\U000118df\U0001e900-\U0001e943"
 )
+# Tekken (Mistral Nemo and later) and GPT-4o (Phi-4-mini, Llama 4): words split at case changes. llama.cpp spells
+# "uppercase-like" as a letter that is not a-z and "lowercase-like" as one that is not A-Z (it has one class for
+# all non-ASCII letters), and so does this.
+_UPPERISH, _LOWERISH = r"(?:(?=\p{L})[^a-z])", r"(?:(?=\p{L})[^A-Z])"
+_RE_TEKKEN = (rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPERISH}*{_LOWERISH}+|[^\r\n\p{{L}}\p{{N}}]?{_UPPERISH}+{_LOWERISH}*|\p{{N}}"
+              r"| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_RE_GPT4O = (rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPERISH}*{_LOWERISH}+{_CONTRACTIONS}?"
+             rf"|[^\r\n\p{{L}}\p{{N}}]?{_UPPERISH}+{_LOWERISH}*{_CONTRACTIONS}?"
+             r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# DeepSeek V3: up to three digits, CJK / kana runs, then words with punctuation split off
+_PRE_DEEPSEEK3 = (r"\p{N}{1,3}", "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+                  r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+                  r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _PRE_DEFAULT = (r"[\p{P}\$\+<=>\^~\|]+", _RE_GPT2, r"\p{N}+", "[0-9][0-9][0-9]")
 _PRE_GPT2 = (_RE_GPT2,)
 _PRE_LLAMA3 = (_RE_LLAMA3,)
@@ -162,6 +176,9 @@ _BPE_PRE: dict[str, tuple[tuple[str, ...], bool, bool]] = {
     **{k: (_PRE_STARCODER, False, False) for k in ("starcoder", "refact", "command-r", "smollm", "codeshell",
                                                    "exaone", "minerva-7b", "mellum2")},
     "falcon": (_PRE_FALCON, False, False),
+    "tekken": ((_RE_TEKKEN,), True, True),
+    **{k: (_PRE_DEEPSEEK3, False, False) for k in ("deepseek-v3", "hunyuan-dense", "joyai-llm", "hy_v4")},
+    **{k: ((_RE_GPT4O,), False, False) for k in ("gpt-4o", "llama4", "kanana2", "talkie")},
     "deepseek-llm": (_PRE_DEEPSEEK_LLM, False, False),
     "deepseek-coder": (_PRE_DEEPSEEK_CODER, False, False),
 }
@@ -729,7 +746,8 @@ def _special_strings(tokens, ids) -> dict[str, str]:
 def _spm_merges(tokens, scores):
     """llama.cpp's SentencePiece merge order as BPE merges: two adjacent pieces merge when their concatenation is
     a token, the highest-scoring such token first (llama_vocab's SPM session; any token type counts). Ranked by
-    (score descending, id): tokens with equal scores are merged in id order where llama.cpp takes the leftmost."""
+    (score descending, id): tokens with equal scores are merged in id order where llama.cpp takes the leftmost pair
+    (files where that matters are tokenized by _SpmSession instead, see _tie_heavy)."""
     index = {t: i for i, t in enumerate(tokens)}
     ranked = []
     for i, t in enumerate(tokens):
@@ -741,8 +759,7 @@ def _spm_merges(tokens, scores):
     return [(left, right) for _, _, _, left, right in ranked]
 
 
-# Token texts llama.cpp never right-strips in Phi-3 files (every other special token strips the whitespace after
-# it)
+# Token texts llama.cpp does not right-strip in Phi-3 files (the other special tokens drop the whitespace after them)
 _PHI3_NO_RSTRIP = frozenset(("<unk>", "<s>", "<|endoftext|>"))
 
 
@@ -755,8 +772,8 @@ def _is_phi3(md: Mapping[str, Any]) -> bool:
 def _build_llama(m, tokens, scores, types, ids, add_bos, add_eos, add_prefix, templates, more_eos):
     """A SentencePiece vocabulary tokenized as llama.cpp does it: the text is split at special and user-defined
     tokens; each remaining piece gets a "▁" prefix (add_space_prefix, default true: llama.cpp prefixes the text
-    at the start and after every special token), spaces become "▁", pieces merge by score, and characters
-    without a token become <0xXX> byte tokens."""
+    at the start and after every special token), spaces become "▁", pieces merge by score (the leftmost pair on a
+    tie), and characters without a token become <0xXX> byte tokens."""
     bos, eos, unk = ids[K_BOS], ids[K_EOS], ids[K_UNK]
     if scores is None:
         scores = [0.0] * len(tokens)

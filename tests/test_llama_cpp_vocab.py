@@ -155,3 +155,17 @@ def test_end_of_generation_ids_as_llama_cpp(metadata):
         for name in VOCABS:
             tok = tokenizer_from_metadata(vocab_metadata(metadata, name), name=name)
             assert sorted(tok.eos_ids) == want[name], name
+
+
+@pytest.mark.parametrize("pre,add_bos", [("tekken", True), ("gpt-4o", False), ("deepseek-v3", False)])
+def test_pre_tokenizers_without_a_vocabulary(metadata, pre, add_bos):
+    # other_pre_cases.json.gz: llama.cpp ships no vocabulary for these pre-tokenizers (Mistral Nemo's tekken,
+    # GPT-4o's for Phi-4-mini / Llama 4, DeepSeek V3's), so the llama-bpe one with tokenizer.ggml.pre replaced was
+    # given to llama.cpp: its 47 texts and 200 random ones, and the ids llama.cpp split and merged them into
+    with gzip.open(os.path.join(HERE, "other_pre_cases.json.gz"), "rt", encoding="utf-8") as f:
+        cases = json.load(f)[pre]
+    md = dict(metadata("llama-bpe"), **{"tokenizer.ggml.pre": pre})
+    tok = tokenizer_from_metadata(md, name=pre)
+    assert len(cases) == 247 and tok.add_bos is add_bos
+    bad = [(text, want) for text, want in cases if tok.encode(text, add_special_tokens=False) != want]
+    assert not bad, f"{len(bad)} of {len(cases)} differ; first: {bad[0]!r}"
