@@ -72,6 +72,9 @@ K_ADD_BOS = "tokenizer.ggml.add_bos_token"
 K_ADD_EOS = "tokenizer.ggml.add_eos_token"
 K_ADD_SEP = "tokenizer.ggml.add_sep_token"
 K_ADD_PREFIX = "tokenizer.ggml.add_space_prefix"
+K_FIM_PRE = "tokenizer.ggml.fim_pre_token_id"
+K_FIM_SUF = "tokenizer.ggml.fim_suf_token_id"
+K_FIM_MID = "tokenizer.ggml.fim_mid_token_id"
 K_FIM_PAD = "tokenizer.ggml.fim_pad_token_id"
 K_FIM_REP = "tokenizer.ggml.fim_rep_token_id"
 K_FIM_SEP = "tokenizer.ggml.fim_sep_token_id"
@@ -211,12 +214,12 @@ _EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endofte
 
 # Fill-in-the-middle token texts llama.cpp looks for when the file names no such token (GGUF key -> texts)
 _FIM_TEXTS = {
-    "tokenizer.ggml.fim_pre_token_id": ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>",
-                                        "▁<PRE>", "<|code_prefix|>", "<|prefix|>"),
-    "tokenizer.ggml.fim_suf_token_id": ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>",
-                                        "▁<SUF>", "<|code_suffix|>", "<|suffix|>"),
-    "tokenizer.ggml.fim_mid_token_id": ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>",
-                                        "▁<MID>", "<|code_middle|>", "<|middle|>"),
+    K_FIM_PRE: ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
+                "<|code_prefix|>", "<|prefix|>"),
+    K_FIM_SUF: ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
+                "<|code_suffix|>", "<|suffix|>"),
+    K_FIM_MID: ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
+                "<|code_middle|>", "<|middle|>"),
     K_FIM_PAD: ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
     K_FIM_REP: ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
     K_FIM_SEP: ("<|file_sep|>",),
@@ -349,7 +352,7 @@ def _llamacpp_eog(tokens: list[str], eos: int | None, eot: int | None, eom: int 
     return ids
 
 
-def _llamacpp_types(md: Mapping[str, Any], tokens: list[str], types: list[int], eog: set[int]) -> list[int]:
+def _llamacpp_types(tokens: list[str], types: list[int], eog: set[int], fim: Mapping[str, int | None]) -> list[int]:
     """The token types llama.cpp tokenizes with (which texts it cuts out as special tokens): it makes control
     tokens of the end-of-generation texts and, where the file names no fill-in-the-middle token, of the FIM texts,
     and user-defined tokens of gpt-oss's always-shown ones; <|end|> of o200k_harmony / solar-open (not an end of
@@ -357,7 +360,7 @@ def _llamacpp_types(md: Mapping[str, Any], tokens: list[str], types: list[int], 
     out = list(types)
     promote = set(_EOG_TEXTS)
     for key, texts in _FIM_TEXTS.items():
-        if md.get(key) is None:
+        if fim.get(key) is None:
             promote.update(texts)
     eog_texts = {tokens[i] for i in eog}
     harmony = bool({"<|call|>", "<|calls|>"} & eog_texts and {"<|return|>", "<|flush|>"} & eog_texts)
@@ -415,6 +418,7 @@ def tokenizer_metadata(model_dir: str) -> dict:
     scores: list[float] = []
     sp = parse_sentencepiece_model(tm.read_bytes()) if kind == "llama" and tm.is_file() else None
     merge_scores = _merge_scores(tj, tj_path) if kind == "llama" and sp is None else {}
+    unmerged_score = min(merge_scores.values(), default=0.0) - 1.0  # below every merge
     for i in range(n):
         text = backend.id_to_token(i)
         if text is None:  # a row of the embedding with no token
@@ -428,7 +432,7 @@ def tokenizer_metadata(model_dir: str) -> dict:
             score = sp.scores[i] if in_sp else -1000.0
         elif kind == "llama":  # a SentencePiece-style tokenizer.json: types as gguf-py's LlamaHfVocab
             base = BYTE if len(text) == 6 and _BYTE_PIECE.fullmatch(text) else NORMAL
-            score = merge_scores.get(text, -float(len(merge_scores) + 1))
+            score = merge_scores.get(text, unmerged_score)
         else:
             base, score = NORMAL, 0.0
         t = added.get(i)
@@ -717,13 +721,14 @@ def tokenizer_from_metadata(md: Mapping[str, Any], name: str = "<gguf>") -> Toke
         add_bos = default_add_bos and bos is not None
     add_eos = bool(add_eos)
 
-    llama_eog = _llamacpp_eog(tokens, eos, ids[K_EOT], ids[K_EOM], {k: ids[k] for k in _FIM_TEXTS})
+    fim = {k: ids[k] for k in _FIM_TEXTS}
+    llama_eog = _llamacpp_eog(tokens, eos, ids[K_EOT], ids[K_EOM], fim)
     eog = llama_eog | {int(v) for v in extra_eos}
     eog.discard(eos)
     more_eos = [int(v) for v in extra_eos if int(v) != eos]
     more_eos += sorted(i for i in eog if i not in more_eos)
 
-    types = _llamacpp_types(md, tokens, types, llama_eog)
+    types = _llamacpp_types(tokens, types, llama_eog, fim)
     try:
         if model == "llama":
             return _build_llama(m, tokens, scores, types, ids, add_bos, add_eos, add_prefix, templates, more_eos)
