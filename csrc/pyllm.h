@@ -199,10 +199,16 @@ void pl_matmul_multi(const pl_kernels *K, const pl_tensor *const *ws, float *con
  * (<= 0: one, at most PL_MAX_THREADS); 0 or -1 */
 int pl_quantize_rows(int type, const float *src, void *dst, int64_t rows, int64_t n, int n_threads);
 /* the same blocks with error-minimizing scales (quantize.c): Q4_0/Q8_0 rows whose every block has
- * the least importance-weighted squared error found, never more than the reference's. importance:
+ * the least importance-weighted squared error found, never more than the reference's (Q4_1, Q5_0,
+ * Q5_1, IQ4_NL, Q2_K..Q6_K, IQ4_XS: quantize_kquants.c's search). importance:
  * n per-column weights >= 0, or NULL for plain squared error. Other types: as pl_quantize_rows.
  * Returns 0, -1 (bad type/size) or -2 (negative or non-finite importance). */
 int pl_quantize_rows_weighted(int type, const float *src, void *dst, int64_t rows, int64_t n,
                               const float *importance, int n_threads);
+/* quantize_kquants.c: 1 for the types its search writes (Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K..Q6_K, IQ4_XS) */
+int pl_kq_searchable(int type);
+/* one row of such a type (n whole blocks, unchecked) with the least importance-weighted squared error
+ * found (imp: n per-column weights >= 0, or NULL for plain squared error) */
+void pl_kq_quantize_row(int type, const float *x, void *y, int64_t n, const float *imp);
 
 #endif

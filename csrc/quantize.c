@@ -37,7 +37,8 @@ int pl_quantize_rows(int type, const float *src, void *dst, int64_t rows, int64_
  * on the shipped model, x^2 even higher than the reference's). A block whose weights are all 0
  * uses 1. Blocks with a non-finite value or all zeros keep the reference encoding.
  * Rows are independent and the arithmetic per block has a fixed order, so the output does not
- * depend on the thread count. Other types (F32, F16, BF16) are converted as pl_quantize_rows does.
+ * depend on the thread count. Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K..Q6_K and IQ4_XS: quantize_kquants.c's
+ * search (the same weights). Other types (F32, F16, BF16) are converted as pl_quantize_rows does.
  * --------------------------------------------------------------------------------------------- */
 #define QW_N PL_QK
 #define QW_LANES 8
@@ -224,12 +225,18 @@ static void qw_row_q8_0(const float *x, pl_block_q8_0 *y, int64_t n, const float
 
 int pl_quantize_rows_weighted(int type, const float *src, void *dst, int64_t rows, int64_t n,
                               const float *importance, int n_threads) {
-    if (type != PL_TYPE_Q4_0 && type != PL_TYPE_Q8_0) return pl_quantize_rows(type, src, dst, rows, n, n_threads);
+    const int kq = pl_kq_searchable(type);
+    if (type != PL_TYPE_Q4_0 && type != PL_TYPE_Q8_0 && !kq) return pl_quantize_rows(type, src, dst, rows, n, n_threads);
     const size_t rb = pl_type_row_bytes((pl_type)type, n);
     if (rb == 0 || rows < 0 || n_threads > PL_MAX_THREADS) return -1;
     if (importance)
         for (int64_t j = 0; j < n; j++)
             if (!(importance[j] >= 0.0f) || !isfinite(importance[j])) return -2;
+    if (kq) { /* quantize_kquants.c: Q4_1, Q5_0, Q5_1, IQ4_NL, the K-quants, IQ4_XS */
+#pragma omp parallel for schedule(dynamic, 4) num_threads(n_threads > 0 ? n_threads : 1)
+        for (int64_t r = 0; r < rows; r++) pl_kq_quantize_row(type, src + r * n, (char *)dst + (size_t)r * rb, n, importance);
+        return 0;
+    }
     qw_params p;
     qw_init_params(type, &p);
     const pl_from_float_fn ref = pl_kernels_active()->types[type].from_float;

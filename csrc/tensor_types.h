@@ -126,9 +126,11 @@ typedef struct {
 
 /* Kernel tables; the SIMD ones start as a copy of the scalar table and override what they speed up. */
 void pl_kernels_init_scalar(pl_kernels *k);
-/* types_kquants.c: the rows of the types pyllm reads but cannot write (from_float NULL; Q4_1, Q5_0,
- * Q5_1, IQ4_NL, Q2_K..Q6_K, IQ4_XS), added to the scalar table (and so to every table) */
+/* types_kquants.c: the rows of the types added to the scalar table (and so to every table): Q4_1,
+ * Q5_0, Q5_1, IQ4_NL, Q2_K..Q6_K, IQ4_XS (written by quantize_kquants.c) and Q8_K (activations) */
 void pl_kernels_add_read_only_types(pl_kernels *k);
+/* quantize_kquants.c: the from_float of Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K..Q6_K, IQ4_XS (NULL for others) */
+pl_from_float_fn pl_kq_from_float(int type);
 /* shared by the reference and the SIMD kernels: Q3_K's 16 scales (the -32 applied) from its 12 scale
  * bytes, and IQ4_NL / IQ4_XS's non-linear table of 16 values */
 void pl_q3_k_scales(const uint8_t *s12, int8_t *scales);

@@ -1,6 +1,6 @@
-/* types_kquants.c: the scalar reference of the GGUF weight types pyllm reads but does not write
- * (yet): Q4_1, Q5_0, Q5_1 (32-weight blocks), llama.cpp's K-quants Q2_K..Q6_K and IQ4_XS (256-weight
- * super-blocks), IQ4_NL. Dequantization follows ggml's block layouts and arithmetic (float32, the
+/* types_kquants.c: the scalar reference of the GGUF weight types Q4_1, Q5_0, Q5_1 (32-weight
+ * blocks), llama.cpp's K-quants Q2_K..Q6_K and IQ4_XS (256-weight super-blocks), IQ4_NL (their
+ * writers, the rows' from_float: quantize_kquants.c). Dequantization follows ggml's block layouts and arithmetic (float32, the
  * same operations in the same order, so the values equal gguf-py's numpy reference bit for bit:
  * tests/test_kquants.py). The matmul: the K-quants (Q2_K..Q6_K) and IQ4_XS multiply Q8_K
  * activations, the 32-weight types Q8_0 activations, with exact integer sums per block (the
@@ -439,20 +439,28 @@ static void q5_1_vec_dot(int n, float *s, const void *vw, const void *va) {
     *s = sum;
 }
 
-/* no from_float: these types are not written yet */
+/* from_float: quantize_kquants.c's writers */
 void pl_kernels_add_read_only_types(pl_kernels *k) {
-    k->types[PL_TYPE_Q4_1] = (pl_type_traits){"q4_1", 32, 20, PL_TYPE_Q8_0, q4_1_to_float, NULL, q4_1_vec_dot, NULL};
-    k->types[PL_TYPE_Q5_0] = (pl_type_traits){"q5_0", 32, 22, PL_TYPE_Q8_0, q5_0_to_float, NULL, q5_0_vec_dot, NULL};
-    k->types[PL_TYPE_Q5_1] = (pl_type_traits){"q5_1", 32, 24, PL_TYPE_Q8_0, q5_1_to_float, NULL, q5_1_vec_dot, NULL};
+    k->types[PL_TYPE_Q4_1] =
+        (pl_type_traits){"q4_1", 32, 20, PL_TYPE_Q8_0, q4_1_to_float, pl_kq_from_float(PL_TYPE_Q4_1), q4_1_vec_dot, NULL};
+    k->types[PL_TYPE_Q5_0] =
+        (pl_type_traits){"q5_0", 32, 22, PL_TYPE_Q8_0, q5_0_to_float, pl_kq_from_float(PL_TYPE_Q5_0), q5_0_vec_dot, NULL};
+    k->types[PL_TYPE_Q5_1] =
+        (pl_type_traits){"q5_1", 32, 24, PL_TYPE_Q8_0, q5_1_to_float, pl_kq_from_float(PL_TYPE_Q5_1), q5_1_vec_dot, NULL};
     k->types[PL_TYPE_IQ4_NL] =
-        (pl_type_traits){"iq4_nl", 32, 18, PL_TYPE_Q8_0, iq4_nl_to_float, NULL, iq4_nl_vec_dot, NULL};
-    k->types[PL_TYPE_Q2_K] = (pl_type_traits){"q2_k", QK_K, 84, PL_TYPE_Q8_K, q2_k_to_float, NULL, q2_k_vec_dot, NULL};
-    k->types[PL_TYPE_Q3_K] = (pl_type_traits){"q3_k", QK_K, 110, PL_TYPE_Q8_K, q3_k_to_float, NULL, q3_k_vec_dot, NULL};
-    k->types[PL_TYPE_Q4_K] = (pl_type_traits){"q4_k", QK_K, 144, PL_TYPE_Q8_K, q4_k_to_float, NULL, q4_k_vec_dot, NULL};
-    k->types[PL_TYPE_Q5_K] = (pl_type_traits){"q5_k", QK_K, 176, PL_TYPE_Q8_K, q5_k_to_float, NULL, q5_k_vec_dot, NULL};
-    k->types[PL_TYPE_Q6_K] = (pl_type_traits){"q6_k", QK_K, 210, PL_TYPE_Q8_K, q6_k_to_float, NULL, q6_k_vec_dot, NULL};
+        (pl_type_traits){"iq4_nl", 32, 18, PL_TYPE_Q8_0, iq4_nl_to_float, pl_kq_from_float(PL_TYPE_IQ4_NL), iq4_nl_vec_dot, NULL};
+    k->types[PL_TYPE_Q2_K] =
+        (pl_type_traits){"q2_k", QK_K, 84, PL_TYPE_Q8_K, q2_k_to_float, pl_kq_from_float(PL_TYPE_Q2_K), q2_k_vec_dot, NULL};
+    k->types[PL_TYPE_Q3_K] =
+        (pl_type_traits){"q3_k", QK_K, 110, PL_TYPE_Q8_K, q3_k_to_float, pl_kq_from_float(PL_TYPE_Q3_K), q3_k_vec_dot, NULL};
+    k->types[PL_TYPE_Q4_K] =
+        (pl_type_traits){"q4_k", QK_K, 144, PL_TYPE_Q8_K, q4_k_to_float, pl_kq_from_float(PL_TYPE_Q4_K), q4_k_vec_dot, NULL};
+    k->types[PL_TYPE_Q5_K] =
+        (pl_type_traits){"q5_k", QK_K, 176, PL_TYPE_Q8_K, q5_k_to_float, pl_kq_from_float(PL_TYPE_Q5_K), q5_k_vec_dot, NULL};
+    k->types[PL_TYPE_Q6_K] =
+        (pl_type_traits){"q6_k", QK_K, 210, PL_TYPE_Q8_K, q6_k_to_float, pl_kq_from_float(PL_TYPE_Q6_K), q6_k_vec_dot, NULL};
     k->types[PL_TYPE_Q8_K] = (pl_type_traits){"q8_k", QK_K, sizeof(pl_block_q8_k), PL_TYPE_Q8_K, q8_k_to_float,
                                               q8_k_from_float, NULL, NULL};
     k->types[PL_TYPE_IQ4_XS] =
-        (pl_type_traits){"iq4_xs", QK_K, 136, PL_TYPE_Q8_K, iq4_xs_to_float, NULL, iq4_xs_vec_dot, NULL};
+        (pl_type_traits){"iq4_xs", QK_K, 136, PL_TYPE_Q8_K, iq4_xs_to_float, pl_kq_from_float(PL_TYPE_IQ4_XS), iq4_xs_vec_dot, NULL};
 }

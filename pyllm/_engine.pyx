@@ -99,7 +99,8 @@ cdef extern from "pyllm.h" nogil:
                    float *logits, int n_threads, char *err)
 
 TYPE_IDS = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "bf16": 30}
-# GGUF types pyllm reads and runs (dequantized per row, csrc/types_kquants.c) but does not write
+# GGUF types pyllm reads and runs (csrc/types_kquants.c) and writes (csrc/quantize_kquants.c); the
+# name is kept for the loaders that list them
 READ_ONLY_TYPE_IDS = {"q4_1": 3, "q5_0": 6, "q5_1": 7, "q2_k": 10, "q3_k": 11, "q4_k": 12, "q5_k": 13, "q6_k": 14,
                       "iq4_nl": 20, "iq4_xs": 23}
 
@@ -185,6 +186,15 @@ def from_float(int type_id, const float[:, ::1] x) -> bytes:
                 tt.from_float(&x[r, 0], &o[r * rb], n)
     return bytes(out)
 
+cdef size_t _quant_row_bytes(int type_id, int64_t n, str what) except 0:
+    """row bytes of type_id for rows of n, or a ValueError naming the type and its block"""
+    cdef const pl_type_traits *tt = _traits(type_id)
+    if tt.from_float == NULL:
+        raise ValueError(f"{what}: type {type_id} ({tt.name.decode()}) can be read but not written")
+    if n <= 0 or n % tt.blck:
+        raise ValueError(f"{what}: {tt.name.decode()} rows must be a positive multiple of {tt.blck} elements, got {n}")
+    return row_bytes(type_id, n)
+
 def quantize(int type_id, x, n_threads=0):
     """Convert a float32 (rows, n) array to type_id with n_threads (0: all); returns a uint8 array of
     rows * row_bytes bytes. This is the path files are written and quantized-on-load with."""
@@ -193,7 +203,7 @@ def quantize(int type_id, x, n_threads=0):
         raise ValueError("quantize() takes a 2-D float32 array (rows, n)")
     cdef const float[:, ::1] a = arr
     cdef int64_t rows = a.shape[0], n = a.shape[1]
-    cdef size_t rb = row_bytes(type_id, n)
+    cdef size_t rb = _quant_row_bytes(type_id, n, "quantize()")
     out = np.empty(rb * rows, dtype=np.uint8)
     cdef unsigned char[::1] o = out
     cdef int nth = _check_threads(n_threads, "quantize()")
@@ -209,15 +219,16 @@ def quantize(int type_id, x, n_threads=0):
     return out
 
 def quantize_weighted(int type_id, x, importance=None, n_threads=0):
-    """Like quantize(), but Q4_0/Q8_0 blocks get error-minimizing scales (pl_quantize_rows_weighted):
-    importance is None (plain squared error) or n float32 per-column weights >= 0. Other types are
-    converted as quantize() does. Returns a uint8 array of rows * row_bytes bytes."""
+    """Like quantize(), but the blocks get error-minimizing scales (pl_quantize_rows_weighted): Q4_0,
+    Q8_0 (quantize.c), Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K..Q6_K, IQ4_XS (quantize_kquants.c). importance
+    is None (plain squared error) or n float32 per-column weights >= 0. Other types are converted as
+    quantize() does. Returns a uint8 array of rows * row_bytes bytes."""
     arr = np.ascontiguousarray(x, dtype=np.float32)
     if arr.ndim != 2:
         raise ValueError("quantize_weighted() takes a 2-D float32 array (rows, n)")
     cdef const float[:, ::1] a = arr
     cdef int64_t rows = a.shape[0], n = a.shape[1]
-    cdef size_t rb = row_bytes(type_id, n)
+    cdef size_t rb = _quant_row_bytes(type_id, n, "quantize_weighted()")
     cdef const float[::1] imp
     cdef const float *ip = NULL
     if importance is not None:

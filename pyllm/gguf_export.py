@@ -1,6 +1,6 @@
 """gguf_export.py: writes a Hugging Face checkpoint of any family pyllm runs (pyllm.arch: Llama,
-Mistral, Mixtral, Qwen2, Qwen3, Phi-3) as a GGUF file (llama.cpp's format) in f32, f16, bf16, q8_0
-or q4_0 — what `pyllm quantize` and tools/quantize.py run. Tensor names, fusions (Phi-3's attn_qkv
+Mistral, Mixtral, Qwen2, Qwen3, Phi-3) as a GGUF file (llama.cpp's format) in f32, f16, bf16, q8_0,
+q4_0 or one of llama.cpp's K-quant / IQ4 / legacy mixes (q4_k_m, q6_k, iq4_xs, q5_0, ...) — what `pyllm quantize` and tools/quantize.py run. Tensor names, fusions (Phi-3's attn_qkv
 and gate+up ffn_up), stacked experts (ffn_*_exps, router ffn_gate_inp kept F32), biases, per-head
 norms and the architecture's metadata keys follow llama.cpp's converter for that architecture; for
 Phi-3 LongRoPE the rope_factors_long / _short tensors and rope.scaling.attn_factor /
@@ -13,7 +13,8 @@ For "llama" models the file follows llama.cpp's convert_hf_to_gguf.py: the same 
 tensor names (token_embd, blk.N.attn_q, ...), Q/K rows permuted for interleaved RoPE, Llama 3.1
 "llama3" rope scaling stored as a `rope_freqs.weight` tensor of frequency factors, linear scaling
 as llama.rope.scaling.*, Mistral written as architecture "llama". Which tensor gets which type
-is pyllm.quantization.tensor_type (norms F32, q4_0's LM head Q8_0, ...), and the bytes come from
+is pyllm.quant_mixes.plan_types (norms F32, q4_0's LM head Q8_0, llama.cpp's rules for its mixes
+such as q4_k_m), and the bytes come from
 pyllm.quantization.convert (C, all threads) with the same scale-choosing method as
 pyllm.load(hf_dir, quant=...), i.e. exactly what quant-on-load runs (method "reference" instead gives
 ggml's own quantizer: tensor bytes identical to convert_hf_to_gguf.py / llama-quantize).
@@ -48,13 +49,16 @@ from .adapters import add_lora_argument, lora_spec
 from .arch.family import engine_shapes
 from .gptq_awq import (Q4_0 as Q4_0_TYPE, Q4_1 as Q4_1_TYPE, quantized_linears, scheme_of_folder, storage_of,
                        warn_dequantized)
-from .hf_loader import role as engine_role
 # DEFAULT_METHOD: how q4_0/q8_0 scales are chosen by default, as pyllm.load(hf_dir, quant=...) does
-from .quantization import DEFAULT_METHOD, METHODS, TYPE_IDS, check_quant, convert, tensor_type
+from .quant_mixes import plan_types
+from .quantization import DEFAULT_METHOD, METHODS, QUANT_TYPES, TYPE_IDS, check_quant, convert
 from .safetensors_file import DTYPES, open_checkpoint
 
-EXPORT_TYPES = ("q4_0", "q8_0", "f16", "bf16", "f32")
-FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "bf16": 32}  # llama.cpp's LlamaFileType
+EXPORT_TYPES = QUANT_TYPES
+# llama.cpp's LlamaFileType (general.file_type)
+FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9, "q2_k": 10, "q3_k_s": 11,
+              "q3_k_m": 12, "q3_k_l": 13, "q4_k_s": 14, "q4_k_m": 15, "q5_k_s": 16, "q5_k_m": 17, "q6_k": 18,
+              "iq4_nl": 25, "iq4_xs": 30, "bf16": 32}
 _CHUNK_BYTES = 64 << 20  # float32 bytes converted at a time
 
 
@@ -80,6 +84,7 @@ class _Entry:
     data: Optional[np.ndarray] = None  # float32, for generated tensors (rope_freqs)
     heads: int = 0  # > 0: permute rows for interleaved RoPE with this many heads
     lora: Optional[dict] = None  # HF name -> [LoraFactors] merged into the rows before conversion
+    key: Optional[tuple] = None  # (engine name, layer) of the first engine tensor it holds (importance)
     quantized: Optional[tuple] = None  # GPTQ / AWQ layers (pyllm.gptq_awq), written from their 4-bit values
 
     @property
@@ -144,7 +149,8 @@ def _chat_template(folder: str) -> Optional[str]:
     return t if isinstance(t, str) and t else None
 
 
-def _plan(folder: str, cfg: ModelConfig, quant: str, tensors: dict, adapters=None, qlin=None) -> list:
+def _plan(folder: str, cfg: ModelConfig, quant: str, tensors: dict, adapters=None, pure: bool = False,
+          has_imatrix: bool = False, types: Optional[dict] = None, qlin: Optional[dict] = None) -> list:
     """Every tensor to write, checked against the config, in llama.cpp's order: the family's GGUF
     tensors (pyllm.arch), each made of the Hugging Face tensors its engine tensors come from (a fused
     GGUF tensor from the fused HF one, stacked experts from each expert's). qlin: weight name ->
@@ -153,8 +159,10 @@ def _plan(folder: str, cfg: ModelConfig, quant: str, tensors: dict, adapters=Non
     fam = cfg.family
     expect = engine_shapes(cfg)
     tied = cfg.tie_word_embeddings
+    if types is None:
+        types = plan_types(cfg, quant, pure, has_imatrix)
 
-    def entry(gguf_name, engs, hf_names, heads=0):
+    def entry(gguf_name, engs, hf_names, heads=0, layer=-1):
         if qlin and any(hf in qlin for hf in hf_names):
             return quantized_entry(gguf_name, engs, hf_names, heads)
         infos = []
@@ -172,9 +180,10 @@ def _plan(folder: str, cfg: ModelConfig, quant: str, tensors: dict, adapters=Non
                 raise ModelLoadError(f"{sf.path}: tensor {info.name!r} has shape {list(info.shape)}, expected "
                                      f"{list(want)} from config.json")
         shape = want if len(hf_names) == 1 else (len(hf_names), *want)
-        tid = tensor_type(engine_role(engs[0], want), quant, want, tied)
+        tid = types[(engs[0], layer)]
         lora = {n: adapters.factors[n] for n in hf_names if n in adapters.factors} if adapters else None
-        return _Entry(gguf_name, tuple(shape), tid, hf=tuple(hf_names), heads=heads, lora=lora or None)
+        return _Entry(gguf_name, tuple(shape), tid, hf=tuple(hf_names), heads=heads, lora=lora or None,
+                      key=(engs[0], layer))
 
     def quantized_entry(gguf_name, engs, hf_names, heads):
         if any(hf not in qlin for hf in hf_names):
@@ -212,7 +221,7 @@ def _plan(folder: str, cfg: ModelConfig, quant: str, tensors: dict, adapters=Non
             by_name.setdefault(src.name, []).append(eng)
         for gname, engs in by_name.items():
             hf = hf_src[engs[0]]
-            out.append(entry(f"blk.{i}.{gname}", engs, hf.names, g_src[engs[0]].permute_heads))
+            out.append(entry(f"blk.{i}.{gname}", engs, hf.names, g_src[engs[0]].permute_heads, i))
     out.append(entry("output_norm.weight", ["output_norm"], ["model.norm.weight"]))
     if not tied:
         out.append(entry("output.weight", ["output"], ["lm_head.weight"]))
@@ -258,13 +267,15 @@ def _float_rows(sf, info, rows) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _convert(x, type_id: int, n_threads: int, method: Optional[str]):
-    if method is None:
+def _convert(x, type_id: int, n_threads: int, method: Optional[str], importance=None):
+    if method is None and importance is None:
         return convert(x, type_id, n_threads)
-    return convert(x, type_id, n_threads, method=method)
+    return convert(x, type_id, n_threads, importance=importance, method=method)
 
 
-def _write_tensor(fout, e: _Entry, tensors: dict, n_threads: int, method: Optional[str] = None) -> int:
+def _write_tensor(fout, e: _Entry, tensors: dict, n_threads: int, method: Optional[str] = None,
+                  importance: Optional[dict] = None) -> int:
+    imp = importance.get(e.key) if importance and e.key is not None and len(e.shape) >= 2 else None
     if e.data is not None:
         b = _convert(e.data.reshape(1, -1), e.type_id, n_threads, method)
         fout.write(memoryview(b))
@@ -276,8 +287,9 @@ def _write_tensor(fout, e: _Entry, tensors: dict, n_threads: int, method: Option
         written += b.nbytes
     if e.quantized:
         return written
-    for hf in e.hf:  # stacked experts: one after the other
+    for k, hf in enumerate(e.hf):  # stacked experts: one after the other
         sf, info = tensors[hf]
+        imp_k = imp[k] if imp is not None and np.ndim(imp) == 2 else imp  # a MoE weight: per expert
         rows = info.shape[0]
         cols = info.shape[-1] if len(info.shape) == 2 else 1
         perm = _rope_permutation(rows, e.heads) if e.heads else None
@@ -292,7 +304,7 @@ def _write_tensor(fout, e: _Entry, tensors: dict, n_threads: int, method: Option
                 x = x + delta[sel]
             if len(info.shape) == 1:
                 x = x.reshape(1, -1)  # a vector is one row of the file
-            b = _convert(x, e.type_id, n_threads, method)
+            b = _convert(x, e.type_id, n_threads, method, imp_k)
             fout.write(memoryview(b))
             written += b.nbytes
             del b
@@ -417,9 +429,15 @@ def _temp_name(out_path: str) -> str:
 
 
 def export_gguf(hf_dir: str, out_path: str, quant: str = "q8_0", n_threads: int = 0, progress=None,
-                method: Optional[str] = None, lora=None) -> ExportResult:
+                method: Optional[str] = None, lora=None, pure: bool = False, calibration=None,
+                allocate: bool = False) -> ExportResult:
     """Write the checkpoint folder hf_dir as the GGUF file out_path with weights in `quant` (q4_0, q8_0,
-    f16, bf16, f32). progress: a text stream (e.g. sys.stderr) for a progress bar and the final size
+    f16, bf16, f32, or one of llama.cpp's mixes q4_k_m, q5_k_m, q6_k, iq4_xs, ... with its tensor
+    types: pyllm/quant_mixes.py; pure: the mix's base type for every matrix, as llama-quantize --pure).
+    calibration: as pyllm.load's (a text file the unquantized model is run over, a .npz of
+    pyllm.imatrix.save_importance, or llama.cpp's imatrix file .gguf / .dat): the quantizers weight
+    each column's error by it. allocate (a mix, with calibration text): the mix's bytes re-spent
+    where the measured error is largest (pyllm/quant_allocation.py), never a larger file. progress: a text stream (e.g. sys.stderr) for a progress bar and the final size
     line, or None for silence. method: how q4_0/q8_0 block scales are chosen (pyllm.quantization:
     "reference" = ggml's quantizer, byte-identical to llama.cpp's files; "search" = error-minimizing
     scales); default: what pyllm.load(hf_dir, quant=...) uses, so the file runs exactly like it. lora:
@@ -436,6 +454,12 @@ def export_gguf(hf_dir: str, out_path: str, quant: str = "q8_0", n_threads: int 
         method = DEFAULT_METHOD
     elif method not in METHODS:
         raise ValueError(f"unknown quantization method {method!r}: expected one of {', '.join(METHODS)}")
+    if calibration is not None and method != "search":
+        raise ValueError("calibration is only used by method 'search'")
+    if allocate:
+        from .quant_allocation import check_allocate
+
+        check_allocate(quant, calibration, pure)
     if not os.path.isdir(hf_dir):
         raise ModelLoadError(f"{hf_dir}: no such folder (expected a Hugging Face checkpoint folder)")
     if not os.path.isfile(os.path.join(hf_dir, "config.json")):
@@ -457,7 +481,28 @@ def export_gguf(hf_dir: str, out_path: str, quant: str = "q8_0", n_threads: int 
         shapes = {n: tuple(i.shape) for n, (_, i) in tensors.items() if len(i.shape) == 2}
         shapes.update({n: ql.shape for n, ql in qlin.items()})
         adapters = AdapterSet(cfg, lora, hf_dir, shapes) or None
-    plan = _plan(hf_dir, cfg, quant, tensors, adapters, qlin)
+    importance = None
+    if calibration is not None:
+        from .imatrix import resolve_importance
+
+        importance = resolve_importance(hf_dir, calibration, n_threads=n_threads or None, cfg=cfg)
+    types = None
+    if allocate:
+        from .quant_allocation import allocate as allocate_types
+
+        with open(os.fspath(calibration), encoding="utf-8") as f:
+            text = f.read()
+
+        def report(i, n, name, kl):
+            if progress is not None:
+                progress.write(f"\rallocating bits: {i}/{n} {name[:40]:<40}")
+                progress.flush()
+
+        types = allocate_types(hf_dir, cfg, quant, text, importance, n_threads, progress=report)
+        if progress is not None:
+            progress.write("\n")
+    plan = _plan(hf_dir, cfg, quant, tensors, adapters, pure=pure, has_imatrix=importance is not None, types=types,
+                 qlin=qlin)
     try:
         tok_md = tokenizer_metadata(hf_dir)
     except ModelLoadError:
@@ -489,7 +534,7 @@ def export_gguf(hf_dir: str, out_path: str, quant: str = "q8_0", n_threads: int 
         fout = writer.fout[0]
         for e in plan:
             writer.write_padding(fout, fout.tell())
-            n = _write_tensor(fout, e, tensors, n_threads, method)
+            n = _write_tensor(fout, e, tensors, n_threads, method, importance)
             if n != e.nbytes:  # cannot happen unless convert() and row_bytes() disagree
                 raise RuntimeError(f"tensor {e.name}: wrote {n} bytes, expected {e.nbytes}")
             writer.write_padding(fout, n)
@@ -534,7 +579,14 @@ def add_arguments(p) -> None:
     p.add_argument("hf_dir", help="Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer files)")
     p.add_argument("out", help="output .gguf file")
     p.add_argument("--type", dest="qtype", default="q8_0", type=str.lower, choices=EXPORT_TYPES,
-                   help="weight type (default q8_0)")
+                   help="weight type or llama.cpp mix (default q8_0)")
+    p.add_argument("--pure", action="store_true", help="the type's base type for every matrix (no mix)")
+    p.add_argument("--calibration", "--imatrix", dest="calibration", default=None, metavar="FILE",
+                   help="importance for the quantizer: a text file (the model is run over it), a .npz "
+                        "from pyllm, or llama.cpp's imatrix file (.gguf or .dat)")
+    p.add_argument("--allocate", action="store_true",
+                   help="with a mix and --calibration TEXT: spend the mix's bits where measurement says they "
+                        "lower the error most (same file size or smaller)")
     p.add_argument("-t", "--threads", type=int, default=0, help="threads for quantization (default: all)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_lora_argument(p, "merged into the weights before quantizing")
@@ -551,7 +603,8 @@ def run(args, prog: str = "pyllm quantize") -> int:
     try:
         export_gguf(args.hf_dir, args.out, args.qtype, n_threads=args.threads,
                     progress=None if args.quiet else sys.stderr, method=getattr(args, "method", None),
-                    lora=lora_spec(getattr(args, "lora", None)))
+                    lora=lora_spec(getattr(args, "lora", None)), pure=getattr(args, "pure", False),
+                    calibration=getattr(args, "calibration", None), allocate=getattr(args, "allocate", False))
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted; no file written", file=sys.stderr)
         return 130

@@ -34,8 +34,8 @@ from .config import MAX_INT32, ModelConfig, short_repr
 from .errors import ModelLoadError, UnsupportedArchitectureError
 from .gguf_file import MIN_MODEL_ALIGNMENT, GGUFFile, is_gguf
 from .hf_loader import (build_engine_model, check_sampling_defaults, check_source_shapes, check_tokenizer_vocab,
-                        fused_rows, role)
-from .quantization import DEFAULT_METHOD, check_quant, convert, tensor_type
+                        fused_rows)
+from .quantization import DEFAULT_METHOD, check_quant, convert
 
 ENGINE_TYPES = (0, 1, 2, 8, 30) + tuple(_engine.READ_ONLY_TYPE_IDS.values())  # F32 F16 Q4_0 Q8_0 BF16 + read-only
 _INT_CAP = MAX_INT32 + 1  # sizes go to the engine as C ints
@@ -285,6 +285,10 @@ def load_gguf_parts(path: str, n_ctx: Optional[int] = None, quant: Optional[str]
         quant = check_quant(quant)
     names = _check_tensors(gf, cfg)
     fused = fused_rows(names)
+    if quant is not None:
+        from .quant_mixes import plan_types
+
+        types = plan_types(cfg, quant)
     gen = generation_config_from_metadata(gf.metadata, path)
     try:
         tokenizer = tokenizer_from_metadata(gf.metadata)
@@ -327,7 +331,7 @@ def load_gguf_parts(path: str, n_ctx: Optional[int] = None, quant: Optional[str]
                                      f"expected {cfg.n_experts}")
             file_shape = (file_shape[0] * file_shape[1], file_shape[2])
         shape = check_source_shapes(src, [file_shape], path, fused)
-        want = tid if quant is None else tensor_type(role(name, shape), quant, shape, cfg.tie_word_embeddings)
+        want = tid if quant is None else types[(name, layer)]
         if want == tid:
             buf = gf.buffer(gname)
             if src.rows is not None:  # a row range of a fused tensor, zero-copy

@@ -7,31 +7,42 @@
 for a Hugging Face folder; ``GGUF_VALUE_TYPES`` says which GGUF type each key is stored as.
 ``tokenizer_from_metadata(md)`` builds a :class:`pyllm.tokenizer.Tokenizer` from the key/values of a GGUF file.
 
-Supported ``tokenizer.ggml.model`` values:
+A GGUF file tokenizes as llama.cpp (its own engine) does; a Hugging Face folder (pyllm.tokenizer) as transformers
+does. Supported ``tokenizer.ggml.model`` values:
 
-* ``"llama"``: a SentencePiece vocabulary (tokens, scores, token types) tokenized as transformers'
-  ``LlamaTokenizer`` does it (``legacy: false``: the "▁" prefix only at the start of the text).
-* ``"gpt2"``: a byte-level BPE vocabulary with merges, for the pre-tokenizers in ``SUPPORTED_BPE_PRE``
-  (``"llama-bpe"``: Llama 3; ``"gpt-2"``; ``"qwen2"``: Qwen2 / 2.5 / 3, digits split one at a time).
+* ``"llama"``: a SentencePiece vocabulary (tokens, scores, token types): the text is cut at control, user-defined
+  and unknown tokens, every piece between them gets the "▁" dummy prefix (``tokenizer.ggml.add_space_prefix``,
+  default true: at the start and after each special token), spaces become "▁", adjacent pieces merge by the
+  score of the token they form (the leftmost pair on a tie), characters without a token become <0xXX> byte
+  tokens. The merges run in the tokenizers library, ranked by score; a file where most merged tokens share one
+  score (gguf-py's LlamaHfVocab writes -1000 for all; ``tokenizer_metadata`` writes scores that follow the
+  folder's merges instead) is tokenized by llama.cpp's algorithm in Python, as no ranking gives leftmost-first.
+* ``"gpt2"``: a byte-level BPE vocabulary with merges, split first by the regexes llama.cpp uses for
+  ``tokenizer.ggml.pre`` (``SUPPORTED_BPE_PRE``: llama-bpe (Llama 3), qwen2, qwen35, tekken (Mistral Nemo),
+  gpt-4o, gpt-2, mpt, starcoder, refact, command-r, falcon, deepseek-llm, deepseek-coder, deepseek-v3,
+  "default", and the names llama.cpp treats as one of these); a file without the key gets llama.cpp's "default"
+  splits, with a warning as llama.cpp gives.
 
 Chat templates: ``tokenizer.chat_template`` is the default one; named ones (e.g. "tool_use") are
 ``tokenizer.chat_template.NAME`` strings listed in ``tokenizer.chat_templates``, as gguf-py writes them.
 
-Where the converter's metadata cannot say what the Hugging Face folder says, two extra keys (ignored by llama.cpp)
-are written, only when needed: ``pyllm.tokenizer.legacy`` (a SentencePiece tokenizer with ``legacy: true``) and
-``pyllm.tokenizer.eos_token_ids`` (end-of-generation ids beyond the ones llama.cpp derives from the file).
+Where the converter's metadata cannot say what the Hugging Face folder says, one extra key (ignored by llama.cpp)
+is written, only when needed: ``pyllm.tokenizer.eos_token_ids`` (end-of-generation ids beyond the ones llama.cpp
+derives from the file).
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import numbers
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-from tokenizers import AddedToken, Regex, decoders, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as _Backend
 from tokenizers.models import BPE
 
@@ -61,10 +72,15 @@ K_ADD_BOS = "tokenizer.ggml.add_bos_token"
 K_ADD_EOS = "tokenizer.ggml.add_eos_token"
 K_ADD_SEP = "tokenizer.ggml.add_sep_token"
 K_ADD_PREFIX = "tokenizer.ggml.add_space_prefix"
+K_FIM_PRE = "tokenizer.ggml.fim_pre_token_id"
+K_FIM_SUF = "tokenizer.ggml.fim_suf_token_id"
+K_FIM_MID = "tokenizer.ggml.fim_mid_token_id"
+K_FIM_PAD = "tokenizer.ggml.fim_pad_token_id"
+K_FIM_REP = "tokenizer.ggml.fim_rep_token_id"
+K_FIM_SEP = "tokenizer.ggml.fim_sep_token_id"
 K_CHAT = "tokenizer.chat_template"
 K_CHAT_PREFIX = "tokenizer.chat_template."  # + name: a named chat template (gguf-py's add_chat_template)
 K_CHAT_NAMES = "tokenizer.chat_templates"  # the names of those templates
-K_LEGACY = "pyllm.tokenizer.legacy"
 K_EOS_IDS = "pyllm.tokenizer.eos_token_ids"
 
 #: key -> type tag for the GGUF writer: "str", "u32", "bool", "f32[]", "i32[]", "str[]".
@@ -87,26 +103,87 @@ GGUF_VALUE_TYPES: dict[str, str] = {
     K_ADD_PREFIX: "bool",
     K_CHAT: "str",
     K_CHAT_NAMES: "str[]",
-    K_LEGACY: "bool",
     K_EOS_IDS: "i32[]",
 }
 
 SUPPORTED_MODELS = ("llama", "gpt2")
 
-# Byte-level BPE pre-tokenizers: tokenizer.ggml.pre -> (split regex or None for GPT-2's built-in one,
-# ignore_merges, llama.cpp's default for add_bos_token)
+# tokenizer.json's pre-tokenizer regexes of Llama 3 and Qwen2 (how _bpe_pre_name recognizes a folder's)
 _LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-# Qwen2 / Qwen2.5 / Qwen3 (tokenizer.json's pattern; llama.cpp spells the (?i:) group out): digits one at a time
 _QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-_BPE_PRE = {
-    "llama-bpe": (_LLAMA3_REGEX, True, True),
-    "llama3": (_LLAMA3_REGEX, True, True),
-    "llama-v3": (_LLAMA3_REGEX, True, True),
-    "gpt-2": (None, False, False),
-    "qwen2": (_QWEN2_REGEX, False, False),
-    "deepseek-r1-qwen": (_QWEN2_REGEX, False, False),  # DeepSeek-R1's Qwen distills: the Qwen2 pre-tokenizer
+
+# The splits llama.cpp applies for each tokenizer.ggml.pre (llm_tokenizer_bpe), as Oniguruma regexes: each regex
+# splits every piece left by the previous ones into its matches and the text between them. llama.cpp spells
+# the contractions' case-insensitivity out ('[sS], not (?i:'s), which would also match a long s or Kelvin sign).
+_CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+_RE_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_RE_LLAMA3 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+              r"|\s+(?!\S)|\s+")
+_RE_QWEN2 = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_RE_QWEN35 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
+              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# DeepSeek's CJK run (as its tokenizer.json writes it: U+0800..U+4E00 is one range there)
+_RE_CJK = "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+"
+# DeepSeek LLM's cased letters (its tokenizer.json's class). llama.cpp runs DeepSeek LLM's regexes with
+# std::wregex; measured against it (random texts), its punctuation class leaves U+3000 (ideographic space) out,
+# so it is spelled U+3001-U+3002 here.
+_DEEPSEEK_LETTERS = (
+    "A-Za-z\u00b5\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u01ba\u01bc-\u01bf\u01c4-\u0293\u0295-\u02af\u0370-\u0373"
+    "\u0376\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c\u038e-\u03a1\u03a3-\u03f5\u03f7-\u0481"
+    "\u048a-\u052f\u0531-\u0556\u10a0-\u10c5\u13a0-\u13f5\u13f8-\u13fd\u1c90-\u1cba\u1cbd-\u1cbf\u1d00-\u1d2b"
+    "\u1d6b-\u1d77\u1d79-\u1d9a\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45\u1f48-\u1f4d\u1f50-\u1f57\u1f59\u1f5b"
+    "\u1f5d\u1f5f-\u1f7d\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe\u1fc2-\u1fc4\u1fc6-\u1fcc\u1fd0-\u1fd3\u1fd6-\u1fdb"
+    "\u1fe0-\u1fec\u1ff2-\u1ff4\u1ff6-\u1ffc\u2102\u2107\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128"
+    "\u212a-\u212d\u212f-\u2134\u2139\u213c-\u213f\u2145-\u2149\u214e\u2183\u2184\u2c00-\u2c7b\u2c7e-\u2ce4"
+    "\u2ceb-\u2cee\u2cf2\u2cf3\ua640-\ua66d\ua680-\ua69b\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e\uab70-\uabbf"
+    "\ufb00-\ufb06\ufb13-\ufb17\uff21-\uff3a\uff41-\uff5a\U00010400-\U0001044f\U000104b0-\U000104d3"
+    "\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0-\U00010cf2\U000118a0-\U000118df\U0001e900-\U0001e943"
+)
+# Tekken (Mistral Nemo and later) and GPT-4o (Phi-4-mini, Llama 4): words split at case changes. llama.cpp spells
+# "uppercase-like" as a letter that is not a-z and "lowercase-like" as one that is not A-Z (it has one class for
+# all non-ASCII letters), and so does this.
+_UPPERISH, _LOWERISH = r"(?:(?=\p{L})[^a-z])", r"(?:(?=\p{L})[^A-Z])"
+_RE_TEKKEN = (rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPERISH}*{_LOWERISH}+|[^\r\n\p{{L}}\p{{N}}]?{_UPPERISH}+{_LOWERISH}*|\p{{N}}"
+              r"| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_RE_GPT4O = (rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPERISH}*{_LOWERISH}+{_CONTRACTIONS}?"
+             rf"|[^\r\n\p{{L}}\p{{N}}]?{_UPPERISH}+{_LOWERISH}*{_CONTRACTIONS}?"
+             r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# DeepSeek V3: up to three digits, CJK / kana runs, then words with punctuation split off
+_PRE_DEEPSEEK3 = (r"\p{N}{1,3}", "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+                  r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+                  r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_PRE_DEFAULT = (r"[\p{P}\$\+<=>\^~\|]+", _RE_GPT2, r"\p{N}+", "[0-9][0-9][0-9]")
+_PRE_GPT2 = (_RE_GPT2,)
+_PRE_LLAMA3 = (_RE_LLAMA3,)
+_PRE_QWEN2 = (_RE_QWEN2,)
+_PRE_STARCODER = (r"\p{N}", _RE_GPT2)
+_PRE_FALCON = (r"[\p{P}\$\+<=>\^~\|`]+", _RE_GPT2, "[0-9][0-9][0-9]")
+_PRE_DEEPSEEK_LLM = ("[\r\n]", r"\s?[" + _DEEPSEEK_LETTERS + "]+",
+                     r"\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3001-\u3002]+", r"\s+\z", _RE_CJK, r"\p{N}+")
+_PRE_DEEPSEEK_CODER = ("[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _RE_CJK, r"\p{N}")
+
+# tokenizer.ggml.pre -> (regexes, ignore_merges: a piece that is a token is not split, llama.cpp's add_bos
+# default). The names llama.cpp maps to the same splits and flags share an entry.
+_BPE_PRE: dict[str, tuple[tuple[str, ...], bool, bool]] = {
+    "default": (_PRE_DEFAULT, False, False),
+    **{k: (_PRE_LLAMA3, True, True) for k in ("llama-bpe", "llama3", "llama-v3", "falcon3", "falcon-h1", "pixtral",
+                                              "midm-2.0", "lfm2")},
+    **{k: (_PRE_LLAMA3, False, False) for k in ("dbrx", "smaug-bpe")},
+    **{k: (_PRE_GPT2, False, False) for k in ("gpt-2", "phi-2", "mpt", "olmo", "jais", "exaone4", "trillion",
+                                              "granite-docling", "gigachat", "a.x-4.0", "mellum")},
+    **{k: (_PRE_QWEN2, False, False) for k in ("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez",
+                                               "stablelm2", "hunyuan", "solar-open")},
+    "qwen35": ((_RE_QWEN35,), False, False),
+    **{k: (_PRE_STARCODER, False, False) for k in ("starcoder", "refact", "command-r", "smollm", "codeshell",
+                                                   "exaone", "minerva-7b", "mellum2")},
+    "falcon": (_PRE_FALCON, False, False),
+    "tekken": ((_RE_TEKKEN,), True, True),
+    **{k: (_PRE_DEEPSEEK3, False, False) for k in ("deepseek-v3", "hunyuan-dense", "joyai-llm", "hy_v4")},
+    **{k: ((_RE_GPT4O,), False, False) for k in ("gpt-4o", "llama4", "kanana2", "talkie")},
+    "deepseek-llm": (_PRE_DEEPSEEK_LLM, False, False),
+    "deepseek-coder": (_PRE_DEEPSEEK_CODER, False, False),
 }
 SUPPORTED_BPE_PRE = tuple(_BPE_PRE)
 
@@ -134,6 +211,21 @@ _EOG_TEXTS = frozenset((
 # llama.cpp's EOT / EOM auto-detection (used when the file has no eot/eom id)
 _EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>",
               "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>", "<end_of_utterance>")
+
+# Fill-in-the-middle token texts llama.cpp looks for when the file names no such token (GGUF key -> texts)
+_FIM_TEXTS = {
+    K_FIM_PRE: ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
+                "<|code_prefix|>", "<|prefix|>"),
+    K_FIM_SUF: ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
+                "<|code_suffix|>", "<|suffix|>"),
+    K_FIM_MID: ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
+                "<|code_middle|>", "<|middle|>"),
+    K_FIM_PAD: ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
+    K_FIM_REP: ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
+    K_FIM_SEP: ("<|file_sep|>",),
+}
+# gpt-oss tokens llama.cpp always renders (user-defined whatever the file says)
+_GPT_OSS_SHOWN = frozenset(("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"))
 
 _BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 _SP_DEFAULT_IDS = {"bos": 1, "eos": 2, "unk": 0}  # llama.cpp's defaults for tokenizer.ggml.model "llama"
@@ -232,8 +324,10 @@ def _template_add_sep(tj: Mapping[str, Any], config: Mapping[str, Any]) -> bool 
     return add_sep
 
 
-def _llamacpp_eog(tokens: list[str], eos: int | None, eot: int | None, eom: int | None) -> set[int]:
-    """The end-of-generation ids llama.cpp derives from a vocabulary (special_eog_ids)."""
+def _llamacpp_eog(tokens: list[str], eos: int | None, eot: int | None, eom: int | None,
+                  fim: Mapping[str, int | None] | None = None) -> set[int]:
+    """The end-of-generation ids llama.cpp derives from a vocabulary (special_eog_ids); ``fim``: the file's
+    fill-in-the-middle ids by GGUF key (its pad, repo and file-separator tokens end generation too)."""
     ids = {i for i, t in enumerate(tokens) if t in _EOG_TEXTS}
     index = {}
     for i, t in enumerate(tokens):
@@ -243,6 +337,12 @@ def _llamacpp_eog(tokens: list[str], eos: int | None, eot: int | None, eom: int 
     if eom is None:
         eom = index.get("<|eom_id|>")
     ids.update(i for i in (eos, eot, eom) if i is not None)
+    for key in (K_FIM_PAD, K_FIM_REP, K_FIM_SEP):
+        i = (fim or {}).get(key)
+        if i is None:
+            i = next((index[t] for t in _FIM_TEXTS[key] if t in index), None)
+        if i is not None:
+            ids.add(i)
     texts = {tokens[i] for i in ids}
     has_call = "<|call|>" in texts or "<|calls|>" in texts
     if "<|end|>" in texts and has_call and ("<|return|>" in texts or "<|flush|>" in texts):
@@ -250,6 +350,29 @@ def _llamacpp_eog(tokens: list[str], eos: int | None, eot: int | None, eom: int 
     if ("<|tool_response>" in texts or "<|plamo:eos|>" in texts) and "</s>" in texts:
         ids.discard(index["</s>"])
     return ids
+
+
+def _llamacpp_types(tokens: list[str], types: list[int], eog: set[int], fim: Mapping[str, int | None]) -> list[int]:
+    """The token types llama.cpp tokenizes with (which texts it cuts out as special tokens): it makes control
+    tokens of the end-of-generation texts and, where the file names no fill-in-the-middle token, of the FIM texts,
+    and user-defined tokens of gpt-oss's always-shown ones; <|end|> of o200k_harmony / solar-open (not an end of
+    generation there) is user-defined and a </s> that is not an end of generation a normal token."""
+    out = list(types)
+    promote = set(_EOG_TEXTS)
+    for key, texts in _FIM_TEXTS.items():
+        if fim.get(key) is None:
+            promote.update(texts)
+    eog_texts = {tokens[i] for i in eog}
+    harmony = bool({"<|call|>", "<|calls|>"} & eog_texts and {"<|return|>", "<|flush|>"} & eog_texts)
+    normal_s = bool({"<|tool_response>", "<|plamo:eos|>"} & eog_texts)
+    for i, t in enumerate(tokens):
+        if t in _GPT_OSS_SHOWN or (t == "<|end|>" and harmony):
+            out[i] = USER_DEFINED
+        elif t == "</s>" and normal_s:
+            out[i] = NORMAL
+        elif t in promote and out[i] not in (CONTROL, USER_DEFINED, UNKNOWN):
+            out[i] = CONTROL
+    return out
 
 
 def tokenizer_metadata(model_dir: str) -> dict:
@@ -294,6 +417,8 @@ def tokenizer_metadata(model_dir: str) -> dict:
     types: list[int] = []
     scores: list[float] = []
     sp = parse_sentencepiece_model(tm.read_bytes()) if kind == "llama" and tm.is_file() else None
+    merge_scores = _merge_scores(tj, tj_path) if kind == "llama" and sp is None else {}
+    unmerged_score = min(merge_scores.values(), default=0.0) - 1.0  # below every merge
     for i in range(n):
         text = backend.id_to_token(i)
         if text is None:  # a row of the embedding with no token
@@ -305,9 +430,9 @@ def tokenizer_metadata(model_dir: str) -> dict:
             in_sp = i < len(sp.pieces)
             base = sp.types[i] if in_sp else NORMAL
             score = sp.scores[i] if in_sp else -1000.0
-        elif kind == "llama":  # a SentencePiece-style tokenizer.json: as gguf-py's LlamaHfVocab
+        elif kind == "llama":  # a SentencePiece-style tokenizer.json: types as gguf-py's LlamaHfVocab
             base = BYTE if len(text) == 6 and _BYTE_PIECE.fullmatch(text) else NORMAL
-            score = -1000.0
+            score = merge_scores.get(text, unmerged_score)
         else:
             base, score = NORMAL, 0.0
         t = added.get(i)
@@ -368,31 +493,39 @@ def tokenizer_metadata(model_dir: str) -> dict:
     if names:
         md[K_CHAT_NAMES] = names
     if kind == "llama":
-        legacy, prefix = _llama_options(config, tj)
-        md[K_ADD_PREFIX] = prefix
-        if legacy:
-            md[K_LEGACY] = True
+        md[K_ADD_PREFIX] = _llama_add_prefix(config, tj)
     derived = _llamacpp_eog(tokens, md.get(K_EOS), None, None)
     if not set(tok.eos_ids) <= derived:
         md[K_EOS_IDS] = list(tok.eos_ids)
     return md
 
 
-def _llama_options(config: Mapping[str, Any], tj: Mapping[str, Any] | None) -> tuple[bool, bool]:
-    """(legacy, add_space_prefix) of the tokenizer Tokenizer.from_dir builds for a SentencePiece-style folder."""
-    legacy = bool(config.get("legacy", False))
-    prefix = config.get("add_prefix_space") is not False
+def _merge_scores(tj: Mapping[str, Any], path: Path) -> dict[str, float]:
+    """Scores for a SentencePiece-style BPE tokenizer.json: -(rank + 1) of the first merge making each token, so
+    that llama.cpp's merge-by-score order is the file's merge order. (gguf-py's LlamaHfVocab writes -1000 for every
+    token: llama.cpp then merges the leftmost pair first, whatever the file's merges say.)"""
+    merges = (tj.get("model") or {}).get("merges")
+    _merge_strings(merges, path)  # checks the format
+    scores: dict[str, float] = {}
+    for rank, merge in enumerate(merges):
+        merged = merge.replace(" ", "", 1) if isinstance(merge, str) else merge[0] + merge[1]
+        scores.setdefault(merged, -float(rank + 1))
+    return scores
+
+
+def _llama_add_prefix(config: Mapping[str, Any], tj: Mapping[str, Any] | None) -> bool:
+    """add_space_prefix for a SentencePiece-style folder: whether its tokenizer puts "▁" before the text."""
     if tj is None or config.get("tokenizer_class") in ("LlamaTokenizer", "LlamaTokenizerFast"):
-        return legacy, prefix  # rebuilt from the vocabulary the way transformers' LlamaTokenizer does it
+        return config.get("add_prefix_space") is not False  # transformers' LlamaTokenizer
     # a tokenizer.json used as it is: its own Metaspace scheme / "Prepend" normalizer decide
     pre, norm = json.dumps(tj.get("pre_tokenizer")), json.dumps(tj.get("normalizer"))
     if '"Prepend"' in norm:
-        return True, True
+        return True
     if '"Metaspace"' in pre:
         scheme = re.search(r'"prepend_scheme": "(\w+)"', pre)
         scheme = scheme.group(1) if scheme else ("always" if '"add_prefix_space": true' in pre else "never")
-        return scheme == "always", scheme != "never"
-    return False, False
+        return scheme != "never"
+    return False
 
 
 def _special_id(backend: _Backend, token: Any, cfg_id: Any, n: int) -> int | None:
@@ -551,9 +684,9 @@ def tokenizer_from_metadata(md: Mapping[str, Any], name: str = "<gguf>") -> Toke
                 raise m.err(f"{K_SCORES}[{i}] = {s!r} is not a number")
         scores = [float(s) for s in scores]
 
-    ids = {key: m.id(key, n) for key in (K_BOS, K_EOS, K_UNK, K_PAD, K_EOT, K_EOM)}
+    ids = {key: m.id(key, n) for key in (K_BOS, K_EOS, K_UNK, K_PAD, K_EOT, K_EOM) + tuple(_FIM_TEXTS)}
     add_bos, add_eos = m.bool(K_ADD_BOS), m.bool(K_ADD_EOS)
-    add_prefix, legacy = m.bool(K_ADD_PREFIX), m.bool(K_LEGACY)
+    add_prefix = m.bool(K_ADD_PREFIX)
     m.bool(K_ADD_SEP)
     template = m.str(K_CHAT)
     templates = {"default": template} if template is not None else {}
@@ -572,6 +705,10 @@ def tokenizer_from_metadata(md: Mapping[str, Any], name: str = "<gguf>") -> Toke
                 ids[kind] = _SP_DEFAULT_IDS[key]
         default_add_bos = True
     else:
+        if pre is None:  # as llama.cpp: no pre-tokenizer name means its "default" splits
+            warnings.warn(f"{name}: no {K_PRE}; using llama.cpp's 'default' pre-tokenizer (the file's own "
+                          f"tokenizer may split text differently)", stacklevel=2)
+            pre = "default"
         if pre not in _BPE_PRE:
             raise m.err(f"unsupported {K_PRE} {pre!r} for {K_MODEL} 'gpt2'; supported: {', '.join(SUPPORTED_BPE_PRE)}")
         default_add_bos = _BPE_PRE[pre][2]
@@ -584,15 +721,17 @@ def tokenizer_from_metadata(md: Mapping[str, Any], name: str = "<gguf>") -> Toke
         add_bos = default_add_bos and bos is not None
     add_eos = bool(add_eos)
 
-    eog = _llamacpp_eog(tokens, eos, ids[K_EOT], ids[K_EOM]) | {int(v) for v in extra_eos}
+    fim = {k: ids[k] for k in _FIM_TEXTS}
+    llama_eog = _llamacpp_eog(tokens, eos, ids[K_EOT], ids[K_EOM], fim)
+    eog = llama_eog | {int(v) for v in extra_eos}
     eog.discard(eos)
     more_eos = [int(v) for v in extra_eos if int(v) != eos]
     more_eos += sorted(i for i in eog if i not in more_eos)
 
+    types = _llamacpp_types(tokens, types, llama_eog, fim)
     try:
         if model == "llama":
-            return _build_llama(m, tokens, scores, types, ids, add_bos, add_eos, add_prefix, legacy, templates,
-                                more_eos)
+            return _build_llama(m, tokens, scores, types, ids, add_bos, add_eos, add_prefix, templates, more_eos)
         merges = _str_list(m, K_MERGES, required=True)
         return _build_gpt2(m, tokens, types, merges, pre, ids, add_bos, add_eos, templates, more_eos)
     except ValueError:
@@ -609,30 +748,209 @@ def _special_strings(tokens, ids) -> dict[str, str]:
                                                 ("pad_token", K_PAD)) if ids[k] is not None}
 
 
-def _build_llama(m, tokens, scores, types, ids, add_bos, add_eos, add_prefix, legacy, templates, more_eos):
+def _spm_merges(tokens, scores):
+    """llama.cpp's SentencePiece merge order as BPE merges: two adjacent pieces merge when their concatenation is
+    a token, the highest-scoring such token first (llama_vocab's SPM session; any token type counts). Ranked by
+    (score descending, id): tokens with equal scores are merged in id order where llama.cpp takes the leftmost pair
+    (files where that matters are tokenized by _SpmSession instead, see _tie_heavy)."""
+    index = {t: i for i, t in enumerate(tokens)}
+    ranked = []
+    for i, t in enumerate(tokens):
+        for cut in range(1, len(t)):
+            left, right = t[:cut], t[cut:]
+            if left in index and right in index:
+                ranked.append((-scores[i], i, cut, left, right))
+    ranked.sort()
+    return [(left, right) for _, _, _, left, right in ranked]
+
+
+# Token texts llama.cpp does not right-strip in Phi-3 files (the other special tokens drop the whitespace after them)
+_PHI3_NO_RSTRIP = frozenset(("<unk>", "<s>", "<|endoftext|>"))
+
+
+def _is_phi3(md: Mapping[str, Any]) -> bool:
+    """llama.cpp's Phi-3 rule: general.name contains "phi-3" or "phi3" (any case)."""
+    name = md.get("general.name")
+    return isinstance(name, str) and ("phi-3" in name.lower() or "phi3" in name.lower())
+
+
+def _build_llama(m, tokens, scores, types, ids, add_bos, add_eos, add_prefix, templates, more_eos):
+    """A SentencePiece vocabulary tokenized as llama.cpp does it: the text is split at special and user-defined
+    tokens; each remaining piece gets a "▁" prefix (add_space_prefix, default true: llama.cpp prefixes the text
+    at the start and after every special token), spaces become "▁", pieces merge by score (the leftmost pair on a
+    tie), and characters without a token become <0xXX> byte tokens."""
     bos, eos, unk = ids[K_BOS], ids[K_EOS], ids[K_UNK]
-    config: dict[str, Any] = {
-        "tokenizer_class": "LlamaTokenizer",
-        "legacy": bool(legacy),
-        "add_prefix_space": add_prefix is not False,
-        "add_bos_token": add_bos,
-        "add_eos_token": add_eos,
-        "chat_template": templates or None,
-    }
-    for key, i in (("bos_token", bos), ("eos_token", eos), ("unk_token", unk)):
-        if i is not None:
-            config[key] = tokens[i]
-    tok = Tokenizer.from_sentencepiece_vocab(
-        tokens, scores, types, config,
-        unk_id=-1 if unk is None else unk, bos_id=-1 if bos is None else bos, eos_id=-1 if eos is None else eos,
-        generation_config={"eos_token_id": more_eos}, name=m.name,
-    )
-    tok._special_tokens = _special_strings(tokens, ids)
+    if scores is None:
+        scores = [0.0] * len(tokens)
+    vocab = {t: i for i, t in enumerate(tokens)}
+    byte_fallback = any(t == BYTE for t in types)
+    merges = _spm_merges(tokens, scores)
+    spm = None
+    if _tie_heavy(tokens, scores, merges):
+        spm = _SpmSession(tokens, scores, [i for i, ty in enumerate(types) if ty in (CONTROL, USER_DEFINED, UNKNOWN)],
+                          add_prefix is not False, unk)
+    backend = _Backend(BPE(vocab=vocab, merges=merges,
+                           unk_token=tokens[unk] if unk is not None else None, fuse_unk=True,
+                           byte_fallback=byte_fallback, dropout=None))
+    norm = [normalizers.Replace(" ", "\u2581")]
+    if add_prefix is not False:
+        # the normalizer runs on each piece between added tokens: llama.cpp's prefix after special tokens
+        norm.insert(0, normalizers.Prepend("\u2581"))
+    backend.normalizer = normalizers.Sequence(norm)
+    backend.pre_tokenizer = None
+    dec = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if add_prefix is not False:
+        dec.append(decoders.Strip(content=" ", left=1))
+    backend.decoder = decoders.Sequence(dec)
+    added = [AddedToken(t, special=(ty != USER_DEFINED), normalized=False)
+             for t, ty in zip(tokens, types) if ty in (CONTROL, USER_DEFINED, UNKNOWN)]
+    if added:
+        backend.add_tokens(added)  # already in the vocabulary: they keep their ids
+    return _finish(m, backend, tokens, ids, add_bos, add_eos, templates, more_eos, spm)
+
+
+class _LlamaCppTokenizer(Tokenizer):
+    """A Tokenizer with llama.cpp rules the tokenizers library cannot express.
+
+    ``_rstrip``: llama.cpp's Phi-3 rule, the whitespace after a special token (but <unk>, <s>, <|endoftext|>) is
+    dropped; llama.cpp drops ASCII whitespace only (C isspace), where the library's rstrip would drop any Unicode
+    whitespace, so it is dropped here before encoding.
+    ``_spm``: a _SpmSession for SentencePiece vocabularies whose merged tokens mostly share one score (gguf-py's
+    LlamaHfVocab writes -1000 for all): llama.cpp then merges the leftmost pair first, which no merge ranking
+    reproduces, so such files are tokenized here by llama.cpp's algorithm itself."""
+
+    _rstrip: re.Pattern | None = None
+    _spm: "_SpmSession | None" = None
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        if isinstance(text, str) and self._rstrip is not None:
+            text = self._rstrip.sub(r"\1", text)
+        if self._spm is None or not isinstance(text, str):
+            return super().encode(text, add_special_tokens)
+        ids = self._spm.encode(text)
+        if add_special_tokens:
+            ids = ([self.bos_id] if self.add_bos else []) + ids + ([self.eos_id] if self.add_eos else [])
+        return ids
+
+
+class _SpmSession:
+    """llama.cpp's SentencePiece tokenization (llama_vocab::impl::tokenize, llm_tokenizer_spm_session) in Python:
+    the text is cut at special token texts (the longest first, each occurrence left to right); every text piece
+    gets " " in front (add_space_prefix), spaces become "▁", its characters merge pairwise, the highest-scoring
+    resulting token first and the leftmost on a tie, and characters without a token become <0xXX> tokens."""
+
+    def __init__(self, tokens: list[str], scores: list[float], specials: list[int], add_prefix: bool,
+                 unk: int | None):
+        self.vocab = {t: i for i, t in enumerate(tokens)}
+        self.scores = scores
+        self.specials = sorted(specials, key=lambda i: -len(tokens[i]))
+        self.tokens = tokens
+        self.prefix = add_prefix
+        self.unk = unk
+
+    def encode(self, text: str) -> list[int]:
+        parts: list = [text] if text else []  # str: text to tokenize, int: a special token
+        for i in self.specials:
+            t, cut = self.tokens[i], []
+            for part in parts:
+                if isinstance(part, int) or t not in part:
+                    cut.append(part)
+                    continue
+                for k, piece in enumerate(part.split(t)):
+                    if k:
+                        cut.append(i)
+                    if piece:
+                        cut.append(piece)
+            parts = cut
+        out: list[int] = []
+        for part in parts:  # a text part starts the text or follows a special token: it gets the prefix
+            if isinstance(part, int):
+                out.append(part)
+            else:
+                self._merge((" " + part if self.prefix else part).replace(" ", "\u2581"), out)
+        return out
+
+    def _merge(self, text: str, out: list[int]) -> None:
+        if not text:
+            return
+        sym = list(text)  # each symbol's text ("" once merged into its left neighbour)
+        n = len(sym)
+        nxt = list(range(1, n + 1))
+        nxt[-1] = -1
+        prv = list(range(-1, n - 1))
+        vocab, scores, heap = self.vocab, self.scores, []
+
+        def push(left: int, right: int) -> None:
+            if left >= 0 and right >= 0:
+                i = vocab.get(sym[left] + sym[right])
+                if i is not None:
+                    heapq.heappush(heap, (-scores[i], left, right, len(sym[left]) + len(sym[right])))
+
+        for k in range(n - 1):
+            push(k, k + 1)
+        while heap:
+            _, left, right, size = heapq.heappop(heap)
+            if not sym[left] or not sym[right] or len(sym[left]) + len(sym[right]) != size:
+                continue  # one of them has merged since
+            sym[left] += sym[right]
+            sym[right] = ""
+            nxt[left] = nxt[right]
+            if nxt[right] >= 0:
+                prv[nxt[right]] = left
+            push(prv[left], left)
+            push(left, nxt[left])
+        k = 0 if n else -1
+        while k >= 0:
+            i = vocab.get(sym[k])
+            if i is not None:
+                out.append(i)
+            else:  # a character without a token: its UTF-8 bytes
+                for byte in sym[k].encode("utf-8"):
+                    i = vocab.get(f"<0x{byte:02X}>", vocab.get(chr(byte), self.unk))
+                    if i is not None:
+                        out.append(i)
+            k = nxt[k]
+
+
+def _tie_heavy(tokens: list[str], scores: list[float], merges: list[tuple[str, str]]) -> bool:
+    """Whether most tokens that merges make share one score (where the merge ranking's id order and llama.cpp's
+    leftmost-first order part)."""
+    index = {t: i for i, t in enumerate(tokens)}
+    made = {index[a + b] for a, b in merges}
+    if len(made) < 2:
+        return False
+    counts: dict[float, int] = {}
+    for i in made:
+        counts[scores[i]] = counts.get(scores[i], 0) + 1
+    return max(counts.values()) * 2 > len(made)
+
+
+def _finish(m, backend, tokens, ids, add_bos, add_eos, templates, more_eos, spm=None):
+    """BOS/EOS post-processor and the pyllm Tokenizer around a built backend."""
+    bos, eos = ids[K_BOS], ids[K_EOS]
+    bos_tok = tokens[bos] if bos is not None else None
+    eos_tok = tokens[eos] if eos is not None else None
+    single = " ".join(([f"{bos_tok}:0"] if add_bos else []) + ["$A:0"] + ([f"{eos_tok}:0"] if add_eos else []))
+    pair = " ".join([single] + ([f"{bos_tok}:1"] if add_bos else []) + ["$B:1"]
+                    + ([f"{eos_tok}:1"] if add_eos else []))
+    special = [(bos_tok, bos)] if add_bos else []
+    if add_eos and not (add_bos and eos == bos):
+        special.append((eos_tok, eos))
+    backend.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
+    phi3 = _is_phi3(m.md)
+    tok = (_LlamaCppTokenizer if phi3 or spm is not None else Tokenizer)(
+        backend, bos_token=bos_tok, eos_token=eos_tok, eos_ids=more_eos, add_bos=add_bos, add_eos=add_eos,
+        chat_templates=templates, name=m.name, special_tokens=_special_strings(tokens, ids))
+    tok._spm = spm
+    if phi3:
+        strip = sorted((t.content for t in backend.get_added_tokens_decoder().values()
+                        if t.content not in _PHI3_NO_RSTRIP), key=len, reverse=True)
+        tok._rstrip = re.compile("(" + "|".join(map(re.escape, strip)) + ")[ \t\n\x0b\x0c\r]+") if strip else None
     return tok
 
 
 def _build_gpt2(m, tokens, types, merges, pre, ids, add_bos, add_eos, templates, more_eos):
-    regex, ignore_merges, _ = _BPE_PRE[pre]
+    regexes, ignore_merges, _ = _BPE_PRE[pre]
     vocab = {t: i for i, t in enumerate(tokens)}
     pairs = [tuple(s.split(" ", 1)) for s in merges]
     for k, p in enumerate(pairs):
@@ -648,28 +966,12 @@ def _build_gpt2(m, tokens, types, merges, pre, ids, add_bos, add_eos, templates,
     backend = _Backend(BPE(vocab=vocab, merges=pairs, unk_token=tokens[unk] if unk is not None else None,
                            fuse_unk=False, byte_fallback=False, ignore_merges=ignore_merges, dropout=None))
     backend.normalizer = None
-    if regex is None:
-        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
-    else:
-        backend.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
-        ])
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(r), behavior="isolated", invert=False) for r in regexes]
+        + [pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)])
     backend.decoder = decoders.ByteLevel()
     added = [AddedToken(t, special=(ty == CONTROL), normalized=False)
              for t, ty in zip(tokens, types) if ty in (CONTROL, USER_DEFINED)]
     if added:
         backend.add_tokens(added)  # already in the vocabulary: they keep their ids
-    bos, eos = ids[K_BOS], ids[K_EOS]
-    bos_tok = tokens[bos] if bos is not None else None
-    eos_tok = tokens[eos] if eos is not None else None
-    single = " ".join(([f"{bos_tok}:0"] if add_bos else []) + ["$A:0"] + ([f"{eos_tok}:0"] if add_eos else []))
-    pair = " ".join([single] + ([f"{bos_tok}:1"] if add_bos else []) + ["$B:1"]
-                    + ([f"{eos_tok}:1"] if add_eos else []))
-    special = [(bos_tok, bos)] if add_bos else []
-    if add_eos and not (add_bos and eos == bos):
-        special.append((eos_tok, eos))
-    backend.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
-    return Tokenizer(backend, bos_token=bos_tok, eos_token=eos_tok, eos_ids=more_eos, add_bos=add_bos,
-                     add_eos=add_eos, chat_templates=templates, name=m.name,
-                     special_tokens=_special_strings(tokens, ids))
+    return _finish(m, backend, tokens, ids, add_bos, add_eos, templates, more_eos)

@@ -15,7 +15,7 @@ from . import _engine
 from .config import ModelConfig, read_json_file, short_repr
 from .errors import ModelLoadError
 from .gptq_awq import engine_tensor, quantized_linears, scheme_of_folder, warn_dequantized
-from .quantization import DEFAULT_METHOD, check_method, check_quant, convert, tensor_type
+from .quantization import DEFAULT_METHOD, check_method, check_quant, convert
 from .safetensors_file import DTYPES, open_checkpoint
 
 def hf_tensor_names(cfg: ModelConfig) -> dict:
@@ -139,15 +139,19 @@ def role(name: str, shape) -> str:
 
 
 def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads: int = 0,
-                   importance: dict | None = None, method: str | None = None, lora=None):
+                   importance: dict | None = None, method: str | None = None, lora=None,
+                   override: dict | None = None, types: dict | None = None):
     """Returns (config, engine model, generation_config dict). With quant (q4_0, q8_0, f16, bf16,
-    f32) the weights are converted while loading (see pyllm/quantization.py for which tensor
-    gets which type); without it they are used in place, in their stored dtype. method: how
+    f32, or a llama.cpp mix such as q4_k_m) the weights are converted while loading (see
+    pyllm/quant_mixes.py for which tensor gets which type); without it they are used in place, in their stored dtype. method: how
     q4_0/q8_0 scales are chosen (default pyllm.quantization.DEFAULT_METHOD); importance: per
     (engine name, layer) column weights for method "search" (pyllm/imatrix.py). lora: adapters
     (pyllm.load's lora=; applied as pyllm/adapters.py says: merged into float weights, kept beside
-    quantized ones). GPTQ / AWQ layers (pyllm/gptq_awq.py) keep their 4-bit values (Q4_0 / Q4_1, or
-    F16 where they cannot map, with one warning); quant applies to the other tensors."""
+    quantized ones). types: (engine name, layer) -> type id instead of the mix's plan
+    (pyllm/quant_allocation.py). override: (engine name, layer) -> float32 array of that tensor's shape, used
+    instead of the checkpoint's (pyllm/quant_allocation.py measures one quantized tensor at a time).
+    GPTQ / AWQ layers (pyllm/gptq_awq.py) keep their 4-bit values (Q4_0 / Q4_1, or F16 where they
+    cannot map, with one warning); quant applies to the other tensors."""
     cfg = ModelConfig.from_file(os.path.join(folder, "config.json"))
     if quant is not None:
         quant = check_quant(quant)
@@ -164,6 +168,10 @@ def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads:
     check_layer_tensors(cfg, tensors.keys() | qlin.keys(), folder)
     names = hf_tensor_names(cfg)
     fused = fused_rows(names)
+    if quant is not None:
+        from .quant_mixes import plan_types
+
+        types = types or plan_types(cfg, quant, has_imatrix=bool(importance))
     converted = {}
     adapters = None
     if lora is not None:
@@ -213,7 +221,12 @@ def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads:
         stored = DTYPES[info.dtype][0]
         if any(DTYPES[i.dtype][0] != stored for _, i in parts):
             raise ModelLoadError(f"{sf.path}: the experts of {src.name!r} have different dtypes")
-        tid = stored if quant is None else tensor_type(role(name, shape), quant, shape, cfg.tie_word_embeddings)
+        tid = stored if quant is None else types[(name, layer)]
+        if override and (name, layer) in override:
+            x = np.ascontiguousarray(override[(name, layer)], dtype=np.float32)
+            if x.size != int(np.prod(shape)):
+                raise ValueError(f"override of {name} (layer {layer}) has {x.size} values, expected {list(shape)}")
+            return 0, shape, x
         adapted = adapters is not None and adapters.for_tensor(name, layer)
         if adapted and tid not in FLOAT_TYPES:
             sides[(name, layer)] = adapters.side_product(name, layer)

@@ -120,15 +120,23 @@ def load_importance(path: str) -> Dict[Key, np.ndarray]:
 
 
 def resolve_importance(model_path: str, calibration, n_threads: Optional[int] = None, n_ctx: int = 512,
-                       max_tokens: Optional[int] = None) -> Dict[Key, np.ndarray]:
+                       max_tokens: Optional[int] = None, cfg=None) -> Dict[Key, np.ndarray]:
     """What pyllm.load(..., calibration=...) quantizes with: calibration is an importance dict, a .npz
-    written by save_importance, or a UTF-8 text file that the unquantized model at model_path is run
-    over (collect_importance)."""
+    written by save_importance, llama.cpp's imatrix file (.gguf or .dat, pyllm/imatrix_files.py), or
+    a UTF-8 text file that the unquantized model at model_path is run over (collect_importance)."""
     if isinstance(calibration, dict):
         return calibration
     calibration = os.fspath(calibration)
     if calibration.endswith(".npz"):
         return load_importance(calibration)
+    from .imatrix_files import is_imatrix_file, read_imatrix
+
+    if is_imatrix_file(calibration):
+        if cfg is None:
+            from .config import ModelConfig
+
+            cfg = ModelConfig.from_file(os.path.join(model_path, "config.json"))
+        return read_imatrix(calibration, cfg)
     if not os.path.isfile(calibration):
         raise ValueError(f"{calibration}: no such calibration file")
     with open(calibration, encoding="utf-8") as f:

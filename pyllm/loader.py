@@ -28,13 +28,17 @@ def _resolve_isa() -> None:
 
 
 def load(path: Optional[str] = None, n_threads: Optional[int] = None, n_ctx: Optional[int] = None,
-         quant: Optional[str] = None, calibration=None, kv_type: str = "f32", lora=None) -> Model:
+         quant: Optional[str] = None, calibration=None, kv_type: str = "f32", lora=None,
+         allocate: bool = False) -> Model:
     """Load a model: a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer files)
     or a .gguf file (llama.cpp's format, see pyllm/gguf_loader.py). With no path, the shipped
     shakespeare-4m model. n_ctx defaults to the model's training context capped at 4096;
-    n_threads to the CPUs this process may use. quant ("q4_0", "q8_0", "f16", "bf16", "f32")
-    converts the weights while loading. calibration (with quant, for a checkpoint folder): a text
-    file, an importance .npz or dict (pyllm/imatrix.py) to weight the q4_0/q8_0 scale search with.
+    n_threads to the CPUs this process may use. quant ("q4_0", "q8_0", "f16", "bf16", "f32", or one
+    of llama.cpp's mixes "q4_k_m", "q5_k_m", "q6_k", "iq4_xs", ...: pyllm/quant_mixes.py) converts
+    the weights while loading. calibration (with quant, for a checkpoint folder): a text file, an
+    importance .npz or dict (pyllm/imatrix.py) or llama.cpp's imatrix file (.gguf / .dat) to weight
+    the quantizers' error with. allocate (a mix with calibration text): the mix's bits re-spent where
+    measurement says they lower the error most (pyllm/quant_allocation.py).
     kv_type: the KV cache's element type, "f32" (default, exact) or "f16" (half the memory; keys and
     values rounded to fp16 as they are written, as llama.cpp's default cache does). lora: PEFT LoRA
     adapters, a folder, a (folder, scale) pair or a list of them (pyllm/lora.py): merged into 16-bit
@@ -68,12 +72,22 @@ def load(path: Optional[str] = None, n_threads: Optional[int] = None, n_ctx: Opt
     if n_ctx > cfg.max_position_embeddings:
         raise ValueError(f"n_ctx {n_ctx} exceeds the model's max_position_embeddings ({cfg.max_position_embeddings})")
     tokenizer = Tokenizer.from_dir(path)
+    if allocate:
+        from .quant_allocation import check_allocate
+
+        quant = check_allocate(quant, calibration)
     importance = None
     if calibration is not None:
         from .imatrix import resolve_importance
 
         importance = resolve_importance(path, calibration, n_threads=n_threads)
+    types = None
+    if allocate:
+        from .quant_allocation import allocate as allocate_types
+
+        with open(os.fspath(calibration), encoding="utf-8") as f:
+            types = allocate_types(path, cfg, quant, f.read(), importance, n_threads or 0)
     cfg, cmodel, gen = load_hf_folder(path, n_ctx, quant=quant, n_threads=n_threads or 0, importance=importance,
-                                      lora=lora)
+                                      lora=lora, types=types)
     return Model(cmodel, cfg, tokenizer, n_ctx=n_ctx, n_threads=n_threads, generation_config=gen, path=path,
                  kv_type=kv_type)

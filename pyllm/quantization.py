@@ -38,9 +38,12 @@ import numpy as np
 
 from . import _engine
 
-TYPE_IDS = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "bf16": 30}
+TYPE_IDS = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q2_k": 10, "q3_k": 11,
+            "q4_k": 12, "q5_k": 13, "q6_k": 14, "iq4_nl": 20, "iq4_xs": 23, "bf16": 30}
 TYPE_NAMES = {v: k for k, v in TYPE_IDS.items()}
-QUANT_TYPES = ("q4_0", "q8_0", "f16", "bf16", "f32")
+# pyllm's own types (tensor_type below) and llama.cpp's mixes (pyllm/quant_mixes.py)
+QUANT_TYPES = ("q4_0", "q8_0", "f16", "bf16", "f32", "q4_k_m", "q4_k_s", "q5_k_m", "q5_k_s", "q6_k", "q3_k_m",
+               "q3_k_s", "q3_k_l", "q2_k", "iq4_xs", "iq4_nl", "q4_1", "q5_0", "q5_1")
 
 
 def check_quant(quant: str) -> str:
@@ -65,7 +68,9 @@ def tensor_type(role: str, quant: str, shape: tuple, tied: bool = False) -> int:
 
 METHODS = ("reference", "search")
 DEFAULT_METHOD = "search"  # model quantization's method for q4_0 / q8_0 (see the module docstring)
-_SEARCHABLE = (TYPE_IDS["q4_0"], TYPE_IDS["q8_0"])
+# types whose blocks the search writes (csrc/quantize.c, csrc/quantize_kquants.c)
+_SEARCHABLE = tuple(TYPE_IDS[t] for t in ("q4_0", "q8_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "q2_k", "q3_k", "q4_k",
+                                          "q5_k", "q6_k", "iq4_xs"))
 
 
 def check_method(method: str) -> str:
@@ -81,7 +86,12 @@ def convert(x: np.ndarray, type_id: int, n_threads: int = 0, importance=None, me
     method: "reference" (ggml's reference quantizers, bit-identical to ggml) or "search"
     (error-minimizing scales, see the module docstring); default "reference", or "search" when an
     importance is given. importance: None or n per-column weights (finite, >= 0) for "search".
-    Types other than q4_0 / q8_0 have no scales to choose: every method converts them the same way."""
+    q4_1 / q5_0 / q5_1 have both (reference: ggml's, bit-identical to gguf-py's numpy quantizer).
+    iq4_nl, q2_k..q6_k, iq4_xs have no short ggml reference: "reference" is the search with plain
+    squared error (the same bytes as "search" without importance; csrc/quantize_kquants.c, whose
+    docstring gives the error measured against llama.cpp's quantizers). Float types have no scales
+    to choose: every method converts them the same way. Rows must be whole blocks (32 weights, or
+    256 for the K-quants and iq4_xs): a ValueError otherwise."""
     method = ("search" if importance is not None else "reference") if method is None else check_method(method)
     x = np.ascontiguousarray(x, dtype=np.float32)
     x2 = x.reshape(-1, x.shape[-1])

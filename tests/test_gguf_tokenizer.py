@@ -1,6 +1,9 @@
 # Tests for pyllm.gguf_tokenizer: HF tokenizer folder -> GGUF tokenizer.* metadata -> pyllm Tokenizer round trips
 # (Llama 2, Mistral, Llama 3 and the shipped model), agreement with llama.cpp's convert_hf_to_gguf.py output
 # (recorded in tests/fixtures/gguf_tokenizer), end-of-generation ids, and rejection of bad metadata.
+# A GGUF file tokenizes as llama.cpp does, a folder as transformers does: for byte-level BPE the two agree; for
+# SentencePiece vocabularies ("llama") the GGUF side is compared with llama.cpp's rules computed by the
+# sentencepiece library (SpmReference), the folder side with transformers, and decoding with transformers.
 import copy
 import hashlib
 import io
@@ -101,11 +104,92 @@ def loaded(metas):
             for name, md in metas.items()}
 
 
-def assert_same_tokenizer(tok, ref, texts=TEXTS, seed=0):
+def _varint(n):
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _field(num, value):
+    """One protobuf field: bytes/str length-delimited, float fixed32, bool/int varint."""
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    if isinstance(value, bytes):
+        return _varint(num << 3 | 2) + _varint(len(value)) + value
+    if isinstance(value, float):
+        return _varint(num << 3 | 5) + np.float32(value).tobytes()
+    return _varint(num << 3) + _varint(int(value))
+
+
+class SpmReference:
+    """llama.cpp's tokenization of a GGUF "llama" (SentencePiece) vocabulary, computed independently of pyllm: the
+    text is cut at control, user-defined and unknown token texts (longest first, each occurrence left to right, as
+    llama.cpp's tokenizer_st_partition), and each piece between them is encoded by the sentencepiece library with
+    a BPE model holding the file's pieces, scores and types: the "▁" dummy prefix llama.cpp adds at the start and
+    after a special token (add_space_prefix), spaces as "▁", pairs merged by score (the leftmost on a tie), bytes
+    as <0xXX> pieces."""
+
+    def __init__(self, md):
+        import sentencepiece as spm
+
+        tokens, types = md["tokenizer.ggml.tokens"], [int(t) for t in md["tokenizer.ggml.token_type"]]
+        scores = [float(x) for x in md["tokenizer.ggml.scores"]]
+        ids = [md.get(f"tokenizer.ggml.{k}_token_id", -1) for k in ("unknown", "bos", "eos")]
+        unk = ids[0] if ids[0] >= 0 else 0
+        # sentencepiece allows one unknown piece: the others (Phi-3's [PAD...] entries, which no two pieces of the
+        # vocabulary form) are given to it as control pieces
+        sp_types = [3 if ty == 2 and i != unk else ty for i, ty in enumerate(types)]
+        pieces = b"".join(_field(1, _field(1, t) + _field(2, sc) + _field(3, ty))
+                          for t, sc, ty in zip(tokens, scores, sp_types))
+        trainer = (_field(3, 2) + _field(4, len(tokens)) + _field(35, 6 in types)
+                   + b"".join(_field(40 + k, v) for k, v in enumerate(ids) if v >= 0))
+        self.add_prefix = md.get("tokenizer.ggml.add_space_prefix", True)
+        normalizer = (_field(1, "identity") + _field(3, self.add_prefix) + _field(4, False) + _field(5, True))
+        self.sp = spm.SentencePieceProcessor(model_proto=pieces + _field(2, trainer) + _field(3, normalizer))
+        self.specials = sorted((i for i, ty in enumerate(types) if ty in (2, 3, 4)), key=lambda i: -len(tokens[i]))
+        self.tokens = tokens
+        self.bos, self.eos = md.get("tokenizer.ggml.bos_token_id"), md.get("tokenizer.ggml.eos_token_id")
+        self.add_bos = md.get("tokenizer.ggml.add_bos_token", True)
+        self.add_eos = md.get("tokenizer.ggml.add_eos_token", False)
+
+    def encode(self, text, add_special_tokens=True):
+        parts = [text] if text else []  # str: text still to tokenize, int: a special token
+        for i in self.specials:
+            t, cut = self.tokens[i], []
+            for part in parts:
+                if isinstance(part, int):
+                    cut.append(part)
+                    continue
+                pieces = part.split(t)
+                for k, piece in enumerate(pieces):
+                    if k:
+                        cut.append(i)
+                    if piece:
+                        cut.append(piece)
+            parts = cut
+        out = [self.bos] if add_special_tokens and self.add_bos else []
+        for part in parts:  # every text part starts the text or follows a special token: it gets the prefix
+            out += [part] if isinstance(part, int) else self.sp.encode(part)
+        return out + ([self.eos] if add_special_tokens and self.add_eos else [])
+
+
+def llama_cpp_of(md):
+    """The llama.cpp reference for a SentencePiece GGUF vocabulary; None for byte-level BPE (compared with the
+    folder's tokenizer: llama.cpp and transformers agree there, see test_llama_cpp_vocab.py)."""
+    return SpmReference(md) if md["tokenizer.ggml.model"] == "llama" else None
+
+
+def assert_same_tokenizer(tok, ref, texts=TEXTS, seed=0, llama_cpp=None):
+    """tok (from GGUF metadata) encodes as llama_cpp (a SpmReference) or, for byte-level BPE, as the folder's
+    tokenizer ref; it decodes, streams and describes itself as ref."""
     for text in texts:
         for special in (True, False):
             ids = ref.encode(text, add_special_tokens=special)
-            assert tok.encode(text, add_special_tokens=special) == ids, (text, special)
+            want = ids if llama_cpp is None else llama_cpp.encode(text, add_special_tokens=special)
+            assert tok.encode(text, add_special_tokens=special) == want, (text, special)
             for skip in (False, True):
                 assert tok.decode(ids, skip_special_tokens=skip) == ref.decode(ids, skip_special_tokens=skip), text
     rng = random.Random(seed)
@@ -134,7 +218,7 @@ def test_round_trip(refs, metas, loaded, name):
         assert key in GGUF_VALUE_TYPES and _typed_ok(GGUF_VALUE_TYPES[key], value), key
     n = len(md["tokenizer.ggml.tokens"])
     assert n == len(md["tokenizer.ggml.token_type"]) == refs[name].vocab_size
-    assert_same_tokenizer(loaded[name], refs[name])
+    assert_same_tokenizer(loaded[name], refs[name], llama_cpp=llama_cpp_of(md))
 
 
 def test_metadata_values(metas, loaded, refs):
@@ -214,13 +298,15 @@ def test_matches_converter(metas, refs, name):
     assert {k: _digest(v) for k, v in conv.items()} == want
     # so the converter's own metadata (equal to `conv`) loads as a tokenizer identical to from_dir's
     if conv != metas[name]:  # (for llama3 they are the same: loaded and checked in test_round_trip)
-        assert_same_tokenizer(tokenizer_from_metadata(_as_gguf(conv)), refs[name], TEXTS[::3], seed=1)
+        assert_same_tokenizer(tokenizer_from_metadata(_as_gguf(conv)), refs[name], TEXTS[::3], seed=1,
+                              llama_cpp=llama_cpp_of(conv))
 
 
 def test_shipped_model_converter_metadata(metas, refs):
     conv = json.loads((CONVERTER / "shakespeare-4m.converter.json").read_text())["metadata"]
     assert _converter_view(metas["shipped"]) == conv
-    assert_same_tokenizer(tokenizer_from_metadata(conv, name="converter"), refs["shipped"])
+    assert_same_tokenizer(tokenizer_from_metadata(conv, name="converter"), refs["shipped"],
+                          llama_cpp=llama_cpp_of(conv))
 
 
 # ---------------------------------------------------------------- other folders
@@ -230,7 +316,7 @@ def _write(path, name, data):
     (path / name).write_text(json.dumps(data) if not isinstance(data, str) else data, encoding="utf-8")
 
 
-def test_legacy_and_extra_eos(tmp_path):
+def test_legacy_folder_and_extra_eos(tmp_path):
     (tmp_path / "tokenizer.model").write_bytes((SHIPPED / "tokenizer.model").read_bytes())
     cfg = json.loads((SHIPPED / "tokenizer_config.json").read_text())
     _write(tmp_path, "tokenizer_config.json", dict(cfg, legacy=True))
@@ -238,19 +324,21 @@ def test_legacy_and_extra_eos(tmp_path):
     _write(tmp_path, "config.json", {"model_type": "llama", "vocab_size": 1026})
     ref = Tokenizer.from_dir(tmp_path)
     md = tokenizer_metadata(tmp_path)
-    assert md["pyllm.tokenizer.legacy"] is True and md["pyllm.tokenizer.eos_token_ids"] == [2, 7]
+    # legacy only changes how transformers tokenizes the folder; a GGUF file tokenizes as llama.cpp: no key for it
+    assert md["pyllm.tokenizer.eos_token_ids"] == [2, 7] and not any("legacy" in k for k in md)
     assert md["tokenizer.ggml.tokens"][-2:] == ["[PAD1024]", "[PAD1025]"]
     assert md["tokenizer.ggml.token_type"][-2:] == [5, 5]
     tok = tokenizer_from_metadata(md)
     assert tok.eos_ids == [2, 7] and tok.vocab_size == 1026
-    texts = [t for t in TEXTS if "<s>" in t or "</s>" in t] + TEXTS[:6]
-    for text in texts:
-        assert tok.encode(text) == ref.encode(text), text
+    llama_cpp = SpmReference(md)
+    for text in [t for t in TEXTS if "<s>" in t or "</s>" in t] + TEXTS[:6]:
+        assert tok.encode(text) == llama_cpp.encode(text), text
         ids = ref.encode(text)
         assert tok.decode(ids) == ref.decode(ids)
-    # legacy: a "▁" after special tokens too, unlike the default
-    del md["pyllm.tokenizer.legacy"]
-    assert tokenizer_from_metadata(md).encode("<s>Hello") != ref.encode("<s>Hello")
+    # llama.cpp puts the "▁" prefix after a special token too, and keeps a leading space as a second "▁"
+    assert tok.encode("<s>Hello") == [1, 1] + tok.encode("Hello", add_special_tokens=False)
+    assert tok.encode(" Hello", add_special_tokens=False) == llama_cpp.sp.encode(" Hello")
+    assert "".join(map(tok.id_to_piece, tok.encode(" Hello", add_special_tokens=False))) == "\u2581\u2581Hello"
 
 
 def test_sentencepiece_user_defined_and_control_pieces(tmp_path):
@@ -274,7 +362,7 @@ def test_sentencepiece_user_defined_and_control_pieces(tmp_path):
     assert types[tokens.index("<|user|>")] == 4 and types[tokens.index("foo")] == 4
     assert types[tokens.index("<ctrl>")] == 3 and md["tokenizer.ggml.add_eos_token"] is True
     texts = TEXTS + ["hello <|user|> foo bar<ctrl>x", "foofoo <s> the  dog\n  x", "<|user|>hi", "a<ctrl>"]
-    assert_same_tokenizer(tokenizer_from_metadata(md), ref, texts)
+    assert_same_tokenizer(tokenizer_from_metadata(md), ref, texts, llama_cpp=llama_cpp_of(md))
 
 
 def test_sentencepiece_style_tokenizer_json(tmp_path, refs):
@@ -285,7 +373,36 @@ def test_sentencepiece_style_tokenizer_json(tmp_path, refs):
     _write(tmp_path, "tokenizer_config.json", dict(cfg, tokenizer_class="LlamaTokenizerFast"))
     md = tokenizer_metadata(tmp_path)
     assert md["tokenizer.ggml.model"] == "llama" and md["tokenizer.ggml.token_type"][:4] == [3, 3, 3, 6]
-    assert_same_tokenizer(tokenizer_from_metadata(md), Tokenizer.from_dir(tmp_path))
+    ref, tok = Tokenizer.from_dir(tmp_path), tokenizer_from_metadata(md)
+    assert_same_tokenizer(tok, ref, llama_cpp=llama_cpp_of(md))
+    # the scores follow the file's merges (gguf-py writes -1000 for all: llama.cpp would then merge left to right),
+    # so where llama.cpp's and transformers' rules agree (no leading space, no special token) so do the ids
+    merged = [sc for sc, ty in zip(md["tokenizer.ggml.scores"], md["tokenizer.ggml.token_type"]) if ty == 1]
+    assert len(set(merged)) > 0.9 * len(merged)
+    for text in ["Hello, world! How are you today?", TEXTS[-1], TEXTS[3]]:
+        assert tok.encode(text) == ref.encode(text), text
+    # the file llama.cpp's converter writes (every score -1000): llama.cpp merges left to right, and so does pyllm
+    flat = dict(md, **{"tokenizer.ggml.scores": [-1000.0] * len(md["tokenizer.ggml.scores"])})
+    assert SpmReference(flat).encode(TEXTS[-1]) != ref.encode(TEXTS[-1])
+    assert_same_tokenizer(tokenizer_from_metadata(flat), ref, llama_cpp=SpmReference(flat))
+
+
+@pytest.mark.parametrize("name", ["llama-spm", "phi-3"])
+def test_spm_reference_is_llama_cpp(name, tmp_path):
+    # the reference above gives llama.cpp's own ids for its test cases (tests/fixtures/llama_cpp_vocab)
+    import gzip
+
+    from pyllm.gguf_file import GGUFFile
+
+    vocab = FIXTURES / "llama_cpp_vocab"
+    (tmp_path / "v.gguf").write_bytes(gzip.decompress((vocab / f"ggml-vocab-{name}.gguf.gz").read_bytes()))
+    reference = SpmReference(GGUFFile(str(tmp_path / "v.gguf")).metadata)
+    texts = (vocab / f"ggml-vocab-{name}.gguf.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
+    ids = [[int(x) for x in line.split()]
+           for line in (vocab / f"ggml-vocab-{name}.gguf.out").read_text(encoding="utf-8").split("\n")]
+    assert len(texts) == len(ids) >= 40
+    for text, want in zip(texts, ids):
+        assert reference.encode(text, add_special_tokens=False) == want, text
 
 
 def test_gpt2_style_byte_level_bpe(tmp_path):
@@ -343,6 +460,31 @@ def test_small_gpt2_metadata():
     assert tok.decode([4, 5, 0]) == "abc<|endoftext|>a"
 
 
+def test_control_looking_tokens_as_llama_cpp():
+    # llama.cpp cuts end-of-generation and fill-in-the-middle texts out of a prompt as control tokens even when the
+    # file types them normal, and gpt-oss's always-shown tokens as user-defined ones (cut out, kept in text)
+    md = _gpt2_md()
+    md["tokenizer.ggml.tokens"] += ["<|fim_prefix|>", "<|channel|>", "</s>"]
+    md["tokenizer.ggml.token_type"] += [1, 3, 1]
+    tok = tokenizer_from_metadata(md)
+    assert tok.encode("a<|fim_prefix|>b</s>c<|channel|>a") == [0, 6, 1, 8, 3, 7, 0]
+    assert {6, 8} <= tok.special_ids and 7 not in tok.special_ids and 8 in tok.eos_ids
+    assert tok.decode([0, 6, 7, 8], skip_special_tokens=True) == "a<|channel|>"
+    md["tokenizer.ggml.fim_pre_token_id"] = 5  # the file names its FIM token: no text is looked for
+    assert 6 not in tokenizer_from_metadata(md).encode("a<|fim_prefix|>b")
+    md["tokenizer.ggml.tokens"].append("<|tool_response>")  # Gemma 4: </s> is a normal token there
+    md["tokenizer.ggml.token_type"].append(1)
+    tok = tokenizer_from_metadata(md)
+    assert 8 not in tok.encode("b</s>") and 8 not in tok.eos_ids and 9 in tok.eos_ids
+    # the FIM pad / repo / file-separator tokens end generation, found by their text or named by the file
+    md["tokenizer.ggml.tokens"] += ["<|fim_pad|>", "<|file_sep|>"]
+    md["tokenizer.ggml.token_type"] += [1, 3]
+    tok = tokenizer_from_metadata(md)
+    assert {10, 11} <= set(tok.eos_ids) and tok.encode("a<|fim_pad|>") == [0, 10]
+    md["tokenizer.ggml.fim_sep_token_id"] = 3
+    assert 3 in tokenizer_from_metadata(md).eos_ids and 11 not in tokenizer_from_metadata(md).eos_ids
+
+
 BAD = [
     ("not a mapping", lambda md: [1, 2], "mapping"),
     ("missing model", lambda md: md.pop("tokenizer.ggml.model"), "missing tokenizer.ggml.model.*llama, gpt2"),
@@ -392,8 +534,8 @@ BAD_GPT2 = [
     ("merge unknown part", lambda md: md["tokenizer.ggml.merges"].append("a zz"), "not in tokenizer.ggml.tokens"),
     ("merged not in vocab", lambda md: md["tokenizer.ggml.merges"].append("b c"), "not in tokenizer.ggml.tokens"),
     ("merge not str", lambda md: md["tokenizer.ggml.merges"].append(["a", "b"]), r"merges\[2\] must be a string"),
-    ("unknown pre", lambda md: md.update({"tokenizer.ggml.pre": "starcoder"}), "'starcoder'.*llama-bpe"),
-    ("missing pre", lambda md: md.pop("tokenizer.ggml.pre"), "pre None"),
+    ("unknown pre", lambda md: md.update({"tokenizer.ggml.pre": "no-such-pre"}), "'no-such-pre'.*llama-bpe"),
+    ("pre not str", lambda md: md.update({"tokenizer.ggml.pre": 3}), "tokenizer.ggml.pre must be a string"),
     ("add_bos without bos", lambda md: (md.pop("tokenizer.ggml.bos_token_id"),
                                         md.update({"tokenizer.ggml.add_bos_token": True})), "no tokenizer.ggml.bos"),
     ("bos out of range", lambda md: md.update({"tokenizer.ggml.bos_token_id": 6}), "out of range"),
@@ -412,6 +554,7 @@ JUNK = [None, True, 0, -1, 7, 2**40, 1.5, float("nan"), "", "x", b"x", [], [None
         np.array([1, 2]), np.int64(3)]
 
 
+@pytest.mark.filterwarnings("ignore:.*no tokenizer.ggml.pre")  # a dropped pre-tokenizer name: llama.cpp's default
 @pytest.mark.parametrize("model", ["llama", "gpt2"])
 def test_random_corruption_only_raises_value_error(small_md, model):
     base = small_md if model == "llama" else _gpt2_md()

@@ -67,8 +67,7 @@ def test_dequantization_is_gguf_pys(isa, t):
     assert _engine.act_type(int(t)) == (Q8_K if blck == 256 else 8)
     with pytest.raises(ValueError):
         _engine.row_bytes(int(t), blck + 1)
-    with pytest.raises(ValueError, match="read but not written"):
-        _engine.from_float(int(t), np.zeros((1, blck), np.float32))
+    # writing these types: tests/test_kquant_write.py
 
 
 @pytest.mark.parametrize("t", [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS, T.Q5_0, T.IQ4_NL, T.Q4_1],
