@@ -191,15 +191,31 @@ def test_other_families(quantized, arch, case):
     _check_logits(dst, ref, case, 128256 if arch == "qwen2" else 32000)
 
 
-def test_quant_on_load_converts_only_the_float_tensors(quantized):
-    """quant= picks the type of the tensors the checkpoint keeps in float (embeddings, LM head); the
-    4-bit layers keep their values, so the logits move only by the embeddings' Q8_0 error."""
-    dst, ref, _ = quantized("llama2", CASES[0])
-    ids = _ids(32000)
+@pytest.mark.parametrize("quant", ["q8_0", "q4_k_m"])
+def test_quant_converts_only_the_float_tensors(quantized, tmp_path, quant):
+    """quant= / --type (a type or one of llama.cpp's mixes) picks the types of the tensors the checkpoint
+    keeps in float (embeddings, LM head); the 4-bit layers keep their blocks."""
+    from pyllm.gguf_export import export_gguf
+
+    dst, _, _ = quantized("qwen2", CASES[0])
+    out = str(tmp_path / "m.gguf")
+    export_gguf(dst, out, quant)
+    types = {name: t[0] for name, t in _tensor_bytes(out).items()}
+    assert all(types[f"blk.{i}.{k}.weight"] == Q4_1 for i in (0, 1) for k in ("attn_q", "attn_v", "ffn_down"))
+    assert types["token_embd.weight"] not in (F32, F16)  # converted as the type / mix says
+    ids = _ids(128256)
     plain = pyllm.load(dst, n_ctx=64, n_threads=THREADS).logits(ids)
-    q8 = pyllm.load(dst, n_ctx=64, n_threads=THREADS, quant="q8_0").logits(ids)
-    assert not np.array_equal(plain, q8)
-    assert np.abs(plain - q8).max() <= 7e-2 * np.abs(plain).max()
+    converted = pyllm.load(dst, n_ctx=64, n_threads=THREADS, quant=quant).logits(ids)
+    assert not np.array_equal(plain, converted)
+    # the file runs what quant-on-load runs (Qwen2: no Q/K permutation, the same arithmetic)
+    np.testing.assert_array_equal(pyllm.load(out, n_ctx=64, n_threads=THREADS).logits(ids), converted)
+
+
+def test_allocation_is_refused(small_source, tmp_path):
+    dst = _bad(small_source, tmp_path)
+    text = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "heldout_shakespeare.txt")
+    with pytest.raises(ValueError, match="allocation re-plans a float checkpoint's types; this GPTQ / AWQ"):
+        pyllm.load(dst, n_ctx=32, quant="q4_k_m", calibration=text, allocate=True)
 
 
 # ------------------------------------------------------------------------------------------- export
