@@ -543,3 +543,28 @@ def test_m_rounding_alone_barely_moves_the_logits(quantized, tmp_path, case):
     got = pyllm.load(decoded, n_ctx=64, n_threads=THREADS).logits(ids)
     assert 0 < np.abs(got - want).max() <= 6e-3 * np.abs(want).max()
     assert _kl(want, got) <= 1e-5
+
+
+def test_sharded_checkpoint(small_source, tmp_path):
+    """A layer's qweight, qzeros and scales may sit in different shards of model.safetensors.index.json."""
+    from safetensors.numpy import load_file, save_file
+
+    dst, _, _ = write_quantized(small_source, str(tmp_path / "q"), str(tmp_path / "ref"), "awq", "gemm", 32,
+                                False, False)
+    ids = _ids(32000)
+    want = pyllm.load(dst, n_ctx=64, n_threads=THREADS).logits(ids)
+    path = os.path.join(dst, "model.safetensors")
+    tensors = load_file(path)
+    os.remove(path)
+    shards = {"model-00001-of-00002.safetensors": {}, "model-00002-of-00002.safetensors": {}}
+    weight_map = {}
+    for i, name in enumerate(sorted(tensors)):  # alternate: qweight / qzeros / scales of a layer split up
+        shard = sorted(shards)[i % 2]
+        shards[shard][name] = tensors[name]
+        weight_map[name] = shard
+    for shard, part in shards.items():
+        save_file(part, os.path.join(dst, shard))
+    with open(os.path.join(dst, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": weight_map}, f)
+    assert weight_map[f"{Q}.qweight"] != weight_map[f"{Q}.qzeros"]
+    np.testing.assert_array_equal(pyllm.load(dst, n_ctx=64, n_threads=THREADS).logits(ids), want)
