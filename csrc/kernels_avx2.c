@@ -837,11 +837,66 @@ static const pl_pk_tile_fn pk_tile_tab[2][PKC] = {{pk_tile_q4_0_1, pk_tile_q4_0_
                                                {pk_tile_q8_0_1, pk_tile_q8_0_2, pk_tile_q8_0_3, pk_tile_q8_0_4}};
 
 static void q4_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
-    pl_pk_gemm_drive(PL_TYPE_Q4_0, pk_gemv_q4_0, pk_tile_tab[QT_q4_0], PKC, n, nr, nc, w, a, as, out, os);
+    pl_pk_gemm_drive(PL_TYPE_Q4_0, PL_QK, pk_gemv_q4_0, pk_tile_tab[QT_q4_0], PKC, n, nr, nc, w, a, as, out, os);
 }
 static void q8_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
-    pl_pk_gemm_drive(PL_TYPE_Q8_0, pk_gemv_q8_0, pk_tile_tab[QT_q8_0], PKC, n, nr, nc, w, a, as, out, os);
+    pl_pk_gemm_drive(PL_TYPE_Q8_0, PL_QK, pk_gemv_q8_0, pk_tile_tab[QT_q8_0], PKC, n, nr, nc, w, a, as, out, os);
 }
+
+/* ============================== packed Q4_K / Q6_K x Q8_K ==============================
+ * kquant_packed_simd.h over two ymm per 16-row vector (rows 0..7, 8..15). kv_dot: vpmaddubsw (u8
+ * weights < 64 times s8: pair sums <= 2 x 63 x 128, no saturation) then vpmaddwd by ones, exact. */
+typedef struct { __m256i l, h; } kv_i;
+typedef struct { __m256 l, h; } kv_f;
+#define KV2(op, a, b) ((kv_i){op((a).l, (b).l), op((a).h, (b).h)})
+#define KVF2(op, a, b) ((kv_f){op((a).l, (b).l), op((a).h, (b).h)})
+AI kv_i kv_load(const uint8_t *p) {
+    return (kv_i){_mm256_load_si256((const __m256i *)p), _mm256_load_si256((const __m256i *)(p + 32))};
+}
+AI kv_i kv_set1(int32_t x) { return (kv_i){_mm256_set1_epi32(x), _mm256_set1_epi32(x)}; }
+AI kv_i kv_zero(void) { return (kv_i){_mm256_setzero_si256(), _mm256_setzero_si256()}; }
+AI kv_i kv_add(kv_i a, kv_i b) { return KV2(_mm256_add_epi32, a, b); }
+AI kv_i kv_and(kv_i a, kv_i b) { return KV2(_mm256_and_si256, a, b); }
+AI kv_i kv_andnot(kv_i m, kv_i x) { return KV2(_mm256_andnot_si256, m, x); }
+AI kv_i kv_or_and(kv_i a, kv_i b, kv_i m) { return KV2(_mm256_or_si256, a, kv_and(b, m)); }
+AI kv_i kv_mullo(kv_i a, kv_i b) { return KV2(_mm256_mullo_epi32, a, b); }
+AI kv_i kv_srli16(kv_i a, const int k) { return (kv_i){_mm256_srli_epi16(a.l, k), _mm256_srli_epi16(a.h, k)}; }
+AI kv_i kv_slli16(kv_i a, const int k) { return (kv_i){_mm256_slli_epi16(a.l, k), _mm256_slli_epi16(a.h, k)}; }
+AI kv_i kv_srai32(kv_i a, const int k) { return (kv_i){_mm256_srai_epi32(a.l, k), _mm256_srai_epi32(a.h, k)}; }
+AI kv_i kv_dot(kv_i acc, kv_i w, int32_t x) {
+    const __m256i xb = _mm256_set1_epi32(x), one = _mm256_set1_epi16(1);
+    return (kv_i){_mm256_add_epi32(acc.l, _mm256_madd_epi16(_mm256_maddubs_epi16(w.l, xb), one)),
+                  _mm256_add_epi32(acc.h, _mm256_madd_epi16(_mm256_maddubs_epi16(w.h, xb), one))};
+}
+AI kv_i kv_u8x16(const uint8_t *p) {
+    return (kv_i){_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)),
+                  _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + 8)))};
+}
+AI kv_i kv_s8x16(const uint8_t *p) {
+    return (kv_i){_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)),
+                  _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + 8)))};
+}
+AI kv_f kv_fp16(const uint8_t *p) {
+    return (kv_f){_mm256_cvtph_ps(_mm_load_si128((const __m128i *)p)), _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(p + 16)))};
+}
+AI kv_f kv_cvt(kv_i a) { return (kv_f){_mm256_cvtepi32_ps(a.l), _mm256_cvtepi32_ps(a.h)}; }
+AI kv_f kv_fset1(float x) { return (kv_f){_mm256_set1_ps(x), _mm256_set1_ps(x)}; }
+AI kv_f kv_fzero(void) { return (kv_f){_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+AI kv_f kv_fadd(kv_f a, kv_f b) { return KVF2(_mm256_add_ps, a, b); }
+AI kv_f kv_fsub(kv_f a, kv_f b) { return KVF2(_mm256_sub_ps, a, b); }
+AI kv_f kv_fmul(kv_f a, kv_f b) { return KVF2(_mm256_mul_ps, a, b); }
+AI void kv_store(float *out, kv_f v, int rows) {
+    if (rows >= 16) {
+        _mm256_storeu_ps(out, v.l);
+        _mm256_storeu_ps(out + 8, v.h);
+        return;
+    }
+    float t[16];
+    _mm256_storeu_ps(t, v.l);
+    _mm256_storeu_ps(t + 8, v.h);
+    memcpy(out, t, (size_t)rows * sizeof(float));
+}
+#include "kquant_packed_simd.h"
 
 /* cpu_dispatch.c builds every table on any CPU, so the init function itself must not use this
  * file's ISA (the compiler would otherwise vectorize the pointer stores with AVX/AVX-512). */
@@ -855,6 +910,7 @@ PL_BASELINE_FN void pl_kernels_init_avx2(pl_kernels *k) {
     k->isa = "avx2";
     pl_type_traits *t;
     kq_register(k); /* kquant_dots_avx2.h */
+    kqp_register(k); /* kquant_packed_simd.h */
     t = &k->types[PL_TYPE_F32];
     t->vec_dot = f32_vec_dot;
     t->gemm = f32_gemm;

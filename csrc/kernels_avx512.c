@@ -803,11 +803,41 @@ static const pl_pk_tile_fn pk_tile_tab[2][PKC] = {
     {pk_tile_q8_0_1, pk_tile_q8_0_2, pk_tile_q8_0_3, pk_tile_q8_0_4, pk_tile_q8_0_5, pk_tile_q8_0_6}};
 
 static void q4_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
-    pl_pk_gemm_drive(PL_TYPE_Q4_0, pk_gemv_q4_0, pk_tile_tab[QT_q4_0], PKC, n, nr, nc, w, a, as, out, os);
+    pl_pk_gemm_drive(PL_TYPE_Q4_0, PL_QK, pk_gemv_q4_0, pk_tile_tab[QT_q4_0], PKC, n, nr, nc, w, a, as, out, os);
 }
 static void q8_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
-    pl_pk_gemm_drive(PL_TYPE_Q8_0, pk_gemv_q8_0, pk_tile_tab[QT_q8_0], PKC, n, nr, nc, w, a, as, out, os);
+    pl_pk_gemm_drive(PL_TYPE_Q8_0, PL_QK, pk_gemv_q8_0, pk_tile_tab[QT_q8_0], PKC, n, nr, nc, w, a, as, out, os);
 }
+
+/* ============================== packed Q4_K / Q6_K x Q8_K ==============================
+ * kquant_packed_simd.h over one zmm per 16-row vector; vpdpbusd adds the 4 u8 x s8 products of a
+ * lane exactly (weights < 64, so no saturation question arises). */
+typedef __m512i kv_i;
+typedef __m512 kv_f;
+AI kv_i kv_load(const uint8_t *p) { return _mm512_load_si512((const void *)p); }
+AI kv_i kv_set1(int32_t x) { return _mm512_set1_epi32(x); }
+AI kv_i kv_zero(void) { return _mm512_setzero_si512(); }
+AI kv_i kv_add(kv_i a, kv_i b) { return _mm512_add_epi32(a, b); }
+AI kv_i kv_and(kv_i a, kv_i b) { return _mm512_and_si512(a, b); }
+AI kv_i kv_andnot(kv_i m, kv_i x) { return _mm512_andnot_si512(m, x); }
+AI kv_i kv_or_and(kv_i a, kv_i b, kv_i m) { return _mm512_ternarylogic_epi32(a, b, m, 0xF8); }
+AI kv_i kv_srai32(kv_i a, const int k) { return _mm512_srai_epi32(a, k); }
+#define KV_DOT_WIDE 1 /* vpdpbusd: u8 x s8 products summed in int32, no saturation */
+AI kv_i kv_mullo(kv_i a, kv_i b) { return _mm512_mullo_epi32(a, b); }
+AI kv_i kv_srli16(kv_i a, const int k) { return _mm512_srli_epi16(a, k); }
+AI kv_i kv_slli16(kv_i a, const int k) { return _mm512_slli_epi16(a, k); }
+AI kv_i kv_dot(kv_i acc, kv_i w, int32_t x) { return _mm512_dpbusd_epi32(acc, w, _mm512_set1_epi32(x)); }
+AI kv_i kv_u8x16(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)p)); }
+AI kv_i kv_s8x16(const uint8_t *p) { return _mm512_cvtepi8_epi32(_mm_load_si128((const __m128i *)p)); }
+AI kv_f kv_fp16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)p)); }
+AI kv_f kv_cvt(kv_i a) { return _mm512_cvtepi32_ps(a); }
+AI kv_f kv_fset1(float x) { return _mm512_set1_ps(x); }
+AI kv_f kv_fzero(void) { return _mm512_setzero_ps(); }
+AI kv_f kv_fadd(kv_f a, kv_f b) { return _mm512_add_ps(a, b); }
+AI kv_f kv_fsub(kv_f a, kv_f b) { return _mm512_sub_ps(a, b); }
+AI kv_f kv_fmul(kv_f a, kv_f b) { return _mm512_mul_ps(a, b); }
+AI void kv_store(float *out, kv_f v, int rows) { _mm512_mask_storeu_ps(out, row_mask(rows), v); }
+#include "kquant_packed_simd.h"
 
 /* cpu_dispatch.c builds every table on any CPU, so the init function itself must not use this
  * file's ISA (the compiler would otherwise vectorize the pointer stores with AVX/AVX-512). */
@@ -821,6 +851,7 @@ PL_BASELINE_FN void pl_kernels_init_avx512(pl_kernels *k) {
     k->isa = "avx512";
     pl_type_traits *t;
     kq_register(k); /* kquant_dots_avx2.h */
+    kqp_register(k); /* kquant_packed_simd.h */
     t = &k->types[PL_TYPE_F32];
     t->vec_dot = f32_vec_dot;
     t->gemm = f32_gemm;

@@ -102,6 +102,61 @@ def test_matmul_is_exact_batch_invariant_and_the_same_on_every_isa(t):
             np.testing.assert_array_equal(outs[isa], outs["scalar"], err_msg=isa)
 
 
+PACKED = [T.Q4_K, T.Q6_K]  # the K-quants with a packed layout (csrc/kquant_packed.c, tensor_types.h)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("t", PACKED, ids=lambda t: t.name)
+def test_packed_gemm_equals_the_unpacked_reference(isa, t):
+    """The packed gemm of every ISA (decode: one activation row; prefill: tiles of several) equals the
+    scalar unpacked reference bit for bit, on rows that do not fill the last 16-row group, few and many
+    activation rows, an odd source offset, weights of every scale (1e-3 .. 3)."""
+    rng = np.random.default_rng(20 + int(t))
+    for n in (256, 768):
+        for nr, nc in ((1, 1), (15, 1), (16, 2), (17, 3), (33, 7), (40, 13), (5, 17)):
+            w = random_blocks(t, nr, n, rng, scale=float(rng.choice([1e-3, 0.05, 3.0]))).reshape(-1)
+            x = (rng.standard_normal((nc, n)) * rng.uniform(0.1, 10, (nc, 1))).astype(np.float32)
+            _engine.set_isa("scalar")
+            a = np.frombuffer(_engine.from_float(Q8_K, x), np.uint8)
+            ref = _engine.gemm(int(t), w, a, n, nr, nc)
+            _engine.set_isa(isa)
+            p = _engine.repack(int(t), np.concatenate([np.zeros(3, np.uint8), w]), nr, n, 3)
+            assert p.shape == (-(-nr // 16) * _engine.packed_group_bytes(int(t), n),)
+            acts = _engine.pack_acts(x, int(t))
+            np.testing.assert_array_equal(acts, a)  # plain Q8_K rows
+            got = _engine.gemm_packed(int(t), p, acts, n, nr, nc)
+            np.testing.assert_array_equal(got, ref, err_msg=f"{t.name} {isa} n={n} nr={nr} nc={nc}")
+            # a row's result does not depend on the batch it is in
+            np.testing.assert_array_equal(_engine.gemm_packed(int(t), p, acts[:len(a) // nc], n, nr, 1), ref[:1])
+
+
+@pytest.mark.parametrize("t", PACKED, ids=lambda t: t.name)
+def test_packed_layout(t):
+    """Record sizes of tensor_types.h, zero rows past the end, and the documented byte positions of the
+    fp16 scales and of the first and last quant word of a row."""
+    rng = np.random.default_rng(7)
+    n, nr = 512, 5
+    rec = {T.Q4_K: 2368, T.Q6_K: 3392}[t]
+    assert _engine.packed_group_bytes(int(t), n) == 2 * rec and rec % 64 == 0
+    assert _engine.packed_group_bytes(int(t), 255) == 0 and _engine.packed_group_bytes(int(t), 0) == 0
+    w = random_blocks(t, nr, n, rng)
+    p = _engine.repack(int(t), w.reshape(-1), nr, n)
+    blocks = w.reshape(nr, 2, -1)
+    d_src = {T.Q4_K: 0, T.Q6_K: 208}[t]
+    q_first = {T.Q4_K: (320, 16), T.Q6_K: (320, 0)}[t]  # (packed offset, offset in the source block)
+    for b in range(2):
+        r_ = p[b * rec:(b + 1) * rec]
+        for r in range(16):
+            d, q = r_[2 * r:2 * r + 2], r_[q_first[0] + 4 * r:q_first[0] + 4 * r + 4]
+            if r < nr:
+                assert bytes(d) == bytes(blocks[r, b, d_src:d_src + 2])
+                assert bytes(q) == bytes(blocks[r, b, q_first[1]:q_first[1] + 4])
+            else:
+                assert not d.any() and not q.any()
+        last = r_[rec - 64 + 4 * (nr - 1):rec - 64 + 4 * nr]  # the last vector: the row's last word of qs / qh
+        assert bytes(last) == bytes(blocks[nr - 1, b, {T.Q4_K: 140, T.Q6_K: 188}[t]:][:4])
+
+
 def test_q8_k_activations():
     """Q8_K rows: d = max|x| / 127, q = round(x / d), bsums = the sums of each 16 q."""
     rng = np.random.default_rng(6)
@@ -169,6 +224,29 @@ MIXES = {
     "legacy": {"attn_q": T.Q4_1, "attn_k": T.Q5_0, "attn_v": T.Q5_1, "attn_output": T.IQ4_NL, "ffn_": T.Q4_1,
                "token_embd": T.Q5_1},
 }
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_packed_k_quant_model_equals_unpacked(shipped_q8, tmp_path, monkeypatch, isa):
+    """A Q4_K_M-like file (attn_v in Q6_K: the unpacked SIMD Q8_0 kernels sum in another order than the
+    packed ones): its Q4_K / Q6_K weights are repacked at load, and the logits equal those of the same
+    file with repacking off (PYLLM_REPACK=0: the vec_dot kernels) bit for bit, on every ISA, for a
+    prompt at once and token by token (the packed kernels are batch invariant)."""
+    mix = {**MIXES["q4_k_m-like"], "attn_v": T.Q6_K}
+    path = _rewrite(shipped_q8, str(tmp_path / "q4km.gguf"), mix, np.random.default_rng(4))
+    _engine.set_isa(isa)
+    m = pyllm.load(path, n_ctx=64)
+    assert m._cmodel.packed_bytes("wq", 0) > 0 and m._cmodel.packed_bytes("output") > 0
+    assert m._cmodel.packed_bytes("ffn_down", 0) == 0  # Q5_0: no packed layout
+    monkeypatch.setenv("PYLLM_REPACK", "0")
+    ref = pyllm.load(path, n_ctx=64)
+    assert ref._cmodel.packed_bytes("wq", 0) == 0
+    ids = m.tokenize("ROMEO:\nWhat light through yonder window breaks?")
+    got = m.logits(ids)
+    np.testing.assert_array_equal(got, ref.logits(ids))
+    seq = m.sequence()
+    steps = [seq.append(ids[:5])] + [seq.append([i]) for i in ids[5:]]
+    np.testing.assert_array_equal(np.stack(steps), got[4:])
 
 
 @pytest.mark.parametrize("mix", list(MIXES))

@@ -1,0 +1,142 @@
+/* kquant_packed_simd.h: the packed Q4_K / Q6_K gemm kernels (layouts in tensor_types.h; the scalar
+ * reference in kquant_packed.c) written once over a 16-lane int32 / fp32 vector (lane r = row r of a
+ * 16-row group). kernels_avx512.c includes it with one zmm per vector (VNNI vpdpbusd), kernels_avx2.c
+ * with two ymm (vpmaddubsw + vpmaddwd); each defines, before including it:
+ *   types kv_i (16 x int32, or 64 bytes as u8) and kv_f (16 x fp32), and AI (static always_inline);
+ *   kv_load(p) (64 aligned bytes), kv_set1(int32), kv_zero(), kv_add, kv_and, kv_andnot(m, x) = ~m & x,
+ *   kv_mullo,
+ *   kv_srli16(v, k) / kv_slli16(v, k) / kv_srai32(v, k) (lane shifts), kv_or_and(a, b, m) = a | (b & m),
+ *   KV_DOT_WIDE (defined where kv_dot is exact for weight bytes up to 255: Q4_K's high nibbles are
+ *   then dotted in place, as 16 x the nibble, and the sum divided by 16 once), kv_dot(acc, w, x): acc + the 4 products
+ *   of the u8 bytes of each lane of w with the 4 s8 bytes of the int32 x (exact: the weights are < 64);
+ *   kv_u8x16(p) / kv_s8x16(p): 16 bytes zero / sign extended to the 16 lanes; kv_fp16(p): 16 fp16;
+ *   kv_cvt(i), kv_fset1(f), kv_fzero(), kv_fadd, kv_fsub, kv_fmul; kv_store(out, v, rows) (lanes
+ *   < rows); UNROLL (a full-unroll pragma).
+ * Per super-block each lane sums its row's integer dot products exactly (int32, as the reference) and
+ * combines them with the reference's float operations in its order (the build has no FP contraction),
+ * so every ISA equals the scalar reference bit for bit and a row's result never depends on the batch. */
+#ifndef PYLLM_KQUANT_PACKED_SIMD_H
+#define PYLLM_KQUANT_PACKED_SIMD_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "packed_gemm_driver.h"
+#include "tensor_types.h"
+
+#define KQ_Q8K ((size_t)sizeof(pl_block_q8_k)) /* d at 0, qs at 4, bsums at 260 */
+/* prefill reads each group once per pass of KQP_MAXC activation rows, computing longer per byte than
+ * decode: prefetch the group stream this far ahead (as the Q4_0 / Q8_0 tiles do) */
+#define KQP_PREFETCH 8192
+
+#define KQP_MAXC 4 /* activation rows per prefill pass */
+
+enum { KQP_Q4_K = 0, KQP_Q6_K = 1 };
+
+static inline int32_t kqp_ld_i32(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+static inline int32_t kqp_bsum(const uint8_t *ab, int g) { return (int16_t)pl_ld_u16(ab + 260 + 2 * g); }
+
+/* one 16-row group x C activation rows (as apart, Q8_K); out[c * os + r] for r < rows */
+AI void kqp_tile(const int qt, const int C, int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out,
+                 size_t os, int rows) {
+    const size_t rec_bytes = qt == KQP_Q4_K ? PL_PK_Q4_K_REC : PL_PK_Q6_K_REC;
+    const kv_i m4 = kv_set1(0x0F0F0F0F), m30 = kv_set1(0x30303030);
+    kv_f fa[KQP_MAXC];
+    UNROLL for (int c = 0; c < C; c++) fa[c] = kv_fzero();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *rec = gp + (size_t)b * rec_bytes;
+        if (C > 1)
+            for (size_t o = 0; o < rec_bytes; o += 64) _mm_prefetch((const char *)rec + KQP_PREFETCH + o, _MM_HINT_T0);
+        kv_i isum[KQP_MAXC];
+        if (qt == KQP_Q4_K) {
+            kv_i imin[KQP_MAXC];
+            UNROLL for (int s = 0; s < 8; s++) { /* sub-block s: 32 weights, nibble s & 1 of the words of chunk s / 2 */
+                const uint8_t *q = rec + 320 + 512 * (s / 2);
+                kv_i w[8];
+#ifdef KV_DOT_WIDE
+                const int wide = s & 1;
+#else
+                const int wide = 0;
+#endif
+                UNROLL for (int v = 0; v < 8; v++) {
+                    const kv_i x = kv_load(q + 64 * v);
+                    w[v] = wide ? kv_andnot(m4, x) : (s & 1) ? kv_and(kv_srli16(x, 4), m4) : kv_and(x, m4);
+                }
+                const kv_i sc = kv_u8x16(rec + 64 + 16 * s), mn = kv_u8x16(rec + 192 + 16 * s);
+                UNROLL for (int c = 0; c < C; c++) {
+                    const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K, *q8 = ab + 4 + 32 * s;
+                    kv_i acc = kv_zero();
+                    UNROLL for (int v = 0; v < 8; v++) acc = kv_dot(acc, w[v], kqp_ld_i32(q8 + 4 * v));
+                    if (wide) acc = kv_srai32(acc, 4); /* exact: every product was 16 x the nibble's */
+                    const kv_i ms = kv_mullo(mn, kv_set1(kqp_bsum(ab, 2 * s) + kqp_bsum(ab, 2 * s + 1)));
+                    isum[c] = s ? kv_add(isum[c], kv_mullo(acc, sc)) : kv_mullo(acc, sc);
+                    imin[c] = s ? kv_add(imin[c], ms) : ms;
+                }
+            }
+            const kv_f d = kv_fp16(rec), dmin = kv_fp16(rec + 32);
+            UNROLL for (int c = 0; c < C; c++) {
+                const kv_f ad = kv_fset1(pl_ld_f32(a + (size_t)c * as + (size_t)b * KQ_Q8K));
+                const kv_f t1 = kv_fmul(kv_fmul(ad, d), kv_cvt(isum[c]));
+                const kv_f t2 = kv_fmul(kv_fmul(ad, dmin), kv_cvt(imin[c]));
+                fa[c] = kv_fadd(fa[c], kv_fsub(t1, t2));
+            }
+        } else {
+            UNROLL for (int g = 0; g < 16; g++) { /* group g: 16 weights 128h + 32k + 4v + i, v = 4 (g % 2) .. + 3 */
+                const int h = g / 8, k = (g % 8) / 2, v0 = 4 * (g % 2);
+                const uint8_t *base = rec + 320 + 1536 * h;
+                kv_i w[4];
+                UNROLL for (int i = 0; i < 4; i++) {
+                    const kv_i lo = kv_load(base + 512 * (k & 1) + 64 * (v0 + i)), hb = kv_load(base + 1024 + 64 * (v0 + i));
+                    const kv_i l4 = k < 2 ? kv_and(lo, m4) : kv_and(kv_srli16(lo, 4), m4);
+                    const kv_i h2 = k == 0 ? kv_slli16(hb, 4) : k == 1 ? kv_slli16(hb, 2) : k == 2 ? hb : kv_srli16(hb, 2);
+                    w[i] = kv_or_and(l4, h2, m30);
+                }
+                const kv_i sc = kv_s8x16(rec + 64 + 16 * g);
+                UNROLL for (int c = 0; c < C; c++) {
+                    const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K, *q8 = ab + 4 + 16 * g;
+                    kv_i acc = kv_set1(-32 * kqp_bsum(ab, g)); /* the stored values are q + 32 */
+                    UNROLL for (int i = 0; i < 4; i++) acc = kv_dot(acc, w[i], kqp_ld_i32(q8 + 4 * i));
+                    isum[c] = g ? kv_add(isum[c], kv_mullo(acc, sc)) : kv_mullo(acc, sc);
+                }
+            }
+            const kv_f d = kv_fp16(rec);
+            UNROLL for (int c = 0; c < C; c++) {
+                const kv_f ad = kv_fset1(pl_ld_f32(a + (size_t)c * as + (size_t)b * KQ_Q8K));
+                fa[c] = kv_fadd(fa[c], kv_fmul(kv_fmul(ad, d), kv_cvt(isum[c])));
+            }
+        }
+    }
+    UNROLL for (int c = 0; c < C; c++) kv_store(out + (size_t)c * os, fa[c], rows);
+}
+
+#define KQP_TILE_DEF(qt, C)                                                                                      \
+    static void kqp_tile_##qt##_##C(int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out, size_t os, \
+                                    int rows) {                                                                  \
+        kqp_tile(KQP_##qt, C, nb, gp, a, as, out, os, rows);                                                     \
+    }
+#define KQP_DEFS(qt)                                                                                             \
+    KQP_TILE_DEF(qt, 1) KQP_TILE_DEF(qt, 2) KQP_TILE_DEF(qt, 3) KQP_TILE_DEF(qt, 4)                              \
+    static void kqp_gemv_##qt(int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) {               \
+        kqp_tile(KQP_##qt, 1, nb, gp, a, 0, out, 0, rows);                                                       \
+    }                                                                                                            \
+    static const pl_pk_tile_fn kqp_tiles_##qt[4] = {kqp_tile_##qt##_1, kqp_tile_##qt##_2, kqp_tile_##qt##_3,      \
+                                                    kqp_tile_##qt##_4};                                          \
+    static void kqp_gemm_packed_##qt(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out,    \
+                                     size_t os) {                                                                \
+        pl_pk_gemm_drive(PL_TYPE_##qt, PL_QK_K, kqp_gemv_##qt, kqp_tiles_##qt, KQP_MAXC, n, nr, nc, w, a, as, out, \
+                         os);                                                                                    \
+    }
+KQP_DEFS(Q4_K)
+KQP_DEFS(Q6_K)
+
+/* the table entries (the AVX2 and AVX-512 tables call this) */
+static void kqp_register(pl_kernels *k) {
+    k->types[PL_TYPE_Q4_K].gemm_packed = kqp_gemm_packed_Q4_K;
+    k->types[PL_TYPE_Q6_K].gemm_packed = kqp_gemm_packed_Q6_K;
+}
+
+#endif
