@@ -862,11 +862,35 @@ AI kv_i kv_or_and(kv_i a, kv_i b, kv_i m) { return KV2(_mm256_or_si256, a, kv_an
 AI kv_i kv_mullo(kv_i a, kv_i b) { return KV2(_mm256_mullo_epi32, a, b); }
 AI kv_i kv_srli16(kv_i a, const int k) { return (kv_i){_mm256_srli_epi16(a.l, k), _mm256_srli_epi16(a.h, k)}; }
 AI kv_i kv_slli16(kv_i a, const int k) { return (kv_i){_mm256_slli_epi16(a.l, k), _mm256_slli_epi16(a.h, k)}; }
-AI kv_i kv_srai32(kv_i a, const int k) { return (kv_i){_mm256_srai_epi32(a.l, k), _mm256_srai_epi32(a.h, k)}; }
-AI kv_i kv_dot(kv_i acc, kv_i w, int32_t x) {
-    const __m256i xb = _mm256_set1_epi32(x), one = _mm256_set1_epi16(1);
-    return (kv_i){_mm256_add_epi32(acc.l, _mm256_madd_epi16(_mm256_maddubs_epi16(w.l, xb), one)),
-                  _mm256_add_epi32(acc.h, _mm256_madd_epi16(_mm256_maddubs_epi16(w.h, xb), one))};
+/* the scales as int16 pairs (the low 16 bits of each lane in both halves) for vpmaddwd */
+AI kv_i kv_scales(kv_i sc) {
+    const __m256i lo = _mm256_set1_epi32(0xFFFF);
+    return (kv_i){_mm256_or_si256(_mm256_and_si256(sc.l, lo), _mm256_slli_epi32(sc.l, 16)),
+                  _mm256_or_si256(_mm256_and_si256(sc.h, lo), _mm256_slli_epi32(sc.h, 16))};
+}
+/* vpmaddubsw products summed in int16 over as many vectors as cannot overflow (each pair sum is at
+ * most 2 x (2^WBITS - 1) x 128: 8 vectors of 4-bit weights, 2 of 6-bit ones), then vpmaddwd by the
+ * scale pairs (int32, exact); init x scale with one multiply */
+AI __m256i kv_sdot_half(const int NW, const int WBITS, const __m256i *w, const uint8_t *q8, __m256i sc, int32_t init) {
+    const int run = WBITS <= 4 ? 8 : 2;
+    __m256i acc = init ? _mm256_mullo_epi32(_mm256_set1_epi32(init), _mm256_srai_epi32(sc, 16)) : _mm256_setzero_si256();
+    UNROLL for (int v0 = 0; v0 < NW; v0 += run) {
+        __m256i s16 = _mm256_maddubs_epi16(w[v0], _mm256_set1_epi32((int)pl_ld_u32(q8 + 4 * v0)));
+        UNROLL for (int k = 1; k < run; k++)
+            if (v0 + k < NW)
+                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[v0 + k], _mm256_set1_epi32((int)pl_ld_u32(q8 + 4 * (v0 + k)))));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s16, sc));
+    }
+    return acc;
+}
+AI kv_i kv_sdot(const int NW, const int WBITS, const kv_i *w, const uint8_t *q8, kv_i sc, int32_t init, const int shift) {
+    (void)shift; /* no KV_DOT_WIDE here */
+    __m256i wl[8], wh[8];
+    UNROLL for (int v = 0; v < NW; v++) {
+        wl[v] = w[v].l;
+        wh[v] = w[v].h;
+    }
+    return (kv_i){kv_sdot_half(NW, WBITS, wl, q8, sc.l, init), kv_sdot_half(NW, WBITS, wh, q8, sc.h, init)};
 }
 AI kv_i kv_u8x16(const uint8_t *p) {
     return (kv_i){_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)),

@@ -821,12 +821,19 @@ AI kv_i kv_add(kv_i a, kv_i b) { return _mm512_add_epi32(a, b); }
 AI kv_i kv_and(kv_i a, kv_i b) { return _mm512_and_si512(a, b); }
 AI kv_i kv_andnot(kv_i m, kv_i x) { return _mm512_andnot_si512(m, x); }
 AI kv_i kv_or_and(kv_i a, kv_i b, kv_i m) { return _mm512_ternarylogic_epi32(a, b, m, 0xF8); }
-AI kv_i kv_srai32(kv_i a, const int k) { return _mm512_srai_epi32(a, k); }
 #define KV_DOT_WIDE 1 /* vpdpbusd: u8 x s8 products summed in int32, no saturation */
 AI kv_i kv_mullo(kv_i a, kv_i b) { return _mm512_mullo_epi32(a, b); }
 AI kv_i kv_srli16(kv_i a, const int k) { return _mm512_srli_epi16(a, k); }
 AI kv_i kv_slli16(kv_i a, const int k) { return _mm512_slli_epi16(a, k); }
-AI kv_i kv_dot(kv_i acc, kv_i w, int32_t x) { return _mm512_dpbusd_epi32(acc, w, _mm512_set1_epi32(x)); }
+AI kv_i kv_scales(kv_i sc) { return sc; }
+/* vpdpbusd chain from init, >> shift, times the scales */
+AI kv_i kv_sdot(const int NW, const int WBITS, const kv_i *w, const uint8_t *q8, kv_i sc, int32_t init, const int shift) {
+    (void)WBITS;
+    kv_i acc = _mm512_set1_epi32(init);
+    UNROLL for (int v = 0; v < NW; v++) acc = _mm512_dpbusd_epi32(acc, w[v], bcast32(q8 + 4 * v));
+    if (shift) acc = _mm512_srai_epi32(acc, shift);
+    return _mm512_mullo_epi32(acc, sc);
+}
 AI kv_i kv_u8x16(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)p)); }
 AI kv_i kv_s8x16(const uint8_t *p) { return _mm512_cvtepi8_epi32(_mm_load_si128((const __m128i *)p)); }
 AI kv_f kv_fp16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)p)); }

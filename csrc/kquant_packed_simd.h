@@ -6,9 +6,12 @@
  *   kv_load(p) (64 aligned bytes), kv_set1(int32), kv_zero(), kv_add, kv_and, kv_andnot(m, x) = ~m & x,
  *   kv_mullo,
  *   kv_srli16(v, k) / kv_slli16(v, k) / kv_srai32(v, k) (lane shifts), kv_or_and(a, b, m) = a | (b & m),
- *   KV_DOT_WIDE (defined where kv_dot is exact for weight bytes up to 255: Q4_K's high nibbles are
- *   then dotted in place, as 16 x the nibble, and the sum divided by 16 once), kv_dot(acc, w, x): acc + the 4 products
- *   of the u8 bytes of each lane of w with the 4 s8 bytes of the int32 x (exact: the weights are < 64);
+ *   KV_DOT_WIDE (defined where kv_sdot is exact for weight bytes up to 255: Q4_K's high nibbles are
+ *   then dotted in place, as 16 x the nibble, and the sum divided by 16 once);
+ *   kv_scales(v): per-lane int32 scales in the form kv_sdot takes them;
+ *   kv_sdot(NW, WBITS, w, q8, sc, init, shift): per lane, sc x ((init + sum over v < NW of the 4
+ *   products of the u8 bytes of lane r of w[v] with the s8 bytes q8[4v .. 4v+3]) >> shift), exact
+ *   (weights < 2^WBITS; shift only with KV_DOT_WIDE);
  *   kv_u8x16(p) / kv_s8x16(p): 16 bytes zero / sign extended to the 16 lanes; kv_fp16(p): 16 fp16;
  *   kv_cvt(i), kv_fset1(f), kv_fzero(), kv_fadd, kv_fsub, kv_fmul; kv_store(out, v, rows) (lanes
  *   < rows); UNROLL (a full-unroll pragma).
@@ -33,11 +36,6 @@
 
 enum { KQP_Q4_K = 0, KQP_Q6_K = 1 };
 
-static inline int32_t kqp_ld_i32(const uint8_t *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
 static inline int32_t kqp_bsum(const uint8_t *ab, int g) { return (int16_t)pl_ld_u16(ab + 260 + 2 * g); }
 
 /* one 16-row group x C activation rows (as apart, Q8_K); out[c * os + r] for r < rows */
@@ -66,14 +64,13 @@ AI void kqp_tile(const int qt, const int C, int nb, const uint8_t *gp, const uin
                     const kv_i x = kv_load(q + 64 * v);
                     w[v] = wide ? kv_andnot(m4, x) : (s & 1) ? kv_and(kv_srli16(x, 4), m4) : kv_and(x, m4);
                 }
-                const kv_i sc = kv_u8x16(rec + 64 + 16 * s), mn = kv_u8x16(rec + 192 + 16 * s);
+                const kv_i sc = kv_scales(kv_u8x16(rec + 64 + 16 * s)), mn = kv_u8x16(rec + 192 + 16 * s);
                 UNROLL for (int c = 0; c < C; c++) {
                     const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K, *q8 = ab + 4 + 32 * s;
-                    kv_i acc = kv_zero();
-                    UNROLL for (int v = 0; v < 8; v++) acc = kv_dot(acc, w[v], kqp_ld_i32(q8 + 4 * v));
-                    if (wide) acc = kv_srai32(acc, 4); /* exact: every product was 16 x the nibble's */
+                    /* wide: every product was 16 x the nibble's, so >> 4 is exact */
+                    const kv_i sd = kv_sdot(8, wide ? 8 : 4, w, q8, sc, 0, wide ? 4 : 0);
                     const kv_i ms = kv_mullo(mn, kv_set1(kqp_bsum(ab, 2 * s) + kqp_bsum(ab, 2 * s + 1)));
-                    isum[c] = s ? kv_add(isum[c], kv_mullo(acc, sc)) : kv_mullo(acc, sc);
+                    isum[c] = s ? kv_add(isum[c], sd) : sd;
                     imin[c] = s ? kv_add(imin[c], ms) : ms;
                 }
             }
@@ -95,12 +92,12 @@ AI void kqp_tile(const int qt, const int C, int nb, const uint8_t *gp, const uin
                     const kv_i h2 = k == 0 ? kv_slli16(hb, 4) : k == 1 ? kv_slli16(hb, 2) : k == 2 ? hb : kv_srli16(hb, 2);
                     w[i] = kv_or_and(l4, h2, m30);
                 }
-                const kv_i sc = kv_s8x16(rec + 64 + 16 * g);
+                const kv_i sc = kv_scales(kv_s8x16(rec + 64 + 16 * g));
                 UNROLL for (int c = 0; c < C; c++) {
                     const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K, *q8 = ab + 4 + 16 * g;
-                    kv_i acc = kv_set1(-32 * kqp_bsum(ab, g)); /* the stored values are q + 32 */
-                    UNROLL for (int i = 0; i < 4; i++) acc = kv_dot(acc, w[i], kqp_ld_i32(q8 + 4 * i));
-                    isum[c] = g ? kv_add(isum[c], kv_mullo(acc, sc)) : kv_mullo(acc, sc);
+                    /* the stored values are q + 32 */
+                    const kv_i sd = kv_sdot(4, 6, w, q8, sc, -32 * kqp_bsum(ab, g), 0);
+                    isum[c] = g ? kv_add(isum[c], sd) : sd;
                 }
             }
             const kv_f d = kv_fp16(rec);
