@@ -243,6 +243,53 @@ static void q8_0_from_float(const float *x, void *vy, int64_t n) {
     }
 }
 
+/* Q8_K activation quantization (the K-quants' input), bit-identical to q8_k_from_float in
+ * types_kquants.c (see q8_0_from_float): d = max|x| / 127 per 256, q = roundf(x / d) as its low byte,
+ * bsums the exact sums of each 16 int8 q; a super-block holding a NaN goes to the scalar reference. */
+static pl_from_float_fn q8_k_ref; /* the scalar table's, set by pl_kernels_init_avx2 */
+static void q8_k_from_float(const float *x, void *vy, int64_t n) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7), lo8 = _mm256_set1_epi32(0xFF);
+    for (int64_t i = 0; i < n / PL_QK_K; i++) {
+        const float *xb = x + i * PL_QK_K;
+        uint8_t *yb = (uint8_t *)vy + i * sizeof(pl_block_q8_k);
+        __m256 m = _mm256_setzero_ps(), nan = _mm256_setzero_ps();
+        for (int k = 0; k < 32; k++) {
+            const __m256 v = _mm256_loadu_ps(xb + 8 * k);
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, v), m);
+        }
+        if (_mm256_movemask_ps(nan)) {
+            q8_k_ref(xb, yb, PL_QK_K);
+            continue;
+        }
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        const float d = _mm_cvtss_f32(h) / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        memcpy(yb, &d, 4);
+        const __m256 vid = _mm256_set1_ps(id);
+        for (int k = 0; k < 8; k++) { /* 32 values: low bytes packed (unsigned packs of 0..255: no saturation) */
+            __m256i q[4];
+            UNROLL for (int j = 0; j < 4; j++)
+                q[j] = _mm256_and_si256(_mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(_mm256_loadu_ps(xb + 32 * k + 8 * j), vid))), lo8);
+            const __m256i b = _mm256_permutevar8x32_epi32(
+                _mm256_packus_epi16(_mm256_packus_epi32(q[0], q[1]), _mm256_packus_epi32(q[2], q[3])), perm);
+            _mm256_storeu_si256((__m256i *)(yb + 4 + 32 * k), b);
+            /* bsums of the two 16s: the int8 bytes widened and summed */
+            const __m256i s0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(b)), s1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(b, 1));
+            const __m256i t0 = _mm256_madd_epi16(s0, _mm256_set1_epi16(1)), t1 = _mm256_madd_epi16(s1, _mm256_set1_epi16(1));
+            const __m256i t = _mm256_hadd_epi32(t0, t1); /* lane 0: partial sums of s0 / s1 halves */
+            const __m256i u = _mm256_hadd_epi32(t, t);
+            const int32_t b0 = _mm256_extract_epi32(u, 0) + _mm256_extract_epi32(u, 4);
+            const int32_t b1 = _mm256_extract_epi32(u, 1) + _mm256_extract_epi32(u, 5);
+            const int16_t bs[2] = {(int16_t)b0, (int16_t)b1};
+            memcpy(yb + 260 + 4 * k, bs, 4);
+        }
+    }
+}
+
 /* ---- fp32 helpers (attention) ---- */
 static float dot_f32(int n, const float *a, const float *b) { return fl_dot(FT_f32, n, a, b); }
 /* separate multiply and add (bit-identical to the scalar loop); the asm blocks FMA contraction */
@@ -935,6 +982,8 @@ PL_BASELINE_FN void pl_kernels_init_avx2(pl_kernels *k) {
     pl_type_traits *t;
     kq_register(k); /* kquant_dots_avx2.h */
     kqp_register(k); /* kquant_packed_simd.h */
+    q8_k_ref = k->types[PL_TYPE_Q8_K].from_float;
+    k->types[PL_TYPE_Q8_K].from_float = q8_k_from_float;
     t = &k->types[PL_TYPE_F32];
     t->vec_dot = f32_vec_dot;
     t->gemm = f32_gemm;

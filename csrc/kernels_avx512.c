@@ -264,6 +264,40 @@ static void q8_0_from_float(const float *x, void *vy, int64_t n) {
     }
 }
 
+/* Q8_K activation quantization (the K-quants' input), bit-identical to q8_k_from_float in
+ * types_kquants.c the same way: d = max|x| / 127 per 256, q = roundf(x / d) truncated to int8, bsums
+ * the exact sums of each 16 q; a super-block holding a NaN goes to the scalar reference. */
+static pl_from_float_fn q8_k_ref; /* the scalar table's, set by pl_kernels_init_avx512 */
+static void q8_k_from_float(const float *x, void *vy, int64_t n) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    for (int64_t i = 0; i < n / PL_QK_K; i++) {
+        const float *xb = x + i * PL_QK_K;
+        uint8_t *yb = (uint8_t *)vy + i * sizeof(pl_block_q8_k);
+        __m512 v[16], m = _mm512_setzero_ps();
+        __mmask16 nan = 0;
+        UNROLL for (int k = 0; k < 16; k++) {
+            v[k] = _mm512_loadu_ps(xb + 16 * k);
+            nan |= _mm512_cmp_ps_mask(v[k], v[k], _CMP_UNORD_Q);
+            m = _mm512_max_ps(_mm512_andnot_ps(sign, v[k]), m);
+        }
+        if (nan) {
+            q8_k_ref(xb, yb, PL_QK_K);
+            continue;
+        }
+        const float d = _mm512_reduce_max_ps(m) / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        memcpy(yb, &d, 4);
+        const __m512 vid = _mm512_set1_ps(id);
+        UNROLL for (int k = 0; k < 16; k++) {
+            const __m512i q = _mm512_cvttps_epi32(round_half_away(_mm512_mul_ps(v[k], vid)));
+            _mm_storeu_si128((__m128i *)(yb + 4 + 16 * k), _mm512_cvtepi32_epi8(q));
+            /* the sum of the int8 values (as the reference sums the stored bytes) */
+            const int16_t bs = (int16_t)_mm512_reduce_add_epi32(_mm512_cvtepi8_epi32(_mm512_cvtepi32_epi8(q)));
+            memcpy(yb + 260 + 2 * k, &bs, 2);
+        }
+    }
+}
+
 /* ---- fp32 helpers (attention) ---- */
 static float dot_f32(int n, const float *a, const float *b) { return fl_dot(FT_f32, n, a, b); }
 /* y += alpha * x with a separate multiply and add (no FMA), so it is bit-identical to the scalar loop;
@@ -859,6 +893,8 @@ PL_BASELINE_FN void pl_kernels_init_avx512(pl_kernels *k) {
     pl_type_traits *t;
     kq_register(k); /* kquant_dots_avx2.h */
     kqp_register(k); /* kquant_packed_simd.h */
+    q8_k_ref = k->types[PL_TYPE_Q8_K].from_float;
+    k->types[PL_TYPE_Q8_K].from_float = q8_k_from_float;
     t = &k->types[PL_TYPE_F32];
     t->vec_dot = f32_vec_dot;
     t->gemm = f32_gemm;

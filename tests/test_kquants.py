@@ -174,6 +174,23 @@ def test_q8_k_activations():
     assert np.all(np.abs(back - xb) <= d[:, None] / 2 * (1 + 1e-6))
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_q8_k_activations_are_the_same_on_every_isa(isa):
+    """Each ISA's Q8_K from_float equals the scalar reference byte for byte: ties of the rounding,
+    zeros, denormal scales (|x / d| past 127), huge values, and a super-block holding NaN or inf."""
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal((7, 512)) * [[1e-3], [1.0], [50.0], [1e-40], [1e30], [1.0], [1.0]]).astype(np.float32)
+    x[1, :256] = np.round(rng.standard_normal(256) * 20) / 2  # halves: ties after scaling by 127 / max
+    x[1, 7] = 63.5
+    x[2, :256] = 0.0
+    x[5, 300] = np.nan
+    x[6, 10] = np.inf
+    _engine.set_isa("scalar")
+    want = np.frombuffer(_engine.from_float(Q8_K, x), np.uint8)
+    _engine.set_isa(isa)
+    np.testing.assert_array_equal(np.frombuffer(_engine.from_float(Q8_K, x), np.uint8), want)
+
+
 def _rewrite(src: str, dst: str, types: dict, rng) -> str:
     """A copy of the GGUF src whose 2-D weights named in types (substring -> type) hold random blocks of
     that type; returns dst. The companion F32 file (dst + '.f32.gguf') holds those blocks dequantized."""
