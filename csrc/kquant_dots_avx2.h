@@ -1,5 +1,6 @@
-/* kquant_dots_avx2.h: K-quant (Q2_K..Q6_K) and IQ4_XS weights x Q8_K activations, and Q4_1, Q5_0,
- * Q5_1, IQ4_NL weights x Q8_0 activations with AVX2 integer arithmetic, for the
+/* kquant_dots_avx2.h: K-quant (Q2_K..Q6_K) and IQ4_XS weights x Q8_K activations, and Q4_0, Q8_0,
+ * Q4_1, Q5_0, Q5_1, IQ4_NL weights x Q8_0 activations with AVX2 integer arithmetic (the vec_dots of the
+ * unpacked rows), for the
  * AVX2 and AVX-512 tables (both files are compiled with -mavx2 and include this). Bit-identical to
  * the scalar reference in types_kquants.c: every integer sum is exact (vpmaddubsw's int16 pair sums
  * cannot overflow: <= 2 x 127 x 127; the scale products are int32), and the float arithmetic per
@@ -216,6 +217,31 @@ static inline int32_t kq_dot_u8_s8(__m256i u, __m256i q8) {
     return kq_hsum_i32(_mm256_madd_epi16(_mm256_maddubs_epi16(u, q8), _mm256_set1_epi16(1)));
 }
 static inline int32_t kq_sum_s8(__m256i q8) { return kq_dot_u8_s8(_mm256_set1_epi8(1), q8); }
+
+/* Q4_0 (nibbles - 8) and Q8_0 (s8, widened to int16: exact for -128 too) x Q8_0, as types_scalar.c */
+static void kq_q4_0_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw, *a = va;
+    float sum = 0.0f;
+    for (int b = 0; b < n / 32; b++, w += 18, a += 34) {
+        const __m256i q8 = _mm256_loadu_si256((const __m256i *)(a + 2));
+        const int32_t isum = kq_dot_u8_s8(kq_nibbles32(w + 2), q8) - 8 * kq_sum_s8(q8);
+        sum += (float)isum * (pl_ld_fp16(w) * pl_ld_fp16(a));
+    }
+    *s = sum;
+}
+
+static void kq_q8_0_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw, *a = va;
+    float sum = 0.0f;
+    for (int b = 0; b < n / 32; b++, w += 34, a += 34) {
+        const __m128i w0 = _mm_loadu_si128((const __m128i *)(w + 2)), w1 = _mm_loadu_si128((const __m128i *)(w + 18));
+        const __m128i a0 = _mm_loadu_si128((const __m128i *)(a + 2)), a1 = _mm_loadu_si128((const __m128i *)(a + 18));
+        const __m256i p = _mm256_add_epi32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(w0), _mm256_cvtepi8_epi16(a0)),
+                                           _mm256_madd_epi16(_mm256_cvtepi8_epi16(w1), _mm256_cvtepi8_epi16(a1)));
+        sum += (float)kq_hsum_i32(p) * (pl_ld_fp16(w) * pl_ld_fp16(a));
+    }
+    *s = sum;
+}
 
 static void kq_q5_0_vec_dot(int n, float *s, const void *vw, const void *va) {
     const uint8_t *w = vw, *a = va;
