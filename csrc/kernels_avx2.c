@@ -15,12 +15,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels_x86_shared.h"
 #include "kquant_dots_avx2.h"
 #include "packed_gemm_driver.h"
 #include "tensor_types.h"
 
-#define AI static inline __attribute__((always_inline))
-#define UNROLL _Pragma("GCC unroll 16")
 
 /* rows may sit at any byte offset (GGUF / safetensors data): scalar loads go through pl_ld_u16
  * (tensor_types.h), vector loads are unaligned */
@@ -178,18 +177,6 @@ AI __m256 round_half_away(__m256 v) {
     const __m256 up = _mm256_cmp_ps(_mm256_sub_ps(av, t), _mm256_set1_ps(0.5f), _CMP_GE_OQ);
     t = _mm256_add_ps(t, _mm256_and_ps(up, _mm256_set1_ps(1.0f)));
     return _mm256_or_ps(t, _mm256_and_ps(v, sign));
-}
-
-/* A block holding a NaN takes the scalar reference's own code: glibc's fmaxf turns a signalling NaN
- * into a quiet NaN that resets the running max, an order-dependent rule the vector max cannot mimic. */
-static void q8_0_block_ref(const float *xb, uint8_t *y) {
-    float amax = 0.0f;
-    for (int j = 0; j < PL_QK; j++) amax = fmaxf(amax, fabsf(xb[j]));
-    const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    const uint16_t dh = pl_fp32_to_fp16(d);
-    memcpy(y, &dh, 2);
-    for (int j = 0; j < PL_QK; j++) y[2 + j] = (uint8_t)(int8_t)roundf(xb[j] * id);
 }
 
 /* Q8_0 activation quantization, bit-identical to the scalar reference (see kernels_avx512.c). The
@@ -426,13 +413,6 @@ static void swiglu_f32(float *gate, const float *up, int n) {
     }
 }
 
-/* ============================== Q8_0 / Q4_0 x Q8_0 ==============================
- * Weights of these types are repacked at load and run through the packed gemms below; unpacked (with
- * PYLLM_REPACK=0, or a stacked expert tensor whose experts do not start a 16-row group) they run the
- * driver's vec_dot loop over kquant_dots_avx2.h's dots. */
-enum { QT_q4_0 = 0, QT_q8_0 = 1 };
-#define Q8B ((int)sizeof(pl_block_q8_0))
-
 /* ============================== packed Q4_0 / Q8_0 x q8x activations ==============================
  * Layout in tensor_types.h: 32-bit lane r of a weight vector is row r of a 16-row group (two ymm
  * halves of 8 rows), multiplied with a broadcast activation dword. Q4_0: vpmaddubsw (nibble u8 x s8,
@@ -458,8 +438,6 @@ AI __m256i bcast32(const uint8_t *p) {
     memcpy(&v, p, 4);
     return _mm256_set1_epi32(v);
 }
-AI size_t pk_d_off(int nb) { return pl_round64((size_t)nb * Q8B); }
-AI size_t pk_c_off(const int qt, int nb) { return pk_d_off(nb) + (qt == QT_q4_0 ? 1 : 2) * pl_round64((size_t)nb * 4); }
 /* stores the first rows (< 8) lanes of v */
 AI void store_rows(float *out, __m256 v, int rows) {
     if (rows >= 8) {
@@ -677,13 +655,6 @@ AI void kv_store(float *out, kv_f v, int rows) {
 }
 #include "kquant_packed_simd.h"
 
-/* cpu_dispatch.c builds every table on any CPU, so the init function itself must not use this
- * file's ISA (the compiler would otherwise vectorize the pointer stores with AVX/AVX-512). */
-#if defined(__GNUC__) && !defined(__clang__)
-#define PL_BASELINE_FN __attribute__((target("arch=x86-64")))
-#else
-#define PL_BASELINE_FN
-#endif
 PL_BASELINE_FN void pl_kernels_init_avx2(pl_kernels *k) {
     pl_kernels_init_scalar(k);
     k->isa = "avx2";

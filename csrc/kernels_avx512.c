@@ -18,12 +18,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels_x86_shared.h"
 #include "kquant_dots_avx2.h"
 #include "packed_gemm_driver.h"
 #include "tensor_types.h"
 
-#define AI static inline __attribute__((always_inline))
-#define UNROLL _Pragma("GCC unroll 16")
 
 /* rows may sit at any byte offset (GGUF / safetensors data): scalar loads go through pl_ld_u16
  * (tensor_types.h), vector loads are unaligned */
@@ -220,18 +219,6 @@ AI __m512 round_half_away(__m512 v) {
     return _mm512_or_ps(t, _mm512_and_ps(v, sign));
 }
 
-/* A block holding a NaN takes the scalar reference's own code: glibc's fmaxf turns a signalling NaN
- * into a quiet NaN that resets the running max, an order-dependent rule the vector max cannot mimic. */
-static void q8_0_block_ref(const float *xb, uint8_t *y) {
-    float amax = 0.0f;
-    for (int j = 0; j < PL_QK; j++) amax = fmaxf(amax, fabsf(xb[j]));
-    const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    const uint16_t dh = pl_fp32_to_fp16(d);
-    memcpy(y, &dh, 2);
-    for (int j = 0; j < PL_QK; j++) y[2 + j] = (uint8_t)(int8_t)roundf(xb[j] * id);
-}
-
 /* Q8_0 activation quantization, bit-identical to q8_0_from_float in types_scalar.c: max_ps(|x|, m)
  * returns m when |x| is NaN, like fmaxf; the int8 store truncates the int32 like the C cast does. */
 static void q8_0_from_float(const float *x, void *vy, int64_t n) {
@@ -317,13 +304,6 @@ static void axpy_f32(int n, float alpha, const float *x, float *y) {
         _mm512_mask_storeu_ps(y + i, m, axpy_step(va, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
     }
 }
-
-/* ============================== Q8_0 / Q4_0 x Q8_0 ==============================
- * Weights of these types are repacked at load and run through the packed gemms below; unpacked (with
- * PYLLM_REPACK=0, or a stacked expert tensor whose experts do not start a 16-row group) they run the
- * driver's vec_dot loop over kquant_dots_avx2.h's dots. */
-enum { QT_q4_0 = 0, QT_q8_0 = 1 };
-#define Q8B ((int)sizeof(pl_block_q8_0))
 
 /* ---- attention / MLP helpers ---- */
 /* c = a x b (row-major, m x k times k x n): R rows of a x NV 16-float vectors of b per register
@@ -454,9 +434,6 @@ AI __m512i bcast32(const uint8_t *p) {
     return _mm512_set1_epi32(v);
 }
 AI __mmask16 row_mask(int rows) { return rows >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rows) - 1u); }
-/* offsets of the d and correction arrays in a q8x activation row */
-AI size_t pk_d_off(int nb) { return pl_round64((size_t)nb * Q8B); }
-AI size_t pk_c_off(const int qt, int nb) { return pk_d_off(nb) + (qt == QT_q4_0 ? 1 : 2) * pl_round64((size_t)nb * 4); }
 
 /* decode: one group x one activation row, the group read front to back as one stream (several groups
  * per pass, sharing the activation broadcasts, read ~35% slower here: more streams than the
@@ -585,13 +562,6 @@ AI kv_f kv_fmul(kv_f a, kv_f b) { return _mm512_mul_ps(a, b); }
 AI void kv_store(float *out, kv_f v, int rows) { _mm512_mask_storeu_ps(out, row_mask(rows), v); }
 #include "kquant_packed_simd.h"
 
-/* cpu_dispatch.c builds every table on any CPU, so the init function itself must not use this
- * file's ISA (the compiler would otherwise vectorize the pointer stores with AVX/AVX-512). */
-#if defined(__GNUC__) && !defined(__clang__)
-#define PL_BASELINE_FN __attribute__((target("arch=x86-64")))
-#else
-#define PL_BASELINE_FN
-#endif
 PL_BASELINE_FN void pl_kernels_init_avx512(pl_kernels *k) {
     pl_kernels_init_scalar(k);
     k->isa = "avx512";
