@@ -602,10 +602,10 @@ AI kv_i kv_scales(kv_i sc) {
                   _mm256_or_si256(_mm256_and_si256(sc.h, lo), _mm256_slli_epi32(sc.h, 16))};
 }
 /* vpmaddubsw products summed in int16 over as many vectors as cannot overflow (each pair sum is at
- * most 2 x (2^WBITS - 1) x 128: 8 vectors of 4-bit weights, 2 of 6-bit ones), then vpmaddwd by the
+ * most 2 x (2^WBITS - 1) x 128: 8 vectors of 4-bit weights, 4 of 5-bit, 2 of 6-bit), then vpmaddwd by the
  * scale pairs (int32, exact); init x scale with one multiply */
 AI __m256i kv_sdot_half(const int NW, const int WBITS, const __m256i *w, const uint8_t *q8, __m256i sc, int32_t init) {
-    const int run = WBITS <= 4 ? 8 : 2;
+    const int run = WBITS <= 4 ? 8 : WBITS == 5 ? 4 : 2;
     __m256i acc = init ? _mm256_mullo_epi32(_mm256_set1_epi32(init), _mm256_srai_epi32(sc, 16)) : _mm256_setzero_si256();
     UNROLL for (int v0 = 0; v0 < NW; v0 += run) {
         __m256i s16 = _mm256_maddubs_epi16(w[v0], _mm256_set1_epi32((int)pl_ld_u32(q8 + 4 * v0)));

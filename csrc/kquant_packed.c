@@ -1,4 +1,4 @@
-/* kquant_packed.c: the packed layouts of Q4_K and Q6_K (tensor_types.h) — their repack functions (the
+/* kquant_packed.c: the packed layouts of Q4_K, Q5_K and Q6_K (tensor_types.h) — their repack functions (the
  * same in every table), group sizes, and the scalar reference of their packed gemm, which does the
  * unpacked vec_dot's integer sums and float operations (types_kquants.c) in the same order, so packed
  * and unpacked results are equal bit for bit. kquant_packed_simd.h is the SIMD twin of the gemm.
@@ -19,6 +19,7 @@ static size_t kq_group_bytes(size_t rec, int64_t n) {
     return nb * rec;
 }
 static size_t q4_k_packed_group_bytes(int64_t n) { return kq_group_bytes(PL_PK_Q4_K_REC, n); }
+static size_t q5_k_packed_group_bytes(int64_t n) { return kq_group_bytes(PL_PK_Q5_K_REC, n); }
 static size_t q6_k_packed_group_bytes(int64_t n) { return kq_group_bytes(PL_PK_Q6_K_REC, n); }
 
 /* the 8 6-bit scales and mins of a Q4_K super-block from its 12 scale bytes (ggml's packing) */
@@ -41,13 +42,13 @@ static void put_words(const uint8_t *src, size_t ss, int nrows, size_t off, uint
     for (int r = 0; r < nrows; r++) memcpy(dst + 4 * r, src + (size_t)r * ss + off, 4);
 }
 
-static void q4_k_repack(const void *vsrc, size_t ss, int nrows, int64_t n, void *vdst) {
-    const uint8_t *src = vsrc;
-    uint8_t *dst = vdst;
-    const size_t nb = (size_t)(n / PL_QK_K);
+/* Q4_K (has_qh 0: 144-byte blocks) and Q5_K (1: 176 bytes, qh[32] at 16, qs at 48) */
+static void q45_k_repack(const int has_qh, const uint8_t *src, size_t ss, int nrows, int64_t n, uint8_t *dst) {
+    const size_t nb = (size_t)(n / PL_QK_K), bb = has_qh ? 176 : 144, rec_bytes = has_qh ? PL_PK_Q5_K_REC : PL_PK_Q4_K_REC;
+    const size_t qs = has_qh ? 48 : 16;
     for (size_t b = 0; b < nb; b++) {
-        uint8_t *rec = dst + b * PL_PK_Q4_K_REC;
-        const size_t bo = b * 144;
+        uint8_t *rec = dst + b * rec_bytes;
+        const size_t bo = b * bb;
         memset(rec, 0, 320);
         for (int r = 0; r < nrows; r++) {
             const uint8_t *blk = src + (size_t)r * ss + bo;
@@ -61,9 +62,13 @@ static void q4_k_repack(const void *vsrc, size_t ss, int nrows, int64_t n, void 
             }
         }
         for (int c = 0; c < 4; c++)
-            for (int v = 0; v < 8; v++) put_words(src, ss, nrows, bo + 16 + 32 * c + 4 * v, rec + 320 + 512 * c + 64 * v);
+            for (int v = 0; v < 8; v++) put_words(src, ss, nrows, bo + qs + 32 * c + 4 * v, rec + 320 + 512 * c + 64 * v);
+        if (has_qh)
+            for (int v = 0; v < 8; v++) put_words(src, ss, nrows, bo + 16 + 4 * v, rec + 2368 + 64 * v);
     }
 }
+static void q4_k_repack(const void *src, size_t ss, int nrows, int64_t n, void *dst) { q45_k_repack(0, src, ss, nrows, n, dst); }
+static void q5_k_repack(const void *src, size_t ss, int nrows, int64_t n, void *dst) { q45_k_repack(1, src, ss, nrows, n, dst); }
 
 static void q6_k_repack(const void *vsrc, size_t ss, int nrows, int64_t n, void *vdst) {
     const uint8_t *src = vsrc;
@@ -89,9 +94,10 @@ static void q6_k_repack(const void *vsrc, size_t ss, int nrows, int64_t n, void 
 }
 
 /* the reference gemms: row i of the packed rows is lane r = i % 16 of group i / 16 */
-static void q4_k_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
+static void q45_k_gemm_packed(const int has_qh, int n, int nr, int nc, const void *w, const void *a, size_t as,
+                              float *out, size_t os) {
     const int nb = n / PL_QK_K;
-    const size_t gb = q4_k_packed_group_bytes(n);
+    const size_t rec_bytes = has_qh ? PL_PK_Q5_K_REC : PL_PK_Q4_K_REC, gb = (size_t)nb * rec_bytes;
     for (int i = 0; i < nr; i++) {
         const uint8_t *g = (const uint8_t *)w + (size_t)(i / PK) * gb;
         const int r = i % PK;
@@ -99,16 +105,17 @@ static void q4_k_gemm_packed(int n, int nr, int nc, const void *w, const void *a
             const uint8_t *arow = (const uint8_t *)a + (size_t)j * as;
             float sum = 0.0f;
             for (int b = 0; b < nb; b++) {
-                const uint8_t *rec = g + (size_t)b * PL_PK_Q4_K_REC, *ab = arow + (size_t)b * Q8K_BYTES;
+                const uint8_t *rec = g + (size_t)b * rec_bytes, *ab = arow + (size_t)b * Q8K_BYTES;
                 const int8_t *q8 = (const int8_t *)(ab + 4);
                 int32_t isum = 0, imin = 0;
                 for (int s = 0; s < 8; s++) {
-                    const uint8_t *q = rec + 320 + 512 * (s / 2) + 4 * r;
+                    const uint8_t *q = rec + 320 + 512 * (s / 2) + 4 * r, *qh = rec + 2368 + 4 * r;
                     int32_t dot = 0;
                     for (int v = 0; v < 8; v++)
                         for (int k = 0; k < 4; k++) {
                             const uint8_t byte = q[64 * v + k];
-                            dot += ((s & 1) ? byte >> 4 : byte & 0x0F) * q8[32 * s + 4 * v + k];
+                            const int hb = has_qh ? ((qh[64 * v + k] >> s) & 1) << 4 : 0;
+                            dot += (((s & 1) ? byte >> 4 : byte & 0x0F) | hb) * q8[32 * s + 4 * v + k];
                         }
                     isum += (int32_t)rec[64 + 16 * s + r] * dot;
                     imin += (int32_t)rec[192 + 16 * s + r] *
@@ -120,6 +127,12 @@ static void q4_k_gemm_packed(int n, int nr, int nc, const void *w, const void *a
             out[(size_t)j * os + i] = sum;
         }
     }
+}
+static void q4_k_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
+    q45_k_gemm_packed(0, n, nr, nc, w, a, as, out, os);
+}
+static void q5_k_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
+    q45_k_gemm_packed(1, n, nr, nc, w, a, as, out, os);
 }
 
 static void q6_k_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
@@ -161,6 +174,10 @@ void pl_kernels_add_packed_kquants(pl_kernels *k) {
     t->repack = q4_k_repack;
     t->gemm_packed = q4_k_gemm_packed;
     t->packed_group_bytes = q4_k_packed_group_bytes;
+    t = &k->types[PL_TYPE_Q5_K];
+    t->repack = q5_k_repack;
+    t->gemm_packed = q5_k_gemm_packed;
+    t->packed_group_bytes = q5_k_packed_group_bytes;
     t = &k->types[PL_TYPE_Q6_K];
     t->repack = q6_k_repack;
     t->gemm_packed = q6_k_gemm_packed;

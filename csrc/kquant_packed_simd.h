@@ -1,4 +1,4 @@
-/* kquant_packed_simd.h: the packed Q4_K / Q6_K gemm kernels (layouts in tensor_types.h; the scalar
+/* kquant_packed_simd.h: the packed Q4_K / Q5_K / Q6_K gemm kernels (layouts in tensor_types.h; the scalar
  * reference in kquant_packed.c) written once over a 16-lane int32 / fp32 vector (lane r = row r of a
  * 16-row group). kernels_avx512.c includes it with one zmm per vector (VNNI vpdpbusd), kernels_avx2.c
  * with two ymm (vpmaddubsw + vpmaddwd); each defines, before including it:
@@ -34,15 +34,15 @@
 
 #define KQP_MAXC 4 /* activation rows per prefill pass */
 
-enum { KQP_Q4_K = 0, KQP_Q6_K = 1 };
+enum { KQP_Q4_K = 0, KQP_Q6_K = 1, KQP_Q5_K = 2 };
 
 static inline int32_t kqp_bsum(const uint8_t *ab, int g) { return (int16_t)pl_ld_u16(ab + 260 + 2 * g); }
 
 /* one 16-row group x C activation rows (as apart, Q8_K); out[c * os + r] for r < rows */
 AI void kqp_tile(const int qt, const int C, int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out,
                  size_t os, int rows) {
-    const size_t rec_bytes = qt == KQP_Q4_K ? PL_PK_Q4_K_REC : PL_PK_Q6_K_REC;
-    const kv_i m4 = kv_set1(0x0F0F0F0F), m30 = kv_set1(0x30303030);
+    const size_t rec_bytes = qt == KQP_Q4_K ? PL_PK_Q4_K_REC : qt == KQP_Q5_K ? PL_PK_Q5_K_REC : PL_PK_Q6_K_REC;
+    const kv_i m4 = kv_set1(0x0F0F0F0F), m30 = kv_set1(0x30303030), m10 = kv_set1(0x10101010);
     kv_f fa[KQP_MAXC];
     UNROLL for (int c = 0; c < C; c++) fa[c] = kv_fzero();
     for (int b = 0; b < nb; b++) {
@@ -50,25 +50,29 @@ AI void kqp_tile(const int qt, const int C, int nb, const uint8_t *gp, const uin
         if (C > 1)
             for (size_t o = 0; o < rec_bytes; o += 64) _mm_prefetch((const char *)rec + KQP_PREFETCH + o, _MM_HINT_T0);
         kv_i isum[KQP_MAXC];
-        if (qt == KQP_Q4_K) {
+        if (qt != KQP_Q6_K) { /* Q4_K, and Q5_K: plus bit s of its qh word as 16 */
             kv_i imin[KQP_MAXC];
             UNROLL for (int s = 0; s < 8; s++) { /* sub-block s: 32 weights, nibble s & 1 of the words of chunk s / 2 */
                 const uint8_t *q = rec + 320 + 512 * (s / 2);
                 kv_i w[8];
 #ifdef KV_DOT_WIDE
-                const int wide = s & 1;
+                const int wide = (s & 1) && qt == KQP_Q4_K;
 #else
                 const int wide = 0;
 #endif
                 UNROLL for (int v = 0; v < 8; v++) {
                     const kv_i x = kv_load(q + 64 * v);
                     w[v] = wide ? kv_andnot(m4, x) : (s & 1) ? kv_and(kv_srli16(x, 4), m4) : kv_and(x, m4);
+                    if (qt == KQP_Q5_K) { /* bit s of each byte to bit 4 (16-bit shifts: no bit crosses into bit 4) */
+                        const kv_i h = kv_load(rec + 2368 + 64 * v);
+                        w[v] = kv_or_and(w[v], s <= 4 ? kv_slli16(h, 4 - s) : kv_srli16(h, s - 4), m10);
+                    }
                 }
                 const kv_i sc = kv_scales(kv_u8x16(rec + 64 + 16 * s)), mn = kv_u8x16(rec + 192 + 16 * s);
                 UNROLL for (int c = 0; c < C; c++) {
                     const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K, *q8 = ab + 4 + 32 * s;
                     /* wide: every product was 16 x the nibble's, so >> 4 is exact */
-                    const kv_i sd = kv_sdot(8, wide ? 8 : 4, w, q8, sc, 0, wide ? 4 : 0);
+                    const kv_i sd = kv_sdot(8, wide ? 8 : qt == KQP_Q5_K ? 5 : 4, w, q8, sc, 0, wide ? 4 : 0);
                     const kv_i ms = kv_mullo(mn, kv_set1(kqp_bsum(ab, 2 * s) + kqp_bsum(ab, 2 * s + 1)));
                     isum[c] = s ? kv_add(isum[c], sd) : sd;
                     imin[c] = s ? kv_add(imin[c], ms) : ms;
@@ -128,11 +132,13 @@ AI void kqp_tile(const int qt, const int C, int nb, const uint8_t *gp, const uin
                          os);                                                                                    \
     }
 KQP_DEFS(Q4_K)
+KQP_DEFS(Q5_K)
 KQP_DEFS(Q6_K)
 
 /* the table entries (the AVX2 and AVX-512 tables call this) */
 static void kqp_register(pl_kernels *k) {
     k->types[PL_TYPE_Q4_K].gemm_packed = kqp_gemm_packed_Q4_K;
+    k->types[PL_TYPE_Q5_K].gemm_packed = kqp_gemm_packed_Q5_K;
     k->types[PL_TYPE_Q6_K].gemm_packed = kqp_gemm_packed_Q6_K;
 }
 
