@@ -577,34 +577,29 @@ static void q8_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a
 }
 
 /* ============================== packed Q4_K / Q6_K x Q8_K ==============================
- * kquant_packed_simd.h over two ymm per 16-row vector (rows 0..7, 8..15). kv_dot: vpmaddubsw (u8
- * weights < 64 times s8: pair sums <= 2 x 63 x 128, no saturation) then vpmaddwd by ones, exact. */
-typedef struct { __m256i l, h; } kv_i;
-typedef struct { __m256 l, h; } kv_f;
-#define KV2(op, a, b) ((kv_i){op((a).l, (b).l), op((a).h, (b).h)})
-#define KVF2(op, a, b) ((kv_f){op((a).l, (b).l), op((a).h, (b).h)})
-AI kv_i kv_load(const uint8_t *p) {
-    return (kv_i){_mm256_load_si256((const __m256i *)p), _mm256_load_si256((const __m256i *)(p + 32))};
-}
-AI kv_i kv_set1(int32_t x) { return (kv_i){_mm256_set1_epi32(x), _mm256_set1_epi32(x)}; }
-AI kv_i kv_zero(void) { return (kv_i){_mm256_setzero_si256(), _mm256_setzero_si256()}; }
-AI kv_i kv_add(kv_i a, kv_i b) { return KV2(_mm256_add_epi32, a, b); }
-AI kv_i kv_and(kv_i a, kv_i b) { return KV2(_mm256_and_si256, a, b); }
-AI kv_i kv_andnot(kv_i m, kv_i x) { return KV2(_mm256_andnot_si256, m, x); }
-AI kv_i kv_or_and(kv_i a, kv_i b, kv_i m) { return KV2(_mm256_or_si256, a, kv_and(b, m)); }
-AI kv_i kv_mullo(kv_i a, kv_i b) { return KV2(_mm256_mullo_epi32, a, b); }
-AI kv_i kv_srli16(kv_i a, const int k) { return (kv_i){_mm256_srli_epi16(a.l, k), _mm256_srli_epi16(a.h, k)}; }
-AI kv_i kv_slli16(kv_i a, const int k) { return (kv_i){_mm256_slli_epi16(a.l, k), _mm256_slli_epi16(a.h, k)}; }
+ * kquant_packed_simd.h over one ymm per 8 rows (each group in two passes: rows 0..7, 8..15). */
+#define KV_LANES 8
+typedef __m256i kv_i;
+typedef __m256 kv_f;
+AI kv_i kv_load(const uint8_t *p) { return _mm256_load_si256((const __m256i *)p); }
+AI kv_i kv_set1(int32_t x) { return _mm256_set1_epi32(x); }
+AI kv_i kv_zero(void) { return _mm256_setzero_si256(); }
+AI kv_i kv_add(kv_i a, kv_i b) { return _mm256_add_epi32(a, b); }
+AI kv_i kv_and(kv_i a, kv_i b) { return _mm256_and_si256(a, b); }
+AI kv_i kv_andnot(kv_i m, kv_i x) { return _mm256_andnot_si256(m, x); }
+AI kv_i kv_or_and(kv_i a, kv_i b, kv_i m) { return _mm256_or_si256(a, _mm256_and_si256(b, m)); }
+AI kv_i kv_mullo(kv_i a, kv_i b) { return _mm256_mullo_epi32(a, b); }
+AI kv_i kv_srli16(kv_i a, const int k) { return _mm256_srli_epi16(a, k); }
+AI kv_i kv_slli16(kv_i a, const int k) { return _mm256_slli_epi16(a, k); }
 /* the scales as int16 pairs (the low 16 bits of each lane in both halves) for vpmaddwd */
 AI kv_i kv_scales(kv_i sc) {
-    const __m256i lo = _mm256_set1_epi32(0xFFFF);
-    return (kv_i){_mm256_or_si256(_mm256_and_si256(sc.l, lo), _mm256_slli_epi32(sc.l, 16)),
-                  _mm256_or_si256(_mm256_and_si256(sc.h, lo), _mm256_slli_epi32(sc.h, 16))};
+    return _mm256_or_si256(_mm256_and_si256(sc, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(sc, 16));
 }
 /* vpmaddubsw products summed in int16 over as many vectors as cannot overflow (each pair sum is at
- * most 2 x (2^WBITS - 1) x 128: 8 vectors of 4-bit weights, 4 of 5-bit, 2 of 6-bit), then vpmaddwd by the
- * scale pairs (int32, exact); init x scale with one multiply */
-AI __m256i kv_sdot_half(const int NW, const int WBITS, const __m256i *w, const uint8_t *q8, __m256i sc, int32_t init) {
+ * most 2 x (2^WBITS - 1) x 128: 8 vectors of 4-bit weights, 4 of 5-bit, 2 of 6-bit), then vpmaddwd by
+ * the scale pairs (int32, exact); init x scale with one multiply */
+AI kv_i kv_sdot(const int NW, const int WBITS, const kv_i *w, const uint8_t *q8, kv_i sc, int32_t init, const int shift) {
+    (void)shift; /* no KV_DOT_WIDE here */
     const int run = WBITS <= 4 ? 8 : WBITS == 5 ? 4 : 2;
     __m256i acc = init ? _mm256_mullo_epi32(_mm256_set1_epi32(init), _mm256_srai_epi32(sc, 16)) : _mm256_setzero_si256();
     UNROLL for (int v0 = 0; v0 < NW; v0 += run) {
@@ -616,41 +611,22 @@ AI __m256i kv_sdot_half(const int NW, const int WBITS, const __m256i *w, const u
     }
     return acc;
 }
-AI kv_i kv_sdot(const int NW, const int WBITS, const kv_i *w, const uint8_t *q8, kv_i sc, int32_t init, const int shift) {
-    (void)shift; /* no KV_DOT_WIDE here */
-    __m256i wl[8], wh[8];
-    UNROLL for (int v = 0; v < NW; v++) {
-        wl[v] = w[v].l;
-        wh[v] = w[v].h;
-    }
-    return (kv_i){kv_sdot_half(NW, WBITS, wl, q8, sc.l, init), kv_sdot_half(NW, WBITS, wh, q8, sc.h, init)};
-}
-AI kv_i kv_u8x16(const uint8_t *p) {
-    return (kv_i){_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)),
-                  _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + 8)))};
-}
-AI kv_i kv_s8x16(const uint8_t *p) {
-    return (kv_i){_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)),
-                  _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + 8)))};
-}
-AI kv_f kv_fp16(const uint8_t *p) {
-    return (kv_f){_mm256_cvtph_ps(_mm_load_si128((const __m128i *)p)), _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(p + 16)))};
-}
-AI kv_f kv_cvt(kv_i a) { return (kv_f){_mm256_cvtepi32_ps(a.l), _mm256_cvtepi32_ps(a.h)}; }
-AI kv_f kv_fset1(float x) { return (kv_f){_mm256_set1_ps(x), _mm256_set1_ps(x)}; }
-AI kv_f kv_fzero(void) { return (kv_f){_mm256_setzero_ps(), _mm256_setzero_ps()}; }
-AI kv_f kv_fadd(kv_f a, kv_f b) { return KVF2(_mm256_add_ps, a, b); }
-AI kv_f kv_fsub(kv_f a, kv_f b) { return KVF2(_mm256_sub_ps, a, b); }
-AI kv_f kv_fmul(kv_f a, kv_f b) { return KVF2(_mm256_mul_ps, a, b); }
+AI kv_i kv_u8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
+AI kv_i kv_s8(const uint8_t *p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
+AI kv_f kv_fp16(const uint8_t *p) { return _mm256_cvtph_ps(_mm_load_si128((const __m128i *)p)); }
+AI kv_f kv_cvt(kv_i a) { return _mm256_cvtepi32_ps(a); }
+AI kv_f kv_fset1(float x) { return _mm256_set1_ps(x); }
+AI kv_f kv_fzero(void) { return _mm256_setzero_ps(); }
+AI kv_f kv_fadd(kv_f a, kv_f b) { return _mm256_add_ps(a, b); }
+AI kv_f kv_fsub(kv_f a, kv_f b) { return _mm256_sub_ps(a, b); }
+AI kv_f kv_fmul(kv_f a, kv_f b) { return _mm256_mul_ps(a, b); }
 AI void kv_store(float *out, kv_f v, int rows) {
-    if (rows >= 16) {
-        _mm256_storeu_ps(out, v.l);
-        _mm256_storeu_ps(out + 8, v.h);
+    if (rows >= 8) {
+        _mm256_storeu_ps(out, v);
         return;
     }
-    float t[16];
-    _mm256_storeu_ps(t, v.l);
-    _mm256_storeu_ps(t + 8, v.h);
+    float t[8];
+    _mm256_storeu_ps(t, v);
     memcpy(out, t, (size_t)rows * sizeof(float));
 }
 #include "kquant_packed_simd.h"

@@ -528,6 +528,7 @@ static void q8_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a
 /* ============================== packed Q4_K / Q6_K x Q8_K ==============================
  * kquant_packed_simd.h over one zmm per 16-row vector; vpdpbusd adds the 4 u8 x s8 products of a
  * lane exactly (weights < 64, so no saturation question arises). */
+#define KV_LANES 16
 typedef __m512i kv_i;
 typedef __m512 kv_f;
 AI kv_i kv_load(const uint8_t *p) { return _mm512_load_si512((const void *)p); }
@@ -550,8 +551,8 @@ AI kv_i kv_sdot(const int NW, const int WBITS, const kv_i *w, const uint8_t *q8,
     if (shift) acc = _mm512_srai_epi32(acc, shift);
     return _mm512_mullo_epi32(acc, sc);
 }
-AI kv_i kv_u8x16(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)p)); }
-AI kv_i kv_s8x16(const uint8_t *p) { return _mm512_cvtepi8_epi32(_mm_load_si128((const __m128i *)p)); }
+AI kv_i kv_u8(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)p)); }
+AI kv_i kv_s8(const uint8_t *p) { return _mm512_cvtepi8_epi32(_mm_load_si128((const __m128i *)p)); }
 AI kv_f kv_fp16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)p)); }
 AI kv_f kv_cvt(kv_i a) { return _mm512_cvtepi32_ps(a); }
 AI kv_f kv_fset1(float x) { return _mm512_set1_ps(x); }

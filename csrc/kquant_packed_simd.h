@@ -1,9 +1,10 @@
 /* kquant_packed_simd.h: the packed Q4_K / Q5_K / Q6_K gemm kernels (layouts in tensor_types.h; the scalar
- * reference in kquant_packed.c) written once over a 16-lane int32 / fp32 vector (lane r = row r of a
- * 16-row group). kernels_avx512.c includes it with one zmm per vector (VNNI vpdpbusd), kernels_avx2.c
- * with two ymm (vpmaddubsw + vpmaddwd); each defines, before including it:
- *   types kv_i (16 x int32, or 64 bytes as u8) and kv_f (16 x fp32), and AI (static always_inline);
- *   kv_load(p) (64 aligned bytes), kv_set1(int32), kv_zero(), kv_add, kv_and, kv_andnot(m, x) = ~m & x,
+ * reference in kquant_packed.c) written once over a vector of int32 / fp32 lanes (lane r = row r of a
+ * 16-row group). kernels_avx512.c includes it with one zmm per 16 rows (VNNI vpdpbusd), kernels_avx2.c
+ * with one ymm per 8 rows (vpmaddubsw + vpmaddwd); each defines, before including it:
+ *   KV_LANES (16 or 8: rows per vector; with 8 each group runs in two passes of 8 rows), types kv_i
+ *   (KV_LANES x int32, or their bytes as u8) and kv_f (KV_LANES x fp32), AI (static always_inline);
+ *   kv_load(p) (4 x KV_LANES aligned bytes), kv_set1(int32), kv_zero(), kv_add, kv_and, kv_andnot(m, x) = ~m & x,
  *   kv_mullo,
  *   kv_srli16(v, k) / kv_slli16(v, k) / kv_srai32(v, k) (lane shifts), kv_or_and(a, b, m) = a | (b & m),
  *   KV_DOT_WIDE (defined where kv_sdot is exact for weight bytes up to 255: Q4_K's high nibbles are
@@ -12,7 +13,7 @@
  *   kv_sdot(NW, WBITS, w, q8, sc, init, shift): per lane, sc x ((init + sum over v < NW of the 4
  *   products of the u8 bytes of lane r of w[v] with the s8 bytes q8[4v .. 4v+3]) >> shift), exact
  *   (weights < 2^WBITS; shift only with KV_DOT_WIDE);
- *   kv_u8x16(p) / kv_s8x16(p): 16 bytes zero / sign extended to the 16 lanes; kv_fp16(p): 16 fp16;
+ *   kv_u8(p) / kv_s8(p): KV_LANES bytes zero / sign extended to the lanes; kv_fp16(p): KV_LANES fp16;
  *   kv_cvt(i), kv_fset1(f), kv_fzero(), kv_fadd, kv_fsub, kv_fmul; kv_store(out, v, rows) (lanes
  *   < rows); UNROLL (a full-unroll pragma).
  * Per super-block each lane sums its row's integer dot products exactly (int32, as the reference) and
@@ -32,15 +33,18 @@
  * decode: prefetch the group stream this far ahead (as the Q4_0 / Q8_0 tiles do) */
 #define KQP_PREFETCH 8192
 
-#define KQP_MAXC 4 /* activation rows per prefill pass */
+#ifndef KQP_MAXC
+#define KQP_MAXC 4 /* activation rows per prefill pass (at most 4) */
+#endif
 
 enum { KQP_Q4_K = 0, KQP_Q6_K = 1, KQP_Q5_K = 2 };
 
 static inline int32_t kqp_bsum(const uint8_t *ab, int g) { return (int16_t)pl_ld_u16(ab + 260 + 2 * g); }
 
-/* one 16-row group x C activation rows (as apart, Q8_K); out[c * os + r] for r < rows */
-AI void kqp_tile(const int qt, const int C, int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out,
-                 size_t os, int rows) {
+/* lanes lo .. lo + KV_LANES - 1 of one 16-row group x C activation rows (as apart, Q8_K):
+ * out[c * os + r] for lo <= r < rows */
+AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out,
+                      size_t os, int rows, const int lo) {
     const size_t rec_bytes = qt == KQP_Q4_K ? PL_PK_Q4_K_REC : qt == KQP_Q5_K ? PL_PK_Q5_K_REC : PL_PK_Q6_K_REC;
     const kv_i m4 = kv_set1(0x0F0F0F0F), m30 = kv_set1(0x30303030), m10 = kv_set1(0x10101010);
     kv_f fa[KQP_MAXC];
@@ -61,14 +65,14 @@ AI void kqp_tile(const int qt, const int C, int nb, const uint8_t *gp, const uin
                 const int wide = 0;
 #endif
                 UNROLL for (int v = 0; v < 8; v++) {
-                    const kv_i x = kv_load(q + 64 * v);
+                    const kv_i x = kv_load(q + 64 * v + 4 * lo);
                     w[v] = wide ? kv_andnot(m4, x) : (s & 1) ? kv_and(kv_srli16(x, 4), m4) : kv_and(x, m4);
                     if (qt == KQP_Q5_K) { /* bit s of each byte to bit 4 (16-bit shifts: no bit crosses into bit 4) */
-                        const kv_i h = kv_load(rec + 2368 + 64 * v);
+                        const kv_i h = kv_load(rec + 2368 + 64 * v + 4 * lo);
                         w[v] = kv_or_and(w[v], s <= 4 ? kv_slli16(h, 4 - s) : kv_srli16(h, s - 4), m10);
                     }
                 }
-                const kv_i sc = kv_scales(kv_u8x16(rec + 64 + 16 * s)), mn = kv_u8x16(rec + 192 + 16 * s);
+                const kv_i sc = kv_scales(kv_u8(rec + 64 + 16 * s + lo)), mn = kv_u8(rec + 192 + 16 * s + lo);
                 UNROLL for (int c = 0; c < C; c++) {
                     const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K, *q8 = ab + 4 + 32 * s;
                     /* wide: every product was 16 x the nibble's, so >> 4 is exact */
@@ -78,7 +82,7 @@ AI void kqp_tile(const int qt, const int C, int nb, const uint8_t *gp, const uin
                     imin[c] = s ? kv_add(imin[c], ms) : ms;
                 }
             }
-            const kv_f d = kv_fp16(rec), dmin = kv_fp16(rec + 32);
+            const kv_f d = kv_fp16(rec + 2 * lo), dmin = kv_fp16(rec + 32 + 2 * lo);
             UNROLL for (int c = 0; c < C; c++) {
                 const kv_f ad = kv_fset1(pl_ld_f32(a + (size_t)c * as + (size_t)b * KQ_Q8K));
                 const kv_f t1 = kv_fmul(kv_fmul(ad, d), kv_cvt(isum[c]));
@@ -91,12 +95,12 @@ AI void kqp_tile(const int qt, const int C, int nb, const uint8_t *gp, const uin
                 const uint8_t *base = rec + 320 + 1536 * h;
                 kv_i w[4];
                 UNROLL for (int i = 0; i < 4; i++) {
-                    const kv_i lo = kv_load(base + 512 * (k & 1) + 64 * (v0 + i)), hb = kv_load(base + 1024 + 64 * (v0 + i));
-                    const kv_i l4 = k < 2 ? kv_and(lo, m4) : kv_and(kv_srli16(lo, 4), m4);
+                    const kv_i ql = kv_load(base + 512 * (k & 1) + 64 * (v0 + i) + 4 * lo), hb = kv_load(base + 1024 + 64 * (v0 + i) + 4 * lo);
+                    const kv_i l4 = k < 2 ? kv_and(ql, m4) : kv_and(kv_srli16(ql, 4), m4);
                     const kv_i h2 = k == 0 ? kv_slli16(hb, 4) : k == 1 ? kv_slli16(hb, 2) : k == 2 ? hb : kv_srli16(hb, 2);
                     w[i] = kv_or_and(l4, h2, m30);
                 }
-                const kv_i sc = kv_scales(kv_s8x16(rec + 64 + 16 * g));
+                const kv_i sc = kv_scales(kv_s8(rec + 64 + 16 * g + lo));
                 UNROLL for (int c = 0; c < C; c++) {
                     const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K, *q8 = ab + 4 + 16 * g;
                     /* the stored values are q + 32 */
@@ -104,14 +108,22 @@ AI void kqp_tile(const int qt, const int C, int nb, const uint8_t *gp, const uin
                     isum[c] = g ? kv_add(isum[c], sd) : sd;
                 }
             }
-            const kv_f d = kv_fp16(rec);
+            const kv_f d = kv_fp16(rec + 2 * lo);
             UNROLL for (int c = 0; c < C; c++) {
                 const kv_f ad = kv_fset1(pl_ld_f32(a + (size_t)c * as + (size_t)b * KQ_Q8K));
                 fa[c] = kv_fadd(fa[c], kv_fmul(kv_fmul(ad, d), kv_cvt(isum[c])));
             }
         }
     }
-    UNROLL for (int c = 0; c < C; c++) kv_store(out + (size_t)c * os, fa[c], rows);
+    UNROLL for (int c = 0; c < C; c++) kv_store(out + (size_t)c * os + lo, fa[c], rows - lo);
+}
+
+/* one 16-row group x C activation rows, KV_LANES rows at a time (AVX2: two passes of 8, the second
+ * only when the group has more than 8 rows; it reads the group again from L1 / L2) */
+AI void kqp_tile(const int qt, const int C, int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out,
+                 size_t os, int rows) {
+    kqp_tile_part(qt, C, nb, gp, a, as, out, os, rows, 0);
+    if (KV_LANES < 16 && rows > KV_LANES) kqp_tile_part(qt, C, nb, gp, a, as, out, os, rows, KV_LANES);
 }
 
 #define KQP_TILE_DEF(qt, C)                                                                                      \
