@@ -5,12 +5,14 @@ test entry points (_engine.gemm = the unpacked gemm or vec_dot loop, _engine.gem
 gemm on repack() output). Prints medians of --reps timings in Gweights/s (rows x n x tokens / s),
 the CPU model and the ISA of each column.
 
-    PYTHONPATH=. python bench/bench_kernels.py [--types q4_0,q8_0,q4_k,q6_k] [--rows 4096] [--n 2048]
-        [--tokens 1,64,256] [--isas avx512,avx2] [--reps 7]
+    PYTHONPATH=. python bench/bench_kernels.py [--types q4_0,q8_0,q4_k,q5_k,q6_k] [--rows 4096]
+        [--gemm-rows 512] [--n 2048] [--tokens 1,64,256] [--isas avx512,avx2] [--reps 7]
 
 Weights are random valid blocks (fp16 scale fields set to small finite values), so the figures are
 kernel speed on an L2/L3-resident weight of a few MB, not DRAM bandwidth (see bench_llamacpp.py for
-whole-model decode)."""
+whole-model decode). Calls with more than one token use the first --gemm-rows rows only, so that one
+call stays around a millisecond: on a shared machine a call much longer than a scheduler time slice
+is mostly measuring the other processes."""
 from __future__ import annotations
 
 import argparse
@@ -54,8 +56,9 @@ def timed(fn, reps):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--types", default="q4_0,q8_0,q4_k,q6_k")
+    ap.add_argument("--types", default="q4_0,q8_0,q4_k,q5_k,q6_k")
     ap.add_argument("--rows", type=int, default=4096)
+    ap.add_argument("--gemm-rows", type=int, default=512)
     ap.add_argument("--n", type=int, default=2048)
     ap.add_argument("--tokens", default="1,64,256")
     ap.add_argument("--isas", default=",".join(i for i in ("avx512", "avx2") if _engine.isa_supported(i)))
@@ -65,7 +68,8 @@ def main():
     tokens = [int(t) for t in args.tokens.split(",")]
     rng = np.random.default_rng(0)
     print(f"# {machine()}")
-    print(f"# single thread, weight {args.rows} x {args.n}, medians of {args.reps}, Gweights/s "
+    print(f"# single thread, weight {args.rows} x {args.n} ({args.gemm_rows} rows for several tokens), medians of "
+          f"{args.reps}, Gweights/s "
           f"(rows x n x tokens / s); path: unpacked = gemm or vec_dot loop, packed = repacked at load")
     print(f"{'type':8} {'path':9} {'tokens':>6} " + " ".join(f"{i:>9}" for i in isas))
     for name in args.types.split(","):
@@ -74,6 +78,7 @@ def main():
         has_packed = _engine.packed_group_bytes(tid, args.n) > 0
         for nc in tokens:
             x = rng.standard_normal((nc, args.n)).astype(np.float32)
+            rows = args.rows if nc == 1 else min(args.rows, args.gemm_rows)
             for path in ("unpacked", "packed") if has_packed else ("unpacked",):
                 cells = []
                 for isa in isas:
@@ -81,11 +86,11 @@ def main():
                     if path == "packed":
                         p = _engine.repack(tid, w, args.rows, args.n)
                         a = _engine.pack_acts(x, tid)
-                        fn = lambda: _engine.gemm_packed(tid, p, a, args.n, args.rows, nc)  # noqa: E731
+                        fn = lambda: _engine.gemm_packed(tid, p, a, args.n, rows, nc)  # noqa: E731
                     else:
                         a = _engine.from_float(_engine.act_type(tid), x)
-                        fn = lambda: _engine.gemm(tid, w, a, args.n, args.rows, nc)  # noqa: E731
-                    cells.append(args.rows * args.n * nc / timed(fn, args.reps) / 1e9)
+                        fn = lambda: _engine.gemm(tid, w, a, args.n, rows, nc)  # noqa: E731
+                    cells.append(rows * args.n * nc / timed(fn, args.reps) / 1e9)
                 print(f"{name:8} {path:9} {nc:6d} " + " ".join(f"{c:9.1f}" for c in cells), flush=True)
 
 
