@@ -611,6 +611,21 @@ AI kv_i kv_sdot(const int NW, const int WBITS, const kv_i *w, const uint8_t *q8,
     }
     return acc;
 }
+/* signed weights: |w| x (q8 with w's sign) so vpmaddubsw applies (pair sums <= 2 x 127 x 127: exact,
+ * but two of them could overflow int16, so each is scaled by vpmaddwd at once). Q8_K activations are
+ * in [-127, 127] (the sign flip of -128 would overflow). */
+AI kv_i kv_sdot_s8(const int NW, const kv_i *w, const uint8_t *q8, kv_i sc, int32_t sum8) {
+    (void)sum8;
+    __m256i acc = _mm256_setzero_si256();
+    UNROLL for (int v = 0; v < NW; v++) {
+        const __m256i x = _mm256_set1_epi32((int)pl_ld_u32(q8 + 4 * v));
+        const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(w[v], w[v]), _mm256_sign_epi8(x, w[v]));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, sc));
+    }
+    return acc;
+}
+AI kv_i kv_bcast128(const void *p) { return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p)); }
+AI kv_i kv_shuffle8(kv_i t, kv_i i) { return _mm256_shuffle_epi8(t, i); }
 AI kv_i kv_u8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
 AI kv_i kv_s8(const uint8_t *p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
 AI kv_f kv_fp16(const uint8_t *p) { return _mm256_cvtph_ps(_mm_load_si128((const __m128i *)p)); }

@@ -551,6 +551,15 @@ AI kv_i kv_sdot(const int NW, const int WBITS, const kv_i *w, const uint8_t *q8,
     if (shift) acc = _mm512_srai_epi32(acc, shift);
     return _mm512_mullo_epi32(acc, sc);
 }
+/* signed weights: w + 128 as u8 (w ^ 0x80), the offset removed exactly by init -128 x sum8 */
+AI kv_i kv_sdot_s8(const int NW, const kv_i *w, const uint8_t *q8, kv_i sc, int32_t sum8) {
+    kv_i acc = _mm512_set1_epi32(-128 * sum8);
+    UNROLL for (int v = 0; v < NW; v++)
+        acc = _mm512_dpbusd_epi32(acc, _mm512_xor_si512(w[v], _mm512_set1_epi8((char)0x80)), bcast32(q8 + 4 * v));
+    return _mm512_mullo_epi32(acc, sc);
+}
+AI kv_i kv_bcast128(const void *p) { return _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)p)); }
+AI kv_i kv_shuffle8(kv_i t, kv_i i) { return _mm512_shuffle_epi8(t, i); }
 AI kv_i kv_u8(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)p)); }
 AI kv_i kv_s8(const uint8_t *p) { return _mm512_cvtepi8_epi32(_mm_load_si128((const __m128i *)p)); }
 AI kv_f kv_fp16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)p)); }

@@ -1,4 +1,4 @@
-/* kquant_packed.c: the packed layouts of Q4_K, Q5_K and Q6_K (tensor_types.h) — their repack functions (the
+/* kquant_packed.c: the packed layouts of Q4_K, Q5_K, Q6_K and IQ4_XS (tensor_types.h) — their repack functions (the
  * same in every table), group sizes, and the scalar reference of their packed gemm, which does the
  * unpacked vec_dot's integer sums and float operations (types_kquants.c) in the same order, so packed
  * and unpacked results are equal bit for bit. kquant_packed_simd.h is the SIMD twin of the gemm.
@@ -21,6 +21,7 @@ static size_t kq_group_bytes(size_t rec, int64_t n) {
 static size_t q4_k_packed_group_bytes(int64_t n) { return kq_group_bytes(PL_PK_Q4_K_REC, n); }
 static size_t q5_k_packed_group_bytes(int64_t n) { return kq_group_bytes(PL_PK_Q5_K_REC, n); }
 static size_t q6_k_packed_group_bytes(int64_t n) { return kq_group_bytes(PL_PK_Q6_K_REC, n); }
+static size_t iq4_xs_packed_group_bytes(int64_t n) { return kq_group_bytes(PL_PK_IQ4_XS_REC, n); }
 
 /* the 8 6-bit scales and mins of a Q4_K super-block from its 12 scale bytes (ggml's packing) */
 static void q4_k_scales_mins(const uint8_t *s, uint8_t *sc, uint8_t *mn) {
@@ -90,6 +91,28 @@ static void q6_k_repack(const void *vsrc, size_t ss, int nrows, int64_t n, void 
                 put_words(src, ss, nrows, bo + 64 * h + 32 + 4 * v, q + 512);    /* ql, 128h + 32 + 4v (+64) */
                 put_words(src, ss, nrows, bo + 128 + 32 * h + 4 * v, q + 1024);  /* qh, the 4 high pairs */
             }
+    }
+}
+
+static void iq4_xs_repack(const void *vsrc, size_t ss, int nrows, int64_t n, void *vdst) {
+    const uint8_t *src = vsrc;
+    uint8_t *dst = vdst;
+    const size_t nb = (size_t)(n / PL_QK_K);
+    for (size_t b = 0; b < nb; b++) {
+        uint8_t *rec = dst + b * PL_PK_IQ4_XS_REC;
+        const size_t bo = b * 136;
+        memset(rec, 0, 192);
+        for (int r = 0; r < nrows; r++) {
+            const uint8_t *blk = src + (size_t)r * ss + bo;
+            const uint16_t sh = pl_ld_u16(blk + 2);
+            memcpy(rec + 2 * r, blk, 2);
+            for (int j = 0; j < 8; j++) {
+                const int ls = ((blk[4 + j / 2] >> (4 * (j % 2))) & 0x0F) | (((sh >> (2 * j)) & 3) << 4);
+                rec[64 + 16 * j + r] = (uint8_t)(int8_t)(ls - 32);
+            }
+        }
+        for (int j = 0; j < 8; j++)
+            for (int v = 0; v < 4; v++) put_words(src, ss, nrows, bo + 8 + 16 * j + 4 * v, rec + 192 + 256 * j + 64 * v);
     }
 }
 
@@ -169,6 +192,36 @@ static void q6_k_gemm_packed(int n, int nr, int nc, const void *w, const void *a
     }
 }
 
+static void iq4_xs_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
+    const int nb = n / PL_QK_K;
+    const size_t gb = iq4_xs_packed_group_bytes(n);
+    for (int i = 0; i < nr; i++) {
+        const uint8_t *g = (const uint8_t *)w + (size_t)(i / PK) * gb;
+        const int r = i % PK;
+        for (int j = 0; j < nc; j++) {
+            const uint8_t *arow = (const uint8_t *)a + (size_t)j * as;
+            float sum = 0.0f;
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *rec = g + (size_t)b * PL_PK_IQ4_XS_REC, *ab = arow + (size_t)b * Q8K_BYTES;
+                const int8_t *q8 = (const int8_t *)(ab + 4);
+                int32_t isum = 0;
+                for (int s = 0; s < 8; s++) {
+                    int32_t dot = 0;
+                    for (int v = 0; v < 4; v++)
+                        for (int k = 0; k < 4; k++) {
+                            const uint8_t byte = rec[192 + 256 * s + 64 * v + 4 * r + k];
+                            dot += pl_iq4nl_values[byte & 0x0F] * q8[32 * s + 4 * v + k] +
+                                   pl_iq4nl_values[byte >> 4] * q8[32 * s + 16 + 4 * v + k];
+                        }
+                    isum += (int32_t)(int8_t)rec[64 + 16 * s + r] * dot;
+                }
+                sum += (pl_ld_f32(ab) * pl_ld_fp16(rec + 2 * r)) * (float)isum;
+            }
+            out[(size_t)j * os + i] = sum;
+        }
+    }
+}
+
 void pl_kernels_add_packed_kquants(pl_kernels *k) {
     pl_type_traits *t = &k->types[PL_TYPE_Q4_K];
     t->repack = q4_k_repack;
@@ -178,6 +231,10 @@ void pl_kernels_add_packed_kquants(pl_kernels *k) {
     t->repack = q5_k_repack;
     t->gemm_packed = q5_k_gemm_packed;
     t->packed_group_bytes = q5_k_packed_group_bytes;
+    t = &k->types[PL_TYPE_IQ4_XS];
+    t->repack = iq4_xs_repack;
+    t->gemm_packed = iq4_xs_gemm_packed;
+    t->packed_group_bytes = iq4_xs_packed_group_bytes;
     t = &k->types[PL_TYPE_Q6_K];
     t->repack = q6_k_repack;
     t->gemm_packed = q6_k_gemm_packed;

@@ -1,4 +1,4 @@
-/* kquant_packed_simd.h: the packed Q4_K / Q5_K / Q6_K gemm kernels (layouts in tensor_types.h; the scalar
+/* kquant_packed_simd.h: the packed Q4_K / Q5_K / Q6_K / IQ4_XS gemm kernels (layouts in tensor_types.h; the scalar
  * reference in kquant_packed.c) written once over a vector of int32 / fp32 lanes (lane r = row r of a
  * 16-row group). kernels_avx512.c includes it with one zmm per 16 rows (VNNI vpdpbusd), kernels_avx2.c
  * with one ymm per 8 rows (vpmaddubsw + vpmaddwd); each defines, before including it:
@@ -13,6 +13,9 @@
  *   kv_sdot(NW, WBITS, w, q8, sc, init, shift): per lane, sc x ((init + sum over v < NW of the 4
  *   products of the u8 bytes of lane r of w[v] with the s8 bytes q8[4v .. 4v+3]) >> shift), exact
  *   (weights < 2^WBITS; shift only with KV_DOT_WIDE);
+ *   kv_sdot_s8(NW, w, q8, sc, sum8): the same for signed int8 weights (any but -128), sum8 = the sum of
+ *   the 4 x NW activations; kv_bcast128(p) (16 bytes in every 128-bit lane), kv_shuffle8(t, i)
+ *   (vpshufb: byte i & 15 of t's lane);
  *   kv_u8(p) / kv_s8(p): KV_LANES bytes zero / sign extended to the lanes; kv_fp16(p): KV_LANES fp16;
  *   kv_cvt(i), kv_fset1(f), kv_fzero(), kv_fadd, kv_fsub, kv_fmul; kv_store(out, v, rows) (lanes
  *   < rows); UNROLL (a full-unroll pragma).
@@ -37,7 +40,7 @@
 #define KQP_MAXC 4 /* activation rows per prefill pass (at most 4) */
 #endif
 
-enum { KQP_Q4_K = 0, KQP_Q6_K = 1, KQP_Q5_K = 2 };
+enum { KQP_Q4_K = 0, KQP_Q6_K = 1, KQP_Q5_K = 2, KQP_IQ4_XS = 3 };
 
 static inline int32_t kqp_bsum(const uint8_t *ab, int g) { return (int16_t)pl_ld_u16(ab + 260 + 2 * g); }
 
@@ -45,7 +48,8 @@ static inline int32_t kqp_bsum(const uint8_t *ab, int g) { return (int16_t)pl_ld
  * out[c * os + r] for lo <= r < rows */
 AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out,
                       size_t os, int rows, const int lo) {
-    const size_t rec_bytes = qt == KQP_Q4_K ? PL_PK_Q4_K_REC : qt == KQP_Q5_K ? PL_PK_Q5_K_REC : PL_PK_Q6_K_REC;
+    const size_t rec_bytes = qt == KQP_Q4_K ? PL_PK_Q4_K_REC : qt == KQP_Q5_K ? PL_PK_Q5_K_REC
+                             : qt == KQP_IQ4_XS ? PL_PK_IQ4_XS_REC : PL_PK_Q6_K_REC;
     const kv_i m4 = kv_set1(0x0F0F0F0F), m30 = kv_set1(0x30303030), m10 = kv_set1(0x10101010);
     kv_f fa[KQP_MAXC];
     UNROLL for (int c = 0; c < C; c++) fa[c] = kv_fzero();
@@ -54,7 +58,29 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
         if (C > 1)
             for (size_t o = 0; o < rec_bytes; o += 64) _mm_prefetch((const char *)rec + KQP_PREFETCH + o, _MM_HINT_T0);
         kv_i isum[KQP_MAXC];
-        if (qt != KQP_Q6_K) { /* Q4_K, and Q5_K: plus bit s of its qh word as 16 */
+        if (qt == KQP_IQ4_XS) {
+            const kv_i table = kv_bcast128(pl_iq4nl_values);
+            UNROLL for (int s = 0; s < 8; s++) { /* sub-block s: 4 words of nibbles, low then high 16 weights */
+                kv_i w[8];
+                UNROLL for (int v = 0; v < 4; v++) {
+                    const kv_i x = kv_load(rec + 192 + 256 * s + 64 * v + 4 * lo);
+                    w[v] = kv_shuffle8(table, kv_and(x, m4));
+                    w[v + 4] = kv_shuffle8(table, kv_and(kv_srli16(x, 4), m4));
+                }
+                const kv_i sc = kv_scales(kv_s8(rec + 64 + 16 * s + lo));
+                UNROLL for (int c = 0; c < C; c++) {
+                    const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K;
+                    /* w[v] holds weights 32s + 4v .. (v < 4) and 32s + 16 + 4(v - 4) ..: q8 + 4v for both */
+                    const kv_i sd = kv_sdot_s8(8, w, ab + 4 + 32 * s, sc, kqp_bsum(ab, 2 * s) + kqp_bsum(ab, 2 * s + 1));
+                    isum[c] = s ? kv_add(isum[c], sd) : sd;
+                }
+            }
+            const kv_f d = kv_fp16(rec + 2 * lo);
+            UNROLL for (int c = 0; c < C; c++) {
+                const kv_f ad = kv_fset1(pl_ld_f32(a + (size_t)c * as + (size_t)b * KQ_Q8K));
+                fa[c] = kv_fadd(fa[c], kv_fmul(kv_fmul(ad, d), kv_cvt(isum[c])));
+            }
+        } else if (qt != KQP_Q6_K) { /* Q4_K, and Q5_K: plus bit s of its qh word as 16 */
             kv_i imin[KQP_MAXC];
             UNROLL for (int s = 0; s < 8; s++) { /* sub-block s: 32 weights, nibble s & 1 of the words of chunk s / 2 */
                 const uint8_t *q = rec + 320 + 512 * (s / 2);
@@ -146,12 +172,14 @@ AI void kqp_tile(const int qt, const int C, int nb, const uint8_t *gp, const uin
 KQP_DEFS(Q4_K)
 KQP_DEFS(Q5_K)
 KQP_DEFS(Q6_K)
+KQP_DEFS(IQ4_XS)
 
 /* the table entries (the AVX2 and AVX-512 tables call this) */
 static void kqp_register(pl_kernels *k) {
     k->types[PL_TYPE_Q4_K].gemm_packed = kqp_gemm_packed_Q4_K;
     k->types[PL_TYPE_Q5_K].gemm_packed = kqp_gemm_packed_Q5_K;
     k->types[PL_TYPE_Q6_K].gemm_packed = kqp_gemm_packed_Q6_K;
+    k->types[PL_TYPE_IQ4_XS].gemm_packed = kqp_gemm_packed_IQ4_XS;
 }
 
 #endif
