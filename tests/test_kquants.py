@@ -5,7 +5,11 @@ Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS).
   * the matmul (dequantize a row, fixed-order fp32 dot) gives the same value through vec_dot and gemm
     and for any batch, close to the dot of the dequantized values;
   * a GGUF file whose weights are in these types (mixed with F32 / Q8_0 / Q4_0 inside one q/k/v
-    group, as llama.cpp's mixes are) runs like the same file with those tensors dequantized to F32.
+    group, as llama.cpp's mixes are) runs like the same file with those tensors dequantized to F32;
+  * the packed layouts of Q2_K..Q6_K and IQ4_XS (csrc/kquant_packed.c): every ISA's packed gemm equals
+    the scalar unpacked reference bit for bit on odd shapes (rows not filling a 16-row group, 1..17
+    activation rows), whatever the batch; a model repacked at load gives the logits of the same model
+    with PYLLM_REPACK=0, bit for bit; Q8_K activations are the same bytes on every ISA.
 llama.cpp's own files of every standard mix were checked by hand against llama.cpp (README)."""
 from __future__ import annotations
 
