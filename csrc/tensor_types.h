@@ -169,8 +169,6 @@ void pl_kernels_init_scalar(pl_kernels *k);
 /* types_kquants.c: the rows of the types pyllm reads but cannot write (from_float NULL; Q4_1, Q5_0,
  * Q5_1, IQ4_NL, Q2_K..Q6_K, IQ4_XS), added to the scalar table (and so to every table) */
 void pl_kernels_add_read_only_types(pl_kernels *k);
-/* kquant_packed.c: the packed layouts of Q2_K..Q6_K and IQ4_XS (repack, group bytes, reference gemm_packed) */
-void pl_kernels_add_packed_kquants(pl_kernels *k);
 /* shared by the reference and the SIMD kernels: Q3_K's 16 scales (the -32 applied) from its 12 scale
  * bytes, and IQ4_NL / IQ4_XS's non-linear table of 16 values */
 void pl_q3_k_scales(const uint8_t *s12, int8_t *scales);
@@ -199,6 +197,9 @@ size_t pl_packed_act_bytes(pl_type t, int64_t n);
 /* builds one such row with the table K (its act_type's from_float, then the row's pack_act if any) */
 void pl_pack_acts_row(const pl_kernels *K, pl_type t, const float *x, void *dst, int64_t n);
 size_t pl_packed_act_row_bytes(int64_t n);           /* q8x activation row stride (a multiple of 64) */
+/* kquant_packed.c: adds the packed layouts of Q2_K..Q6_K and IQ4_XS (repack, group bytes, reference
+ * gemm_packed) to a table (pl_kernels_init_scalar calls it) */
+void pl_kernels_add_packed_kquants(pl_kernels *k);
 /* Q4_0 / Q8_0's pack_act: quantizes one row with q8_from_float (the active Q8_0 from_float), adds d/c4/c8 */
 void pl_pack_act_row(pl_from_float_fn q8_from_float, const float *x, void *dst, int64_t n);
 static inline size_t pl_round64(size_t x) { return (x + 63) & ~(size_t)63; }
