@@ -1,10 +1,11 @@
 """bench_llamacpp.py: pyllm against llama.cpp (through llama-cpp-python) on the same model and
-machine, measured in the same run, for Q4_0 and Q8_0 weights. Each run is its own subprocess (so
+machine, measured in the same run, for Q4_0 and Q8_0 weights, and for llama.cpp's own Q4_K_M and Q6_K
+files (both engines load the same file). Each run is its own subprocess (so
 load time and peak RSS are its own); within each repetition the engines alternate (and swap which
 goes first every repetition); the tables show medians and the pyllm / llama.cpp ratio of every
 metric (above 1 means pyllm is faster for tok/s, slower for load time, bigger for RSS).
 
-    PYTHONPATH=. python bench/bench_llamacpp.py HF_DIR [--reps 3] [--threads N] [--types q4_0,q8_0]
+    PYTHONPATH=. python bench/bench_llamacpp.py HF_DIR [--reps 3] [--threads N] [--types q4_0,q8_0,q4_k_m,q6_k]
         [--pyllm-source gguf|hf] [--workdir DIR] [--llama-cpp-src DIR | --convert-script PATH]
         [--kv-type f16|f32] [--pyllm-kv f32|f16] [--flash-attn auto|on|off] [--rebuild]
     PYTHONPATH=. python bench/bench_llamacpp.py --quick      # smoke run on the shipped shakespeare-4m
@@ -22,6 +23,9 @@ pyllm/quantization.py is newer than them):
     (pyllm.quantization.tensor_type: Q4_0 keeps the LM head in Q8_0), so both files hold the same
     tensor types, not llama-quantize's default mix (Q6_K LM head). The tables print both files'
     tensor types and any tensor whose types differ.
+  * q4_k_m, q6_k (types pyllm reads but does not write): llama_model_quantize with llama.cpp's default
+    mix for that ftype (not pure: Q4_K_M puts some attn_v / ffn_down and the LM head in Q6_K, as
+    llama-quantize does), and both engines run that one file.
 
 What each run measures, in this order, after loading and a short warm-up (16 prompt tokens and 2
 decode steps, then the cache is cleared):
@@ -76,7 +80,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUANTIZE_TOOL = os.path.join(ROOT, "tools", "quantize.py")
 PYLLM_EXPORTER = [QUANTIZE_TOOL] + [os.path.join(ROOT, "pyllm", f) for f in ("gguf_export.py", "quantization.py")]
 ENGINES = ("pyllm", "llama.cpp")
-LLAMA_FTYPES = {"q4_0": 2, "q8_0": 7}  # LLAMA_FTYPE_MOSTLY_*
+LLAMA_FTYPES = {"q4_0": 2, "q8_0": 7, "q4_k_m": 15, "q6_k": 18}  # LLAMA_FTYPE_MOSTLY_*
+LLAMA_MIXES = ("q4_k_m", "q6_k")  # llama.cpp's default mix, one file for both engines
 
 WORKER = r"""
 import json, os, resource, sys, time
@@ -174,10 +179,10 @@ print(json.dumps(res))
 QUANTIZE = r"""
 import ctypes, sys
 import llama_cpp as L
-inp, out, ftype, threads, output_type, embd_type = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:7])
+inp, out, ftype, threads, output_type, embd_type, pure = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:8])
 L.llama_backend_init()
 p = L.llama_model_quantize_default_params()
-p.ftype, p.nthread, p.pure = ftype, threads, True
+p.ftype, p.nthread, p.pure = ftype, threads, bool(pure)
 if output_type >= 0:
     p.output_tensor_type = output_type
 if embd_type >= 0:
@@ -364,7 +369,7 @@ def main() -> None:
         source = "hf"
     pyllm_file = {}
     if source == "gguf":
-        for t in types:
+        for t in (t for t in types if t not in LLAMA_MIXES):
             pyllm_file[t] = os.path.join(workdir, f"pyllm-{t}.gguf")
             make(pyllm_file[t], f"pyllm {t}", lambda tmp, t=t: [sys.executable, QUANTIZE_TOOL, hf, tmp, "--type", t],
                  env=pyenv, rebuild=a.rebuild, deps=weights + PYLLM_EXPORTER)
@@ -389,15 +394,24 @@ def main() -> None:
              env=env, rebuild=a.rebuild, deps=weights)
 
         def quantize(tmp, t):
-            r = run_worker(QUANTIZE, [base, tmp, LLAMA_FTYPES[t], a.threads, *llama_overrides(t, cfg)],
+            mix = t in LLAMA_MIXES
+            r = run_worker(QUANTIZE, [base, tmp, LLAMA_FTYPES[t], a.threads,
+                                      *((-1, -1) if mix else llama_overrides(t, cfg)), 0 if mix else 1],
                            f"llama_model_quantize {t}")
             if r["rc"]:
                 raise SystemExit(f"llama_model_quantize {t} returned {r['rc']}")
 
         for t in types:
             lcpp_file[t] = os.path.join(workdir, f"llamacpp-{t}.gguf")
-            make(lcpp_file[t], f"llama.cpp {t} (llama_model_quantize, pure)", lambda tmp, t=t: quantize(tmp, t),
-                 rebuild=a.rebuild, deps=[base], key="output,tok_embd types %d,%d" % llama_overrides(t, cfg))
+            mix = t in LLAMA_MIXES
+            make(lcpp_file[t], f"llama.cpp {t} (llama_model_quantize, {'default mix' if mix else 'pure'})",
+                 lambda tmp, t=t: quantize(tmp, t), rebuild=a.rebuild, deps=[base],
+                 key="default mix" if mix else "output,tok_embd types %d,%d" % llama_overrides(t, cfg))
+    for t in types:
+        if t in LLAMA_MIXES:
+            if t not in lcpp_file:
+                raise SystemExit(f"{t}: pyllm does not write this type; its file comes from llama.cpp, which is not importable")
+            pyllm_file[t] = lcpp_file[t]  # both engines run llama.cpp's file
 
     engines = [e for e in ENGINES if e == "pyllm" or lcpp_file]
     run_cfg = dict(mode="bench", n_ctx=n_ctx, seed=0, tg_prompt=8, tg=a.gen, pp=a.prompt, long_prompt=a.long_prompt,
@@ -414,7 +428,8 @@ def main() -> None:
     checks = {}
     if lcpp_file:
         for t in types:
-            path, whose = (pyllm_file[t], "pyllm's") if t in pyllm_file else (lcpp_file[t], "llama.cpp's")
+            path, whose = ((pyllm_file[t], "pyllm's") if t in pyllm_file and t not in LLAMA_MIXES
+                           else (lcpp_file[t], "llama.cpp's"))
             got = {}
             for e in ENGINES:
                 try:
@@ -468,7 +483,7 @@ def main() -> None:
         med = {e: medians(res[t, e]) for e in engines}
         files, tt = [], {}
         for e, fs in (("pyllm", pyllm_file), ("llama.cpp", lcpp_file)):
-            if t in fs:
+            if t in fs and not (e == "pyllm" and t in LLAMA_MIXES):
                 tt[e] = tensor_types(fs[t], gguf_py)
                 files.append(f"{e} {mib(os.path.getsize(fs[t])):.1f} MiB ({census(tt[e])})")
         print(f"\n{t}" + (": files " + "; ".join(files) if files else ""))

@@ -3,13 +3,11 @@
  *  - float weights (F32/F16/BF16) x fp32 activations: weights widened to fp32 on the fly,
  *    activations stay fp32; gemm = 4 weight rows x 2 activation rows register tiles; scalar tails
  *    (no read past a row, any alignment).
- *  - Q8_0/Q4_0 weights x Q8_0 activations: same chunk layout as kernels_avx512.c with 8 blocks per
- *    chunk (32-bit lane L = block L). Q4_0: vpmaddubsw (nibble u8 x s8; the int16 sums cannot
- *    overflow) with the -8 offset removed by a precomputed -8 * sum(activation block). Q8_0:
- *    bytes 0,2 / 1,3 of each lane sign-extended to int16 and vpmaddwd, exact for every input
- *    (-128 included). Decode decodes each weight chunk in registers; prefill decodes the weight
- *    tile once and runs 2 x 4 (rows x activations) tiles.
- *  - Q8_0 from_float and F16/BF16/Q8_0/Q4_0 to_float (bit-identical to the scalar reference),
+ *  - packed Q4_0 / Q8_0 weights (tensor_types.h) x q8x activations (Q4_0: vpmaddubsw of the nibbles,
+ *    Q8_0: bytes sign-extended to int16 and vpmaddwd, exact for every input), each 64-byte vector as
+ *    two 8-row halves; packed Q4_K / Q6_K x Q8_K: the kernels of kquant_packed_simd.h. Unpacked rows
+ *    of every integer type (PYLLM_REPACK=0) run kquant_dots_avx2.h's vec_dots.
+ *  - Q8_0 / Q8_K from_float and F16/BF16/Q8_0/Q4_0 to_float (bit-identical to the scalar reference),
  *    dot_f32 / axpy_f32 (table entries the engine no longer calls; tests/test_kernels.py checks them). */
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -17,12 +15,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels_x86_shared.h"
 #include "kquant_dots_avx2.h"
 #include "packed_gemm_driver.h"
 #include "tensor_types.h"
 
-#define AI static inline __attribute__((always_inline))
-#define UNROLL _Pragma("GCC unroll 16")
 
 /* rows may sit at any byte offset (GGUF / safetensors data): scalar loads go through pl_ld_u16
  * (tensor_types.h), vector loads are unaligned */
@@ -182,18 +179,6 @@ AI __m256 round_half_away(__m256 v) {
     return _mm256_or_ps(t, _mm256_and_ps(v, sign));
 }
 
-/* A block holding a NaN takes the scalar reference's own code: glibc's fmaxf turns a signalling NaN
- * into a quiet NaN that resets the running max, an order-dependent rule the vector max cannot mimic. */
-static void q8_0_block_ref(const float *xb, uint8_t *y) {
-    float amax = 0.0f;
-    for (int j = 0; j < PL_QK; j++) amax = fmaxf(amax, fabsf(xb[j]));
-    const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    const uint16_t dh = pl_fp32_to_fp16(d);
-    memcpy(y, &dh, 2);
-    for (int j = 0; j < PL_QK; j++) y[2 + j] = (uint8_t)(int8_t)roundf(xb[j] * id);
-}
-
 /* Q8_0 activation quantization, bit-identical to the scalar reference (see kernels_avx512.c). The
  * int32 -> int8 step keeps the low byte (like the C (int8_t) cast of cvttss2si's result), not a
  * saturating pack: it matters when a denormal d makes |x * id| exceed 127, or for inf/NaN. */
@@ -240,6 +225,53 @@ static void q8_0_from_float(const float *x, void *vy, int64_t n) {
         }
         /* lane 0 holds elements 0-3, 8-11, 16-19, 24-27; lane 1 the others */
         _mm256_storeu_si256((__m256i *)(yb + 2), _mm256_permutevar8x32_epi32(p, perm));
+    }
+}
+
+/* Q8_K activation quantization (the K-quants' input), bit-identical to q8_k_from_float in
+ * types_kquants.c (see q8_0_from_float): d = max|x| / 127 per 256, q = roundf(x / d) as its low byte,
+ * bsums the exact sums of each 16 int8 q; a super-block holding a NaN goes to the scalar reference. */
+static pl_from_float_fn q8_k_ref; /* the scalar table's, set by pl_kernels_init_avx2 */
+static void q8_k_from_float(const float *x, void *vy, int64_t n) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7), lo8 = _mm256_set1_epi32(0xFF);
+    for (int64_t i = 0; i < n / PL_QK_K; i++) {
+        const float *xb = x + i * PL_QK_K;
+        uint8_t *yb = (uint8_t *)vy + i * sizeof(pl_block_q8_k);
+        __m256 m = _mm256_setzero_ps(), nan = _mm256_setzero_ps();
+        for (int k = 0; k < 32; k++) {
+            const __m256 v = _mm256_loadu_ps(xb + 8 * k);
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, v), m);
+        }
+        if (_mm256_movemask_ps(nan)) {
+            q8_k_ref(xb, yb, PL_QK_K);
+            continue;
+        }
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        const float d = _mm_cvtss_f32(h) / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        memcpy(yb, &d, 4);
+        const __m256 vid = _mm256_set1_ps(id);
+        for (int k = 0; k < 8; k++) { /* 32 values: low bytes packed (unsigned packs of 0..255: no saturation) */
+            __m256i q[4];
+            UNROLL for (int j = 0; j < 4; j++)
+                q[j] = _mm256_and_si256(_mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(_mm256_loadu_ps(xb + 32 * k + 8 * j), vid))), lo8);
+            const __m256i b = _mm256_permutevar8x32_epi32(
+                _mm256_packus_epi16(_mm256_packus_epi32(q[0], q[1]), _mm256_packus_epi32(q[2], q[3])), perm);
+            _mm256_storeu_si256((__m256i *)(yb + 4 + 32 * k), b);
+            /* bsums of the two 16s: the int8 bytes widened and summed */
+            const __m256i s0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(b)), s1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(b, 1));
+            const __m256i t0 = _mm256_madd_epi16(s0, _mm256_set1_epi16(1)), t1 = _mm256_madd_epi16(s1, _mm256_set1_epi16(1));
+            const __m256i t = _mm256_hadd_epi32(t0, t1); /* lane 0: partial sums of s0 / s1 halves */
+            const __m256i u = _mm256_hadd_epi32(t, t);
+            const int32_t b0 = _mm256_extract_epi32(u, 0) + _mm256_extract_epi32(u, 4);
+            const int32_t b1 = _mm256_extract_epi32(u, 1) + _mm256_extract_epi32(u, 5);
+            const int16_t bs[2] = {(int16_t)b0, (int16_t)b1};
+            memcpy(yb + 260 + 4 * k, bs, 4);
+        }
     }
 }
 
@@ -381,303 +413,6 @@ static void swiglu_f32(float *gate, const float *up, int n) {
     }
 }
 
-/* ============================== Q8_0 / Q4_0 x Q8_0 ============================== */
-
-enum { QT_q4_0 = 0, QT_q8_0 = 1 };
-#define QCH 8 /* blocks per chunk: one 32-bit lane per block */
-#define Q8B ((int)sizeof(pl_block_q8_0))
-#define Q4B ((int)sizeof(pl_block_q4_0))
-
-/* Packed activations / decoded weights for 8 blocks. Byte vector t (t < 8), lane L = bytes 4t..4t+3
- * of block L. Q4_0: q[t] holds it as bytes (activations int8, weights the nibbles as u8).
- * Q8_0: q[2t] / q[2t+1] hold bytes 0,2 / 1,3 of each lane sign-extended to int16, so one vpmaddwd
- * pair gives the exact 4-byte dot of block L in lane L. */
-typedef struct {
-    __m256i q[16];
-    __m256i corr; /* Q4_0 activations: lane L = -8 * sum(block L) */
-    __m256 d;     /* lane L: fp32 scale of block L */
-} qchunk;         /* 576 bytes */
-
-AI __m256i ld2x128(const uint8_t *p, size_t s) {
-    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)p)),
-                                   _mm_loadu_si128((const __m128i *)(p + s)), 1);
-}
-/* 16 bytes of each of 8 blocks -> t[j] lane L = bytes 4j..4j+3 of block L (block 4k+g sits in
- * 128-bit lane k of z[g]; the 4x4 dword transpose per 128-bit lane gives lane 4k+g). */
-AI void ld_transpose8(const uint8_t *p, int bs, __m256i *t) {
-    const __m256i z0 = ld2x128(p, 4 * (size_t)bs), z1 = ld2x128(p + bs, 4 * (size_t)bs);
-    const __m256i z2 = ld2x128(p + 2 * bs, 4 * (size_t)bs), z3 = ld2x128(p + 3 * bs, 4 * (size_t)bs);
-    const __m256i u0 = _mm256_unpacklo_epi32(z0, z1), u1 = _mm256_unpackhi_epi32(z0, z1);
-    const __m256i u2 = _mm256_unpacklo_epi32(z2, z3), u3 = _mm256_unpackhi_epi32(z2, z3);
-    t[0] = _mm256_unpacklo_epi64(u0, u2);
-    t[1] = _mm256_unpackhi_epi64(u0, u2);
-    t[2] = _mm256_unpacklo_epi64(u1, u3);
-    t[3] = _mm256_unpackhi_epi64(u1, u3);
-}
-/* fp16 scales of 8 blocks (at p + L*bs) -> fp32 lane L (scalar loads: faster than vpgatherdd) */
-AI __m256 ld_scales8(const uint8_t *p, int bs) {
-    const uint64_t q0 = (uint64_t)pl_ld_u16(p) | (uint64_t)pl_ld_u16(p + bs) << 16 | (uint64_t)pl_ld_u16(p + 2 * bs) << 32 |
-                        (uint64_t)pl_ld_u16(p + 3 * bs) << 48;
-    const uint64_t q1 = (uint64_t)pl_ld_u16(p + 4 * bs) | (uint64_t)pl_ld_u16(p + 5 * bs) << 16 |
-                        (uint64_t)pl_ld_u16(p + 6 * bs) << 32 | (uint64_t)pl_ld_u16(p + 7 * bs) << 48;
-    return _mm256_cvtph_ps(_mm_insert_epi64(_mm_cvtsi64_si128((long long)q0), (long long)q1, 1));
-}
-/* int8 lanes -> the two int16 halves (bytes 0,2 and bytes 1,3 of each 32-bit lane, sign-extended) */
-AI void split16(__m256i t, __m256i *even, __m256i *odd) {
-    *even = _mm256_srai_epi16(_mm256_slli_epi16(t, 8), 8);
-    *odd = _mm256_srai_epi16(t, 8);
-}
-
-static void pack_act_chunk(const int qt, const uint8_t *p, int nblk, qchunk *out) {
-    uint8_t tmp[QCH * Q8B];
-    if (nblk < QCH) {
-        memset(tmp, 0, sizeof(tmp));
-        memcpy(tmp, p, (size_t)nblk * Q8B);
-        p = tmp;
-    }
-    __m256i q[8];
-    ld_transpose8(p + 2, Q8B, q);
-    ld_transpose8(p + 18, Q8B, q + 4);
-    if (qt == QT_q4_0) {
-        const __m256i ones8 = _mm256_set1_epi8(1);
-        __m256i s = _mm256_setzero_si256();
-        for (int t = 0; t < 8; t++) {
-            _mm256_store_si256(&out->q[t], q[t]);
-            s = _mm256_add_epi16(s, _mm256_maddubs_epi16(ones8, q[t]));
-        }
-        s = _mm256_madd_epi16(s, _mm256_set1_epi16(1));
-        out->corr = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(s, 3));
-    } else {
-        for (int t = 0; t < 8; t++) {
-            __m256i e, o;
-            split16(q[t], &e, &o);
-            _mm256_store_si256(&out->q[2 * t], e);
-            _mm256_store_si256(&out->q[2 * t + 1], o);
-        }
-        out->corr = _mm256_setzero_si256();
-    }
-    out->d = ld_scales8(p, Q8B);
-}
-
-/* weight chunk (8 full blocks at p) -> vectors in the qchunk.q layout, and the scales */
-AI void ld_w_chunk(const int qt, const uint8_t *p, __m256i *W, __m256 *dw) {
-    if (qt == QT_q4_0) {
-        __m256i t[4];
-        ld_transpose8(p + 2, Q4B, t);
-        const __m256i m4 = _mm256_set1_epi8(0x0F);
-        UNROLL for (int j = 0; j < 4; j++) {
-            W[j] = _mm256_and_si256(t[j], m4);
-            W[j + 4] = _mm256_and_si256(_mm256_srli_epi16(t[j], 4), m4);
-        }
-        *dw = ld_scales8(p, Q4B);
-    } else {
-        __m256i t[8];
-        ld_transpose8(p + 2, Q8B, t);
-        ld_transpose8(p + 18, Q8B, t + 4);
-        UNROLL for (int j = 0; j < 8; j++) split16(t[j], &W[2 * j], &W[2 * j + 1]);
-        *dw = ld_scales8(p, Q8B);
-    }
-}
-AI const uint8_t *w_chunk_ptr(const uint8_t *row, int ch, int nfull, int tail, int bs, uint8_t *tmp) {
-    const uint8_t *p = row + (size_t)ch * QCH * bs;
-    if (ch < nfull) return p;
-    memset(tmp, 0, QCH * Q8B);
-    memcpy(tmp, p, (size_t)tail * bs);
-    return tmp;
-}
-/* exact int32 dot of each block: weight vectors w[] (registers or memory) x packed activation chunk */
-AI __m256i block_dots(const int qt, const __m256i *w, const qchunk *ac) {
-    if (qt == QT_q4_0) {
-        /* |nibble * a| pair sums <= 3840, 8 of them <= 30720: the int16 sums cannot overflow */
-        __m256i s0 = _mm256_maddubs_epi16(w[0], _mm256_load_si256(&ac->q[0]));
-        __m256i s1 = _mm256_maddubs_epi16(w[1], _mm256_load_si256(&ac->q[1]));
-        UNROLL for (int j = 2; j < 8; j += 2) {
-            s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(w[j], _mm256_load_si256(&ac->q[j])));
-            s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(w[j + 1], _mm256_load_si256(&ac->q[j + 1])));
-        }
-        return _mm256_add_epi32(_mm256_madd_epi16(_mm256_add_epi16(s0, s1), _mm256_set1_epi16(1)), ac->corr);
-    }
-    __m256i s0 = _mm256_madd_epi16(w[0], _mm256_load_si256(&ac->q[0]));
-    __m256i s1 = _mm256_madd_epi16(w[1], _mm256_load_si256(&ac->q[1]));
-    UNROLL for (int j = 2; j < 16; j += 2) {
-        s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(w[j], _mm256_load_si256(&ac->q[j])));
-        s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(w[j + 1], _mm256_load_si256(&ac->q[j + 1])));
-    }
-    return _mm256_add_epi32(s0, s1);
-}
-
-/* ---- decode (one activation row): each weight chunk is decoded in registers ---- */
-AI void q_row1(const int qt, const uint8_t *w, int nfull, int tail, const qchunk *A, float *res) {
-    const int bs = qt == QT_q4_0 ? Q4B : Q8B;
-    __m256 fa0 = _mm256_setzero_ps(), fa1 = _mm256_setzero_ps();
-    const int nch = nfull + (tail > 0);
-    for (int ch = 0; ch < nch; ch++) {
-        uint8_t tmp[QCH * Q8B];
-        __m256i W[16];
-        __m256 dw;
-        ld_w_chunk(qt, w_chunk_ptr(w, ch, nfull, tail, bs, tmp), W, &dw);
-        const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(block_dots(qt, W, A + ch)), dw);
-        if (ch & 1) fa1 = _mm256_fmadd_ps(v, A[ch].d, fa1);
-        else fa0 = _mm256_fmadd_ps(v, A[ch].d, fa0);
-    }
-    *res = hsum8(_mm256_add_ps(fa0, fa1));
-}
-static void q_row1_q4_0(const uint8_t *w, int nfull, int tail, const qchunk *A, float *res) { q_row1(QT_q4_0, w, nfull, tail, A, res); }
-static void q_row1_q8_0(const uint8_t *w, int nfull, int tail, const qchunk *A, float *res) { q_row1(QT_q8_0, w, nfull, tail, A, res); }
-
-/* ---- prefill: weights decoded once into qchunks, then R x C tiles ---- */
-#define QMR 2
-#define QNR 4
-AI void q_tile(const int qt, const int R, const int C, int nch, const qchunk *W, int wstride, const qchunk *A,
-               int astride, float *out, size_t os, int accumulate) {
-    __m256 fa[QMR][QNR];
-    UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) fa[r][c] = _mm256_setzero_ps();
-    for (int ch = 0; ch < nch; ch++) {
-        __m256i acc[QMR][QNR];
-        if (qt == QT_q4_0) {
-            UNROLL for (int t = 0; t < 8; t++) UNROLL for (int r = 0; r < R; r++) {
-                const __m256i wv = _mm256_load_si256(&W[(size_t)r * wstride + ch].q[t]);
-                UNROLL for (int c = 0; c < C; c++) {
-                    const __m256i p = _mm256_maddubs_epi16(wv, _mm256_load_si256(&A[(size_t)c * astride + ch].q[t]));
-                    acc[r][c] = t == 0 ? p : _mm256_add_epi16(acc[r][c], p); /* <= 30720: no overflow */
-                }
-            }
-            UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++)
-                acc[r][c] = _mm256_add_epi32(_mm256_madd_epi16(acc[r][c], _mm256_set1_epi16(1)),
-                                             _mm256_load_si256(&A[(size_t)c * astride + ch].corr));
-        } else {
-            UNROLL for (int t = 0; t < 16; t++) UNROLL for (int r = 0; r < R; r++) {
-                const __m256i wv = _mm256_load_si256(&W[(size_t)r * wstride + ch].q[t]);
-                UNROLL for (int c = 0; c < C; c++) {
-                    const __m256i p = _mm256_madd_epi16(wv, _mm256_load_si256(&A[(size_t)c * astride + ch].q[t]));
-                    acc[r][c] = t == 0 ? p : _mm256_add_epi32(acc[r][c], p);
-                }
-            }
-        }
-        UNROLL for (int r = 0; r < R; r++) {
-            const __m256 dw = W[(size_t)r * wstride + ch].d;
-            UNROLL for (int c = 0; c < C; c++)
-                fa[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][c]), _mm256_mul_ps(dw, A[(size_t)c * astride + ch].d),
-                                           fa[r][c]);
-        }
-    }
-    UNROLL for (int c = 0; c < C; c++) UNROLL for (int r = 0; r < R; r++) {
-        const float v = hsum8(fa[r][c]);
-        if (accumulate) out[(size_t)c * os + r] += v;
-        else out[(size_t)c * os + r] = v;
-    }
-}
-typedef void (*q_tile_fn)(int nch, const qchunk *W, int wstride, const qchunk *A, int astride, float *out, size_t os,
-                          int accumulate);
-#define QT_DEF(qt, R, C)                                                                                          \
-    static void q_tile_##qt##_##R##_##C(int nch, const qchunk *W, int wstride, const qchunk *A, int astride,      \
-                                        float *out, size_t os, int accumulate) {                                  \
-        q_tile(QT_##qt, R, C, nch, W, wstride, A, astride, out, os, accumulate);                                  \
-    }
-#define QT_DEF_R(qt, R) QT_DEF(qt, R, 1) QT_DEF(qt, R, 2) QT_DEF(qt, R, 3) QT_DEF(qt, R, 4)
-QT_DEF_R(q4_0, 1) QT_DEF_R(q4_0, 2) QT_DEF_R(q8_0, 1) QT_DEF_R(q8_0, 2)
-#define QT_ROW(qt, R) {q_tile_##qt##_##R##_1, q_tile_##qt##_##R##_2, q_tile_##qt##_##R##_3, q_tile_##qt##_##R##_4}
-static const q_tile_fn q_tile_tab[2][QMR][QNR] = {{QT_ROW(q4_0, 1), QT_ROW(q4_0, 2)}, {QT_ROW(q8_0, 1), QT_ROW(q8_0, 2)}};
-
-static void decode_w_chunk(const int qt, const uint8_t *p, qchunk *out) {
-    __m256i W[16];
-    __m256 dw;
-    ld_w_chunk(qt, p, W, &dw);
-    for (int t = 0; t < (qt == QT_q4_0 ? 8 : 16); t++) _mm256_store_si256(&out->q[t], W[t]);
-    out->d = dw;
-}
-
-/* Per-thread scratch for the packed tiles of a prefill gemm call (kept for the thread's lifetime). */
-static __thread void *q_scratch_p;
-static __thread size_t q_scratch_cap;
-static void *q_scratch(size_t bytes) {
-    if (q_scratch_cap < bytes) {
-        free(q_scratch_p);
-        q_scratch_p = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-        q_scratch_cap = q_scratch_p ? bytes : 0;
-    }
-    return q_scratch_p;
-}
-
-#define QKC 32 /* chunks (256 blocks) per K pass */
-#define QJG 32 /* activation rows packed together */
-#define QIG 16 /* weight rows decoded together */
-#define QBUF 64 /* decode path: packed activation chunks on the stack (36 KiB) */
-
-static void q_gemv(const int qt, int nb, int nr, const uint8_t *w, size_t ws, const uint8_t *a, float *out) {
-    const int bs = qt == QT_q4_0 ? Q4B : Q8B;
-    qchunk buf[QBUF];
-    for (int kb = 0; kb < nb; kb += QBUF * QCH) {
-        const int kblk = nb - kb < QBUF * QCH ? nb - kb : QBUF * QCH;
-        const int nfull = kblk / QCH, tail = kblk % QCH, nch = nfull + (tail > 0);
-        for (int ch = 0; ch < nch; ch++)
-            pack_act_chunk(qt, a + (size_t)(kb + ch * QCH) * Q8B, ch < nfull ? QCH : tail, &buf[ch]);
-        for (int i = 0; i < nr; i++) {
-            float res;
-            (qt == QT_q4_0 ? q_row1_q4_0 : q_row1_q8_0)(w + (size_t)i * ws + (size_t)kb * bs, nfull, tail, buf, &res);
-            out[i] = kb == 0 ? res : out[i] + res;
-        }
-    }
-}
-
-static void q_gemm(const int qt, int n, int nr, int nc, const void *vw, size_t ws, const void *va, size_t as,
-                   float *out, size_t os) {
-    const uint8_t *w = (const uint8_t *)vw, *a = (const uint8_t *)va;
-    const int nb = n / PL_QK, bs = qt == QT_q4_0 ? Q4B : Q8B;
-    if (nb == 0) {
-        for (int j = 0; j < nc; j++)
-            for (int i = 0; i < nr; i++) out[(size_t)j * os + i] = 0.0f;
-        return;
-    }
-    const int nch_all = (nb + QCH - 1) / QCH;
-    const int kc = nch_all < QKC ? nch_all : QKC;
-    const int jg = nc < QJG ? nc : QJG, ig = nr < QIG ? nr : QIG;
-    char *scr = nc > 1 ? (char *)q_scratch((size_t)kc * (jg + ig) * sizeof(qchunk)) : NULL;
-    if (!scr) { /* decode, or no memory for the tiles: one activation row at a time */
-        for (int j = 0; j < nc; j++) q_gemv(qt, nb, nr, w, ws, a + (size_t)j * as, out + (size_t)j * os);
-        return;
-    }
-    qchunk *abuf = (qchunk *)scr, *wbuf = abuf + (size_t)kc * jg;
-    uint8_t tmp[QCH * Q8B];
-    for (int kb = 0; kb < nb; kb += kc * QCH) {
-        const int kblk = nb - kb < kc * QCH ? nb - kb : kc * QCH;
-        const int nfull = kblk / QCH, tail = kblk % QCH, nch = nfull + (tail > 0);
-        for (int j0 = 0; j0 < nc; j0 += jg) {
-            const int nj = nc - j0 < jg ? nc - j0 : jg;
-            for (int c = 0; c < nj; c++) {
-                const uint8_t *ar = a + (size_t)(j0 + c) * as + (size_t)kb * Q8B;
-                for (int ch = 0; ch < nch; ch++)
-                    pack_act_chunk(qt, ar + (size_t)ch * QCH * Q8B, ch < nfull ? QCH : tail, &abuf[(size_t)c * nch + ch]);
-            }
-            for (int i0 = 0; i0 < nr; i0 += ig) {
-                const int ni = nr - i0 < ig ? nr - i0 : ig;
-                for (int r = 0; r < ni; r++) {
-                    const uint8_t *row = w + (size_t)(i0 + r) * ws + (size_t)kb * bs;
-                    for (int ch = 0; ch < nch; ch++)
-                        decode_w_chunk(qt, w_chunk_ptr(row, ch, nfull, tail, bs, tmp), &wbuf[(size_t)r * nch + ch]);
-                }
-                for (int c0 = 0; c0 < nj; c0 += QNR) {
-                    const int C = nj - c0 < QNR ? nj - c0 : QNR;
-                    for (int r0 = 0; r0 < ni; r0 += QMR) {
-                        const int R = ni - r0 < QMR ? ni - r0 : QMR;
-                        q_tile_tab[qt][R - 1][C - 1](nch, wbuf + (size_t)r0 * nch, nch, abuf + (size_t)c0 * nch, nch,
-                                                     out + (size_t)(j0 + c0) * os + i0 + r0, os, kb > 0);
-                    }
-                }
-            }
-        }
-    }
-}
-
-static void q4_0_gemm(int n, int nr, int nc, const void *w, size_t ws, const void *a, size_t as, float *out, size_t os) {
-    q_gemm(QT_q4_0, n, nr, nc, w, ws, a, as, out, os);
-}
-static void q8_0_gemm(int n, int nr, int nc, const void *w, size_t ws, const void *a, size_t as, float *out, size_t os) {
-    q_gemm(QT_q8_0, n, nr, nc, w, ws, a, as, out, os);
-}
-static void q4_0_vec_dot(int n, float *s, const void *w, const void *a) { q4_0_gemm(n, 1, 1, w, 0, a, 0, s, 1); }
-static void q8_0_vec_dot(int n, float *s, const void *w, const void *a) { q8_0_gemm(n, 1, 1, w, 0, a, 0, s, 1); }
-
 /* ============================== packed Q4_0 / Q8_0 x q8x activations ==============================
  * Layout in tensor_types.h: 32-bit lane r of a weight vector is row r of a 16-row group (two ymm
  * halves of 8 rows), multiplied with a broadcast activation dword. Q4_0: vpmaddubsw (nibble u8 x s8,
@@ -703,8 +438,6 @@ AI __m256i bcast32(const uint8_t *p) {
     memcpy(&v, p, 4);
     return _mm256_set1_epi32(v);
 }
-AI size_t pk_d_off(int nb) { return pl_round64((size_t)nb * Q8B); }
-AI size_t pk_c_off(const int qt, int nb) { return pk_d_off(nb) + (qt == QT_q4_0 ? 1 : 2) * pl_round64((size_t)nb * 4); }
 /* stores the first rows (< 8) lanes of v */
 AI void store_rows(float *out, __m256 v, int rows) {
     if (rows >= 8) {
@@ -837,24 +570,90 @@ static const pl_pk_tile_fn pk_tile_tab[2][PKC] = {{pk_tile_q4_0_1, pk_tile_q4_0_
                                                {pk_tile_q8_0_1, pk_tile_q8_0_2, pk_tile_q8_0_3, pk_tile_q8_0_4}};
 
 static void q4_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
-    pl_pk_gemm_drive(PL_TYPE_Q4_0, pk_gemv_q4_0, pk_tile_tab[QT_q4_0], PKC, n, nr, nc, w, a, as, out, os);
+    pl_pk_gemm_drive(PL_TYPE_Q4_0, PL_QK, pk_gemv_q4_0, pk_tile_tab[QT_q4_0], PKC, n, nr, nc, w, a, as, out, os);
 }
 static void q8_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
-    pl_pk_gemm_drive(PL_TYPE_Q8_0, pk_gemv_q8_0, pk_tile_tab[QT_q8_0], PKC, n, nr, nc, w, a, as, out, os);
+    pl_pk_gemm_drive(PL_TYPE_Q8_0, PL_QK, pk_gemv_q8_0, pk_tile_tab[QT_q8_0], PKC, n, nr, nc, w, a, as, out, os);
 }
 
-/* cpu_dispatch.c builds every table on any CPU, so the init function itself must not use this
- * file's ISA (the compiler would otherwise vectorize the pointer stores with AVX/AVX-512). */
-#if defined(__GNUC__) && !defined(__clang__)
-#define PL_BASELINE_FN __attribute__((target("arch=x86-64")))
-#else
-#define PL_BASELINE_FN
-#endif
+/* ============================== packed Q4_K / Q6_K x Q8_K ==============================
+ * kquant_packed_simd.h over one ymm per 8 rows (each group in two passes: rows 0..7, 8..15). */
+#define KV_LANES 8
+typedef __m256i kv_i;
+typedef __m256 kv_f;
+AI kv_i kv_load(const uint8_t *p) { return _mm256_load_si256((const __m256i *)p); }
+AI kv_i kv_set1(int32_t x) { return _mm256_set1_epi32(x); }
+AI kv_i kv_zero(void) { return _mm256_setzero_si256(); }
+AI kv_i kv_add(kv_i a, kv_i b) { return _mm256_add_epi32(a, b); }
+AI kv_i kv_and(kv_i a, kv_i b) { return _mm256_and_si256(a, b); }
+AI kv_i kv_andnot(kv_i m, kv_i x) { return _mm256_andnot_si256(m, x); }
+AI kv_i kv_or_and(kv_i a, kv_i b, kv_i m) { return _mm256_or_si256(a, _mm256_and_si256(b, m)); }
+AI kv_i kv_mullo(kv_i a, kv_i b) { return _mm256_mullo_epi32(a, b); }
+AI kv_i kv_srli16(kv_i a, const int k) { return _mm256_srli_epi16(a, k); }
+AI kv_i kv_slli16(kv_i a, const int k) { return _mm256_slli_epi16(a, k); }
+/* the scales as int16 pairs (the low 16 bits of each lane in both halves) for vpmaddwd */
+AI kv_i kv_scales(kv_i sc) {
+    return _mm256_or_si256(_mm256_and_si256(sc, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(sc, 16));
+}
+/* vpmaddubsw products summed in int16 over as many vectors as cannot overflow (each pair sum is at
+ * most 2 x (2^WBITS - 1) x 128: 8 vectors of 4-bit weights, 4 of 5-bit, 2 of 6-bit), then vpmaddwd by
+ * the scale pairs (int32, exact); init x scale with one multiply */
+AI kv_i kv_sdot(const int NW, const int WBITS, const kv_i *w, const uint8_t *q8, kv_i sc, int32_t init, const int shift) {
+    (void)shift; /* no KV_DOT_WIDE here */
+    const int run = WBITS <= 4 ? 8 : WBITS == 5 ? 4 : 2;
+    __m256i acc = init ? _mm256_mullo_epi32(_mm256_set1_epi32(init), _mm256_srai_epi32(sc, 16)) : _mm256_setzero_si256();
+    UNROLL for (int v0 = 0; v0 < NW; v0 += run) {
+        __m256i s16 = _mm256_maddubs_epi16(w[v0], _mm256_set1_epi32((int)pl_ld_u32(q8 + 4 * v0)));
+        UNROLL for (int k = 1; k < run; k++)
+            if (v0 + k < NW)
+                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[v0 + k], _mm256_set1_epi32((int)pl_ld_u32(q8 + 4 * (v0 + k)))));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s16, sc));
+    }
+    return acc;
+}
+/* signed weights: |w| x (q8 with w's sign) so vpmaddubsw applies (pair sums <= 2 x 127 x 127: exact,
+ * but two of them could overflow int16, so each is scaled by vpmaddwd at once). Q8_K activations are
+ * in [-127, 127] (the sign flip of -128 would overflow). */
+AI kv_i kv_sdot_s8(const int NW, const kv_i *w, const uint8_t *q8, kv_i sc, int32_t sum8) {
+    (void)sum8;
+    __m256i acc = _mm256_setzero_si256();
+    UNROLL for (int v = 0; v < NW; v++) {
+        const __m256i x = _mm256_set1_epi32((int)pl_ld_u32(q8 + 4 * v));
+        const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(w[v], w[v]), _mm256_sign_epi8(x, w[v]));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, sc));
+    }
+    return acc;
+}
+AI kv_i kv_bcast128(const void *p) { return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p)); }
+AI kv_i kv_shuffle8(kv_i t, kv_i i) { return _mm256_shuffle_epi8(t, i); }
+AI kv_i kv_u8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
+AI kv_i kv_s8(const uint8_t *p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
+AI kv_f kv_fp16(const uint8_t *p) { return _mm256_cvtph_ps(_mm_load_si128((const __m128i *)p)); }
+AI kv_f kv_cvt(kv_i a) { return _mm256_cvtepi32_ps(a); }
+AI kv_f kv_fset1(float x) { return _mm256_set1_ps(x); }
+AI kv_f kv_fzero(void) { return _mm256_setzero_ps(); }
+AI kv_f kv_fadd(kv_f a, kv_f b) { return _mm256_add_ps(a, b); }
+AI kv_f kv_fsub(kv_f a, kv_f b) { return _mm256_sub_ps(a, b); }
+AI kv_f kv_fmul(kv_f a, kv_f b) { return _mm256_mul_ps(a, b); }
+AI void kv_store(float *out, kv_f v, int rows) {
+    if (rows >= 8) {
+        _mm256_storeu_ps(out, v);
+        return;
+    }
+    float t[8];
+    _mm256_storeu_ps(t, v);
+    memcpy(out, t, (size_t)rows * sizeof(float));
+}
+#include "kquant_packed_simd.h"
+
 PL_BASELINE_FN void pl_kernels_init_avx2(pl_kernels *k) {
     pl_kernels_init_scalar(k);
     k->isa = "avx2";
     pl_type_traits *t;
     kq_register(k); /* kquant_dots_avx2.h */
+    kqp_register(k); /* kquant_packed_simd.h */
+    q8_k_ref = k->types[PL_TYPE_Q8_K].from_float;
+    k->types[PL_TYPE_Q8_K].from_float = q8_k_from_float;
     t = &k->types[PL_TYPE_F32];
     t->vec_dot = f32_vec_dot;
     t->gemm = f32_gemm;
@@ -867,14 +666,12 @@ PL_BASELINE_FN void pl_kernels_init_avx2(pl_kernels *k) {
     t->gemm = bf16_gemm;
     t->to_float = bf16_to_float;
     t = &k->types[PL_TYPE_Q8_0];
-    t->vec_dot = q8_0_vec_dot;
-    t->gemm = q8_0_gemm;
+    t->vec_dot = kq_q8_0_vec_dot;
     t->gemm_packed = q8_0_gemm_packed;
     t->to_float = q8_0_to_float;
     t->from_float = q8_0_from_float;
     t = &k->types[PL_TYPE_Q4_0];
-    t->vec_dot = q4_0_vec_dot;
-    t->gemm = q4_0_gemm;
+    t->vec_dot = kq_q4_0_vec_dot;
     t->gemm_packed = q4_0_gemm_packed;
     t->to_float = q4_0_to_float;
     k->dot_f32 = dot_f32;

@@ -3,32 +3,26 @@
  *  - float weights (F32/F16/BF16) x fp32 activations: weights widened to fp32 on the fly (bf16:
  *    zero-extend + shift, f16: vcvtph2ps), activations stay fp32; gemm = 4 weight rows x 4
  *    activation rows register tiles; masked loads for tails (no read past a row, any alignment).
- *  - Q8_0/Q4_0 weights x Q8_0 activations. Layout: a "chunk" is 16 blocks stored as 8 vectors where
- *    32-bit lane L of vector t holds bytes 4t..4t+3 of block L, so VNNI vpdpbusd (u8 x s8)
- *    accumulates the exact integer dot of block L in lane L and the 16 block scales are applied
- *    with one FMA. Activation rows are repacked into this layout once per gemm call (with a
- *    per-block correction and fp32 scale); weight chunks are loaded with 16-byte loads and
- *    transposed in registers. Weights are made unsigned (Q4_0: the nibble, Q8_0: w + 128) and the
- *    offset is removed exactly by the correction -offset * sum(activation block).
- *    Decode (nc == 1): 4 weight rows at a time share the activation chunk held in registers.
- *    Prefill (nc > 1): the weight tile is decoded once into the same layout, then 4 x 4
- *    (rows x activations) tiles of int32 accumulators.
- *  - Q8_0 from_float and F16/BF16/Q8_0/Q4_0 to_float (bit-identical to the scalar reference),
+ *  - packed Q4_0 / Q8_0 weights (tensor_types.h) x q8x activations: VNNI vpdpbusd of a weight vector
+ *    (lane r = row r of a 16-row group) with a broadcast activation dword; decode streams one group at
+ *    a time, prefill runs a group over up to 6 activation rows. Packed Q4_K / Q6_K x Q8_K: the kernels
+ *    of kquant_packed_simd.h. Unpacked rows of every integer type (PYLLM_REPACK=0) run
+ *    kquant_dots_avx2.h's vec_dots.
+ *  - Q8_0 / Q8_K from_float and F16/BF16/Q8_0/Q4_0 to_float (bit-identical to the scalar reference),
  *    dot_f32 / axpy_f32 (table entries the engine no longer calls; tests/test_kernels.py checks them).
- * Porting note (NEON): the chunk layout works as is with SDOT (s8 x s8: no offset or correction)
- * on 4 blocks per 128-bit vector (transpose with vtrn/vzip); the float paths map onto vfmaq_f32. */
+ * Porting note (NEON): the packed layouts work as they are with SDOT (s8 x s8) on 4 rows per 128-bit
+ * vector; the float paths map onto vfmaq_f32. */
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels_x86_shared.h"
 #include "kquant_dots_avx2.h"
 #include "packed_gemm_driver.h"
 #include "tensor_types.h"
 
-#define AI static inline __attribute__((always_inline))
-#define UNROLL _Pragma("GCC unroll 16")
 
 /* rows may sit at any byte offset (GGUF / safetensors data): scalar loads go through pl_ld_u16
  * (tensor_types.h), vector loads are unaligned */
@@ -225,18 +219,6 @@ AI __m512 round_half_away(__m512 v) {
     return _mm512_or_ps(t, _mm512_and_ps(v, sign));
 }
 
-/* A block holding a NaN takes the scalar reference's own code: glibc's fmaxf turns a signalling NaN
- * into a quiet NaN that resets the running max, an order-dependent rule the vector max cannot mimic. */
-static void q8_0_block_ref(const float *xb, uint8_t *y) {
-    float amax = 0.0f;
-    for (int j = 0; j < PL_QK; j++) amax = fmaxf(amax, fabsf(xb[j]));
-    const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    const uint16_t dh = pl_fp32_to_fp16(d);
-    memcpy(y, &dh, 2);
-    for (int j = 0; j < PL_QK; j++) y[2 + j] = (uint8_t)(int8_t)roundf(xb[j] * id);
-}
-
 /* Q8_0 activation quantization, bit-identical to q8_0_from_float in types_scalar.c: max_ps(|x|, m)
  * returns m when |x| is NaN, like fmaxf; the int8 store truncates the int32 like the C cast does. */
 static void q8_0_from_float(const float *x, void *vy, int64_t n) {
@@ -264,6 +246,40 @@ static void q8_0_from_float(const float *x, void *vy, int64_t n) {
     }
 }
 
+/* Q8_K activation quantization (the K-quants' input), bit-identical to q8_k_from_float in
+ * types_kquants.c the same way: d = max|x| / 127 per 256, q = roundf(x / d) truncated to int8, bsums
+ * the exact sums of each 16 q; a super-block holding a NaN goes to the scalar reference. */
+static pl_from_float_fn q8_k_ref; /* the scalar table's, set by pl_kernels_init_avx512 */
+static void q8_k_from_float(const float *x, void *vy, int64_t n) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    for (int64_t i = 0; i < n / PL_QK_K; i++) {
+        const float *xb = x + i * PL_QK_K;
+        uint8_t *yb = (uint8_t *)vy + i * sizeof(pl_block_q8_k);
+        __m512 v[16], m = _mm512_setzero_ps();
+        __mmask16 nan = 0;
+        UNROLL for (int k = 0; k < 16; k++) {
+            v[k] = _mm512_loadu_ps(xb + 16 * k);
+            nan |= _mm512_cmp_ps_mask(v[k], v[k], _CMP_UNORD_Q);
+            m = _mm512_max_ps(_mm512_andnot_ps(sign, v[k]), m);
+        }
+        if (nan) {
+            q8_k_ref(xb, yb, PL_QK_K);
+            continue;
+        }
+        const float d = _mm512_reduce_max_ps(m) / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        memcpy(yb, &d, 4);
+        const __m512 vid = _mm512_set1_ps(id);
+        UNROLL for (int k = 0; k < 16; k++) {
+            const __m512i q = _mm512_cvttps_epi32(round_half_away(_mm512_mul_ps(v[k], vid)));
+            _mm_storeu_si128((__m128i *)(yb + 4 + 16 * k), _mm512_cvtepi32_epi8(q));
+            /* the sum of the int8 values (as the reference sums the stored bytes) */
+            const int16_t bs = (int16_t)_mm512_reduce_add_epi32(_mm512_cvtepi8_epi32(_mm512_cvtepi32_epi8(q)));
+            memcpy(yb + 260 + 2 * k, &bs, 2);
+        }
+    }
+}
+
 /* ---- fp32 helpers (attention) ---- */
 static float dot_f32(int n, const float *a, const float *b) { return fl_dot(FT_f32, n, a, b); }
 /* y += alpha * x with a separate multiply and add (no FMA), so it is bit-identical to the scalar loop;
@@ -288,303 +304,6 @@ static void axpy_f32(int n, float alpha, const float *x, float *y) {
         _mm512_mask_storeu_ps(y + i, m, axpy_step(va, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
     }
 }
-
-/* ============================== Q8_0 / Q4_0 x Q8_0 ============================== */
-
-enum { QT_q4_0 = 0, QT_q8_0 = 1 };
-#define QCH 16 /* blocks per chunk: one 32-bit lane per block */
-#define Q8B ((int)sizeof(pl_block_q8_0))
-#define Q4B ((int)sizeof(pl_block_q4_0))
-
-typedef struct {
-    __m512i q[8]; /* q[t], lane L: activation bytes 4t..4t+3 of block L (int8) */
-    __m512i corr; /* lane L: -(weight offset) * sum(block L), the exact correction for unsigned weights */
-    __m512 d;     /* lane L: fp32 scale of block L */
-} qchunk;         /* 640 bytes */
-typedef struct {
-    __m512i q[8]; /* q[t], lane L: weights 4t..4t+3 of block L as u8 (Q4_0: nibble, Q8_0: w + 128) */
-    __m512 d;     /* lane L: fp32 scale of block L */
-} wchunk;         /* 576 bytes */
-
-/* z lanes 128*k: 16 bytes at p + k*s (k = 0..3) */
-AI __m512i ld4x128(const uint8_t *p, size_t s) {
-    const __m256i lo = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)p)),
-                                               _mm_loadu_si128((const __m128i *)(p + s)), 1);
-    const __m256i hi = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(p + 2 * s))),
-                                               _mm_loadu_si128((const __m128i *)(p + 3 * s)), 1);
-    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-}
-/* 16 bytes of each of 16 blocks (block stride bs, first byte at p) -> t[j] lane L = bytes 4j..4j+3 of
- * block L. Loads put block 4k+g in 128-bit lane k of z[g]; the 4x4 dword transpose inside each
- * 128-bit lane then yields lane 4k+g = block 4k+g. */
-AI void ld_transpose16(const uint8_t *p, int bs, __m512i *t) {
-    const __m512i z0 = ld4x128(p, 4 * (size_t)bs), z1 = ld4x128(p + bs, 4 * (size_t)bs);
-    const __m512i z2 = ld4x128(p + 2 * bs, 4 * (size_t)bs), z3 = ld4x128(p + 3 * bs, 4 * (size_t)bs);
-    const __m512i u0 = _mm512_unpacklo_epi32(z0, z1), u1 = _mm512_unpackhi_epi32(z0, z1);
-    const __m512i u2 = _mm512_unpacklo_epi32(z2, z3), u3 = _mm512_unpackhi_epi32(z2, z3);
-    t[0] = _mm512_unpacklo_epi64(u0, u2);
-    t[1] = _mm512_unpackhi_epi64(u0, u2);
-    t[2] = _mm512_unpacklo_epi64(u1, u3);
-    t[3] = _mm512_unpackhi_epi64(u1, u3);
-}
-/* fp16 scales d of 16 blocks (at p + L*bs) -> fp32, lane L. Scalar 16-bit loads packed 4 per
- * 64-bit word: on Zen 4 this is about twice as fast as vpgatherdd and runs on the integer side. */
-AI __m512 ld_scales16(const uint8_t *p, int bs) {
-    uint64_t q[4];
-    UNROLL for (int k = 0; k < 4; k++)
-        q[k] = (uint64_t)pl_ld_u16(p + (4 * k) * bs) | (uint64_t)pl_ld_u16(p + (4 * k + 1) * bs) << 16 |
-               (uint64_t)pl_ld_u16(p + (4 * k + 2) * bs) << 32 | (uint64_t)pl_ld_u16(p + (4 * k + 3) * bs) << 48;
-    const __m128i lo = _mm_insert_epi64(_mm_cvtsi64_si128((long long)q[0]), (long long)q[1], 1);
-    const __m128i hi = _mm_insert_epi64(_mm_cvtsi64_si128((long long)q[2]), (long long)q[3], 1);
-    return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
-}
-
-/* Pack 16 Q8_0 activation blocks (nblk < 16: the rest are zero blocks). shift: log2 of the weight
- * offset (Q4_0: 8 -> 3, Q8_0: 128 -> 7). */
-static void pack_act_chunk(const uint8_t *p, int nblk, int shift, qchunk *out) {
-    uint8_t tmp[QCH * Q8B];
-    if (nblk < QCH) {
-        memset(tmp, 0, sizeof(tmp));
-        memcpy(tmp, p, (size_t)nblk * Q8B);
-        p = tmp;
-    }
-    __m512i q[8];
-    ld_transpose16(p + 2, Q8B, q);
-    ld_transpose16(p + 18, Q8B, q + 4);
-    const __m512i ones = _mm512_set1_epi8(1);
-    __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
-    for (int t = 0; t < 8; t += 2) {
-        s0 = _mm512_dpbusd_epi32(s0, ones, q[t]);
-        s1 = _mm512_dpbusd_epi32(s1, ones, q[t + 1]);
-    }
-    for (int t = 0; t < 8; t++) _mm512_store_si512(&out->q[t], q[t]);
-    out->corr = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_add_epi32(s0, s1), shift));
-    out->d = ld_scales16(p, Q8B);
-}
-
-/* Weight chunk (16 full blocks at p) -> 8 unsigned byte vectors matching qchunk.q, and the scales.
- * hi16 (Q4_0 only): the high nibbles stay in place (16 * nibble, still < 256), which saves the
- * shifts; the caller then accumulates W[4..7] separately and shifts that sum right by 4 (exact). */
-AI void ld_w_chunk(const int qt, const int hi16, const uint8_t *p, __m512i *W, __m512 *dw) {
-    if (qt == QT_q4_0) {
-        __m512i t[4];
-        ld_transpose16(p + 2, Q4B, t);
-        const __m512i m4 = _mm512_set1_epi8(0x0F);
-        UNROLL for (int j = 0; j < 4; j++) {
-            W[j] = _mm512_and_si512(t[j], m4); /* weights 4j..4j+3 */
-            W[j + 4] = hi16 ? _mm512_andnot_si512(m4, t[j]) : _mm512_and_si512(_mm512_srli_epi16(t[j], 4), m4); /* 16+4j.. */
-        }
-        *dw = ld_scales16(p, Q4B);
-    } else {
-        ld_transpose16(p + 2, Q8B, W);
-        ld_transpose16(p + 18, Q8B, W + 4);
-        const __m512i off = _mm512_set1_epi8((char)0x80);
-        UNROLL for (int j = 0; j < 8; j++) W[j] = _mm512_xor_si512(W[j], off); /* w + 128 as u8 */
-        *dw = ld_scales16(p, Q8B);
-    }
-}
-/* pointer to weight chunk ch of a row, or a zero-padded copy in tmp when it is the partial last one */
-AI const uint8_t *w_chunk_ptr(const uint8_t *row, int ch, int nfull, int tail, int bs, uint8_t *tmp) {
-    const uint8_t *p = row + (size_t)ch * QCH * bs;
-    if (ch < nfull) return p;
-    memset(tmp, 0, QCH * Q8B);
-    memcpy(tmp, p, (size_t)tail * bs);
-    return tmp;
-}
-
-/* ---- decode (one activation row): R weight rows share the activation chunk held in registers ---- */
-#define QR1 4
-AI void q_rows1(const int qt, const int R, const uint8_t *w, size_t ws, int nfull, int tail, const qchunk *A,
-                float *res) {
-    const int bs = qt == QT_q4_0 ? Q4B : Q8B;
-    __m512 fa[QR1];
-    UNROLL for (int r = 0; r < R; r++) fa[r] = _mm512_setzero_ps();
-    const int nch = nfull + (tail > 0);
-    for (int ch = 0; ch < nch; ch++) {
-        const qchunk *ac = A + ch;
-        __m512i a[8];
-        UNROLL for (int t = 0; t < 8; t++) a[t] = _mm512_load_si512(&ac->q[t]);
-        const __m512i corr = _mm512_load_si512(&ac->corr);
-        UNROLL for (int r = 0; r < R; r++) {
-            uint8_t tmp[QCH * Q8B];
-            __m512i W[8];
-            __m512 dw;
-            ld_w_chunk(qt, 1, w_chunk_ptr(w + (size_t)r * ws, ch, nfull, tail, bs, tmp), W, &dw);
-            __m512i d0 = corr, d1 = _mm512_setzero_si512(), dp;
-            if (qt == QT_q4_0) {
-                UNROLL for (int t = 0; t < 4; t++) {
-                    d0 = _mm512_dpbusd_epi32(d0, W[t], a[t]);
-                    d1 = _mm512_dpbusd_epi32(d1, W[t + 4], a[t + 4]); /* 16 x the high-nibble products */
-                }
-                dp = _mm512_add_epi32(d0, _mm512_srai_epi32(d1, 4));
-            } else {
-                UNROLL for (int t = 0; t < 8; t += 2) {
-                    d0 = _mm512_dpbusd_epi32(d0, W[t], a[t]);
-                    d1 = _mm512_dpbusd_epi32(d1, W[t + 1], a[t + 1]);
-                }
-                dp = _mm512_add_epi32(d0, d1);
-            }
-            fa[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_mul_ps(dw, ac->d), fa[r]);
-        }
-    }
-    UNROLL for (int r = 0; r < R; r++) res[r] = _mm512_reduce_add_ps(fa[r]);
-}
-typedef void (*q_rows1_fn)(const uint8_t *w, size_t ws, int nfull, int tail, const qchunk *A, float *res);
-#define Q1_DEF(qt, R)                                                                                              \
-    static void q_rows1_##qt##_##R(const uint8_t *w, size_t ws, int nfull, int tail, const qchunk *A, float *res) { \
-        q_rows1(QT_##qt, R, w, ws, nfull, tail, A, res);                                                           \
-    }
-Q1_DEF(q4_0, 1) Q1_DEF(q4_0, 2) Q1_DEF(q4_0, 3) Q1_DEF(q4_0, 4)
-Q1_DEF(q8_0, 1) Q1_DEF(q8_0, 2) Q1_DEF(q8_0, 3) Q1_DEF(q8_0, 4)
-static const q_rows1_fn q_rows1_tab[2][QR1] = {{q_rows1_q4_0_1, q_rows1_q4_0_2, q_rows1_q4_0_3, q_rows1_q4_0_4},
-                                               {q_rows1_q8_0_1, q_rows1_q8_0_2, q_rows1_q8_0_3, q_rows1_q8_0_4}};
-
-/* ---- prefill: weights decoded once into wchunks, then R x C register tiles of int32 dot products ---- */
-#define QMR 4
-#define QNR 4
-AI void q_tile(const int R, const int C, int nch, const wchunk *W, int wstride, const qchunk *A, int astride,
-               float *out, size_t os, int accumulate) {
-    __m512 fa[QMR][QNR];
-    UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) fa[r][c] = _mm512_setzero_ps();
-    for (int ch = 0; ch < nch; ch++) {
-        __m512i dp[QMR][QNR];
-        UNROLL for (int c = 0; c < C; c++) {
-            const __m512i corr = _mm512_load_si512(&A[(size_t)c * astride + ch].corr);
-            UNROLL for (int r = 0; r < R; r++) dp[r][c] = corr;
-        }
-        UNROLL for (int t = 0; t < 8; t++) {
-            __m512i a[QNR];
-            UNROLL for (int c = 0; c < C; c++) a[c] = _mm512_load_si512(&A[(size_t)c * astride + ch].q[t]);
-            UNROLL for (int r = 0; r < R; r++) {
-                const __m512i wv = _mm512_load_si512(&W[(size_t)r * wstride + ch].q[t]);
-                UNROLL for (int c = 0; c < C; c++) dp[r][c] = _mm512_dpbusd_epi32(dp[r][c], wv, a[c]);
-            }
-        }
-        UNROLL for (int r = 0; r < R; r++) {
-            const __m512 dw = W[(size_t)r * wstride + ch].d;
-            UNROLL for (int c = 0; c < C; c++)
-                fa[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp[r][c]), _mm512_mul_ps(dw, A[(size_t)c * astride + ch].d),
-                                           fa[r][c]);
-        }
-    }
-    UNROLL for (int c = 0; c < C; c++) UNROLL for (int r = 0; r < R; r++) {
-        const float v = _mm512_reduce_add_ps(fa[r][c]);
-        if (accumulate) out[(size_t)c * os + r] += v;
-        else out[(size_t)c * os + r] = v;
-    }
-}
-typedef void (*q_tile_fn)(int nch, const wchunk *W, int wstride, const qchunk *A, int astride, float *out, size_t os,
-                          int accumulate);
-#define QT_DEF(R, C)                                                                                           \
-    static void q_tile_##R##_##C(int nch, const wchunk *W, int wstride, const qchunk *A, int astride, float *out, \
-                                 size_t os, int accumulate) {                                                  \
-        q_tile(R, C, nch, W, wstride, A, astride, out, os, accumulate);                                        \
-    }
-#define QT_DEF_R(R) QT_DEF(R, 1) QT_DEF(R, 2) QT_DEF(R, 3) QT_DEF(R, 4)
-QT_DEF_R(1) QT_DEF_R(2) QT_DEF_R(3) QT_DEF_R(4)
-#define QT_ROW(R) {q_tile_##R##_1, q_tile_##R##_2, q_tile_##R##_3, q_tile_##R##_4}
-static const q_tile_fn q_tile_tab[QMR][QNR] = {QT_ROW(1), QT_ROW(2), QT_ROW(3), QT_ROW(4)};
-
-static void decode_w_chunk(const int qt, const uint8_t *p, wchunk *out) {
-    __m512i W[8];
-    __m512 dw;
-    ld_w_chunk(qt, 0, p, W, &dw);
-    for (int t = 0; t < 8; t++) _mm512_store_si512(&out->q[t], W[t]);
-    out->d = dw;
-}
-
-/* Per-thread scratch for the packed tiles of a prefill gemm call (kept for the thread's lifetime). */
-static __thread void *q_scratch_p;
-static __thread size_t q_scratch_cap;
-static void *q_scratch(size_t bytes) {
-    if (q_scratch_cap < bytes) {
-        free(q_scratch_p);
-        q_scratch_p = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-        q_scratch_cap = q_scratch_p ? bytes : 0;
-    }
-    return q_scratch_p;
-}
-
-#define QKC 16 /* chunks (256 blocks = 8192 elements) per K pass */
-#define QJG 32 /* activation rows packed together */
-#define QIG 16 /* weight rows decoded together */
-#define QBUF 64 /* decode path: packed activation chunks on the stack (40 KiB) */
-
-static void q_gemv(const int qt, int nb, int nr, const uint8_t *w, size_t ws, const uint8_t *a, float *out) {
-    const int bs = qt == QT_q4_0 ? Q4B : Q8B, shift = qt == QT_q4_0 ? 3 : 7;
-    qchunk buf[QBUF];
-    for (int kb = 0; kb < nb; kb += QBUF * QCH) {
-        const int kblk = nb - kb < QBUF * QCH ? nb - kb : QBUF * QCH;
-        const int nfull = kblk / QCH, tail = kblk % QCH, nch = nfull + (tail > 0);
-        for (int ch = 0; ch < nch; ch++)
-            pack_act_chunk(a + (size_t)(kb + ch * QCH) * Q8B, ch < nfull ? QCH : tail, shift, &buf[ch]);
-        for (int i = 0; i < nr; i += QR1) {
-            const int R = nr - i < QR1 ? nr - i : QR1;
-            float res[QR1];
-            q_rows1_tab[qt][R - 1](w + (size_t)i * ws + (size_t)kb * bs, ws, nfull, tail, buf, res);
-            for (int r = 0; r < R; r++) out[i + r] = kb == 0 ? res[r] : out[i + r] + res[r];
-        }
-    }
-}
-
-static void q_gemm(const int qt, int n, int nr, int nc, const void *vw, size_t ws, const void *va, size_t as,
-                   float *out, size_t os) {
-    const uint8_t *w = (const uint8_t *)vw, *a = (const uint8_t *)va;
-    const int nb = n / PL_QK, bs = qt == QT_q4_0 ? Q4B : Q8B, shift = qt == QT_q4_0 ? 3 : 7;
-    if (nb == 0) {
-        for (int j = 0; j < nc; j++)
-            for (int i = 0; i < nr; i++) out[(size_t)j * os + i] = 0.0f;
-        return;
-    }
-    const int nch_all = (nb + QCH - 1) / QCH;
-    const int kc = nch_all < QKC ? nch_all : QKC;
-    const int jg = nc < QJG ? nc : QJG, ig = nr < QIG ? nr : QIG;
-    char *scr = nc > 1 ? (char *)q_scratch((size_t)kc * (jg * sizeof(qchunk) + ig * sizeof(wchunk))) : NULL;
-    if (!scr) { /* decode, or no memory for the tiles: one activation row at a time */
-        for (int j = 0; j < nc; j++) q_gemv(qt, nb, nr, w, ws, a + (size_t)j * as, out + (size_t)j * os);
-        return;
-    }
-    qchunk *abuf = (qchunk *)scr;
-    wchunk *wbuf = (wchunk *)(scr + (size_t)kc * jg * sizeof(qchunk));
-    uint8_t tmp[QCH * Q8B];
-    for (int kb = 0; kb < nb; kb += kc * QCH) {
-        const int kblk = nb - kb < kc * QCH ? nb - kb : kc * QCH;
-        const int nfull = kblk / QCH, tail = kblk % QCH, nch = nfull + (tail > 0);
-        for (int j0 = 0; j0 < nc; j0 += jg) {
-            const int nj = nc - j0 < jg ? nc - j0 : jg;
-            for (int c = 0; c < nj; c++) {
-                const uint8_t *ar = a + (size_t)(j0 + c) * as + (size_t)kb * Q8B;
-                for (int ch = 0; ch < nch; ch++)
-                    pack_act_chunk(ar + (size_t)ch * QCH * Q8B, ch < nfull ? QCH : tail, shift, &abuf[(size_t)c * nch + ch]);
-            }
-            for (int i0 = 0; i0 < nr; i0 += ig) {
-                const int ni = nr - i0 < ig ? nr - i0 : ig;
-                for (int r = 0; r < ni; r++) {
-                    const uint8_t *row = w + (size_t)(i0 + r) * ws + (size_t)kb * bs;
-                    for (int ch = 0; ch < nch; ch++)
-                        decode_w_chunk(qt, w_chunk_ptr(row, ch, nfull, tail, bs, tmp), &wbuf[(size_t)r * nch + ch]);
-                }
-                for (int c0 = 0; c0 < nj; c0 += QNR) {
-                    const int C = nj - c0 < QNR ? nj - c0 : QNR;
-                    for (int r0 = 0; r0 < ni; r0 += QMR) {
-                        const int R = ni - r0 < QMR ? ni - r0 : QMR;
-                        q_tile_tab[R - 1][C - 1](nch, wbuf + (size_t)r0 * nch, nch, abuf + (size_t)c0 * nch, nch,
-                                                 out + (size_t)(j0 + c0) * os + i0 + r0, os, kb > 0);
-                    }
-                }
-            }
-        }
-    }
-}
-
-static void q4_0_gemm(int n, int nr, int nc, const void *w, size_t ws, const void *a, size_t as, float *out, size_t os) {
-    q_gemm(QT_q4_0, n, nr, nc, w, ws, a, as, out, os);
-}
-static void q8_0_gemm(int n, int nr, int nc, const void *w, size_t ws, const void *a, size_t as, float *out, size_t os) {
-    q_gemm(QT_q8_0, n, nr, nc, w, ws, a, as, out, os);
-}
-static void q4_0_vec_dot(int n, float *s, const void *w, const void *a) { q4_0_gemm(n, 1, 1, w, 0, a, 0, s, 1); }
-static void q8_0_vec_dot(int n, float *s, const void *w, const void *a) { q8_0_gemm(n, 1, 1, w, 0, a, 0, s, 1); }
 
 /* ---- attention / MLP helpers ---- */
 /* c = a x b (row-major, m x k times k x n): R rows of a x NV 16-float vectors of b per register
@@ -715,9 +434,6 @@ AI __m512i bcast32(const uint8_t *p) {
     return _mm512_set1_epi32(v);
 }
 AI __mmask16 row_mask(int rows) { return rows >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rows) - 1u); }
-/* offsets of the d and correction arrays in a q8x activation row */
-AI size_t pk_d_off(int nb) { return pl_round64((size_t)nb * Q8B); }
-AI size_t pk_c_off(const int qt, int nb) { return pk_d_off(nb) + (qt == QT_q4_0 ? 1 : 2) * pl_round64((size_t)nb * 4); }
 
 /* decode: one group x one activation row, the group read front to back as one stream (several groups
  * per pass, sharing the activation broadcasts, read ~35% slower here: more streams than the
@@ -803,24 +519,67 @@ static const pl_pk_tile_fn pk_tile_tab[2][PKC] = {
     {pk_tile_q8_0_1, pk_tile_q8_0_2, pk_tile_q8_0_3, pk_tile_q8_0_4, pk_tile_q8_0_5, pk_tile_q8_0_6}};
 
 static void q4_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
-    pl_pk_gemm_drive(PL_TYPE_Q4_0, pk_gemv_q4_0, pk_tile_tab[QT_q4_0], PKC, n, nr, nc, w, a, as, out, os);
+    pl_pk_gemm_drive(PL_TYPE_Q4_0, PL_QK, pk_gemv_q4_0, pk_tile_tab[QT_q4_0], PKC, n, nr, nc, w, a, as, out, os);
 }
 static void q8_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
-    pl_pk_gemm_drive(PL_TYPE_Q8_0, pk_gemv_q8_0, pk_tile_tab[QT_q8_0], PKC, n, nr, nc, w, a, as, out, os);
+    pl_pk_gemm_drive(PL_TYPE_Q8_0, PL_QK, pk_gemv_q8_0, pk_tile_tab[QT_q8_0], PKC, n, nr, nc, w, a, as, out, os);
 }
 
-/* cpu_dispatch.c builds every table on any CPU, so the init function itself must not use this
- * file's ISA (the compiler would otherwise vectorize the pointer stores with AVX/AVX-512). */
-#if defined(__GNUC__) && !defined(__clang__)
-#define PL_BASELINE_FN __attribute__((target("arch=x86-64")))
-#else
-#define PL_BASELINE_FN
-#endif
+/* ============================== packed Q4_K / Q6_K x Q8_K ==============================
+ * kquant_packed_simd.h over one zmm per 16-row vector; vpdpbusd adds the 4 u8 x s8 products of a
+ * lane exactly (weights < 64, so no saturation question arises). */
+#define KV_LANES 16
+typedef __m512i kv_i;
+typedef __m512 kv_f;
+AI kv_i kv_load(const uint8_t *p) { return _mm512_load_si512((const void *)p); }
+AI kv_i kv_set1(int32_t x) { return _mm512_set1_epi32(x); }
+AI kv_i kv_zero(void) { return _mm512_setzero_si512(); }
+AI kv_i kv_add(kv_i a, kv_i b) { return _mm512_add_epi32(a, b); }
+AI kv_i kv_and(kv_i a, kv_i b) { return _mm512_and_si512(a, b); }
+AI kv_i kv_andnot(kv_i m, kv_i x) { return _mm512_andnot_si512(m, x); }
+AI kv_i kv_or_and(kv_i a, kv_i b, kv_i m) { return _mm512_ternarylogic_epi32(a, b, m, 0xF8); }
+#define KV_DOT_WIDE 1 /* vpdpbusd: u8 x s8 products summed in int32, no saturation */
+AI kv_i kv_mullo(kv_i a, kv_i b) { return _mm512_mullo_epi32(a, b); }
+AI kv_i kv_srli16(kv_i a, const int k) { return _mm512_srli_epi16(a, k); }
+AI kv_i kv_slli16(kv_i a, const int k) { return _mm512_slli_epi16(a, k); }
+AI kv_i kv_scales(kv_i sc) { return sc; }
+/* vpdpbusd chain from init, >> shift, times the scales */
+AI kv_i kv_sdot(const int NW, const int WBITS, const kv_i *w, const uint8_t *q8, kv_i sc, int32_t init, const int shift) {
+    (void)WBITS;
+    kv_i acc = _mm512_set1_epi32(init);
+    UNROLL for (int v = 0; v < NW; v++) acc = _mm512_dpbusd_epi32(acc, w[v], bcast32(q8 + 4 * v));
+    if (shift) acc = _mm512_srai_epi32(acc, shift);
+    return _mm512_mullo_epi32(acc, sc);
+}
+/* signed weights: w + 128 as u8 (w ^ 0x80), the offset removed exactly by init -128 x sum8 */
+AI kv_i kv_sdot_s8(const int NW, const kv_i *w, const uint8_t *q8, kv_i sc, int32_t sum8) {
+    kv_i acc = _mm512_set1_epi32(-128 * sum8);
+    UNROLL for (int v = 0; v < NW; v++)
+        acc = _mm512_dpbusd_epi32(acc, _mm512_xor_si512(w[v], _mm512_set1_epi8((char)0x80)), bcast32(q8 + 4 * v));
+    return _mm512_mullo_epi32(acc, sc);
+}
+AI kv_i kv_bcast128(const void *p) { return _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)p)); }
+AI kv_i kv_shuffle8(kv_i t, kv_i i) { return _mm512_shuffle_epi8(t, i); }
+AI kv_i kv_u8(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)p)); }
+AI kv_i kv_s8(const uint8_t *p) { return _mm512_cvtepi8_epi32(_mm_load_si128((const __m128i *)p)); }
+AI kv_f kv_fp16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)p)); }
+AI kv_f kv_cvt(kv_i a) { return _mm512_cvtepi32_ps(a); }
+AI kv_f kv_fset1(float x) { return _mm512_set1_ps(x); }
+AI kv_f kv_fzero(void) { return _mm512_setzero_ps(); }
+AI kv_f kv_fadd(kv_f a, kv_f b) { return _mm512_add_ps(a, b); }
+AI kv_f kv_fsub(kv_f a, kv_f b) { return _mm512_sub_ps(a, b); }
+AI kv_f kv_fmul(kv_f a, kv_f b) { return _mm512_mul_ps(a, b); }
+AI void kv_store(float *out, kv_f v, int rows) { _mm512_mask_storeu_ps(out, row_mask(rows), v); }
+#include "kquant_packed_simd.h"
+
 PL_BASELINE_FN void pl_kernels_init_avx512(pl_kernels *k) {
     pl_kernels_init_scalar(k);
     k->isa = "avx512";
     pl_type_traits *t;
     kq_register(k); /* kquant_dots_avx2.h */
+    kqp_register(k); /* kquant_packed_simd.h */
+    q8_k_ref = k->types[PL_TYPE_Q8_K].from_float;
+    k->types[PL_TYPE_Q8_K].from_float = q8_k_from_float;
     t = &k->types[PL_TYPE_F32];
     t->vec_dot = f32_vec_dot;
     t->gemm = f32_gemm;
@@ -833,14 +592,12 @@ PL_BASELINE_FN void pl_kernels_init_avx512(pl_kernels *k) {
     t->gemm = bf16_gemm;
     t->to_float = bf16_to_float;
     t = &k->types[PL_TYPE_Q8_0];
-    t->vec_dot = q8_0_vec_dot;
-    t->gemm = q8_0_gemm;
+    t->vec_dot = kq_q8_0_vec_dot;
     t->gemm_packed = q8_0_gemm_packed;
     t->to_float = q8_0_to_float;
     t->from_float = q8_0_from_float;
     t = &k->types[PL_TYPE_Q4_0];
-    t->vec_dot = q4_0_vec_dot;
-    t->gemm = q4_0_gemm;
+    t->vec_dot = kq_q4_0_vec_dot;
     t->gemm_packed = q4_0_gemm_packed;
     t->to_float = q4_0_to_float;
     k->dot_f32 = dot_f32;

@@ -1,5 +1,6 @@
-/* kquant_dots_avx2.h: K-quant (Q2_K..Q6_K) and IQ4_XS weights x Q8_K activations, and Q4_1, Q5_0,
- * Q5_1, IQ4_NL weights x Q8_0 activations with AVX2 integer arithmetic, for the
+/* kquant_dots_avx2.h: K-quant (Q2_K..Q6_K) and IQ4_XS weights x Q8_K activations, and Q4_0, Q8_0,
+ * Q4_1, Q5_0, Q5_1, IQ4_NL weights x Q8_0 activations with AVX2 integer arithmetic (the vec_dots of the
+ * unpacked rows), for the
  * AVX2 and AVX-512 tables (both files are compiled with -mavx2 and include this). Bit-identical to
  * the scalar reference in types_kquants.c: every integer sum is exact (vpmaddubsw's int16 pair sums
  * cannot overflow: <= 2 x 127 x 127; the scale products are int32), and the float arithmetic per
@@ -12,6 +13,9 @@
 #include <string.h>
 
 #include "tensor_types.h"
+
+/* an fp16 field (any alignment) with F16C: exact, as the scalar pl_ld_fp16 */
+static inline float kq_fp16(const void *p) { return _cvtsh_ss(pl_ld_u16(p)); }
 
 static inline int32_t kq_hsum_i32(__m256i v) {
     const __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -70,7 +74,7 @@ static inline __attribute__((always_inline)) void kq_q45_k_vec_dot(int n, float 
         }
         const int32_t isum = kq_hsum_i32(acc), imin = kq_mins_dot(sm + 8, a + 260);
         const float ad = pl_ld_f32(a);
-        sum += (ad * pl_ld_fp16(w)) * (float)isum - (ad * pl_ld_fp16(w + 2)) * (float)imin;
+        sum += (ad * kq_fp16(w)) * (float)isum - (ad * kq_fp16(w + 2)) * (float)imin;
     }
     *s = sum;
 }
@@ -107,7 +111,7 @@ static void kq_q6_k_vec_dot(int n, float *s, const void *vw, const void *va) {
         int32_t off = 0; /* the values are stored + 32: remove 32 x scale x sum(q8) per group */
         for (int g = 0; g < 16; g++) off += (int32_t)sc[g] * (int16_t)pl_ld_u16(a + 260 + 2 * g);
         const int32_t isum = kq_hsum_i32(acc) - 32 * off;
-        sum += (pl_ld_f32(a) * pl_ld_fp16(w + 208)) * (float)isum;
+        sum += (pl_ld_f32(a) * kq_fp16(w + 208)) * (float)isum;
     }
     *s = sum;
 }
@@ -135,8 +139,8 @@ static void kq_q2_k_vec_dot(int n, float *s, const void *vw, const void *va) {
         int32_t imin = 0;
         for (int g = 0; g < 16; g++) imin += (int32_t)(w[g] >> 4) * (int16_t)pl_ld_u16(a + 260 + 2 * g);
         const float ad = pl_ld_f32(a);
-        sum += (ad * pl_ld_fp16(w + 80)) * (float)kq_hsum_i32(acc) -
-               (ad * pl_ld_fp16(w + 82)) * (float)imin;
+        sum += (ad * kq_fp16(w + 80)) * (float)kq_hsum_i32(acc) -
+               (ad * kq_fp16(w + 82)) * (float)imin;
     }
     *s = sum;
 }
@@ -166,7 +170,7 @@ static void kq_q3_k_vec_dot(int n, float *s, const void *vw, const void *va) {
         }
         int32_t off = 0; /* u - 4: remove 4 x scale x sum(q8) per group */
         for (int g = 0; g < 16; g++) off += (int32_t)sc[g] * (int16_t)pl_ld_u16(a + 260 + 2 * g);
-        sum += (pl_ld_f32(a) * pl_ld_fp16(w + 108)) * (float)(kq_hsum_i32(acc) - 4 * off);
+        sum += (pl_ld_f32(a) * kq_fp16(w + 108)) * (float)(kq_hsum_i32(acc) - 4 * off);
     }
     *s = sum;
 }
@@ -193,7 +197,7 @@ static void kq_iq4_xs_vec_dot(int n, float *s, const void *vw, const void *va) {
             const int ls = ((sl[ib / 2] >> (4 * (ib % 2))) & 0x0F) | (((sh >> (2 * ib)) & 3) << 4);
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16((int16_t)(ls - 32))));
         }
-        sum += (pl_ld_f32(a) * pl_ld_fp16(w)) * (float)kq_hsum_i32(acc);
+        sum += (pl_ld_f32(a) * kq_fp16(w)) * (float)kq_hsum_i32(acc);
     }
     *s = sum;
 }
@@ -217,6 +221,48 @@ static inline int32_t kq_dot_u8_s8(__m256i u, __m256i q8) {
 }
 static inline int32_t kq_sum_s8(__m256i q8) { return kq_dot_u8_s8(_mm256_set1_epi8(1), q8); }
 
+/* Q4_0 (nibbles - 8) and Q8_0 x Q8_0, as types_scalar.c: the int32 vectors of 4 blocks reduced together
+ * (vphaddd), then each block's sum += (float)isum * (d * d8) in order */
+static inline __m128i kq_hsum4_i32(__m256i a, __m256i b, __m256i c, __m256i d) {
+    const __m256i ab = _mm256_hadd_epi32(a, b), cd = _mm256_hadd_epi32(c, d), abcd = _mm256_hadd_epi32(ab, cd);
+    return _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1)); /* a, b, c, d */
+}
+/* the int32 partial sums of one block (8 lanes; their sum is the block's exact integer dot) */
+static inline __m256i kq_q4_0_block(const uint8_t *w, const uint8_t *a) {
+    const __m256i q8 = _mm256_loadu_si256((const __m256i *)(a + 2));
+    const __m256i v = _mm256_sub_epi8(kq_nibbles32(w + 2), _mm256_set1_epi8(8)); /* -8 .. 7 */
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(q8, v)), _mm256_set1_epi16(1));
+}
+static inline __m256i kq_q8_0_block(const uint8_t *w, const uint8_t *a) { /* widened to int16: exact for -128 too */
+    const __m128i w0 = _mm_loadu_si128((const __m128i *)(w + 2)), w1 = _mm_loadu_si128((const __m128i *)(w + 18));
+    const __m128i a0 = _mm_loadu_si128((const __m128i *)(a + 2)), a1 = _mm_loadu_si128((const __m128i *)(a + 18));
+    return _mm256_add_epi32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(w0), _mm256_cvtepi8_epi16(a0)),
+                            _mm256_madd_epi16(_mm256_cvtepi8_epi16(w1), _mm256_cvtepi8_epi16(a1)));
+}
+static inline __attribute__((always_inline)) void kq_q_0_vec_dot(const int q8w, int n, float *s, const uint8_t *w,
+                                                                  const uint8_t *a) {
+    const size_t wb = q8w ? 34 : 18;
+    const int nb = n / 32;
+    float sum = 0.0f;
+    int b = 0;
+    for (; b + 4 <= nb; b += 4) {
+        __m256i p[4];
+        for (int k = 0; k < 4; k++)
+            p[k] = q8w ? kq_q8_0_block(w + (b + k) * wb, a + (b + k) * 34) : kq_q4_0_block(w + (b + k) * wb, a + (b + k) * 34);
+        int32_t is[4];
+        _mm_storeu_si128((__m128i *)is, kq_hsum4_i32(p[0], p[1], p[2], p[3]));
+        for (int k = 0; k < 4; k++)
+            sum += (float)is[k] * (kq_fp16(w + (b + k) * wb) * kq_fp16(a + (b + k) * 34));
+    }
+    for (; b < nb; b++) {
+        const __m256i p = q8w ? kq_q8_0_block(w + b * wb, a + b * 34) : kq_q4_0_block(w + b * wb, a + b * 34);
+        sum += (float)kq_hsum_i32(p) * (kq_fp16(w + b * wb) * kq_fp16(a + b * 34));
+    }
+    *s = sum;
+}
+static void kq_q4_0_vec_dot(int n, float *s, const void *w, const void *a) { kq_q_0_vec_dot(0, n, s, w, a); }
+static void kq_q8_0_vec_dot(int n, float *s, const void *w, const void *a) { kq_q_0_vec_dot(1, n, s, w, a); }
+
 static void kq_q5_0_vec_dot(int n, float *s, const void *vw, const void *va) {
     const uint8_t *w = vw, *a = va;
     float sum = 0.0f;
@@ -224,7 +270,7 @@ static void kq_q5_0_vec_dot(int n, float *s, const void *vw, const void *va) {
         const __m256i q8 = _mm256_loadu_si256((const __m256i *)(a + 2));
         const __m256i u = _mm256_or_si256(kq_nibbles32(w + 6), kq_high_bits32(w + 2));
         const int32_t isum = kq_dot_u8_s8(u, q8) - 16 * kq_sum_s8(q8);
-        sum += (float)isum * (pl_ld_fp16(w) * pl_ld_fp16(a));
+        sum += (float)isum * (kq_fp16(w) * kq_fp16(a));
     }
     *s = sum;
 }
@@ -236,8 +282,8 @@ static void kq_q5_1_vec_dot(int n, float *s, const void *vw, const void *va) {
         const __m256i q8 = _mm256_loadu_si256((const __m256i *)(a + 2));
         const __m256i u = _mm256_or_si256(kq_nibbles32(w + 8), kq_high_bits32(w + 4));
         const int32_t isum = kq_dot_u8_s8(u, q8), sum8 = kq_sum_s8(q8);
-        const float d8 = pl_ld_fp16(a);
-        sum += (float)isum * (pl_ld_fp16(w) * d8) + (float)sum8 * (pl_ld_fp16(w + 2) * d8);
+        const float d8 = kq_fp16(a);
+        sum += (float)isum * (kq_fp16(w) * d8) + (float)sum8 * (kq_fp16(w + 2) * d8);
     }
     *s = sum;
 }
@@ -248,8 +294,8 @@ static void kq_q4_1_vec_dot(int n, float *s, const void *vw, const void *va) {
     for (int b = 0; b < n / 32; b++, w += 20, a += 34) {
         const __m256i q8 = _mm256_loadu_si256((const __m256i *)(a + 2));
         const int32_t isum = kq_dot_u8_s8(kq_nibbles32(w + 4), q8), sum8 = kq_sum_s8(q8);
-        const float d8 = pl_ld_fp16(a);
-        sum += (float)isum * (pl_ld_fp16(w) * d8) + (float)sum8 * (pl_ld_fp16(w + 2) * d8);
+        const float d8 = kq_fp16(a);
+        sum += (float)isum * (kq_fp16(w) * d8) + (float)sum8 * (kq_fp16(w + 2) * d8);
     }
     *s = sum;
 }
@@ -263,7 +309,7 @@ static void kq_iq4_nl_vec_dot(int n, float *s, const void *vw, const void *va) {
         const __m256i q8 = _mm256_loadu_si256((const __m256i *)(a + 2));
         const __m256i v = _mm256_shuffle_epi8(table, kq_nibbles32(w + 2));
         const int32_t isum = kq_dot_u8_s8(_mm256_sign_epi8(v, v), _mm256_sign_epi8(q8, v));
-        sum += (float)isum * (pl_ld_fp16(w) * pl_ld_fp16(a));
+        sum += (float)isum * (kq_fp16(w) * kq_fp16(a));
     }
     *s = sum;
 }

@@ -2,9 +2,10 @@
  * weight type's act_type once, then splits output rows over threads in tiles and hands each
  * (row tile x token tile) to the type's gemm kernel (or a vec_dot loop when a type has none).
  * A weight repacked at load (w->packed, see repack.c) goes to the type's gemm_packed instead; its
- * activations are then built once per matmul as q8x rows (Q8_0 plus fp32 scales and the
- * corrections, tensor_types.h), which the unpacked gemm of another weight in the same call reads
- * as plain Q8_0 rows. */
+ * activations are then built once per matmul by the type's pack_act when the row has one (Q4_0 /
+ * Q8_0: q8x rows, Q8_0 plus fp32 scales and corrections, tensor_types.h), which the unpacked gemm of
+ * another weight in the same call reads as plain act_type rows. Which form a call builds is what
+ * the table rows say; no type is named here. */
 #include "pyllm.h"
 
 /* 64 x 64 tiles: a tile of Q4_0 weights (~74 KB for 2048 columns) and its activations stay in L2
@@ -13,17 +14,28 @@
 #define ROW_TILE 64 /* a multiple of PL_PACK_ROWS */
 #define TOK_TILE 64
 
-/* row stride of the converted activations (packed: q8x rows) */
-static size_t act_stride(pl_type act, int64_t n, int packed) {
-    return packed && act == PL_TYPE_Q8_0 ? pl_packed_act_row_bytes(n) : pl_type_row_bytes(act, n);
+/* the pack_act of a weight that is packed and wants its own activation form, else NULL */
+static pl_pack_act_fn act_form(const pl_kernels *K, const pl_tensor *w) {
+    return w->packed ? K->types[w->type].pack_act : NULL;
 }
 
-/* enough for either form (a weight may be repacked after the scratch was sized), and for the
- * LoRA pass's a x rows, which reuse the buffer once the weights' tiles are done */
+/* row stride of activations converted for weight type wtype: with_form set, in its pack_act form */
+static size_t act_stride(const pl_kernels *K, int wtype, int64_t n, int with_form) {
+    const pl_type_traits *tt = &K->types[wtype];
+    return with_form && tt->pack_act ? tt->packed_act_bytes(n) : pl_type_row_bytes(tt->act_type, n);
+}
+
+/* enough for any form of w's act_type (a weight may be repacked after the scratch was sized, and a
+ * call may build the form of another weight with the same input), and for the LoRA pass's a x rows,
+ * which reuse the buffer once the weights' tiles are done */
 size_t pl_matmul_act_bytes(const pl_kernels *K, const pl_tensor *w, int nt) {
     const pl_type act = K->types[w->type].act_type;
     const size_t lora = (size_t)nt * w->lora_rank * sizeof(float);
-    const size_t conv = act == PL_TYPE_F32 ? 0 : (size_t)nt * act_stride(act, w->ne0, 1);
+    size_t row = act == PL_TYPE_F32 ? 0 : pl_type_row_bytes(act, w->ne0);
+    for (int t = 0; t < PL_TYPE_COUNT && act != PL_TYPE_F32; t++)
+        if (K->types[t].act_type == act && K->types[t].pack_act && K->types[t].packed_act_bytes(w->ne0) > row)
+            row = K->types[t].packed_act_bytes(w->ne0);
+    const size_t conv = (size_t)nt * row;
     return conv > lora ? conv : lora;
 }
 
@@ -46,19 +58,18 @@ static void lora_pass(const pl_kernels *K, const pl_tensor *w, const float *x, i
         }
 }
 
-/* Converts nt rows of x to the act_type of weight type wtype (inside a parallel region: split
- * over threads, ends with a barrier). Returns the row stride of the converted rows. */
+/* Converts nt rows of x to the act_type of weight type wtype, in its pack_act form if with_form
+ * (inside a parallel region: split over threads, ends with a barrier). Returns the row stride. */
 static size_t convert_acts(const pl_kernels *K, int wtype, int64_t n, const float *x, int nt, int ldx,
-                           void *act_buf, int packed) {
-    const pl_type act = K->types[wtype].act_type;
-    const size_t stride = act_stride(act, n, packed);
-    const pl_from_float_fn conv = K->types[act].from_float;
-    if (packed && act == PL_TYPE_Q8_0) {
+                           void *act_buf, int with_form) {
+    const pl_type_traits *tt = &K->types[wtype];
+    const size_t stride = act_stride(K, wtype, n, with_form);
+    const pl_from_float_fn conv = K->types[tt->act_type].from_float;
+    const pl_pack_act_fn form = with_form ? tt->pack_act : NULL;
 #pragma omp for schedule(static)
-        for (int t = 0; t < nt; t++) pl_pack_act_row(conv, x + (size_t)t * ldx, (char *)act_buf + (size_t)t * stride, n);
-    } else {
-#pragma omp for schedule(static)
-        for (int t = 0; t < nt; t++) conv(x + (size_t)t * ldx, (char *)act_buf + (size_t)t * stride, n);
+    for (int t = 0; t < nt; t++) {
+        if (form) form(conv, x + (size_t)t * ldx, (char *)act_buf + (size_t)t * stride, n);
+        else conv(x + (size_t)t * ldx, (char *)act_buf + (size_t)t * stride, n);
     }
     return stride;
 }
@@ -85,8 +96,14 @@ void pl_matmul_multi(const pl_kernels *K, const pl_tensor *const *ws, float *con
     if (nw <= 0 || nt <= 0) return;
     const int64_t n = ws[0]->ne0;
     const pl_type act = K->types[ws[0]->type].act_type;
+    /* the activation form of the call: that of the first packed weight which has one (its rows start
+     * with the plain act_type row, which every other weight of the act_type reads) */
+    int form_type = -1;
+    for (int k = 0; k < nw && form_type < 0; k++)
+        if (act_form(K, ws[k])) form_type = ws[k]->type;
     for (int k = 1; k < nw; k++)
-        if (K->types[ws[k]->type].act_type != act) {
+        if (K->types[ws[k]->type].act_type != act ||
+            (act_form(K, ws[k]) && act_form(K, ws[k]) != K->types[form_type].pack_act)) {
             /* weights of different types (llama.cpp's mixes: attn_v in Q8_0 beside a Q4_K attn_q, or a
              * K-quant next to a Q4_0): one pass per weight, each converting the input its own way */
             for (int j = 0; j < nw; j++) pl_matmul_multi(K, &ws[j], &ys[j], &ldys[j], 1, x, nt, ldx, act_buf, 0);
@@ -94,10 +111,9 @@ void pl_matmul_multi(const pl_kernels *K, const pl_tensor *const *ws, float *con
         }
     const void *a = x;
     size_t as = (size_t)ldx * sizeof(float);
-    int packed = 0;
-    for (int k = 0; k < nw; k++) packed |= ws[k]->packed != NULL;
     if (act != PL_TYPE_F32) {
-        as = act_ready ? act_stride(act, n, packed) : convert_acts(K, ws[0]->type, n, x, nt, ldx, act_buf, packed);
+        const int wt = form_type >= 0 ? form_type : ws[0]->type;
+        as = act_ready ? act_stride(K, wt, n, form_type >= 0) : convert_acts(K, wt, n, x, nt, ldx, act_buf, form_type >= 0);
         a = act_buf;
     }
     int total = 0;

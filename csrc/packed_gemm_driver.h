@@ -1,5 +1,5 @@
 /* packed_gemm_driver.h: the loop every SIMD packed gemm runs over its weight groups (see the
- * packed layout in tensor_types.h). Decode (one activation row): one 16-row group at a time, each
+ * packed layouts in tensor_types.h). Decode (one activation row): one 16-row group at a time, each
  * group read front to back as one stream. Prefill: per group, activation rows in passes of up to
  * max_c, through the ISA's tile for that count. Each ISA file passes its own kernels. */
 #ifndef PYLLM_PACKED_GEMM_DRIVER_H
@@ -13,10 +13,11 @@ typedef void (*pl_pk_gemv_fn)(int nb, const uint8_t *gp, const uint8_t *a, float
 typedef void (*pl_pk_tile_fn)(int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out, size_t os,
                               int rows);
 
-static inline void pl_pk_gemm_drive(pl_type t, pl_pk_gemv_fn gemv, const pl_pk_tile_fn *tiles, int max_c, int n, int nr,
-                                    int nc, const void *vw, const void *va, size_t as, float *out, size_t os) {
+/* blck: elements per block of type t (nb = n / blck blocks are passed to the kernels) */
+static inline void pl_pk_gemm_drive(pl_type t, int blck, pl_pk_gemv_fn gemv, const pl_pk_tile_fn *tiles, int max_c, int n,
+                                    int nr, int nc, const void *vw, const void *va, size_t as, float *out, size_t os) {
     const uint8_t *w = (const uint8_t *)vw, *a = (const uint8_t *)va;
-    const int nb = n / PL_QK, ng = (nr + PL_PACK_ROWS - 1) / PL_PACK_ROWS;
+    const int nb = n / blck, ng = (nr + PL_PACK_ROWS - 1) / PL_PACK_ROWS;
     const size_t gb = pl_packed_group_bytes(t, n);
     if (nc == 1) {
         for (int g = 0; g < ng; g++) gemv(nb, w + (size_t)g * gb, a, out + PL_PACK_ROWS * g, nr - PL_PACK_ROWS * g);

@@ -140,8 +140,8 @@ int pl_model_set_tensor(pl_model *m, const char *name, int layer, int type, int6
 int pl_model_set_tensor_flags(pl_model *m, const char *name, int layer, int flags, char *err);
 /* inv_freq: head_dim/2 rope inverse frequencies; inv_freq_long: LongRoPE's long-factor frequencies
  * (required when cfg.rope_long_after > 0, else ignored); attn_factor scales cos/sin (1 unless rope
- * says so). Also repacks the Q4_0/Q8_0 matmul weights (all but tok_embd) unless PYLLM_REPACK=0:
- * see repack.c. */
+ * says so). Also repacks the matmul weights (all but tok_embd) of the types with a packed layout
+ * unless PYLLM_REPACK=0: see repack.c. */
 int pl_model_finalize(pl_model *m, const float *inv_freq, const float *inv_freq_long, float attn_factor, char *err);
 /* A second finalize is an error (the model is left as it was); a failed one allocates nothing, so it
  * may be retried. */
@@ -190,8 +190,8 @@ size_t pl_matmul_act_bytes(const pl_kernels *K, const pl_tensor *w, int nt);
 void pl_matmul(const pl_kernels *K, const pl_tensor *w, const float *x, int nt, int ldx, float *y, int ldy,
                void *act_buf);
 /* the same for nw weights sharing one input (q/k/v, gate/up; same ne0 and act_type): one pass, one
- * barrier. nw <= 0 does nothing. With act_ready the activations are already converted in act_buf (as
- * q8x rows when any weight is packed). */
+ * barrier. nw <= 0 does nothing. With act_ready the activations are already converted in act_buf (in
+ * the pack_act form of the first packed weight that has one, as the call itself would build them). */
 void pl_matmul_multi(const pl_kernels *K, const pl_tensor *const *ws, float *const *ys, const int *ldys, int nw,
                      const float *x, int nt, int ldx, void *act_buf, int act_ready);
 

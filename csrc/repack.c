@@ -1,7 +1,9 @@
-/* repack.c: at model load (pl_model_finalize), every Q4_0 / Q8_0 matmul weight (the matmul tensors
- * of PL_LAYER_TENSORS and output; not tok_embd, which is read a row at a time) is copied once into
- * the packed layout of tensor_types.h, which the kernels of every ISA read with aligned loads and
- * without transposes (stacked MoE experts too, when each expert's rows start a 16-row group). PYLLM_REPACK=0 turns it off (the unpacked kernels then run, e.g. to compare).
+/* repack.c: at model load (pl_model_finalize), every matmul weight (the matmul tensors of
+ * PL_LAYER_TENSORS and output; not tok_embd, which is read a row at a time) whose type's table row has
+ * a packed layout (repack / gemm_packed / packed_group_bytes set: Q4_0, Q8_0, Q2_K..Q6_K, IQ4_XS) is copied
+ * once into it (tensor_types.h), which the kernels of every ISA read with aligned loads and without
+ * transposes (stacked MoE experts too, when each expert's rows start a 16-row group). PYLLM_REPACK=0
+ * turns it off (the unpacked kernels then run, e.g. to compare).
  *
  * Memory: all packed tensors live in one anonymous mapping (2 MB pages where the kernel gives them),
  * about the size of the weights it replaces (16 x row bytes per 16-row group; the last group of a
@@ -117,7 +119,7 @@ int pl_model_repack(pl_model *m) {
         pl_tensor *t = es[i].t;
         const pl_type_traits *tt = &K->types[t->type];
         const size_t gb = pl_packed_group_bytes((pl_type)t->type, t->ne0);
-        if (t->packed || !tt->repack || !tt->gemm_packed || gb == 0) continue;
+        if (t->packed || !tt->repack || !tt->gemm_packed || gb == 0) continue; /* no packed layout */
         /* an expert of a stacked tensor is used on its own (a view of its rows): its packed rows must
          * start a group */
         if (es[i].unit_rows != t->ne1 && es[i].unit_rows % PL_PACK_ROWS) continue;

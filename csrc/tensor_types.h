@@ -59,42 +59,79 @@ typedef void (*pl_vec_dot_fn)(int n, float *s, const void *w, const void *a);
 typedef void (*pl_to_float_fn)(const void *x, float *y, int64_t n);
 typedef void (*pl_from_float_fn)(const float *x, void *y, int64_t n);
 
-/* ---- Repacked ("packed") weights: Q4_0 / Q8_0 rows interleaved for SIMD, built once at model load ----
- * Rows are taken PL_PACK_ROWS (16) at a time; a group of 16 rows of n weights (nb = n/32 blocks)
- * is pl_packed_group_bytes(t, n) = ceil(nb/2) * 64 + nb * 16 * QB bytes (QB = 16 for Q4_0, 32 for
- * Q8_0), a multiple of 64, read front to back as one stream. Blocks go in pairs (2p, 2p+1):
+/* ---- Repacked ("packed") weights: rows interleaved for SIMD, built once at model load ----
+ * A type has a packed layout when its table row sets repack / gemm_packed / packed_group_bytes (the
+ * same layout in every table: the table can change after a model is loaded). repack.c packs every
+ * matmul weight of such a type; the matmul driver then calls gemm_packed, with activation rows built
+ * by the row's pack_act (or plain act_type rows when pack_act is NULL). Rows are taken PL_PACK_ROWS
+ * (16) at a time: a group of 16 rows is packed_group_bytes(n) bytes (a multiple of 64), read front
+ * to back as one stream (what decode's bandwidth depends on). In every layout a 32-bit lane of a
+ * 64-byte vector is one row (lane r = row r of the group), so a VNNI u8 x s8 dot of a weight vector
+ * with a broadcast dword of activations adds 4 products of each of the 16 rows at once, and per-row
+ * scales are one load. Rows past the end of the tensor (the last group) are zero (scale 0).
+ *
+ * Q4_0 / Q8_0 (32-weight blocks, nb = n/32): ceil(nb/2) * 64 + nb * 16 * QB bytes (QB = 16 for Q4_0,
+ * 32 for Q8_0; equal to the unpacked bytes when rows % 16 == 0). Blocks go in pairs (2p, 2p+1):
  *   [64 bytes: fp16 d of rows 0..15 of block 2p, then of block 2p+1 (zero if nb is odd and 2p+1 = nb)]
  *   [16 * QB bytes: quants of block 2p][16 * QB bytes: quants of block 2p+1]
  *   (offsets: pl_pk_d / pl_pk_q below). The quants of a block are QB/4 64-byte vectors: bytes
  *             4r..4r+3 of vector v = qs bytes 4v..4v+3 of row r of that block.
  *             Q4_0: the qs bytes as stored (low nibble: weight j, high nibble: weight j + 16);
  *             Q8_0: qs ^ 0x80, i.e. w + 128 as an unsigned byte.
- * So a 32-bit lane is one row: a VNNI u8 x s8 dot of a weight vector with a broadcast dword of the
- * activation block adds 4 products of every row of the group at once, and the 16 scales of a
- * block are one load. Rows past the end of the tensor (the last group) are zero (scale 0).
- * The layout is the same for every ISA (the kernel table can change after a model is loaded);
- * the packed byte count equals the unpacked one when rows % 16 == 0 (Q4_0: 16 x 18 = 32 + 256).
- *
- * Packed gemm activations ("q8x" rows, pl_packed_act_row_bytes(n) apart, built by pl_pack_act_row):
+ * Their activations ("q8x" rows, pl_packed_act_row_bytes(n) apart, built by pl_pack_act_row):
  *   [0, nb*34): the Q8_0 row (exactly the act_type's from_float), so the unpacked gemm reads it too
  *   then, each array starting on a 64-byte boundary: float d[nb] (fp32 of the block scales),
  *   int32 c4[nb] = -8 * sum(qs of block), int32 c8[nb] = -128 * sum(qs of block) (the exact
- *   corrections for the Q4_0 nibble offset and the Q8_0 +128 offset). */
+ *   corrections for the Q4_0 nibble offset and the Q8_0 +128 offset).
+ *
+ * K-quants (256-weight super-blocks, nb = n/256; activations: plain Q8_K rows): a group is nb records,
+ * one per super-block, each a multiple of 64 bytes ("[j][r]" = 16 bytes per j, byte r = row r):
+ *   Q4_K, 2368 bytes: [32: fp16 d of rows 0..15][32: fp16 dmin][128: u8 scale [j][r] of sub-block j
+ *         (32 weights)][128: u8 min [j][r]][2048: quants: for c = 0..3 (64 weights), 8 vectors v, lane r
+ *         = qs bytes 32c + 4v .. +3 of row r (low nibbles: weights 64c + 4v + i, high: 64c + 32 + 4v + i)]
+ *   Q5_K, 2880 bytes: Q4_K's record, then [512: qh: 8 vectors v, lane r = qh bytes 4v .. +3 of row r
+ *         (bit s of byte l: the fifth bit of weight 32s + l)]
+ *   IQ4_XS, 2240 bytes: [32: fp16 d][32: zero][128: int8 scale - 32 [j][r] of sub-block j (32 weights)]
+ *         [2048: for j = 0..7, 4 vectors v, lane r = qs bytes 16j + 4v .. +3 of row r (low nibbles: the
+ *          table indices of weights 32j + 4v + i, high: 32j + 16 + 4v + i)]
+ *   Q3_K, 1856 bytes: [32: fp16 d][32: zero][256: int8 scale [g][r] of group g (16 weights), the -32
+ *         applied][1024: for h = 0, 1 (128 weights): 8 vectors of qs bytes 32h + 4v .. +3 (lane r = row r)]
+ *         [512: 8 vectors of hmask bytes 4v .. +3]
+ *   Q2_K, 1600 bytes: [32: fp16 d][32: fp16 dmin][256: u8 scale [g][r]][256: u8 min [g][r]][1024: the qs
+ *         vectors as Q3_K's]
+ *   Q6_K, 3392 bytes: [32: fp16 d][32: zero][256: int8 scale [g][r] of group g (16 weights)]
+ *         [3072: for h = 0, 1 (128 weights): 8 vectors of ql bytes 64h + 4v .. +3 (lane r = row r),
+ *          8 vectors of ql bytes 64h + 32 + 4v .., 8 vectors of qh bytes 32h + 4v ..]
+ *   (ggml's bit positions are kept: only whole 4-byte words move, and the 6-bit scales / mins of
+ *   Q4_K are unpacked to bytes.) Each row's result is the unpacked reference's integer sums and float
+ *   operations in its order, so packed = unpacked bit for bit. */
 #define PL_PACK_ROWS 16
-/* byte offsets, inside a packed group, of block b's 16 scales and of its quants (qb = QB) */
+#define PL_PK_Q4_K_REC 2368
+#define PL_PK_Q5_K_REC 2880
+#define PL_PK_Q6_K_REC 3392
+#define PL_PK_IQ4_XS_REC 2240
+#define PL_PK_Q3_K_REC 1856
+#define PL_PK_Q2_K_REC 1600
+/* byte offsets, inside a packed Q4_0 / Q8_0 group, of block b's 16 scales and of its quants (qb = QB) */
 static inline size_t pl_pk_pair_bytes(int qb) { return 64 + 32 * (size_t)qb; }
 static inline size_t pl_pk_d(int64_t b, int qb) { return (size_t)(b >> 1) * pl_pk_pair_bytes(qb) + 32 * (size_t)(b & 1); }
 static inline size_t pl_pk_q(int64_t b, int qb) {
     return (size_t)(b >> 1) * pl_pk_pair_bytes(qb) + 64 + (size_t)(b & 1) * 16 * (size_t)qb;
 }
 /* packs rows r < nrows (<= PL_PACK_ROWS; missing rows are zero) of src (row stride src_stride) into
- * one group at dst (pl_packed_group_bytes bytes) */
+ * one group at dst (packed_group_bytes bytes) */
 typedef void (*pl_repack_fn)(const void *src, size_t src_stride, int nrows, int64_t n, void *dst);
 /* out[j*out_stride + i] = dot(weight row i, activation row j) for i < nr, j < nc: w is the first
- * packed group of the rows (ceil(nr/16) groups of pl_packed_group_bytes), a the q8x activation rows,
+ * packed group of the rows (ceil(nr/16) groups of packed_group_bytes), a the packed activation rows,
  * a_stride bytes apart. Only rows i < nr are written. */
 typedef void (*pl_gemm_packed_fn)(int n, int nr, int nc, const void *w, const void *a, size_t a_stride, float *out,
                                   size_t out_stride);
+/* bytes of one packed group / one packed activation row for rows of n; 0 if n cannot be packed */
+typedef size_t (*pl_packed_bytes_fn)(int64_t n);
+/* builds one packed activation row from x: q8_from_float (the active table's from_float of the act_type)
+ * writes the act_type row at the start of dst (so an unpacked kernel of that act_type reads it too),
+ * then what the packed kernels add */
+typedef void (*pl_pack_act_fn)(pl_from_float_fn q8_from_float, const float *x, void *dst, int64_t n);
 
 typedef struct {
     const char *name;
@@ -107,6 +144,9 @@ typedef struct {
     pl_gemm_fn gemm;     /* may be NULL: the driver then loops over vec_dot */
     pl_repack_fn repack; /* NULL: no packed layout. The same function in every table (one layout) */
     pl_gemm_packed_fn gemm_packed; /* set in every table that has repack */
+    pl_packed_bytes_fn packed_group_bytes; /* set with repack */
+    pl_pack_act_fn pack_act;     /* NULL: packed weights read plain act_type rows */
+    pl_packed_bytes_fn packed_act_bytes; /* the stride of pack_act's rows (set with pack_act) */
 } pl_type_traits;
 
 typedef struct {
@@ -151,11 +191,18 @@ int pl_isa_supported(const char *name);
 /* 0 if t unknown, n negative or not a multiple of the block, or the bytes overflow a size_t */
 size_t pl_type_row_bytes(pl_type t, int64_t n);
 
-/* packed layout helpers (the reference implementations, in types_scalar.c; repack.c builds a model's
- * packed copies with them). Both return 0 for n <= 0, n not whole blocks, or a size_t overflow. */
-size_t pl_packed_group_bytes(pl_type t, int64_t n); /* 0 also if t has no packed layout */
+/* packed layout helpers (types_scalar.c). All return 0 for n <= 0, n not whole blocks, or a size_t
+ * overflow. */
+size_t pl_packed_group_bytes(pl_type t, int64_t n); /* the table row's packed_group_bytes; 0 if t has none */
+/* stride of the activation rows a packed weight of type t reads: its packed_act_bytes, else act_type rows */
+size_t pl_packed_act_bytes(pl_type t, int64_t n);
+/* builds one such row with the table K (its act_type's from_float, then the row's pack_act if any) */
+void pl_pack_acts_row(const pl_kernels *K, pl_type t, const float *x, void *dst, int64_t n);
 size_t pl_packed_act_row_bytes(int64_t n);           /* q8x activation row stride (a multiple of 64) */
-/* quantizes one activation row with q8_from_float (the active Q8_0 from_float) and adds d/c4/c8 */
+/* kquant_packed.c: adds the packed layouts of Q2_K..Q6_K and IQ4_XS (repack, group bytes, reference
+ * gemm_packed) to a table (pl_kernels_init_scalar calls it) */
+void pl_kernels_add_packed_kquants(pl_kernels *k);
+/* Q4_0 / Q8_0's pack_act: quantizes one row with q8_from_float (the active Q8_0 from_float), adds d/c4/c8 */
 void pl_pack_act_row(pl_from_float_fn q8_from_float, const float *x, void *dst, int64_t n);
 static inline size_t pl_round64(size_t x) { return (x + 63) & ~(size_t)63; }
 int pl_type_valid(int t);

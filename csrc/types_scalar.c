@@ -191,14 +191,33 @@ static void q4_0_vec_dot(int n, float *s, const void *vw, const void *va) {
  * gemm; the gemm does exactly the unpacked vec_dot's arithmetic, in the same order. ---- */
 #define PK PL_PACK_ROWS
 
-/* both return 0 for n <= 0, n not whole blocks, or a byte count past what a size_t holds */
-size_t pl_packed_group_bytes(pl_type t, int64_t n) {
+/* 0 for n <= 0, n not whole blocks, or a byte count past what a size_t holds */
+static size_t q_packed_group_bytes(int qb, int64_t n) {
     if (n <= 0 || n % PL_QK) return 0;
     const size_t nb = (size_t)(n / PL_QK);
     if (nb > SIZE_MAX / (64 + PK * 32)) return 0;
-    if (t == PL_TYPE_Q4_0) return (nb + 1) / 2 * 64 + nb * PK * 16;
-    if (t == PL_TYPE_Q8_0) return (nb + 1) / 2 * 64 + nb * PK * 32;
-    return 0;
+    return (nb + 1) / 2 * 64 + nb * PK * (size_t)qb;
+}
+static size_t q4_0_packed_group_bytes(int64_t n) { return q_packed_group_bytes(16, n); }
+static size_t q8_0_packed_group_bytes(int64_t n) { return q_packed_group_bytes(32, n); }
+
+size_t pl_packed_group_bytes(pl_type t, int64_t n) {
+    if (!pl_type_valid((int)t)) return 0;
+    const pl_packed_bytes_fn f = pl_kernels_active()->types[t].packed_group_bytes;
+    return f ? f(n) : 0;
+}
+
+size_t pl_packed_act_bytes(pl_type t, int64_t n) {
+    if (!pl_type_valid((int)t)) return 0;
+    const pl_type_traits *tt = &pl_kernels_active()->types[t];
+    return tt->packed_act_bytes ? tt->packed_act_bytes(n) : pl_type_row_bytes(tt->act_type, n);
+}
+
+void pl_pack_acts_row(const pl_kernels *K, pl_type t, const float *x, void *dst, int64_t n) {
+    const pl_type_traits *tt = &K->types[t];
+    const pl_from_float_fn conv = K->types[tt->act_type].from_float;
+    if (tt->pack_act) tt->pack_act(conv, x, dst, n);
+    else conv(x, dst, n);
 }
 
 size_t pl_packed_act_row_bytes(int64_t n) {
@@ -261,7 +280,7 @@ static void q8_0_repack(const void *src, size_t ss, int nrows, int64_t n, void *
 
 static void q_gemm_packed(int qt8, int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
     const int nb = n / PL_QK, qb = qt8 ? 32 : 16;
-    const size_t gb = pl_packed_group_bytes(qt8 ? PL_TYPE_Q8_0 : PL_TYPE_Q4_0, n);
+    const size_t gb = q_packed_group_bytes(qb, n);
     for (int i = 0; i < nr; i++) {
         const uint8_t *g = (const uint8_t *)w + (size_t)(i / PK) * gb;
         const int r = i % PK;
@@ -332,14 +351,24 @@ void pl_kernels_init_scalar(pl_kernels *k) {
                                               q8_0_from_float, q8_0_vec_dot, NULL};
     k->types[PL_TYPE_Q4_0] = (pl_type_traits){"q4_0", PL_QK, sizeof(pl_block_q4_0), PL_TYPE_Q8_0, q4_0_to_float,
                                               q4_0_from_float, q4_0_vec_dot, NULL};
-    k->types[PL_TYPE_Q8_0].repack = q8_0_repack;
-    k->types[PL_TYPE_Q8_0].gemm_packed = q8_0_gemm_packed;
-    k->types[PL_TYPE_Q4_0].repack = q4_0_repack;
-    k->types[PL_TYPE_Q4_0].gemm_packed = q4_0_gemm_packed;
+    /* the packed layouts (tensor_types.h); the SIMD tables override gemm_packed only */
+    pl_type_traits *t = &k->types[PL_TYPE_Q8_0];
+    t->repack = q8_0_repack;
+    t->gemm_packed = q8_0_gemm_packed;
+    t->packed_group_bytes = q8_0_packed_group_bytes;
+    t->pack_act = pl_pack_act_row;
+    t->packed_act_bytes = pl_packed_act_row_bytes;
+    t = &k->types[PL_TYPE_Q4_0];
+    t->repack = q4_0_repack;
+    t->gemm_packed = q4_0_gemm_packed;
+    t->packed_group_bytes = q4_0_packed_group_bytes;
+    t->pack_act = pl_pack_act_row;
+    t->packed_act_bytes = pl_packed_act_row_bytes;
     k->dot_f32 = dot_f32_scalar;
     k->axpy_f32 = axpy_f32_scalar;
     k->gemm_nn_f32 = gemm_nn_f32_scalar;
     k->softmax_f32 = softmax_f32_scalar;
     k->swiglu_f32 = pl_swiglu;
     pl_kernels_add_read_only_types(k);
+    pl_kernels_add_packed_kquants(k);
 }

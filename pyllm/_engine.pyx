@@ -31,6 +31,9 @@ cdef extern from "pyllm.h" nogil:
         pl_gemm_fn gemm
         pl_repack_fn repack
         pl_gemm_packed_fn gemm_packed
+        size_t (*packed_group_bytes)(int64_t n)
+        void (*pack_act)(pl_from_float_fn q8_from_float, const float *x, void *dst, int64_t n)
+        size_t (*packed_act_bytes)(int64_t n)
     ctypedef struct pl_kernels:
         const char *isa
         pl_type_traits types[PL_TYPE_COUNT]
@@ -48,6 +51,8 @@ cdef extern from "pyllm.h" nogil:
     int PL_PACK_ROWS
     size_t pl_packed_group_bytes(int t, int64_t n)
     size_t pl_packed_act_row_bytes(int64_t n)
+    size_t pl_packed_act_bytes(int t, int64_t n)
+    void pl_pack_acts_row(const pl_kernels *K, int t, const float *x, void *dst, int64_t n)
     void pl_pack_act_row(pl_from_float_fn q8_from_float, const float *x, void *dst, int64_t n)
 
     ctypedef struct pl_config:
@@ -326,24 +331,32 @@ def repack(int type_id, const unsigned char[::1] w, int nr, int64_t n, size_t w_
             tt.repack(&w[w_offset + g * PL_PACK_ROWS * rb], rb, min(PL_PACK_ROWS, nr - g * PL_PACK_ROWS), n, &o[g * gb])
     return out
 
-def pack_acts(x):
-    """float32 (rows, n) -> packed-gemm activation rows (Q8_0 with the active ISA, plus scales and
-    corrections), a 64-byte aligned uint8 array of rows * packed_act_row_bytes(n)."""
+def pack_acts(x, int type_id=8):
+    """float32 (rows, n) -> the activation rows a packed gemm of type_id reads (default Q8_0: q8x rows,
+    Q8_0 with the active ISA plus scales and corrections; K-quants: Q8_K rows), a 64-byte aligned
+    uint8 array of rows * packed_act_bytes(type_id, n)."""
     arr = np.ascontiguousarray(x, dtype=np.float32)
-    if arr.ndim != 2 or arr.shape[1] % 32 or arr.shape[1] == 0:
-        raise ValueError("pack_acts() takes a (rows, n) float32 array with n a multiple of 32")
+    cdef const pl_type_traits *tt = _traits(type_id)
+    if arr.ndim != 2 or arr.shape[1] == 0 or pl_packed_act_bytes(type_id, arr.shape[1]) == 0:
+        raise ValueError(f"pack_acts() takes a (rows, n) float32 array with n whole blocks of type {type_id}'s activations")
+    if tt.gemm_packed == NULL:
+        raise ValueError(f"type {type_id} has no packed layout")
     cdef const float[:, ::1] a = arr
     cdef int64_t rows = a.shape[0], n = a.shape[1], r
-    cdef size_t rb = pl_packed_act_row_bytes(n)
+    cdef size_t rb = pl_packed_act_bytes(type_id, n)
     raw = np.zeros(rb * rows + 64, dtype=np.uint8)
     cdef size_t off = (-raw.ctypes.data) % 64
     out = raw[off:off + rb * rows]
     cdef unsigned char[::1] o = out
-    cdef pl_from_float_fn q8 = _traits(8).from_float
+    cdef const pl_kernels *K = pl_kernels_active()
     with nogil:
         for r in range(rows):
-            pl_pack_act_row(q8, &a[r, 0], &o[r * rb], n)
+            pl_pack_acts_row(K, type_id, &a[r, 0], &o[r * rb], n)
     return out
+
+def packed_act_bytes(int type_id, int64_t n) -> int:
+    """stride of the activation rows a packed gemm of type_id reads (0: n not whole blocks)"""
+    return pl_packed_act_bytes(type_id, n) if pl_type_valid(type_id) else 0
 
 def packed_act_row_bytes(int64_t n) -> int:
     return pl_packed_act_row_bytes(n)
@@ -352,7 +365,7 @@ def gemm_packed(int type_id, const unsigned char[::1] wp, const unsigned char[::
     """out[j, i] = dot(weight row i, activation row j) with the active ISA's packed gemm: wp from
     repack(), a from pack_acts()."""
     cdef const pl_type_traits *tt = _traits(type_id)
-    cdef size_t gb = pl_packed_group_bytes(type_id, n), as_ = pl_packed_act_row_bytes(n)
+    cdef size_t gb = pl_packed_group_bytes(type_id, n), as_ = pl_packed_act_bytes(type_id, n)
     if tt.gemm_packed == NULL or gb == 0:
         raise ValueError(f"type {type_id} has no packed layout for rows of {n}")
     if nr <= 0 or nc <= 0:

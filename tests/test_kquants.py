@@ -5,7 +5,11 @@ Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS).
   * the matmul (dequantize a row, fixed-order fp32 dot) gives the same value through vec_dot and gemm
     and for any batch, close to the dot of the dequantized values;
   * a GGUF file whose weights are in these types (mixed with F32 / Q8_0 / Q4_0 inside one q/k/v
-    group, as llama.cpp's mixes are) runs like the same file with those tensors dequantized to F32.
+    group, as llama.cpp's mixes are) runs like the same file with those tensors dequantized to F32;
+  * the packed layouts of Q2_K..Q6_K and IQ4_XS (csrc/kquant_packed.c): every ISA's packed gemm equals
+    the scalar unpacked reference bit for bit on odd shapes (rows not filling a 16-row group, 1..17
+    activation rows), whatever the batch; a model repacked at load gives the logits of the same model
+    with PYLLM_REPACK=0, bit for bit; Q8_K activations are the same bytes on every ISA.
 llama.cpp's own files of every standard mix were checked by hand against llama.cpp (README)."""
 from __future__ import annotations
 
@@ -101,6 +105,64 @@ def test_matmul_is_exact_batch_invariant_and_the_same_on_every_isa(t):
             np.testing.assert_array_equal(outs[isa], outs["scalar"], err_msg=isa)
 
 
+PACKED = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS]  # the K-quants with a packed layout (csrc/kquant_packed.c, tensor_types.h)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("t", PACKED, ids=lambda t: t.name)
+def test_packed_gemm_equals_the_unpacked_reference(isa, t):
+    """The packed gemm of every ISA (decode: one activation row; prefill: tiles of several) equals the
+    scalar unpacked reference bit for bit, on rows that do not fill the last 16-row group, few and many
+    activation rows, an odd source offset, weights of every scale (1e-3 .. 3)."""
+    rng = np.random.default_rng(20 + int(t))
+    for n in (256, 768):
+        for nr, nc in ((1, 1), (15, 1), (16, 2), (17, 3), (33, 7), (40, 13), (5, 17)):
+            w = random_blocks(t, nr, n, rng, scale=float(rng.choice([1e-3, 0.05, 3.0]))).reshape(-1)
+            x = (rng.standard_normal((nc, n)) * rng.uniform(0.1, 10, (nc, 1))).astype(np.float32)
+            _engine.set_isa("scalar")
+            a = np.frombuffer(_engine.from_float(Q8_K, x), np.uint8)
+            ref = _engine.gemm(int(t), w, a, n, nr, nc)
+            _engine.set_isa(isa)
+            p = _engine.repack(int(t), np.concatenate([np.zeros(3, np.uint8), w]), nr, n, 3)
+            assert p.shape == (-(-nr // 16) * _engine.packed_group_bytes(int(t), n),)
+            acts = _engine.pack_acts(x, int(t))
+            np.testing.assert_array_equal(acts, a)  # plain Q8_K rows
+            got = _engine.gemm_packed(int(t), p, acts, n, nr, nc)
+            np.testing.assert_array_equal(got, ref, err_msg=f"{t.name} {isa} n={n} nr={nr} nc={nc}")
+            # a row's result does not depend on the batch it is in
+            np.testing.assert_array_equal(_engine.gemm_packed(int(t), p, acts[:len(a) // nc], n, nr, 1), ref[:1])
+
+
+@pytest.mark.parametrize("t", PACKED, ids=lambda t: t.name)
+def test_packed_layout(t):
+    """Record sizes of tensor_types.h, zero rows past the end, and the documented byte positions of the
+    fp16 scales and of the first and last quant word of a row."""
+    rng = np.random.default_rng(7)
+    n, nr = 512, 5
+    rec = {T.Q2_K: 1600, T.Q3_K: 1856, T.Q4_K: 2368, T.Q5_K: 2880, T.Q6_K: 3392, T.IQ4_XS: 2240}[t]
+    assert _engine.packed_group_bytes(int(t), n) == 2 * rec and rec % 64 == 0
+    assert _engine.packed_group_bytes(int(t), 255) == 0 and _engine.packed_group_bytes(int(t), 0) == 0
+    w = random_blocks(t, nr, n, rng)
+    p = _engine.repack(int(t), w.reshape(-1), nr, n)
+    blocks = w.reshape(nr, 2, -1)
+    d_src = {T.Q2_K: 80, T.Q3_K: 108, T.Q4_K: 0, T.Q5_K: 0, T.Q6_K: 208, T.IQ4_XS: 0}[t]
+    # (packed offset, offset in the source block) of the first quant word
+    q_first = {T.Q2_K: (576, 16), T.Q3_K: (320, 32), T.Q4_K: (320, 16), T.Q5_K: (320, 48), T.Q6_K: (320, 0),
+               T.IQ4_XS: (192, 8)}[t]
+    for b in range(2):
+        r_ = p[b * rec:(b + 1) * rec]
+        for r in range(16):
+            d, q = r_[2 * r:2 * r + 2], r_[q_first[0] + 4 * r:q_first[0] + 4 * r + 4]
+            if r < nr:
+                assert bytes(d) == bytes(blocks[r, b, d_src:d_src + 2])
+                assert bytes(q) == bytes(blocks[r, b, q_first[1]:q_first[1] + 4])
+            else:
+                assert not d.any() and not q.any()
+        last = r_[rec - 64 + 4 * (nr - 1):rec - 64 + 4 * nr]  # the last vector: the row's last word of qs / qh
+        assert bytes(last) == bytes(blocks[nr - 1, b, {T.Q2_K: 76, T.Q3_K: 28, T.Q4_K: 140, T.Q5_K: 44, T.Q6_K: 188,
+                                                         T.IQ4_XS: 132}[t]:][:4])
+
+
 def test_q8_k_activations():
     """Q8_K rows: d = max|x| / 127, q = round(x / d), bsums = the sums of each 16 q."""
     rng = np.random.default_rng(6)
@@ -116,6 +178,23 @@ def test_q8_k_activations():
     np.testing.assert_array_equal(bs, q.reshape(6, 16, 16).sum(2))
     back = _engine.to_float(Q8_K, raw.reshape(-1), 512).reshape(6, 256)
     assert np.all(np.abs(back - xb) <= d[:, None] / 2 * (1 + 1e-6))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_q8_k_activations_are_the_same_on_every_isa(isa):
+    """Each ISA's Q8_K from_float equals the scalar reference byte for byte: ties of the rounding,
+    zeros, denormal scales (|x / d| past 127), huge values, and a super-block holding NaN or inf."""
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal((7, 512)) * [[1e-3], [1.0], [50.0], [1e-40], [1e30], [1.0], [1.0]]).astype(np.float32)
+    x[1, :256] = np.round(rng.standard_normal(256) * 20) / 2  # halves: ties after scaling by 127 / max
+    x[1, 7] = 63.5
+    x[2, :256] = 0.0
+    x[5, 300] = np.nan
+    x[6, 10] = np.inf
+    _engine.set_isa("scalar")
+    want = np.frombuffer(_engine.from_float(Q8_K, x), np.uint8)
+    _engine.set_isa(isa)
+    np.testing.assert_array_equal(np.frombuffer(_engine.from_float(Q8_K, x), np.uint8), want)
 
 
 def _rewrite(src: str, dst: str, types: dict, rng) -> str:
@@ -168,6 +247,30 @@ MIXES = {
     "legacy": {"attn_q": T.Q4_1, "attn_k": T.Q5_0, "attn_v": T.Q5_1, "attn_output": T.IQ4_NL, "ffn_": T.Q4_1,
                "token_embd": T.Q5_1},
 }
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_packed_k_quant_model_equals_unpacked(shipped_q8, tmp_path, monkeypatch, isa):
+    """A Q4_K_M-like file with every packed type (attn_q Q4_K, attn_k Q3_K, attn_v Q8_0, attn_output Q5_K,
+    ffn_gate Q2_K, ffn_up IQ4_XS, ffn_down Q5_0, LM head Q6_K): its packed types' weights are
+    repacked at load, and the logits equal those of the same file with repacking off (PYLLM_REPACK=0:
+    the vec_dot kernels) bit for bit, on every ISA, for a prompt at once and token by token (the
+    packed kernels are batch invariant)."""
+    mix = {**MIXES["q4_k_m-like"], "attn_output": T.Q5_K, "ffn_up": T.IQ4_XS, "attn_k": T.Q3_K, "ffn_gate": T.Q2_K}
+    path = _rewrite(shipped_q8, str(tmp_path / "q4km.gguf"), mix, np.random.default_rng(4))
+    _engine.set_isa(isa)
+    m = pyllm.load(path, n_ctx=64)
+    assert m._cmodel.packed_bytes("wq", 0) > 0 and m._cmodel.packed_bytes("output") > 0
+    assert m._cmodel.packed_bytes("ffn_down", 0) == 0  # Q5_0: no packed layout
+    monkeypatch.setenv("PYLLM_REPACK", "0")
+    ref = pyllm.load(path, n_ctx=64)
+    assert ref._cmodel.packed_bytes("wq", 0) == 0
+    ids = m.tokenize("ROMEO:\nWhat light through yonder window breaks?")
+    got = m.logits(ids)
+    np.testing.assert_array_equal(got, ref.logits(ids))
+    seq = m.sequence()
+    steps = [seq.append(ids[:5])] + [seq.append([i]) for i in ids[5:]]
+    np.testing.assert_array_equal(np.stack(steps), got[4:])
 
 
 @pytest.mark.parametrize("mix", list(MIXES))

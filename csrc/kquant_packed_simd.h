@@ -1,0 +1,214 @@
+/* kquant_packed_simd.h: the packed Q2_K..Q6_K / IQ4_XS gemm kernels (layouts in tensor_types.h; the scalar
+ * reference in kquant_packed.c) written once over a vector of int32 / fp32 lanes (lane r = row r of a
+ * 16-row group). kernels_avx512.c includes it with one zmm per 16 rows (VNNI vpdpbusd), kernels_avx2.c
+ * with one ymm per 8 rows (vpmaddubsw + vpmaddwd); each defines, before including it:
+ *   KV_LANES (16 or 8: rows per vector; with 8 each group runs in two passes of 8 rows), types kv_i
+ *   (KV_LANES x int32, or their bytes as u8) and kv_f (KV_LANES x fp32), AI (static always_inline);
+ *   kv_load(p) (4 x KV_LANES aligned bytes), kv_set1(int32), kv_zero(), kv_add, kv_and, kv_andnot(m, x) = ~m & x,
+ *   kv_mullo,
+ *   kv_srli16(v, k) / kv_slli16(v, k) / kv_srai32(v, k) (lane shifts), kv_or_and(a, b, m) = a | (b & m),
+ *   KV_DOT_WIDE (defined where kv_sdot is exact for weight bytes up to 255: Q4_K's high nibbles are
+ *   then dotted in place, as 16 x the nibble, and the sum divided by 16 once);
+ *   kv_scales(v): per-lane int32 scales in the form kv_sdot takes them;
+ *   kv_sdot(NW, WBITS, w, q8, sc, init, shift): per lane, sc x ((init + sum over v < NW of the 4
+ *   products of the u8 bytes of lane r of w[v] with the s8 bytes q8[4v .. 4v+3]) >> shift), exact
+ *   (weights < 2^WBITS; shift only with KV_DOT_WIDE);
+ *   kv_sdot_s8(NW, w, q8, sc, sum8): the same for signed int8 weights (any but -128), sum8 = the sum of
+ *   the 4 x NW activations; kv_bcast128(p) (16 bytes in every 128-bit lane), kv_shuffle8(t, i)
+ *   (vpshufb: byte i & 15 of t's lane);
+ *   kv_u8(p) / kv_s8(p): KV_LANES bytes zero / sign extended to the lanes; kv_fp16(p): KV_LANES fp16;
+ *   kv_cvt(i), kv_fset1(f), kv_fzero(), kv_fadd, kv_fsub, kv_fmul; kv_store(out, v, rows) (lanes
+ *   < rows); UNROLL (a full-unroll pragma).
+ * Per super-block each lane sums its row's integer dot products exactly (int32, as the reference) and
+ * combines them with the reference's float operations in its order (the build has no FP contraction),
+ * so every ISA equals the scalar reference bit for bit and a row's result never depends on the batch. */
+#ifndef PYLLM_KQUANT_PACKED_SIMD_H
+#define PYLLM_KQUANT_PACKED_SIMD_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "packed_gemm_driver.h"
+#include "tensor_types.h"
+
+#define KQ_Q8K ((size_t)sizeof(pl_block_q8_k)) /* d at 0, qs at 4, bsums at 260 */
+/* prefill reads each group once per pass of KQP_MAXC activation rows, computing longer per byte than
+ * decode: prefetch the group stream this far ahead (as the Q4_0 / Q8_0 tiles do) */
+#define KQP_PREFETCH 8192
+
+#ifndef KQP_MAXC
+#define KQP_MAXC 4 /* activation rows per prefill pass (at most 4) */
+#endif
+
+enum { KQP_Q4_K = 0, KQP_Q6_K = 1, KQP_Q5_K = 2, KQP_IQ4_XS = 3, KQP_Q3_K = 4, KQP_Q2_K = 5 };
+
+static inline int32_t kqp_bsum(const uint8_t *ab, int g) { return (int16_t)pl_ld_u16(ab + 260 + 2 * g); }
+
+/* lanes lo .. lo + KV_LANES - 1 of one 16-row group x C activation rows (as apart, Q8_K):
+ * out[c * os + r] for lo <= r < rows */
+AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out,
+                      size_t os, int rows, const int lo) {
+    const size_t rec_bytes = qt == KQP_Q4_K ? PL_PK_Q4_K_REC : qt == KQP_Q5_K ? PL_PK_Q5_K_REC
+                             : qt == KQP_IQ4_XS ? PL_PK_IQ4_XS_REC : qt == KQP_Q3_K ? PL_PK_Q3_K_REC
+                             : qt == KQP_Q2_K ? PL_PK_Q2_K_REC : PL_PK_Q6_K_REC;
+    const kv_i m3 = kv_set1(0x03030303), m04 = kv_set1(0x04040404);
+    const kv_i m4 = kv_set1(0x0F0F0F0F), m30 = kv_set1(0x30303030), m10 = kv_set1(0x10101010);
+    kv_f fa[KQP_MAXC];
+    UNROLL for (int c = 0; c < C; c++) fa[c] = kv_fzero();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *rec = gp + (size_t)b * rec_bytes;
+        if (C > 1)
+            for (size_t o = 0; o < rec_bytes; o += 64) _mm_prefetch((const char *)rec + KQP_PREFETCH + o, _MM_HINT_T0);
+        kv_i isum[KQP_MAXC];
+        if (qt == KQP_IQ4_XS) {
+            const kv_i table = kv_bcast128(pl_iq4nl_values);
+            UNROLL for (int s = 0; s < 8; s++) { /* sub-block s: 4 words of nibbles, low then high 16 weights */
+                kv_i w[8];
+                UNROLL for (int v = 0; v < 4; v++) {
+                    const kv_i x = kv_load(rec + 192 + 256 * s + 64 * v + 4 * lo);
+                    w[v] = kv_shuffle8(table, kv_and(x, m4));
+                    w[v + 4] = kv_shuffle8(table, kv_and(kv_srli16(x, 4), m4));
+                }
+                const kv_i sc = kv_scales(kv_s8(rec + 64 + 16 * s + lo));
+                UNROLL for (int c = 0; c < C; c++) {
+                    const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K;
+                    /* w[v] holds weights 32s + 4v .. (v < 4) and 32s + 16 + 4(v - 4) ..: q8 + 4v for both */
+                    const kv_i sd = kv_sdot_s8(8, w, ab + 4 + 32 * s, sc, kqp_bsum(ab, 2 * s) + kqp_bsum(ab, 2 * s + 1));
+                    isum[c] = s ? kv_add(isum[c], sd) : sd;
+                }
+            }
+            const kv_f d = kv_fp16(rec + 2 * lo);
+            UNROLL for (int c = 0; c < C; c++) {
+                const kv_f ad = kv_fset1(pl_ld_f32(a + (size_t)c * as + (size_t)b * KQ_Q8K));
+                fa[c] = kv_fadd(fa[c], kv_fmul(kv_fmul(ad, d), kv_cvt(isum[c])));
+            }
+        } else if (qt == KQP_Q4_K || qt == KQP_Q5_K) { /* Q5_K: plus bit s of its qh word as 16 */
+            kv_i imin[KQP_MAXC];
+            UNROLL for (int s = 0; s < 8; s++) { /* sub-block s: 32 weights, nibble s & 1 of the words of chunk s / 2 */
+                const uint8_t *q = rec + 320 + 512 * (s / 2);
+                kv_i w[8];
+#ifdef KV_DOT_WIDE
+                const int wide = (s & 1) && qt == KQP_Q4_K;
+#else
+                const int wide = 0;
+#endif
+                UNROLL for (int v = 0; v < 8; v++) {
+                    const kv_i x = kv_load(q + 64 * v + 4 * lo);
+                    w[v] = wide ? kv_andnot(m4, x) : (s & 1) ? kv_and(kv_srli16(x, 4), m4) : kv_and(x, m4);
+                    if (qt == KQP_Q5_K) { /* bit s of each byte to bit 4 (16-bit shifts: no bit crosses into bit 4) */
+                        const kv_i h = kv_load(rec + 2368 + 64 * v + 4 * lo);
+                        w[v] = kv_or_and(w[v], s <= 4 ? kv_slli16(h, 4 - s) : kv_srli16(h, s - 4), m10);
+                    }
+                }
+                const kv_i sc = kv_scales(kv_u8(rec + 64 + 16 * s + lo)), mn = kv_u8(rec + 192 + 16 * s + lo);
+                UNROLL for (int c = 0; c < C; c++) {
+                    const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K, *q8 = ab + 4 + 32 * s;
+                    /* wide: every product was 16 x the nibble's, so >> 4 is exact */
+                    const kv_i sd = kv_sdot(8, wide ? 8 : qt == KQP_Q5_K ? 5 : 4, w, q8, sc, 0, wide ? 4 : 0);
+                    const kv_i ms = kv_mullo(mn, kv_set1(kqp_bsum(ab, 2 * s) + kqp_bsum(ab, 2 * s + 1)));
+                    isum[c] = s ? kv_add(isum[c], sd) : sd;
+                    imin[c] = s ? kv_add(imin[c], ms) : ms;
+                }
+            }
+            const kv_f d = kv_fp16(rec + 2 * lo), dmin = kv_fp16(rec + 32 + 2 * lo);
+            UNROLL for (int c = 0; c < C; c++) {
+                const kv_f ad = kv_fset1(pl_ld_f32(a + (size_t)c * as + (size_t)b * KQ_Q8K));
+                const kv_f t1 = kv_fmul(kv_fmul(ad, d), kv_cvt(isum[c]));
+                const kv_f t2 = kv_fmul(kv_fmul(ad, dmin), kv_cvt(imin[c]));
+                fa[c] = kv_fadd(fa[c], kv_fsub(t1, t2));
+            }
+        } else { /* Q6_K, Q3_K, Q2_K: 16 groups of 16 weights with a scale each */
+            kv_i imin[KQP_MAXC]; /* Q2_K */
+            const size_t qoff = qt == KQP_Q2_K ? 576 : 320; /* Q2_K / Q3_K: qs words (then Q3_K's hmask) */
+            UNROLL for (int g = 0; g < 16; g++) { /* group g: 16 weights 128h + 32k + 4v + i, v = 4 (g % 2) .. + 3 */
+                const int h = g / 8, k = (g % 8) / 2, v0 = 4 * (g % 2);
+                kv_i w[4];
+                UNROLL for (int i = 0; i < 4; i++) {
+                    const int v = v0 + i;
+                    if (qt == KQP_Q6_K) { /* low 4 bits: nibble k / 2 of ql word (k odd: the +32 one); high 2: bits 2k of qh */
+                        const uint8_t *base = rec + 320 + 1536 * h;
+                        const kv_i ql = kv_load(base + 512 * (k & 1) + 64 * v + 4 * lo), hb = kv_load(base + 1024 + 64 * v + 4 * lo);
+                        const kv_i l4 = k < 2 ? kv_and(ql, m4) : kv_and(kv_srli16(ql, 4), m4);
+                        const kv_i h2 = k == 0 ? kv_slli16(hb, 4) : k == 1 ? kv_slli16(hb, 2) : k == 2 ? hb : kv_srli16(hb, 2);
+                        w[i] = kv_or_and(l4, h2, m30);
+                    } else { /* 2 bits at 2k of the qs word; Q3_K: bit 4h + k of the hmask word as 4 */
+                        w[i] = kv_and(kv_srli16(kv_load(rec + qoff + 512 * h + 64 * v + 4 * lo), 2 * k), m3);
+                        if (qt == KQP_Q3_K) {
+                            const kv_i hm = kv_load(rec + qoff + 1024 + 64 * v + 4 * lo);
+                            const int sh = 4 * h + k; /* 16-bit shifts: no bit of the other byte reaches bit 2 */
+                            w[i] = kv_or_and(w[i], sh >= 2 ? kv_srli16(hm, sh - 2) : kv_slli16(hm, 2 - sh), m04);
+                        }
+                    }
+                }
+                const kv_i sc = kv_scales(qt == KQP_Q2_K ? kv_u8(rec + 64 + 16 * g + lo) : kv_s8(rec + 64 + 16 * g + lo));
+                UNROLL for (int c = 0; c < C; c++) {
+                    const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K, *q8 = ab + 4 + 16 * g;
+                    /* Q6_K's values are stored + 32, Q3_K's + 4 */
+                    const int32_t init = qt == KQP_Q6_K ? -32 * kqp_bsum(ab, g) : qt == KQP_Q3_K ? -4 * kqp_bsum(ab, g) : 0;
+                    const kv_i sd = kv_sdot(4, qt == KQP_Q6_K ? 6 : qt == KQP_Q3_K ? 3 : 2, w, q8, sc, init, 0);
+                    isum[c] = g ? kv_add(isum[c], sd) : sd;
+                    if (qt == KQP_Q2_K) {
+                        const kv_i ms = kv_mullo(kv_u8(rec + 320 + 16 * g + lo), kv_set1(kqp_bsum(ab, g)));
+                        imin[c] = g ? kv_add(imin[c], ms) : ms;
+                    }
+                }
+            }
+            const kv_f d = kv_fp16(rec + 2 * lo);
+            UNROLL for (int c = 0; c < C; c++) {
+                const kv_f ad = kv_fset1(pl_ld_f32(a + (size_t)c * as + (size_t)b * KQ_Q8K));
+                if (qt == KQP_Q2_K) {
+                    const kv_f t1 = kv_fmul(kv_fmul(ad, d), kv_cvt(isum[c]));
+                    const kv_f t2 = kv_fmul(kv_fmul(ad, kv_fp16(rec + 32 + 2 * lo)), kv_cvt(imin[c]));
+                    fa[c] = kv_fadd(fa[c], kv_fsub(t1, t2));
+                } else {
+                    fa[c] = kv_fadd(fa[c], kv_fmul(kv_fmul(ad, d), kv_cvt(isum[c])));
+                }
+            }
+        }
+    }
+    UNROLL for (int c = 0; c < C; c++) kv_store(out + (size_t)c * os + lo, fa[c], rows - lo);
+}
+
+/* one 16-row group x C activation rows, KV_LANES rows at a time (AVX2: two passes of 8, the second
+ * only when the group has more than 8 rows; it reads the group again from L1 / L2) */
+AI void kqp_tile(const int qt, const int C, int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out,
+                 size_t os, int rows) {
+    kqp_tile_part(qt, C, nb, gp, a, as, out, os, rows, 0);
+    if (KV_LANES < 16 && rows > KV_LANES) kqp_tile_part(qt, C, nb, gp, a, as, out, os, rows, KV_LANES);
+}
+
+#define KQP_TILE_DEF(qt, C)                                                                                      \
+    static void kqp_tile_##qt##_##C(int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out, size_t os, \
+                                    int rows) {                                                                  \
+        kqp_tile(KQP_##qt, C, nb, gp, a, as, out, os, rows);                                                     \
+    }
+#define KQP_DEFS(qt)                                                                                             \
+    KQP_TILE_DEF(qt, 1) KQP_TILE_DEF(qt, 2) KQP_TILE_DEF(qt, 3) KQP_TILE_DEF(qt, 4)                              \
+    static void kqp_gemv_##qt(int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) {               \
+        kqp_tile(KQP_##qt, 1, nb, gp, a, 0, out, 0, rows);                                                       \
+    }                                                                                                            \
+    static const pl_pk_tile_fn kqp_tiles_##qt[4] = {kqp_tile_##qt##_1, kqp_tile_##qt##_2, kqp_tile_##qt##_3,      \
+                                                    kqp_tile_##qt##_4};                                          \
+    static void kqp_gemm_packed_##qt(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out,    \
+                                     size_t os) {                                                                \
+        pl_pk_gemm_drive(PL_TYPE_##qt, PL_QK_K, kqp_gemv_##qt, kqp_tiles_##qt, KQP_MAXC, n, nr, nc, w, a, as, out, \
+                         os);                                                                                    \
+    }
+KQP_DEFS(Q4_K)
+KQP_DEFS(Q5_K)
+KQP_DEFS(Q6_K)
+KQP_DEFS(IQ4_XS)
+KQP_DEFS(Q3_K)
+KQP_DEFS(Q2_K)
+
+/* the table entries (the AVX2 and AVX-512 tables call this) */
+static void kqp_register(pl_kernels *k) {
+    k->types[PL_TYPE_Q4_K].gemm_packed = kqp_gemm_packed_Q4_K;
+    k->types[PL_TYPE_Q5_K].gemm_packed = kqp_gemm_packed_Q5_K;
+    k->types[PL_TYPE_Q6_K].gemm_packed = kqp_gemm_packed_Q6_K;
+    k->types[PL_TYPE_IQ4_XS].gemm_packed = kqp_gemm_packed_IQ4_XS;
+    k->types[PL_TYPE_Q3_K].gemm_packed = kqp_gemm_packed_Q3_K;
+    k->types[PL_TYPE_Q2_K].gemm_packed = kqp_gemm_packed_Q2_K;
+}
+
+#endif
