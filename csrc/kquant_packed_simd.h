@@ -38,8 +38,8 @@
 #define KQP_PREFETCH 8192
 
 /* activation rows per prefill pass: KQP_MAXC at most (the tile functions made), KQP_MAXC_6 for the
- * types whose weight vectors take the most work to decode (Q6_K; more rows share each decode), where
- * the ISA has the registers for it */
+ * types whose weight vectors take the most work to decode (Q6_K, Q3_K: more rows share each decode),
+ * where the ISA has the registers for it */
 #define KQP_MAXC 8
 #ifndef KQP_MAXC_6
 #define KQP_MAXC_6 4
@@ -198,7 +198,7 @@ AI void kqp_tile(const int qt, const int C, int nb, const uint8_t *gp, const uin
     static void kqp_gemm_packed_##qt(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out,    \
                                      size_t os) {                                                                \
         pl_pk_gemm_drive(PL_TYPE_##qt, PL_QK_K, kqp_gemv_##qt, kqp_tiles_##qt,                                 \
-                         KQP_##qt == KQP_Q6_K ? KQP_MAXC_6 : 4, n, nr, nc, w, a, as, out, \
+                         KQP_##qt == KQP_Q6_K || KQP_##qt == KQP_Q3_K ? KQP_MAXC_6 : 4, n, nr, nc, w, a, as, out, \
                          os);                                                                                    \
     }
 KQP_DEFS(Q4_K)
