@@ -306,8 +306,8 @@ pl_kv *pl_kv_new(const pl_model *m, int n_ctx, int type, char *err) {
     kv->k = calloc(n, kv->elt);
     kv->v = calloc(n, kv->elt);
     if (!kv->k || !kv->v) {
-        pl_kv_free(kv);
         snprintf(err, PL_ERRMSG_LEN, "out of memory allocating a %zu MB KV cache", 2 * n * kv->elt >> 20);
+        pl_kv_free(kv);
         return NULL;
     }
     return kv;
