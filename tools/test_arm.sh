@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# tools/test_arm.sh: builds the C core (no Python) for aarch64 with the cross compiler and runs the NEON
+# tests under qemu-user: tests/neon/test_kernels_neon.c (every NEON table against the scalar reference)
+# on three emulated CPUs (max: dotprod + i8mm; cortex-a76: dotprod only; cortex-a53: neither, the
+# fallback dispatch), then, with GGUF files given, tests/neon/generate_gguf.c (greedy generation) on each.
+# Usage: tools/test_arm.sh [BUILD_DIR] [MODEL.gguf PROMPT_IDS EXPECTED_IDS]...
+# Needs aarch64-linux-gnu-gcc and qemu-aarch64 (Debian: apt-get install gcc-aarch64-linux-gnu qemu-user).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${1:-build/arm64}
+shift || true
+CC=${CC_AARCH64:-aarch64-linux-gnu-gcc}
+QEMU=${QEMU_AARCH64:-qemu-aarch64}
+command -v "$CC" >/dev/null || { echo "test_arm.sh: $CC not found"; exit 3; }
+command -v "$QEMU" >/dev/null || { echo "test_arm.sh: $QEMU not found"; exit 3; }
+mkdir -p "$BUILD"
+# the engine's flags (CMakeLists.txt): no FP contraction, so the scalar reference stays the reference
+CFLAGS="-O2 -std=gnu11 -Wall -Wno-unused-function -fno-math-errno -ffp-contract=off -fopenmp -Icsrc -DPYLLM_NEON=1 -DPYLLM_NEON_I8MM=1"
+objs=()
+compile() { # src extra-flags...
+    local src=$1; shift
+    local obj="$BUILD/$(basename "${src%.c}").o"
+    if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ -n "$(find csrc -name '*.h' -newer "$obj" | head -1)" ]; then
+        "$CC" $CFLAGS "$@" -c "$src" -o "$obj"
+    fi
+    objs+=("$obj")
+}
+for f in csrc/*.c; do
+    case "$f" in
+    csrc/kernels_avx2.c|csrc/kernels_avx512.c) ;;
+    csrc/kernels_neon_dotprod.c) compile "$f" -march=armv8.2-a+dotprod ;;
+    csrc/kernels_neon_i8mm.c) compile "$f" -march=armv8.2-a+dotprod+i8mm ;;
+    *) compile "$f" ;;
+    esac
+done
+"$CC" $CFLAGS -static tests/neon/test_kernels_neon.c "${objs[@]}" -lm -o "$BUILD/test_kernels_neon"
+[ -f tests/neon/generate_gguf.c ] && "$CC" $CFLAGS -static tests/neon/generate_gguf.c "${objs[@]}" -lm -o "$BUILD/generate_gguf"
+status=0
+for cpu in "max neon-i8mm" "cortex-a76 neon-dotprod" "cortex-a53 neon"; do
+    set -- $cpu
+    echo "== qemu-aarch64 -cpu $1 (expects $2)"
+    env -u PYLLM_ISA "$QEMU" -cpu "$1" "$BUILD/test_kernels_neon" "$2" || status=1
+done
+exit $status
