@@ -609,7 +609,15 @@ AI kv_i kv_sdot_s8(const int NW, const kv_i *w, const uint8_t *q8, kv_i sc, int3
  * (the RTL combiner on huge blocks) for no gain the 32 q registers could hold */
 #undef UNROLL
 #define UNROLL _Pragma("GCC unroll 4")
+/* GCC cannot see that the s / g == 0 iteration assigns isum / imin once the loops stay loops */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include "kquant_packed_simd.h"
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #undef UNROLL
 #define UNROLL _Pragma("GCC unroll 16")
 

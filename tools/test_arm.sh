@@ -3,7 +3,7 @@
 # tests under qemu-user: tests/neon/test_kernels_neon.c (every NEON table against the scalar reference)
 # on three emulated CPUs (max: dotprod + i8mm; cortex-a76: dotprod only; cortex-a53: neither, the
 # fallback dispatch), then, with GGUF files given, tests/neon/generate_gguf.c (greedy generation) on each.
-# Usage: tools/test_arm.sh [BUILD_DIR] [MODEL.gguf PROMPT_IDS EXPECTED_IDS]...
+# Usage: tools/test_arm.sh [BUILD_DIR] [MODEL.gguf PROMPT_IDS EXPECTED_IDS EXPECTED_LOGITS]...
 # Needs aarch64-linux-gnu-gcc and qemu-aarch64 (Debian: apt-get install gcc-aarch64-linux-gnu qemu-user).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,11 +34,19 @@ for f in csrc/*.c; do
     esac
 done
 "$CC" $CFLAGS -static tests/neon/test_kernels_neon.c "${objs[@]}" -lm -o "$BUILD/test_kernels_neon"
-[ -f tests/neon/generate_gguf.c ] && "$CC" $CFLAGS -static tests/neon/generate_gguf.c "${objs[@]}" -lm -o "$BUILD/generate_gguf"
+"$CC" $CFLAGS -static tests/neon/generate_gguf.c "${objs[@]}" -lm -o "$BUILD/generate_gguf"
 status=0
 for cpu in "max neon-i8mm" "cortex-a76 neon-dotprod" "cortex-a53 neon"; do
-    set -- $cpu
-    echo "== qemu-aarch64 -cpu $1 (expects $2)"
-    env -u PYLLM_ISA "$QEMU" -cpu "$1" "$BUILD/test_kernels_neon" "$2" || status=1
+    read -r cpu_name cpu_isa <<<"$cpu"
+    echo "== qemu-aarch64 -cpu $cpu_name: test_kernels_neon (expects $cpu_isa)"
+    env -u PYLLM_ISA "$QEMU" -cpu "$cpu_name" "$BUILD/test_kernels_neon" "$cpu_isa" || status=1
+done
+# end to end: each GGUF on the best table (-cpu max: neon-i8mm) and on the baseline one (cortex-a53: neon)
+while [ $# -ge 4 ]; do
+    for cpu_name in max cortex-a53; do
+        echo "== qemu-aarch64 -cpu $cpu_name: generate_gguf $1"
+        env -u PYLLM_ISA OMP_NUM_THREADS=2 "$QEMU" -cpu "$cpu_name" "$BUILD/generate_gguf" "$1" "$2" "$3" "$4" || status=1
+    done
+    shift 4
 done
 exit $status
