@@ -8,7 +8,9 @@
  *    of two q registers): exact int32 sums per block (sdot, usdot, or vmull + pairwise widening adds
  *    at level 0), combined with the scalar reference's float operations in its order (no FMA: the
  *    build has -ffp-contract=off), so every result equals the scalar reference bit for bit;
- *  - Q4_0 / Q8_0 / Q4_K / Q6_K unpacked vec_dots (PYLLM_REPACK=0), bit-identical likewise;
+ *  - the unpacked vec_dots of every integer type (Q4_0, Q8_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K..Q6_K,
+ *    IQ4_XS: the default path of the types without a packed layout, and PYLLM_REPACK=0),
+ *    bit-identical likewise;
  *  - Q8_0 / Q8_K activation quantization and F16 / BF16 / Q8_0 / Q4_0 to_float, bit-identical;
  *  - F32 / F16 / BF16 dots and gemm (fp32 FMAs in lanes: close to the scalar sum, not equal, as on
  *    x86), axpy (equal), gemm_nn (close), softmax / SwiGLU with a polynomial exp (within a few ulp of
@@ -686,6 +688,157 @@ static void q6_k_vec_dot(int n, float *s, const void *vw, const void *va) {
     *s = sum;
 }
 
+/* ============================== the other unpacked integer types ==============================
+ * Q4_1 / Q5_0 / Q5_1 / IQ4_NL x Q8_0 and Q2_K / Q3_K / Q5_K / IQ4_XS x Q8_K: the integer sums and
+ * float combination of types_kquants.c, exact (every weight value fits an int8). */
+/* 16 bytes: 0x10 where bit (first + l) of the 32-bit word qh is set, l = 0..15 */
+AI uint8x16_t bits_to_16(uint32_t qh, int first) {
+    static const uint8_t m[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+    const uint32_t w = qh >> first;
+    const uint8x16_t b = vcombine_u8(vdup_n_u8((uint8_t)(w & 0xFF)), vdup_n_u8((uint8_t)((w >> 8) & 0xFF)));
+    return vandq_u8(vtstq_u8(b, vld1q_u8(m)), vdupq_n_u8(0x10));
+}
+AI int32_t dot32(int8x16_t lo, int8x16_t hi, const int8_t *q8) {
+    return vaddvq_s32(dot4(dot4(vdupq_n_s32(0), lo, vld1q_s8(q8)), hi, vld1q_s8(q8 + 16)));
+}
+AI int32_t sum32(const int8_t *q8) { return vaddlvq_s8(vld1q_s8(q8)) + vaddlvq_s8(vld1q_s8(q8 + 16)); }
+
+static void q4_1_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw, *a = va;
+    float sum = 0.0f;
+    for (int b = 0; b < n / 32; b++, w += 20, a += 34) {
+        const int8_t *q8 = (const int8_t *)a + 2;
+        const uint8x16_t q = vld1q_u8(w + 4);
+        const int32_t isum = dot32(vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0F))), vreinterpretq_s8_u8(vshrq_n_u8(q, 4)), q8);
+        const float d8 = pl_ld_fp16(a);
+        sum += (float)isum * (pl_ld_fp16(w) * d8) + (float)sum32(q8) * (pl_ld_fp16(w + 2) * d8);
+    }
+    *s = sum;
+}
+static void q5_1_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw, *a = va;
+    float sum = 0.0f;
+    for (int b = 0; b < n / 32; b++, w += 24, a += 34) {
+        const int8_t *q8 = (const int8_t *)a + 2;
+        const uint8x16_t q = vld1q_u8(w + 8);
+        const uint32_t qh = pl_ld_u32(w + 4);
+        const uint8x16_t lo = vorrq_u8(vandq_u8(q, vdupq_n_u8(0x0F)), bits_to_16(qh, 0));
+        const uint8x16_t hi = vorrq_u8(vshrq_n_u8(q, 4), bits_to_16(qh, 16));
+        const int32_t isum = dot32(vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi), q8);
+        const float d8 = pl_ld_fp16(a);
+        sum += (float)isum * (pl_ld_fp16(w) * d8) + (float)sum32(q8) * (pl_ld_fp16(w + 2) * d8);
+    }
+    *s = sum;
+}
+static void q5_0_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw, *a = va;
+    float sum = 0.0f;
+    for (int b = 0; b < n / 32; b++, w += 22, a += 34) {
+        const uint8x16_t q = vld1q_u8(w + 6);
+        const uint32_t qh = pl_ld_u32(w + 2);
+        const int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(vandq_u8(q, vdupq_n_u8(0x0F)), bits_to_16(qh, 0))), vdupq_n_s8(16));
+        const int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(q, 4), bits_to_16(qh, 16))), vdupq_n_s8(16));
+        sum += (float)dot32(lo, hi, (const int8_t *)a + 2) * (pl_ld_fp16(w) * pl_ld_fp16(a));
+    }
+    *s = sum;
+}
+static void iq4_nl_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw, *a = va;
+    const int8x16_t table = vld1q_s8(pl_iq4nl_values);
+    float sum = 0.0f;
+    for (int b = 0; b < n / 32; b++, w += 18, a += 34) {
+        const uint8x16_t q = vld1q_u8(w + 2);
+        const int8x16_t lo = vqtbl1q_s8(table, vandq_u8(q, vdupq_n_u8(0x0F))), hi = vqtbl1q_s8(table, vshrq_n_u8(q, 4));
+        sum += (float)dot32(lo, hi, (const int8_t *)a + 2) * (pl_ld_fp16(w) * pl_ld_fp16(a));
+    }
+    *s = sum;
+}
+static void iq4_xs_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw, *a = va;
+    const int8x16_t table = vld1q_s8(pl_iq4nl_values);
+    float sum = 0.0f;
+    for (int i = 0; i < n / PL_QK_K; i++, w += 136, a += sizeof(pl_block_q8_k)) {
+        const uint16_t sh = pl_ld_u16(w + 2);
+        const int8_t *q8 = (const int8_t *)a + 4;
+        int32_t isum = 0;
+        for (int ib = 0; ib < 8; ib++) {
+            const int ls = ((w[4 + ib / 2] >> (4 * (ib % 2))) & 0x0F) | (((sh >> (2 * ib)) & 3) << 4);
+            const uint8x16_t q = vld1q_u8(w + 8 + 16 * ib);
+            const int8x16_t lo = vqtbl1q_s8(table, vandq_u8(q, vdupq_n_u8(0x0F))), hi = vqtbl1q_s8(table, vshrq_n_u8(q, 4));
+            isum += (ls - 32) * dot32(lo, hi, q8 + 32 * ib);
+        }
+        sum += (pl_ld_f32(a) * pl_ld_fp16(w)) * (float)isum;
+    }
+    *s = sum;
+}
+static void q5_k_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw, *a = va;
+    float sum = 0.0f;
+    for (int i = 0; i < n / PL_QK_K; i++, w += 176, a += sizeof(pl_block_q8_k)) {
+        const uint8_t *sb = w + 4;
+        uint8_t sc[8], mn[8];
+        for (int j = 0; j < 8; j++) {
+            if (j < 4) {
+                sc[j] = sb[j] & 63;
+                mn[j] = sb[j + 4] & 63;
+            } else {
+                sc[j] = (uint8_t)((sb[j + 4] & 0x0F) | ((sb[j - 4] >> 6) << 4));
+                mn[j] = (uint8_t)((sb[j + 4] >> 4) | ((sb[j] >> 6) << 4));
+            }
+        }
+        const int8_t *q8 = (const int8_t *)a + 4;
+        const uint8x16_t qh0 = vld1q_u8(w + 16), qh1 = vld1q_u8(w + 32), m4 = vdupq_n_u8(0x0F), b4 = vdupq_n_u8(0x10);
+        int32_t isum = 0, imin = 0;
+        for (int j = 0; j < 8; j++) { /* sub-block j: nibble j & 1 of ql[32 (j / 2) + l], bit j of qh[l] */
+            const uint8x16_t q0 = vld1q_u8(w + 48 + 32 * (j / 2)), q1 = vld1q_u8(w + 48 + 32 * (j / 2) + 16);
+            const uint8x16_t bit = vdupq_n_u8((uint8_t)(1u << j));
+            const uint8x16_t v0 = vorrq_u8((j & 1) ? vshrq_n_u8(q0, 4) : vandq_u8(q0, m4), vandq_u8(vtstq_u8(qh0, bit), b4));
+            const uint8x16_t v1 = vorrq_u8((j & 1) ? vshrq_n_u8(q1, 4) : vandq_u8(q1, m4), vandq_u8(vtstq_u8(qh1, bit), b4));
+            isum += (int32_t)sc[j] * dot32(vreinterpretq_s8_u8(v0), vreinterpretq_s8_u8(v1), q8 + 32 * j);
+            imin += (int32_t)mn[j] * ((int16_t)pl_ld_u16(a + 260 + 4 * j) + (int16_t)pl_ld_u16(a + 262 + 4 * j));
+        }
+        const float ad = pl_ld_f32(a);
+        sum += (ad * pl_ld_fp16(w)) * (float)isum - (ad * pl_ld_fp16(w + 2)) * (float)imin;
+    }
+    *s = sum;
+}
+static void q2_k_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw, *a = va;
+    float sum = 0.0f;
+    for (int i = 0; i < n / PL_QK_K; i++, w += 84, a += sizeof(pl_block_q8_k)) {
+        const int8_t *q8 = (const int8_t *)a + 4;
+        int32_t isum = 0, imin = 0;
+        for (int g = 0; g < 16; g++) {
+            const int h = g / 8, j = (g % 8) / 2, i0 = 16 * (g % 2);
+            const uint8x16_t q = vandq_u8(vshlq_u8(vld1q_u8(w + 16 + 32 * h + i0), vdupq_n_s8((int8_t)(-2 * j))), vdupq_n_u8(3));
+            isum += (int32_t)(w[g] & 0x0F) * vaddvq_s32(dot4(vdupq_n_s32(0), vreinterpretq_s8_u8(q), vld1q_s8(q8 + 16 * g)));
+            imin += (int32_t)(w[g] >> 4) * (int16_t)pl_ld_u16(a + 260 + 2 * g);
+        }
+        const float ad = pl_ld_f32(a);
+        sum += (ad * pl_ld_fp16(w + 80)) * (float)isum - (ad * pl_ld_fp16(w + 82)) * (float)imin;
+    }
+    *s = sum;
+}
+static void q3_k_vec_dot(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *w = vw, *a = va;
+    float sum = 0.0f;
+    for (int i = 0; i < n / PL_QK_K; i++, w += 110, a += sizeof(pl_block_q8_k)) {
+        int8_t sc[16];
+        pl_q3_k_scales(w + 96, sc);
+        const int8_t *q8 = (const int8_t *)a + 4;
+        int32_t isum = 0;
+        for (int g = 0; g < 16; g++) {
+            const int h = g / 8, j = (g % 8) / 2, i0 = 16 * (g % 2);
+            const uint8x16_t lo2 = vandq_u8(vshlq_u8(vld1q_u8(w + 32 + 32 * h + i0), vdupq_n_s8((int8_t)(-2 * j))), vdupq_n_u8(3));
+            const uint8x16_t hb = vandq_u8(vtstq_u8(vld1q_u8(w + i0), vdupq_n_u8((uint8_t)(1u << (4 * h + j)))), vdupq_n_u8(4));
+            const int8x16_t v = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(lo2, hb)), vdupq_n_s8(4));
+            isum += (int32_t)sc[g] * vaddvq_s32(dot4(vdupq_n_s32(0), v, vld1q_s8(q8 + 16 * g)));
+        }
+        sum += (pl_ld_f32(a) * pl_ld_fp16(w + 108)) * (float)isum;
+    }
+    *s = sum;
+}
+
 /* ============================== the table ============================== */
 #if PL_NEON_LEVEL == 0
 #define PL_NEON_INIT pl_kernels_init_neon
@@ -708,6 +861,14 @@ void PL_NEON_INIT(pl_kernels *k) {
     k->types[PL_TYPE_Q8_K].from_float = q8_k_from_float;
     k->types[PL_TYPE_Q4_K].vec_dot = q4_k_vec_dot;
     k->types[PL_TYPE_Q6_K].vec_dot = q6_k_vec_dot;
+    k->types[PL_TYPE_Q5_K].vec_dot = q5_k_vec_dot;
+    k->types[PL_TYPE_Q2_K].vec_dot = q2_k_vec_dot;
+    k->types[PL_TYPE_Q3_K].vec_dot = q3_k_vec_dot;
+    k->types[PL_TYPE_IQ4_XS].vec_dot = iq4_xs_vec_dot;
+    k->types[PL_TYPE_Q4_1].vec_dot = q4_1_vec_dot;
+    k->types[PL_TYPE_Q5_0].vec_dot = q5_0_vec_dot;
+    k->types[PL_TYPE_Q5_1].vec_dot = q5_1_vec_dot;
+    k->types[PL_TYPE_IQ4_NL].vec_dot = iq4_nl_vec_dot;
     t = &k->types[PL_TYPE_F32];
     t->vec_dot = f32_vec_dot;
     t->gemm = f32_gemm;
