@@ -529,6 +529,7 @@ static void q8_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a
  * kquant_packed_simd.h over one zmm per 16-row vector; vpdpbusd adds the 4 u8 x s8 products of a
  * lane exactly (weights < 64, so no saturation question arises). */
 #define KV_LANES 16
+#define KQP_MAXC_6 8 /* Q6_K / Q3_K: 8 activation rows per pass (32 zmm registers) */
 typedef __m512i kv_i;
 typedef __m512 kv_f;
 AI kv_i kv_load(const uint8_t *p) { return _mm512_load_si512((const void *)p); }

@@ -1,4 +1,4 @@
-/* kquant_packed.c: the packed layouts of Q4_K, Q5_K, Q6_K and IQ4_XS (tensor_types.h) — their repack functions (the
+/* kquant_packed.c: the packed layouts of Q2_K, Q3_K, Q4_K, Q5_K, Q6_K and IQ4_XS (tensor_types.h) — their repack functions (the
  * same in every table), group sizes, and the scalar reference of their packed gemm, which does the
  * unpacked vec_dot's integer sums and float operations (types_kquants.c) in the same order, so packed
  * and unpacked results are equal bit for bit. kquant_packed_simd.h is the SIMD twin of the gemm.
@@ -22,6 +22,8 @@ static size_t q4_k_packed_group_bytes(int64_t n) { return kq_group_bytes(PL_PK_Q
 static size_t q5_k_packed_group_bytes(int64_t n) { return kq_group_bytes(PL_PK_Q5_K_REC, n); }
 static size_t q6_k_packed_group_bytes(int64_t n) { return kq_group_bytes(PL_PK_Q6_K_REC, n); }
 static size_t iq4_xs_packed_group_bytes(int64_t n) { return kq_group_bytes(PL_PK_IQ4_XS_REC, n); }
+static size_t q3_k_packed_group_bytes(int64_t n) { return kq_group_bytes(PL_PK_Q3_K_REC, n); }
+static size_t q2_k_packed_group_bytes(int64_t n) { return kq_group_bytes(PL_PK_Q2_K_REC, n); }
 
 /* the 8 6-bit scales and mins of a Q4_K super-block from its 12 scale bytes (ggml's packing) */
 static void q4_k_scales_mins(const uint8_t *s, uint8_t *sc, uint8_t *mn) {
@@ -115,6 +117,40 @@ static void iq4_xs_repack(const void *vsrc, size_t ss, int nrows, int64_t n, voi
             for (int v = 0; v < 4; v++) put_words(src, ss, nrows, bo + 8 + 16 * j + 4 * v, rec + 192 + 256 * j + 64 * v);
     }
 }
+
+/* Q3_K (q3 1: 110-byte blocks, hmask at 0, qs at 32, scales at 96, d at 108) and Q2_K (0: 84 bytes,
+ * scales / mins at 0, qs at 16, d, dmin at 80) */
+static void q23_k_repack(const int q3, const uint8_t *src, size_t ss, int nrows, int64_t n, uint8_t *dst) {
+    const size_t nb = (size_t)(n / PL_QK_K), bb = q3 ? 110 : 84, rec_bytes = q3 ? PL_PK_Q3_K_REC : PL_PK_Q2_K_REC;
+    const size_t head = q3 ? 320 : 576, qs = q3 ? 32 : 16;
+    for (size_t b = 0; b < nb; b++) {
+        uint8_t *rec = dst + b * rec_bytes;
+        const size_t bo = b * bb;
+        memset(rec, 0, head);
+        for (int r = 0; r < nrows; r++) {
+            const uint8_t *blk = src + (size_t)r * ss + bo;
+            if (q3) {
+                int8_t sc[16];
+                pl_q3_k_scales(blk + 96, sc);
+                memcpy(rec + 2 * r, blk + 108, 2);
+                for (int g = 0; g < 16; g++) rec[64 + 16 * g + r] = (uint8_t)sc[g];
+            } else {
+                memcpy(rec + 2 * r, blk + 80, 2);
+                memcpy(rec + 32 + 2 * r, blk + 82, 2);
+                for (int g = 0; g < 16; g++) {
+                    rec[64 + 16 * g + r] = blk[g] & 0x0F;
+                    rec[320 + 16 * g + r] = blk[g] >> 4;
+                }
+            }
+        }
+        for (int h = 0; h < 2; h++)
+            for (int v = 0; v < 8; v++) put_words(src, ss, nrows, bo + qs + 32 * h + 4 * v, rec + head + 512 * h + 64 * v);
+        if (q3)
+            for (int v = 0; v < 8; v++) put_words(src, ss, nrows, bo + 4 * v, rec + head + 1024 + 64 * v);
+    }
+}
+static void q3_k_repack(const void *src, size_t ss, int nrows, int64_t n, void *dst) { q23_k_repack(1, src, ss, nrows, n, dst); }
+static void q2_k_repack(const void *src, size_t ss, int nrows, int64_t n, void *dst) { q23_k_repack(0, src, ss, nrows, n, dst); }
 
 /* the reference gemms: row i of the packed rows is lane r = i % 16 of group i / 16 */
 static void q45_k_gemm_packed(const int has_qh, int n, int nr, int nc, const void *w, const void *a, size_t as,
@@ -222,6 +258,49 @@ static void iq4_xs_gemm_packed(int n, int nr, int nc, const void *w, const void 
     }
 }
 
+/* element 128h + 32j + l: 2 bits at 2j of qs word (h, l / 4); Q3_K: plus 4 x bit 4h + j of hmask word
+ * l / 4, minus 4 */
+static void q23_k_gemm_packed(const int q3, int n, int nr, int nc, const void *w, const void *a, size_t as, float *out,
+                              size_t os) {
+    const int nb = n / PL_QK_K;
+    const size_t rec_bytes = q3 ? PL_PK_Q3_K_REC : PL_PK_Q2_K_REC, head = q3 ? 320 : 576, gb = (size_t)nb * rec_bytes;
+    for (int i = 0; i < nr; i++) {
+        const uint8_t *g = (const uint8_t *)w + (size_t)(i / PK) * gb;
+        const int r = i % PK;
+        for (int j = 0; j < nc; j++) {
+            const uint8_t *arow = (const uint8_t *)a + (size_t)j * as;
+            float sum = 0.0f;
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *rec = g + (size_t)b * rec_bytes, *ab = arow + (size_t)b * Q8K_BYTES;
+                const int8_t *q8 = (const int8_t *)(ab + 4);
+                int32_t dot[16] = {0};
+                for (int e = 0; e < PL_QK_K; e++) {
+                    const int h = e / 128, jj = (e % 128) / 32, l = e % 32;
+                    const size_t wo = (size_t)64 * (l / 4) + 4 * (size_t)r + (size_t)(l % 4);
+                    int u = (rec[head + 512 * h + wo] >> (2 * jj)) & 3;
+                    if (q3) u += (((rec[head + 1024 + wo] >> (4 * h + jj)) & 1) << 2) - 4;
+                    dot[e / 16] += u * q8[e];
+                }
+                int32_t isum = 0, imin = 0;
+                for (int gi = 0; gi < 16; gi++) {
+                    isum += (q3 ? (int32_t)(int8_t)rec[64 + 16 * gi + r] : (int32_t)rec[64 + 16 * gi + r]) * dot[gi];
+                    if (!q3) imin += (int32_t)rec[320 + 16 * gi + r] * (int16_t)pl_ld_u16(ab + 260 + 2 * gi);
+                }
+                const float ad = pl_ld_f32(ab);
+                if (q3) sum += (ad * pl_ld_fp16(rec + 2 * r)) * (float)isum;
+                else sum += (ad * pl_ld_fp16(rec + 2 * r)) * (float)isum - (ad * pl_ld_fp16(rec + 32 + 2 * r)) * (float)imin;
+            }
+            out[(size_t)j * os + i] = sum;
+        }
+    }
+}
+static void q3_k_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
+    q23_k_gemm_packed(1, n, nr, nc, w, a, as, out, os);
+}
+static void q2_k_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
+    q23_k_gemm_packed(0, n, nr, nc, w, a, as, out, os);
+}
+
 void pl_kernels_add_packed_kquants(pl_kernels *k) {
     pl_type_traits *t = &k->types[PL_TYPE_Q4_K];
     t->repack = q4_k_repack;
@@ -231,6 +310,14 @@ void pl_kernels_add_packed_kquants(pl_kernels *k) {
     t->repack = q5_k_repack;
     t->gemm_packed = q5_k_gemm_packed;
     t->packed_group_bytes = q5_k_packed_group_bytes;
+    t = &k->types[PL_TYPE_Q2_K];
+    t->repack = q2_k_repack;
+    t->gemm_packed = q2_k_gemm_packed;
+    t->packed_group_bytes = q2_k_packed_group_bytes;
+    t = &k->types[PL_TYPE_Q3_K];
+    t->repack = q3_k_repack;
+    t->gemm_packed = q3_k_gemm_packed;
+    t->packed_group_bytes = q3_k_packed_group_bytes;
     t = &k->types[PL_TYPE_IQ4_XS];
     t->repack = iq4_xs_repack;
     t->gemm_packed = iq4_xs_gemm_packed;

@@ -1,4 +1,4 @@
-/* kquant_packed_simd.h: the packed Q4_K / Q5_K / Q6_K / IQ4_XS gemm kernels (layouts in tensor_types.h; the scalar
+/* kquant_packed_simd.h: the packed Q2_K..Q6_K / IQ4_XS gemm kernels (layouts in tensor_types.h; the scalar
  * reference in kquant_packed.c) written once over a vector of int32 / fp32 lanes (lane r = row r of a
  * 16-row group). kernels_avx512.c includes it with one zmm per 16 rows (VNNI vpdpbusd), kernels_avx2.c
  * with one ymm per 8 rows (vpmaddubsw + vpmaddwd); each defines, before including it:
@@ -32,15 +32,20 @@
 #include "tensor_types.h"
 
 #define KQ_Q8K ((size_t)sizeof(pl_block_q8_k)) /* d at 0, qs at 4, bsums at 260 */
-/* prefill reads each group once per pass of KQP_MAXC activation rows, computing longer per byte than
- * decode: prefetch the group stream this far ahead (as the Q4_0 / Q8_0 tiles do) */
+/* the group stream is prefetched this far ahead, in decode too: a record takes longer to compute than
+ * the hardware prefetcher runs ahead (measured, 1.1B Q4_K_M / Q6_K decode on one thread of a Zen 4:
+ * 17 / 12-18 tok/s without, 28 / 20 with 4 or 8 KB, 25 / 18.5 with 16 KB) */
 #define KQP_PREFETCH 8192
 
-#ifndef KQP_MAXC
-#define KQP_MAXC 4 /* activation rows per prefill pass (at most 4) */
+/* activation rows per prefill pass: KQP_MAXC at most (the tile functions made), KQP_MAXC_6 for the
+ * types whose weight vectors take the most work to decode (Q6_K, Q3_K: more rows share each decode),
+ * where the ISA has the registers for it */
+#define KQP_MAXC 8
+#ifndef KQP_MAXC_6
+#define KQP_MAXC_6 4
 #endif
 
-enum { KQP_Q4_K = 0, KQP_Q6_K = 1, KQP_Q5_K = 2, KQP_IQ4_XS = 3 };
+enum { KQP_Q4_K = 0, KQP_Q6_K = 1, KQP_Q5_K = 2, KQP_IQ4_XS = 3, KQP_Q3_K = 4, KQP_Q2_K = 5 };
 
 static inline int32_t kqp_bsum(const uint8_t *ab, int g) { return (int16_t)pl_ld_u16(ab + 260 + 2 * g); }
 
@@ -49,14 +54,15 @@ static inline int32_t kqp_bsum(const uint8_t *ab, int g) { return (int16_t)pl_ld
 AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out,
                       size_t os, int rows, const int lo) {
     const size_t rec_bytes = qt == KQP_Q4_K ? PL_PK_Q4_K_REC : qt == KQP_Q5_K ? PL_PK_Q5_K_REC
-                             : qt == KQP_IQ4_XS ? PL_PK_IQ4_XS_REC : PL_PK_Q6_K_REC;
+                             : qt == KQP_IQ4_XS ? PL_PK_IQ4_XS_REC : qt == KQP_Q3_K ? PL_PK_Q3_K_REC
+                             : qt == KQP_Q2_K ? PL_PK_Q2_K_REC : PL_PK_Q6_K_REC;
+    const kv_i m3 = kv_set1(0x03030303), m04 = kv_set1(0x04040404);
     const kv_i m4 = kv_set1(0x0F0F0F0F), m30 = kv_set1(0x30303030), m10 = kv_set1(0x10101010);
     kv_f fa[KQP_MAXC];
     UNROLL for (int c = 0; c < C; c++) fa[c] = kv_fzero();
     for (int b = 0; b < nb; b++) {
         const uint8_t *rec = gp + (size_t)b * rec_bytes;
-        if (C > 1)
-            for (size_t o = 0; o < rec_bytes; o += 64) _mm_prefetch((const char *)rec + KQP_PREFETCH + o, _MM_HINT_T0);
+        for (size_t o = 0; o < rec_bytes; o += 64) _mm_prefetch((const char *)rec + KQP_PREFETCH + o, _MM_HINT_T0);
         kv_i isum[KQP_MAXC];
         if (qt == KQP_IQ4_XS) {
             const kv_i table = kv_bcast128(pl_iq4nl_values);
@@ -80,7 +86,7 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
                 const kv_f ad = kv_fset1(pl_ld_f32(a + (size_t)c * as + (size_t)b * KQ_Q8K));
                 fa[c] = kv_fadd(fa[c], kv_fmul(kv_fmul(ad, d), kv_cvt(isum[c])));
             }
-        } else if (qt != KQP_Q6_K) { /* Q4_K, and Q5_K: plus bit s of its qh word as 16 */
+        } else if (qt == KQP_Q4_K || qt == KQP_Q5_K) { /* Q5_K: plus bit s of its qh word as 16 */
             kv_i imin[KQP_MAXC];
             UNROLL for (int s = 0; s < 8; s++) { /* sub-block s: 32 weights, nibble s & 1 of the words of chunk s / 2 */
                 const uint8_t *q = rec + 320 + 512 * (s / 2);
@@ -115,29 +121,52 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
                 const kv_f t2 = kv_fmul(kv_fmul(ad, dmin), kv_cvt(imin[c]));
                 fa[c] = kv_fadd(fa[c], kv_fsub(t1, t2));
             }
-        } else {
+        } else { /* Q6_K, Q3_K, Q2_K: 16 groups of 16 weights with a scale each */
+            kv_i imin[KQP_MAXC]; /* Q2_K */
+            const size_t qoff = qt == KQP_Q2_K ? 576 : 320; /* Q2_K / Q3_K: qs words (then Q3_K's hmask) */
             UNROLL for (int g = 0; g < 16; g++) { /* group g: 16 weights 128h + 32k + 4v + i, v = 4 (g % 2) .. + 3 */
                 const int h = g / 8, k = (g % 8) / 2, v0 = 4 * (g % 2);
-                const uint8_t *base = rec + 320 + 1536 * h;
                 kv_i w[4];
                 UNROLL for (int i = 0; i < 4; i++) {
-                    const kv_i ql = kv_load(base + 512 * (k & 1) + 64 * (v0 + i) + 4 * lo), hb = kv_load(base + 1024 + 64 * (v0 + i) + 4 * lo);
-                    const kv_i l4 = k < 2 ? kv_and(ql, m4) : kv_and(kv_srli16(ql, 4), m4);
-                    const kv_i h2 = k == 0 ? kv_slli16(hb, 4) : k == 1 ? kv_slli16(hb, 2) : k == 2 ? hb : kv_srli16(hb, 2);
-                    w[i] = kv_or_and(l4, h2, m30);
+                    const int v = v0 + i;
+                    if (qt == KQP_Q6_K) { /* low 4 bits: nibble k / 2 of ql word (k odd: the +32 one); high 2: bits 2k of qh */
+                        const uint8_t *base = rec + 320 + 1536 * h;
+                        const kv_i ql = kv_load(base + 512 * (k & 1) + 64 * v + 4 * lo), hb = kv_load(base + 1024 + 64 * v + 4 * lo);
+                        const kv_i l4 = k < 2 ? kv_and(ql, m4) : kv_and(kv_srli16(ql, 4), m4);
+                        const kv_i h2 = k == 0 ? kv_slli16(hb, 4) : k == 1 ? kv_slli16(hb, 2) : k == 2 ? hb : kv_srli16(hb, 2);
+                        w[i] = kv_or_and(l4, h2, m30);
+                    } else { /* 2 bits at 2k of the qs word; Q3_K: bit 4h + k of the hmask word as 4 */
+                        w[i] = kv_and(kv_srli16(kv_load(rec + qoff + 512 * h + 64 * v + 4 * lo), 2 * k), m3);
+                        if (qt == KQP_Q3_K) {
+                            const kv_i hm = kv_load(rec + qoff + 1024 + 64 * v + 4 * lo);
+                            const int sh = 4 * h + k; /* 16-bit shifts: no bit of the other byte reaches bit 2 */
+                            w[i] = kv_or_and(w[i], sh >= 2 ? kv_srli16(hm, sh - 2) : kv_slli16(hm, 2 - sh), m04);
+                        }
+                    }
                 }
-                const kv_i sc = kv_scales(kv_s8(rec + 64 + 16 * g + lo));
+                const kv_i sc = kv_scales(qt == KQP_Q2_K ? kv_u8(rec + 64 + 16 * g + lo) : kv_s8(rec + 64 + 16 * g + lo));
                 UNROLL for (int c = 0; c < C; c++) {
                     const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K, *q8 = ab + 4 + 16 * g;
-                    /* the stored values are q + 32 */
-                    const kv_i sd = kv_sdot(4, 6, w, q8, sc, -32 * kqp_bsum(ab, g), 0);
+                    /* Q6_K's values are stored + 32, Q3_K's + 4 */
+                    const int32_t init = qt == KQP_Q6_K ? -32 * kqp_bsum(ab, g) : qt == KQP_Q3_K ? -4 * kqp_bsum(ab, g) : 0;
+                    const kv_i sd = kv_sdot(4, qt == KQP_Q6_K ? 6 : qt == KQP_Q3_K ? 3 : 2, w, q8, sc, init, 0);
                     isum[c] = g ? kv_add(isum[c], sd) : sd;
+                    if (qt == KQP_Q2_K) {
+                        const kv_i ms = kv_mullo(kv_u8(rec + 320 + 16 * g + lo), kv_set1(kqp_bsum(ab, g)));
+                        imin[c] = g ? kv_add(imin[c], ms) : ms;
+                    }
                 }
             }
             const kv_f d = kv_fp16(rec + 2 * lo);
             UNROLL for (int c = 0; c < C; c++) {
                 const kv_f ad = kv_fset1(pl_ld_f32(a + (size_t)c * as + (size_t)b * KQ_Q8K));
-                fa[c] = kv_fadd(fa[c], kv_fmul(kv_fmul(ad, d), kv_cvt(isum[c])));
+                if (qt == KQP_Q2_K) {
+                    const kv_f t1 = kv_fmul(kv_fmul(ad, d), kv_cvt(isum[c]));
+                    const kv_f t2 = kv_fmul(kv_fmul(ad, kv_fp16(rec + 32 + 2 * lo)), kv_cvt(imin[c]));
+                    fa[c] = kv_fadd(fa[c], kv_fsub(t1, t2));
+                } else {
+                    fa[c] = kv_fadd(fa[c], kv_fmul(kv_fmul(ad, d), kv_cvt(isum[c])));
+                }
             }
         }
     }
@@ -158,21 +187,26 @@ AI void kqp_tile(const int qt, const int C, int nb, const uint8_t *gp, const uin
         kqp_tile(KQP_##qt, C, nb, gp, a, as, out, os, rows);                                                     \
     }
 #define KQP_DEFS(qt)                                                                                             \
-    KQP_TILE_DEF(qt, 1) KQP_TILE_DEF(qt, 2) KQP_TILE_DEF(qt, 3) KQP_TILE_DEF(qt, 4)                              \
+    KQP_TILE_DEF(qt, 1) KQP_TILE_DEF(qt, 2) KQP_TILE_DEF(qt, 3) KQP_TILE_DEF(qt, 4) KQP_TILE_DEF(qt, 5)          \
+    KQP_TILE_DEF(qt, 6) KQP_TILE_DEF(qt, 7) KQP_TILE_DEF(qt, 8)                                                  \
     static void kqp_gemv_##qt(int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) {               \
         kqp_tile(KQP_##qt, 1, nb, gp, a, 0, out, 0, rows);                                                       \
     }                                                                                                            \
-    static const pl_pk_tile_fn kqp_tiles_##qt[4] = {kqp_tile_##qt##_1, kqp_tile_##qt##_2, kqp_tile_##qt##_3,      \
-                                                    kqp_tile_##qt##_4};                                          \
+    static const pl_pk_tile_fn kqp_tiles_##qt[8] = {kqp_tile_##qt##_1, kqp_tile_##qt##_2, kqp_tile_##qt##_3,      \
+                                                    kqp_tile_##qt##_4, kqp_tile_##qt##_5, kqp_tile_##qt##_6,     \
+                                                    kqp_tile_##qt##_7, kqp_tile_##qt##_8};                       \
     static void kqp_gemm_packed_##qt(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out,    \
                                      size_t os) {                                                                \
-        pl_pk_gemm_drive(PL_TYPE_##qt, PL_QK_K, kqp_gemv_##qt, kqp_tiles_##qt, KQP_MAXC, n, nr, nc, w, a, as, out, \
+        pl_pk_gemm_drive(PL_TYPE_##qt, PL_QK_K, kqp_gemv_##qt, kqp_tiles_##qt,                                 \
+                         KQP_##qt == KQP_Q6_K || KQP_##qt == KQP_Q3_K ? KQP_MAXC_6 : 4, n, nr, nc, w, a, as, out, \
                          os);                                                                                    \
     }
 KQP_DEFS(Q4_K)
 KQP_DEFS(Q5_K)
 KQP_DEFS(Q6_K)
 KQP_DEFS(IQ4_XS)
+KQP_DEFS(Q3_K)
+KQP_DEFS(Q2_K)
 
 /* the table entries (the AVX2 and AVX-512 tables call this) */
 static void kqp_register(pl_kernels *k) {
@@ -180,6 +214,8 @@ static void kqp_register(pl_kernels *k) {
     k->types[PL_TYPE_Q5_K].gemm_packed = kqp_gemm_packed_Q5_K;
     k->types[PL_TYPE_Q6_K].gemm_packed = kqp_gemm_packed_Q6_K;
     k->types[PL_TYPE_IQ4_XS].gemm_packed = kqp_gemm_packed_IQ4_XS;
+    k->types[PL_TYPE_Q3_K].gemm_packed = kqp_gemm_packed_Q3_K;
+    k->types[PL_TYPE_Q2_K].gemm_packed = kqp_gemm_packed_Q2_K;
 }
 
 #endif

@@ -94,6 +94,11 @@ typedef void (*pl_from_float_fn)(const float *x, void *y, int64_t n);
  *   IQ4_XS, 2240 bytes: [32: fp16 d][32: zero][128: int8 scale - 32 [j][r] of sub-block j (32 weights)]
  *         [2048: for j = 0..7, 4 vectors v, lane r = qs bytes 16j + 4v .. +3 of row r (low nibbles: the
  *          table indices of weights 32j + 4v + i, high: 32j + 16 + 4v + i)]
+ *   Q3_K, 1856 bytes: [32: fp16 d][32: zero][256: int8 scale [g][r] of group g (16 weights), the -32
+ *         applied][1024: for h = 0, 1 (128 weights): 8 vectors of qs bytes 32h + 4v .. +3 (lane r = row r)]
+ *         [512: 8 vectors of hmask bytes 4v .. +3]
+ *   Q2_K, 1600 bytes: [32: fp16 d][32: fp16 dmin][256: u8 scale [g][r]][256: u8 min [g][r]][1024: the qs
+ *         vectors as Q3_K's]
  *   Q6_K, 3392 bytes: [32: fp16 d][32: zero][256: int8 scale [g][r] of group g (16 weights)]
  *         [3072: for h = 0, 1 (128 weights): 8 vectors of ql bytes 64h + 4v .. +3 (lane r = row r),
  *          8 vectors of ql bytes 64h + 32 + 4v .., 8 vectors of qh bytes 32h + 4v ..]
@@ -105,6 +110,8 @@ typedef void (*pl_from_float_fn)(const float *x, void *y, int64_t n);
 #define PL_PK_Q5_K_REC 2880
 #define PL_PK_Q6_K_REC 3392
 #define PL_PK_IQ4_XS_REC 2240
+#define PL_PK_Q3_K_REC 1856
+#define PL_PK_Q2_K_REC 1600
 /* byte offsets, inside a packed Q4_0 / Q8_0 group, of block b's 16 scales and of its quants (qb = QB) */
 static inline size_t pl_pk_pair_bytes(int qb) { return 64 + 32 * (size_t)qb; }
 static inline size_t pl_pk_d(int64_t b, int qb) { return (size_t)(b >> 1) * pl_pk_pair_bytes(qb) + 32 * (size_t)(b & 1); }
@@ -162,8 +169,6 @@ void pl_kernels_init_scalar(pl_kernels *k);
 /* types_kquants.c: the rows of the types pyllm reads but cannot write (from_float NULL; Q4_1, Q5_0,
  * Q5_1, IQ4_NL, Q2_K..Q6_K, IQ4_XS), added to the scalar table (and so to every table) */
 void pl_kernels_add_read_only_types(pl_kernels *k);
-/* kquant_packed.c: the packed layouts of Q4_K / Q5_K / Q6_K / IQ4_XS (repack, group bytes, reference gemm_packed) */
-void pl_kernels_add_packed_kquants(pl_kernels *k);
 /* shared by the reference and the SIMD kernels: Q3_K's 16 scales (the -32 applied) from its 12 scale
  * bytes, and IQ4_NL / IQ4_XS's non-linear table of 16 values */
 void pl_q3_k_scales(const uint8_t *s12, int8_t *scales);
@@ -192,6 +197,9 @@ size_t pl_packed_act_bytes(pl_type t, int64_t n);
 /* builds one such row with the table K (its act_type's from_float, then the row's pack_act if any) */
 void pl_pack_acts_row(const pl_kernels *K, pl_type t, const float *x, void *dst, int64_t n);
 size_t pl_packed_act_row_bytes(int64_t n);           /* q8x activation row stride (a multiple of 64) */
+/* kquant_packed.c: adds the packed layouts of Q2_K..Q6_K and IQ4_XS (repack, group bytes, reference
+ * gemm_packed) to a table (pl_kernels_init_scalar calls it) */
+void pl_kernels_add_packed_kquants(pl_kernels *k);
 /* Q4_0 / Q8_0's pack_act: quantizes one row with q8_from_float (the active Q8_0 from_float), adds d/c4/c8 */
 void pl_pack_act_row(pl_from_float_fn q8_from_float, const float *x, void *dst, int64_t n);
 static inline size_t pl_round64(size_t x) { return (x + 63) & ~(size_t)63; }

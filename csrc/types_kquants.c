@@ -5,7 +5,8 @@
  * tests/test_kquants.py). The matmul: the K-quants (Q2_K..Q6_K) and IQ4_XS multiply Q8_K
  * activations, the 32-weight types Q8_0 activations, with exact integer sums per block (the
  * references below; kquant_dots_avx2.h is the SIMD twin of most, bit-identical), so results do not
- * depend on the batch. No repacked layout for them yet. */
+ * depend on the batch. Q2_K..Q6_K and IQ4_XS also have packed layouts (kquant_packed.c), which a model's
+ * weights of these types take at load. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>

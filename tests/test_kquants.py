@@ -5,7 +5,11 @@ Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS).
   * the matmul (dequantize a row, fixed-order fp32 dot) gives the same value through vec_dot and gemm
     and for any batch, close to the dot of the dequantized values;
   * a GGUF file whose weights are in these types (mixed with F32 / Q8_0 / Q4_0 inside one q/k/v
-    group, as llama.cpp's mixes are) runs like the same file with those tensors dequantized to F32.
+    group, as llama.cpp's mixes are) runs like the same file with those tensors dequantized to F32;
+  * the packed layouts of Q2_K..Q6_K and IQ4_XS (csrc/kquant_packed.c): every ISA's packed gemm equals
+    the scalar unpacked reference bit for bit on odd shapes (rows not filling a 16-row group, 1..17
+    activation rows), whatever the batch; a model repacked at load gives the logits of the same model
+    with PYLLM_REPACK=0, bit for bit; Q8_K activations are the same bytes on every ISA.
 llama.cpp's own files of every standard mix were checked by hand against llama.cpp (README)."""
 from __future__ import annotations
 
@@ -102,7 +106,7 @@ def test_matmul_is_exact_batch_invariant_and_the_same_on_every_isa(t):
             np.testing.assert_array_equal(outs[isa], outs["scalar"], err_msg=isa)
 
 
-PACKED = [T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS]  # the K-quants with a packed layout (csrc/kquant_packed.c, tensor_types.h)
+PACKED = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS]  # the K-quants with a packed layout (csrc/kquant_packed.c, tensor_types.h)
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -136,15 +140,16 @@ def test_packed_layout(t):
     fp16 scales and of the first and last quant word of a row."""
     rng = np.random.default_rng(7)
     n, nr = 512, 5
-    rec = {T.Q4_K: 2368, T.Q5_K: 2880, T.Q6_K: 3392, T.IQ4_XS: 2240}[t]
+    rec = {T.Q2_K: 1600, T.Q3_K: 1856, T.Q4_K: 2368, T.Q5_K: 2880, T.Q6_K: 3392, T.IQ4_XS: 2240}[t]
     assert _engine.packed_group_bytes(int(t), n) == 2 * rec and rec % 64 == 0
     assert _engine.packed_group_bytes(int(t), 255) == 0 and _engine.packed_group_bytes(int(t), 0) == 0
     w = random_blocks(t, nr, n, rng)
     p = _engine.repack(int(t), w.reshape(-1), nr, n)
     blocks = w.reshape(nr, 2, -1)
-    d_src = {T.Q4_K: 0, T.Q5_K: 0, T.Q6_K: 208, T.IQ4_XS: 0}[t]
+    d_src = {T.Q2_K: 80, T.Q3_K: 108, T.Q4_K: 0, T.Q5_K: 0, T.Q6_K: 208, T.IQ4_XS: 0}[t]
     # (packed offset, offset in the source block) of the first quant word
-    q_first = {T.Q4_K: (320, 16), T.Q5_K: (320, 48), T.Q6_K: (320, 0), T.IQ4_XS: (192, 8)}[t]
+    q_first = {T.Q2_K: (576, 16), T.Q3_K: (320, 32), T.Q4_K: (320, 16), T.Q5_K: (320, 48), T.Q6_K: (320, 0),
+               T.IQ4_XS: (192, 8)}[t]
     for b in range(2):
         r_ = p[b * rec:(b + 1) * rec]
         for r in range(16):
@@ -155,7 +160,8 @@ def test_packed_layout(t):
             else:
                 assert not d.any() and not q.any()
         last = r_[rec - 64 + 4 * (nr - 1):rec - 64 + 4 * nr]  # the last vector: the row's last word of qs / qh
-        assert bytes(last) == bytes(blocks[nr - 1, b, {T.Q4_K: 140, T.Q5_K: 44, T.Q6_K: 188, T.IQ4_XS: 132}[t]:][:4])
+        assert bytes(last) == bytes(blocks[nr - 1, b, {T.Q2_K: 76, T.Q3_K: 28, T.Q4_K: 140, T.Q5_K: 44, T.Q6_K: 188,
+                                                         T.IQ4_XS: 132}[t]:][:4])
 
 
 def test_q8_k_activations():
@@ -246,11 +252,12 @@ MIXES = {
 
 @pytest.mark.parametrize("isa", ISAS)
 def test_packed_k_quant_model_equals_unpacked(shipped_q8, tmp_path, monkeypatch, isa):
-    """A Q4_K_M-like file (attn_v in Q8_0, attn_output in Q5_K, ffn_up in IQ4_XS): its packed types' weights are
+    """A Q4_K_M-like file with every packed type (attn_q Q4_K, attn_k Q3_K, attn_v Q8_0, attn_output Q5_K,
+    ffn_gate Q2_K, ffn_up IQ4_XS, ffn_down Q5_0, LM head Q6_K): its packed types' weights are
     repacked at load, and the logits equal those of the same file with repacking off (PYLLM_REPACK=0:
     the vec_dot kernels) bit for bit, on every ISA, for a prompt at once and token by token (the
     packed kernels are batch invariant)."""
-    mix = {**MIXES["q4_k_m-like"], "attn_output": T.Q5_K, "ffn_up": T.IQ4_XS}
+    mix = {**MIXES["q4_k_m-like"], "attn_output": T.Q5_K, "ffn_up": T.IQ4_XS, "attn_k": T.Q3_K, "ffn_gate": T.Q2_K}
     path = _rewrite(shipped_q8, str(tmp_path / "q4km.gguf"), mix, np.random.default_rng(4))
     _engine.set_isa(isa)
     m = pyllm.load(path, n_ctx=64)
