@@ -494,8 +494,85 @@ AI void pk_part(const int qt, const int C, const int NQ, int nb, const uint8_t *
         if (rows > 4 * (q0 + j)) store4(out + (size_t)c * os + 4 * (q0 + j), fa[c][j], rows - 4 * (q0 + j));
 }
 /* decode: the whole group (4 quads) in one pass; prefill: two passes of 8 rows, C activation rows each */
+#if PL_NEON_LEVEL >= 2
+/* i8mm (prefill): usmmla multiplies 2 rows x 8 weight bytes by 2 activation rows x 8 bytes into a 2 x 2
+ * int32 tile. A row's 8 consecutive weights are its words in vectors k and k + 1 (zip of the two), so
+ * each quad of rows gives two 2 x 8 operands; the tiles [r0c0 r0c1 r1c0 r1c1] / [r2c0 ..] are unzipped
+ * into one 4-row vector per activation row before the float combination (exact int32 sums, the same
+ * float operations as pk_part: bit-identical). Q4_0: the nibbles and the c4 correction; Q8_0: the
+ * stored w + 128 bytes and c8. CP activation-row pairs, NQ quads from q0. */
+AI void pk_part_mm(const int qt, const int CP, const int NQ, int nb, const uint8_t *gp, const uint8_t *a, size_t as,
+                   float *out, size_t os, int rows, const int q0) {
+    const int QB = qt == QT_q4_0 ? 16 : 32;
+    const uint8_t *ab[4];
+    const int32_t *ac[4];
+    const float *ad[4];
+    UNROLL for (int c = 0; c < 2 * CP; c++) {
+        ab[c] = a + (size_t)c * as + 2;
+        ac[c] = (const int32_t *)(const void *)(a + (size_t)c * as + pk_c_off(qt, nb));
+        ad[c] = (const float *)(const void *)(a + (size_t)c * as + pk_d_off(nb));
+    }
+    float32x4_t fa[4][4];
+    UNROLL for (int c = 0; c < 2 * CP; c++) UNROLL for (int j = 0; j < NQ; j++) fa[c][j] = vdupq_n_f32(0);
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *q = gp + pl_pk_q(b, QB) + 16 * q0;
+        int32x4_t t01[2][4], t23[2][4]; /* [pair][quad]: rows 0,1 / 2,3 of the quad x the pair's 2 columns */
+        UNROLL for (int p = 0; p < CP; p++) {
+            const int32x4_t init = vcombine_s32(vld1_s32((const int32_t[2]){ac[2 * p][b], ac[2 * p + 1][b]}),
+                                                vld1_s32((const int32_t[2]){ac[2 * p][b], ac[2 * p + 1][b]}));
+            UNROLL for (int j = 0; j < NQ; j++) t01[p][j] = t23[p][j] = init;
+        }
+        /* (vector pair k, k+1, activation offset) steps: Q4_0 low nibbles at 0 / 8, high at 16 / 24 */
+        UNROLL for (int step = 0; step < 4; step++) {
+            const int k = qt == QT_q4_0 ? 2 * (step & 1) : 2 * step;
+            const int aoff = qt == QT_q4_0 ? 16 * (step >> 1) + 4 * k : 4 * k;
+            int8x16_t x[2];
+            UNROLL for (int p = 0; p < CP; p++)
+                x[p] = vcombine_s8(vld1_s8((const int8_t *)ab[2 * p] + (size_t)b * Q8B + aoff),
+                                   vld1_s8((const int8_t *)ab[2 * p + 1] + (size_t)b * Q8B + aoff));
+            UNROLL for (int j = 0; j < NQ; j++) {
+                uint8x16_t v0 = vld1q_u8(q + 64 * k + 16 * j), v1 = vld1q_u8(q + 64 * (k + 1) + 16 * j);
+                if (qt == QT_q4_0) {
+                    v0 = (step >> 1) ? vshrq_n_u8(v0, 4) : vandq_u8(v0, vdupq_n_u8(0x0F));
+                    v1 = (step >> 1) ? vshrq_n_u8(v1, 4) : vandq_u8(v1, vdupq_n_u8(0x0F));
+                }
+                const uint8x16_t w01 = vreinterpretq_u8_u32(vzip1q_u32(vreinterpretq_u32_u8(v0), vreinterpretq_u32_u8(v1)));
+                const uint8x16_t w23 = vreinterpretq_u8_u32(vzip2q_u32(vreinterpretq_u32_u8(v0), vreinterpretq_u32_u8(v1)));
+                UNROLL for (int p = 0; p < CP; p++) {
+                    t01[p][j] = vusmmlaq_s32(t01[p][j], w01, x[p]);
+                    t23[p][j] = vusmmlaq_s32(t23[p][j], w23, x[p]);
+                }
+            }
+        }
+        const uint8_t *dp = gp + pl_pk_d(b, QB) + 8 * q0;
+        UNROLL for (int j = 0; j < NQ; j++) {
+            const float32x4_t dw = ld_fp16x4(dp + 8 * j);
+            UNROLL for (int p = 0; p < CP; p++) {
+                const int32x4_t col[2] = {vuzp1q_s32(t01[p][j], t23[p][j]), vuzp2q_s32(t01[p][j], t23[p][j])};
+                UNROLL for (int e = 0; e < 2; e++) {
+                    const int c = 2 * p + e;
+                    fa[c][j] = vaddq_f32(fa[c][j], vmulq_f32(vcvtq_f32_s32(col[e]), vmulq_f32(dw, vdupq_n_f32(ad[c][b]))));
+                }
+            }
+        }
+    }
+    UNROLL for (int c = 0; c < 2 * CP; c++) UNROLL for (int j = 0; j < NQ; j++)
+        if (rows > 4 * (q0 + j)) store4(out + (size_t)c * os + 4 * (q0 + j), fa[c][j], rows - 4 * (q0 + j));
+}
+#endif
 AI void pk_tile(const int qt, const int C, int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out,
                 size_t os, int rows) {
+#if PL_NEON_LEVEL >= 2
+    if (C >= 2) { /* pairs of activation rows through usmmla, an odd last one through usdot */
+        pk_part_mm(qt, C / 2, 2, nb, gp, a, as, out, os, rows, 0);
+        if (rows > 8) pk_part_mm(qt, C / 2, 2, nb, gp, a, as, out, os, rows, 2);
+        if (C & 1) {
+            pk_part(qt, 1, 2, nb, gp, a + (size_t)(C - 1) * as, as, out + (size_t)(C - 1) * os, os, rows, 0);
+            if (rows > 8) pk_part(qt, 1, 2, nb, gp, a + (size_t)(C - 1) * as, as, out + (size_t)(C - 1) * os, os, rows, 2);
+        }
+        return;
+    }
+#endif
     pk_part(qt, C, 2, nb, gp, a, as, out, os, rows, 0);
     if (rows > 8) pk_part(qt, C, 2, nb, gp, a, as, out, os, rows, 2);
 }

@@ -20,7 +20,8 @@ objs=()
 compile() { # src extra-flags...
     local src=$1; shift
     local obj="$BUILD/$(basename "${src%.c}").o"
-    if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ -n "$(find csrc -name '*.h' -newer "$obj" | head -1)" ]; then
+    # rebuilt when any csrc file is newer (headers, and kernels_neon.c, which the dotprod / i8mm files include)
+    if [ ! -f "$obj" ] || [ -n "$(find csrc -newer "$obj" | head -1)" ]; then
         "$CC" $CFLAGS "$@" -c "$src" -o "$obj"
     fi
     objs+=("$obj")
