@@ -1,13 +1,14 @@
 /* kernels_neon.c: the ARM (AArch64) kernel tables, chosen at run time by cpu_dispatch.c. One source,
  * compiled three times: as itself (PL_NEON_LEVEL 0, Advanced SIMD only: runs on any Armv8-A CPU, no
  * extra flags), and through kernels_neon_dotprod.c (1: + Armv8.2 sdot/udot) and kernels_neon_i8mm.c
- * (2: + FEAT_I8MM's mixed-sign usdot), each with its own -march flags, so the baseline build never
+ * (2: + FEAT_I8MM's usdot / usmmla), each with its own -march flags, so the baseline build never
  * needs them. Starts from the scalar table and overrides:
  *  - packed Q4_0 / Q8_0 weights x q8x activations (layouts in tensor_types.h, the same bytes as on
- *    x86) and the packed Q4_K / Q5_K / Q6_K / IQ4_XS gemms (kquant_packed_simd.h over 8-lane vectors
- *    of two q registers): exact int32 sums per block (sdot, usdot, or vmull + pairwise widening adds
- *    at level 0), combined with the scalar reference's float operations in its order (no FMA: the
- *    build has -ffp-contract=off), so every result equals the scalar reference bit for bit;
+ *    x86) and the packed K-quant gemms (kquant_packed_simd.h over 8-lane vectors of two q registers):
+ *    exact int32 sums per block (sdot, usdot, or vmull + pairwise widening adds at level 0; level 2's
+ *    Q4_0 / Q8_0 prefill tiles: usmmla), combined with the scalar reference's float operations in its
+ *    order (no FMA: the build has -ffp-contract=off), so every result equals the scalar reference bit
+ *    for bit;
  *  - the unpacked vec_dots of every integer type (Q4_0, Q8_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K..Q6_K,
  *    IQ4_XS: the default path of the types without a packed layout, and PYLLM_REPACK=0),
  *    bit-identical likewise;
