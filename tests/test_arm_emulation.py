@@ -57,7 +57,7 @@ def test_neon_kernels_and_generation_under_qemu(tmp_path):
     # every table ran where the emulated CPU has it, and the dispatcher picked the best one
     for isa, runs in (("neon", 3), ("neon-dotprod", 2), ("neon-i8mm", 1)):
         assert out.count(f"{isa}: all kernels match the scalar reference") == runs, out
-    # each file generated on the i8mm table (-cpu max) and the baseline one (-cpu cortex-a53)
+    # each file generated on the tables picked (-cpu max: i8mm, cortex-a53: baseline) and forced by PYLLM_ISA
     for quant in ("f32", "q8_0", "q4_0"):
-        for isa in ("neon-i8mm", "neon"):
+        for isa in ("neon-i8mm", "neon", "neon-dotprod", "scalar"):
             assert f"shakespeare-{quant}.gguf ({isa}): logits" in out, out

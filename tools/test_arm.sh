@@ -2,7 +2,8 @@
 # tools/test_arm.sh: builds the C core (no Python) for aarch64 with the cross compiler and runs the NEON
 # tests under qemu-user: tests/neon/test_kernels_neon.c (every NEON table against the scalar reference)
 # on three emulated CPUs (max: dotprod + i8mm; cortex-a76: dotprod only; cortex-a53: neither, the
-# fallback dispatch), then, with GGUF files given, tests/neon/generate_gguf.c (greedy generation) on each.
+# fallback dispatch), then, with GGUF files given, tests/neon/generate_gguf.c (greedy generation) on each,
+# on the tables picked automatically and on ones forced with PYLLM_ISA.
 # Usage: tools/test_arm.sh [BUILD_DIR] [MODEL.gguf PROMPT_IDS EXPECTED_IDS EXPECTED_LOGITS]...
 # Needs aarch64-linux-gnu-gcc and qemu-aarch64 (Debian: apt-get install gcc-aarch64-linux-gnu qemu-user).
 set -euo pipefail
@@ -42,11 +43,17 @@ for cpu in "max neon-i8mm" "cortex-a76 neon-dotprod" "cortex-a53 neon"; do
     echo "== qemu-aarch64 -cpu $cpu_name: test_kernels_neon (expects $cpu_isa)"
     env -u PYLLM_ISA "$QEMU" -cpu "$cpu_name" "$BUILD/test_kernels_neon" "$cpu_isa" || status=1
 done
-# end to end: each GGUF on the best table (-cpu max: neon-i8mm) and on the baseline one (cortex-a53: neon)
+# end to end: each GGUF on the tables the dispatcher picks (-cpu max: neon-i8mm; cortex-a53: neon) and on
+# ones PYLLM_ISA forces (-cpu max: neon-dotprod, scalar)
 while [ $# -ge 4 ]; do
-    for cpu_name in max cortex-a53; do
-        echo "== qemu-aarch64 -cpu $cpu_name: generate_gguf $1"
-        env -u PYLLM_ISA OMP_NUM_THREADS=2 "$QEMU" -cpu "$cpu_name" "$BUILD/generate_gguf" "$1" "$2" "$3" "$4" || status=1
+    for run in "max -" "cortex-a53 -" "max neon-dotprod" "max scalar"; do
+        read -r cpu_name isa <<<"$run"
+        echo "== qemu-aarch64 -cpu $cpu_name, PYLLM_ISA=$isa: generate_gguf $1"
+        if [ "$isa" = - ]; then
+            env -u PYLLM_ISA OMP_NUM_THREADS=2 "$QEMU" -cpu "$cpu_name" "$BUILD/generate_gguf" "$1" "$2" "$3" "$4" || status=1
+        else
+            env PYLLM_ISA="$isa" OMP_NUM_THREADS=2 "$QEMU" -cpu "$cpu_name" "$BUILD/generate_gguf" "$1" "$2" "$3" "$4" || status=1
+        fi
     done
     shift 4
 done
