@@ -61,3 +61,6 @@ def test_neon_kernels_and_generation_under_qemu(tmp_path):
     for quant in ("f32", "q8_0", "q4_0"):
         for isa in ("neon-i8mm", "neon", "neon-dotprod", "scalar"):
             assert f"shakespeare-{quant}.gguf ({isa}): logits" in out, out
+    # the driver's GGUF reader refuses a truncated file and a wrong magic with a message, no crash
+    assert "truncated.gguf: exit 2: generate_gguf: tensor data past the end of the file" in out, out
+    assert "bad-magic.gguf: exit 2: generate_gguf: not a GGUF file (bad magic)" in out, out

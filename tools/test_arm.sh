@@ -37,6 +37,7 @@ for f in csrc/*.c; do
 done
 "$CC" $CFLAGS -static tests/neon/test_kernels_neon.c "${objs[@]}" -lm -o "$BUILD/test_kernels_neon"
 "$CC" $CFLAGS -static tests/neon/generate_gguf.c "${objs[@]}" -lm -o "$BUILD/generate_gguf"
+first=("$@") # the first model's files, for the bad-input checks
 status=0
 for cpu in "max neon-i8mm" "cortex-a76 neon-dotprod" "cortex-a53 neon"; do
     read -r cpu_name cpu_isa <<<"$cpu"
@@ -57,4 +58,15 @@ while [ $# -ge 4 ]; do
     done
     shift 4
 done
+# bad input: a truncated file and a wrong magic are refused with a message (exit 2), never a crash
+if [ ${#first[@]} -ge 4 ]; then
+    head -c 200000 "${first[0]}" > "$BUILD/truncated.gguf"
+    { printf 'GGUX'; tail -c +5 "${first[0]}"; } > "$BUILD/bad-magic.gguf"
+    for bad in truncated bad-magic; do
+        rc=0
+        msg=$("$QEMU" -cpu max "$BUILD/generate_gguf" "$BUILD/$bad.gguf" "${first[1]}" "${first[2]}" "${first[3]}" 2>&1) || rc=$?
+        echo "== $bad.gguf: exit $rc: $msg"
+        [ $rc -eq 2 ] || status=1
+    done
+fi
 exit $status

@@ -134,7 +134,7 @@ static int read_ids(const char *path, int32_t *ids) {
         if (v < 0 || v > INT32_MAX) die("a token id out of range in", path);
         ids[n++] = (int32_t)v;
     }
-    if (!feof(f)) die("not a list of integers:", path);
+    if (!feof(f)) die("not a list of integers", path);
     fclose(f);
     if (n == 0) die("no ids in", path);
     return n;
@@ -152,7 +152,7 @@ int main(int argc, char **argv) {
     if (!f) die("cannot open", argv[1]);
     if (fseek(f, 0, SEEK_END) != 0) die("cannot seek", argv[1]);
     const long fsize = ftell(f);
-    if (fsize < 24) die("file too small to be GGUF:", argv[1]);
+    if (fsize < 24) die("file too small to be GGUF", argv[1]);
     uint8_t *file = malloc((size_t)fsize + 64);
     if (!file) die("out of memory", NULL);
     /* tensor data at its alignment (within the file) stays aligned in memory: start on 64 bytes */
@@ -162,7 +162,7 @@ int main(int argc, char **argv) {
     fclose(f);
     cursor c = {base, (size_t)fsize, 0};
 
-    if (memcmp(take(&c, 4, "the magic"), "GGUF", 4) != 0) die("not a GGUF file (bad magic):", argv[1]);
+    if (memcmp(take(&c, 4, "the magic"), "GGUF", 4) != 0) die("not a GGUF file (bad magic)", argv[1]);
     const uint32_t version = rd_u32(&c, "the version");
     if (version < 2 || version > 3) die("unsupported GGUF version", NULL);
     const uint64_t n_tensors = rd_u64(&c, "the tensor count"), n_kv = rd_u64(&c, "the metadata count");
@@ -265,7 +265,7 @@ int main(int argc, char **argv) {
                                                  {"ffn_gate", "ffn_gate"}, {"ffn_up", "ffn_up"}, {"ffn_down", "ffn_down"}};
             for (size_t j = 0; j < sizeof(map) / sizeof(map[0]); j++)
                 if (strcmp(field, map[j][0]) == 0) eng = map[j][1];
-            if (layer < 0 || layer >= cfg.n_layers) die("a tensor of a layer past block_count:", name);
+            if (layer < 0 || layer >= cfg.n_layers) die("a tensor of a layer past block_count", name);
         } else if (strcmp(name, "token_embd.weight") == 0) {
             eng = "tok_embd", embd = t;
         } else if (strcmp(name, "output_norm.weight") == 0) {
@@ -273,7 +273,7 @@ int main(int argc, char **argv) {
         } else if (strcmp(name, "output.weight") == 0) {
             eng = "output", has_output = 1;
         }
-        if (!eng) die("a tensor this driver does not know:", name);
+        if (!eng) die("a tensor this driver does not know", name);
         if (pl_model_set_tensor(model, eng, layer, (int)t->type, (int64_t)t->ne[0], (int64_t)t->ne[1],
                                 data, nbytes, err))
             die(name, err);
