@@ -24,6 +24,9 @@
 #define PL_NEON 1
 #if defined(__linux__)
 #include <sys/auxv.h>
+#ifndef AT_HWCAP2 /* C libraries older than Linux 3.15's second HWCAP word */
+#define AT_HWCAP2 26
+#endif
 #ifndef HWCAP_ASIMDDP
 #define HWCAP_ASIMDDP (1UL << 20)
 #endif
