@@ -61,7 +61,7 @@ def main():
     ap.add_argument("--gemm-rows", type=int, default=512)
     ap.add_argument("--n", type=int, default=2048)
     ap.add_argument("--tokens", default="1,64,256")
-    ap.add_argument("--isas", default=",".join(i for i in ("avx512", "avx2") if _engine.isa_supported(i)))
+    ap.add_argument("--isas", default=",".join(i for i in ("avx512", "avx2", "neon-i8mm", "neon-dotprod", "neon") if _engine.isa_supported(i)))
     ap.add_argument("--reps", type=int, default=7)
     args = ap.parse_args()
     isas = args.isas.split(",")

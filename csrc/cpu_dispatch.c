@@ -1,5 +1,7 @@
 /* cpu_dispatch.c: picks the kernel table at run time. On first use it reads PYLLM_ISA
- * (scalar|avx2|avx512) or else takes the best ISA this CPU and build support.
+ * (scalar|avx2|avx512|neon|neon-dotprod|neon-i8mm) or else takes the best ISA this CPU and build
+ * support: x86-64 from CPUID; aarch64 from the kernel's HWCAP bits (Linux: getauxval, dot product in
+ * AT_HWCAP, i8mm in AT_HWCAP2) or sysctl (macOS: hw.optional.arm.FEAT_DotProd / FEAT_I8MM).
  * Thread safety: the tables are built exactly once (the first caller builds them, any concurrent
  * caller waits for it), and the active table is an atomic pointer, so pl_set_isa may run while a
  * forward runs on other threads. Whoever needs one ISA throughout a computation reads
@@ -16,9 +18,34 @@
 #if defined(PYLLM_X86_SIMD) && (defined(__x86_64__) || defined(_M_X64))
 #define PL_X86 1
 #endif
+/* PYLLM_NEON is set by the build when kernels_neon*.c are compiled in (aarch64); PYLLM_NEON_I8MM when
+ * the compiler could build the i8mm file too */
+#if defined(PYLLM_NEON) && (defined(__aarch64__) || defined(_M_ARM64))
+#define PL_NEON 1
+#if defined(__linux__)
+#include <sys/auxv.h>
+#ifndef AT_HWCAP2 /* C libraries older than Linux 3.15's second HWCAP word */
+#define AT_HWCAP2 26
+#endif
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1UL << 20)
+#endif
+#ifndef HWCAP2_I8MM
+#define HWCAP2_I8MM (1UL << 13)
+#endif
+#elif defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
+/* kernels_neon.c: Advanced SIMD (any Armv8-A), plus Armv8.2 dot products, plus i8mm (FEAT_I8MM) */
+void pl_kernels_init_neon(pl_kernels *k);
+void pl_kernels_init_neon_dotprod(pl_kernels *k);
+void pl_kernels_init_neon_i8mm(pl_kernels *k);
+#endif
 
-enum { ISA_SCALAR, ISA_AVX2, ISA_AVX512, N_ISA };
-static const char *const g_names[N_ISA] = {"scalar", "avx2", "avx512"};
+enum { ISA_SCALAR, ISA_AVX2, ISA_AVX512, ISA_NEON, ISA_NEON_DOTPROD, ISA_NEON_I8MM, N_ISA };
+static const char *const g_names[N_ISA] = {"scalar", "avx2", "avx512", "neon", "neon-dotprod", "neon-i8mm"};
+/* the automatic choice: the first of these this CPU and build support */
+static const int g_preference[N_ISA] = {ISA_AVX512, ISA_AVX2, ISA_NEON_I8MM, ISA_NEON_DOTPROD, ISA_NEON, ISA_SCALAR};
 
 static pl_kernels g_tables[N_ISA];
 static int g_supported[N_ISA];
@@ -32,9 +59,36 @@ static int isa_index(const char *name) {
     return -1;
 }
 
+#if defined(PL_NEON) && defined(__APPLE__)
+static int apple_feature(const char *name) {
+    int v = 0;
+    size_t len = sizeof(v);
+    return sysctlbyname(name, &v, &len, NULL, 0) == 0 && v == 1;
+}
+#endif
+
 /* what the CPU offers (and the build has compiled in) */
 static int cpu_supports(int idx) {
     if (idx == ISA_SCALAR) return 1;
+#ifdef PL_NEON
+    /* Advanced SIMD is part of every AArch64 CPU; dotprod is Armv8.2's optional FEAT_DotProd, i8mm
+     * FEAT_I8MM (the neon-i8mm table also uses dot products) */
+    if (idx == ISA_NEON) return 1;
+#if defined(__linux__)
+    const unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);
+    const int dot = (hw & HWCAP_ASIMDDP) != 0, i8mm = (hw2 & HWCAP2_I8MM) != 0;
+#elif defined(__APPLE__)
+    const int dot = apple_feature("hw.optional.arm.FEAT_DotProd"), i8mm = apple_feature("hw.optional.arm.FEAT_I8MM");
+#else
+    const int dot = 0, i8mm = 0;
+#endif
+    if (idx == ISA_NEON_DOTPROD) return dot;
+#ifdef PYLLM_NEON_I8MM
+    if (idx == ISA_NEON_I8MM) return dot && i8mm;
+#else
+    (void)i8mm;
+#endif
+#endif
 #ifdef PL_X86
     __builtin_cpu_init();
     if (idx == ISA_AVX2)
@@ -60,9 +114,23 @@ static void ensure_init(void) {
         if (g_supported[ISA_AVX2]) pl_kernels_init_avx2(&g_tables[ISA_AVX2]);
         if (g_supported[ISA_AVX512]) pl_kernels_init_avx512(&g_tables[ISA_AVX512]);
 #endif
+#ifdef PL_NEON
+        if (g_supported[ISA_NEON]) pl_kernels_init_neon(&g_tables[ISA_NEON]);
+        if (g_supported[ISA_NEON_DOTPROD]) pl_kernels_init_neon_dotprod(&g_tables[ISA_NEON_DOTPROD]);
+#ifdef PYLLM_NEON_I8MM
+        if (g_supported[ISA_NEON_I8MM]) pl_kernels_init_neon_i8mm(&g_tables[ISA_NEON_I8MM]);
+#endif
+#endif
         /* An unusable PYLLM_ISA falls through to the best available; the Python layer reports it. */
         int pick = isa_index(getenv("PYLLM_ISA"));
-        if (pick < 0 || !g_supported[pick]) pick = g_supported[ISA_AVX512] ? ISA_AVX512 : g_supported[ISA_AVX2] ? ISA_AVX2 : ISA_SCALAR;
+        if (pick < 0 || !g_supported[pick]) {
+            pick = ISA_SCALAR;
+            for (int i = 0; i < N_ISA; i++)
+                if (g_supported[g_preference[i]]) {
+                    pick = g_preference[i];
+                    break;
+                }
+        }
         atomic_store_explicit(&g_active, &g_tables[pick], memory_order_release);
         atomic_store_explicit(&g_state, 2, memory_order_release);
         return;

@@ -151,10 +151,10 @@ def isa_supported(str name) -> bool:
     return bool(pl_isa_supported(name.encode()))
 
 def set_isa(str name):
-    """Force the kernel set (scalar, avx2, avx512) for this process."""
+    """Force the kernel set (scalar, avx2, avx512 on x86-64; neon, neon-dotprod, neon-i8mm on aarch64)."""
     r = pl_set_isa(name.encode())
     if r == -1:
-        raise ValueError(f"unknown ISA {name!r}: expected scalar, avx2 or avx512")
+        raise ValueError(f"unknown ISA {name!r}: expected scalar, avx2, avx512, neon, neon-dotprod or neon-i8mm")
     if r == -2:
         raise RuntimeError(f"ISA {name!r} is not supported by this CPU or build")
 

@@ -11,7 +11,7 @@ import pytest
 import pyllm
 from pyllm import _engine
 
-ISAS = ["scalar"] + [isa for isa in ("avx2", "avx512") if _engine.isa_supported(isa)]
+ISAS = ["scalar"] + [isa for isa in ("avx2", "avx512", "neon", "neon-dotprod", "neon-i8mm") if _engine.isa_supported(isa)]
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ import pytest
 import pyllm
 from pyllm import _engine
 
-ISAS = [isa for isa in ("scalar", "avx2", "avx512") if _engine.isa_supported(isa)]
+ISAS = [isa for isa in ("scalar", "avx2", "avx512", "neon", "neon-dotprod", "neon-i8mm") if _engine.isa_supported(isa)]
 PYX = os.path.join(os.path.dirname(os.path.abspath(_engine.__file__)), "_engine.pyx")
 
 

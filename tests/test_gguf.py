@@ -35,7 +35,7 @@ THREADS = 1
 
 def _isas():
     out = []
-    for isa in ("scalar", "avx2", "avx512"):
+    for isa in ("scalar", "avx2", "avx512", "neon", "neon-dotprod", "neon-i8mm"):
         try:
             _engine.set_isa(isa)
             out.append(isa)

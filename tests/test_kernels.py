@@ -1,4 +1,4 @@
-"""test_kernels.py: every SIMD kernel set (avx2, avx512) against the scalar reference, on shapes
+"""test_kernels.py: every SIMD kernel set (avx2, avx512; on ARM neon, neon-dotprod, neon-i8mm) against the scalar reference, on shapes
 that are not multiples of the tile sizes and on unaligned data, plus whole-model logits with
 each PYLLM_ISA.
 
@@ -17,7 +17,7 @@ import pytest
 
 from pyllm import _engine
 
-ISAS = [isa for isa in ("avx2", "avx512") if _engine.isa_supported(isa)]
+ISAS = [isa for isa in ("avx2", "avx512", "neon", "neon-dotprod", "neon-i8mm") if _engine.isa_supported(isa)]
 FLOAT_TYPES = {"f32": 0, "f16": 1, "bf16": 30}
 QUANT_TYPES = {"q8_0": 8, "q4_0": 2}
 FLOAT_N = [1, 3, 7, 15, 16, 17, 31, 33, 100, 257, 2053]

@@ -26,7 +26,7 @@ from gguf.quants import GGML_QUANT_SIZES, dequantize  # noqa: E402
 # type -> byte offsets of its fp16 scale fields (set to finite, weight-sized values in random blocks)
 HALVES = {T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2], T.IQ4_NL: [0], T.Q2_K: [80, 82], T.Q3_K: [108],
           T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208], T.IQ4_XS: [0]}
-ISAS = ["scalar"] + [isa for isa in ("avx2", "avx512") if _engine.isa_supported(isa)]
+ISAS = ["scalar"] + [isa for isa in ("avx2", "avx512", "neon", "neon-dotprod", "neon-i8mm") if _engine.isa_supported(isa)]
 Q8_K = 15  # the activations of the types with integer kernels
 INTEGER_KERNELS = tuple(HALVES)  # every type: quantized activations, exact integer sums
 

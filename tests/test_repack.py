@@ -21,7 +21,7 @@ import pytest
 
 from pyllm import _engine
 
-ISAS = ["scalar"] + [isa for isa in ("avx2", "avx512") if _engine.isa_supported(isa)]
+ISAS = ["scalar"] + [isa for isa in ("avx2", "avx512", "neon", "neon-dotprod", "neon-i8mm") if _engine.isa_supported(isa)]
 TYPES = {"q4_0": 2, "q8_0": 8}
 QB = {2: 16, 8: 32}  # quant bytes per block
 SHAPES = [(1, 1), (3, 2), (15, 1), (16, 1), (17, 9), (33, 3), (64, 1), (70, 13), (5, 17)]
