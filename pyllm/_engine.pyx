@@ -104,10 +104,10 @@ cdef extern from "pyllm.h" nogil:
                    float *logits, int n_threads, char *err)
 
 TYPE_IDS = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "bf16": 30}
-# GGUF types pyllm reads and runs (csrc/types_kquants.c) and writes (csrc/quantize_kquants.c); the
-# name is kept for the loaders that list them
-READ_ONLY_TYPE_IDS = {"q4_1": 3, "q5_0": 6, "q5_1": 7, "q2_k": 10, "q3_k": 11, "q4_k": 12, "q5_k": 13, "q6_k": 14,
-                      "iq4_nl": 20, "iq4_xs": 23}
+# the other ggml block types pyllm reads, runs (csrc/types_kquants.c) and writes (csrc/quantize_kquants.c):
+# llama.cpp's legacy 4/5-bit types, its K-quants and the IQ4 non-linear types
+BLOCK_TYPE_IDS = {"q4_1": 3, "q5_0": 6, "q5_1": 7, "q2_k": 10, "q3_k": 11, "q4_k": 12, "q5_k": 13, "q6_k": 14,
+                  "iq4_nl": 20, "iq4_xs": 23}
 
 cdef class _Err:
     cdef char buf[PL_ERRMSG_LEN]

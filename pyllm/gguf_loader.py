@@ -37,7 +37,7 @@ from .hf_loader import (build_engine_model, check_sampling_defaults, check_sourc
                         fused_rows)
 from .quantization import DEFAULT_METHOD, check_quant, convert
 
-ENGINE_TYPES = (0, 1, 2, 8, 30) + tuple(_engine.READ_ONLY_TYPE_IDS.values())  # F32 F16 Q4_0 Q8_0 BF16 + read-only
+ENGINE_TYPES = (0, 1, 2, 8, 30) + tuple(_engine.BLOCK_TYPE_IDS.values())  # F32 F16 Q4_0 Q8_0 BF16 + the rest
 _INT_CAP = MAX_INT32 + 1  # sizes go to the engine as C ints
 _FLOAT32_MAX = 3.4028234663852886e38
 
