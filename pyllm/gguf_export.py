@@ -488,17 +488,14 @@ def export_gguf(hf_dir: str, out_path: str, quant: str = "q8_0", n_threads: int 
         importance = resolve_importance(hf_dir, calibration, n_threads=n_threads or None, cfg=cfg)
     types = None
     if allocate:
-        from .quant_allocation import allocate as allocate_types
-
-        with open(os.fspath(calibration), encoding="utf-8") as f:
-            text = f.read()
+        from .quant_allocation import allocate_from_file
 
         def report(i, n, name, kl):
             if progress is not None:
                 progress.write(f"\rallocating bits: {i}/{n} {name[:40]:<40}")
                 progress.flush()
 
-        types = allocate_types(hf_dir, cfg, quant, text, importance, n_threads, progress=report)
+        types = allocate_from_file(hf_dir, cfg, quant, calibration, importance, n_threads, progress=report)
         if progress is not None:
             progress.write("\n")
     plan = _plan(hf_dir, cfg, quant, tensors, adapters, pure=pure, has_imatrix=importance is not None, types=types,

@@ -119,6 +119,18 @@ def load_importance(path: str) -> Dict[Key, np.ndarray]:
     return out
 
 
+def read_calibration_text(path) -> str:
+    """The text of a calibration file, or ValueError naming the file if it is missing or not UTF-8."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such calibration file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: calibration text is not UTF-8 ({e.reason} at byte {e.start})") from None
+
+
 def resolve_importance(model_path: str, calibration, n_threads: Optional[int] = None, n_ctx: int = 512,
                        max_tokens: Optional[int] = None, cfg=None) -> Dict[Key, np.ndarray]:
     """What pyllm.load(..., calibration=...) quantizes with: calibration is an importance dict, a .npz
@@ -137,10 +149,7 @@ def resolve_importance(model_path: str, calibration, n_threads: Optional[int] = 
 
             cfg = ModelConfig.from_file(os.path.join(model_path, "config.json"))
         return read_imatrix(calibration, cfg)
-    if not os.path.isfile(calibration):
-        raise ValueError(f"{calibration}: no such calibration file")
-    with open(calibration, encoding="utf-8") as f:
-        text = f.read()
+    text = read_calibration_text(calibration)
     from .loader import load
 
     return collect_importance(load(model_path, n_threads=n_threads), text, n_ctx=n_ctx, max_tokens=max_tokens)

@@ -83,10 +83,9 @@ def load(path: Optional[str] = None, n_threads: Optional[int] = None, n_ctx: Opt
         importance = resolve_importance(path, calibration, n_threads=n_threads)
     types = None
     if allocate:
-        from .quant_allocation import allocate as allocate_types
+        from .quant_allocation import allocate_from_file
 
-        with open(os.fspath(calibration), encoding="utf-8") as f:
-            types = allocate_types(path, cfg, quant, f.read(), importance, n_threads or 0)
+        types = allocate_from_file(path, cfg, quant, calibration, importance, n_threads or 0)
     cfg, cmodel, gen = load_hf_folder(path, n_ctx, quant=quant, n_threads=n_threads or 0, importance=importance,
                                       lora=lora, types=types)
     return Model(cmodel, cfg, tokenizer, n_ctx=n_ctx, n_threads=n_threads, generation_config=gen, path=path,

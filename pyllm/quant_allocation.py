@@ -51,6 +51,15 @@ def check_allocate(quant, calibration, pure: bool = False) -> str:
     return q
 
 
+def allocate_from_file(folder: str, cfg, mix: str, calibration, importance: Optional[dict] = None,
+                       n_threads: int = 0, progress=None) -> Dict[Key, int]:
+    """allocate() over the text of the calibration file (what pyllm.load and pyllm quantize call with
+    allocate=True)."""
+    from .imatrix import read_calibration_text
+
+    return allocate(folder, cfg, mix, read_calibration_text(calibration), importance, n_threads, progress=progress)
+
+
 def _kl(ref_logp: np.ndarray, logits: np.ndarray) -> float:
     x = logits.astype(np.float64)
     x -= x.max(axis=-1, keepdims=True)

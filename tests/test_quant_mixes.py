@@ -284,15 +284,21 @@ def test_allocated_q4_k_m_beats_llama_cpp_by_a_third(tmp_path, reference_model, 
 def test_allocate_needs_a_mix_and_text(tmp_path):
     from pyllm.gguf_export import export_gguf
 
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Caf\u00e9 cr\u00e8me, na\u00efve fa\u00e7ade.\n".encode("latin-1") * 20)
+
     for kw, msg in (({"quant": "q4_0", "calibration": CALIBRATION}, "mixes"),
                     ({"quant": "q4_k_m", "calibration": None}, "calibration text"),
                     ({"quant": "q4_k_m", "calibration": str(tmp_path / "x.npz")}, "calibration text"),
-                    ({"quant": "q4_k_m", "calibration": str(tmp_path / "missing.txt")}, "no such calibration")):
+                    ({"quant": "q4_k_m", "calibration": str(tmp_path / "missing.txt")}, "no such calibration"),
+                    ({"quant": "q4_k_m", "calibration": str(latin1)}, "latin1.txt: calibration text is not UTF-8")):
         with pytest.raises(ValueError, match=msg):
             export_gguf(pyllm.default_model_path(), str(tmp_path / "o.gguf"), allocate=True, **kw)
         assert not os.path.exists(tmp_path / "o.gguf")
     with pytest.raises(ValueError, match="mixes"):
         pyllm.load(quant="q8_0", calibration=CALIBRATION, allocate=True)
+    with pytest.raises(ValueError, match="latin1.txt: calibration text is not UTF-8"):
+        pyllm.load(quant="q4_k_m", calibration=str(latin1))
 
 
 def test_cli_quantize_mix_pure_and_imatrix(tmp_path):
