@@ -949,6 +949,11 @@ def _finish(m, backend, tokens, ids, add_bos, add_eos, templates, more_eos, spm=
     return tok
 
 
+def _re_class_char(c: str) -> str:
+    """c written for a regex character class."""
+    return "\\" + c if c in "\\]^-[" else c
+
+
 def _build_gpt2(m, tokens, types, merges, pre, ids, add_bos, add_eos, templates, more_eos):
     regexes, ignore_merges, _ = _BPE_PRE[pre]
     vocab = {t: i for i, t in enumerate(tokens)}
@@ -966,9 +971,15 @@ def _build_gpt2(m, tokens, types, merges, pre, ids, add_bos, add_eos, templates,
     backend = _Backend(BPE(vocab=vocab, merges=pairs, unk_token=tokens[unk] if unk is not None else None,
                            fuse_unk=False, byte_fallback=False, ignore_merges=ignore_merges, dropout=None))
     backend.normalizer = None
+    # A byte the vocabulary has no token for (falcon's lacks a few control characters) is dropped by llama.cpp
+    # after merging, so its neighbours stay apart; the library's BPE would drop it first and merge across it.
+    # Splitting it off into a word of its own (after the byte-level mapping) gives llama.cpp's result.
+    absent = [c for c in pre_tokenizers.ByteLevel.alphabet() if c not in vocab]
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Split(Regex(r), behavior="isolated", invert=False) for r in regexes]
-        + [pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)])
+        + [pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)]
+        + ([pre_tokenizers.Split(Regex("[" + "".join(map(_re_class_char, sorted(absent))) + "]"),
+                                 behavior="isolated", invert=False)] if absent else []))
     backend.decoder = decoders.ByteLevel()
     added = [AddedToken(t, special=(ty == CONTROL), normalized=False)
              for t, ty in zip(tokens, types) if ty in (CONTROL, USER_DEFINED)]

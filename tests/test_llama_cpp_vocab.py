@@ -145,6 +145,20 @@ def test_random_texts_as_llama_cpp(metadata, random_cases, name):
     assert not bad, f"{len(bad)} of {len(cases)} differ; first: {bad[0]!r}"
 
 
+@pytest.mark.parametrize("name", ["llama-spm", "phi-3", "llama-bpe", "qwen2", "deepseek-llm", "deepseek-coder", "falcon",
+                                  "starcoder", "mpt"])
+def test_control_characters_as_llama_cpp(metadata, name):
+    # control_char_cases.json.gz: 207 texts mixing ASCII control characters into words, and llama.cpp's ids for
+    # them. falcon's vocabulary has no token for some of those bytes (vertical tab, 0x03...): llama.cpp drops such
+    # a byte but does not merge its neighbours across it ("he\x0bllo" is "he" "llo", not "hello")
+    with gzip.open(os.path.join(HERE, "control_char_cases.json.gz"), "rt", encoding="utf-8") as f:
+        cases = json.load(f)[name]
+    tok = tokenizer_from_metadata(vocab_metadata(metadata, name), name=name)
+    assert len(cases) == 207
+    bad = [(text, want) for text, want in cases if tok.encode(text, add_special_tokens=False) != want]
+    assert not bad, f"{len(bad)} of {len(cases)} differ; first: {bad[0]!r}"
+
+
 def test_end_of_generation_ids_as_llama_cpp(metadata):
     # eog_ids.json: every id llama.cpp's llama_vocab_is_eog is true for, on the original files
     with open(os.path.join(HERE, "eog_ids.json"), encoding="utf-8") as f:
