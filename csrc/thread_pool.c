@@ -321,6 +321,10 @@ static void once_init(void) {
     atexit(at_exit);
 }
 
+/* idle teams kept for other thread counts: beyond this the oldest is stopped when a new one is made
+ * (a program calling with many thread counts does not pile up sleeping workers) */
+#define MAX_IDLE_TEAMS 4
+
 /* an idle team of nth threads, marked busy (a new one if none is idle), or NULL */
 static pl_team *team_take(int nth) {
     pthread_once(&g_once, once_init);
@@ -328,6 +332,17 @@ static pl_team *team_take(int nth) {
     pl_team *T = g_teams;
     while (T && (T->busy || T->nth != nth)) T = T->next;
     if (!T) {
+        /* the list is newest first: stop the oldest idle teams past the limit */
+        int idle = 0;
+        for (pl_team **pp = &g_teams; *pp;) {
+            pl_team *U = *pp;
+            if (!U->busy && ++idle >= MAX_IDLE_TEAMS) {
+                *pp = U->next;
+                team_stop(U);
+                continue;
+            }
+            pp = &U->next;
+        }
         T = team_new(nth);
         if (T) {
             T->next = g_teams;

@@ -36,6 +36,19 @@ def test_pool_selftest_rejects_bad_input():
         _engine.pool_selftest(_engine.MAX_THREADS + 1, 10)
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc/self/task")
+def test_idle_workers_are_bounded():
+    """calls with many thread counts keep the workers of the last few only (4 teams)"""
+    code = ("import os\nfrom pyllm import _engine\n"
+            "for r in range(2):\n    for n in range(1, 13):\n        assert _engine.pool_selftest(n, 40) == (0, n)\n"
+            "print(len(os.listdir('/proc/self/task')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": REPO})
+    assert r.returncode == 0, r.stderr[-2000:]
+    # the main thread, the teams of 12, 11, 10 and 9 threads, and a couple the interpreter may start
+    assert int(r.stdout) <= 1 + 11 + 10 + 9 + 8 + 2
+
+
 def test_default_threads_is_the_affinity():
     n = _engine.default_threads()
     assert n >= 1
