@@ -22,6 +22,11 @@ What each run measures, after a short warm-up, with --threads threads:
     8-token prompt, and prefill tok/s of a 256-token prompt on an empty cache;
   * unless --no-busy, the same again while `python -c 'while 1: pass'` runs pinned to CPU 0.
 Prompts are token ids from a fixed seed.
+
+README's table ("Threads"): `--baseline-so` an OpenMP build of the commit before the pool, `--gguf` a
+TinyLlama-1.1B-shaped Q4_0 file (`pyllm quantize /tmp/tinyllama-bf16 tl-q4_0.gguf --type q4_0`),
+`--reps 5 --decode 300 --no-omp-default`, run at nice -10 to keep the shared machine's other jobs
+from deciding the figures (the pinned CPU-bound process inherits that priority).
 """
 from __future__ import annotations
 
