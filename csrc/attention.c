@@ -5,9 +5,6 @@
  * output = P x V (the ISA's gemm_nn over the value rows where they lie in an f32 cache, or over an
  * f16 cache's rows widened into scratch) use the table's fp32 helpers. */
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "ops.h"
 
@@ -17,24 +14,19 @@ size_t pl_attention_scratch_floats(const pl_model *m, int max_len) {
     return (size_t)(c->n_heads / c->n_kv_heads + c->head_dim) * max_len;
 }
 
-void pl_attention(const pl_kernels *K, const pl_model *m, int l, pl_kv *const *kvs, const pl_batch *b, const float *q,
+void pl_attention(pl_par *P, const pl_kernels *K, const pl_model *m, int l, pl_kv *const *kvs, const pl_batch *b, const float *q,
                   int ldq, float *out, int ldo, float *scores, size_t scores_stride) {
     const pl_config *c = &m->cfg;
     const int hd = c->head_dim, G = c->n_heads / c->n_kv_heads, nkv = c->n_kv_heads;
     const int kv_dim = nkv * hd, sw = c->sliding_window;
     const int total = b->n_tokens * nkv;
-#pragma omp for schedule(static, 1)
-    for (int w = 0; w < total; w++) {
+    PL_PAR_FOR_STRIDED(P, w, total) {
         const int t = w / nkv, h = w % nkv;
         const pl_kv *kv = kvs[b->seq[t]];
         const int pos = b->pos[t];
         const int start = (sw > 0 && pos - sw + 1 > 0) ? pos - sw + 1 : 0;
         const int len = pos - start + 1;
-#ifdef _OPENMP
-        float *sc = scores + (size_t)omp_get_thread_num() * scores_stride;
-#else
-        float *sc = scores;
-#endif
+        float *sc = scores + (size_t)P->ith * scores_stride;
         const size_t layer_off = (size_t)l * kv->n_ctx * kv_dim + (size_t)h * hd;
         const size_t row = (size_t)kv_dim * kv->elt; /* bytes from one position to the next */
         const char *kb = (const char *)kv->k + (layer_off + (size_t)start * kv_dim) * kv->elt;
@@ -58,4 +50,5 @@ void pl_attention(const pl_kernels *K, const pl_model *m, int l, pl_kv *const *k
             K->gemm_nn_f32(G, hd, len, sc, (size_t)len, vf, (size_t)hd, oh, (size_t)hd);
         }
     }
+    pl_par_barrier(P);
 }

@@ -2,14 +2,11 @@
  * layer: embedding, then per layer RMSNorm, q/k/v (+ biases, per-head norms), RoPE, KV-cache
  * write, attention, output projection, residual, RMSNorm, the layer's feed-forward block (dense
  * SwiGLU or a mixture of SwiGLU experts), residual; then final norm and LM head for the rows whose
- * logits are wanted. All threads live in one OpenMP region for the whole call, and all of them
- * use the one kernel table read at the start of the call. */
+ * logits are wanted. All threads run the whole call as one pl_par_run (thread_pool.h), meeting at
+ * barriers between steps, and all of them use the one kernel table read at the start of the call. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "ops.h"
 
@@ -33,23 +30,22 @@ void pl_scratch_set_stats(pl_scratch *s, double *stats) { s->stats = stats; }
 size_t pl_stats_len(const pl_model *m) { return m->stats_len; }
 
 /* adds the squares of nt rows of x (n wide, ld apart) to acc, column-parallel (no races) */
-static void accumulate_squares(double *acc, const float *x, int nt, int n, int ld) {
-#pragma omp for schedule(static)
-    for (int i = 0; i < n; i++) {
+static void accumulate_squares(pl_par *P, double *acc, const float *x, int nt, int n, int ld) {
+    PL_PAR_FOR(P, i, n) {
         double a = 0.0;
         for (int t = 0; t < nt; t++) a += (double)x[(size_t)t * ld + i] * x[(size_t)t * ld + i];
         acc[i] += a;
     }
+    pl_par_barrier(P);
 }
 
 /* calibration: w's statistics slot gets the squares of the nt input rows x (ld apart) per column
  * and their count (no-op without stats or a slot) */
-static void tensor_stats(double *stats, const pl_tensor *w, const float *x, int nt, int ld) {
+static void tensor_stats(pl_par *P, double *stats, const pl_tensor *w, const float *x, int nt, int ld) {
     if (!stats || w->stats_off < 0 || nt <= 0) return;
     double *slot = stats + w->stats_off;
-    accumulate_squares(slot, x, nt, (int)w->ne0, ld);
-#pragma omp master
-    slot[w->ne0] += nt;
+    accumulate_squares(P, slot, x, nt, (int)w->ne0, ld);
+    if (P->ith == 0) slot[w->ne0] += nt;
 }
 
 pl_scratch *pl_scratch_new(void) { return calloc(1, sizeof(pl_scratch)); }
@@ -146,34 +142,34 @@ static pl_tensor expert_view(const pl_tensor *t, int e, int64_t rows) {
 
 /* hb = silu(hb) * hb2 over n rows of hid: hb and hb2 are [n][hid] contiguous, so the flat range is
  * split over threads (one token's row is shared by all threads in decode) */
-static void swiglu_rows(const pl_kernels *K, bufs *B, int n, int hid) {
+static void swiglu_rows(pl_par *P, const pl_kernels *K, bufs *B, int n, int hid) {
     const int64_t tot = (int64_t)n * hid, nch = (tot + SWIGLU_CHUNK - 1) / SWIGLU_CHUNK;
-#pragma omp for schedule(static)
-    for (int64_t ch = 0; ch < nch; ch++) {
+    PL_PAR_FOR(P, ch, nch) {
         const int64_t i0 = ch * SWIGLU_CHUNK;
         K->swiglu_f32(B->hb + i0, B->hb2 + i0, (int)(tot - i0 < SWIGLU_CHUNK ? tot - i0 : SWIGLU_CHUNK));
     }
+    pl_par_barrier(P);
 }
 
 /* The dense SwiGLU MLP of layer L over nt rows of xb, written back over xb: MLP_CHUNK tokens at a
  * time (hb/hb2 are the largest buffers); the down projection of a chunk goes over that chunk's xb
  * rows, already read by gate/up. st: the calibration statistics (tensor_stats) or NULL. */
-static void ffn_dense(const pl_kernels *K, const pl_model *m, const pl_layer *L, bufs *B, int nt, double *st) {
+static void ffn_dense(pl_par *P, const pl_kernels *K, const pl_model *m, const pl_layer *L, bufs *B, int nt, double *st) {
     const int dim = m->cfg.dim, hid = m->cfg.hidden_dim;
     for (int c0 = 0; c0 < nt; c0 += MLP_CHUNK) {
         const int cn = nt - c0 < MLP_CHUNK ? nt - c0 : MLP_CHUNK;
         float *xbc = B->xb + (size_t)c0 * dim;
-        tensor_stats(st, &L->ffn_gate, xbc, cn, dim);
-        tensor_stats(st, &L->ffn_up, xbc, cn, dim);
+        tensor_stats(P, st, &L->ffn_gate, xbc, cn, dim);
+        tensor_stats(P, st, &L->ffn_up, xbc, cn, dim);
         {
             const pl_tensor *ws[2] = {&L->ffn_gate, &L->ffn_up};
             float *ys[2] = {B->hb, B->hb2};
             const int ld[2] = {hid, hid};
-            pl_matmul_multi(K, ws, ys, ld, 2, xbc, cn, dim, B->act, 0);
+            pl_matmul_multi(P, K, ws, ys, ld, 2, xbc, cn, dim, B->act, 0);
         }
-        swiglu_rows(K, B, cn, hid);
-        tensor_stats(st, &L->ffn_down, B->hb, cn, hid);
-        pl_matmul(K, &L->ffn_down, B->hb, cn, hid, xbc, dim, B->act);
+        swiglu_rows(P, K, B, cn, hid);
+        tensor_stats(P, st, &L->ffn_down, B->hb, cn, hid);
+        pl_matmul(P, K, &L->ffn_down, B->hb, cn, hid, xbc, dim, B->act);
     }
 }
 
@@ -211,15 +207,15 @@ static void route(float *p, int nexp, int ku, int *sel, float *w) {
 /* ffn_moe for a batch of one token (decode): the selected experts' gate and up projections in one
  * pass over the same input, one SwiGLU over their rows, then each down projection; the weighted
  * sum in expert order, the arithmetic of the general path (batch invariance) with fewer barriers */
-static void moe_one_token(const pl_kernels *K, const pl_model *m, const pl_layer *L, bufs *B, double *st) {
+static void moe_one_token(pl_par *P, const pl_kernels *K, const pl_model *m, const pl_layer *L, bufs *B, double *st) {
     const pl_config *c = &m->cfg;
     const int dim = c->dim, hid = c->hidden_dim, nexp = c->n_expert, ku = c->n_expert_used;
-    tensor_stats(st, &L->ffn_gate_inp, B->xb, 1, dim);
-    pl_matmul(K, &L->ffn_gate_inp, B->xb, 1, dim, B->router, nexp, B->act);
+    tensor_stats(P, st, &L->ffn_gate_inp, B->xb, 1, dim);
+    pl_matmul(P, K, &L->ffn_gate_inp, B->xb, 1, dim, B->router, nexp, B->act);
     int *sel = B->exp_tok;
     float *w = B->exp_w;
-#pragma omp single
-    route(B->router, nexp, ku, sel, w);
+    if (P->ith == 0) route(B->router, nexp, ku, sel, w);
+    pl_par_barrier(P);
     {
         pl_tensor v[2 * PL_MAX_EXPERTS];
         const pl_tensor *ws[2 * PL_MAX_EXPERTS];
@@ -230,42 +226,41 @@ static void moe_one_token(const pl_kernels *K, const pl_model *m, const pl_layer
             v[2 * j + 1] = expert_view(&L->ffn_up_exps, sel[j], hid);
             ws[2 * j] = &v[2 * j];
             ws[2 * j + 1] = &v[2 * j + 1];
-            tensor_stats(st, &v[2 * j], B->xb, 1, dim);
-            tensor_stats(st, &v[2 * j + 1], B->xb, 1, dim);
+            tensor_stats(P, st, &v[2 * j], B->xb, 1, dim);
+            tensor_stats(P, st, &v[2 * j + 1], B->xb, 1, dim);
             ys[2 * j] = B->hb + (size_t)j * hid;
             ys[2 * j + 1] = B->hb2 + (size_t)j * hid;
             ld[2 * j] = ld[2 * j + 1] = hid;
         }
-        pl_matmul_multi(K, ws, ys, ld, 2 * ku, B->xb, 1, dim, B->act, 0);
+        pl_matmul_multi(P, K, ws, ys, ld, 2 * ku, B->xb, 1, dim, B->act, 0);
     }
-    swiglu_rows(K, B, ku, hid);
+    swiglu_rows(P, K, B, ku, hid);
     for (int j = 0; j < ku; j++) {
         const pl_tensor down = expert_view(&L->ffn_down_exps, sel[j], dim);
-        tensor_stats(st, &down, B->hb + (size_t)j * hid, 1, hid);
-        pl_matmul(K, &down, B->hb + (size_t)j * hid, 1, hid, B->xg + (size_t)j * dim, dim, B->act);
+        tensor_stats(P, st, &down, B->hb + (size_t)j * hid, 1, hid);
+        pl_matmul(P, K, &down, B->hb + (size_t)j * hid, 1, hid, B->xg + (size_t)j * dim, dim, B->act);
     }
-#pragma omp for schedule(static)
-    for (int d = 0; d < dim; d++) {
+    PL_PAR_FOR(P, d, dim) {
         float a = 0.0f;
         for (int j = 0; j < ku; j++) a += w[j] * B->xg[(size_t)j * dim + d];
         B->xb[d] = a;
     }
+    pl_par_barrier(P);
 }
 
-static void ffn_moe(const pl_kernels *K, const pl_model *m, const pl_layer *L, bufs *B, int nt, double *st) {
+static void ffn_moe(pl_par *P, const pl_kernels *K, const pl_model *m, const pl_layer *L, bufs *B, int nt, double *st) {
     const pl_config *c = &m->cfg;
     const int dim = c->dim, hid = c->hidden_dim, nexp = c->n_expert, ku = c->n_expert_used;
     if (nt == 1) {
-        moe_one_token(K, m, L, B, st);
+        moe_one_token(P, K, m, L, B, st);
         return;
     }
     for (int c0 = 0; c0 < nt; c0 += MOE_CHUNK) {
         const int cn = nt - c0 < MOE_CHUNK ? nt - c0 : MOE_CHUNK;
         float *xbc = B->xb + (size_t)c0 * dim;
-        tensor_stats(st, &L->ffn_gate_inp, xbc, cn, dim);
-        pl_matmul(K, &L->ffn_gate_inp, xbc, cn, dim, B->router, nexp, B->act);
-#pragma omp single
-        {
+        tensor_stats(P, st, &L->ffn_gate_inp, xbc, cn, dim);
+        pl_matmul(P, K, &L->ffn_gate_inp, xbc, cn, dim, B->router, nexp, B->act);
+        if (P->ith == 0) {
             for (int e = 0; e < nexp; e++) B->exp_n[e] = 0;
             for (int t = 0; t < cn; t++) {
                 int sel[PL_MAX_EXPERTS];
@@ -278,8 +273,9 @@ static void ffn_moe(const pl_kernels *K, const pl_model *m, const pl_layer *L, b
                 }
             }
         }
-#pragma omp for schedule(static)
-        for (int t = 0; t < cn; t++) memset(B->acc + (size_t)t * dim, 0, (size_t)dim * sizeof(float));
+        pl_par_barrier(P);
+        PL_PAR_FOR(P, t, cn) memset(B->acc + (size_t)t * dim, 0, (size_t)dim * sizeof(float));
+        pl_par_barrier(P);
         for (int e = 0; e < nexp; e++) {
             const pl_tensor gate = expert_view(&L->ffn_gate_exps, e, hid), up = expert_view(&L->ffn_up_exps, e, hid);
             const pl_tensor down = expert_view(&L->ffn_down_exps, e, dim);
@@ -288,30 +284,149 @@ static void ffn_moe(const pl_kernels *K, const pl_model *m, const pl_layer *L, b
                 const int n = B->exp_n[e] - i0 < MLP_CHUNK ? B->exp_n[e] - i0 : MLP_CHUNK;
                 const int *tok = B->exp_tok + (size_t)e * MOE_CHUNK + i0;
                 const float *w = B->exp_w + (size_t)e * MOE_CHUNK + i0;
-#pragma omp for schedule(static)
-                for (int i = 0; i < n; i++)
+                PL_PAR_FOR(P, i, n)
                     memcpy(B->xg + (size_t)i * dim, xbc + (size_t)tok[i] * dim, (size_t)dim * sizeof(float));
-                tensor_stats(st, &gate, B->xg, n, dim);
-                tensor_stats(st, &up, B->xg, n, dim);
+                pl_par_barrier(P);
+                tensor_stats(P, st, &gate, B->xg, n, dim);
+                tensor_stats(P, st, &up, B->xg, n, dim);
                 {
                     const pl_tensor *ws[2] = {&gate, &up};
                     float *ys[2] = {B->hb, B->hb2};
                     const int ld[2] = {hid, hid};
-                    pl_matmul_multi(K, ws, ys, ld, 2, B->xg, n, dim, B->act, 0);
+                    pl_matmul_multi(P, K, ws, ys, ld, 2, B->xg, n, dim, B->act, 0);
                 }
-                swiglu_rows(K, B, n, hid);
-                tensor_stats(st, &down, B->hb, n, hid);
-                pl_matmul(K, &down, B->hb, n, hid, B->xg, dim, B->act); /* the gathered rows are read: reuse them */
-#pragma omp for schedule(static)
-                for (int i = 0; i < n; i++) {
+                swiglu_rows(P, K, B, n, hid);
+                tensor_stats(P, st, &down, B->hb, n, hid);
+                pl_matmul(P, K, &down, B->hb, n, hid, B->xg, dim, B->act); /* the gathered rows are read: reuse them */
+                PL_PAR_FOR(P, i, n) {
                     float *a = B->acc + (size_t)tok[i] * dim;
                     const float *y = B->xg + (size_t)i * dim;
                     for (int d = 0; d < dim; d++) a[d] += w[i] * y[d];
                 }
+                pl_par_barrier(P);
             }
         }
-#pragma omp for schedule(static)
-        for (int t = 0; t < cn; t++) memcpy(xbc + (size_t)t * dim, B->acc + (size_t)t * dim, (size_t)dim * sizeof(float));
+        PL_PAR_FOR(P, t, cn) memcpy(xbc + (size_t)t * dim, B->acc + (size_t)t * dim, (size_t)dim * sizeof(float));
+        pl_par_barrier(P);
+    }
+}
+
+/* what every thread of the forward's run reads */
+typedef struct {
+    const pl_model *m;
+    pl_scratch *s;
+    pl_kv *const *kvs;
+    const pl_batch *b;
+    float *logits;
+    const pl_kernels *K;
+    bufs B;
+} fwd_job;
+
+/* the forward on one thread of the run: every step split over the threads, barriers between */
+static void forward_run(pl_par *P, void *arg) {
+    fwd_job *J = arg;
+    const pl_model *m = J->m;
+    const pl_config *c = &m->cfg;
+    pl_scratch *s = J->s;
+    pl_kv *const *kvs = J->kvs;
+    const pl_batch *b = J->b;
+    float *logits = J->logits;
+    const pl_kernels *K = J->K;
+    bufs B = J->B;
+    const int nt = b->n_tokens;
+    const int dim = c->dim, hd = c->head_dim, half = hd / 2;
+    const int qd = c->n_heads * hd, kvd = c->n_kv_heads * hd;
+
+    {
+        /* token embeddings */
+        const pl_to_float_fn embd = K->types[m->tok_embd.type].to_float;
+        PL_PAR_FOR(P, t, nt)
+            embd((const char *)m->tok_embd.data + (size_t)b->token[t] * m->tok_embd.row_bytes, B.x + (size_t)t * dim, dim);
+        pl_par_barrier(P);
+
+        for (int l = 0; l < c->n_layers; l++) {
+            const pl_layer *L = &m->layers[l];
+            double *st = s->stats; /* calibration statistics (tensor_stats), or NULL */
+            /* attention norm */
+            PL_PAR_FOR(P, t, nt)
+                pl_rmsnorm(B.xb + (size_t)t * dim, B.x + (size_t)t * dim, L->attn_norm.f32, dim, c->norm_eps);
+            pl_par_barrier(P);
+            tensor_stats(P, st, &L->wq, B.xb, nt, dim);
+            tensor_stats(P, st, &L->wk, B.xb, nt, dim);
+            tensor_stats(P, st, &L->wv, B.xb, nt, dim);
+            /* q, k, v projections */
+            {
+                const pl_tensor *ws[3] = {&L->wq, &L->wk, &L->wv};
+                float *ys[3] = {B.q, B.k, B.v};
+                const int ld[3] = {qd, kvd, kvd};
+                pl_matmul_multi(P, K, ws, ys, ld, 3, B.xb, nt, dim, B.act, 0);
+            }
+            /* biases, per-head q/k norms, RoPE at each token's position (LongRoPE: the long table once
+             * its sequence reaches the original context in this batch), then write k, v into its
+             * sequence's cache */
+            PL_PAR_FOR(P, t, nt) {
+                float *qt = B.q + (size_t)t * qd, *kt = B.k + (size_t)t * kvd, *vt = B.v + (size_t)t * kvd;
+                if (c->qkv_bias) {
+                    for (int i = 0; i < qd; i++) qt[i] += L->bq.f32[i];
+                    for (int i = 0; i < kvd; i++) kt[i] += L->bk.f32[i];
+                    for (int i = 0; i < kvd; i++) vt[i] += L->bv.f32[i];
+                }
+                if (c->qk_norm) {
+                    for (int h = 0; h < c->n_heads; h++) pl_rmsnorm(qt + h * hd, qt + h * hd, L->q_norm.f32, hd, c->norm_eps);
+                    for (int h = 0; h < c->n_kv_heads; h++) pl_rmsnorm(kt + h * hd, kt + h * hd, L->k_norm.f32, hd, c->norm_eps);
+                }
+                const int lng = c->rope_long_after > 0 && B.seq_max[b->seq[t]] >= c->rope_long_after;
+                const size_t ro = (size_t)b->pos[t] * half;
+                const float *cs = (lng ? m->rope_cos_long : m->rope_cos) + ro, *sn = (lng ? m->rope_sin_long : m->rope_sin) + ro;
+                pl_rope(qt, c->n_heads, hd, cs, sn, c->rope_interleaved);
+                pl_rope(kt, c->n_kv_heads, hd, cs, sn, c->rope_interleaved);
+                pl_kv *kv = kvs[b->seq[t]];
+                const size_t off = ((size_t)l * kv->n_ctx + b->pos[t]) * kvd;
+                if (kv->type == PL_TYPE_F32) {
+                    memcpy((float *)kv->k + off, kt, (size_t)kvd * sizeof(float));
+                    memcpy((float *)kv->v + off, vt, (size_t)kvd * sizeof(float));
+                } else {
+                    const pl_from_float_fn to_kv = K->types[kv->type].from_float;
+                    to_kv(kt, (char *)kv->k + off * kv->elt, kvd);
+                    to_kv(vt, (char *)kv->v + off * kv->elt, kvd);
+                }
+            }
+            pl_par_barrier(P);
+            /* attention over the cache, written over q (each work item reads its own q rows before it
+             * writes the same rows) */
+            pl_attention(P, K, m, l, kvs, b, B.q, qd, B.q, qd, B.scores, B.scores_stride);
+            tensor_stats(P, st, &L->wo, B.q, nt, qd);
+            /* output projection into xb (free once q/k/v are made), its bias, residual, MLP norm back
+             * into xb */
+            pl_matmul(P, K, &L->wo, B.q, nt, qd, B.xb, dim, B.act);
+            PL_PAR_FOR(P, t, nt) {
+                float *x = B.x + (size_t)t * dim, *xb = B.xb + (size_t)t * dim;
+                if (c->o_bias)
+                    for (int i = 0; i < dim; i++) x[i] += xb[i] + L->bo.f32[i];
+                else
+                    for (int i = 0; i < dim; i++) x[i] += xb[i];
+                pl_rmsnorm(xb, x, L->ffn_norm.f32, dim, c->norm_eps);
+            }
+            pl_par_barrier(P);
+            /* the feed-forward block this layer has */
+            if (L->ffn_gate_inp.data)
+                ffn_moe(P, K, m, L, &B, nt, st);
+            else
+                ffn_dense(P, K, m, L, &B, nt, st);
+            PL_PAR_FOR(P, t, nt) {
+                float *x = B.x + (size_t)t * dim;
+                const float *y = B.xb + (size_t)t * dim;
+                for (int i = 0; i < dim; i++) x[i] += y[i];
+            }
+            pl_par_barrier(P);
+        }
+        /* final norm and LM head, only for the rows asked for */
+        if (b->n_out > 0) {
+            PL_PAR_FOR(P, o, b->n_out)
+                pl_rmsnorm(B.xb + (size_t)o * dim, B.x + (size_t)b->out[o] * dim, m->output_norm.f32, dim, c->norm_eps);
+            pl_par_barrier(P);
+            pl_matmul(P, K, &m->output, B.xb, b->n_out, dim, logits, c->n_vocab, B.act);
+        }
     }
 }
 
@@ -341,13 +456,9 @@ int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, co
     for (int o = 0; o < b->n_out; o++)
         if (b->out[o] < 0 || b->out[o] >= nt) return FAIL(-1, "output row %d outside the batch", b->out[o]);
     if (n_threads < 0 || n_threads > PL_MAX_THREADS)
-        return FAIL(-1, "n_threads %d outside 1..%d (0: the OpenMP default)", n_threads, PL_MAX_THREADS);
-#ifdef _OPENMP
-    const int nth = n_threads > 0 ? n_threads : omp_get_max_threads();
-#else
-    const int nth = 1;
-    (void)n_threads;
-#endif
+        return FAIL(-1, "n_threads %d outside 1..%d (0: all CPUs)", n_threads, PL_MAX_THREADS);
+    int nth = n_threads > 0 ? n_threads : pl_default_threads();
+    if (nth > PL_MAX_THREADS) nth = PL_MAX_THREADS;
     /* the kernel table, read once: every matmul and attention call below uses this one, even if
      * another thread calls pl_set_isa meanwhile */
     const pl_kernels *K = pl_kernels_active();
@@ -359,100 +470,7 @@ int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, co
             if (b->pos[t] > B.seq_max[b->seq[t]]) B.seq_max[b->seq[t]] = b->pos[t];
     }
 
-    const int dim = c->dim, hd = c->head_dim, half = hd / 2;
-    const int qd = c->n_heads * hd, kvd = c->n_kv_heads * hd;
-
-#pragma omp parallel num_threads(nth)
-    {
-        /* token embeddings */
-        const pl_to_float_fn embd = K->types[m->tok_embd.type].to_float;
-#pragma omp for schedule(static)
-        for (int t = 0; t < nt; t++)
-            embd((const char *)m->tok_embd.data + (size_t)b->token[t] * m->tok_embd.row_bytes, B.x + (size_t)t * dim, dim);
-
-        for (int l = 0; l < c->n_layers; l++) {
-            const pl_layer *L = &m->layers[l];
-            double *st = s->stats; /* calibration statistics (tensor_stats), or NULL */
-            /* attention norm */
-#pragma omp for schedule(static)
-            for (int t = 0; t < nt; t++)
-                pl_rmsnorm(B.xb + (size_t)t * dim, B.x + (size_t)t * dim, L->attn_norm.f32, dim, c->norm_eps);
-            tensor_stats(st, &L->wq, B.xb, nt, dim);
-            tensor_stats(st, &L->wk, B.xb, nt, dim);
-            tensor_stats(st, &L->wv, B.xb, nt, dim);
-            /* q, k, v projections */
-            {
-                const pl_tensor *ws[3] = {&L->wq, &L->wk, &L->wv};
-                float *ys[3] = {B.q, B.k, B.v};
-                const int ld[3] = {qd, kvd, kvd};
-                pl_matmul_multi(K, ws, ys, ld, 3, B.xb, nt, dim, B.act, 0);
-            }
-            /* biases, per-head q/k norms, RoPE at each token's position (LongRoPE: the long table once
-             * its sequence reaches the original context in this batch), then write k, v into its
-             * sequence's cache */
-#pragma omp for schedule(static)
-            for (int t = 0; t < nt; t++) {
-                float *qt = B.q + (size_t)t * qd, *kt = B.k + (size_t)t * kvd, *vt = B.v + (size_t)t * kvd;
-                if (c->qkv_bias) {
-                    for (int i = 0; i < qd; i++) qt[i] += L->bq.f32[i];
-                    for (int i = 0; i < kvd; i++) kt[i] += L->bk.f32[i];
-                    for (int i = 0; i < kvd; i++) vt[i] += L->bv.f32[i];
-                }
-                if (c->qk_norm) {
-                    for (int h = 0; h < c->n_heads; h++) pl_rmsnorm(qt + h * hd, qt + h * hd, L->q_norm.f32, hd, c->norm_eps);
-                    for (int h = 0; h < c->n_kv_heads; h++) pl_rmsnorm(kt + h * hd, kt + h * hd, L->k_norm.f32, hd, c->norm_eps);
-                }
-                const int lng = c->rope_long_after > 0 && B.seq_max[b->seq[t]] >= c->rope_long_after;
-                const size_t ro = (size_t)b->pos[t] * half;
-                const float *cs = (lng ? m->rope_cos_long : m->rope_cos) + ro, *sn = (lng ? m->rope_sin_long : m->rope_sin) + ro;
-                pl_rope(qt, c->n_heads, hd, cs, sn, c->rope_interleaved);
-                pl_rope(kt, c->n_kv_heads, hd, cs, sn, c->rope_interleaved);
-                pl_kv *kv = kvs[b->seq[t]];
-                const size_t off = ((size_t)l * kv->n_ctx + b->pos[t]) * kvd;
-                if (kv->type == PL_TYPE_F32) {
-                    memcpy((float *)kv->k + off, kt, (size_t)kvd * sizeof(float));
-                    memcpy((float *)kv->v + off, vt, (size_t)kvd * sizeof(float));
-                } else {
-                    const pl_from_float_fn to_kv = K->types[kv->type].from_float;
-                    to_kv(kt, (char *)kv->k + off * kv->elt, kvd);
-                    to_kv(vt, (char *)kv->v + off * kv->elt, kvd);
-                }
-            }
-            /* attention over the cache, written over q (each work item reads its own q rows before it
-             * writes the same rows) */
-            pl_attention(K, m, l, kvs, b, B.q, qd, B.q, qd, B.scores, B.scores_stride);
-            tensor_stats(st, &L->wo, B.q, nt, qd);
-            /* output projection into xb (free once q/k/v are made), its bias, residual, MLP norm back
-             * into xb */
-            pl_matmul(K, &L->wo, B.q, nt, qd, B.xb, dim, B.act);
-#pragma omp for schedule(static)
-            for (int t = 0; t < nt; t++) {
-                float *x = B.x + (size_t)t * dim, *xb = B.xb + (size_t)t * dim;
-                if (c->o_bias)
-                    for (int i = 0; i < dim; i++) x[i] += xb[i] + L->bo.f32[i];
-                else
-                    for (int i = 0; i < dim; i++) x[i] += xb[i];
-                pl_rmsnorm(xb, x, L->ffn_norm.f32, dim, c->norm_eps);
-            }
-            /* the feed-forward block this layer has */
-            if (L->ffn_gate_inp.data)
-                ffn_moe(K, m, L, &B, nt, st);
-            else
-                ffn_dense(K, m, L, &B, nt, st);
-#pragma omp for schedule(static)
-            for (int t = 0; t < nt; t++) {
-                float *x = B.x + (size_t)t * dim;
-                const float *y = B.xb + (size_t)t * dim;
-                for (int i = 0; i < dim; i++) x[i] += y[i];
-            }
-        }
-        /* final norm and LM head, only for the rows asked for */
-        if (b->n_out > 0) {
-#pragma omp for schedule(static)
-            for (int o = 0; o < b->n_out; o++)
-                pl_rmsnorm(B.xb + (size_t)o * dim, B.x + (size_t)b->out[o] * dim, m->output_norm.f32, dim, c->norm_eps);
-            pl_matmul(K, &m->output, B.xb, b->n_out, dim, logits, c->n_vocab, B.act);
-        }
-    }
+    fwd_job J = {m, s, kvs, b, logits, K, B};
+    pl_par_run(nth, forward_run, &J);
     return 0;
 }

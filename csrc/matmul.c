@@ -42,35 +42,35 @@ size_t pl_matmul_act_bytes(const pl_kernels *K, const pl_tensor *w, int nt) {
 /* y += b (a x) for a weight's LoRA side product: first the rank-wide a x of every row into tmp, then
  * each output row's dot with it (both split over threads; each output value is one fixed sum, so the
  * result does not depend on the other rows of the batch) */
-static void lora_pass(const pl_kernels *K, const pl_tensor *w, const float *x, int nt, int ldx, float *y, int ldy,
+static void lora_pass(pl_par *P, const pl_kernels *K, const pl_tensor *w, const float *x, int nt, int ldx, float *y, int ldy,
                       float *tmp) {
     const int r = w->lora_rank, n = (int)w->ne0;
     const pl_vec_dot_fn dot = K->types[PL_TYPE_F32].vec_dot;
-#pragma omp for schedule(static)
-    for (int i = 0; i < nt * r; i++)
+    PL_PAR_FOR(P, i, (int64_t)nt * r)
         dot(n, tmp + i, w->lora_a + (size_t)(i % r) * n, x + (size_t)(i / r) * ldx);
-#pragma omp for schedule(static)
-    for (int64_t o = 0; o < w->ne1; o++)
+    pl_par_barrier(P);
+    PL_PAR_FOR(P, o, w->ne1)
         for (int t = 0; t < nt; t++) {
             float s;
             dot(r, &s, w->lora_b + (size_t)o * r, tmp + (size_t)t * r);
             y[(size_t)t * ldy + o] += s;
         }
+    pl_par_barrier(P);
 }
 
 /* Converts nt rows of x to the act_type of weight type wtype, in its pack_act form if with_form
- * (inside a parallel region: split over threads, ends with a barrier). Returns the row stride. */
-static size_t convert_acts(const pl_kernels *K, int wtype, int64_t n, const float *x, int nt, int ldx,
+ * (split over the run's threads, ends with a barrier). Returns the row stride. */
+static size_t convert_acts(pl_par *P, const pl_kernels *K, int wtype, int64_t n, const float *x, int nt, int ldx,
                            void *act_buf, int with_form) {
     const pl_type_traits *tt = &K->types[wtype];
     const size_t stride = act_stride(K, wtype, n, with_form);
     const pl_from_float_fn conv = K->types[tt->act_type].from_float;
     const pl_pack_act_fn form = with_form ? tt->pack_act : NULL;
-#pragma omp for schedule(static)
-    for (int t = 0; t < nt; t++) {
+    PL_PAR_FOR(P, t, nt) {
         if (form) form(conv, x + (size_t)t * ldx, (char *)act_buf + (size_t)t * stride, n);
         else conv(x + (size_t)t * ldx, (char *)act_buf + (size_t)t * stride, n);
     }
+    pl_par_barrier(P);
     return stride;
 }
 
@@ -91,7 +91,7 @@ static int row_tiles(const pl_tensor *w) { return (int)((w->ne1 + ROW_TILE - 1) 
  * so the threads meet at one barrier instead of one per weight. All must share ne0; weights whose
  * act_type differs are run one after the other. Any number of weights: nw <= 0 does nothing
  * (every thread of the region returns alike, so no barrier is left waiting). */
-void pl_matmul_multi(const pl_kernels *K, const pl_tensor *const *ws, float *const *ys, const int *ldys, int nw,
+void pl_matmul_multi(pl_par *P, const pl_kernels *K, const pl_tensor *const *ws, float *const *ys, const int *ldys, int nw,
                      const float *x, int nt, int ldx, void *act_buf, int act_ready) {
     if (nw <= 0 || nt <= 0) return;
     const int64_t n = ws[0]->ne0;
@@ -106,14 +106,14 @@ void pl_matmul_multi(const pl_kernels *K, const pl_tensor *const *ws, float *con
             (act_form(K, ws[k]) && act_form(K, ws[k]) != K->types[form_type].pack_act)) {
             /* weights of different types (llama.cpp's mixes: attn_v in Q8_0 beside a Q4_K attn_q, or a
              * K-quant next to a Q4_0): one pass per weight, each converting the input its own way */
-            for (int j = 0; j < nw; j++) pl_matmul_multi(K, &ws[j], &ys[j], &ldys[j], 1, x, nt, ldx, act_buf, 0);
+            for (int j = 0; j < nw; j++) pl_matmul_multi(P, K, &ws[j], &ys[j], &ldys[j], 1, x, nt, ldx, act_buf, 0);
             return;
         }
     const void *a = x;
     size_t as = (size_t)ldx * sizeof(float);
     if (act != PL_TYPE_F32) {
         const int wt = form_type >= 0 ? form_type : ws[0]->type;
-        as = act_ready ? act_stride(K, wt, n, form_type >= 0) : convert_acts(K, wt, n, x, nt, ldx, act_buf, form_type >= 0);
+        as = act_ready ? act_stride(K, wt, n, form_type >= 0) : convert_acts(P, K, wt, n, x, nt, ldx, act_buf, form_type >= 0);
         a = act_buf;
     }
     int total = 0;
@@ -122,10 +122,12 @@ void pl_matmul_multi(const pl_kernels *K, const pl_tensor *const *ws, float *con
      * weights, which is what decode's memory bandwidth depends on), then ever smaller ones, so a
      * thread slowed by the machine (another process, an interrupt) takes fewer instead of holding
      * the others at the barrier. Measured A/B in one process on this shared 2-core box, decode
-     * matmuls: static (one half each) < dynamic,1 (+10-15%) < guided (+2-17% over dynamic); dynamic
-     * with 16-row tiles interleaves the threads' streams and loses 25%. */
-#pragma omp for schedule(guided)
-    for (int tile = 0; tile < total; tile++) {
+     * matmuls (under OpenMP, whose schedules pl_par_guided / pl_par_dynamic reproduce): static (one
+     * half each) < dynamic,1 (+10-15%) < guided (+2-17% over dynamic); dynamic with 16-row tiles
+     * interleaves the threads' streams and loses 25%. */
+    int64_t lo, hi;
+    while (pl_par_guided(P, total, &lo, &hi))
+    for (int tile = (int)lo; tile < hi; tile++) {
         int k = 0, rt = tile;
         while (rt >= row_tiles(ws[k])) rt -= row_tiles(ws[k++]);
         const pl_tensor *w = ws[k];
@@ -148,12 +150,13 @@ void pl_matmul_multi(const pl_kernels *K, const pl_tensor *const *ws, float *con
                       ys[k] + (size_t)t0 * ldys[k] + r0, (size_t)ldys[k]);
         }
     }
+    pl_par_barrier(P);
     /* LoRA side products (after the tiles' barrier: act_buf is free again) */
     for (int k = 0; k < nw; k++)
-        if (ws[k]->lora_rank) lora_pass(K, ws[k], x, nt, ldx, ys[k], ldys[k], (float *)act_buf);
+        if (ws[k]->lora_rank) lora_pass(P, K, ws[k], x, nt, ldx, ys[k], ldys[k], (float *)act_buf);
 }
 
-void pl_matmul(const pl_kernels *K, const pl_tensor *w, const float *x, int nt, int ldx, float *y, int ldy,
+void pl_matmul(pl_par *P, const pl_kernels *K, const pl_tensor *w, const float *x, int nt, int ldx, float *y, int ldy,
                void *act_buf) {
-    pl_matmul_multi(K, &w, &y, &ldy, 1, x, nt, ldx, act_buf, 0);
+    pl_matmul_multi(P, K, &w, &y, &ldy, 1, x, nt, ldx, act_buf, 0);
 }

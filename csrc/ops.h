@@ -14,11 +14,11 @@ void pl_swiglu(float *gate, const float *up, int n);
 
 /* Causal (optionally sliding-window) grouped-query attention for every token of the batch at
  * layer l, reading keys/values from each token's own sequence cache. q rows are ldq apart, out
- * rows ldo apart. scores: per-thread scratch, scores_stride floats per thread. Orphaned OpenMP
- * worksharing: call inside the forward's parallel region. K: the forward's kernel table. */
+ * rows ldo apart. scores: per-thread scratch, scores_stride floats per thread. Called by every
+ * thread of the forward's pl_par_run (P); ends with a barrier. K: the forward's kernel table. */
 /* per-thread scratch floats pl_attention needs for keys up to max_len long */
 size_t pl_attention_scratch_floats(const pl_model *m, int max_len);
-void pl_attention(const pl_kernels *K, const pl_model *m, int l, pl_kv *const *kvs, const pl_batch *b, const float *q,
+void pl_attention(pl_par *P, const pl_kernels *K, const pl_model *m, int l, pl_kv *const *kvs, const pl_batch *b, const float *q,
                   int ldq, float *out, int ldo, float *scores, size_t scores_stride);
 
 #endif

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "tensor_types.h"
+#include "thread_pool.h"
 
 #define PL_ERRMSG_LEN 256 /* bytes of every err buffer */
 #define PL_MAX_THREADS 4096 /* most threads pl_forward takes (more is a mistake, not a request) */
@@ -175,7 +176,7 @@ size_t pl_stats_len(const pl_model *m);
 int64_t pl_model_stats_offset(const pl_model *m, const char *name, int layer);
 
 /* Runs the batch through every layer; writes n_out x n_vocab logits. n_threads: 1..PL_MAX_THREADS,
- * or 0 for OpenMP's default. Returns 0 or an error code with a message in err. Never touches Python;
+ * or 0 for all the CPUs the process may use (pl_default_threads). Returns 0 or an error code with a message in err. Never touches Python;
  * safe to call without the GIL. The kernel table is read once per call (pl_set_isa from another
  * thread takes effect at the next call). */
 int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, const pl_batch *b, float *logits,
@@ -185,14 +186,15 @@ int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, co
  * r < W->ne1, with the kernels of table K (the caller reads pl_kernels_active() once, so a pl_set_isa on another thread cannot mix
  * two ISAs in one forward). act_buf holds the activations converted to W's act_type
  * (pl_matmul_act_bytes(K, W, nt) bytes; unused for float weights).
- * Uses orphaned OpenMP worksharing: call it inside a parallel region to split rows over threads. */
+ * Called by every thread of a pl_par_run (P: the thread's view): rows are split over the threads,
+ * and all of them return after a barrier, the result complete. */
 size_t pl_matmul_act_bytes(const pl_kernels *K, const pl_tensor *w, int nt);
-void pl_matmul(const pl_kernels *K, const pl_tensor *w, const float *x, int nt, int ldx, float *y, int ldy,
+void pl_matmul(pl_par *P, const pl_kernels *K, const pl_tensor *w, const float *x, int nt, int ldx, float *y, int ldy,
                void *act_buf);
 /* the same for nw weights sharing one input (q/k/v, gate/up; same ne0 and act_type): one pass, one
  * barrier. nw <= 0 does nothing. With act_ready the activations are already converted in act_buf (in
  * the pack_act form of the first packed weight that has one, as the call itself would build them). */
-void pl_matmul_multi(const pl_kernels *K, const pl_tensor *const *ws, float *const *ys, const int *ldys, int nw,
+void pl_matmul_multi(pl_par *P, const pl_kernels *K, const pl_tensor *const *ws, float *const *ys, const int *ldys, int nw,
                      const float *x, int nt, int ldx, void *act_buf, int act_ready);
 
 /* converts rows x n float32 values to type (whole rows; n a multiple of the block) with n_threads

@@ -6,14 +6,32 @@
 
 #include "pyllm.h"
 
+/* one quantization call's rows, split over a pl_par_run */
+typedef struct {
+    int type;
+    const float *src;
+    void *dst;
+    int64_t rows, n;
+    size_t rb;
+    const float *importance;
+    pl_from_float_fn conv;
+    const void *params; /* the Q4_0 / Q8_0 search's (qw_params) */
+} quant_job;
+
+/* the reference conversion: a contiguous block of rows per thread */
+static void quant_plain(pl_par *P, void *arg) {
+    const quant_job *J = arg;
+    PL_PAR_FOR(P, r, J->rows) J->conv(J->src + r * J->n, (char *)J->dst + (size_t)r * J->rb, J->n);
+}
+
 int pl_quantize_rows(int type, const float *src, void *dst, int64_t rows, int64_t n, int n_threads) {
     if (!pl_type_valid(type)) return -1;
     const size_t rb = pl_type_row_bytes((pl_type)type, n);
     if (rb == 0 || rows < 0 || n_threads > PL_MAX_THREADS) return -1;
     const pl_from_float_fn conv = pl_kernels_active()->types[type].from_float;
     if (!conv) return -1; /* a type pyllm reads but does not write (types_kquants.c) */
-#pragma omp parallel for schedule(static) num_threads(n_threads > 0 ? n_threads : 1)
-    for (int64_t r = 0; r < rows; r++) conv(src + r * n, (char *)dst + (size_t)r * rb, n);
+    quant_job J = {type, src, dst, rows, n, rb, NULL, conv, NULL};
+    pl_par_run(n_threads > 0 ? n_threads : 1, quant_plain, &J);
     return 0;
 }
 
@@ -223,6 +241,29 @@ static void qw_row_q8_0(const float *x, pl_block_q8_0 *y, int64_t n, const float
     }
 }
 
+/* the searches take rows 4 at a time from a shared counter (their time per row varies) */
+static void quant_kq(pl_par *P, void *arg) {
+    const quant_job *J = arg;
+    int64_t lo, hi;
+    while (pl_par_dynamic(P, J->rows, 4, &lo, &hi))
+        for (int64_t r = lo; r < hi; r++)
+            pl_kq_quantize_row(J->type, J->src + r * J->n, (char *)J->dst + (size_t)r * J->rb, J->n, J->importance);
+}
+
+static void quant_search(pl_par *P, void *arg) {
+    const quant_job *J = arg;
+    int64_t lo, hi;
+    while (pl_par_dynamic(P, J->rows, 4, &lo, &hi))
+        for (int64_t r = lo; r < hi; r++) {
+            const float *x = J->src + r * J->n;
+            char *y = (char *)J->dst + (size_t)r * J->rb;
+            if (J->type == PL_TYPE_Q4_0)
+                qw_row_q4_0(x, (pl_block_q4_0 *)y, J->n, J->importance, J->params, J->conv);
+            else
+                qw_row_q8_0(x, (pl_block_q8_0 *)y, J->n, J->importance, J->params, J->conv);
+        }
+}
+
 int pl_quantize_rows_weighted(int type, const float *src, void *dst, int64_t rows, int64_t n,
                               const float *importance, int n_threads) {
     const int kq = pl_kq_searchable(type);
@@ -232,20 +273,15 @@ int pl_quantize_rows_weighted(int type, const float *src, void *dst, int64_t row
     if (importance)
         for (int64_t j = 0; j < n; j++)
             if (!(importance[j] >= 0.0f) || !isfinite(importance[j])) return -2;
+    quant_job J = {type, src, dst, rows, n, rb, importance, NULL, NULL};
     if (kq) { /* quantize_kquants.c: Q4_1, Q5_0, Q5_1, IQ4_NL, the K-quants, IQ4_XS */
-#pragma omp parallel for schedule(dynamic, 4) num_threads(n_threads > 0 ? n_threads : 1)
-        for (int64_t r = 0; r < rows; r++) pl_kq_quantize_row(type, src + r * n, (char *)dst + (size_t)r * rb, n, importance);
+        pl_par_run(n_threads > 0 ? n_threads : 1, quant_kq, &J);
         return 0;
     }
     qw_params p;
     qw_init_params(type, &p);
-    const pl_from_float_fn ref = pl_kernels_active()->types[type].from_float;
-#pragma omp parallel for schedule(dynamic, 4) num_threads(n_threads > 0 ? n_threads : 1)
-    for (int64_t r = 0; r < rows; r++) {
-        if (type == PL_TYPE_Q4_0)
-            qw_row_q4_0(src + r * n, (pl_block_q4_0 *)((char *)dst + (size_t)r * rb), n, importance, &p, ref);
-        else
-            qw_row_q8_0(src + r * n, (pl_block_q8_0 *)((char *)dst + (size_t)r * rb), n, importance, &p, ref);
-    }
+    J.params = &p;
+    J.conv = pl_kernels_active()->types[type].from_float;
+    pl_par_run(n_threads > 0 ? n_threads : 1, quant_search, &J);
     return 0;
 }

@@ -103,6 +103,11 @@ cdef extern from "pyllm.h" nogil:
     int pl_forward(const pl_model *m, pl_scratch *s, pl_kv *const *kvs, int n_kv, const pl_batch *b,
                    float *logits, int n_threads, char *err)
 
+cdef extern from "thread_pool.h" nogil:
+    int pl_default_threads()
+    int pl_par_selftest(int nth, int64_t n, int *distinct)
+    int pl_par_spin_us(int us, int job_us, int cpu_check)
+
 TYPE_IDS = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "bf16": 30}
 # the other ggml block types pyllm reads, runs (csrc/types_kquants.c) and writes (csrc/quantize_kquants.c):
 # llama.cpp's legacy 4/5-bit types, its K-quants and the IQ4 non-linear types
@@ -200,6 +205,32 @@ cdef size_t _quant_row_bytes(int type_id, int64_t n, str what) except 0:
         raise ValueError(f"{what}: {tt.name.decode()} rows must be a positive multiple of {tt.blck} elements, got {n}")
     return row_bytes(type_id, n)
 
+def default_threads():
+    """The CPUs this process may use (its affinity mask where the system has one), as n_threads=0 means."""
+    return pl_default_threads()
+
+
+def pool_selftest(int n_threads, int64_t n_items):
+    """Runs the C thread pool (csrc/thread_pool.c) on n_threads threads over n_items items with each
+    of its loop splits and 200 barrier rounds; returns (errors, distinct OS threads that ran items)."""
+    _check_threads(n_threads, "pool_selftest()")
+    if n_items < 0:
+        raise ValueError(f"pool_selftest(): n_items must be >= 0, got {n_items}")
+    cdef int distinct = 0, errors
+    with nogil:
+        errors = pl_par_selftest(n_threads if n_threads > 0 else pl_default_threads(), n_items, &distinct)
+    if errors < 0:
+        raise MemoryError("pool_selftest()")
+    return errors, distinct
+
+
+def pool_spin_us(int us=-1, int job_us=-1, int cpu_check=-1):
+    """How long (microseconds) a pool thread waiting at a barrier (us) or for its next job (job_us)
+    spins before it sleeps, and whether one that shares its CPU with a partner sleeps at once
+    (cpu_check 1 / 0); sets those >= 0 (for benchmarks). Returns the previous barrier spin."""
+    return pl_par_spin_us(us, job_us, cpu_check)
+
+
 def quantize(int type_id, x, n_threads=0):
     """Convert a float32 (rows, n) array to type_id with n_threads (0: all); returns a uint8 array of
     rows * row_bytes bytes. This is the path files are written and quantized-on-load with."""
@@ -213,8 +244,7 @@ def quantize(int type_id, x, n_threads=0):
     cdef unsigned char[::1] o = out
     cdef int nth = _check_threads(n_threads, "quantize()")
     if nth == 0:
-        import os
-        nth = min(len(os.sched_getaffinity(0)), PL_MAX_THREADS)
+        nth = min(pl_default_threads(), PL_MAX_THREADS)
     cdef int r = 0
     if rows:
         with nogil:
@@ -250,8 +280,7 @@ def quantize_weighted(int type_id, x, importance=None, n_threads=0):
     cdef int r = 0
     cdef int nth = _check_threads(n_threads, "quantize_weighted()")
     if nth == 0:
-        import os
-        nth = min(len(os.sched_getaffinity(0)), PL_MAX_THREADS)
+        nth = min(pl_default_threads(), PL_MAX_THREADS)
     if rows:
         with nogil:
             r = pl_quantize_rows_weighted(type_id, &a[0, 0], &o[0], rows, n, ip, nth)
@@ -615,7 +644,7 @@ cdef class Runner:
     def forward(self, list caches, tokens, positions, seqs, out_rows, n_threads=0):
         """Run a batch. tokens/positions/seqs: integers per token; out_rows: batch indices whose logits
         are returned as a float32 array (len(out_rows), n_vocab). n_threads: 1..MAX_THREADS, or 0 for
-        the OpenMP default."""
+        all the CPUs the process may use."""
         cdef int nth = _check_threads(n_threads, "forward()")
         cdef const int32_t[::1] tok = _int32_array(tokens, "tokens")
         cdef const int32_t[::1] pos = _int32_array(positions, "positions")

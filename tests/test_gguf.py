@@ -28,7 +28,7 @@ QUANTS = ("f16", "bf16", "q8_0", "q4_0")
 ARCHS = ("llama2", "llama3", "mistral")
 TYPE_OF = {"f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2}
 FILE_TYPE = {"f16": 1, "bf16": 32, "q8_0": 7, "q4_0": 2}
-# one thread: these models are tiny, results do not depend on the thread count, and OpenMP barriers on a
+# one thread: these models are tiny, results do not depend on the thread count, and thread barriers on a
 # loaded CI machine can make multi-threaded decoding of a 4M-parameter model 100x slower
 THREADS = 1
 

@@ -16,7 +16,7 @@ command -v "$CC" >/dev/null || { echo "test_arm.sh: $CC not found"; exit 3; }
 command -v "$QEMU" >/dev/null || { echo "test_arm.sh: $QEMU not found"; exit 3; }
 mkdir -p "$BUILD"
 # the engine's flags (CMakeLists.txt): no FP contraction, so the scalar reference stays the reference
-CFLAGS="-O2 -std=gnu11 -Wall -Wno-unused-function -fno-math-errno -ffp-contract=off -fopenmp -Icsrc -DPYLLM_NEON=1 -DPYLLM_NEON_I8MM=1"
+CFLAGS="-O2 -std=gnu11 -Wall -Wno-unused-function -fno-math-errno -ffp-contract=off -pthread -Icsrc -DPYLLM_NEON=1 -DPYLLM_NEON_I8MM=1"
 objs=()
 compile() { # src extra-flags...
     local src=$1; shift
@@ -51,9 +51,9 @@ while [ $# -ge 4 ]; do
         read -r cpu_name isa <<<"$run"
         echo "== qemu-aarch64 -cpu $cpu_name, PYLLM_ISA=$isa: generate_gguf $1"
         if [ "$isa" = - ]; then
-            env -u PYLLM_ISA OMP_NUM_THREADS=2 "$QEMU" -cpu "$cpu_name" "$BUILD/generate_gguf" "$1" "$2" "$3" "$4" || status=1
+            env -u PYLLM_ISA "$QEMU" -cpu "$cpu_name" "$BUILD/generate_gguf" "$1" "$2" "$3" "$4" || status=1
         else
-            env PYLLM_ISA="$isa" OMP_NUM_THREADS=2 "$QEMU" -cpu "$cpu_name" "$BUILD/generate_gguf" "$1" "$2" "$3" "$4" || status=1
+            env PYLLM_ISA="$isa" "$QEMU" -cpu "$cpu_name" "$BUILD/generate_gguf" "$1" "$2" "$3" "$4" || status=1
         fi
     done
     shift 4
