@@ -86,7 +86,7 @@ def test_quantize_identical_for_any_thread_count():
         ref = _engine.quantize(t, x, n_threads=1)
         for nth in (2, 3, 4):
             assert np.array_equal(_engine.quantize(t, x, n_threads=nth), ref)
-    for t in (_engine.TYPE_IDS["q4_0"], _engine.READ_ONLY_TYPE_IDS["q4_k"]):  # the searches: dynamic
+    for t in (_engine.TYPE_IDS["q4_0"], _engine.BLOCK_TYPE_IDS["q4_k"]):  # the searches: dynamic
         ref = _engine.quantize_weighted(t, x, imp, n_threads=1)
         for nth in (2, 3, 4):
             assert np.array_equal(_engine.quantize_weighted(t, x, imp, n_threads=nth), ref)
