@@ -45,15 +45,18 @@
 #define KQP_MAXC_6 4
 #endif
 
-/* AVX-512: v's value made opaque to the compiler, at no cost, after each group's sum is added: GCC
- * otherwise reassociates the per-group sums into a tree and moves their multiplies down, so the C
- * pending sums of several groups no longer fit the 32 registers and go through the stack (measured
- * in one process on the Zen 5 build machine: prefill +14% Q6_K .. +30% Q2_K). AVX2 (16 registers):
- * mixed, so left out there. */
-#if defined(__x86_64__) && KV_LANES == 16
-#define KQP_OPAQUE(v) __asm__("" : "+v"(v))
+/* x86: v's value made opaque to the compiler, at no cost, after each group's sum is added (qt: where
+ * it is done): GCC otherwise reassociates the per-group sums into a tree and moves their multiplies
+ * down, so the C pending sums of several groups no longer fit the registers and go through the stack
+ * (measured in one process on a Zen 5: AVX-512 prefill +14% Q6_K .. +30% Q2_K; AVX2 +0..12%, except
+ * Q3_K's prefill, 28% slower with it) */
+#if defined(__x86_64__)
+#define KQP_OPAQUE(qt, v)                                      \
+    do {                                                       \
+        if (KV_LANES == 16 || (qt) != KQP_Q3_K) __asm__("" : "+v"(v)); \
+    } while (0)
 #else
-#define KQP_OPAQUE(v) ((void)0)
+#define KQP_OPAQUE(qt, v) ((void)0)
 #endif
 
 enum { KQP_Q4_K = 0, KQP_Q6_K = 1, KQP_Q5_K = 2, KQP_IQ4_XS = 3, KQP_Q3_K = 4, KQP_Q2_K = 5 };
@@ -90,7 +93,7 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
                     /* w[v] holds weights 32s + 4v .. (v < 4) and 32s + 16 + 4(v - 4) ..: q8 + 4v for both */
                     const kv_i sd = kv_sdot_s8(8, w, ab + 4 + 32 * s, sc, kqp_bsum(ab, 2 * s) + kqp_bsum(ab, 2 * s + 1));
                     isum[c] = s ? kv_add(isum[c], sd) : sd;
-                    KQP_OPAQUE(isum[c]);
+                    KQP_OPAQUE(qt, isum[c]);
                 }
             }
             const kv_f d = kv_fp16(rec + 2 * lo);
@@ -123,9 +126,9 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
                     const kv_i sd = kv_sdot(8, wide ? 8 : qt == KQP_Q5_K ? 5 : 4, w, q8, sc, 0, wide ? 4 : 0);
                     const kv_i ms = kv_mullo(mn, kv_set1(kqp_bsum(ab, 2 * s) + kqp_bsum(ab, 2 * s + 1)));
                     isum[c] = s ? kv_add(isum[c], sd) : sd;
-                    KQP_OPAQUE(isum[c]);
+                    KQP_OPAQUE(qt, isum[c]);
                     imin[c] = s ? kv_add(imin[c], ms) : ms;
-                    KQP_OPAQUE(imin[c]);
+                    KQP_OPAQUE(qt, imin[c]);
                 }
             }
             const kv_f d = kv_fp16(rec + 2 * lo), dmin = kv_fp16(rec + 32 + 2 * lo);
@@ -138,6 +141,12 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
         } else { /* Q6_K, Q3_K, Q2_K: 16 groups of 16 weights with a scale each */
             kv_i imin[KQP_MAXC]; /* Q2_K */
             const size_t qoff = qt == KQP_Q2_K ? 576 : 320; /* Q2_K / Q3_K: qs words (then Q3_K's hmask) */
+#ifdef KV_OFFS16
+            /* the offset corrections of Q6_K's values (stored + 32) and Q3_K's (+ 4) per group */
+            _Alignas(32) uint8_t corr[qt == KQP_Q2_K ? 1 : KQP_MAXC][256];
+            if (qt != KQP_Q2_K)
+                UNROLL for (int c = 0; c < C; c++) kv_offs16(a + (size_t)c * as + (size_t)b * KQ_Q8K + 4, qt == KQP_Q6_K ? 32 : 4, corr[c]);
+#endif
             UNROLL for (int g = 0; g < 16; g++) { /* group g: 16 weights 128h + 32k + 4v + i, v = 4 (g % 2) .. + 3 */
                 const int h = g / 8, k = (g % 8) / 2, v0 = 4 * (g % 2);
                 kv_i w[4];
@@ -162,14 +171,18 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
                 UNROLL for (int c = 0; c < C; c++) {
                     const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K, *q8 = ab + 4 + 16 * g;
                     /* Q6_K's values are stored + 32, Q3_K's + 4 */
+#ifdef KV_OFFS16
+                    const kv_i sd = qt == KQP_Q2_K ? kv_sdot(4, 2, w, q8, sc, 0, 0) : kv_sdot_c16(w, q8, sc, corr[c] + 16 * g);
+#else
                     const int32_t init = qt == KQP_Q6_K ? -32 * kqp_bsum(ab, g) : qt == KQP_Q3_K ? -4 * kqp_bsum(ab, g) : 0;
                     const kv_i sd = kv_sdot(4, qt == KQP_Q6_K ? 6 : qt == KQP_Q3_K ? 3 : 2, w, q8, sc, init, 0);
+#endif
                     isum[c] = g ? kv_add(isum[c], sd) : sd;
-                    KQP_OPAQUE(isum[c]);
+                    KQP_OPAQUE(qt, isum[c]);
                     if (qt == KQP_Q2_K) {
                         const kv_i ms = kv_mullo(kv_u8(rec + 320 + 16 * g + lo), kv_set1(kqp_bsum(ab, g)));
                         imin[c] = g ? kv_add(imin[c], ms) : ms;
-                        KQP_OPAQUE(imin[c]);
+                        KQP_OPAQUE(qt, imin[c]);
                     }
                 }
             }
