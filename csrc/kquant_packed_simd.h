@@ -19,6 +19,10 @@
  *   kv_u8(p) / kv_s8(p): KV_LANES bytes zero / sign extended to the lanes; kv_fp16(p): KV_LANES fp16;
  *   kv_cvt(i), kv_fset1(f), kv_fzero(), kv_fadd, kv_fsub, kv_fmul; kv_store(out, v, rows) (lanes
  *   < rows); UNROLL (a full-unroll pragma).
+ * Optional: KV_OFFS16 (AVX2) with kv_offs16(q8, off, dst) (per 16-weight group g of a Q8_K block, off x
+ *   its activation sums as the int16 pair of the dword at dst + 16 g) and kv_sdot_c16(w, q8, sc, corr)
+ *   (sc x the dot of 4 vectors of values stored + off, less that correction): Q6_K / Q3_K then take
+ *   their offset in the int16 sums instead of an int32 start value times the scales.
  * Per super-block each lane sums its row's integer dot products exactly (int32, as the reference) and
  * combines them with the reference's float operations in its order (the build has no FP contraction),
  * so every ISA equals the scalar reference bit for bit and a row's result never depends on the batch. */
