@@ -3,8 +3,9 @@
  *  - float weights (F32/F16/BF16) x fp32 activations: weights widened to fp32 on the fly,
  *    activations stay fp32; gemm = 4 weight rows x 2 activation rows register tiles; scalar tails
  *    (no read past a row, any alignment).
- *  - packed Q4_0 / Q8_0 weights (tensor_types.h) x q8x activations (Q4_0: vpmaddubsw of the nibbles,
- *    Q8_0: bytes sign-extended to int16 and vpmaddwd, exact for every input), each 64-byte vector as
+ *  - packed Q4_0 / Q8_0 weights (tensor_types.h) x q8x activations (Q4_0: vpmaddubsw of the nibbles;
+ *    Q8_0: vpmaddubsw of |w| and the activations with w's sign, or, for activation rows holding a
+ *    -128, bytes widened to int16 and vpmaddwd; exact for every input), each 64-byte vector as
  *    two 8-row halves; packed Q4_K / Q6_K x Q8_K: the kernels of kquant_packed_simd.h. Unpacked rows
  *    of every integer type (PYLLM_REPACK=0) run kquant_dots_avx2.h's vec_dots.
  *  - Q8_0 / Q8_K from_float and F16/BF16/Q8_0/Q4_0 to_float (bit-identical to the scalar reference),
@@ -569,10 +570,91 @@ PKT_DEF(q8_0, 1) PKT_DEF(q8_0, 2) PKT_DEF(q8_0, 3) PKT_DEF(q8_0, 4)
 static const pl_pk_tile_fn pk_tile_tab[2][PKC] = {{pk_tile_q4_0_1, pk_tile_q4_0_2, pk_tile_q4_0_3, pk_tile_q4_0_4},
                                                {pk_tile_q8_0_1, pk_tile_q8_0_2, pk_tile_q8_0_3, pk_tile_q8_0_4}};
 
+/* ---- Q8_0 through vpmaddubsw (the sign trick): per 32-bit lane, |w| (u8) x (a with w's sign) (s8), the
+ * int16 pair sums (at most 2 x 128 x 127 = 32512: exact) widened by vpmaddwd by 1 at once. One
+ * multiply fewer per vector than the int16 path above and no activation unpacking, so the prefill
+ * tile runs ~1.5x faster. Exact unless an activation byte is -128 (its sign flip wraps): Q8_0 from
+ * a finite block never holds one (|q| <= 127), only degenerate blocks do (a denormal scale, inf);
+ * q8_0_gemm_packed checks the activation rows once per call and takes the int16 path for them. */
+AI __m256i sq8_dot(__m256i aw, __m256i w, __m256i x, __m256i acc) {
+    const __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(x, w));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+AI __m256i sq8_w(const uint8_t *q) { return _mm256_xor_si256(_mm256_load_si256((const __m256i *)q), _mm256_set1_epi8((char)0x80)); }
+
+/* C activation rows x 8 weight rows (half h of a group), exact int32 block dots */
+AI void sq8_tile(const int C, int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out, size_t os, int rows) {
+    const uint8_t *ab[PKC];
+    const float *ad[PKC];
+    UNROLL for (int c = 0; c < C; c++) {
+        ab[c] = a + (size_t)c * as + 2;
+        ad[c] = (const float *)(a + (size_t)c * as + pk_d_off(nb));
+    }
+    UNROLL for (int h = 0; h < 2; h++) {
+        if (rows <= 8 * h) break;
+        __m256 fa[PKC];
+        UNROLL for (int c = 0; c < C; c++) fa[c] = _mm256_setzero_ps();
+        for (int b = 0; b < nb; b++) {
+            const uint8_t *q = gp + pl_pk_q(b, 32) + 32 * h;
+            if (h == 0)
+                for (int i = 0; i < 9; i++) _mm_prefetch((const char *)q + PK_PREFETCH + 64 * i, _MM_HINT_T0);
+            __m256i acc[PKC];
+            UNROLL for (int c = 0; c < C; c++) acc[c] = _mm256_setzero_si256();
+            UNROLL for (int k = 0; k < 8; k++) {
+                const __m256i w = sq8_w(q + 64 * k), aw = _mm256_abs_epi8(w);
+                UNROLL for (int c = 0; c < C; c++) acc[c] = sq8_dot(aw, w, bcast32(ab[c] + (size_t)b * Q8B + 4 * k), acc[c]);
+            }
+            const __m256 dw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(gp + pl_pk_d(b, 32) + 16 * h)));
+            UNROLL for (int c = 0; c < C; c++) fa[c] = pk_accum(fa[c], acc[c], dw, _mm256_set1_ps(ad[c][b]));
+        }
+        UNROLL for (int c = 0; c < C; c++) store_rows(out + (size_t)c * os + 8 * h, fa[c], rows - 8 * h);
+    }
+}
+static void sq8_gemv(int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) {
+    const float *ad = (const float *)(a + pk_d_off(nb));
+    __m256 fa[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *q = gp + pl_pk_q(b, 32), *ab = a + (size_t)b * Q8B + 2;
+        __m256i acc[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+        UNROLL for (int k = 0; k < 8; k++) {
+            const __m256i x = bcast32(ab + 4 * k);
+            UNROLL for (int h = 0; h < 2; h++) {
+                const __m256i w = sq8_w(q + 64 * k + 32 * h);
+                acc[h] = sq8_dot(_mm256_abs_epi8(w), w, x, acc[h]);
+            }
+        }
+        const __m256 da = _mm256_set1_ps(ad[b]);
+        UNROLL for (int h = 0; h < 2; h++)
+            fa[h] = pk_accum(fa[h], acc[h], _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(gp + pl_pk_d(b, 32) + 16 * h))), da);
+    }
+    store_rows(out, fa[0], rows);
+    if (rows > 8) store_rows(out + 8, fa[1], rows - 8);
+}
+#define SQ8_DEF(C)                                                                                               \
+    static void sq8_tile_##C(int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out, size_t os, int rows) { \
+        sq8_tile(C, nb, gp, a, as, out, os, rows);                                                                \
+    }
+SQ8_DEF(1) SQ8_DEF(2) SQ8_DEF(3) SQ8_DEF(4)
+static const pl_pk_tile_fn sq8_tile_tab[PKC] = {sq8_tile_1, sq8_tile_2, sq8_tile_3, sq8_tile_4};
+
+/* any quant byte -128 in nc activation rows of nb blocks (as apart)? */
+static int acts_hold_m128(int nb, const uint8_t *a, size_t as, int nc) {
+    const __m256i m = _mm256_set1_epi8((char)0x80);
+    __m256i any = _mm256_setzero_si256();
+    for (int c = 0; c < nc; c++)
+        for (int b = 0; b < nb; b++)
+            any = _mm256_or_si256(any, _mm256_cmpeq_epi8(_mm256_loadu_si256((const __m256i *)(a + (size_t)c * as + (size_t)b * Q8B + 2)), m));
+    return !_mm256_testz_si256(any, any);
+}
+
 static void q4_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
     pl_pk_gemm_drive(PL_TYPE_Q4_0, PL_QK, pk_gemv_q4_0, pk_tile_tab[QT_q4_0], PKC, n, nr, nc, w, a, as, out, os);
 }
 static void q8_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
+    if (!acts_hold_m128(n / PL_QK, (const uint8_t *)a, as, nc)) {
+        pl_pk_gemm_drive(PL_TYPE_Q8_0, PL_QK, sq8_gemv, sq8_tile_tab, PKC, n, nr, nc, w, a, as, out, os);
+        return;
+    }
     pl_pk_gemm_drive(PL_TYPE_Q8_0, PL_QK, pk_gemv_q8_0, pk_tile_tab[QT_q8_0], PKC, n, nr, nc, w, a, as, out, os);
 }
 
