@@ -516,51 +516,33 @@ AI void pk_tile(const int qt, const int C, int nb, const uint8_t *gp, const uint
     }
 }
 
-/* decode: one group (both halves) x one activation row; each activation broadcast serves 16 rows */
-AI void pk_gemv(const int qt, int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) {
-    const int QB = qt == QT_q4_0 ? 16 : 32;
-    const int32_t *ac = (const int32_t *)(a + pk_c_off(qt, nb));
+/* decode, Q8_0 activation rows holding a -128 (see sq8_gemv): one group (both halves) x one activation
+ * row, bytes widened to int16 (weights zero-extended, activations sign-extended) and vpmaddwd */
+static void pk_gemv_q8_0(int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) {
+    const int32_t *ac = (const int32_t *)(a + pk_c_off(QT_q8_0, nb));
     const float *ad = (const float *)(a + pk_d_off(nb));
+    const __m256i m8 = _mm256_set1_epi16(0x00FF);
     __m256 fa[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int b = 0; b < nb; b++) {
-        const uint8_t *q = gp + pl_pk_q(b, QB), *ab = a + (size_t)b * Q8B + 2;
-        const __m256i corr = _mm256_set1_epi32(ac[b]);
+        const uint8_t *q = gp + pl_pk_q(b, 32), *ab = a + (size_t)b * Q8B + 2;
         __m256i acc[2];
-        if (qt == QT_q4_0) {
-            const __m256i m4 = _mm256_set1_epi8(0x0F);
-            __m256i s[2];
-            UNROLL for (int k = 0; k < 4; k++) {
-                const __m256i alo = bcast32(ab + 4 * k), ahi = bcast32(ab + 16 + 4 * k);
-                UNROLL for (int h = 0; h < 2; h++) {
-                    const __m256i v = _mm256_load_si256((const __m256i *)(q + 64 * k + 32 * h));
-                    const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(v, m4), alo),
-                                                       _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), ahi));
-                    s[h] = k == 0 ? p : _mm256_add_epi16(s[h], p);
-                }
-            }
-            UNROLL for (int h = 0; h < 2; h++) acc[h] = _mm256_add_epi32(_mm256_madd_epi16(s[h], _mm256_set1_epi16(1)), corr);
-        } else {
-            const __m256i m8 = _mm256_set1_epi16(0x00FF);
-            acc[0] = acc[1] = corr;
-            UNROLL for (int k = 0; k < 8; k++) {
-                const __m256i x = bcast32(ab + 4 * k);
-                const __m256i xe = _mm256_srai_epi16(_mm256_slli_epi16(x, 8), 8), xo = _mm256_srai_epi16(x, 8);
-                UNROLL for (int h = 0; h < 2; h++) {
-                    const __m256i v = _mm256_load_si256((const __m256i *)(q + 64 * k + 32 * h));
-                    acc[h] = _mm256_add_epi32(acc[h], _mm256_add_epi32(_mm256_madd_epi16(_mm256_and_si256(v, m8), xe),
-                                                                       _mm256_madd_epi16(_mm256_srli_epi16(v, 8), xo)));
-                }
+        acc[0] = acc[1] = _mm256_set1_epi32(ac[b]);
+        UNROLL for (int k = 0; k < 8; k++) {
+            const __m256i x = bcast32(ab + 4 * k);
+            const __m256i xe = _mm256_srai_epi16(_mm256_slli_epi16(x, 8), 8), xo = _mm256_srai_epi16(x, 8);
+            UNROLL for (int h = 0; h < 2; h++) {
+                const __m256i v = _mm256_load_si256((const __m256i *)(q + 64 * k + 32 * h));
+                acc[h] = _mm256_add_epi32(acc[h], _mm256_add_epi32(_mm256_madd_epi16(_mm256_and_si256(v, m8), xe),
+                                                                   _mm256_madd_epi16(_mm256_srli_epi16(v, 8), xo)));
             }
         }
         const __m256 da = _mm256_set1_ps(ad[b]);
         UNROLL for (int h = 0; h < 2; h++)
-            fa[h] = pk_accum(fa[h], acc[h], _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(gp + pl_pk_d(b, QB) + 16 * h))), da);
+            fa[h] = pk_accum(fa[h], acc[h], _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(gp + pl_pk_d(b, 32) + 16 * h))), da);
     }
     store_rows(out, fa[0], rows);
     if (rows > 8) store_rows(out + 8, fa[1], rows - 8);
 }
-static void pk_gemv_q4_0(int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) { pk_gemv(QT_q4_0, nb, gp, a, out, rows); }
-static void pk_gemv_q8_0(int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) { pk_gemv(QT_q8_0, nb, gp, a, out, rows); }
 
 #define PKT_DEF(qt, C)                                                                                          \
     static void pk_tile_##qt##_##C(int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out, size_t os, \
@@ -615,23 +597,53 @@ AI void sq8_tile(const int C, int nb, const uint8_t *gp, const uint8_t *a, size_
 }
 static void sq8_gemv(int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) {
     const float *ad = (const float *)(a + pk_d_off(nb));
-    __m256 fa[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 f0 = _mm256_setzero_ps(), f1 = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const uint8_t *q = gp + pl_pk_q(b, 32), *ab = a + (size_t)b * Q8B + 2;
-        __m256i acc[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+        __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
         UNROLL for (int k = 0; k < 8; k++) {
             const __m256i x = bcast32(ab + 4 * k);
-            UNROLL for (int h = 0; h < 2; h++) {
-                const __m256i w = sq8_w(q + 64 * k + 32 * h);
-                acc[h] = sq8_dot(_mm256_abs_epi8(w), w, x, acc[h]);
-            }
+            const __m256i w0 = sq8_w(q + 64 * k), w1 = sq8_w(q + 64 * k + 32);
+            s0 = sq8_dot(_mm256_abs_epi8(w0), w0, x, s0);
+            s1 = sq8_dot(_mm256_abs_epi8(w1), w1, x, s1);
+            __asm__("" : "+x"(s0), "+x"(s1)); /* one vector at a time (GCC had spilled the products) */
         }
         const __m256 da = _mm256_set1_ps(ad[b]);
-        UNROLL for (int h = 0; h < 2; h++)
-            fa[h] = pk_accum(fa[h], acc[h], _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(gp + pl_pk_d(b, 32) + 16 * h))), da);
+        const uint8_t *d = gp + pl_pk_d(b, 32);
+        f0 = pk_accum(f0, s0, _mm256_cvtph_ps(_mm_load_si128((const __m128i *)d)), da);
+        f1 = pk_accum(f1, s1, _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(d + 16))), da);
     }
-    store_rows(out, fa[0], rows);
-    if (rows > 8) store_rows(out + 8, fa[1], rows - 8);
+    store_rows(out, f0, rows);
+    if (rows > 8) store_rows(out + 8, f1, rows - 8);
+}
+/* decode Q4_0: one group (both halves) x one activation row, each activation broadcast serving 16 rows;
+ * int16 sums of 16 products (<= 15 x 128 x 16 = 30720: exact) */
+static void q4_gemv(int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) {
+    const int32_t *ac = (const int32_t *)(a + pk_c_off(QT_q4_0, nb));
+    const float *ad = (const float *)(a + pk_d_off(nb));
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 f0 = _mm256_setzero_ps(), f1 = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *q = gp + pl_pk_q(b, 16), *ab = a + (size_t)b * Q8B + 2;
+        __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+        UNROLL for (int k = 0; k < 4; k++) {
+            const __m256i alo = bcast32(ab + 4 * k), ahi = bcast32(ab + 16 + 4 * k);
+            const __m256i v0 = _mm256_load_si256((const __m256i *)(q + 64 * k));
+            const __m256i v1 = _mm256_load_si256((const __m256i *)(q + 64 * k + 32));
+            s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(_mm256_and_si256(v0, m4), alo));
+            s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(_mm256_and_si256(v1, m4), alo));
+            s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v0, 4), m4), ahi));
+            s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v1, 4), m4), ahi));
+            __asm__("" : "+x"(s0), "+x"(s1));
+        }
+        const __m256i corr = _mm256_set1_epi32(ac[b]), one = _mm256_set1_epi16(1);
+        const __m256 da = _mm256_set1_ps(ad[b]);
+        const uint8_t *d = gp + pl_pk_d(b, 16);
+        f0 = pk_accum(f0, _mm256_add_epi32(_mm256_madd_epi16(s0, one), corr), _mm256_cvtph_ps(_mm_load_si128((const __m128i *)d)), da);
+        f1 = pk_accum(f1, _mm256_add_epi32(_mm256_madd_epi16(s1, one), corr), _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(d + 16))), da);
+    }
+    store_rows(out, f0, rows);
+    if (rows > 8) store_rows(out + 8, f1, rows - 8);
 }
 #define SQ8_DEF(C)                                                                                               \
     static void sq8_tile_##C(int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out, size_t os, int rows) { \
@@ -651,7 +663,7 @@ static int acts_hold_m128(int nb, const uint8_t *a, size_t as, int nc) {
 }
 
 static void q4_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
-    pl_pk_gemm_drive(PL_TYPE_Q4_0, PL_QK, pk_gemv_q4_0, pk_tile_tab[QT_q4_0], PKC, n, nr, nc, w, a, as, out, os);
+    pl_pk_gemm_drive(PL_TYPE_Q4_0, PL_QK, q4_gemv, pk_tile_tab[QT_q4_0], PKC, n, nr, nc, w, a, as, out, os);
 }
 static void q8_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
     if (!acts_hold_m128(n / PL_QK, (const uint8_t *)a, as, nc)) {
