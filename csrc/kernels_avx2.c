@@ -652,6 +652,42 @@ static void q4_gemv(int nb, const uint8_t *gp, const uint8_t *a, float *out, int
 SQ8_DEF(1) SQ8_DEF(2) SQ8_DEF(3) SQ8_DEF(4) SQ8_DEF(5) SQ8_DEF(6)
 static const pl_pk_tile_fn sq8_tile_tab[PKC] = {sq8_tile_1, sq8_tile_2, sq8_tile_3, sq8_tile_4, sq8_tile_5, sq8_tile_6};
 
+/* Q4_0 / Q8_0's pack_act (pl_pack_act_row in types_scalar.c, the same bytes): the Q8_0 row, then per
+ * block the fp32 scale and the corrections -8 x / -128 x the sum of its quants, that sum by vpmaddubsw
+ * (1 x q) and vpmaddwd, four blocks at a time */
+static void q8x_pack_act(pl_from_float_fn q8_from_float, const float *x, void *dst, int64_t n) {
+    const int64_t nb = n / PL_QK;
+    const size_t ad = pl_round64((size_t)nb * 4);
+    uint8_t *y = (uint8_t *)dst;
+    q8_from_float(x, y, n);
+    float *d = (float *)(y + pl_round64((size_t)nb * Q8B));
+    int32_t *c4 = (int32_t *)((uint8_t *)d + ad), *c8 = (int32_t *)((uint8_t *)d + 2 * ad);
+    const __m256i one8 = _mm256_set1_epi8(1), one16 = _mm256_set1_epi16(1);
+    int64_t b = 0;
+    for (; b + 4 <= nb; b += 4) {
+        __m256i s[4];
+        UNROLL for (int i = 0; i < 4; i++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(y + (size_t)(b + i) * Q8B + 2));
+            s[i] = _mm256_madd_epi16(_mm256_maddubs_epi16(one8, q), one16); /* 8 int32 partial sums */
+        }
+        /* horizontal: [s0 s1 s2 s3] -> one int32 per block */
+        const __m256i t01 = _mm256_hadd_epi32(s[0], s[1]), t23 = _mm256_hadd_epi32(s[2], s[3]);
+        const __m256i t = _mm256_hadd_epi32(t01, t23); /* lane: b0 b1 b2 b3 (low half) + same (high half) */
+        const __m128i sum = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+        _mm_storeu_si128((__m128i *)(c4 + b), _mm_mullo_epi32(sum, _mm_set1_epi32(-8)));
+        _mm_storeu_si128((__m128i *)(c8 + b), _mm_mullo_epi32(sum, _mm_set1_epi32(-128)));
+        UNROLL for (int i = 0; i < 4; i++) d[b + i] = pl_ld_fp16(y + (size_t)(b + i) * Q8B);
+    }
+    for (; b < nb; b++) {
+        const uint8_t *blk = y + (size_t)b * Q8B;
+        int32_t sum = 0;
+        for (int j = 0; j < PL_QK; j++) sum += (int8_t)blk[2 + j];
+        d[b] = pl_ld_fp16(blk);
+        c4[b] = -8 * sum;
+        c8[b] = -128 * sum;
+    }
+}
+
 /* any quant byte -128 in nc activation rows of nb blocks (as apart)? */
 static int acts_hold_m128(int nb, const uint8_t *a, size_t as, int nc) {
     const __m256i m = _mm256_set1_epi8((char)0x80);
@@ -767,7 +803,9 @@ PL_BASELINE_FN void pl_kernels_init_avx2(pl_kernels *k) {
     t->gemm_packed = q8_0_gemm_packed;
     t->to_float = q8_0_to_float;
     t->from_float = q8_0_from_float;
+    t->pack_act = q8x_pack_act;
     t = &k->types[PL_TYPE_Q4_0];
+    t->pack_act = q8x_pack_act; /* the same function for both: matmul.c shares one activation form */
     t->vec_dot = kq_q4_0_vec_dot;
     t->gemm_packed = q4_0_gemm_packed;
     t->to_float = q4_0_to_float;

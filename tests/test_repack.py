@@ -110,6 +110,7 @@ def test_pack_acts_layout():
     for n in NS:
         x = rng.standard_normal((3, n)).astype(np.float32)
         x[0, :32] = 0.0
+        x[1, :32], x[2, -32:] = 3.0, -3.0  # blocks of +127 / -127: the extreme block sums
         for isa in ISAS:
             _engine.set_isa(isa)
             got = _engine.pack_acts(x)
