@@ -3,8 +3,9 @@
  *  - float weights (F32/F16/BF16) x fp32 activations: weights widened to fp32 on the fly,
  *    activations stay fp32; gemm = 4 weight rows x 2 activation rows register tiles; scalar tails
  *    (no read past a row, any alignment).
- *  - packed Q4_0 / Q8_0 weights (tensor_types.h) x q8x activations (Q4_0: vpmaddubsw of the nibbles,
- *    Q8_0: bytes sign-extended to int16 and vpmaddwd, exact for every input), each 64-byte vector as
+ *  - packed Q4_0 / Q8_0 weights (tensor_types.h) x q8x activations (Q4_0: vpmaddubsw of the nibbles;
+ *    Q8_0: vpmaddubsw of |w| and the activations with w's sign, or, for activation rows holding a
+ *    -128, bytes widened to int16 and vpmaddwd; exact for every input), each 64-byte vector as
  *    two 8-row halves; packed Q4_K / Q6_K x Q8_K: the kernels of kquant_packed_simd.h. Unpacked rows
  *    of every integer type (PYLLM_REPACK=0) run kquant_dots_avx2.h's vec_dots.
  *  - Q8_0 / Q8_K from_float and F16/BF16/Q8_0/Q4_0 to_float (bit-identical to the scalar reference),
@@ -421,7 +422,7 @@ static void swiglu_f32(float *gate, const float *up, int n) {
  * activations sign-extended) and vpmaddwd (exact), then the -128 correction c8. Rows are summed
  * block by block with the scalar reference's roundings: bit-identical results. */
 #define PKR PL_PACK_ROWS
-#define PKC 4 /* prefill: activation rows per pass */
+#define PKC 6 /* prefill: activation rows per pass (6 over 4: Q4_0 +5-8%, Q8_0 +1%; 5 is between) */
 /* the tile prefetches the group stream this far ahead: a pass over several activation rows computes
  * longer per weight byte than decode and the hardware prefetcher alone falls behind (as in the
  * AVX-512 file; batched decode of 4-8 rows ~25% faster) */
@@ -455,14 +456,16 @@ AI void pk_block_dots(const int qt, const int C, const uint8_t *q, const uint8_t
     if (qt == QT_q4_0) {
         const __m256i m4 = _mm256_set1_epi8(0x0F);
         __m256i s[PKC];
+        UNROLL for (int c = 0; c < C; c++) s[c] = _mm256_setzero_si256();
         UNROLL for (int k = 0; k < 4; k++) {
             const __m256i v = _mm256_load_si256((const __m256i *)(q + 64 * k));
             const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
             UNROLL for (int c = 0; c < C; c++) {
-                const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, bcast32(ab[c] + 4 * k)),
-                                                   _mm256_maddubs_epi16(hi, bcast32(ab[c] + 16 + 4 * k)));
-                s[c] = k == 0 ? p : _mm256_add_epi16(s[c], p);
+                s[c] = _mm256_add_epi16(s[c], _mm256_maddubs_epi16(lo, bcast32(ab[c] + 4 * k)));
+                s[c] = _mm256_add_epi16(s[c], _mm256_maddubs_epi16(hi, bcast32(ab[c] + 16 + 4 * k)));
             }
+            /* keeps GCC from computing every product of the block first (it spilled them) */
+            UNROLL for (int c = 0; c < C; c++) __asm__("" : "+x"(s[c]));
         }
         UNROLL for (int c = 0; c < C; c++)
             acc[c] = _mm256_add_epi32(_mm256_madd_epi16(s[c], _mm256_set1_epi16(1)), _mm256_set1_epi32(ac[c][b]));
@@ -513,66 +516,196 @@ AI void pk_tile(const int qt, const int C, int nb, const uint8_t *gp, const uint
     }
 }
 
-/* decode: one group (both halves) x one activation row; each activation broadcast serves 16 rows */
-AI void pk_gemv(const int qt, int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) {
-    const int QB = qt == QT_q4_0 ? 16 : 32;
-    const int32_t *ac = (const int32_t *)(a + pk_c_off(qt, nb));
+/* decode, Q8_0 activation rows holding a -128 (see sq8_gemv): one group (both halves) x one activation
+ * row, bytes widened to int16 (weights zero-extended, activations sign-extended) and vpmaddwd */
+static void pk_gemv_q8_0(int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) {
+    const int32_t *ac = (const int32_t *)(a + pk_c_off(QT_q8_0, nb));
     const float *ad = (const float *)(a + pk_d_off(nb));
+    const __m256i m8 = _mm256_set1_epi16(0x00FF);
     __m256 fa[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int b = 0; b < nb; b++) {
-        const uint8_t *q = gp + pl_pk_q(b, QB), *ab = a + (size_t)b * Q8B + 2;
-        const __m256i corr = _mm256_set1_epi32(ac[b]);
+        const uint8_t *q = gp + pl_pk_q(b, 32), *ab = a + (size_t)b * Q8B + 2;
         __m256i acc[2];
-        if (qt == QT_q4_0) {
-            const __m256i m4 = _mm256_set1_epi8(0x0F);
-            __m256i s[2];
-            UNROLL for (int k = 0; k < 4; k++) {
-                const __m256i alo = bcast32(ab + 4 * k), ahi = bcast32(ab + 16 + 4 * k);
-                UNROLL for (int h = 0; h < 2; h++) {
-                    const __m256i v = _mm256_load_si256((const __m256i *)(q + 64 * k + 32 * h));
-                    const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(v, m4), alo),
-                                                       _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), ahi));
-                    s[h] = k == 0 ? p : _mm256_add_epi16(s[h], p);
-                }
-            }
-            UNROLL for (int h = 0; h < 2; h++) acc[h] = _mm256_add_epi32(_mm256_madd_epi16(s[h], _mm256_set1_epi16(1)), corr);
-        } else {
-            const __m256i m8 = _mm256_set1_epi16(0x00FF);
-            acc[0] = acc[1] = corr;
-            UNROLL for (int k = 0; k < 8; k++) {
-                const __m256i x = bcast32(ab + 4 * k);
-                const __m256i xe = _mm256_srai_epi16(_mm256_slli_epi16(x, 8), 8), xo = _mm256_srai_epi16(x, 8);
-                UNROLL for (int h = 0; h < 2; h++) {
-                    const __m256i v = _mm256_load_si256((const __m256i *)(q + 64 * k + 32 * h));
-                    acc[h] = _mm256_add_epi32(acc[h], _mm256_add_epi32(_mm256_madd_epi16(_mm256_and_si256(v, m8), xe),
-                                                                       _mm256_madd_epi16(_mm256_srli_epi16(v, 8), xo)));
-                }
+        acc[0] = acc[1] = _mm256_set1_epi32(ac[b]);
+        UNROLL for (int k = 0; k < 8; k++) {
+            const __m256i x = bcast32(ab + 4 * k);
+            const __m256i xe = _mm256_srai_epi16(_mm256_slli_epi16(x, 8), 8), xo = _mm256_srai_epi16(x, 8);
+            UNROLL for (int h = 0; h < 2; h++) {
+                const __m256i v = _mm256_load_si256((const __m256i *)(q + 64 * k + 32 * h));
+                acc[h] = _mm256_add_epi32(acc[h], _mm256_add_epi32(_mm256_madd_epi16(_mm256_and_si256(v, m8), xe),
+                                                                   _mm256_madd_epi16(_mm256_srli_epi16(v, 8), xo)));
             }
         }
         const __m256 da = _mm256_set1_ps(ad[b]);
         UNROLL for (int h = 0; h < 2; h++)
-            fa[h] = pk_accum(fa[h], acc[h], _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(gp + pl_pk_d(b, QB) + 16 * h))), da);
+            fa[h] = pk_accum(fa[h], acc[h], _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(gp + pl_pk_d(b, 32) + 16 * h))), da);
     }
     store_rows(out, fa[0], rows);
     if (rows > 8) store_rows(out + 8, fa[1], rows - 8);
 }
-static void pk_gemv_q4_0(int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) { pk_gemv(QT_q4_0, nb, gp, a, out, rows); }
-static void pk_gemv_q8_0(int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) { pk_gemv(QT_q8_0, nb, gp, a, out, rows); }
 
 #define PKT_DEF(qt, C)                                                                                          \
     static void pk_tile_##qt##_##C(int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out, size_t os, \
                                    int rows) {                                                                  \
         pk_tile(QT_##qt, C, nb, gp, a, as, out, os, rows);                                                      \
     }
-PKT_DEF(q4_0, 1) PKT_DEF(q4_0, 2) PKT_DEF(q4_0, 3) PKT_DEF(q4_0, 4)
-PKT_DEF(q8_0, 1) PKT_DEF(q8_0, 2) PKT_DEF(q8_0, 3) PKT_DEF(q8_0, 4)
-static const pl_pk_tile_fn pk_tile_tab[2][PKC] = {{pk_tile_q4_0_1, pk_tile_q4_0_2, pk_tile_q4_0_3, pk_tile_q4_0_4},
-                                               {pk_tile_q8_0_1, pk_tile_q8_0_2, pk_tile_q8_0_3, pk_tile_q8_0_4}};
+PKT_DEF(q4_0, 1) PKT_DEF(q4_0, 2) PKT_DEF(q4_0, 3) PKT_DEF(q4_0, 4) PKT_DEF(q4_0, 5) PKT_DEF(q4_0, 6)
+PKT_DEF(q8_0, 1) PKT_DEF(q8_0, 2) PKT_DEF(q8_0, 3) PKT_DEF(q8_0, 4) PKT_DEF(q8_0, 5) PKT_DEF(q8_0, 6)
+static const pl_pk_tile_fn pk_tile_tab[2][PKC] = {{pk_tile_q4_0_1, pk_tile_q4_0_2, pk_tile_q4_0_3, pk_tile_q4_0_4, pk_tile_q4_0_5, pk_tile_q4_0_6},
+                                               {pk_tile_q8_0_1, pk_tile_q8_0_2, pk_tile_q8_0_3, pk_tile_q8_0_4, pk_tile_q8_0_5, pk_tile_q8_0_6}};
+
+/* ---- Q8_0 through vpmaddubsw (the sign trick): per 32-bit lane, |w| (u8) x (a with w's sign) (s8), the
+ * int16 pair sums (at most 2 x 128 x 127 = 32512: exact) widened by vpmaddwd by 1 at once. One
+ * multiply fewer per vector than the int16 path above and no activation unpacking, so the prefill
+ * tile runs ~1.5x faster. Exact unless an activation byte is -128 (its sign flip wraps): Q8_0 from
+ * a finite block never holds one (|q| <= 127), only degenerate blocks do (a denormal scale, inf);
+ * q8_0_gemm_packed checks the activation rows once per call and takes the int16 path for them. */
+AI __m256i sq8_dot(__m256i aw, __m256i w, __m256i x, __m256i acc) {
+    const __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(x, w));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+AI __m256i sq8_w(const uint8_t *q) { return _mm256_xor_si256(_mm256_load_si256((const __m256i *)q), _mm256_set1_epi8((char)0x80)); }
+
+/* C activation rows x 8 weight rows (half h of a group), exact int32 block dots */
+AI void sq8_tile(const int C, int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out, size_t os, int rows) {
+    const uint8_t *ab[PKC];
+    const float *ad[PKC];
+    UNROLL for (int c = 0; c < C; c++) {
+        ab[c] = a + (size_t)c * as + 2;
+        ad[c] = (const float *)(a + (size_t)c * as + pk_d_off(nb));
+    }
+    UNROLL for (int h = 0; h < 2; h++) {
+        if (rows <= 8 * h) break;
+        __m256 fa[PKC];
+        UNROLL for (int c = 0; c < C; c++) fa[c] = _mm256_setzero_ps();
+        for (int b = 0; b < nb; b++) {
+            const uint8_t *q = gp + pl_pk_q(b, 32) + 32 * h;
+            if (h == 0)
+                for (int i = 0; i < 9; i++) _mm_prefetch((const char *)q + PK_PREFETCH + 64 * i, _MM_HINT_T0);
+            __m256i acc[PKC];
+            UNROLL for (int c = 0; c < C; c++) acc[c] = _mm256_setzero_si256();
+            UNROLL for (int k = 0; k < 8; k++) {
+                const __m256i w = sq8_w(q + 64 * k), aw = _mm256_abs_epi8(w);
+                UNROLL for (int c = 0; c < C; c++) acc[c] = sq8_dot(aw, w, bcast32(ab[c] + (size_t)b * Q8B + 4 * k), acc[c]);
+                UNROLL for (int c = 0; c < C; c++) __asm__("" : "+x"(acc[c])); /* as in pk_block_dots */
+            }
+            const __m256 dw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(gp + pl_pk_d(b, 32) + 16 * h)));
+            UNROLL for (int c = 0; c < C; c++) fa[c] = pk_accum(fa[c], acc[c], dw, _mm256_set1_ps(ad[c][b]));
+        }
+        UNROLL for (int c = 0; c < C; c++) store_rows(out + (size_t)c * os + 8 * h, fa[c], rows - 8 * h);
+    }
+}
+static void sq8_gemv(int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) {
+    const float *ad = (const float *)(a + pk_d_off(nb));
+    __m256 f0 = _mm256_setzero_ps(), f1 = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *q = gp + pl_pk_q(b, 32), *ab = a + (size_t)b * Q8B + 2;
+        __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+        UNROLL for (int k = 0; k < 8; k++) {
+            const __m256i x = bcast32(ab + 4 * k);
+            const __m256i w0 = sq8_w(q + 64 * k), w1 = sq8_w(q + 64 * k + 32);
+            s0 = sq8_dot(_mm256_abs_epi8(w0), w0, x, s0);
+            s1 = sq8_dot(_mm256_abs_epi8(w1), w1, x, s1);
+            __asm__("" : "+x"(s0), "+x"(s1)); /* one vector at a time (GCC had spilled the products) */
+        }
+        const __m256 da = _mm256_set1_ps(ad[b]);
+        const uint8_t *d = gp + pl_pk_d(b, 32);
+        f0 = pk_accum(f0, s0, _mm256_cvtph_ps(_mm_load_si128((const __m128i *)d)), da);
+        f1 = pk_accum(f1, s1, _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(d + 16))), da);
+    }
+    store_rows(out, f0, rows);
+    if (rows > 8) store_rows(out + 8, f1, rows - 8);
+}
+/* decode Q4_0: one group (both halves) x one activation row, each activation broadcast serving 16 rows;
+ * int16 sums of 16 products (<= 15 x 128 x 16 = 30720: exact) */
+static void q4_gemv(int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) {
+    const int32_t *ac = (const int32_t *)(a + pk_c_off(QT_q4_0, nb));
+    const float *ad = (const float *)(a + pk_d_off(nb));
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 f0 = _mm256_setzero_ps(), f1 = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *q = gp + pl_pk_q(b, 16), *ab = a + (size_t)b * Q8B + 2;
+        __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+        UNROLL for (int k = 0; k < 4; k++) {
+            const __m256i alo = bcast32(ab + 4 * k), ahi = bcast32(ab + 16 + 4 * k);
+            const __m256i v0 = _mm256_load_si256((const __m256i *)(q + 64 * k));
+            const __m256i v1 = _mm256_load_si256((const __m256i *)(q + 64 * k + 32));
+            s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(_mm256_and_si256(v0, m4), alo));
+            s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(_mm256_and_si256(v1, m4), alo));
+            s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v0, 4), m4), ahi));
+            s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v1, 4), m4), ahi));
+            __asm__("" : "+x"(s0), "+x"(s1));
+        }
+        const __m256i corr = _mm256_set1_epi32(ac[b]), one = _mm256_set1_epi16(1);
+        const __m256 da = _mm256_set1_ps(ad[b]);
+        const uint8_t *d = gp + pl_pk_d(b, 16);
+        f0 = pk_accum(f0, _mm256_add_epi32(_mm256_madd_epi16(s0, one), corr), _mm256_cvtph_ps(_mm_load_si128((const __m128i *)d)), da);
+        f1 = pk_accum(f1, _mm256_add_epi32(_mm256_madd_epi16(s1, one), corr), _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(d + 16))), da);
+    }
+    store_rows(out, f0, rows);
+    if (rows > 8) store_rows(out + 8, f1, rows - 8);
+}
+#define SQ8_DEF(C)                                                                                               \
+    static void sq8_tile_##C(int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out, size_t os, int rows) { \
+        sq8_tile(C, nb, gp, a, as, out, os, rows);                                                                \
+    }
+SQ8_DEF(1) SQ8_DEF(2) SQ8_DEF(3) SQ8_DEF(4) SQ8_DEF(5) SQ8_DEF(6)
+static const pl_pk_tile_fn sq8_tile_tab[PKC] = {sq8_tile_1, sq8_tile_2, sq8_tile_3, sq8_tile_4, sq8_tile_5, sq8_tile_6};
+
+/* Q4_0 / Q8_0's pack_act (pl_pack_act_row in types_scalar.c, the same bytes): the Q8_0 row, then per
+ * block the fp32 scale and the corrections -8 x / -128 x the sum of its quants, that sum by vpmaddubsw
+ * (1 x q) and vpmaddwd, four blocks at a time */
+static void q8x_pack_act(pl_from_float_fn q8_from_float, const float *x, void *dst, int64_t n) {
+    const int64_t nb = n / PL_QK;
+    const size_t ad = pl_round64((size_t)nb * 4);
+    uint8_t *y = (uint8_t *)dst;
+    q8_from_float(x, y, n);
+    float *d = (float *)(y + pl_round64((size_t)nb * Q8B));
+    int32_t *c4 = (int32_t *)((uint8_t *)d + ad), *c8 = (int32_t *)((uint8_t *)d + 2 * ad);
+    const __m256i one8 = _mm256_set1_epi8(1), one16 = _mm256_set1_epi16(1);
+    int64_t b = 0;
+    for (; b + 4 <= nb; b += 4) {
+        __m256i s[4];
+        UNROLL for (int i = 0; i < 4; i++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(y + (size_t)(b + i) * Q8B + 2));
+            s[i] = _mm256_madd_epi16(_mm256_maddubs_epi16(one8, q), one16); /* 8 int32 partial sums */
+        }
+        /* horizontal: [s0 s1 s2 s3] -> one int32 per block */
+        const __m256i t01 = _mm256_hadd_epi32(s[0], s[1]), t23 = _mm256_hadd_epi32(s[2], s[3]);
+        const __m256i t = _mm256_hadd_epi32(t01, t23); /* lane: b0 b1 b2 b3 (low half) + same (high half) */
+        const __m128i sum = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+        _mm_storeu_si128((__m128i *)(c4 + b), _mm_mullo_epi32(sum, _mm_set1_epi32(-8)));
+        _mm_storeu_si128((__m128i *)(c8 + b), _mm_mullo_epi32(sum, _mm_set1_epi32(-128)));
+        UNROLL for (int i = 0; i < 4; i++) d[b + i] = pl_ld_fp16(y + (size_t)(b + i) * Q8B);
+    }
+    for (; b < nb; b++) {
+        const uint8_t *blk = y + (size_t)b * Q8B;
+        int32_t sum = 0;
+        for (int j = 0; j < PL_QK; j++) sum += (int8_t)blk[2 + j];
+        d[b] = pl_ld_fp16(blk);
+        c4[b] = -8 * sum;
+        c8[b] = -128 * sum;
+    }
+}
+
+/* any quant byte -128 in nc activation rows of nb blocks (as apart)? */
+static int acts_hold_m128(int nb, const uint8_t *a, size_t as, int nc) {
+    const __m256i m = _mm256_set1_epi8((char)0x80);
+    __m256i any = _mm256_setzero_si256();
+    for (int c = 0; c < nc; c++)
+        for (int b = 0; b < nb; b++)
+            any = _mm256_or_si256(any, _mm256_cmpeq_epi8(_mm256_loadu_si256((const __m256i *)(a + (size_t)c * as + (size_t)b * Q8B + 2)), m));
+    return !_mm256_testz_si256(any, any);
+}
 
 static void q4_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
-    pl_pk_gemm_drive(PL_TYPE_Q4_0, PL_QK, pk_gemv_q4_0, pk_tile_tab[QT_q4_0], PKC, n, nr, nc, w, a, as, out, os);
+    pl_pk_gemm_drive(PL_TYPE_Q4_0, PL_QK, q4_gemv, pk_tile_tab[QT_q4_0], PKC, n, nr, nc, w, a, as, out, os);
 }
 static void q8_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
+    if (!acts_hold_m128(n / PL_QK, (const uint8_t *)a, as, nc)) {
+        pl_pk_gemm_drive(PL_TYPE_Q8_0, PL_QK, sq8_gemv, sq8_tile_tab, PKC, n, nr, nc, w, a, as, out, os);
+        return;
+    }
     pl_pk_gemm_drive(PL_TYPE_Q8_0, PL_QK, pk_gemv_q8_0, pk_tile_tab[QT_q8_0], PKC, n, nr, nc, w, a, as, out, os);
 }
 
@@ -693,7 +826,9 @@ PL_BASELINE_FN void pl_kernels_init_avx2(pl_kernels *k) {
     t->gemm_packed = q8_0_gemm_packed;
     t->to_float = q8_0_to_float;
     t->from_float = q8_0_from_float;
+    t->pack_act = q8x_pack_act;
     t = &k->types[PL_TYPE_Q4_0];
+    t->pack_act = q8x_pack_act; /* the same function for both: matmul.c shares one activation form */
     t->vec_dot = kq_q4_0_vec_dot;
     t->gemm_packed = q4_0_gemm_packed;
     t->to_float = q4_0_to_float;

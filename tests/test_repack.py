@@ -11,6 +11,7 @@
   twice, and the peak RSS of a load stays within file size + KV cache + 100 MB."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -109,6 +110,7 @@ def test_pack_acts_layout():
     for n in NS:
         x = rng.standard_normal((3, n)).astype(np.float32)
         x[0, :32] = 0.0
+        x[1, :32], x[2, -32:] = 3.0, -3.0  # blocks of +127 / -127: the extreme block sums
         for isa in ISAS:
             _engine.set_isa(isa)
             got = _engine.pack_acts(x)
@@ -138,13 +140,14 @@ def test_packed_gemm_equals_reference(isa, name):
 @pytest.mark.parametrize("name", list(TYPES))
 def test_packed_gemm_extreme_bytes(isa, name):
     """Weights and activations at the ends of their ranges (Q8_0 -128 on both sides): the unsigned
-    offsets and their corrections stay exact."""
+    offsets and their corrections stay exact. Activations -127 / 127 take the AVX2 sign-trick kernels
+    (whose pair sums then reach 2 x 128 x 127); a -128 in any row of a call takes the other ones."""
     tid = TYPES[name]
     rng = np.random.default_rng(20 + tid)
-    for n, nr, nc in ((32, 16, 1), (1056, 33, 3), (224, 17, 9)):
+    for (n, nr, nc), lo in itertools.product(((32, 16, 1), (1056, 33, 3), (224, 17, 9)), (0x80, 0x81)):
         w = raw_weights(tid, nr, n, rng, extreme=True)
         a = rng.integers(0, 256, (nc, n // 32, 34), dtype=np.uint8)
-        a[..., 2:] = np.where(rng.random(a[..., 2:].shape) < 0.5, 0x80, 0x7F)
+        a[..., 2:] = np.where(rng.random(a[..., 2:].shape) < 0.5, lo, 0x7F)
         a[..., :2] = np.full((nc, n // 32), 0.01, np.float16).view(np.uint8).reshape(nc, n // 32, 2)
         a_q8 = a.reshape(-1).tobytes()
         ref = reference(tid, w, a_q8, n, nr, nc)
