@@ -9,7 +9,8 @@ Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS).
   * the packed layouts of Q2_K..Q6_K and IQ4_XS (csrc/kquant_packed.c): every ISA's packed gemm equals
     the scalar unpacked reference bit for bit on odd shapes (rows not filling a 16-row group, 1..17
     activation rows), whatever the batch; a model repacked at load gives the logits of the same model
-    with PYLLM_REPACK=0, bit for bit; Q8_K activations are the same bytes on every ISA.
+    with PYLLM_REPACK=0, bit for bit (also one of Q4_1 / Q5_0 / Q5_1 / IQ4_NL, whose packed gemms
+    tests/test_repack.py checks); Q8_K activations are the same bytes on every ISA.
 llama.cpp's own files of every standard mix were checked by hand against llama.cpp (README)."""
 from __future__ import annotations
 

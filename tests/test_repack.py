@@ -1,6 +1,7 @@
 """test_repack.py: weights repacked at load (csrc/repack.c, layout in csrc/tensor_types.h).
 
-- the packed gemm of every ISA is bit-identical to the scalar reference of the unpacked layout
+- the packed gemm of every ISA (Q4_0, Q8_0, and Q4_1 / Q5_0 / Q5_1 / IQ4_NL: csrc/legacy_packed.h, their
+  layout checked byte by byte) is bit-identical to the scalar reference of the unpacked layout
   (integer block dots are exact and every lane sums its row's blocks in the reference's order
   with its roundings), on odd shapes, unaligned sources and extreme bytes (-128 included);
 - whole models give the same logits with and without repacking (PYLLM_REPACK=0): bit for bit on the
