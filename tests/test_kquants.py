@@ -259,6 +259,8 @@ def test_packed_k_quant_model_equals_unpacked(shipped_q8, tmp_path, monkeypatch,
     weights are repacked at load, and the logits equal those of the same file with repacking off
     (PYLLM_REPACK=0: the vec_dot kernels) bit for bit, on every ISA, for a prompt at once and token by
     token (the packed kernels are batch invariant)."""
+    # the NEON tables have no packed gemm of the 32-weight types and keep their rows unpacked
+    unpacked = mix == "legacy" and isa.startswith("neon")
     if mix == "legacy":
         mix = MIXES["legacy"]
     else:
@@ -268,7 +270,7 @@ def test_packed_k_quant_model_equals_unpacked(shipped_q8, tmp_path, monkeypatch,
     m = pyllm.load(path, n_ctx=64)
     assert m._cmodel.packed_bytes("output") > 0
     for name in ("wq", "wk", "wv", "wo", "ffn_gate", "ffn_up", "ffn_down"):  # all packed (Q8_0 attn_v too)
-        assert m._cmodel.packed_bytes(name, 0) > 0, name
+        assert (m._cmodel.packed_bytes(name, 0) > 0) != unpacked, name
     monkeypatch.setenv("PYLLM_REPACK", "0")
     ref = pyllm.load(path, n_ctx=64)
     assert ref._cmodel.packed_bytes("wq", 0) == 0
