@@ -934,6 +934,10 @@ void PL_NEON_INIT(pl_kernels *k) {
     k->isa = PL_NEON_NAME;
     pl_type_traits *t;
     kqp_register(k); /* kquant_packed_simd.h: the packed K-quant gemms */
+    /* Q4_1 / Q5_0 / Q5_1 / IQ4_NL have no NEON packed gemm (only the scalar reference, kept for a model
+     * packed under another table): a model loaded on this table keeps their rows and NEON vec_dots */
+    k->types[PL_TYPE_Q4_1].repack = k->types[PL_TYPE_Q5_0].repack = NULL;
+    k->types[PL_TYPE_Q5_1].repack = k->types[PL_TYPE_IQ4_NL].repack = NULL;
     q8_0_ref = k->types[PL_TYPE_Q8_0].from_float;
     q8_k_ref = k->types[PL_TYPE_Q8_K].from_float;
     k->types[PL_TYPE_Q8_K].from_float = q8_k_from_float;

@@ -1,6 +1,7 @@
 /* repack.c: at model load (pl_model_finalize), every matmul weight (the matmul tensors of
  * PL_LAYER_TENSORS and output; not tok_embd, which is read a row at a time) whose type's table row has
- * a packed layout (repack / gemm_packed / packed_group_bytes set: Q4_0, Q8_0, Q2_K..Q6_K, IQ4_XS) is copied
+ * a packed layout (repack / gemm_packed / packed_group_bytes set: Q4_0, Q8_0, Q4_1, Q5_0, Q5_1, IQ4_NL,
+ * Q2_K..Q6_K, IQ4_XS) is copied
  * once into it (tensor_types.h), which the kernels of every ISA read with aligned loads and without
  * transposes (stacked MoE experts too, when each expert's rows start a 16-row group). PYLLM_REPACK=0
  * turns it off (the unpacked kernels then run, e.g. to compare).

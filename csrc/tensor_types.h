@@ -102,6 +102,7 @@ typedef void (*pl_from_float_fn)(const float *x, void *y, int64_t n);
  *   Q6_K, 3392 bytes: [32: fp16 d][32: zero][256: int8 scale [g][r] of group g (16 weights)]
  *         [3072: for h = 0, 1 (128 weights): 8 vectors of ql bytes 64h + 4v .. +3 (lane r = row r),
  *          8 vectors of ql bytes 64h + 32 + 4v .., 8 vectors of qh bytes 32h + 4v ..]
+ * Q4_1, Q5_0, Q5_1, IQ4_NL (32-weight blocks, q8x activations as Q4_0's): legacy_packed.h.
  *   (ggml's bit positions are kept: only whole 4-byte words move, and the 6-bit scales / mins of
  *   Q4_K are unpacked to bytes.) Each row's result is the unpacked reference's integer sums and float
  *   operations in its order, so packed = unpacked bit for bit. */
@@ -202,6 +203,11 @@ size_t pl_packed_act_row_bytes(int64_t n);           /* q8x activation row strid
 /* kquant_packed.c: adds the packed layouts of Q2_K..Q6_K and IQ4_XS (repack, group bytes, reference
  * gemm_packed) to a table (pl_kernels_init_scalar calls it) */
 void pl_kernels_add_packed_kquants(pl_kernels *k);
+/* legacy_packed.c: the same for Q4_1, Q5_0, Q5_1 and IQ4_NL (layouts in legacy_packed.h; activations: q8x
+ * rows); legacy_packed_avx2.c / _avx512.c: their SIMD gemm_packed entries (x86-64 builds only) */
+void pl_kernels_add_packed_legacy(pl_kernels *k);
+void pl_kernels_add_packed_legacy_avx2(pl_kernels *k);
+void pl_kernels_add_packed_legacy_avx512(pl_kernels *k);
 /* Q4_0 / Q8_0's pack_act: quantizes one row with q8_from_float (the active Q8_0 from_float), adds d/c4/c8 */
 void pl_pack_act_row(pl_from_float_fn q8_from_float, const float *x, void *dst, int64_t n);
 static inline size_t pl_round64(size_t x) { return (x + 63) & ~(size_t)63; }

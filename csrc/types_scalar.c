@@ -371,4 +371,5 @@ void pl_kernels_init_scalar(pl_kernels *k) {
     k->swiglu_f32 = pl_swiglu;
     pl_kernels_add_read_only_types(k);
     pl_kernels_add_packed_kquants(k);
+    pl_kernels_add_packed_legacy(k);
 }

@@ -9,7 +9,8 @@ Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS).
   * the packed layouts of Q2_K..Q6_K and IQ4_XS (csrc/kquant_packed.c): every ISA's packed gemm equals
     the scalar unpacked reference bit for bit on odd shapes (rows not filling a 16-row group, 1..17
     activation rows), whatever the batch; a model repacked at load gives the logits of the same model
-    with PYLLM_REPACK=0, bit for bit; Q8_K activations are the same bytes on every ISA.
+    with PYLLM_REPACK=0, bit for bit (also one of Q4_1 / Q5_0 / Q5_1 / IQ4_NL, whose packed gemms
+    tests/test_repack.py checks); Q8_K activations are the same bytes on every ISA.
 llama.cpp's own files of every standard mix were checked by hand against llama.cpp (README)."""
 from __future__ import annotations
 
@@ -250,18 +251,26 @@ MIXES = {
 
 
 @pytest.mark.parametrize("isa", ISAS)
-def test_packed_k_quant_model_equals_unpacked(shipped_q8, tmp_path, monkeypatch, isa):
-    """A Q4_K_M-like file with every packed type (attn_q Q4_K, attn_k Q3_K, attn_v Q8_0, attn_output Q5_K,
-    ffn_gate Q2_K, ffn_up IQ4_XS, ffn_down Q5_0, LM head Q6_K): its packed types' weights are
-    repacked at load, and the logits equal those of the same file with repacking off (PYLLM_REPACK=0:
-    the vec_dot kernels) bit for bit, on every ISA, for a prompt at once and token by token (the
-    packed kernels are batch invariant)."""
-    mix = {**MIXES["q4_k_m-like"], "attn_output": T.Q5_K, "ffn_up": T.IQ4_XS, "attn_k": T.Q3_K, "ffn_gate": T.Q2_K}
-    path = _rewrite(shipped_q8, str(tmp_path / "q4km.gguf"), mix, np.random.default_rng(4))
+@pytest.mark.parametrize("mix", ["k-quants", "legacy"])
+def test_packed_k_quant_model_equals_unpacked(shipped_q8, tmp_path, monkeypatch, isa, mix):
+    """A Q4_K_M-like file with every packed K-quant type (attn_q Q4_K, attn_k Q3_K, attn_v Q8_0, attn_output
+    Q5_K, ffn_gate Q2_K, ffn_up IQ4_XS, ffn_down Q5_0, LM head Q6_K), and one of the 32-weight types
+    (attn_q / ffn Q4_1, attn_k Q5_0, attn_v Q5_1, attn_output IQ4_NL, LM head Q8_0): its packed types'
+    weights are repacked at load, and the logits equal those of the same file with repacking off
+    (PYLLM_REPACK=0: the vec_dot kernels) bit for bit, on every ISA, for a prompt at once and token by
+    token (the packed kernels are batch invariant)."""
+    # the NEON tables have no packed gemm of the 32-weight types and keep their rows unpacked
+    unpacked = mix == "legacy" and isa.startswith("neon")
+    if mix == "legacy":
+        mix = MIXES["legacy"]
+    else:
+        mix = {**MIXES["q4_k_m-like"], "attn_output": T.Q5_K, "ffn_up": T.IQ4_XS, "attn_k": T.Q3_K, "ffn_gate": T.Q2_K}
+    path = _rewrite(shipped_q8, str(tmp_path / "mix.gguf"), mix, np.random.default_rng(4))
     _engine.set_isa(isa)
     m = pyllm.load(path, n_ctx=64)
-    assert m._cmodel.packed_bytes("wq", 0) > 0 and m._cmodel.packed_bytes("output") > 0
-    assert m._cmodel.packed_bytes("ffn_down", 0) == 0  # Q5_0: no packed layout
+    assert m._cmodel.packed_bytes("output") > 0
+    for name in ("wq", "wk", "wv", "wo", "ffn_gate", "ffn_up", "ffn_down"):  # all packed (Q8_0 attn_v too)
+        assert (m._cmodel.packed_bytes(name, 0) > 0) != unpacked, name
     monkeypatch.setenv("PYLLM_REPACK", "0")
     ref = pyllm.load(path, n_ctx=64)
     assert ref._cmodel.packed_bytes("wq", 0) == 0

@@ -1,6 +1,7 @@
 """test_repack.py: weights repacked at load (csrc/repack.c, layout in csrc/tensor_types.h).
 
-- the packed gemm of every ISA is bit-identical to the scalar reference of the unpacked layout
+- the packed gemm of every ISA (Q4_0, Q8_0, and Q4_1 / Q5_0 / Q5_1 / IQ4_NL: csrc/legacy_packed.h, their
+  layout checked byte by byte) is bit-identical to the scalar reference of the unpacked layout
   (integer block dots are exact and every lane sums its row's blocks in the reference's order
   with its roundings), on odd shapes, unaligned sources and extreme bytes (-128 included);
 - whole models give the same logits with and without repacking (PYLLM_REPACK=0): bit for bit on the
@@ -154,6 +155,142 @@ def test_packed_gemm_extreme_bytes(isa, name):
         _engine.set_isa(isa)
         got = _engine.gemm_packed(tid, _engine.repack(tid, w, nr, n), q8x_rows(a_q8, nc, n), n, nr, nc)
         np.testing.assert_array_equal(got, ref)
+
+
+
+# ------------------------------------------- Q4_1 / Q5_0 / Q5_1 / IQ4_NL (csrc/legacy_packed.h)
+# name -> (type id, block bytes, offsets of the fp16 d and m (None: no m), of qh (None: no qh), of qs)
+LEGACY = {"q4_1": (3, 20, 0, 2, None, 4), "q5_0": (6, 22, 0, None, 2, 6), "q5_1": (7, 24, 0, 2, 4, 8),
+          "iq4_nl": (20, 18, 0, None, None, 2)}
+
+
+def legacy_weights(name, nr, n, rng, extreme=False):
+    """nr rows of random blocks of a legacy type: any quant / qh bits, fp16 d and m of both signs; with
+    extreme, every nibble 0 or 15 and every qh word all zeros or all ones."""
+    tid, bs, od, om, oqh, oqs = LEGACY[name]
+    nb = n // 32
+    blocks = rng.integers(0, 256, (nr, nb, bs), dtype=np.uint8)
+    if extreme:
+        blocks[..., oqs:] = np.where(rng.random(blocks[..., oqs:].shape) < 0.5, 0x00, 0xFF)
+        if oqh is not None:
+            blocks[..., oqh:oqh + 4] = np.where(rng.random((nr, nb, 1)) < 0.5, 0x00, 0xFF)
+    for o in (od, om):
+        if o is not None:
+            v = (rng.uniform(1e-3, 0.1, (nr, nb)) * rng.choice([-1, 1], (nr, nb))).astype(np.float16)
+            blocks[..., o:o + 2] = v.view(np.uint8).reshape(nr, nb, 2)
+    return blocks.reshape(-1)
+
+
+def legacy_offsets(name, b):
+    """(d, m, qh', qs) byte offsets of block b in a packed group: the layout of legacy_packed.h"""
+    if name in ("q4_1", "q5_1"):
+        rec = 320 if name == "q4_1" else 384
+        d = b * rec
+        return d, d + 32, (d + 64 if name == "q5_1" else None), d + (64 if name == "q4_1" else 128)
+    body = 320 if name == "q5_0" else 256
+    pair = 64 + 2 * body
+    base = b // 2 * pair + 64 + (b % 2) * body
+    return b // 2 * pair + 32 * (b % 2), None, (base if name == "q5_0" else None), base + (64 if name == "q5_0" else 0)
+
+
+def qh_prime(qh: int) -> int:
+    """qh' of legacy_packed.h: bit v of byte i = bit 4v + i of qh, bit 4 + v of byte i = bit 16 + 4v + i"""
+    o = 0
+    for i in range(4):
+        for v in range(4):
+            o |= ((qh >> (4 * v + i)) & 1) << (8 * i + v)
+            o |= ((qh >> (16 + 4 * v + i)) & 1) << (8 * i + 4 + v)
+    return o
+
+
+@pytest.mark.parametrize("name", list(LEGACY))
+def test_legacy_layout(name):
+    """Group bytes (the size of the rows replaced; Q5_0 / IQ4_NL with an odd block count: 32 bytes of
+    scale padding), the documented positions of d, m, qh' and the qs words, zero rows past the end, and
+    that the dequantized weights read back from the packed group are the source's."""
+    tid, bs, od, om, oqh, oqs = LEGACY[name]
+    rng = np.random.default_rng(3)
+    _engine.set_isa("scalar")  # the layout of every table; NEON tables do not repack these types
+    for n, nr in ((96, 5), (128, 16), (32, 1)):
+        nb = n // 32
+        gb = _engine.packed_group_bytes(tid, n)
+        paired = name in ("q5_0", "iq4_nl")
+        assert gb == (nb + 1) // 2 * 64 + nb * (16 * bs - 32) if paired else gb == 16 * bs * nb
+        assert gb % 64 == 0 and _engine.packed_group_bytes(tid, n + 1) == 0 and _engine.packed_group_bytes(tid, 0) == 0
+        w = legacy_weights(name, nr, n, rng)
+        p = _engine.repack(tid, w, nr, n)
+        assert p.shape == (gb,)
+        blocks = w.reshape(nr, nb, bs)
+        for b in range(nb):
+            d, m, qh, qs = legacy_offsets(name, b)
+            for r in range(16):
+                got_d = bytes(p[d + 2 * r:d + 2 * r + 2])
+                got_q = np.concatenate([p[qs + 64 * v + 4 * r:][:4] for v in range(4)])
+                if r < nr:
+                    assert got_d == bytes(blocks[r, b, od:od + 2])
+                    if m is not None:
+                        assert bytes(p[m + 2 * r:m + 2 * r + 2]) == bytes(blocks[r, b, om:om + 2])
+                    assert bytes(got_q) == bytes(blocks[r, b, oqs:oqs + 16])
+                    if qh is not None:
+                        src = int.from_bytes(bytes(blocks[r, b, oqh:oqh + 4]), "little")
+                        assert int.from_bytes(bytes(p[qh + 4 * r:qh + 4 * r + 4]), "little") == qh_prime(src)
+                else:
+                    assert not any(got_d) and not got_q.any()
+                    assert qh is None or not p[qh + 4 * r:qh + 4 * r + 4].any()
+        if paired and nb % 2:
+            pair = 64 + 2 * (16 * bs - 32)
+            assert not p[nb // 2 * pair + 32:nb // 2 * pair + 64].any()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("name", list(LEGACY))
+def test_legacy_packed_gemm_equals_reference(isa, name):
+    """Every ISA's packed gemm (decode and prefill tiles) equals the scalar unpacked vec_dot bit for bit,
+    on odd shapes and an odd source offset; a row's result does not depend on the batch."""
+    tid = LEGACY[name][0]
+    rng = np.random.default_rng(30 + tid)
+    for n in NS:
+        for nr, nc in SHAPES:
+            w = legacy_weights(name, nr, n, rng)
+            x = (rng.standard_normal((nc, n)) * rng.uniform(0.1, 10, (nc, 1))).astype(np.float32)
+            a_q8 = _engine.from_float(8, x)
+            ref = reference(tid, w, a_q8, n, nr, nc)
+            # packed with the scalar table's repack (one layout for all tables; NEON tables do not repack
+            # these types at load, but run a weight packed under another table)
+            p = _engine.repack(tid, np.concatenate([np.zeros(3, np.uint8), w]), nr, n, 3)
+            _engine.set_isa(isa)
+            acts = _engine.pack_acts(x, tid)
+            assert acts.shape == (nc * _engine.packed_act_row_bytes(n),)  # Q4_0's q8x rows
+            got = _engine.gemm_packed(tid, p, acts, n, nr, nc)
+            np.testing.assert_array_equal(got, ref, err_msg=f"{name} {isa} n={n} nr={nr} nc={nc}")
+            one = _engine.gemm_packed(tid, p, acts[-len(acts) // nc:], n, nr, 1)
+            np.testing.assert_array_equal(one, ref[-1:])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("name", list(LEGACY))
+def test_legacy_packed_gemm_extreme_bytes(isa, name):
+    """Nibbles 0 / 15, fifth bits all set or clear, activations -128 / 127 (int16 partial sums of the
+    AVX2 kernels at their bound): still the reference, and the values are the dequantized weights'."""
+    tid = LEGACY[name][0]
+    rng = np.random.default_rng(40 + tid)
+    for n, nr, nc in ((32, 16, 1), (1056, 33, 3), (224, 17, 9), (96, 16, 6)):
+        w = legacy_weights(name, nr, n, rng, extreme=True)
+        a = rng.integers(0, 256, (nc, n // 32, 34), dtype=np.uint8)
+        a[..., 2:] = np.where(rng.random(a[..., 2:].shape) < 0.5, 0x80, 0x7F)
+        a[..., :2] = np.full((nc, n // 32), 0.01, np.float16).view(np.uint8).reshape(nc, n // 32, 2)
+        a_q8 = a.reshape(-1).tobytes()
+        ref = reference(tid, w, a_q8, n, nr, nc)
+        # the reference is the math: float64 sums of the dequantized weights x activations
+        _engine.set_isa("scalar")
+        wf = _engine.to_float(tid, w.tobytes(), n).astype(np.float64)
+        af = a[..., 2:].view(np.int8).reshape(nc, n).astype(np.float64) * float(np.float16(0.01))
+        want = af @ wf.T
+        assert np.all(np.abs(ref - want) <= 1e-4 * (np.abs(af) @ np.abs(wf).T) + 1e-6)
+        p = _engine.repack(tid, w, nr, n)  # the scalar table's (see above)
+        _engine.set_isa(isa)
+        got = _engine.gemm_packed(tid, p, q8x_rows(a_q8, nc, n), n, nr, nc)
+        np.testing.assert_array_equal(got, ref, err_msg=f"{name} {isa} n={n} nr={nr} nc={nc}")
 
 
 # ---------------------------------------------------------------- whole models
