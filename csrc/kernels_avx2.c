@@ -731,6 +731,9 @@ AI kv_i kv_scales(kv_i sc) {
 /* vpmaddubsw products summed in int16 over as many vectors as cannot overflow (each pair sum is at
  * most 2 x (2^WBITS - 1) x 128: 8 vectors of 4-bit weights, 4 of 5-bit, 2 of 6-bit), then vpmaddwd by
  * the scale pairs (int32, exact); init x scale with one multiply */
+/* a value made opaque (empty asm): keeps a sum a serial chain (GCC otherwise reassociates it into a tree
+ * whose partial sums no longer fit the 16 registers) */
+#define KV_CHAIN(v) __asm__("" : "+x"(v))
 AI kv_i kv_sdot(const int NW, const int WBITS, const kv_i *w, const uint8_t *q8, kv_i sc, int32_t init, const int shift) {
     (void)shift; /* no KV_DOT_WIDE here */
     const int run = WBITS <= 4 ? 8 : WBITS == 5 ? 4 : 2;
@@ -738,8 +741,10 @@ AI kv_i kv_sdot(const int NW, const int WBITS, const kv_i *w, const uint8_t *q8,
     UNROLL for (int v0 = 0; v0 < NW; v0 += run) {
         __m256i s16 = _mm256_maddubs_epi16(w[v0], _mm256_set1_epi32((int)pl_ld_u32(q8 + 4 * v0)));
         UNROLL for (int k = 1; k < run; k++)
-            if (v0 + k < NW)
+            if (v0 + k < NW) {
                 s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[v0 + k], _mm256_set1_epi32((int)pl_ld_u32(q8 + 4 * (v0 + k)))));
+                KV_CHAIN(s16);
+            }
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s16, sc));
     }
     return acc;
@@ -784,6 +789,11 @@ AI kv_i kv_bcast128(const void *p) { return _mm256_broadcastsi128_si256(_mm_load
 AI kv_i kv_shuffle8(kv_i t, kv_i i) { return _mm256_shuffle_epi8(t, i); }
 AI kv_i kv_u8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
 AI kv_i kv_s8(const uint8_t *p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
+/* Q4_K / Q5_K mins: per lane the int16 pair (byte p0[r], byte p1[r]) and vpmaddwd (the mins (< 64) by
+ * the sub-block activation sums (|.| <= 32 x 127): exact int32) */
+#define KV_MINS16 1
+AI kv_i kv_pairs16(const uint8_t *p0, const uint8_t *p1) { return _mm256_or_si256(kv_u8(p0), _mm256_slli_epi32(kv_u8(p1), 16)); }
+AI kv_i kv_madd16(kv_i a, kv_i b) { return _mm256_madd_epi16(a, b); }
 AI kv_f kv_fp16(const uint8_t *p) { return _mm256_cvtph_ps(_mm_load_si128((const __m128i *)p)); }
 AI kv_f kv_cvt(kv_i a) { return _mm256_cvtepi32_ps(a); }
 AI kv_f kv_fset1(float x) { return _mm256_set1_ps(x); }

@@ -131,13 +131,34 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
                     const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K, *q8 = ab + 4 + 32 * s;
                     /* wide: every product was 16 x the nibble's, so >> 4 is exact */
                     const kv_i sd = kv_sdot(8, wide ? 8 : qt == KQP_Q5_K ? 5 : 4, w, q8, sc, 0, wide ? 4 : 0);
-                    const kv_i ms = kv_mullo(mn, kv_set1(kqp_bsum(ab, 2 * s) + kqp_bsum(ab, 2 * s + 1)));
                     isum[c] = s ? kv_add(isum[c], sd) : sd;
                     KQP_OPAQUE(qt, isum[c]);
+#ifndef KV_MINS16
+                    const kv_i ms = kv_mullo(mn, kv_set1(kqp_bsum(ab, 2 * s) + kqp_bsum(ab, 2 * s + 1)));
                     imin[c] = s ? kv_add(imin[c], ms) : ms;
                     KQP_OPAQUE(qt, imin[c]);
+#endif
+                }
+#ifdef KV_MINS16
+                (void)mn;
+#endif
+            }
+#ifdef KV_MINS16
+            { /* the mins after the sub-blocks: the (int16) mins of sub-blocks 2j, 2j + 1 by their activation sums */
+                kv_i mp[4];
+                UNROLL for (int j = 0; j < 4; j++) mp[j] = kv_pairs16(rec + 192 + 32 * j + lo, rec + 208 + 32 * j + lo);
+                UNROLL for (int c = 0; c < C; c++) {
+                    const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K;
+                    kv_i t = kv_zero();
+                    UNROLL for (int j = 0; j < 4; j++) {
+                        const int32_t s0 = kqp_bsum(ab, 4 * j) + kqp_bsum(ab, 4 * j + 1);
+                        const int32_t s1 = kqp_bsum(ab, 4 * j + 2) + kqp_bsum(ab, 4 * j + 3);
+                        t = kv_add(t, kv_madd16(mp[j], kv_set1((int32_t)((uint32_t)(uint16_t)s0 | ((uint32_t)(uint16_t)s1 << 16)))));
+                    }
+                    imin[c] = t;
                 }
             }
+#endif
             const kv_f d = kv_fp16(rec + 2 * lo), dmin = kv_fp16(rec + 32 + 2 * lo);
             UNROLL for (int c = 0; c < C; c++) {
                 const kv_f ad = kv_fset1(pl_ld_f32(a + (size_t)c * as + (size_t)b * KQ_Q8K));
