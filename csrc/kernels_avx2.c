@@ -794,6 +794,23 @@ AI kv_i kv_s8(const uint8_t *p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64((c
 #define KV_MINS16 1
 AI kv_i kv_pairs16(const uint8_t *p0, const uint8_t *p1) { return _mm256_or_si256(kv_u8(p0), _mm256_slli_epi32(kv_u8(p1), 16)); }
 AI kv_i kv_madd16(kv_i a, kv_i b) { return _mm256_madd_epi16(a, b); }
+/* Q6_K (values stored + 32, < 64): the dot of a group's 4 vectors without the offset, as two int16 pair
+ * sums of 2 vpmaddubsw (<= 4 x 63 x 127: exact) each by the scales; the offset x the group activation sums
+ * is taken once per super-block by kv_pairs16_s8 / kv_madd16 instead of per group */
+#define KV_SPLIT6 1
+AI kv_i kv_sdot6_split(const kv_i *w, const uint8_t *q8, kv_i sc) {
+    __m256i a = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32((int)pl_ld_u32(q8)));
+    a = _mm256_add_epi16(a, _mm256_maddubs_epi16(w[1], _mm256_set1_epi32((int)pl_ld_u32(q8 + 4))));
+    __m256i b = _mm256_maddubs_epi16(w[2], _mm256_set1_epi32((int)pl_ld_u32(q8 + 8)));
+    b = _mm256_add_epi16(b, _mm256_maddubs_epi16(w[3], _mm256_set1_epi32((int)pl_ld_u32(q8 + 12))));
+    return _mm256_add_epi32(_mm256_madd_epi16(a, sc), _mm256_madd_epi16(b, sc));
+}
+/* per lane the int16 pair (s8 byte p0[r], s8 byte p1[r]) */
+AI kv_i kv_pairs16_s8(const uint8_t *p0, const uint8_t *p1) {
+    return _mm256_or_si256(_mm256_and_si256(kv_s8(p0), _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(kv_s8(p1), 16));
+}
+AI kv_i kv_sub(kv_i a, kv_i b) { return _mm256_sub_epi32(a, b); }
+AI kv_i kv_slli32(kv_i a, const int k) { return _mm256_slli_epi32(a, k); }
 AI kv_f kv_fp16(const uint8_t *p) { return _mm256_cvtph_ps(_mm_load_si128((const __m128i *)p)); }
 AI kv_f kv_cvt(kv_i a) { return _mm256_cvtepi32_ps(a); }
 AI kv_f kv_fset1(float x) { return _mm256_set1_ps(x); }

@@ -66,6 +66,10 @@
 #define KQP_OPAQUE(qt, v) ((void)0)
 #endif
 
+#ifndef KV_SPLIT6
+#define KV_SPLIT6 0
+#endif
+
 enum { KQP_Q4_K = 0, KQP_Q6_K = 1, KQP_Q5_K = 2, KQP_IQ4_XS = 3, KQP_Q3_K = 4, KQP_Q2_K = 5 };
 
 static inline int32_t kqp_bsum(const uint8_t *ab, int g) { return (int16_t)pl_ld_u16(ab + 260 + 2 * g); }
@@ -172,7 +176,7 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
 #ifdef KV_OFFS16
             /* the offset corrections of Q6_K's values (stored + 32) and Q3_K's (+ 4) per group */
             _Alignas(32) uint8_t corr[qt == KQP_Q2_K ? 1 : KQP_MAXC][256];
-            if (qt != KQP_Q2_K)
+            if (qt != KQP_Q2_K && !(KV_SPLIT6 && qt == KQP_Q6_K))
                 UNROLL for (int c = 0; c < C; c++) kv_offs16(a + (size_t)c * as + (size_t)b * KQ_Q8K + 4, qt == KQP_Q6_K ? 32 : 4, corr[c]);
 #endif
             UNROLL for (int g = 0; g < 16; g++) { /* group g: 16 weights 128h + 32k + 4v + i, v = 4 (g % 2) .. + 3 */
@@ -200,7 +204,9 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
                     const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K, *q8 = ab + 4 + 16 * g;
                     /* Q6_K's values are stored + 32, Q3_K's + 4 */
 #ifdef KV_OFFS16
-                    const kv_i sd = qt == KQP_Q2_K ? kv_sdot(4, 2, w, q8, sc, 0, 0) : kv_sdot_c16(w, q8, sc, corr[c] + 16 * g);
+                    const kv_i sd = qt == KQP_Q2_K ? kv_sdot(4, 2, w, q8, sc, 0, 0)
+                                    : KV_SPLIT6 && qt == KQP_Q6_K ? kv_sdot6_split(w, q8, sc)
+                                    : kv_sdot_c16(w, q8, sc, corr[c] + 16 * g);
 #else
                     const int32_t init = qt == KQP_Q6_K ? -32 * kqp_bsum(ab, g) : qt == KQP_Q3_K ? -4 * kqp_bsum(ab, g) : 0;
                     const kv_i sd = kv_sdot(4, qt == KQP_Q6_K ? 6 : qt == KQP_Q3_K ? 3 : 2, w, q8, sc, init, 0);
@@ -214,6 +220,18 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
                     }
                 }
             }
+#if KV_SPLIT6
+            if (qt == KQP_Q6_K) { /* less 32 x the scales by the group activation sums (int16 pairs: exact int32) */
+                kv_i sp[8];
+                UNROLL for (int j = 0; j < 8; j++) sp[j] = kv_pairs16_s8(rec + 64 + 32 * j + lo, rec + 80 + 32 * j + lo);
+                UNROLL for (int c = 0; c < C; c++) {
+                    const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K;
+                    kv_i t = kv_madd16(sp[0], kv_set1((int32_t)pl_ld_u32(ab + 260)));
+                    UNROLL for (int j = 1; j < 8; j++) t = kv_add(t, kv_madd16(sp[j], kv_set1((int32_t)pl_ld_u32(ab + 260 + 4 * j))));
+                    isum[c] = kv_sub(isum[c], kv_slli32(t, 5));
+                }
+            }
+#endif
             const kv_f d = kv_fp16(rec + 2 * lo);
             UNROLL for (int c = 0; c < C; c++) {
                 const kv_f ad = kv_fset1(pl_ld_f32(a + (size_t)c * as + (size_t)b * KQ_Q8K));
