@@ -762,29 +762,6 @@ AI kv_i kv_sdot_s8(const int NW, const kv_i *w, const uint8_t *q8, kv_i sc, int3
     }
     return acc;
 }
-/* Q6_K / Q3_K (values stored + off, off = 32 / 4): per group g of 16 weights, the int16 pair (off x the
- * sum of its 8 activations at bytes 0, 1 of its 4 dwords, off x the 8 at bytes 2, 3) as the dword at
- * dst + 16 g (256 bytes, 32-aligned); |off x sum| <= 32 x 8 x 127 fits int16 */
-#define KV_OFFS16 1
-AI void kv_offs16(const uint8_t *q8, int off, uint8_t *dst) {
-    const __m256i m = _mm256_set1_epi8((char)off);
-    UNROLL for (int s = 0; s < 8; s++) {
-        __m256i t = _mm256_maddubs_epi16(m, _mm256_loadu_si256((const __m256i *)(q8 + 32 * s)));
-        t = _mm256_add_epi16(t, _mm256_srli_si256(t, 8));
-        t = _mm256_add_epi16(t, _mm256_srli_si256(t, 4));
-        _mm256_store_si256((__m256i *)(dst + 32 * s), t);
-    }
-}
-/* sc x the dot of 4 vectors of values stored + off (< 64) with q8, less off x the activation sums: the
- * 4 vpmaddubsw pair sums (each <= 2 x 63 x 127) added in int16 wrap, but less the correction word each
- * int16 is the exact dot of its 8 weights (|.| <= 8 x 32 x 127), so one vpmaddwd by the scales */
-AI kv_i kv_sdot_c16(const kv_i *w, const uint8_t *q8, kv_i sc, const uint8_t *corr) {
-    __m256i s16 = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32((int)pl_ld_u32(q8)));
-    UNROLL for (int v = 1; v < 4; v++)
-        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[v], _mm256_set1_epi32((int)pl_ld_u32(q8 + 4 * v))));
-    s16 = _mm256_sub_epi16(s16, _mm256_set1_epi32((int)pl_ld_u32(corr)));
-    return _mm256_madd_epi16(s16, sc);
-}
 AI kv_i kv_bcast128(const void *p) { return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p)); }
 AI kv_i kv_shuffle8(kv_i t, kv_i i) { return _mm256_shuffle_epi8(t, i); }
 AI kv_i kv_u8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
@@ -794,10 +771,11 @@ AI kv_i kv_s8(const uint8_t *p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64((c
 #define KV_MINS16 1
 AI kv_i kv_pairs16(const uint8_t *p0, const uint8_t *p1) { return _mm256_or_si256(kv_u8(p0), _mm256_slli_epi32(kv_u8(p1), 16)); }
 AI kv_i kv_madd16(kv_i a, kv_i b) { return _mm256_madd_epi16(a, b); }
-/* Q6_K (values stored + 32, < 64): the dot of a group's 4 vectors without the offset, as two int16 pair
- * sums of 2 vpmaddubsw (<= 4 x 63 x 127: exact) each by the scales; the offset x the group activation sums
- * is taken once per super-block by kv_pairs16_s8 / kv_madd16 instead of per group */
-#define KV_SPLIT6 1
+/* Q6_K (values stored + 32, < 64): the dot of a group's 4 vectors with the values as stored, as two int16
+ * pair sums of 2 vpmaddubsw (<= 4 x 63 x 127: exact) each by the scales; the offset x the group activation
+ * sums is taken once per super-block by kv_pairs16_s8 / kv_madd16 (Q3_K's too; measured in one process on
+ * a Zen 5 against a per-group int16 correction: prefill Q6_K +17%, Q3_K +25%) */
+#define KV_OFFS_BLOCK 1
 AI kv_i kv_sdot6_split(const kv_i *w, const uint8_t *q8, kv_i sc) {
     __m256i a = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32((int)pl_ld_u32(q8)));
     a = _mm256_add_epi16(a, _mm256_maddubs_epi16(w[1], _mm256_set1_epi32((int)pl_ld_u32(q8 + 4))));

@@ -19,10 +19,11 @@
  *   kv_u8(p) / kv_s8(p): KV_LANES bytes zero / sign extended to the lanes; kv_fp16(p): KV_LANES fp16;
  *   kv_cvt(i), kv_fset1(f), kv_fzero(), kv_fadd, kv_fsub, kv_fmul; kv_store(out, v, rows) (lanes
  *   < rows); UNROLL (a full-unroll pragma).
- * Optional: KV_OFFS16 (AVX2) with kv_offs16(q8, off, dst) (per 16-weight group g of a Q8_K block, off x
- *   its activation sums as the int16 pair of the dword at dst + 16 g) and kv_sdot_c16(w, q8, sc, corr)
- *   (sc x the dot of 4 vectors of values stored + off, less that correction): Q6_K / Q3_K then take
- *   their offset in the int16 sums instead of an int32 start value times the scales.
+ * Optional: KV_OFFS_BLOCK 1 (AVX2) with kv_sdot6_split(w, q8, sc) (sc x the dot of 4 vectors of Q6_K
+ *   values as stored, < 64), kv_pairs16_s8(p0, p1) (per lane the int16 pair of s8 bytes p0[r], p1[r]),
+ *   kv_madd16 (vpmaddwd), kv_sub, kv_slli32: Q6_K / Q3_K then dot their values as stored (+ 32 / + 4)
+ *   and take the offset x the scales x the group activation sums once per super-block instead of an
+ *   int32 start value per group.
  * Per super-block each lane sums its row's integer dot products exactly (int32, as the reference) and
  * combines them with the reference's float operations in its order (the build has no FP contraction),
  * so every ISA equals the scalar reference bit for bit and a row's result never depends on the batch. */
@@ -66,8 +67,8 @@
 #define KQP_OPAQUE(qt, v) ((void)0)
 #endif
 
-#ifndef KV_SPLIT6
-#define KV_SPLIT6 0
+#ifndef KV_OFFS_BLOCK
+#define KV_OFFS_BLOCK 0
 #endif
 
 enum { KQP_Q4_K = 0, KQP_Q6_K = 1, KQP_Q5_K = 2, KQP_IQ4_XS = 3, KQP_Q3_K = 4, KQP_Q2_K = 5 };
@@ -173,12 +174,6 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
         } else { /* Q6_K, Q3_K, Q2_K: 16 groups of 16 weights with a scale each */
             kv_i imin[KQP_MAXC]; /* Q2_K */
             const size_t qoff = qt == KQP_Q2_K ? 576 : 320; /* Q2_K / Q3_K: qs words (then Q3_K's hmask) */
-#ifdef KV_OFFS16
-            /* the offset corrections of Q6_K's values (stored + 32) and Q3_K's (+ 4) per group */
-            _Alignas(32) uint8_t corr[qt == KQP_Q2_K ? 1 : KQP_MAXC][256];
-            if (qt != KQP_Q2_K && !(KV_SPLIT6 && qt == KQP_Q6_K))
-                UNROLL for (int c = 0; c < C; c++) kv_offs16(a + (size_t)c * as + (size_t)b * KQ_Q8K + 4, qt == KQP_Q6_K ? 32 : 4, corr[c]);
-#endif
             UNROLL for (int g = 0; g < 16; g++) { /* group g: 16 weights 128h + 32k + 4v + i, v = 4 (g % 2) .. + 3 */
                 const int h = g / 8, k = (g % 8) / 2, v0 = 4 * (g % 2);
                 kv_i w[4];
@@ -203,10 +198,8 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
                 UNROLL for (int c = 0; c < C; c++) {
                     const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K, *q8 = ab + 4 + 16 * g;
                     /* Q6_K's values are stored + 32, Q3_K's + 4 */
-#ifdef KV_OFFS16
-                    const kv_i sd = qt == KQP_Q2_K ? kv_sdot(4, 2, w, q8, sc, 0, 0)
-                                    : KV_SPLIT6 && qt == KQP_Q6_K ? kv_sdot6_split(w, q8, sc)
-                                    : kv_sdot_c16(w, q8, sc, corr[c] + 16 * g);
+#if KV_OFFS_BLOCK /* the offsets once per super-block, below */
+                    const kv_i sd = qt == KQP_Q6_K ? kv_sdot6_split(w, q8, sc) : kv_sdot(4, qt == KQP_Q3_K ? 3 : 2, w, q8, sc, 0, 0);
 #else
                     const int32_t init = qt == KQP_Q6_K ? -32 * kqp_bsum(ab, g) : qt == KQP_Q3_K ? -4 * kqp_bsum(ab, g) : 0;
                     const kv_i sd = kv_sdot(4, qt == KQP_Q6_K ? 6 : qt == KQP_Q3_K ? 3 : 2, w, q8, sc, init, 0);
@@ -220,15 +213,15 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
                     }
                 }
             }
-#if KV_SPLIT6
-            if (qt == KQP_Q6_K) { /* less 32 x the scales by the group activation sums (int16 pairs: exact int32) */
+#if KV_OFFS_BLOCK
+            if (qt != KQP_Q2_K) { /* less 32 (Q6_K) / 4 (Q3_K) x the scales by the group activation sums (int16 pairs: exact int32) */
                 kv_i sp[8];
                 UNROLL for (int j = 0; j < 8; j++) sp[j] = kv_pairs16_s8(rec + 64 + 32 * j + lo, rec + 80 + 32 * j + lo);
                 UNROLL for (int c = 0; c < C; c++) {
                     const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K;
                     kv_i t = kv_madd16(sp[0], kv_set1((int32_t)pl_ld_u32(ab + 260)));
                     UNROLL for (int j = 1; j < 8; j++) t = kv_add(t, kv_madd16(sp[j], kv_set1((int32_t)pl_ld_u32(ab + 260 + 4 * j))));
-                    isum[c] = kv_sub(isum[c], kv_slli32(t, 5));
+                    isum[c] = kv_sub(isum[c], kv_slli32(t, qt == KQP_Q6_K ? 5 : 2));
                 }
             }
 #endif
