@@ -52,6 +52,9 @@
 #ifndef KQP_MAXC_4
 #define KQP_MAXC_4 4 /* the other types */
 #endif
+#ifndef KQP_MAXC_IQ4
+#define KQP_MAXC_IQ4 KQP_MAXC_4 /* IQ4_XS */
+#endif
 
 /* x86: v's value made opaque to the compiler, at no cost, after each group's sum is added (qt: where
  * it is done): GCC otherwise reassociates the per-group sums into a tree and moves their multiplies
@@ -266,7 +269,10 @@ AI void kqp_tile(const int qt, const int C, int nb, const uint8_t *gp, const uin
     static void kqp_gemm_packed_##qt(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out,    \
                                      size_t os) {                                                                \
         pl_pk_gemm_drive(PL_TYPE_##qt, PL_QK_K, kqp_gemv_##qt, kqp_tiles_##qt,                                 \
-                         KQP_##qt == KQP_Q6_K || KQP_##qt == KQP_Q3_K ? KQP_MAXC_6 : KQP_MAXC_4, n, nr, nc, w, a, as, out, \
+                         KQP_##qt == KQP_Q6_K || KQP_##qt == KQP_Q3_K ? KQP_MAXC_6                               \
+                         : KQP_##qt == KQP_IQ4_XS                    ? KQP_MAXC_IQ4                              \
+                                                                     : KQP_MAXC_4,                               \
+                         n, nr, nc, w, a, as, out, \
                          os);                                                                                    \
     }
 KQP_DEFS(Q4_K)
