@@ -139,10 +139,12 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
                     const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K, *q8 = ab + 4 + 32 * s;
                     /* wide: every product was 16 x the nibble's, so >> 4 is exact */
                     const kv_i sd = kv_sdot(8, wide ? 8 : qt == KQP_Q5_K ? 5 : 4, w, q8, sc, 0, wide ? 4 : 0);
+#ifndef KV_MINS16
+                    const kv_i ms = kv_mullo(mn, kv_set1(kqp_bsum(ab, 2 * s) + kqp_bsum(ab, 2 * s + 1)));
+#endif
                     isum[c] = s ? kv_add(isum[c], sd) : sd;
                     KQP_OPAQUE(qt, isum[c]);
 #ifndef KV_MINS16
-                    const kv_i ms = kv_mullo(mn, kv_set1(kqp_bsum(ab, 2 * s) + kqp_bsum(ab, 2 * s + 1)));
                     imin[c] = s ? kv_add(imin[c], ms) : ms;
                     KQP_OPAQUE(qt, imin[c]);
 #endif
