@@ -672,6 +672,10 @@ static void q8_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a
 /* ============================== packed Q4_K / Q6_K x Q8_K ==============================
  * kquant_packed_simd.h over one ymm per 8 rows (each group in two passes: rows 0..7, 8..15). */
 #define KV_LANES 8
+/* activation rows per prefill pass for Q4_K / Q5_K / Q2_K (measured in one process on a Zen 5, 64 rows, 5
+ * against 4: Q5_K +27%, Q4_K +2%, Q2_K 0); IQ4_XS keeps 4 (-7% with 5), Q6_K / Q3_K too (KQP_MAXC_6) */
+#define KQP_MAXC_4 5
+#define KQP_MAXC_IQ4 4
 typedef __m256i kv_i;
 typedef __m256 kv_f;
 AI kv_i kv_load(const uint8_t *p) { return _mm256_load_si256((const __m256i *)p); }
@@ -691,6 +695,9 @@ AI kv_i kv_scales(kv_i sc) {
 /* vpmaddubsw products summed in int16 over as many vectors as cannot overflow (each pair sum is at
  * most 2 x (2^WBITS - 1) x 128: 8 vectors of 4-bit weights, 4 of 5-bit, 2 of 6-bit), then vpmaddwd by
  * the scale pairs (int32, exact); init x scale with one multiply */
+/* a value made opaque (empty asm): keeps a sum a serial chain (GCC otherwise reassociates it into a tree
+ * whose partial sums no longer fit the 16 registers) */
+#define KV_CHAIN(v) __asm__("" : "+x"(v))
 AI kv_i kv_sdot(const int NW, const int WBITS, const kv_i *w, const uint8_t *q8, kv_i sc, int32_t init, const int shift) {
     (void)shift; /* no KV_DOT_WIDE here */
     const int run = WBITS <= 4 ? 8 : WBITS == 5 ? 4 : 2;
@@ -698,8 +705,10 @@ AI kv_i kv_sdot(const int NW, const int WBITS, const kv_i *w, const uint8_t *q8,
     UNROLL for (int v0 = 0; v0 < NW; v0 += run) {
         __m256i s16 = _mm256_maddubs_epi16(w[v0], _mm256_set1_epi32((int)pl_ld_u32(q8 + 4 * v0)));
         UNROLL for (int k = 1; k < run; k++)
-            if (v0 + k < NW)
+            if (v0 + k < NW) {
                 s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[v0 + k], _mm256_set1_epi32((int)pl_ld_u32(q8 + 4 * (v0 + k)))));
+                KV_CHAIN(s16);
+            }
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s16, sc));
     }
     return acc;
@@ -717,33 +726,33 @@ AI kv_i kv_sdot_s8(const int NW, const kv_i *w, const uint8_t *q8, kv_i sc, int3
     }
     return acc;
 }
-/* Q6_K / Q3_K (values stored + off, off = 32 / 4): per group g of 16 weights, the int16 pair (off x the
- * sum of its 8 activations at bytes 0, 1 of its 4 dwords, off x the 8 at bytes 2, 3) as the dword at
- * dst + 16 g (256 bytes, 32-aligned); |off x sum| <= 32 x 8 x 127 fits int16 */
-#define KV_OFFS16 1
-AI void kv_offs16(const uint8_t *q8, int off, uint8_t *dst) {
-    const __m256i m = _mm256_set1_epi8((char)off);
-    UNROLL for (int s = 0; s < 8; s++) {
-        __m256i t = _mm256_maddubs_epi16(m, _mm256_loadu_si256((const __m256i *)(q8 + 32 * s)));
-        t = _mm256_add_epi16(t, _mm256_srli_si256(t, 8));
-        t = _mm256_add_epi16(t, _mm256_srli_si256(t, 4));
-        _mm256_store_si256((__m256i *)(dst + 32 * s), t);
-    }
-}
-/* sc x the dot of 4 vectors of values stored + off (< 64) with q8, less off x the activation sums: the
- * 4 vpmaddubsw pair sums (each <= 2 x 63 x 127) added in int16 wrap, but less the correction word each
- * int16 is the exact dot of its 8 weights (|.| <= 8 x 32 x 127), so one vpmaddwd by the scales */
-AI kv_i kv_sdot_c16(const kv_i *w, const uint8_t *q8, kv_i sc, const uint8_t *corr) {
-    __m256i s16 = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32((int)pl_ld_u32(q8)));
-    UNROLL for (int v = 1; v < 4; v++)
-        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[v], _mm256_set1_epi32((int)pl_ld_u32(q8 + 4 * v))));
-    s16 = _mm256_sub_epi16(s16, _mm256_set1_epi32((int)pl_ld_u32(corr)));
-    return _mm256_madd_epi16(s16, sc);
-}
 AI kv_i kv_bcast128(const void *p) { return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p)); }
 AI kv_i kv_shuffle8(kv_i t, kv_i i) { return _mm256_shuffle_epi8(t, i); }
 AI kv_i kv_u8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
 AI kv_i kv_s8(const uint8_t *p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
+/* Q4_K / Q5_K mins: per lane the int16 pair (byte p0[r], byte p1[r]) and vpmaddwd (the mins (< 64) by
+ * the sub-block activation sums (|.| <= 32 x 127): exact int32) */
+#define KV_MINS16 1
+AI kv_i kv_pairs16(const uint8_t *p0, const uint8_t *p1) { return _mm256_or_si256(kv_u8(p0), _mm256_slli_epi32(kv_u8(p1), 16)); }
+AI kv_i kv_madd16(kv_i a, kv_i b) { return _mm256_madd_epi16(a, b); }
+/* Q6_K (values stored + 32, < 64): the dot of a group's 4 vectors with the values as stored, as two int16
+ * pair sums of 2 vpmaddubsw (<= 4 x 63 x 127: exact) each by the scales; the offset x the group activation
+ * sums is taken once per super-block by kv_pairs16_s8 / kv_madd16 (Q3_K's too; measured in one process on
+ * a Zen 5 against a per-group int16 correction: prefill Q6_K +17%, Q3_K +25%) */
+#define KV_OFFS_BLOCK 1
+AI kv_i kv_sdot6_split(const kv_i *w, const uint8_t *q8, kv_i sc) {
+    __m256i a = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32((int)pl_ld_u32(q8)));
+    a = _mm256_add_epi16(a, _mm256_maddubs_epi16(w[1], _mm256_set1_epi32((int)pl_ld_u32(q8 + 4))));
+    __m256i b = _mm256_maddubs_epi16(w[2], _mm256_set1_epi32((int)pl_ld_u32(q8 + 8)));
+    b = _mm256_add_epi16(b, _mm256_maddubs_epi16(w[3], _mm256_set1_epi32((int)pl_ld_u32(q8 + 12))));
+    return _mm256_add_epi32(_mm256_madd_epi16(a, sc), _mm256_madd_epi16(b, sc));
+}
+/* per lane the int16 pair (s8 byte p0[r], s8 byte p1[r]) */
+AI kv_i kv_pairs16_s8(const uint8_t *p0, const uint8_t *p1) {
+    return _mm256_or_si256(_mm256_and_si256(kv_s8(p0), _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(kv_s8(p1), 16));
+}
+AI kv_i kv_sub(kv_i a, kv_i b) { return _mm256_sub_epi32(a, b); }
+AI kv_i kv_slli32(kv_i a, const int k) { return _mm256_slli_epi32(a, k); }
 AI kv_f kv_fp16(const uint8_t *p) { return _mm256_cvtph_ps(_mm_load_si128((const __m128i *)p)); }
 AI kv_f kv_cvt(kv_i a) { return _mm256_cvtepi32_ps(a); }
 AI kv_f kv_fset1(float x) { return _mm256_set1_ps(x); }

@@ -19,10 +19,11 @@
  *   kv_u8(p) / kv_s8(p): KV_LANES bytes zero / sign extended to the lanes; kv_fp16(p): KV_LANES fp16;
  *   kv_cvt(i), kv_fset1(f), kv_fzero(), kv_fadd, kv_fsub, kv_fmul; kv_store(out, v, rows) (lanes
  *   < rows); UNROLL (a full-unroll pragma).
- * Optional: KV_OFFS16 (AVX2) with kv_offs16(q8, off, dst) (per 16-weight group g of a Q8_K block, off x
- *   its activation sums as the int16 pair of the dword at dst + 16 g) and kv_sdot_c16(w, q8, sc, corr)
- *   (sc x the dot of 4 vectors of values stored + off, less that correction): Q6_K / Q3_K then take
- *   their offset in the int16 sums instead of an int32 start value times the scales.
+ * Optional: KV_OFFS_BLOCK 1 (AVX2) with kv_sdot6_split(w, q8, sc) (sc x the dot of 4 vectors of Q6_K
+ *   values as stored, < 64), kv_pairs16_s8(p0, p1) (per lane the int16 pair of s8 bytes p0[r], p1[r]),
+ *   kv_madd16 (vpmaddwd), kv_sub, kv_slli32: Q6_K / Q3_K then dot their values as stored (+ 32 / + 4)
+ *   and take the offset x the scales x the group activation sums once per super-block instead of an
+ *   int32 start value per group.
  * Per super-block each lane sums its row's integer dot products exactly (int32, as the reference) and
  * combines them with the reference's float operations in its order (the build has no FP contraction),
  * so every ISA equals the scalar reference bit for bit and a row's result never depends on the batch. */
@@ -51,6 +52,9 @@
 #ifndef KQP_MAXC_4
 #define KQP_MAXC_4 4 /* the other types */
 #endif
+#ifndef KQP_MAXC_IQ4
+#define KQP_MAXC_IQ4 KQP_MAXC_4 /* IQ4_XS */
+#endif
 
 /* x86: v's value made opaque to the compiler, at no cost, after each group's sum is added (qt: where
  * it is done): GCC otherwise reassociates the per-group sums into a tree and moves their multiplies
@@ -64,6 +68,10 @@
     } while (0)
 #else
 #define KQP_OPAQUE(qt, v) ((void)0)
+#endif
+
+#ifndef KV_OFFS_BLOCK
+#define KV_OFFS_BLOCK 0
 #endif
 
 enum { KQP_Q4_K = 0, KQP_Q6_K = 1, KQP_Q5_K = 2, KQP_IQ4_XS = 3, KQP_Q3_K = 4, KQP_Q2_K = 5 };
@@ -131,13 +139,36 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
                     const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K, *q8 = ab + 4 + 32 * s;
                     /* wide: every product was 16 x the nibble's, so >> 4 is exact */
                     const kv_i sd = kv_sdot(8, wide ? 8 : qt == KQP_Q5_K ? 5 : 4, w, q8, sc, 0, wide ? 4 : 0);
+#ifndef KV_MINS16
                     const kv_i ms = kv_mullo(mn, kv_set1(kqp_bsum(ab, 2 * s) + kqp_bsum(ab, 2 * s + 1)));
+#endif
                     isum[c] = s ? kv_add(isum[c], sd) : sd;
                     KQP_OPAQUE(qt, isum[c]);
+#ifndef KV_MINS16
                     imin[c] = s ? kv_add(imin[c], ms) : ms;
                     KQP_OPAQUE(qt, imin[c]);
+#endif
+                }
+#ifdef KV_MINS16
+                (void)mn;
+#endif
+            }
+#ifdef KV_MINS16
+            { /* the mins after the sub-blocks: the (int16) mins of sub-blocks 2j, 2j + 1 by their activation sums */
+                kv_i mp[4];
+                UNROLL for (int j = 0; j < 4; j++) mp[j] = kv_pairs16(rec + 192 + 32 * j + lo, rec + 208 + 32 * j + lo);
+                UNROLL for (int c = 0; c < C; c++) {
+                    const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K;
+                    kv_i t = kv_zero();
+                    UNROLL for (int j = 0; j < 4; j++) {
+                        const int32_t s0 = kqp_bsum(ab, 4 * j) + kqp_bsum(ab, 4 * j + 1);
+                        const int32_t s1 = kqp_bsum(ab, 4 * j + 2) + kqp_bsum(ab, 4 * j + 3);
+                        t = kv_add(t, kv_madd16(mp[j], kv_set1((int32_t)((uint32_t)(uint16_t)s0 | ((uint32_t)(uint16_t)s1 << 16)))));
+                    }
+                    imin[c] = t;
                 }
             }
+#endif
             const kv_f d = kv_fp16(rec + 2 * lo), dmin = kv_fp16(rec + 32 + 2 * lo);
             UNROLL for (int c = 0; c < C; c++) {
                 const kv_f ad = kv_fset1(pl_ld_f32(a + (size_t)c * as + (size_t)b * KQ_Q8K));
@@ -148,12 +179,6 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
         } else { /* Q6_K, Q3_K, Q2_K: 16 groups of 16 weights with a scale each */
             kv_i imin[KQP_MAXC]; /* Q2_K */
             const size_t qoff = qt == KQP_Q2_K ? 576 : 320; /* Q2_K / Q3_K: qs words (then Q3_K's hmask) */
-#ifdef KV_OFFS16
-            /* the offset corrections of Q6_K's values (stored + 32) and Q3_K's (+ 4) per group */
-            _Alignas(32) uint8_t corr[qt == KQP_Q2_K ? 1 : KQP_MAXC][256];
-            if (qt != KQP_Q2_K)
-                UNROLL for (int c = 0; c < C; c++) kv_offs16(a + (size_t)c * as + (size_t)b * KQ_Q8K + 4, qt == KQP_Q6_K ? 32 : 4, corr[c]);
-#endif
             UNROLL for (int g = 0; g < 16; g++) { /* group g: 16 weights 128h + 32k + 4v + i, v = 4 (g % 2) .. + 3 */
                 const int h = g / 8, k = (g % 8) / 2, v0 = 4 * (g % 2);
                 kv_i w[4];
@@ -178,8 +203,8 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
                 UNROLL for (int c = 0; c < C; c++) {
                     const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K, *q8 = ab + 4 + 16 * g;
                     /* Q6_K's values are stored + 32, Q3_K's + 4 */
-#ifdef KV_OFFS16
-                    const kv_i sd = qt == KQP_Q2_K ? kv_sdot(4, 2, w, q8, sc, 0, 0) : kv_sdot_c16(w, q8, sc, corr[c] + 16 * g);
+#if KV_OFFS_BLOCK /* the offsets once per super-block, below */
+                    const kv_i sd = qt == KQP_Q6_K ? kv_sdot6_split(w, q8, sc) : kv_sdot(4, qt == KQP_Q3_K ? 3 : 2, w, q8, sc, 0, 0);
 #else
                     const int32_t init = qt == KQP_Q6_K ? -32 * kqp_bsum(ab, g) : qt == KQP_Q3_K ? -4 * kqp_bsum(ab, g) : 0;
                     const kv_i sd = kv_sdot(4, qt == KQP_Q6_K ? 6 : qt == KQP_Q3_K ? 3 : 2, w, q8, sc, init, 0);
@@ -193,6 +218,18 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
                     }
                 }
             }
+#if KV_OFFS_BLOCK
+            if (qt != KQP_Q2_K) { /* less 32 (Q6_K) / 4 (Q3_K) x the scales by the group activation sums (int16 pairs: exact int32) */
+                kv_i sp[8];
+                UNROLL for (int j = 0; j < 8; j++) sp[j] = kv_pairs16_s8(rec + 64 + 32 * j + lo, rec + 80 + 32 * j + lo);
+                UNROLL for (int c = 0; c < C; c++) {
+                    const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K;
+                    kv_i t = kv_madd16(sp[0], kv_set1((int32_t)pl_ld_u32(ab + 260)));
+                    UNROLL for (int j = 1; j < 8; j++) t = kv_add(t, kv_madd16(sp[j], kv_set1((int32_t)pl_ld_u32(ab + 260 + 4 * j))));
+                    isum[c] = kv_sub(isum[c], kv_slli32(t, qt == KQP_Q6_K ? 5 : 2));
+                }
+            }
+#endif
             const kv_f d = kv_fp16(rec + 2 * lo);
             UNROLL for (int c = 0; c < C; c++) {
                 const kv_f ad = kv_fset1(pl_ld_f32(a + (size_t)c * as + (size_t)b * KQ_Q8K));
@@ -234,7 +271,10 @@ AI void kqp_tile(const int qt, const int C, int nb, const uint8_t *gp, const uin
     static void kqp_gemm_packed_##qt(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out,    \
                                      size_t os) {                                                                \
         pl_pk_gemm_drive(PL_TYPE_##qt, PL_QK_K, kqp_gemv_##qt, kqp_tiles_##qt,                                 \
-                         KQP_##qt == KQP_Q6_K || KQP_##qt == KQP_Q3_K ? KQP_MAXC_6 : KQP_MAXC_4, n, nr, nc, w, a, as, out, \
+                         KQP_##qt == KQP_Q6_K || KQP_##qt == KQP_Q3_K ? KQP_MAXC_6                               \
+                         : KQP_##qt == KQP_IQ4_XS                    ? KQP_MAXC_IQ4                              \
+                                                                     : KQP_MAXC_4,                               \
+                         n, nr, nc, w, a, as, out, \
                          os);                                                                                    \
     }
 KQP_DEFS(Q4_K)
