@@ -15,7 +15,14 @@ import pytest
 import pyllm
 from pyllm import _engine
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# child processes import the pyllm this test imported (the installed one in CI, the source tree with its
+# built extension in development), from a folder that holds no other pyllm
+PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(pyllm.__file__)))
+
+
+def run_child(args, tmp_path, timeout):
+    return subprocess.run([sys.executable, "-c", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": PKG_PARENT})
 
 
 @pytest.mark.parametrize("nth", [1, 2, 3, 4, 7])
@@ -37,13 +44,12 @@ def test_pool_selftest_rejects_bad_input():
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc/self/task")
-def test_idle_workers_are_bounded():
+def test_idle_workers_are_bounded(tmp_path):
     """calls with many thread counts keep the workers of the last few only (4 teams)"""
     code = ("import os\nfrom pyllm import _engine\n"
             "for r in range(2):\n    for n in range(1, 13):\n        assert _engine.pool_selftest(n, 40) == (0, n)\n"
             "print(len(os.listdir('/proc/self/task')))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": REPO})
+    r = run_child([code], tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     # the main thread, the teams of 12, 11, 10 and 9 threads, and a couple the interpreter may start
     assert int(r.stdout) <= 1 + 11 + 10 + 9 + 8 + 2
@@ -147,8 +153,7 @@ print("done")
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 @pytest.mark.parametrize("mode", ["plain", "daemon"])
-def test_fork_and_exit_with_live_workers(mode):
-    env = {**os.environ, "PYTHONPATH": REPO}
-    r = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, env=env, timeout=180)
+def test_fork_and_exit_with_live_workers(mode, tmp_path):
+    r = run_child([CHILD, mode], tmp_path, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip() == "done"
