@@ -777,6 +777,7 @@ PL_BASELINE_FN void pl_kernels_init_avx2(pl_kernels *k) {
     pl_type_traits *t;
     kq_register(k); /* kquant_dots_avx2.h */
     kqp_register(k); /* kquant_packed_simd.h */
+    pl_kernels_add_kquant_panel_avx2(k); /* Q6_K / Q3_K prefill from decoded super-blocks */
     pl_kernels_add_packed_legacy_avx2(k); /* Q4_1 / Q5_0 / Q5_1 / IQ4_NL: legacy_packed_avx2.c */
     q8_k_ref = k->types[PL_TYPE_Q8_K].from_float;
     k->types[PL_TYPE_Q8_K].from_float = q8_k_from_float;

@@ -208,6 +208,8 @@ void pl_kernels_add_packed_kquants(pl_kernels *k);
 void pl_kernels_add_packed_legacy(pl_kernels *k);
 void pl_kernels_add_packed_legacy_avx2(pl_kernels *k);
 void pl_kernels_add_packed_legacy_avx512(pl_kernels *k);
+/* kquant_panel_avx2.c: AVX2 Q6_K / Q3_K prefill from decoded super-blocks (after kquant_packed_simd.h's) */
+void pl_kernels_add_kquant_panel_avx2(pl_kernels *k);
 /* Q4_0 / Q8_0's pack_act: quantizes one row with q8_from_float (the active Q8_0 from_float), adds d/c4/c8 */
 void pl_pack_act_row(pl_from_float_fn q8_from_float, const float *x, void *dst, int64_t n);
 static inline size_t pl_round64(size_t x) { return (x + 63) & ~(size_t)63; }

@@ -114,10 +114,11 @@ PACKED = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS]  # the K-quants with
 def test_packed_gemm_equals_the_unpacked_reference(isa, t):
     """The packed gemm of every ISA (decode: one activation row; prefill: tiles of several) equals the
     scalar unpacked reference bit for bit, on rows that do not fill the last 16-row group, few and many
-    activation rows, an odd source offset, weights of every scale (1e-3 .. 3)."""
+    activation rows (AVX2 Q6_K / Q3_K take a decoded-block path from 16, in panels of 64: 17, 19, 70), an odd
+    source offset, weights of every scale (1e-3 .. 3)."""
     rng = np.random.default_rng(20 + int(t))
     for n in (256, 768):
-        for nr, nc in ((1, 1), (15, 1), (16, 2), (17, 3), (33, 7), (40, 13), (5, 17)):
+        for nr, nc in ((1, 1), (15, 1), (16, 2), (17, 3), (33, 7), (40, 13), (5, 17), (33, 19), (9, 70)):
             w = random_blocks(t, nr, n, rng, scale=float(rng.choice([1e-3, 0.05, 3.0]))).reshape(-1)
             x = (rng.standard_normal((nc, n)) * rng.uniform(0.1, 10, (nc, 1))).astype(np.float32)
             _engine.set_isa("scalar")
