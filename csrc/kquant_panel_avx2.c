@@ -1,10 +1,11 @@
-/* kquant_panel_avx2.c: AVX2 prefill of packed Q6_K and Q3_K (layouts in tensor_types.h) through a
- * decoded super-block. On AVX2 the 6-bit (and 3-bit) weights take 4-5 vector operations per 32 bytes to
- * decode, as many as their dot product with one activation row; the tiles of kquant_packed_simd.h
- * share each decode among 4 activation rows only (registers). Here each super-block of 8 rows is
- * decoded once into a 2.7 KB buffer (the weight values as stored, the scale pairs and the offset
- * pairs) and then multiplied with up to PANEL activation rows from there, 4 at a time, the fp32 sums
- * kept in memory between super-blocks. Integer sums are exact and each row's float operations run in
+/* kquant_panel_avx2.c: AVX2 prefill of packed Q6_K, Q5_K, Q4_K and Q3_K (layouts in tensor_types.h)
+ * through a decoded super-block. On AVX2 the 6-bit (5-bit, 3-bit) weights take 4-5 vector operations per
+ * 32 bytes to decode, as many as their dot product with one activation row; the tiles of
+ * kquant_packed_simd.h share each decode among 4-5 activation rows only (registers). Here each
+ * super-block of 8 rows is decoded once into a 2.7 KB buffer (the weight values, the scale pairs and
+ * the offset / min pairs) and then multiplied with up to PANEL activation rows from there, 4 at a time,
+ * the fp32 sums kept in memory between super-blocks; panels are the outer loop, so a panel's
+ * activations stay in L2 while the weights stream past. Integer sums are exact and each row's float operations run in
  * the reference's order (kquant_packed.c), so the result equals the scalar reference bit for bit for
  * any number of activation rows. Fewer than MIN_ROWS activation rows (decode, short prompts) take
  * the tiles. Compiled with -mavx2 -mfma -mf16c; empty on other processors. */
@@ -17,20 +18,27 @@
 #include "tensor_types.h"
 
 #define PANEL 64   /* activation rows per pass over a group (their fp32 sums: 2 KB) */
-#define MIN_ROWS 16 /* activation rows from which the decoded path is taken (measured: 12 even, 16 +10%) */
+/* activation rows from which the decoded path is taken (measured against the tiles, one thread of a Zen 5,
+ * 256 x 2048 weights: Q6_K 12 rows even, 16 +10%, 256 +32%; Q5_K 16 +23%, 256 +32%; Q4_K, whose
+ * tiles decode cheaply, 16 -3%, 32 even, 64 +3%, 256 +6% (+14% with 5632 columns)) */
+#define MIN_ROWS 16
+#define MIN_ROWS_Q4_K 64
 /* records fetched ahead of the one decoded (1.1B Q6_K prefill, 256 tokens, one thread of a Zen 5: none
  * 102-106 tok/s, 1 ahead 109, 2 ahead 111-112, 3 109, 4 106-109) */
 #define PREFETCH_AHEAD 2
 #define Q8K_BYTES ((size_t)sizeof(pl_block_q8_k)) /* d at 0, qs at 4, bsums at 260 */
 
-enum { QP_Q6_K = 0, QP_Q3_K = 1 };
+enum { QP_Q6_K = 0, QP_Q3_K = 1, QP_Q4_K = 2, QP_Q5_K = 3 };
+#define QP_HAS_MIN(qt) ((qt) == QP_Q4_K || (qt) == QP_Q5_K) /* scale x weight - min; else an offset in the values */
 
-/* one super-block of 8 rows (lanes), decoded: w[4g + i] = group g's vector i (weights 16g + 4i .. +3
- * of each row, values as stored: Q6_K + 32, Q3_K + 4); sc[g] = the scale of group g as an int16 pair;
- * sp[j] = the scales of groups 2j, 2j + 1 as an int16 pair (for the offset x the activation sums) */
+/* one super-block of 8 rows (lanes), decoded: w[4u + i] = unit u's vector i (weights 16u + 4i .. +3 of
+ * each row; values as stored: Q6_K + 32, Q3_K + 4, Q4_K / Q5_K < 32); sc[u] = the scale of unit u (Q6_K /
+ * Q3_K: its group; Q4_K / Q5_K: its 32-weight sub-block u / 2) as an int16 pair; sp[j] = Q6_K / Q3_K:
+ * the scales of groups 2j, 2j + 1 as an int16 pair (for the offset x the activation sums), Q4_K / Q5_K
+ * (j < 4): the mins of sub-blocks 2j, 2j + 1; d (and dmin) of each row */
 typedef struct {
     __m256i w[64], sc[16], sp[8];
-    __m256 d;
+    __m256 d, dmin;
 } qp_block;
 
 AI __m256i qp_bc(const uint8_t *p) {
@@ -44,6 +52,30 @@ static inline __attribute__((always_inline)) void qp_decode(const int qt, const 
     const __m256i m4 = _mm256_set1_epi32(0x0F0F0F0F), m30 = _mm256_set1_epi32(0x30303030);
     const __m256i m3 = _mm256_set1_epi32(0x03030303), m04 = _mm256_set1_epi32(0x04040404);
     const __m256i lo16 = _mm256_set1_epi32(0xFFFF);
+    if (QP_HAS_MIN(qt)) {
+        /* sub-block s (32 weights): nibble s & 1 of the 8 words of chunk s / 2; Q5_K: plus bit s of its qh
+         * word as 16 (16-bit shifts: no bit crosses into bit 4); unit 2s + v / 4 */
+        const __m256i m10 = _mm256_set1_epi32(0x10101010);
+        UNROLL for (int s = 0; s < 8; s++) UNROLL for (int v = 0; v < 8; v++) {
+            const __m256i x = _mm256_load_si256((const __m256i *)(rec + 320 + 512 * (s / 2) + 64 * v + 4 * lo));
+            __m256i q = s & 1 ? _mm256_and_si256(_mm256_srli_epi16(x, 4), m4) : _mm256_and_si256(x, m4);
+            if (qt == QP_Q5_K) {
+                const __m256i h = _mm256_load_si256((const __m256i *)(rec + 2368 + 64 * v + 4 * lo));
+                q = _mm256_or_si256(q, _mm256_and_si256(s <= 4 ? _mm256_slli_epi16(h, 4 - s) : _mm256_srli_epi16(h, s - 4), m10));
+            }
+            B->w[8 * s + v] = q;
+        }
+        UNROLL for (int s = 0; s < 8; s++) {
+            const __m256i u = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(rec + 64 + 16 * s + lo)));
+            B->sc[2 * s] = B->sc[2 * s + 1] = _mm256_or_si256(u, _mm256_slli_epi32(u, 16));
+        }
+        UNROLL for (int j = 0; j < 4; j++)
+            B->sp[j] = _mm256_or_si256(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(rec + 192 + 32 * j + lo))),
+                                       _mm256_slli_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(rec + 208 + 32 * j + lo))), 16));
+        B->d = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(rec + 2 * lo)));
+        B->dmin = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(rec + 32 + 2 * lo)));
+        return;
+    }
     UNROLL for (int h = 0; h < 2; h++) UNROLL for (int v = 0; v < 8; v++) {
         /* vector v of half h holds weights 128h + 32k + 4v .. +3 for k = 0..3: group 8h + 2k + v / 4 */
         if (qt == QP_Q6_K) {
@@ -90,15 +122,34 @@ static inline __attribute__((always_inline)) void qp_dot(const int qt, const int
         const __m256i sc = B->sc[g];
         UNROLL for (int c = 0; c < C; c++) {
             const uint8_t *q8 = a + (size_t)c * as + 4 + 16 * g;
-            /* values < 64 by |q8| <= 128: two vpmaddubsw per int16 pair sum (<= 4 x 63 x 128) */
+            /* values < 64 by |q8| <= 128: two vpmaddubsw per int16 pair sum (<= 4 x 63 x 128); values < 32
+             * (Q4_K / Q5_K): all four (<= 8 x 31 x 128) */
             __m256i x = _mm256_maddubs_epi16(w0, qp_bc(q8));
             x = _mm256_add_epi16(x, _mm256_maddubs_epi16(w1, qp_bc(q8 + 4)));
             __m256i y = _mm256_maddubs_epi16(w2, qp_bc(q8 + 8));
             y = _mm256_add_epi16(y, _mm256_maddubs_epi16(w3, qp_bc(q8 + 12)));
-            const __m256i sd = _mm256_add_epi32(_mm256_madd_epi16(x, sc), _mm256_madd_epi16(y, sc));
+            const __m256i sd = QP_HAS_MIN(qt) ? _mm256_madd_epi16(_mm256_add_epi16(x, y), sc)
+                                              : _mm256_add_epi32(_mm256_madd_epi16(x, sc), _mm256_madd_epi16(y, sc));
             isum[c] = g ? _mm256_add_epi32(isum[c], sd) : sd;
             __asm__("" : "+x"(isum[c])); /* keep each sum a serial chain in a register */
         }
+    }
+    if (QP_HAS_MIN(qt)) {
+        UNROLL for (int c = 0; c < C; c++) {
+            const uint8_t *ab = a + (size_t)c * as;
+            /* the mins (< 64) by the sub-block activation sums (|.| <= 32 x 128), int16 pairs: exact */
+            __m256i imin = _mm256_setzero_si256();
+            UNROLL for (int j = 0; j < 4; j++) {
+                const int32_t s0 = (int16_t)pl_ld_u16(ab + 260 + 8 * j) + (int16_t)pl_ld_u16(ab + 262 + 8 * j);
+                const int32_t s1 = (int16_t)pl_ld_u16(ab + 264 + 8 * j) + (int16_t)pl_ld_u16(ab + 266 + 8 * j);
+                imin = _mm256_add_epi32(imin, _mm256_madd_epi16(B->sp[j], _mm256_set1_epi32((int32_t)((uint32_t)(uint16_t)s0 | ((uint32_t)(uint16_t)s1 << 16)))));
+            }
+            const __m256 ad = _mm256_set1_ps(pl_ld_f32(ab));
+            const __m256 t1 = _mm256_mul_ps(_mm256_mul_ps(ad, B->d), _mm256_cvtepi32_ps(isum[c]));
+            const __m256 t2 = _mm256_mul_ps(_mm256_mul_ps(ad, B->dmin), _mm256_cvtepi32_ps(imin));
+            _mm256_store_ps(fs + 8 * c, _mm256_add_ps(_mm256_load_ps(fs + 8 * c), _mm256_sub_ps(t1, t2)));
+        }
+        return;
     }
     UNROLL for (int c = 0; c < C; c++) {
         const uint8_t *ab = a + (size_t)c * as;
@@ -138,11 +189,12 @@ static inline __attribute__((always_inline)) void qp_group_half(const int qt, in
     for (int c = 0; c < np; c++) memcpy(out + (size_t)c * os + lo, fs + 8 * c, sizeof(float) * (size_t)nrow);
 }
 
-static pl_gemm_packed_fn q6_k_tiles, q3_k_tiles; /* the tile gemms (kquant_packed_simd.h) for few rows */
+static pl_gemm_packed_fn q6_k_tiles, q3_k_tiles, q4_k_tiles, q5_k_tiles; /* the tile gemms (kquant_packed_simd.h) for few rows */
 
 static void qp_gemm(const int qt, int n, int nr, int nc, const void *vw, const void *va, size_t as, float *out, size_t os) {
-    const pl_type t = qt == QP_Q6_K ? PL_TYPE_Q6_K : PL_TYPE_Q3_K;
-    const size_t rec_bytes = qt == QP_Q6_K ? PL_PK_Q6_K_REC : PL_PK_Q3_K_REC;
+    const pl_type t = qt == QP_Q6_K ? PL_TYPE_Q6_K : qt == QP_Q3_K ? PL_TYPE_Q3_K : qt == QP_Q4_K ? PL_TYPE_Q4_K : PL_TYPE_Q5_K;
+    const size_t rec_bytes = qt == QP_Q6_K ? PL_PK_Q6_K_REC : qt == QP_Q3_K ? PL_PK_Q3_K_REC
+                             : qt == QP_Q4_K ? PL_PK_Q4_K_REC : PL_PK_Q5_K_REC;
     const uint8_t *w = (const uint8_t *)vw, *a = (const uint8_t *)va;
     const int nb = n / PL_QK_K, ng = (nr + PL_PACK_ROWS - 1) / PL_PACK_ROWS;
     const size_t gb = pl_packed_group_bytes(t, n);
@@ -167,12 +219,24 @@ static void q3_k_gemm_packed(int n, int nr, int nc, const void *w, const void *a
     if (nc < MIN_ROWS) q3_k_tiles(n, nr, nc, w, a, as, out, os);
     else qp_gemm(QP_Q3_K, n, nr, nc, w, a, as, out, os);
 }
+static void q4_k_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
+    if (nc < MIN_ROWS_Q4_K) q4_k_tiles(n, nr, nc, w, a, as, out, os);
+    else qp_gemm(QP_Q4_K, n, nr, nc, w, a, as, out, os);
+}
+static void q5_k_gemm_packed(int n, int nr, int nc, const void *w, const void *a, size_t as, float *out, size_t os) {
+    if (nc < MIN_ROWS) q5_k_tiles(n, nr, nc, w, a, as, out, os);
+    else qp_gemm(QP_Q5_K, n, nr, nc, w, a, as, out, os);
+}
 
 /* called by pl_kernels_init_avx2 after the tiles are in the table */
 PL_BASELINE_FN void pl_kernels_add_kquant_panel_avx2(pl_kernels *k) {
     if (k->types[PL_TYPE_Q6_K].gemm_packed == q6_k_gemm_packed) return; /* already added */
     q6_k_tiles = k->types[PL_TYPE_Q6_K].gemm_packed;
     q3_k_tiles = k->types[PL_TYPE_Q3_K].gemm_packed;
+    q4_k_tiles = k->types[PL_TYPE_Q4_K].gemm_packed;
+    q5_k_tiles = k->types[PL_TYPE_Q5_K].gemm_packed;
+    k->types[PL_TYPE_Q4_K].gemm_packed = q4_k_gemm_packed;
+    k->types[PL_TYPE_Q5_K].gemm_packed = q5_k_gemm_packed;
     k->types[PL_TYPE_Q6_K].gemm_packed = q6_k_gemm_packed;
     k->types[PL_TYPE_Q3_K].gemm_packed = q3_k_gemm_packed;
 }

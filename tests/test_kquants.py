@@ -114,7 +114,7 @@ PACKED = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS]  # the K-quants with
 def test_packed_gemm_equals_the_unpacked_reference(isa, t):
     """The packed gemm of every ISA (decode: one activation row; prefill: tiles of several) equals the
     scalar unpacked reference bit for bit, on rows that do not fill the last 16-row group, few and many
-    activation rows (AVX2 Q6_K / Q3_K take a decoded-block path from 16, in panels of 64: 17, 19, 70), an odd
+    activation rows (AVX2 Q6_K / Q5_K / Q3_K take a decoded-block path from 16 rows, Q4_K from 64, in panels of 64: 17, 19, 70), an odd
     source offset, weights of every scale (1e-3 .. 3)."""
     rng = np.random.default_rng(20 + int(t))
     for n in (256, 768):
