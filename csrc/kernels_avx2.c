@@ -20,6 +20,7 @@
 #include "kquant_dots_avx2.h"
 #include "packed_gemm_driver.h"
 #include "tensor_types.h"
+#include "ymm_lanes.h"
 
 
 /* rows may sit at any byte offset (GGUF / safetensors data): scalar loads go through pl_ld_u16
@@ -753,22 +754,14 @@ AI kv_i kv_pairs16_s8(const uint8_t *p0, const uint8_t *p1) {
 }
 AI kv_i kv_sub(kv_i a, kv_i b) { return _mm256_sub_epi32(a, b); }
 AI kv_i kv_slli32(kv_i a, const int k) { return _mm256_slli_epi32(a, k); }
-AI kv_f kv_fp16(const uint8_t *p) { return _mm256_cvtph_ps(_mm_load_si128((const __m128i *)p)); }
-AI kv_f kv_cvt(kv_i a) { return _mm256_cvtepi32_ps(a); }
-AI kv_f kv_fset1(float x) { return _mm256_set1_ps(x); }
-AI kv_f kv_fzero(void) { return _mm256_setzero_ps(); }
-AI kv_f kv_fadd(kv_f a, kv_f b) { return _mm256_add_ps(a, b); }
-AI kv_f kv_fsub(kv_f a, kv_f b) { return _mm256_sub_ps(a, b); }
-AI kv_f kv_fmul(kv_f a, kv_f b) { return _mm256_mul_ps(a, b); }
-AI void kv_store(float *out, kv_f v, int rows) {
-    if (rows >= 8) {
-        _mm256_storeu_ps(out, v);
-        return;
-    }
-    float t[8];
-    _mm256_storeu_ps(t, v);
-    memcpy(out, t, (size_t)rows * sizeof(float));
-}
+#define kv_fp16 ymm_load_fp16 /* the fp32 ops: ymm_lanes.h */
+#define kv_cvt ymm_from_i32
+#define kv_fset1 ymm_set1
+#define kv_fzero ymm_zero
+#define kv_fadd ymm_add
+#define kv_fsub ymm_sub
+#define kv_fmul ymm_mul
+#define kv_store ymm_store_rows
 #include "kquant_packed_simd.h"
 
 PL_BASELINE_FN void pl_kernels_init_avx2(pl_kernels *k) {

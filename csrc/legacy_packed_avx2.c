@@ -11,6 +11,7 @@
 
 #include "kernels_x86_shared.h"
 #include "tensor_types.h"
+#include "ymm_lanes.h"
 
 #define LV_LANES 8
 #define LV_MAXC 4 /* as the packed Q4_0 tiles */
@@ -54,20 +55,12 @@ AI lv_i lv_dot_nl(const lv_i *x, const uint8_t *q8, int32_t init) {
     return _mm256_add_epi32(_mm256_add_epi32(_mm256_set1_epi32(init), _mm256_madd_epi16(sl, ones)),
                             _mm256_slli_epi32(_mm256_madd_epi16(sh, ones), 4));
 }
-AI lv_f lv_fp16(const uint8_t *p) { return _mm256_cvtph_ps(_mm_load_si128((const __m128i *)p)); }
-AI lv_f lv_cvt(lv_i a) { return _mm256_cvtepi32_ps(a); }
-AI lv_f lv_fset1(float x) { return _mm256_set1_ps(x); }
-AI lv_f lv_fadd(lv_f a, lv_f b) { return _mm256_add_ps(a, b); }
-AI lv_f lv_fmul(lv_f a, lv_f b) { return _mm256_mul_ps(a, b); }
-AI void lv_store(float *out, lv_f v, int rows) {
-    if (rows >= 8) {
-        _mm256_storeu_ps(out, v);
-        return;
-    }
-    float t[8];
-    _mm256_storeu_ps(t, v);
-    memcpy(out, t, (size_t)rows * sizeof(float));
-}
+#define lv_fp16 ymm_load_fp16 /* the fp32 ops: ymm_lanes.h */
+#define lv_cvt ymm_from_i32
+#define lv_fset1 ymm_set1
+#define lv_fadd ymm_add
+#define lv_fmul ymm_mul
+#define lv_store ymm_store_rows
 #include "legacy_packed_simd.h"
 
 PL_BASELINE_FN void pl_kernels_add_packed_legacy_avx2(pl_kernels *k) { lp_register(k); }

@@ -74,6 +74,17 @@ def reference(tid, w, a_q8, n, nr, nc):
     return _engine.gemm(tid, bytes(w), bytes(a_q8), n, nr, nc)
 
 
+def gemm_cases(tid, weights, rng):
+    """(n, nr, nc, w, x, ref) for each n of NS and (nr, nc) of SHAPES: w = weights(nr, n), x = nc random
+    activation rows at scales 0.1 .. 10, ref = the scalar table's unpacked gemm of w and x's Q8_0 rows
+    (the scalar table is left set)."""
+    for n in NS:
+        for nr, nc in SHAPES:
+            w = weights(nr, n)
+            x = (rng.standard_normal((nc, n)) * rng.uniform(0.1, 10, (nc, 1))).astype(np.float32)
+            yield n, nr, nc, w, x, reference(tid, w, _engine.from_float(8, x), n, nr, nc)
+
+
 @pytest.mark.parametrize("name", list(TYPES))
 def test_layout(name):
     """Group bytes, the documented byte positions (blocks in pairs: 64 bytes of scales, then the
@@ -124,17 +135,12 @@ def test_pack_acts_layout():
 def test_packed_gemm_equals_reference(isa, name):
     tid = TYPES[name]
     rng = np.random.default_rng(10 + tid)
-    for n in NS:
-        for nr, nc in SHAPES:
-            w = raw_weights(tid, nr, n, rng)
-            x = (rng.standard_normal((nc, n)) * rng.uniform(0.1, 10, (nc, 1))).astype(np.float32)
-            a_q8 = _engine.from_float(8, x)
-            ref = reference(tid, w, a_q8, n, nr, nc)
-            src = np.concatenate([np.zeros(3, np.uint8), w])  # an odd source offset
-            _engine.set_isa(isa)
-            p = _engine.repack(tid, src, nr, n, 3)
-            got = _engine.gemm_packed(tid, p, _engine.pack_acts(x), n, nr, nc)
-            np.testing.assert_array_equal(got, ref, err_msg=f"{name} {isa} n={n} nr={nr} nc={nc}")
+    for n, nr, nc, w, x, ref in gemm_cases(tid, lambda nr, n: raw_weights(tid, nr, n, rng), rng):
+        src = np.concatenate([np.zeros(3, np.uint8), w])  # an odd source offset
+        _engine.set_isa(isa)
+        p = _engine.repack(tid, src, nr, n, 3)
+        got = _engine.gemm_packed(tid, p, _engine.pack_acts(x), n, nr, nc)
+        np.testing.assert_array_equal(got, ref, err_msg=f"{name} {isa} n={n} nr={nr} nc={nc}")
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -249,22 +255,18 @@ def test_legacy_packed_gemm_equals_reference(isa, name):
     on odd shapes and an odd source offset; a row's result does not depend on the batch."""
     tid = LEGACY[name][0]
     rng = np.random.default_rng(30 + tid)
-    for n in NS:
-        for nr, nc in SHAPES:
-            w = legacy_weights(name, nr, n, rng)
-            x = (rng.standard_normal((nc, n)) * rng.uniform(0.1, 10, (nc, 1))).astype(np.float32)
-            a_q8 = _engine.from_float(8, x)
-            ref = reference(tid, w, a_q8, n, nr, nc)
-            # packed with the scalar table's repack (one layout for all tables; NEON tables do not repack
-            # these types at load, but run a weight packed under another table)
-            p = _engine.repack(tid, np.concatenate([np.zeros(3, np.uint8), w]), nr, n, 3)
-            _engine.set_isa(isa)
-            acts = _engine.pack_acts(x, tid)
-            assert acts.shape == (nc * _engine.packed_act_row_bytes(n),)  # Q4_0's q8x rows
-            got = _engine.gemm_packed(tid, p, acts, n, nr, nc)
-            np.testing.assert_array_equal(got, ref, err_msg=f"{name} {isa} n={n} nr={nr} nc={nc}")
-            one = _engine.gemm_packed(tid, p, acts[-len(acts) // nc:], n, nr, 1)
-            np.testing.assert_array_equal(one, ref[-1:])
+    for n, nr, nc, w, x, ref in gemm_cases(tid, lambda nr, n: legacy_weights(name, nr, n, rng), rng):
+        # packed with the scalar table's repack (one layout for all tables; NEON tables do not repack
+        # these types at load, but run a weight packed under another table; gemm_cases left the scalar
+        # table set)
+        p = _engine.repack(tid, np.concatenate([np.zeros(3, np.uint8), w]), nr, n, 3)
+        _engine.set_isa(isa)
+        acts = _engine.pack_acts(x, tid)
+        assert acts.shape == (nc * _engine.packed_act_row_bytes(n),)  # Q4_0's q8x rows
+        got = _engine.gemm_packed(tid, p, acts, n, nr, nc)
+        np.testing.assert_array_equal(got, ref, err_msg=f"{name} {isa} n={n} nr={nr} nc={nc}")
+        one = _engine.gemm_packed(tid, p, acts[-len(acts) // nc:], n, nr, 1)
+        np.testing.assert_array_equal(one, ref[-1:])
 
 
 @pytest.mark.parametrize("isa", ISAS)
