@@ -22,6 +22,7 @@
 #include "kquant_dots_avx2.h"
 #include "packed_gemm_driver.h"
 #include "tensor_types.h"
+#include "zmm_lanes.h"
 
 
 /* rows may sit at any byte offset (GGUF / safetensors data): scalar loads go through pl_ld_u16
@@ -393,7 +394,6 @@ AI __m512i bcast32(const uint8_t *p) {
     memcpy(&v, p, 4);
     return _mm512_set1_epi32(v);
 }
-AI __mmask16 row_mask(int rows) { return rows >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rows) - 1u); }
 
 /* decode: one group x one activation row, the group read front to back as one stream (several groups
  * per pass, sharing the activation broadcasts, read ~35% slower here: more streams than the
@@ -428,7 +428,7 @@ AI void pk_gemv(const int qt, int nb, const uint8_t *gp, const uint8_t *a, float
         const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(gp + pl_pk_d(b, QB))));
         fa = pk_accum(fa, dp, dw, _mm512_set1_ps(ad[b]));
     }
-    _mm512_mask_storeu_ps(out, row_mask(rows), fa);
+    _mm512_mask_storeu_ps(out, zmm_row_mask(rows), fa);
 }
 
 AI void pk_tile(const int qt, const int C, int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out,
@@ -461,7 +461,7 @@ AI void pk_tile(const int qt, const int C, int nb, const uint8_t *gp, const uint
         UNROLL for (int c = 0; c < C; c++)
             fa[c] = pk_accum(fa[c], acc[c], dw, _mm512_set1_ps(((const float *)(a + (size_t)c * as + doff))[b]));
     }
-    const __mmask16 m = row_mask(rows);
+    const __mmask16 m = zmm_row_mask(rows);
     UNROLL for (int c = 0; c < C; c++) _mm512_mask_storeu_ps(out + (size_t)c * os, m, fa[c]);
 }
 
@@ -524,14 +524,14 @@ AI kv_i kv_bcast128(const void *p) { return _mm512_broadcast_i32x4(_mm_loadu_si1
 AI kv_i kv_shuffle8(kv_i t, kv_i i) { return _mm512_shuffle_epi8(t, i); }
 AI kv_i kv_u8(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)p)); }
 AI kv_i kv_s8(const uint8_t *p) { return _mm512_cvtepi8_epi32(_mm_load_si128((const __m128i *)p)); }
-AI kv_f kv_fp16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)p)); }
-AI kv_f kv_cvt(kv_i a) { return _mm512_cvtepi32_ps(a); }
-AI kv_f kv_fset1(float x) { return _mm512_set1_ps(x); }
-AI kv_f kv_fzero(void) { return _mm512_setzero_ps(); }
-AI kv_f kv_fadd(kv_f a, kv_f b) { return _mm512_add_ps(a, b); }
-AI kv_f kv_fsub(kv_f a, kv_f b) { return _mm512_sub_ps(a, b); }
-AI kv_f kv_fmul(kv_f a, kv_f b) { return _mm512_mul_ps(a, b); }
-AI void kv_store(float *out, kv_f v, int rows) { _mm512_mask_storeu_ps(out, row_mask(rows), v); }
+#define kv_fp16 zmm_load_fp16 /* the fp32 ops: zmm_lanes.h */
+#define kv_cvt zmm_from_i32
+#define kv_fset1 zmm_set1
+#define kv_fzero zmm_zero
+#define kv_fadd zmm_add
+#define kv_fsub zmm_sub
+#define kv_fmul zmm_mul
+#define kv_store zmm_store_rows
 #include "kquant_packed_simd.h"
 
 PL_BASELINE_FN void pl_kernels_init_avx512(pl_kernels *k) {

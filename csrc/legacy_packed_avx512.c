@@ -10,6 +10,7 @@
 
 #include "kernels_x86_shared.h"
 #include "tensor_types.h"
+#include "zmm_lanes.h"
 
 #define LV_LANES 16
 #define LV_MAXC 6 /* as the packed Q4_0 tiles: more activation rows per pass spill registers */
@@ -43,14 +44,12 @@ AI lv_i lv_dot_nl(const lv_i *x, const uint8_t *q8, int32_t init) {
     UNROLL for (int v = 0; v < 8; v++) w[v] = _mm512_shuffle_epi8(table, x[v]);
     return lv_dot(w, q8, init, 8);
 }
-AI lv_f lv_fp16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)p)); }
-AI lv_f lv_cvt(lv_i a) { return _mm512_cvtepi32_ps(a); }
-AI lv_f lv_fset1(float x) { return _mm512_set1_ps(x); }
-AI lv_f lv_fadd(lv_f a, lv_f b) { return _mm512_add_ps(a, b); }
-AI lv_f lv_fmul(lv_f a, lv_f b) { return _mm512_mul_ps(a, b); }
-AI void lv_store(float *out, lv_f v, int rows) {
-    _mm512_mask_storeu_ps(out, rows >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rows) - 1u), v);
-}
+#define lv_fp16 zmm_load_fp16 /* the fp32 ops: zmm_lanes.h */
+#define lv_cvt zmm_from_i32
+#define lv_fset1 zmm_set1
+#define lv_fadd zmm_add
+#define lv_fmul zmm_mul
+#define lv_store zmm_store_rows
 #include "legacy_packed_simd.h"
 
 PL_BASELINE_FN void pl_kernels_add_packed_legacy_avx512(pl_kernels *k) { lp_register(k); }

@@ -1,6 +1,7 @@
 /* ymm_lanes.h: the 8-lane fp32 ops (one __m256, lane r = row r) that the AVX2 packed gemms run over:
  * kernels_avx2.c maps kquant_packed_simd.h's kv_f ops onto them, legacy_packed_avx2.c
- * legacy_packed_simd.h's lv_f ops. Include after kernels_x86_shared.h (AI); needs -mavx2 -mf16c. */
+ * legacy_packed_simd.h's lv_f ops (zmm_lanes.h is the AVX-512 twin). Include after
+ * kernels_x86_shared.h (AI); needs -mavx2 -mf16c. */
 #ifndef PYLLM_YMM_LANES_H
 #define PYLLM_YMM_LANES_H
 
