@@ -8,7 +8,8 @@ isolated build environment, are test dependencies.
 
 The subset is chosen to stay within a few minutes on 2 cores (the ASan build of the extension is
 a third of it): the kernel tables against the scalar reference on every ISA, k-quant dot products,
-repacking, the engine's bindings and size checks, and the load-defect regressions. The whole
+repacking, the engine's bindings and size checks, the load-defect regressions and the thread pool
+(teams, barriers, fork and exit with live workers). The whole
 suite runs under the sanitizers with `tools/sanitize.sh` (no arguments)."""
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ SCRIPT = os.path.join(REPO, "tools", "sanitize.sh")
 # and the model-level repack tests beyond one (the same packed gemms as test_packed_gemm_*, on
 # larger models); `tools/sanitize.sh` with these files and no -k runs them all.
 SUBSET = ["tests/test_kernels.py", "tests/test_kquants.py", "tests/test_repack.py",
-          "tests/test_engine_bindings.py", "tests/test_load_defects.py"]
+          "tests/test_engine_bindings.py", "tests/test_load_defects.py",
+          "tests/test_thread_env.py"]  # the thread pool: teams, barriers, fork, exit mid-forward
 DESELECT = ("not (gguf or test_model_partial_row_group_and_tied_embeddings "
             "or (test_model_logits_with_and_without_repack and q8_0))")
 
