@@ -27,8 +27,9 @@ extern "C" {
 /* number of CUDA devices in *count; with no driver or no device, 0 devices and -1 with the runtime's
  * message ("no CUDA-capable device is detected", "CUDA driver version is insufficient ...") */
 int pl_cuda_device_count(int *count, char *err);
+#define PL_CUDA_NAME_LEN 256
 typedef struct {
-    char name[256];
+    char name[PL_CUDA_NAME_LEN];
     int major, minor;   /* compute capability */
     int sm_count;       /* multiprocessors */
     size_t total_mem;   /* bytes of device memory */
@@ -77,6 +78,10 @@ int pl_cuda_quantize_q8_0(const float *x, int64_t n, void *q, char *err);
  * x as fp32). x, y and act must be 16-byte aligned (cudaMalloc's are). */
 size_t pl_cuda_act_bytes(int type, int64_t ne0); /* 0: the type reads fp32 activations, or bad sizes */
 int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, char *err);
+
+/* ---- gemv_timing.cu: seconds per pl_cuda_gemv call (CUDA events, iters calls after 3 warm-up calls) ---- */
+int pl_cuda_gemv_time(const pl_cuda_weight *w, const float *x, float *y, void *act, int iters, double *seconds,
+                      char *err);
 
 #ifdef __cplusplus
 }
