@@ -2,8 +2,8 @@
 
 1. Everywhere: pyllm.load(device=...) refuses what cannot run with an error naming the problem (on a
    CPU-only build: the reinstall command), and _engine.cuda_info() says what the build has.
-2. Wherever nvcc is (on PATH, $PYLLM_NVCC, or the pip packages nvidia-cuda-nvcc + nvidia-cuda-runtime,
-   which the test extras install on Linux x86-64): every csrc/cuda/*.cu compiles for sm_80 and sm_90 with
+2. Wherever nvcc is (on PATH, $PYLLM_NVCC, or the pip toolkit: cuda-toolkit[nvcc], i.e. nvidia-cuda-nvcc,
+   nvidia-nvvm, nvidia-cuda-crt and nvidia-cuda-runtime, which the test extras install on Linux x86-64): every csrc/cuda/*.cu compiles for sm_80 and sm_90 with
    warnings as errors, and pl_cuda.h compiles as plain C. This is how CI, which has no GPU, catches CUDA
    build breaks.
 3. With a GPU and a PYLLM_CUDA=ON build (tools/cuda_device_check.sh): the kernels against the CPU's scalar
@@ -135,7 +135,7 @@ def nvcc_works(tmp_path_factory):
     (say a pip nvcc without its nvidia-nvvm) is not a pyllm build break"""
     if NVCC is None:
         pytest.skip("no nvcc: not on PATH, not in $PYLLM_NVCC, and no pip nvidia-cuda-nvcc (pip install "
-                    "nvidia-cuda-nvcc nvidia-cuda-runtime, as the test extras do on Linux x86-64)")
+                    "'cuda-toolkit[nvcc]', as the test extras do on Linux x86-64)")
     d = tmp_path_factory.mktemp("nvcc")
     (d / "empty.cu").write_text("__global__ void k(float *x) { x[threadIdx.x] = 1.0f; }\n")
     r = _nvcc(["-c", "empty.cu", "-o", "empty.o"], str(d))
