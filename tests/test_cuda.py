@@ -303,3 +303,6 @@ def test_gpu_weight_upload_rejects_bad_input():
     w = _engine.CudaWeight(F16, 8, 2, bytes(32))
     with pytest.raises(ValueError, match="takes 8 float32 values"):
         w.gemv(np.zeros(7, np.float32))
+    with pytest.raises(MemoryError, match="allocating 1125899906842624 bytes of device memory"):
+        _engine._DeviceBuffer(1 << 50)  # 1 PiB
+    assert np.array_equal(w.gemv(np.ones(8, np.float32)), np.zeros(2, np.float32))  # the failure did not linger

@@ -10,9 +10,12 @@
 
 #include "pl_cuda.h"
 
-/* -1 with "what: the runtime's message" in err when e is an error, else 0 */
+/* -1 with "what: the runtime's message" in err when e is an error, else 0. The runtime's last-error slot
+ * is cleared, so a recoverable error (an allocation that did not fit) is not reported again by the next
+ * launch's check. */
 static inline int pl_cuda_fail(cudaError_t e, const char *what, char *err) {
     if (e == cudaSuccess) return 0;
+    (void)cudaGetLastError();
     if (err) snprintf(err, PL_CUDA_ERRMSG_LEN, "%s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
     return -1;
 }

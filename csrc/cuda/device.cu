@@ -33,6 +33,7 @@ void pl_cuda_versions(int *runtime, int *driver) {
     *driver = 0;
     if (cudaRuntimeGetVersion(runtime) != cudaSuccess) *runtime = 0;
     if (cudaDriverGetVersion(driver) != cudaSuccess) *driver = 0;
+    (void)cudaGetLastError(); /* a failure here is reported as 0, not by the next launch */
 }
 
 int pl_cuda_sync(char *err) { return pl_cuda_fail(cudaDeviceSynchronize(), "a CUDA kernel failed", err); }
