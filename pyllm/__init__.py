@@ -5,7 +5,8 @@ from __future__ import annotations
 from . import _engine
 from .arch import SUPPORTED_ARCHITECTURES
 from .config import ModelConfig
-from .errors import ContextLengthError, ModelLoadError, PyllmError, QueueFullError, UnsupportedArchitectureError
+from .errors import (ContextLengthError, DeviceError, ModelLoadError, PyllmError, QueueFullError,
+                     UnsupportedArchitectureError)
 from .loader import default_model_path, load
 from .model import Model, Sequence
 from .sampling import SamplingParams
@@ -16,6 +17,6 @@ from .chat.template import ChatTemplateError
 __version__ = "0.1.0"
 __all__ = [
     "load", "default_model_path", "Model", "Sequence", "ModelConfig", "SamplingParams", "PyllmError",
-    "ModelLoadError", "UnsupportedArchitectureError", "ContextLengthError", "QueueFullError", "SUPPORTED_ARCHITECTURES",
-    "GenerationOptions", "Request", "Chunk", "Completion", "ChatTemplateError",
+    "ModelLoadError", "DeviceError", "UnsupportedArchitectureError", "ContextLengthError", "QueueFullError",
+    "SUPPORTED_ARCHITECTURES", "GenerationOptions", "Request", "Chunk", "Completion", "ChatTemplateError",
 ]

@@ -685,3 +685,190 @@ cdef class Runner:
         if r:
             raise ValueError(e.buf.decode())
         return logits
+
+
+# ---------------------------------------------------------------- CUDA (csrc/cuda/, in PYLLM_CUDA builds)
+cdef extern from "pl_cuda_build.h" nogil:
+    int PL_HAVE_CUDA
+    const char *PL_CUDA_NOT_BUILT
+    enum: PL_CUDA_NAME_LEN
+    ctypedef struct pl_cuda_props:
+        char name[PL_CUDA_NAME_LEN]
+        int major, minor, sm_count
+        size_t total_mem
+    ctypedef struct pl_cuda_weight:
+        int type
+        int64_t ne0, ne1
+        size_t nbytes
+        void *data
+    int pl_cuda_device_count(int *count, char *err)
+    int pl_cuda_device_props(int device, pl_cuda_props *p, char *err)
+    void pl_cuda_versions(int *runtime, int *driver)
+    int pl_cuda_sync(char *err)
+    int pl_cuda_alloc(void **dev, size_t nbytes, char *err)
+    void pl_cuda_free(void *dev)
+    int pl_cuda_to_device(void *dev, const void *host, size_t nbytes, char *err)
+    int pl_cuda_to_host(void *host, const void *dev, size_t nbytes, char *err)
+    size_t pl_cuda_weight_bytes(int type, int64_t ne0, int64_t ne1)
+    int pl_cuda_weight_upload(pl_cuda_weight *w, int type, int64_t ne0, int64_t ne1, const void *host,
+                              size_t host_bytes, char *err)
+    void pl_cuda_weight_free(pl_cuda_weight *w)
+    int pl_cuda_quantize_q8_0(const float *x, int64_t n, void *q, char *err)
+    size_t pl_cuda_act_bytes(int type, int64_t ne0)
+    int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, char *err)
+    int pl_cuda_gemv_time(const pl_cuda_weight *w, const float *x, float *y, void *act, int iters, double *seconds,
+                          char *err)
+
+CUDA_NOT_BUILT = PL_CUDA_NOT_BUILT.decode()
+
+def cuda_info() -> dict:
+    """What this build and machine offer for CUDA: built (the extension has the kernels), devices (how
+    many the runtime sees), error (the runtime's message when it sees none, or why the build has none),
+    runtime / driver (CUDA versions, e.g. 13000; 0 when unknown) and, per device, its name, compute
+    capability, multiprocessors and memory."""
+    cdef int n = 0, rt = 0, drv = 0, i
+    cdef _Err e = _Err()
+    cdef pl_cuda_props p
+    info = {"built": bool(PL_HAVE_CUDA), "devices": 0, "error": None, "runtime": 0, "driver": 0, "device_list": []}
+    if not PL_HAVE_CUDA:
+        info["error"] = CUDA_NOT_BUILT
+        return info
+    pl_cuda_versions(&rt, &drv)
+    info["runtime"], info["driver"] = rt, drv
+    if pl_cuda_device_count(&n, e.buf):
+        info["error"] = e.buf.decode()
+        return info
+    info["devices"] = n
+    if n == 0:
+        info["error"] = "the CUDA runtime found no device"
+    for i in range(n):
+        if pl_cuda_device_props(i, &p, e.buf):
+            raise RuntimeError(e.buf.decode())
+        info["device_list"].append({"name": p.name.decode(errors="replace"), "compute_capability": (p.major, p.minor),
+                                    "sm_count": p.sm_count, "total_mem": p.total_mem})
+    return info
+
+cdef int _need_cuda_device() except -1:
+    info = cuda_info()
+    if not info["built"]:
+        raise RuntimeError(CUDA_NOT_BUILT)
+    if not info["devices"]:
+        raise RuntimeError(f"no CUDA device: {info['error']}")
+    return 0
+
+cdef class _DeviceBuffer:
+    """device memory of nbytes, freed with the object"""
+    cdef void *p
+    cdef size_t nbytes
+
+    def __cinit__(self, size_t nbytes):
+        cdef _Err e = _Err()
+        self.p = NULL
+        if pl_cuda_alloc(&self.p, nbytes, e.buf):
+            raise MemoryError(e.buf.decode())
+        self.nbytes = nbytes
+
+    def __dealloc__(self):
+        pl_cuda_free(self.p)
+
+cdef _DeviceBuffer _to_device(arr):
+    cdef const unsigned char[::1] b = memoryview(arr).cast("B")
+    cdef _DeviceBuffer d = _DeviceBuffer(b.shape[0])
+    cdef _Err e = _Err()
+    if pl_cuda_to_device(d.p, &b[0], b.shape[0], e.buf):
+        raise RuntimeError(e.buf.decode())
+    return d
+
+cdef _to_host(_DeviceBuffer d, out):
+    cdef unsigned char[::1] b = memoryview(out).cast("B")
+    cdef _Err e = _Err()
+    if <size_t>b.shape[0] > d.nbytes:
+        raise ValueError("device buffer smaller than the host array")
+    if pl_cuda_to_host(&b[0], d.p, b.shape[0], e.buf):
+        raise RuntimeError(e.buf.decode())
+    return out
+
+def cuda_quantize_q8_0(x):
+    """float32 1-d x (a multiple of 32 values) quantized to Q8_0 on the GPU: (int8 quants, float32 scales),
+    which should equal the CPU's scalar Q8_0 rows bit for bit (for tests)."""
+    _need_cuda_device()
+    a = np.ascontiguousarray(x, dtype=np.float32)
+    cdef int64_t n = a.size
+    if a.ndim != 1 or n == 0 or n % 32:
+        raise ValueError(f"cuda_quantize_q8_0() takes a 1-d float32 array of a multiple of 32 values, got shape {a.shape}")
+    cdef _DeviceBuffer dx = _to_device(a)
+    cdef _DeviceBuffer dq = _DeviceBuffer(n + (n // 32) * 4)
+    cdef _Err e = _Err()
+    if pl_cuda_quantize_q8_0(<const float *>dx.p, n, dq.p, e.buf) or pl_cuda_sync(e.buf):
+        raise RuntimeError(e.buf.decode())
+    raw = _to_host(dq, np.empty(n + (n // 32) * 4, dtype=np.uint8))
+    return raw[:n].view(np.int8).copy(), raw[n:].view(np.float32).copy()
+
+cdef class CudaWeight:
+    """A weight matrix uploaded to the GPU once (F16, BF16, Q4_0 or Q8_0 rows as pyllm stores them: ne1
+    rows of ne0 elements), and decode's y = W x on it (gemv)."""
+    cdef pl_cuda_weight w
+    cdef readonly int type_id
+    cdef readonly int64_t ne0, ne1
+
+    def __cinit__(self, int type_id, int64_t ne0, int64_t ne1, data):
+        cdef _Err e = _Err()
+        self.w.data = NULL
+        _need_cuda_device()
+        cdef const unsigned char[::1] b = memoryview(data).cast("B")
+        cdef const void *host = &b[0] if b.shape[0] else NULL
+        cdef size_t nb = b.shape[0]
+        cdef int r
+        with nogil:
+            r = pl_cuda_weight_upload(&self.w, type_id, ne0, ne1, host, nb, e.buf)
+        if r:
+            raise ValueError(e.buf.decode())
+        self.type_id, self.ne0, self.ne1 = type_id, ne0, ne1
+
+    def __dealloc__(self):
+        pl_cuda_weight_free(&self.w)
+
+    @property
+    def nbytes(self) -> int:
+        return self.w.nbytes
+
+    def _buffers(self, x, str what):
+        """x on the device, room for y, and the activation scratch the type needs (None for F16 / BF16)"""
+        a = np.ascontiguousarray(x, dtype=np.float32)
+        if a.ndim != 1 or a.size != self.ne0:
+            raise ValueError(f"{what}() takes {self.ne0} float32 values, got shape {a.shape}")
+        cdef size_t ab = pl_cuda_act_bytes(self.type_id, self.ne0)
+        return _to_device(a), _DeviceBuffer(<size_t>self.ne1 * 4), (_DeviceBuffer(ab) if ab else None)
+
+    def gemv(self, x):
+        """y = W x for one float32 vector x of ne0 values, on the GPU (Q4_0 / Q8_0: x quantized to Q8_0
+        there first, as the CPU path does); returns ne1 float32 values."""
+        cdef _DeviceBuffer dx, dy, dact
+        dx, dy, dact = self._buffers(x, "gemv")
+        cdef _Err e = _Err()
+        cdef void *act = dact.p if dact is not None else NULL
+        cdef int r
+        with nogil:
+            r = pl_cuda_gemv(&self.w, <const float *>dx.p, <float *>dy.p, act, e.buf)
+            if r == 0:
+                r = pl_cuda_sync(e.buf)
+        if r:
+            raise RuntimeError(e.buf.decode())
+        return _to_host(dy, np.empty(self.ne1, dtype=np.float32))
+
+    def time_gemv(self, x, int iters=100) -> float:
+        """seconds per gemv on the device (CUDA events around iters back-to-back calls after 3 warm-ups;
+        the host and the copies of x and y not included), for bench/bench_cuda_gemv.py"""
+        cdef _DeviceBuffer dx, dy, dact
+        if not 1 <= iters <= 1000000:
+            raise ValueError(f"time_gemv(): iters must be in 1..1000000, got {iters}")
+        dx, dy, dact = self._buffers(x, "time_gemv")
+        cdef _Err e = _Err()
+        cdef double sec = 0
+        cdef void *act = dact.p if dact is not None else NULL
+        cdef int r
+        with nogil:
+            r = pl_cuda_gemv_time(&self.w, <const float *>dx.p, <float *>dy.p, act, iters, &sec, e.buf)
+        if r:
+            raise RuntimeError(e.buf.decode())
+        return sec

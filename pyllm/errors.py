@@ -20,5 +20,10 @@ class ContextLengthError(PyllmError, ValueError):
     """A prompt or sequence does not fit in the model's context."""
 
 
+class DeviceError(PyllmError, RuntimeError):
+    """The device asked for cannot run the model: a build without its kernels, no such device on this
+    machine, or a forward not implemented there yet (the message says which)."""
+
+
 class QueueFullError(PyllmError):
     """The batching engine's queue of waiting requests is full: try again later (HTTP 429)."""

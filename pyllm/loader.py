@@ -8,6 +8,7 @@ from typing import Optional
 
 from . import _engine
 from .config import ModelConfig
+from .device import check_device
 from .errors import ModelLoadError
 from .model import Model, check_kv_type
 
@@ -29,7 +30,7 @@ def _resolve_isa() -> None:
 
 def load(path: Optional[str] = None, n_threads: Optional[int] = None, n_ctx: Optional[int] = None,
          quant: Optional[str] = None, calibration=None, kv_type: str = "f32", lora=None,
-         allocate: bool = False) -> Model:
+         allocate: bool = False, device: str = "cpu") -> Model:
     """Load a model: a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer files)
     or a .gguf file (llama.cpp's format, see pyllm/gguf_loader.py). With no path, the shipped
     shakespeare-4m model. n_ctx defaults to the model's training context capped at 4096;
@@ -45,10 +46,14 @@ def load(path: Optional[str] = None, n_threads: Optional[int] = None, n_ctx: Opt
     and f32 weights, kept beside quantized ones as a low-rank side product (pyllm/adapters.py).
     A GPTQ or AWQ 4-bit folder (config.json quantization_config) runs its 4-bit layers as Q4_0
     (symmetric) or Q4_1 blocks (act-order layers dequantized to F16, with a warning); quant= then
-    applies to the tensors it keeps in float (pyllm/gptq_awq.py)."""
+    applies to the tensors it keeps in float (pyllm/gptq_awq.py).
+    device: "cpu" (default) or "cuda"; "cuda" is checked first and, in this version, raises a DeviceError
+    naming why it cannot run (a build without CUDA, no GPU, or the GPU forward not written yet:
+    pyllm/device.py)."""
     from .hf_loader import load_hf_folder
     from .tokenizer import Tokenizer
 
+    check_device(device)
     _resolve_isa()
     check_kv_type(kv_type)
     path = os.fspath(path) if path is not None else default_model_path()

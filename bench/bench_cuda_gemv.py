@@ -1,0 +1,77 @@
+"""bench_cuda_gemv.py: decode's GEMV kernels on the GPU (csrc/cuda/, a PYLLM_CUDA=ON build), per weight type,
+on the matrices of the 1.1B-shaped model (TinyLlama: dim 2048, hidden 5632, 4 KV heads of 64, vocab 32000).
+Each matrix is uploaded once and timed with CUDA events around back-to-back calls (CudaWeight.time_gemv:
+the Q8_0 quantization of x included, host copies not); prints microseconds per call, the bytes a call must
+read (weights, x) over that time as GB/s, and what one token's matmuls would take at those speeds (22
+layers of q, k, v, o, gate, up, down plus the LM head: matmuls only, so an upper bound on decode tok/s).
+
+    python bench/bench_cuda_gemv.py [--types q4_0,q8_0,f16,bf16] [--iters 200] [--json OUT.json]
+
+Random weights (random valid blocks, like bench_kernels.py); the speed does not depend on the values.
+Caveat: the calls repeat on one matrix, so a matrix smaller than the GPU's L2 (60 MB on an H200: all but
+the F16 / BF16 LM head) is read from L2 after the first call and its GB/s can pass HBM's; the figures are
+the kernels' own ceiling, and the tok/s an optimistic bound, not a decode measurement."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pyllm import _engine  # noqa: E402
+
+TYPES = {"q4_0": 2, "q8_0": 8, "f16": 1, "bf16": 30}
+DIM, HIDDEN, KV, VOCAB, LAYERS = 2048, 5632, 256, 32000, 22
+# name -> (rows, n, how many per token)
+MATRICES = {"wq / wo": (DIM, DIM, 2 * LAYERS), "wk / wv": (KV, DIM, 2 * LAYERS), "gate / up": (HIDDEN, DIM, 2 * LAYERS),
+            "down": (DIM, HIDDEN, LAYERS), "lm head": (VOCAB, DIM, 1)}
+
+
+def random_rows(type_id: int, rows: int, n: int, rng) -> bytes:
+    """rows of n weights of type_id, quantized from random floats a band at a time (bounded host memory)"""
+    out = []
+    for r0 in range(0, rows, 4096):
+        w = rng.standard_normal((min(4096, rows - r0), n), dtype=np.float32) * 0.02
+        out.append(_engine.from_float(type_id, w))
+    return b"".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--types", default=",".join(TYPES))
+    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    info = _engine.cuda_info()
+    if not info["devices"]:
+        print(f"no GPU to benchmark: {info['error']}", file=sys.stderr)
+        return 2
+    print(f"GPU: {info['device_list'][0]['name']}, CUDA runtime {info['runtime']}, driver {info['driver']}")
+    rng = np.random.default_rng(0)
+    results = []
+    for tname in args.types.split(","):
+        tid = TYPES[tname.strip()]
+        token_s = 0.0
+        for mname, (rows, n, per_token) in MATRICES.items():
+            raw = random_rows(tid, rows, n, rng)
+            w = _engine.CudaWeight(tid, n, rows, raw)
+            x = rng.standard_normal(n, dtype=np.float32)
+            sec = w.time_gemv(x, args.iters)
+            gbs = (len(raw) + 4 * n) / sec / 1e9
+            token_s += per_token * sec
+            results.append({"type": tname, "matrix": mname, "rows": rows, "n": n, "us": sec * 1e6, "GB/s": gbs})
+            print(f"{tname:5} {mname:10} {rows:6} x {n:5}: {sec * 1e6:8.1f} us  {gbs:7.1f} GB/s")
+            del w
+        print(f"{tname:5} one token's matmuls: {token_s * 1e3:.3f} ms -> at most {1 / token_s:.0f} tok/s")
+        results.append({"type": tname, "token_matmuls_ms": token_s * 1e3})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"gpu": info["device_list"][0]["name"], "results": results}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

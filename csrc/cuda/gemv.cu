@@ -1,0 +1,21 @@
+/* gemv.cu: pl_cuda_gemv, decode's y = W x on the device: checks the weight, the pointers and their
+ * alignment, quantizes x to Q8_0 for Q4_0 / Q8_0 weights (as the CPU path does), and launches the
+ * weight type's kernel (gemv_quant.cu, gemv_float16.cu). */
+#include "cuda_common.cuh"
+
+int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, char *err) {
+    if (!w || !w->data) return PL_CUDA_ERR("gemv: no weight (not uploaded, or freed)");
+    if (pl_cuda_weight_bytes(w->type, w->ne0, w->ne1) != w->nbytes || w->nbytes == 0)
+        return PL_CUDA_ERR("gemv: weight of type %d, %lld x %lld, %zu bytes is inconsistent", w->type,
+                           (long long)w->ne1, (long long)w->ne0, w->nbytes);
+    if (!x || !y) return PL_CUDA_ERR("gemv: NULL input or output");
+    if ((uintptr_t)x % 16 || (uintptr_t)y % 16) return PL_CUDA_ERR("gemv: input and output must be 16-byte aligned");
+    if (w->type == PL_CUDA_Q4_0 || w->type == PL_CUDA_Q8_0) {
+        if (!act) return PL_CUDA_ERR("gemv: Q4_0 / Q8_0 weights need an activation scratch of %zu bytes",
+                                     pl_cuda_act_bytes(w->type, w->ne0));
+        if ((uintptr_t)act % 16) return PL_CUDA_ERR("gemv: the activation scratch must be 16-byte aligned");
+        if (pl_cuda_quantize_q8_0(x, w->ne0, act, err)) return -1;
+        return pl_cuda_gemv_quant_launch(w, act, y, err);
+    }
+    return pl_cuda_gemv_float16_launch(w, x, y, err);
+}

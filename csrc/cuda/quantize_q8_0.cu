@@ -1,0 +1,36 @@
+/* quantize_q8_0.cu: activations (fp32, on the device) to Q8_0, the form Q4_0 / Q8_0 weights are
+ * multiplied with, with the arithmetic of the CPU's scalar q8_0_from_float (types_scalar.c) so the rows
+ * are bit for bit the same: d = max|x| / 127, stored as fp16; q = roundf(x * (1 / d)) with the fp32 d.
+ * One warp per 32-value block. Output layout (pl_cuda.h): n int8 quants, then n/32 fp32 scales (the
+ * fp16 d's value). */
+#include "cuda_common.cuh"
+
+__global__ void quantize_q8_0_kernel(const float *__restrict__ x, int64_t n, int8_t *__restrict__ q,
+                                     float *__restrict__ d) {
+    const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (i >= n) return; /* whole warps: n is a multiple of 32, blockDim of 32 */
+    const float v = x[i];
+    float amax = fabsf(v);
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float dd = amax / 127.0f;
+    const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
+    q[i] = (int8_t)roundf(v * id);
+    if ((threadIdx.x & 31) == 0) d[i / PL_CUDA_QK] = pl_h2f(pl_f2h(dd));
+}
+
+size_t pl_cuda_act_bytes(int type, int64_t ne0) {
+    if (type != PL_CUDA_Q4_0 && type != PL_CUDA_Q8_0) return 0;
+    if (ne0 <= 0 || ne0 > INT32_MAX || ne0 % PL_CUDA_QK) return 0;
+    return (size_t)ne0 + (size_t)(ne0 / PL_CUDA_QK) * sizeof(float);
+}
+
+int pl_cuda_quantize_q8_0(const float *x, int64_t n, void *q, char *err) {
+    if (pl_cuda_act_bytes(PL_CUDA_Q8_0, n) == 0)
+        return PL_CUDA_ERR("Q8_0 activations: n must be a positive multiple of 32 below 2^31, got %lld", (long long)n);
+    if (!x || !q) return PL_CUDA_ERR("Q8_0 activations: NULL pointer");
+    if ((uintptr_t)q % 16) return PL_CUDA_ERR("Q8_0 activations: the output must be 16-byte aligned");
+    const int threads = 256;
+    const int64_t grid = (n + threads - 1) / threads; /* < 2^24 for n < 2^31 */
+    quantize_q8_0_kernel<<<(unsigned)grid, threads>>>(x, n, (int8_t *)q, (float *)((char *)q + n));
+    return PL_CUDA_LAUNCHED("Q8_0 activations: quantize_q8_0_kernel");
+}

@@ -1,0 +1,96 @@
+/* weight_upload.cu: a weight matrix onto the device, once, in the layout the GEMV kernels read
+ * (pl_cuda.h): F16 / BF16 rows as they are; Q4_0 / Q8_0 rows of ggml blocks (an fp16 scale, then the
+ * quants) split on the device into all quants (16-byte aligned rows) then all scales, so the GEMV reads
+ * quants with 16-byte loads. The host rows are copied as they are and split by a kernel. */
+#include "cuda_common.cuh"
+
+static int quant_bytes(int type) { return type == PL_CUDA_Q4_0 ? 16 : type == PL_CUDA_Q8_0 ? 32 : 0; }
+
+size_t pl_cuda_weight_bytes(int type, int64_t ne0, int64_t ne1) {
+    if (ne0 <= 0 || ne1 <= 0 || ne0 > INT32_MAX || ne1 > INT32_MAX) return 0;
+    size_t per;        /* bytes per unit */
+    int64_t units;     /* units per row */
+    if (type == PL_CUDA_F16 || type == PL_CUDA_BF16) {
+        per = 2;
+        units = ne0;
+    } else if (quant_bytes(type)) {
+        if (ne0 % PL_CUDA_QK) return 0;
+        per = 2 + (size_t)quant_bytes(type);
+        units = ne0 / PL_CUDA_QK;
+    } else {
+        return 0;
+    }
+    const size_t row = per * (size_t)units; /* < 2^37: no overflow */
+    if ((size_t)ne1 > SIZE_MAX / row) return 0;
+    return row * (size_t)ne1;
+}
+
+/* block g (of nblocks, rows back to back) of raw, 2 + qb bytes, -> quants at q + g * qb, scale at d[g] */
+__global__ void split_blocks(const uint16_t *__restrict__ raw, int64_t nblocks, int qb, uint16_t *__restrict__ q,
+                             uint16_t *__restrict__ d) {
+    const int hw = qb / 2 + 1; /* 16-bit words per block (blocks are 18 or 34 bytes: 2-byte aligned) */
+    for (int64_t g = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; g < nblocks; g += (int64_t)gridDim.x * blockDim.x) {
+        const uint16_t *src = raw + g * hw;
+        d[g] = src[0];
+        uint16_t *dst = q + g * (qb / 2);
+        for (int i = 1; i < hw; i++) dst[i - 1] = src[i];
+    }
+}
+
+int pl_cuda_weight_upload(pl_cuda_weight *w, int type, int64_t ne0, int64_t ne1, const void *host, size_t host_bytes,
+                          char *err) {
+    w->type = type;
+    w->ne0 = ne0;
+    w->ne1 = ne1;
+    w->nbytes = 0;
+    w->data = NULL;
+    const size_t nbytes = pl_cuda_weight_bytes(type, ne0, ne1);
+    if (nbytes == 0)
+        return PL_CUDA_ERR("cannot upload a weight of type %d with %lld x %lld elements: the GPU kernels read F16 (1), "
+                           "BF16 (30), Q4_0 (2) and Q8_0 (8) rows of whole 32-element blocks, at most 2^31-1 rows "
+                           "and columns", type, (long long)ne1, (long long)ne0);
+    if (host_bytes != nbytes)
+        return PL_CUDA_ERR("weight of type %d, %lld x %lld: expected %zu bytes, got %zu", type, (long long)ne1,
+                           (long long)ne0, nbytes, host_bytes);
+    if (!host) return PL_CUDA_ERR("weight upload: NULL host pointer");
+    void *data = NULL;
+    if (pl_cuda_alloc(&data, nbytes, err)) return -1;
+    const int qb = quant_bytes(type);
+    if (!qb) { /* F16 / BF16: as they are */
+        if (pl_cuda_to_device(data, host, nbytes, err)) {
+            pl_cuda_free(data);
+            return -1;
+        }
+    } else {
+        void *raw = NULL;
+        if (pl_cuda_alloc(&raw, nbytes, err)) {
+            pl_cuda_free(data);
+            return -1;
+        }
+        const int64_t nblocks = ne1 * (ne0 / PL_CUDA_QK);
+        int rc = pl_cuda_to_device(raw, host, nbytes, err);
+        if (rc == 0) {
+            const int threads = 256;
+            const int64_t want = (nblocks + threads - 1) / threads;
+            const int grid = (int)(want < 65535 ? want : 65535);
+            split_blocks<<<grid, threads>>>((const uint16_t *)raw, nblocks, qb, (uint16_t *)data,
+                                            (uint16_t *)((char *)data + (size_t)nblocks * qb));
+            rc = PL_CUDA_LAUNCHED("weight upload: split_blocks");
+            if (rc == 0) rc = pl_cuda_sync(err);
+        }
+        pl_cuda_free(raw);
+        if (rc) {
+            pl_cuda_free(data);
+            return -1;
+        }
+    }
+    w->nbytes = nbytes;
+    w->data = data;
+    return 0;
+}
+
+void pl_cuda_weight_free(pl_cuda_weight *w) {
+    pl_cuda_free(w->data);
+    w->data = NULL;
+    w->nbytes = 0;
+}

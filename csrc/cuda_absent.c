@@ -1,0 +1,70 @@
+/* cuda_absent.c: the CPU build's side of csrc/cuda/pl_cuda.h (compiled only without PYLLM_CUDA, in place
+ * of the .cu files of csrc/cuda/): every call that could do GPU work fails with PL_CUDA_NOT_BUILT, which names the
+ * reinstall command; sizes are 0 (nothing can be uploaded). _engine checks PL_HAVE_CUDA first, so these
+ * answers are a second line, and the extension links the same way in both builds. */
+#include <stdio.h>
+
+#include "pl_cuda_build.h"
+
+static int not_built(char *err) {
+    if (err) snprintf(err, PL_ERRMSG_LEN, "%s", PL_CUDA_NOT_BUILT);
+    return -1;
+}
+
+int pl_cuda_device_count(int *count, char *err) {
+    *count = 0;
+    return not_built(err);
+}
+int pl_cuda_device_props(int device, pl_cuda_props *p, char *err) {
+    (void)device;
+    *p = (pl_cuda_props){{0}};
+    return not_built(err);
+}
+void pl_cuda_versions(int *runtime, int *driver) { *runtime = *driver = 0; }
+int pl_cuda_sync(char *err) { return not_built(err); }
+int pl_cuda_alloc(void **dev, size_t nbytes, char *err) {
+    (void)nbytes;
+    *dev = NULL;
+    return not_built(err);
+}
+void pl_cuda_free(void *dev) { (void)dev; }
+int pl_cuda_to_device(void *dev, const void *host, size_t nbytes, char *err) {
+    (void)dev, (void)host, (void)nbytes;
+    return not_built(err);
+}
+int pl_cuda_to_host(void *host, const void *dev, size_t nbytes, char *err) {
+    (void)dev, (void)host, (void)nbytes;
+    return not_built(err);
+}
+size_t pl_cuda_weight_bytes(int type, int64_t ne0, int64_t ne1) {
+    (void)type, (void)ne0, (void)ne1;
+    return 0;
+}
+int pl_cuda_weight_upload(pl_cuda_weight *w, int type, int64_t ne0, int64_t ne1, const void *host, size_t host_bytes,
+                          char *err) {
+    (void)host, (void)host_bytes;
+    *w = (pl_cuda_weight){.type = type, .ne0 = ne0, .ne1 = ne1};
+    return not_built(err);
+}
+void pl_cuda_weight_free(pl_cuda_weight *w) {
+    w->data = NULL;
+    w->nbytes = 0;
+}
+int pl_cuda_quantize_q8_0(const float *x, int64_t n, void *q, char *err) {
+    (void)x, (void)n, (void)q;
+    return not_built(err);
+}
+size_t pl_cuda_act_bytes(int type, int64_t ne0) {
+    (void)type, (void)ne0;
+    return 0;
+}
+int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, char *err) {
+    (void)w, (void)x, (void)y, (void)act;
+    return not_built(err);
+}
+int pl_cuda_gemv_time(const pl_cuda_weight *w, const float *x, float *y, void *act, int iters, double *seconds,
+                      char *err) {
+    (void)w, (void)x, (void)y, (void)act, (void)iters;
+    *seconds = 0.0;
+    return not_built(err);
+}
