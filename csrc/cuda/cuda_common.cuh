@@ -44,6 +44,15 @@ static __device__ __forceinline__ float pl_warp_sum(float v) {
     return v;
 }
 
+/* Kernel launches and dynamic shared memory go through these two macros (never <<< >>> or extern
+ * __shared__ directly), so that the same sources also build for the CPU emulation of the kernels:
+ *     PL_LAUNCH(grid, block, smem_bytes, stream, kernel)(args...);
+ *     PL_DYNAMIC_SHARED(float, buf);   // inside a kernel: float *buf, smem_bytes of it
+ * kernel may be a template-id with commas (it is the macro's last argument). Static __shared__ arrays
+ * are fine. Device code uses only the intrinsics the emulation provides (see it). */
+#define PL_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<(grid), (block), (smem), (stream)>>>
+#define PL_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+
 /* launchers (sizes already checked by pl_cuda_gemv); each returns 0 or -1 with err */
 int pl_cuda_gemv_quant_launch(const pl_cuda_weight *w, const void *act, float *y, char *err);
 int pl_cuda_gemv_float16_launch(const pl_cuda_weight *w, const float *x, float *y, char *err);

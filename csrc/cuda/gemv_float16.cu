@@ -65,9 +65,9 @@ int pl_cuda_gemv_float16_launch(const pl_cuda_weight *w, const float *x, float *
     const unsigned grid = (unsigned)((nr + ROWS_PER_CTA - 1) / ROWS_PER_CTA);
     const bool bf = w->type == PL_CUDA_BF16, vec = n % 8 == 0;
     const int threads = 32 * ROWS_PER_CTA;
-    if (bf && vec) gemv_float16_kernel<true, true><<<grid, threads>>>(wt, x, y, nr, n);
-    else if (bf) gemv_float16_kernel<true, false><<<grid, threads>>>(wt, x, y, nr, n);
-    else if (vec) gemv_float16_kernel<false, true><<<grid, threads>>>(wt, x, y, nr, n);
-    else gemv_float16_kernel<false, false><<<grid, threads>>>(wt, x, y, nr, n);
+    if (bf && vec) PL_LAUNCH(grid, threads, 0, 0, gemv_float16_kernel<true, true>)(wt, x, y, nr, n);
+    else if (bf) PL_LAUNCH(grid, threads, 0, 0, gemv_float16_kernel<true, false>)(wt, x, y, nr, n);
+    else if (vec) PL_LAUNCH(grid, threads, 0, 0, gemv_float16_kernel<false, true>)(wt, x, y, nr, n);
+    else PL_LAUNCH(grid, threads, 0, 0, gemv_float16_kernel<false, false>)(wt, x, y, nr, n);
     return PL_CUDA_LAUNCHED(bf ? "BF16 gemv" : "F16 gemv");
 }

@@ -80,7 +80,7 @@ int pl_cuda_gemv_quant_launch(const pl_cuda_weight *w, const void *act, float *y
     const int8_t *aq = (const int8_t *)act;
     const float *ad = (const float *)((const char *)act + w->ne0);
     const unsigned grid = (unsigned)((nr + ROWS_PER_CTA - 1) / ROWS_PER_CTA);
-    if (qb == 16) gemv_quant_kernel<16><<<grid, 32 * ROWS_PER_CTA>>>(wq, wd, aq, ad, y, nr, nb);
-    else gemv_quant_kernel<32><<<grid, 32 * ROWS_PER_CTA>>>(wq, wd, aq, ad, y, nr, nb);
+    if (qb == 16) PL_LAUNCH(grid, 32 * ROWS_PER_CTA, 0, 0, gemv_quant_kernel<16>)(wq, wd, aq, ad, y, nr, nb);
+    else PL_LAUNCH(grid, 32 * ROWS_PER_CTA, 0, 0, gemv_quant_kernel<32>)(wq, wd, aq, ad, y, nr, nb);
     return PL_CUDA_LAUNCHED(qb == 16 ? "Q4_0 gemv" : "Q8_0 gemv");
 }

@@ -73,7 +73,7 @@ int pl_cuda_weight_upload(pl_cuda_weight *w, int type, int64_t ne0, int64_t ne1,
             const int threads = 256;
             const int64_t want = (nblocks + threads - 1) / threads;
             const int grid = (int)(want < 65535 ? want : 65535);
-            split_blocks<<<grid, threads>>>((const uint16_t *)raw, nblocks, qb, (uint16_t *)data,
+            PL_LAUNCH(grid, threads, 0, 0, split_blocks)((const uint16_t *)raw, nblocks, qb, (uint16_t *)data,
                                             (uint16_t *)((char *)data + (size_t)nblocks * qb));
             rc = PL_CUDA_LAUNCHED("weight upload: split_blocks");
             if (rc == 0) rc = pl_cuda_sync(err);
