@@ -68,3 +68,42 @@ int pl_cuda_gemv_time(const pl_cuda_weight *w, const float *x, float *y, void *a
     *seconds = 0.0;
     return not_built(err);
 }
+pl_cuda_model *pl_cuda_model_new(const pl_cuda_config *c, const float *rope_cos, const float *rope_sin, char *err) {
+    (void)c, (void)rope_cos, (void)rope_sin;
+    not_built(err);
+    return NULL;
+}
+int pl_cuda_model_set(pl_cuda_model *m, const char *name, int layer, int type, int64_t ne0, int64_t ne1,
+                      const void *host, size_t nbytes, char *err) {
+    (void)m, (void)name, (void)layer, (void)type, (void)ne0, (void)ne1, (void)host, (void)nbytes;
+    return not_built(err);
+}
+int pl_cuda_model_check(const pl_cuda_model *m, char *err) {
+    (void)m;
+    return not_built(err);
+}
+size_t pl_cuda_model_bytes(const pl_cuda_model *m) {
+    (void)m;
+    return 0;
+}
+void pl_cuda_model_free(pl_cuda_model *m) { (void)m; }
+pl_cuda_kv *pl_cuda_kv_new(const pl_cuda_model *m, int n_ctx, int type, char *err) {
+    (void)m, (void)n_ctx, (void)type;
+    not_built(err);
+    return NULL;
+}
+void pl_cuda_kv_free(pl_cuda_kv *kv) { (void)kv; }
+size_t pl_cuda_kv_bytes(const pl_cuda_kv *kv) {
+    (void)kv;
+    return 0;
+}
+int pl_cuda_kv_copy_prefix(pl_cuda_kv *dst, const pl_cuda_kv *src, int n_tokens, char *err) {
+    (void)dst, (void)src, (void)n_tokens;
+    return not_built(err);
+}
+int pl_cuda_forward(pl_cuda_model *m, pl_cuda_kv *const *kvs, int n_kv, int n_tokens, const int32_t *token,
+                    const int32_t *pos, const int32_t *seq, int n_out, const int32_t *out, float *logits, char *err) {
+    (void)m, (void)kvs, (void)n_kv, (void)n_tokens, (void)token, (void)pos, (void)seq, (void)n_out, (void)out,
+        (void)logits;
+    return not_built(err);
+}

@@ -9,7 +9,7 @@
 #include "pyllm.h"
 
 _Static_assert(PL_CUDA_ERRMSG_LEN == PL_ERRMSG_LEN, "pl_cuda.h's message length must be pyllm.h's");
-_Static_assert(PL_CUDA_F16 == PL_TYPE_F16 && PL_CUDA_BF16 == PL_TYPE_BF16 && PL_CUDA_Q4_0 == PL_TYPE_Q4_0 &&
+_Static_assert(PL_CUDA_F32 == PL_TYPE_F32 && PL_CUDA_F16 == PL_TYPE_F16 && PL_CUDA_BF16 == PL_TYPE_BF16 && PL_CUDA_Q4_0 == PL_TYPE_Q4_0 &&
                    PL_CUDA_Q8_0 == PL_TYPE_Q8_0 && PL_CUDA_QK == PL_QK,
                "pl_cuda.h's type ids must be tensor_types.h's");
 

@@ -104,6 +104,7 @@ typedef struct {
     float *rope_cos_long, *rope_sin_long; /* LongRoPE's long-factor tables (cfg.rope_long_after), or NULL */
     float attn_scale;
     int finalized;
+    int repack_off;     /* set before finalize: keep every weight in its source layout (the CUDA upload reads it) */
     size_t stats_len;   /* doubles of calibration statistics (pl_stats_len) */
     void *packed_arena; /* all packed tensors (repack.c) */
     size_t packed_arena_bytes;

@@ -96,7 +96,7 @@ typedef struct {
 
 int pl_model_repack(pl_model *m) {
     const char *env = getenv("PYLLM_REPACK");
-    if (env && !strcmp(env, "0")) return 0;
+    if ((env && !strcmp(env, "0")) || m->repack_off) return 0;
     const pl_kernels *K = pl_kernels_active();
 #define COUNT(f, mm, e0, e1, need, stk) +(mm)
     const int per_layer = 0 PL_LAYER_TENSORS(COUNT);

@@ -62,8 +62,25 @@ cdef extern from "pyllm.h" nogil:
         int rope_interleaved
         int sliding_window
         int qkv_bias, o_bias, qk_norm, n_expert, n_expert_used, rope_long_after
+    ctypedef struct pl_tensor:
+        int type
+        int64_t ne0, ne1
+        const void *data
+        size_t row_bytes
+        const void *packed
+        float *f32
+        int lora_rank
+    ctypedef struct pl_layer:
+        pl_tensor attn_norm, wq, wk, wv, bq, bk, bv, q_norm, k_norm, wo, bo, ffn_norm, ffn_gate, ffn_up, ffn_down
     ctypedef struct pl_model:
         pl_config cfg
+        pl_tensor tok_embd, output_norm, output
+        pl_layer *layers
+        float *rope_cos
+        float *rope_sin
+        float attn_scale
+        int finalized
+        int repack_off
         void (*release)(void *ctx, const char *name, int layer) noexcept with gil
         void *release_ctx
     ctypedef struct pl_kv:
@@ -556,8 +573,9 @@ cdef class CModel:
         """Bytes of the tensor's repacked copy (0: not repacked)."""
         return pl_model_packed_bytes(self.m, name.encode(), layer)
 
-    def finalize(self, inv_freq, float attn_factor=1.0, inv_freq_long=None):
-        """inv_freq_long: LongRoPE's long-factor frequencies (required with rope_long_after)."""
+    def finalize(self, inv_freq, float attn_factor=1.0, inv_freq_long=None, bint repack=True):
+        """inv_freq_long: LongRoPE's long-factor frequencies (required with rope_long_after). repack=False
+        keeps every weight in its source layout (no CPU-packed copies): what a CudaModel uploads."""
         cdef const float[::1] f = np.ascontiguousarray(inv_freq, dtype=np.float32)
         cdef const float[::1] fl = np.ascontiguousarray(inv_freq if inv_freq_long is None else inv_freq_long,
                                                         dtype=np.float32)
@@ -567,6 +585,7 @@ cdef class CModel:
             raise ValueError(f"rope inv_freq needs {self.m.cfg.head_dim // 2} values, got {f.shape[0]}")
         if inv_freq_long is not None:
             long_ptr = &fl[0]
+        self.m.repack_off = not repack
         self.m.release = _release_source
         self.m.release_ctx = <void *>self
         try:
@@ -718,6 +737,27 @@ cdef extern from "pl_cuda_build.h" nogil:
     int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, char *err)
     int pl_cuda_gemv_time(const pl_cuda_weight *w, const float *x, float *y, void *act, int iters, double *seconds,
                           char *err)
+    ctypedef struct pl_cuda_config:
+        int n_vocab, dim, n_layers, n_heads, n_kv_heads, head_dim, hidden_dim, max_ctx
+        float norm_eps, attn_scale
+        int rope_interleaved, sliding_window, qkv_bias, o_bias, qk_norm
+    ctypedef struct pl_cuda_model:
+        pass
+    ctypedef struct pl_cuda_kv:
+        pass
+    pl_cuda_model *pl_cuda_model_new(const pl_cuda_config *c, const float *rope_cos, const float *rope_sin, char *err)
+    int pl_cuda_model_set(pl_cuda_model *m, const char *name, int layer, int type, int64_t ne0, int64_t ne1,
+                          const void *host, size_t nbytes, char *err)
+    int pl_cuda_model_check(const pl_cuda_model *m, char *err)
+    size_t pl_cuda_model_bytes(const pl_cuda_model *m)
+    void pl_cuda_model_free(pl_cuda_model *m)
+    pl_cuda_kv *pl_cuda_kv_new(const pl_cuda_model *m, int n_ctx, int type, char *err)
+    void pl_cuda_kv_free(pl_cuda_kv *kv)
+    size_t pl_cuda_kv_bytes(const pl_cuda_kv *kv)
+    int pl_cuda_kv_copy_prefix(pl_cuda_kv *dst, const pl_cuda_kv *src, int n_tokens, char *err)
+    int pl_cuda_forward(pl_cuda_model *m, pl_cuda_kv *const *kvs, int n_kv, int n_tokens, const int32_t *token,
+                        const int32_t *pos, const int32_t *seq, int n_out, const int32_t *out, float *logits,
+                        char *err)
 
 CUDA_NOT_BUILT = PL_CUDA_NOT_BUILT.decode()
 
@@ -872,3 +912,158 @@ cdef class CudaWeight:
         if r:
             raise RuntimeError(e.buf.decode())
         return sec
+
+
+# the per-layer tensors a dense model has on the GPU, in pl_layer's order
+_CUDA_LAYER_TENSORS = ("attn_norm", "wq", "wk", "wv", "bq", "bk", "bv", "q_norm", "k_norm", "wo", "bo", "ffn_norm",
+                       "ffn_gate", "ffn_up", "ffn_down")
+
+cdef pl_tensor *_layer_tensor(pl_layer *L, int i) noexcept:
+    cdef pl_tensor *ts[15]
+    ts[:] = [&L.attn_norm, &L.wq, &L.wk, &L.wv, &L.bq, &L.bk, &L.bv, &L.q_norm, &L.k_norm, &L.wo, &L.bo,
+             &L.ffn_norm, &L.ffn_gate, &L.ffn_up, &L.ffn_down]
+    return ts[i]
+
+cdef class CudaModel:
+    """A finalized CModel's weights on the GPU (uploaded once, in the types the CPU model holds them) and
+    the whole forward there (csrc/cuda/forward.cu). The CModel must have been finalized with
+    repack=False (pyllm.load(device="cuda") does), so every weight is still in its source layout."""
+    cdef pl_cuda_model *m
+    cdef readonly CModel cmodel
+    cdef readonly int n_vocab
+
+    def __cinit__(self, CModel cmodel):
+        cdef _Err e = _Err()
+        cdef pl_model *cm = cmodel.m
+        cdef pl_config *c = &cm.cfg
+        cdef pl_cuda_config cc
+        cdef pl_tensor *t
+        cdef int l, i, r
+        self.m = NULL
+        _need_cuda_device()
+        if not cm.finalized:
+            raise ValueError("CudaModel: the CPU model is not finalized")
+        if c.n_expert > 0:
+            raise ValueError(f"device='cuda': mixture-of-experts layers ({c.n_expert} experts) have no GPU kernels "
+                             f"yet: use device='cpu'")
+        if c.rope_long_after > 0:
+            raise ValueError("device='cuda': LongRoPE (Phi-3 long-context rope scaling) has no GPU kernels yet: "
+                             "use device='cpu'")
+        cc.n_vocab = c.n_vocab; cc.dim = c.dim; cc.n_layers = c.n_layers; cc.n_heads = c.n_heads
+        cc.n_kv_heads = c.n_kv_heads; cc.head_dim = c.head_dim; cc.hidden_dim = c.hidden_dim
+        cc.max_ctx = c.max_ctx; cc.norm_eps = c.norm_eps; cc.attn_scale = cm.attn_scale
+        cc.rope_interleaved = c.rope_interleaved; cc.sliding_window = c.sliding_window
+        cc.qkv_bias = c.qkv_bias; cc.o_bias = c.o_bias; cc.qk_norm = c.qk_norm
+        self.m = pl_cuda_model_new(&cc, cm.rope_cos, cm.rope_sin, e.buf)
+        if self.m == NULL:
+            raise RuntimeError(e.buf.decode())
+        self.cmodel = cmodel
+        self.n_vocab = c.n_vocab
+        self._upload(b"tok_embd", -1, &cm.tok_embd)
+        self._upload(b"output", -1, &cm.output)
+        self._upload(b"output_norm", -1, &cm.output_norm)
+        for l in range(c.n_layers):
+            for i in range(15):
+                t = _layer_tensor(&cm.layers[l], i)
+                if t.data != NULL or t.f32 != NULL:
+                    self._upload(_CUDA_LAYER_TENSORS[i].encode(), l, t)
+        if pl_cuda_model_check(self.m, e.buf):
+            raise ValueError(e.buf.decode())
+
+    cdef _upload(self, bytes name, int layer, pl_tensor *t):
+        cdef _Err e = _Err()
+        cdef int r
+        cdef const char *cname = name
+        where = f"{name.decode()}" + (f" (layer {layer})" if layer >= 0 else "")
+        if t.lora_rank > 0:
+            raise ValueError(f"device='cuda': {where} keeps an unmerged LoRA adapter, which has no GPU kernels yet: "
+                             f"use device='cpu'")
+        if t.ne1 == 1 and t.f32 != NULL:  # norms and biases: the fp32 copy finalize made
+            with nogil:
+                r = pl_cuda_model_set(self.m, cname, layer, 0, t.ne0, 1, t.f32, <size_t>t.ne0 * 4, e.buf)
+        else:
+            if t.packed != NULL or t.data == NULL:
+                raise ValueError(f"CudaModel: {where} was repacked for the CPU (finalize(repack=False) keeps the "
+                                 f"source layout the GPU reads)")
+            with nogil:
+                r = pl_cuda_model_set(self.m, cname, layer, t.type, t.ne0, t.ne1, t.data, t.row_bytes * <size_t>t.ne1,
+                                      e.buf)
+        if r:
+            raise ValueError(e.buf.decode())
+
+    def __dealloc__(self):
+        pl_cuda_model_free(self.m)
+
+    @property
+    def nbytes(self) -> int:
+        """device bytes of the weights and rope tables"""
+        return pl_cuda_model_bytes(self.m)
+
+    def forward(self, list caches, tokens, positions, seqs, out_rows, n_threads=0):
+        """Runner.forward's contract on the GPU: caches are CudaKVCache objects of this model; returns the
+        logits of out_rows as a float32 array (len(out_rows), n_vocab). n_threads is ignored."""
+        cdef const int32_t[::1] tok = _int32_array(tokens, "tokens")
+        cdef const int32_t[::1] pos = _int32_array(positions, "positions")
+        cdef const int32_t[::1] seq = _int32_array(seqs, "seqs")
+        cdef const int32_t[::1] outr = _int32_array(out_rows, "out_rows")
+        cdef int nt = tok.shape[0], n_kv = len(caches), i, r, n_out = outr.shape[0]
+        if nt == 0:
+            raise ValueError("empty batch")
+        if pos.shape[0] != nt or seq.shape[0] != nt:
+            raise ValueError("tokens, positions and seqs must have the same length")
+        logits = np.empty((n_out, self.n_vocab), dtype=np.float32)
+        cdef float[:, ::1] lg = logits
+        cdef pl_cuda_kv **kvs = <pl_cuda_kv **>malloc(max(n_kv, 1) * sizeof(pl_cuda_kv *))
+        if kvs == NULL:
+            raise MemoryError()
+        cdef CudaKVCache c
+        cdef _Err e = _Err()
+        try:
+            for i in range(n_kv):
+                c = caches[i]
+                if c.model is not self:
+                    raise ValueError("KV cache belongs to another model")
+                kvs[i] = c.kv
+            with nogil:
+                r = pl_cuda_forward(self.m, kvs, n_kv, nt, &tok[0], &pos[0], &seq[0], n_out,
+                                    &outr[0] if n_out else NULL, &lg[0, 0] if n_out else NULL, e.buf)
+        finally:
+            free(kvs)
+        if r:
+            msg = e.buf.decode()
+            raise MemoryError(msg) if "out of memory" in msg else ValueError(msg)
+        return logits
+
+
+cdef class CudaKVCache:
+    """One sequence's keys and values on the GPU, n_ctx positions per layer (type_id 0: f32, 1: f16)."""
+    cdef pl_cuda_kv *kv
+    cdef readonly int n_ctx
+    cdef readonly int type_id
+    cdef readonly CudaModel model
+
+    def __cinit__(self, CudaModel model, int n_ctx, int type_id=0):
+        cdef _Err e = _Err()
+        self.kv = pl_cuda_kv_new(model.m, n_ctx, type_id, e.buf)
+        if self.kv == NULL:
+            msg = e.buf.decode()
+            raise MemoryError(msg) if "out of memory" in msg else ValueError(msg)
+        self.model = model
+        self.n_ctx = n_ctx
+        self.type_id = type_id
+
+    @property
+    def nbytes(self) -> int:
+        """device bytes held by the keys and values"""
+        return pl_cuda_kv_bytes(self.kv)
+
+    def copy_prefix_from(self, CudaKVCache src, int n_tokens):
+        """Copy src's first n_tokens positions (every layer's keys and values) into this cache."""
+        cdef _Err e = _Err()
+        if src.model is not self.model:
+            raise ValueError("KV cache belongs to another model")
+        if pl_cuda_kv_copy_prefix(self.kv, src.kv, n_tokens, e.buf):
+            raise ValueError(e.buf.decode())
+
+    def __dealloc__(self):
+        pl_cuda_kv_free(self.kv)

@@ -257,12 +257,13 @@ def generation_config_from_metadata(md: dict, path: str = "<gguf>") -> dict:
 
 
 def load_gguf_parts(path: str, n_ctx: Optional[int] = None, quant: Optional[str] = None, n_threads: int = 0,
-                    lora=None):
+                    lora=None, repack: bool = True):
     """Returns (config, engine model, tokenizer, generation_config dict, n_ctx). n_ctx defaults to the
     model's context length capped at 4096. With quant (q4_0, q8_0, f16, bf16, f32) each tensor whose
     type differs from what pyllm.quantization.tensor_type picks is converted (dequantized exactly, then
     re-quantized in C as quant-on-load does); without it the file's tensors are used in place. lora:
-    adapters kept beside the file's weights (pyllm/adapters.py; never merged into the mapping)."""
+    adapters kept beside the file's weights (pyllm/adapters.py; never merged into the mapping). repack:
+    see hf_loader.build_engine_model."""
     from .gguf_tokenizer import tokenizer_from_metadata
 
     if not is_gguf(path):
@@ -353,7 +354,7 @@ def load_gguf_parts(path: str, n_ctx: Optional[int] = None, quant: Optional[str]
 
     try:
         cm = build_engine_model(cfg, n_ctx, get_tensor, interleaved_rope=cfg.family.gguf_interleaved_rope,
-                                names=names, side_products=sides)
+                                names=names, side_products=sides, repack=repack)
     except ModelLoadError:
         raise
     except ValueError as e:  # the engine's size/shape checks; name the tensor as the file does
@@ -363,11 +364,11 @@ def load_gguf_parts(path: str, n_ctx: Optional[int] = None, quant: Optional[str]
 
 
 def load_gguf(path: str, n_threads: Optional[int] = None, n_ctx: Optional[int] = None, quant: Optional[str] = None,
-              kv_type: str = "f32", lora=None):
+              kv_type: str = "f32", lora=None, device: str = "cpu"):
     """pyllm.load() for a .gguf file: returns a pyllm.Model."""
     from .model import Model
 
     cfg, cm, tokenizer, gen, n_ctx = load_gguf_parts(path, n_ctx=n_ctx, quant=quant, n_threads=n_threads or 0,
-                                                     lora=lora)
+                                                     lora=lora, repack=device == "cpu")
     return Model(cm, cfg, tokenizer, n_ctx=n_ctx, n_threads=n_threads, generation_config=gen, path=path,
-                 kv_type=kv_type)
+                 kv_type=kv_type, device=device)

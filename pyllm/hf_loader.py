@@ -101,10 +101,12 @@ def check_tokenizer_vocab(vocab_size: int, tokenizer, source: str, vocab_from: s
 
 
 def build_engine_model(cfg: ModelConfig, n_ctx: int, get_tensor, interleaved_rope: bool = False,
-                       names: dict | None = None, side_products: dict | None = None) -> "_engine.CModel":
+                       names: dict | None = None, side_products: dict | None = None,
+                       repack: bool = True) -> "_engine.CModel":
     """get_tensor(engine_name, layer) -> (type_id, shape, buffer), for each (name, layer) of names
     (default: the family's Hugging Face tensors). Shapes follow HF: [rows, cols]. side_products:
-    (name, layer) -> (a, b) LoRA factors kept beside that weight (get_tensor may add to it)."""
+    (name, layer) -> (a, b) LoRA factors kept beside that weight (get_tensor may add to it). repack=False
+    keeps the weights in their source layout (for a CudaModel to upload) instead of the CPU kernels'."""
     cm = _engine.CModel(
         n_vocab=cfg.vocab_size, dim=cfg.hidden_size, n_layers=cfg.num_layers, n_heads=cfg.num_heads,
         n_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, hidden_dim=cfg.intermediate_size, max_ctx=n_ctx,
@@ -123,7 +125,7 @@ def build_engine_model(cfg: ModelConfig, n_ctx: int, get_tensor, interleaved_rop
         cm.set_tensor(name, layer, type_id, ne0, ne1, buf)
         if side_products and (name, layer) in side_products:
             cm.set_lora(name, layer, *side_products[(name, layer)])
-    cm.finalize(cfg.rope_inv_freq(), cfg.rope_attention_factor(), cfg.rope_long_inv_freq())
+    cm.finalize(cfg.rope_inv_freq(), cfg.rope_attention_factor(), cfg.rope_long_inv_freq(), repack=repack)
     return cm
 
 
@@ -140,7 +142,7 @@ def role(name: str, shape) -> str:
 
 def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads: int = 0,
                    importance: dict | None = None, method: str | None = None, lora=None,
-                   override: dict | None = None, types: dict | None = None):
+                   override: dict | None = None, types: dict | None = None, repack: bool = True):
     """Returns (config, engine model, generation_config dict). With quant (q4_0, q8_0, f16, bf16,
     f32, or a llama.cpp mix such as q4_k_m) the weights are converted while loading (see
     pyllm/quant_mixes.py for which tensor gets which type); without it they are used in place, in their stored dtype. method: how
@@ -151,7 +153,7 @@ def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads:
     (pyllm/quant_allocation.py). override: (engine name, layer) -> float32 array of that tensor's shape, used
     instead of the checkpoint's (pyllm/quant_allocation.py measures one quantized tensor at a time).
     GPTQ / AWQ layers (pyllm/gptq_awq.py) keep their 4-bit values (Q4_0 / Q4_1, or F16 where they
-    cannot map, with one warning); quant applies to the other tensors."""
+    cannot map, with one warning); quant applies to the other tensors. repack: see build_engine_model."""
     cfg = ModelConfig.from_file(os.path.join(folder, "config.json"))
     if quant is not None:
         quant = check_quant(quant)
@@ -260,7 +262,7 @@ def load_hf_folder(folder: str, n_ctx: int, quant: str | None = None, n_threads:
         return out
 
     try:
-        cm = build_engine_model(cfg, n_ctx, get_tensor, names=names, side_products=sides)
+        cm = build_engine_model(cfg, n_ctx, get_tensor, names=names, side_products=sides, repack=repack)
     except ModelLoadError:
         raise
     except ValueError as e:  # the engine's size/shape checks: name the tensor as the checkpoint does

@@ -47,9 +47,10 @@ def load(path: Optional[str] = None, n_threads: Optional[int] = None, n_ctx: Opt
     A GPTQ or AWQ 4-bit folder (config.json quantization_config) runs its 4-bit layers as Q4_0
     (symmetric) or Q4_1 blocks (act-order layers dequantized to F16, with a warning); quant= then
     applies to the tensors it keeps in float (pyllm/gptq_awq.py).
-    device: "cpu" (default) or "cuda"; "cuda" is checked first and, in this version, raises a DeviceError
-    naming why it cannot run (a build without CUDA, no GPU, or the GPU forward not written yet:
-    pyllm/device.py)."""
+    device: "cpu" (default) or "cuda": the whole forward on an NVIDIA GPU (a PYLLM_CUDA build; weights F32,
+    F16, BF16, Q8_0 or Q4_0, dense models: pyllm/device.py). "cuda" is checked first and raises a
+    DeviceError naming why it cannot run (a build without CUDA, no GPU); a model the GPU kernels cannot
+    run yet (K-quant weights, mixture-of-experts, LongRoPE, unmerged LoRA) a DeviceError naming that."""
     from .hf_loader import load_hf_folder
     from .tokenizer import Tokenizer
 
@@ -68,7 +69,8 @@ def load(path: Optional[str] = None, n_threads: Optional[int] = None, n_ctx: Opt
         # a file: GGUF (llama.cpp's format); anything else is reported by the GGUF reader (bad magic)
         from .gguf_loader import load_gguf
 
-        return load_gguf(path, n_threads=n_threads, n_ctx=n_ctx, quant=quant, kv_type=kv_type, lora=lora)
+        return load_gguf(path, n_threads=n_threads, n_ctx=n_ctx, quant=quant, kv_type=kv_type, lora=lora,
+                         device=device)
     cfg = ModelConfig.from_file(os.path.join(path, "config.json"))
     if n_ctx is None:
         n_ctx = min(cfg.max_position_embeddings, _DEFAULT_N_CTX)
@@ -92,6 +94,6 @@ def load(path: Optional[str] = None, n_threads: Optional[int] = None, n_ctx: Opt
 
         types = allocate_from_file(path, cfg, quant, calibration, importance, n_threads or 0)
     cfg, cmodel, gen = load_hf_folder(path, n_ctx, quant=quant, n_threads=n_threads or 0, importance=importance,
-                                      lora=lora, types=types)
+                                      lora=lora, types=types, repack=device == "cpu")
     return Model(cmodel, cfg, tokenizer, n_ctx=n_ctx, n_threads=n_threads, generation_config=gen, path=path,
-                 kv_type=kv_type)
+                 kv_type=kv_type, device=device)

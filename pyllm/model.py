@@ -12,6 +12,7 @@ import numpy as np
 
 from . import _engine
 from .config import ModelConfig
+from .device import cuda_model
 from .errors import ContextLengthError
 from .generation.options import GenerationOptions
 from .sampling import SamplingParams
@@ -46,7 +47,7 @@ class Sequence:
 
     def __init__(self, model: "Model"):
         self._model = model
-        self._kv = _engine.KVCache(model._cmodel, model.n_ctx, KV_TYPES[model.kv_type])
+        self._kv = model._new_kv()
         self.tokens: list = []
         self._last_logits: Optional[np.ndarray] = None
 
@@ -102,9 +103,12 @@ class Model:
     """A loaded model. Use pyllm.load(...) to make one."""
 
     def __init__(self, cmodel, config: ModelConfig, tokenizer: Tokenizer, n_ctx: int, n_threads: Optional[int] = None,
-                 generation_config: Optional[dict] = None, path: str = "", kv_type: str = "f32"):
+                 generation_config: Optional[dict] = None, path: str = "", kv_type: str = "f32", device: str = "cpu"):
         self.kv_type = check_kv_type(kv_type)
         self._cmodel = cmodel
+        self.device = device
+        # device="cuda": the weights on the GPU and the forward there (csrc/cuda/); the CPU model keeps the config
+        self._cuda = cuda_model(cmodel) if device == "cuda" else None
         self.config = config
         self.tokenizer = tokenizer
         self.n_ctx = n_ctx
@@ -130,7 +134,8 @@ class Model:
     def __repr__(self) -> str:
         c = self.config
         return (f"<pyllm.Model {c.architecture} layers={c.num_layers} dim={c.hidden_size} vocab={c.vocab_size} "
-                f"n_ctx={self.n_ctx} kv={self.kv_type} threads={self.n_threads} isa={_engine.get_isa()}>")
+                f"n_ctx={self.n_ctx} kv={self.kv_type} " + (f"device=cuda>" if self._cuda is not None else
+                                                        f"threads={self.n_threads} isa={_engine.get_isa()}>"))
 
     @property
     def vocab_size(self) -> int:
@@ -139,6 +144,8 @@ class Model:
     # ------------------------------------------------------------------ engine access
     def _forward(self, kvs, tokens, positions, seqs, out_rows) -> np.ndarray:
         with self._lock:
+            if self._cuda is not None:
+                return self._cuda.forward(kvs, tokens, positions, seqs, out_rows)
             return self._runner.forward(kvs, tokens, positions, seqs, out_rows, self.n_threads)
 
     def _check_ids(self, token_ids) -> list:
@@ -217,6 +224,8 @@ class Model:
         return 2 * c.num_layers * c.num_kv_heads * c.head_dim * (4 if self.kv_type == "f32" else 2)
 
     def _new_kv(self):
+        if self._cuda is not None:
+            return _engine.CudaKVCache(self._cuda, self.n_ctx, KV_TYPES[self.kv_type])
         return _engine.KVCache(self._cmodel, self.n_ctx, KV_TYPES[self.kv_type])
 
     @property

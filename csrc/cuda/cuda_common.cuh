@@ -53,8 +53,14 @@ static __device__ __forceinline__ float pl_warp_sum(float v) {
 #define PL_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<(grid), (block), (smem), (stream)>>>
 #define PL_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
 
-/* launchers (sizes already checked by pl_cuda_gemv); each returns 0 or -1 with err */
-int pl_cuda_gemv_quant_launch(const pl_cuda_weight *w, const void *act, float *y, char *err);
-int pl_cuda_gemv_float16_launch(const pl_cuda_weight *w, const float *x, float *y, char *err);
+/* launchers (sizes already checked by the caller), on stream st; each returns 0 or -1 with err.
+ * Quant: act holds nt rows of Q8_0 activations in pl_cuda.h's layout (all quants, then all scales);
+ * y[t * ldy + r]. Float (F32 / F16 / BF16): x rows at x + t * ldx. */
+int pl_cuda_matmul_quant_launch(const pl_cuda_weight *w, const void *act, int nt, float *y, int ldy, cudaStream_t st,
+                                char *err);
+int pl_cuda_matmul_float_launch(const pl_cuda_weight *w, const float *x, int nt, int ldx, float *y, int ldy,
+                                cudaStream_t st, char *err);
+/* pl_cuda_quantize_q8_0 on stream st, without its argument checks */
+int pl_cuda_quantize_q8_0_on(const float *x, int64_t n, void *q, cudaStream_t st, char *err);
 
 #endif

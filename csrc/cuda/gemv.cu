@@ -1,6 +1,6 @@
 /* gemv.cu: pl_cuda_gemv, decode's y = W x on the device: checks the weight, the pointers and their
  * alignment, quantizes x to Q8_0 for Q4_0 / Q8_0 weights (as the CPU path does), and launches the
- * weight type's kernel (gemv_quant.cu, gemv_float16.cu). */
+ * weight type's kernel (gemv_quant.cu, gemv_float16.cu: F32 / F16 / BF16). */
 #include "cuda_common.cuh"
 
 int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, char *err) {
@@ -15,7 +15,7 @@ int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, c
                                      pl_cuda_act_bytes(w->type, w->ne0));
         if ((uintptr_t)act % 16) return PL_CUDA_ERR("gemv: the activation scratch must be 16-byte aligned");
         if (pl_cuda_quantize_q8_0(x, w->ne0, act, err)) return -1;
-        return pl_cuda_gemv_quant_launch(w, act, y, err);
+        return pl_cuda_matmul_quant_launch(w, act, 1, y, (int)w->ne1, 0, err);
     }
-    return pl_cuda_gemv_float16_launch(w, x, y, err);
+    return pl_cuda_matmul_float_launch(w, x, 1, (int)w->ne0, y, (int)w->ne1, 0, err);
 }

@@ -1,5 +1,6 @@
-/* gemv_quant.cu: decode's y = W x for Q4_0 and Q8_0 weights (layout: weight_upload.cu) against Q8_0
- * activations (quantize_q8_0.cu), the CPU's arithmetic per block: an exact integer dot of the quants
+/* gemv_quant.cu: y = W x for Q4_0 and Q8_0 weights (layout: weight_upload.cu), for one token (decode) or
+ * up to 8 per pass over the weights (small batches, prefill), against Q8_0 activations (quantize_q8_0.cu),
+ * the CPU's arithmetic per block: an exact integer dot of the quants
  * (dp4a), times the product of the two scales, summed in fp32; only the order of that sum differs.
  * One warp per row; a lane takes 16-byte chunks of the row's quants (a whole Q4_0 block, half a Q8_0
  * block), so a warp's loads are 512 consecutive bytes; each lane issues U chunks' loads (weights,
@@ -21,66 +22,106 @@ static __device__ __forceinline__ int dot4_q4(unsigned w, unsigned lo, unsigned 
     return __dp4a((int)__vsub4((w >> 4) & 0x0F0F0F0Fu, 0x08080808u), (int)hi, s);
 }
 
-/* QB: quant bytes per block (16: Q4_0, 32: Q8_0) */
-template <int QB>
+/* QB: quant bytes per block (16: Q4_0, 32: Q8_0); T: tokens per pass (each weight chunk loaded once and
+ * multiplied with T activation rows: aq + t * nb * 32 quants, ad + t * nb scales; y[t * ldy + row]) */
+template <int QB, int T>
 __global__ void __launch_bounds__(32 * ROWS_PER_CTA)
 gemv_quant_kernel(const uint8_t *__restrict__ wq, const uint16_t *__restrict__ wd, const int8_t *__restrict__ aq,
-                  const float *__restrict__ ad, float *__restrict__ y, int nr, int nb) {
+                  const float *__restrict__ ad, float *__restrict__ y, int ldy, int nr, int nb) {
     constexpr int CPB = QB / 16; /* chunks per block */
+    constexpr int UU = T == 1 ? U : 2; /* fewer chunks in flight when each carries T tokens' activations */
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * ROWS_PER_CTA + (threadIdx.x >> 5);
     if (row >= nr) return; /* the whole warp */
     const int nchunks = nb * CPB;
     const uint4 *wrow = (const uint4 *)(wq + (size_t)row * nb * QB);
     const uint16_t *drow = wd + (size_t)row * nb;
-    const uint4 *act = (const uint4 *)aq;
     const uint4 zero = make_uint4(0, 0, 0, 0);
-    float acc = 0.0f;
-    for (int c0 = 0; c0 < nchunks; c0 += 32 * U) {
-        uint4 w[U], a0[U], a1[U];
-        float ds[U];
+    float acc[T];
 #pragma unroll
-        for (int u = 0; u < U; u++) { /* every load first */
+    for (int t = 0; t < T; t++) acc[t] = 0.0f;
+    for (int c0 = 0; c0 < nchunks; c0 += 32 * UU) {
+        uint4 w[UU], a0[UU][T], a1[UU][T];
+        float dw[UU], da[UU][T];
+#pragma unroll
+        for (int u = 0; u < UU; u++) { /* every load first */
             const int c = c0 + 32 * u + lane;
             const bool in = c < nchunks;
             const int b = c / CPB;
             w[u] = in ? __ldg(wrow + c) : zero;
-            if (CPB == 1) { /* Q4_0: the block's 32 activations */
-                a0[u] = in ? __ldg(act + 2 * c) : zero;
-                a1[u] = in ? __ldg(act + 2 * c + 1) : zero;
-            } else { /* Q8_0: this half's 16 */
-                a0[u] = in ? __ldg(act + c) : zero;
+            dw[u] = in && (CPB == 1 || (lane & 1) == 0) ? pl_h2f(__ldg(drow + b)) : 0.0f;
+#pragma unroll
+            for (int t = 0; t < T; t++) {
+                const uint4 *act = (const uint4 *)(aq + (size_t)t * nb * PL_CUDA_QK);
+                if (CPB == 1) { /* Q4_0: the block's 32 activations */
+                    a0[u][t] = in ? __ldg(act + 2 * c) : zero;
+                    a1[u][t] = in ? __ldg(act + 2 * c + 1) : zero;
+                } else { /* Q8_0: this half's 16 */
+                    a0[u][t] = in ? __ldg(act + c) : zero;
+                }
+                da[u][t] = in ? __ldg(ad + (size_t)t * nb + b) : 0.0f;
             }
-            ds[u] = in && (CPB == 1 || (lane & 1) == 0) ? pl_h2f(__ldg(drow + b)) * __ldg(ad + b) : 0.0f;
         }
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            int isum;
-            if (CPB == 1) {
-                isum = dot4_q4(w[u].x, a0[u].x, a1[u].x, 0);
-                isum = dot4_q4(w[u].y, a0[u].y, a1[u].y, isum);
-                isum = dot4_q4(w[u].z, a0[u].z, a1[u].z, isum);
-                isum = dot4_q4(w[u].w, a0[u].w, a1[u].w, isum);
-            } else { /* the block's exact integer sum: this half's plus the neighbour lane's */
-                isum = dot16_q8(w[u], a0[u]);
-                isum += __shfl_xor_sync(0xffffffffu, isum, 1);
+        for (int u = 0; u < UU; u++) {
+#pragma unroll
+            for (int t = 0; t < T; t++) {
+                int isum;
+                if (CPB == 1) {
+                    isum = dot4_q4(w[u].x, a0[u][t].x, a1[u][t].x, 0);
+                    isum = dot4_q4(w[u].y, a0[u][t].y, a1[u][t].y, isum);
+                    isum = dot4_q4(w[u].z, a0[u][t].z, a1[u][t].z, isum);
+                    isum = dot4_q4(w[u].w, a0[u][t].w, a1[u][t].w, isum);
+                } else { /* the block's exact integer sum: this half's plus the neighbour lane's */
+                    isum = dot16_q8(w[u], a0[u][t]);
+                    isum += __shfl_xor_sync(0xffffffffu, isum, 1);
+                }
+                /* the CPU's block term: the exact integer dot times (weight scale x activation scale);
+                 * dw is 0 where the chunk is past the row or the odd half */
+                acc[t] += (float)isum * (dw[u] * da[u][t]);
             }
-            acc += (float)isum * ds[u]; /* ds is 0 where the chunk is past the row or the odd half */
         }
     }
-    acc = pl_warp_sum(acc);
-    if (lane == 0) y[row] = acc;
+#pragma unroll
+    for (int t = 0; t < T; t++) {
+        const float s = pl_warp_sum(acc[t]);
+        if (lane == 0) y[(size_t)t * ldy + row] = s;
+    }
 }
 
-int pl_cuda_gemv_quant_launch(const pl_cuda_weight *w, const void *act, float *y, char *err) {
+/* tokens per pass of the batched kernel (each pass reads the weights once) */
+#define TOKENS_PER_PASS 8
+
+template <int QB>
+static void launch_quant(unsigned grid, cudaStream_t st, int T, const uint8_t *wq, const uint16_t *wd, const int8_t *aq,
+                         const float *ad, float *y, int ldy, int nr, int nb) {
+    switch (T) {
+    case 1: PL_LAUNCH(grid, 32 * ROWS_PER_CTA, 0, st, gemv_quant_kernel<QB, 1>)(wq, wd, aq, ad, y, ldy, nr, nb); break;
+    case 2: PL_LAUNCH(grid, 32 * ROWS_PER_CTA, 0, st, gemv_quant_kernel<QB, 2>)(wq, wd, aq, ad, y, ldy, nr, nb); break;
+    case 3: PL_LAUNCH(grid, 32 * ROWS_PER_CTA, 0, st, gemv_quant_kernel<QB, 3>)(wq, wd, aq, ad, y, ldy, nr, nb); break;
+    case 4: PL_LAUNCH(grid, 32 * ROWS_PER_CTA, 0, st, gemv_quant_kernel<QB, 4>)(wq, wd, aq, ad, y, ldy, nr, nb); break;
+    default: PL_LAUNCH(grid, 32 * ROWS_PER_CTA, 0, st, gemv_quant_kernel<QB, 8>)(wq, wd, aq, ad, y, ldy, nr, nb); break;
+    }
+}
+
+int pl_cuda_matmul_quant_launch(const pl_cuda_weight *w, const void *act, int nt, float *y, int ldy, cudaStream_t st,
+                                char *err) {
     const int nr = (int)w->ne1, nb = (int)(w->ne0 / PL_CUDA_QK);
     const int qb = w->type == PL_CUDA_Q4_0 ? 16 : 32;
     const uint8_t *wq = (const uint8_t *)w->data;
     const uint16_t *wd = (const uint16_t *)(wq + (size_t)nr * nb * qb);
     const int8_t *aq = (const int8_t *)act;
-    const float *ad = (const float *)((const char *)act + w->ne0);
+    const float *ad = (const float *)((const char *)act + (size_t)nt * w->ne0); /* pl_cuda.h's layout, nt rows */
     const unsigned grid = (unsigned)((nr + ROWS_PER_CTA - 1) / ROWS_PER_CTA);
-    if (qb == 16) PL_LAUNCH(grid, 32 * ROWS_PER_CTA, 0, 0, gemv_quant_kernel<16>)(wq, wd, aq, ad, y, nr, nb);
-    else PL_LAUNCH(grid, 32 * ROWS_PER_CTA, 0, 0, gemv_quant_kernel<32>)(wq, wd, aq, ad, y, nr, nb);
-    return PL_CUDA_LAUNCHED(qb == 16 ? "Q4_0 gemv" : "Q8_0 gemv");
+    for (int t0 = 0; t0 < nt;) {
+        const int left = nt - t0;
+        const int T = left >= TOKENS_PER_PASS ? TOKENS_PER_PASS : left > 4 ? 4 : left;
+        const int8_t *aqt = aq + (size_t)t0 * w->ne0;
+        const float *adt = ad + (size_t)t0 * nb;
+        if (qb == 16) launch_quant<16>(grid, st, T, wq, wd, aqt, adt, y + (size_t)t0 * ldy, ldy, nr, nb);
+        else launch_quant<32>(grid, st, T, wq, wd, aqt, adt, y + (size_t)t0 * ldy, ldy, nr, nb);
+        if (PL_CUDA_LAUNCHED(qb == 16 ? "Q4_0 matmul" : "Q8_0 matmul")) return -1;
+        t0 += T;
+    }
+    return 0;
 }

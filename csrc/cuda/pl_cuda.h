@@ -17,6 +17,7 @@ extern "C" {
 #define PL_CUDA_ERRMSG_LEN 256 /* = PL_ERRMSG_LEN (checked in csrc/pl_cuda_build.h) */
 
 /* weight types the kernels read: the pl_type ids of tensor_types.h (ggml's numbering; checked there) */
+#define PL_CUDA_F32 0
 #define PL_CUDA_F16 1
 #define PL_CUDA_Q4_0 2
 #define PL_CUDA_Q8_0 8
@@ -48,7 +49,7 @@ int pl_cuda_to_host(void *host, const void *dev, size_t nbytes, char *err);
 
 /* ---- weight_upload.cu: a weight matrix on the device, in the layout the GEMV kernels read ----
  * ne1 rows of ne0 elements, uploaded from the host rows as pyllm / GGUF store them (ggml blocks, rows
- * back to back). F16 / BF16 keep their layout. Q4_0 / Q8_0 are split on the device into
+ * back to back). F32 / F16 / BF16 keep their layout. Q4_0 / Q8_0 are split on the device into
  *   [quants: row r at r * nb * QB bytes, block b's QB bytes at b * QB in it (QB = 16 Q4_0, 32 Q8_0),
  *    as ggml stores them]  then  [fp16 scales: ne1 * nb, row-major]   (nb = ne0 / 32)
  * so every row's quants start on a 16-byte boundary and are read with 16-byte loads. */
@@ -74,7 +75,7 @@ int pl_cuda_quantize_q8_0(const float *x, int64_t n, void *q, char *err);
 
 /* ---- gemv_quant.cu (Q4_0, Q8_0) and gemv_float16.cu (F16, BF16): y = W x for one token ----
  * x: ne0 floats, y: ne1 floats (device). act: device scratch of pl_cuda_act_bytes(w->type, ne0) bytes
- * (Q4_0 / Q8_0 quantize x to Q8_0 there first, as the CPU path does; NULL for F16 / BF16, which read
+ * (Q4_0 / Q8_0 quantize x to Q8_0 there first, as the CPU path does; NULL for F32 / F16 / BF16, which read
  * x as fp32). x, y and act must be 16-byte aligned (cudaMalloc's are). */
 size_t pl_cuda_act_bytes(int type, int64_t ne0); /* 0: the type reads fp32 activations, or bad sizes */
 int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, char *err);
@@ -82,6 +83,50 @@ int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, c
 /* ---- gemv_timing.cu: seconds per pl_cuda_gemv call (CUDA events, iters calls after 3 warm-up calls) ---- */
 int pl_cuda_gemv_time(const pl_cuda_weight *w, const float *x, float *y, void *act, int iters, double *seconds,
                       char *err);
+
+/* ---- model.cu, kv_cache.cu, forward.cu: the whole forward of a dense Llama-family model on the GPU ----
+ * The model's weights are uploaded once (pl_cuda_model_set, in any order), its KV caches live on the
+ * device, and pl_cuda_forward runs a batch of tokens (any mix of sequences and positions, as pl_forward)
+ * through every layer on the device, copying back only the logits of the rows asked for. What the CPU
+ * model supports beyond this (mixture-of-experts layers, LongRoPE, unmerged LoRA, K-quant and other weight
+ * types) is refused by name when the model is built. */
+typedef struct {
+    int n_vocab, dim, n_layers, n_heads, n_kv_heads, head_dim, hidden_dim;
+    int max_ctx;          /* positions the rope tables cover */
+    float norm_eps;
+    float attn_scale;     /* multiplies q.k before the softmax */
+    int rope_interleaved; /* 0: halves (i, i + head_dim/2); 1: pairs (2i, 2i+1) */
+    int sliding_window;   /* 0: none; else a query at p sees keys p-W+1..p */
+    int qkv_bias, o_bias, qk_norm;
+} pl_cuda_config;
+typedef struct pl_cuda_model pl_cuda_model;
+/* rope_cos / rope_sin: [max_ctx][head_dim / 2] host tables (the CPU model's, so both use the same values) */
+pl_cuda_model *pl_cuda_model_new(const pl_cuda_config *c, const float *rope_cos, const float *rope_sin, char *err);
+/* one tensor from host memory. name: tok_embd, output_norm, output, or per layer (0 <= layer < n_layers)
+ * attn_norm wq wk wv bq bk bv q_norm k_norm wo bo ffn_norm ffn_gate ffn_up ffn_down (the ones the config
+ * needs). Matmul weights and tok_embd: F32, F16, BF16, Q4_0 or Q8_0 rows of ne0 elements, ne1 rows, as the
+ * CPU model holds them; norms and biases: F32 vectors (ne1 = 1). Shapes are checked against the config. */
+int pl_cuda_model_set(pl_cuda_model *m, const char *name, int layer, int type, int64_t ne0, int64_t ne1,
+                      const void *host, size_t nbytes, char *err);
+/* 0 once every tensor the config needs is set, else -1 naming the first missing one */
+int pl_cuda_model_check(const pl_cuda_model *m, char *err);
+size_t pl_cuda_model_bytes(const pl_cuda_model *m); /* device bytes of the weights and tables */
+void pl_cuda_model_free(pl_cuda_model *m);          /* NULL is fine */
+
+/* one sequence's keys and values on the device: [n_layers][n_ctx][n_kv_heads * head_dim] of type
+ * (0: fp32, 1: fp16, rounded to nearest even as written) */
+typedef struct pl_cuda_kv pl_cuda_kv;
+pl_cuda_kv *pl_cuda_kv_new(const pl_cuda_model *m, int n_ctx, int type, char *err);
+void pl_cuda_kv_free(pl_cuda_kv *kv);
+size_t pl_cuda_kv_bytes(const pl_cuda_kv *kv);
+/* copies src's first n_tokens positions of every layer into dst (same model, type; n_tokens <= both) */
+int pl_cuda_kv_copy_prefix(pl_cuda_kv *dst, const pl_cuda_kv *src, int n_tokens, char *err);
+
+/* n_tokens tokens: token[i] at position pos[i] of sequence seq[i] (an index into kvs); writes n_out rows
+ * of n_vocab logits (host memory) for the batch rows out[0..n_out). Checks every index as pl_forward
+ * does. Returns 0 or -1 with a message. */
+int pl_cuda_forward(pl_cuda_model *m, pl_cuda_kv *const *kvs, int n_kv, int n_tokens, const int32_t *token,
+                    const int32_t *pos, const int32_t *seq, int n_out, const int32_t *out, float *logits, char *err);
 
 #ifdef __cplusplus
 }

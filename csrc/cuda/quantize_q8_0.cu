@@ -29,8 +29,12 @@ int pl_cuda_quantize_q8_0(const float *x, int64_t n, void *q, char *err) {
         return PL_CUDA_ERR("Q8_0 activations: n must be a positive multiple of 32 below 2^31, got %lld", (long long)n);
     if (!x || !q) return PL_CUDA_ERR("Q8_0 activations: NULL pointer");
     if ((uintptr_t)q % 16) return PL_CUDA_ERR("Q8_0 activations: the output must be 16-byte aligned");
+    return pl_cuda_quantize_q8_0_on(x, n, q, 0, err);
+}
+
+int pl_cuda_quantize_q8_0_on(const float *x, int64_t n, void *q, cudaStream_t st, char *err) {
     const int threads = 256;
     const int64_t grid = (n + threads - 1) / threads; /* < 2^24 for n < 2^31 */
-    PL_LAUNCH((unsigned)grid, threads, 0, 0, quantize_q8_0_kernel)(x, n, (int8_t *)q, (float *)((char *)q + n));
+    PL_LAUNCH((unsigned)grid, threads, 0, st, quantize_q8_0_kernel)(x, n, (int8_t *)q, (float *)((char *)q + n));
     return PL_CUDA_LAUNCHED("Q8_0 activations: quantize_q8_0_kernel");
 }

@@ -1,5 +1,5 @@
 /* weight_upload.cu: a weight matrix onto the device, once, in the layout the GEMV kernels read
- * (pl_cuda.h): F16 / BF16 rows as they are; Q4_0 / Q8_0 rows of ggml blocks (an fp16 scale, then the
+ * (pl_cuda.h): F32 / F16 / BF16 rows as they are; Q4_0 / Q8_0 rows of ggml blocks (an fp16 scale, then the
  * quants) split on the device into all quants (16-byte aligned rows) then all scales, so the GEMV reads
  * quants with 16-byte loads. The host rows are copied as they are and split by a kernel. */
 #include "cuda_common.cuh"
@@ -10,8 +10,8 @@ size_t pl_cuda_weight_bytes(int type, int64_t ne0, int64_t ne1) {
     if (ne0 <= 0 || ne1 <= 0 || ne0 > INT32_MAX || ne1 > INT32_MAX) return 0;
     size_t per;        /* bytes per unit */
     int64_t units;     /* units per row */
-    if (type == PL_CUDA_F16 || type == PL_CUDA_BF16) {
-        per = 2;
+    if (type == PL_CUDA_F16 || type == PL_CUDA_BF16 || type == PL_CUDA_F32) {
+        per = type == PL_CUDA_F32 ? 4 : 2;
         units = ne0;
     } else if (quant_bytes(type)) {
         if (ne0 % PL_CUDA_QK) return 0;
@@ -46,7 +46,7 @@ int pl_cuda_weight_upload(pl_cuda_weight *w, int type, int64_t ne0, int64_t ne1,
     w->data = NULL;
     const size_t nbytes = pl_cuda_weight_bytes(type, ne0, ne1);
     if (nbytes == 0)
-        return PL_CUDA_ERR("cannot upload a weight of type %d with %lld x %lld elements: the GPU kernels read F16 (1), "
+        return PL_CUDA_ERR("cannot upload a weight of type %d with %lld x %lld elements: the GPU kernels read F32 (0), F16 (1), "
                            "BF16 (30), Q4_0 (2) and Q8_0 (8) rows of whole 32-element blocks, at most 2^31-1 rows "
                            "and columns", type, (long long)ne1, (long long)ne0);
     if (host_bytes != nbytes)
@@ -56,7 +56,7 @@ int pl_cuda_weight_upload(pl_cuda_weight *w, int type, int64_t ne0, int64_t ne1,
     void *data = NULL;
     if (pl_cuda_alloc(&data, nbytes, err)) return -1;
     const int qb = quant_bytes(type);
-    if (!qb) { /* F16 / BF16: as they are */
+    if (!qb) { /* F32 / F16 / BF16: as they are */
         if (pl_cuda_to_device(data, host, nbytes, err)) {
             pl_cuda_free(data);
             return -1;

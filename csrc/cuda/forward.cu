@@ -1,0 +1,133 @@
+/* forward.cu: pl_cuda_forward, a batch through the whole model on the device, step for step the CPU's
+ * forward (csrc/forward.c): embedding; per layer RMSNorm, q / k / v (the activations quantized to Q8_0
+ * once for all three when their weights are Q4_0 / Q8_0), biases / norms / RoPE / KV write, attention,
+ * output projection, residual + RMSNorm, gate and up, SwiGLU, down, residual; then the final norm and the
+ * LM head for the rows asked for, whose logits alone are copied back. Every index the batch holds is
+ * checked on the host first; the batch's ids and its sequences' cache addresses go to the device in one
+ * copy. Everything runs on the model's stream; the call returns when the logits are on the host. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "model_internal.cuh"
+
+static int is_quant(const pl_cuda_weight *w) { return w->type == PL_CUDA_Q4_0 || w->type == PL_CUDA_Q8_0; }
+
+/* y = W x; quantized: x's Q8_0 form is already in m->s.act (the previous call quantized the same rows) */
+static int matmul(pl_cuda_model *m, const pl_cuda_weight *w, const float *x, int nt, float *y, int ldy, int quantized,
+                  char *err) {
+    if (is_quant(w)) {
+        if (!quantized && pl_cuda_quantize_q8_0_on(x, (int64_t)nt * w->ne0, m->s.act, m->stream, err)) return -1;
+        return pl_cuda_matmul_quant_launch(w, m->s.act, nt, y, ldy, m->stream, err);
+    }
+    return pl_cuda_matmul_float_launch(w, x, nt, (int)w->ne0, y, ldy, m->stream, err);
+}
+
+int pl_cuda_matmul(const pl_cuda_model *m, const pl_cuda_weight *w, const float *x, int nt, float *y, int ldy, char *err) {
+    return matmul((pl_cuda_model *)m, w, x, nt, y, ldy, 0, err);
+}
+
+/* several weights with the same input x (q/k/v, gate/up): one quantization of x for all quantized ones */
+static int matmul_shared_input(pl_cuda_model *m, const pl_cuda_weight *const *ws, float *const *ys, const int *ld, int n,
+                               const float *x, int nt, char *err) {
+    int quantized = 0;
+    for (int i = 0; i < n; i++) {
+        if (matmul(m, ws[i], x, nt, ys[i], ld[i], quantized, err)) return -1;
+        quantized |= is_quant(ws[i]);
+    }
+    return 0;
+}
+
+#define FAIL(...) PL_CUDA_ERR(__VA_ARGS__)
+#define TRY(call) \
+    do {          \
+        if (call) return -1; \
+    } while (0)
+
+int pl_cuda_forward(pl_cuda_model *m, pl_cuda_kv *const *kvs, int n_kv, int n_tokens, const int32_t *token,
+                    const int32_t *pos, const int32_t *seq, int n_out, const int32_t *out, float *logits, char *err) {
+    if (!m) return FAIL("CUDA forward: no model");
+    const pl_cuda_config *c = &m->c;
+    const int nt = n_tokens;
+    if (nt <= 0) return FAIL("empty batch");
+    if (n_out < 0 || (n_out > 0 && (!out || !logits))) return FAIL("CUDA forward: bad output rows");
+    if (n_kv <= 0 || !kvs) return FAIL("CUDA forward: no KV caches");
+    int max_len = 1;
+    for (int t = 0; t < nt; t++) {
+        if (token[t] < 0 || token[t] >= c->n_vocab)
+            return FAIL("token id %d at batch index %d outside the vocabulary (0..%d)", token[t], t, c->n_vocab - 1);
+        if (seq[t] < 0 || seq[t] >= n_kv) return FAIL("sequence index %d out of range", seq[t]);
+        const pl_cuda_kv *kv = kvs[seq[t]];
+        if (!kv || kv->m != m) return FAIL("KV cache %d does not belong to this model", seq[t]);
+        if (pos[t] < 0 || pos[t] >= kv->n_ctx || pos[t] >= c->max_ctx)
+            return FAIL("position %d outside the context (%d tokens)", pos[t], kv->n_ctx);
+        const int len = pos[t] + 1;
+        const int win = c->sliding_window > 0 && len > c->sliding_window ? c->sliding_window : len;
+        if (win > max_len) max_len = win;
+    }
+    for (int o = 0; o < n_out; o++)
+        if (out[o] < 0 || out[o] >= nt) return FAIL("output row %d outside the batch", out[o]);
+    const int n_splits = (max_len + PL_ATT_SPLIT - 1) / PL_ATT_SPLIT;
+    TRY(pl_cuda_scratch_reserve(m, nt, n_kv, n_splits, err));
+    pl_cuda_scratch *s = &m->s;
+
+    /* the batch to the device: token, pos, seq, out (4 x cap_tokens int32), then the caches */
+    {
+        int32_t *h = (int32_t *)s->host;
+        const size_t T = (size_t)s->cap_tokens;
+        memcpy(h, token, nt * sizeof(int32_t));
+        memcpy(h + T, pos, nt * sizeof(int32_t));
+        memcpy(h + 2 * T, seq, nt * sizeof(int32_t));
+        if (n_out) memcpy(h + 3 * T, out, n_out * sizeof(int32_t));
+        pl_cuda_kv_view *hv = (pl_cuda_kv_view *)(h + 4 * T);
+        for (int i = 0; i < n_kv; i++) {
+            const pl_cuda_kv *kv = kvs[i];
+            hv[i].k = kv ? kv->k : NULL;
+            hv[i].v = kv ? kv->v : NULL;
+            hv[i].n_ctx = kv ? kv->n_ctx : 0;
+            hv[i].type = kv ? kv->type : 0;
+        }
+        /* views follow ids directly in host memory, but not on the device: two copies */
+        TRY(pl_cuda_fail(cudaMemcpyAsync(s->ids, h, 4 * T * sizeof(int32_t), cudaMemcpyHostToDevice, m->stream),
+                         "CUDA forward: the batch to the device", err));
+        TRY(pl_cuda_fail(cudaMemcpyAsync(s->views, hv, n_kv * sizeof(pl_cuda_kv_view), cudaMemcpyHostToDevice, m->stream),
+                         "CUDA forward: the batch to the device", err));
+    }
+    const int32_t *d_tok = s->ids, *d_pos = s->ids + s->cap_tokens, *d_seq = s->ids + 2 * s->cap_tokens,
+                  *d_out = s->ids + 3 * s->cap_tokens;
+    const int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim, hid = c->hidden_dim;
+
+    TRY(pl_cuda_embed(m, d_tok, nt, s->x, err));
+    for (int l = 0; l < c->n_layers; l++) {
+        const pl_cuda_layer *L = &m->layers[l];
+        if (l == 0) TRY(pl_cuda_rmsnorm(m, s->x, NULL, nt, c->dim, L->attn_norm, s->xb, err));
+        {
+            const pl_cuda_weight *ws[3] = {&L->wq, &L->wk, &L->wv};
+            float *ys[3] = {s->q, s->k, s->v};
+            const int ld[3] = {qd, kvd, kvd};
+            TRY(matmul_shared_input(m, ws, ys, ld, 3, s->xb, nt, err));
+        }
+        TRY(pl_cuda_qkv_finish(m, L, l, s->q, s->k, s->v, nt, d_pos, d_seq, s->views, err));
+        TRY(pl_cuda_attention(m, l, s->q, s->q, nt, n_splits, d_pos, d_seq, s->views, err));
+        TRY(matmul(m, &L->wo, s->q, nt, s->xb, c->dim, 0, err));
+        TRY(pl_cuda_residual(m, s->x, s->xb, c->o_bias ? L->bo : NULL, nt, L->ffn_norm, s->xb, err));
+        {
+            const pl_cuda_weight *ws[2] = {&L->ffn_gate, &L->ffn_up};
+            float *ys[2] = {s->hb, s->hb2};
+            const int ld[2] = {hid, hid};
+            TRY(matmul_shared_input(m, ws, ys, ld, 2, s->xb, nt, err));
+        }
+        TRY(pl_cuda_swiglu(m, s->hb, s->hb2, (int64_t)nt * hid, err));
+        TRY(matmul(m, &L->ffn_down, s->hb, nt, s->xb, c->dim, 0, err));
+        /* the residual, and the next layer's attention norm in the same pass */
+        const float *next_norm = l + 1 < c->n_layers ? m->layers[l + 1].attn_norm : NULL;
+        TRY(pl_cuda_residual(m, s->x, s->xb, NULL, nt, next_norm, s->xb, err));
+    }
+    if (n_out > 0) {
+        TRY(pl_cuda_rmsnorm(m, s->x, d_out, n_out, c->dim, m->output_norm, s->xb, err));
+        TRY(matmul(m, &m->output, s->xb, n_out, s->logits, c->n_vocab, 0, err));
+        TRY(pl_cuda_fail(cudaMemcpyAsync(logits, s->logits, (size_t)n_out * c->n_vocab * sizeof(float),
+                                         cudaMemcpyDeviceToHost, m->stream),
+                         "CUDA forward: the logits to the host", err));
+    }
+    return pl_cuda_fail(cudaStreamSynchronize(m->stream), "CUDA forward: a kernel failed", err);
+}

@@ -1,0 +1,80 @@
+/* model_internal.cuh: what model.cu, kv_cache.cu, forward.cu and the layer kernels share: the device-side
+ * model (weights, fp32 vectors, rope tables), a KV cache, the forward's scratch, and the layer kernels'
+ * launchers (layer_kernels.cu, attention.cu). Internal to csrc/cuda/. */
+#ifndef PYLLM_CUDA_MODEL_INTERNAL_CUH
+#define PYLLM_CUDA_MODEL_INTERNAL_CUH
+
+#include "cuda_common.cuh"
+
+typedef struct {
+    float *attn_norm, *ffn_norm, *bq, *bk, *bv, *bo, *q_norm, *k_norm; /* fp32 vectors (device), or NULL */
+    pl_cuda_weight wq, wk, wv, wo, ffn_gate, ffn_up, ffn_down;
+} pl_cuda_layer;
+
+/* where one batch row's sequence keeps its keys and values (a copy per forward, on the device) */
+typedef struct {
+    void *k, *v; /* [n_layers][n_ctx][kv_dim] */
+    int n_ctx;
+    int type;    /* 0 fp32, 1 fp16 */
+} pl_cuda_kv_view;
+
+struct pl_cuda_kv {
+    const pl_cuda_model *m;
+    int n_ctx, type;
+    size_t bytes; /* of k (and of v) */
+    void *k, *v;
+};
+
+/* the forward's device scratch, sized for cap_tokens rows and cap_seqs sequences, grown on demand */
+typedef struct {
+    int cap_tokens, cap_seqs, cap_splits;
+    float *x, *xb, *q, *k, *v, *hb, *hb2; /* [tokens][dim | q_dim | kv_dim | hidden] */
+    void *act;                             /* Q8_0 activations of the widest input */
+    float *att_o, *att_ml;                 /* attention's per-split partial outputs, (max, sum) pairs */
+    float *logits;                         /* [tokens][n_vocab] */
+    int32_t *ids;                          /* token, pos, seq, out: 4 x cap_tokens (device) */
+    pl_cuda_kv_view *views;                /* cap_seqs (device) */
+    void *host;                            /* pinned staging of ids + views */
+} pl_cuda_scratch;
+
+struct pl_cuda_model {
+    pl_cuda_config c;
+    pl_cuda_weight tok_embd, output;
+    float *output_norm;
+    float *rope_cos, *rope_sin; /* [max_ctx][head_dim/2] (device) */
+    pl_cuda_layer *layers;      /* host array of n_layers */
+    size_t bytes;
+    cudaStream_t stream;
+    pl_cuda_scratch s;
+};
+
+/* keys per split of the attention (a block's share of one query's keys) */
+#define PL_ATT_SPLIT 256
+
+/* ---- layer_kernels.cu (all on m->stream; 0 or -1 with err) ---- */
+/* x[t] = the embedding row of ids[t] (fp32), t < nt */
+int pl_cuda_embed(const pl_cuda_model *m, const int32_t *ids, int nt, float *x, char *err);
+/* out[t] = w * (x[t] * 1 / sqrt(mean(x[t]^2) + eps)) for nt rows of n; rows[t] (if not NULL) picks x's row */
+int pl_cuda_rmsnorm(const pl_cuda_model *m, const float *x, const int32_t *rows, int nt, int n, const float *w,
+                    float *out, char *err);
+/* x += y (+ bias) over nt rows of dim; then, with norm_w, xb = rmsnorm(x) */
+int pl_cuda_residual(const pl_cuda_model *m, float *x, const float *y, const float *bias, int nt,
+                     const float *norm_w, float *xb, char *err);
+/* q, k, v of nt tokens: biases, per-head q / k norms, RoPE at each token's position, and k, v written
+ * into the token's sequence's cache at layer l */
+int pl_cuda_qkv_finish(const pl_cuda_model *m, const pl_cuda_layer *L, int l, float *q, float *k, const float *v,
+                       int nt, const int32_t *pos, const int32_t *seq, const pl_cuda_kv_view *views, char *err);
+/* hb = silu(hb) * hb2 over n values */
+int pl_cuda_swiglu(const pl_cuda_model *m, float *hb, const float *hb2, int64_t n, char *err);
+/* ---- attention.cu: out (nt x q_dim) = attention of q over each token's cache at layer l; n_splits
+ * splits of PL_ATT_SPLIT keys per (token, kv head), enough for the longest row of the batch ---- */
+int pl_cuda_attention(const pl_cuda_model *m, int l, const float *q, float *out, int nt, int n_splits,
+                      const int32_t *pos, const int32_t *seq, const pl_cuda_kv_view *views, char *err);
+/* ---- model.cu: grows m->s to nt tokens, n_seq sequences, n_splits attention splits ---- */
+int pl_cuda_scratch_reserve(pl_cuda_model *m, int nt, int n_seq, int n_splits, char *err);
+/* ---- forward.cu ---- */
+/* y (nt x w->ne1, row stride ldy) = W x for nt rows of x (contiguous, w->ne0 each) */
+int pl_cuda_matmul(const pl_cuda_model *m, const pl_cuda_weight *w, const float *x, int nt, float *y, int ldy,
+                   char *err);
+
+#endif

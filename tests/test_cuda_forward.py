@@ -1,0 +1,175 @@
+"""test_cuda_forward.py: pyllm.load(device="cuda"), the whole forward on the GPU (csrc/cuda/forward.cu),
+against the CPU engine on the same loaded weights: logits, greedy continuations, concurrent requests
+through the batching engine, the fp16 KV cache, every dense architecture's options (sliding window, q/k/v
+biases, per-head q/k norms), and what it refuses. Runs where a CUDA device is (a PYLLM_CUDA=ON build on a
+GPU, or the CPU emulation of the kernels: tests/test_cuda_emulation.py); elsewhere only the refusals run.
+
+Tolerance of the logits. Both devices compute every step with the same formulas on the same stored
+weights: Q4_0 / Q8_0 matmuls as exact integer block dots times the same scales against the same Q8_0
+activations; F32 / F16 / BF16 weights widened exactly; RMSNorm's sum of squares in double. They differ
+only in the order of fp32 sums (matmul rows, attention's softmax split over the keys and its P x V),
+about 2^-24 relative per sum, and where such a difference moves an activation across a Q8_0 rounding
+boundary, one quantization step (1/254 of the block's largest value) in one activation. Through the
+shipped model's 5 layers that stays below 1e-3 of the logits' range; a kernel bug (a wrong index, a
+missing term, a wrong scale) shows as errors of the order of the logits themselves. So: max |gpu - cpu|
+<= 2e-3 x max |cpu| per prompt, and the top token equal wherever the CPU's top two are further apart
+than that."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import pyllm
+from pyllm import _engine
+
+INFO = _engine.cuda_info()
+HAVE_GPU = INFO["built"] and INFO["devices"] > 0
+gpu = pytest.mark.skipif(not HAVE_GPU, reason="needs a PYLLM_CUDA=ON build and a CUDA device (or the CPU "
+                         "emulation build): " + (INFO["error"] or ""))
+
+REL_TOL = 2e-3
+PROMPT = ("ROMEO:\nBut soft, what light through yonder window breaks? It is the east, and Juliet is the sun.\n"
+          "JULIET:\n")
+
+
+def assert_logits_close(gpu_logits, cpu_logits, what):
+    gpu_logits = np.asarray(gpu_logits, dtype=np.float64)
+    cpu_logits = np.asarray(cpu_logits, dtype=np.float64)
+    assert gpu_logits.shape == cpu_logits.shape
+    assert np.isfinite(gpu_logits).all(), f"{what}: non-finite GPU logits"
+    scale = np.abs(cpu_logits).max()
+    err = np.abs(gpu_logits - cpu_logits).max()
+    assert err <= REL_TOL * scale, f"{what}: max |gpu - cpu| = {err:.3g}, {err / scale:.2e} of the logits' range"
+    rows = cpu_logits.reshape(-1, cpu_logits.shape[-1])
+    grows = gpu_logits.reshape(rows.shape)
+    top2 = np.sort(rows, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * REL_TOL * scale
+    assert (rows.argmax(1) == grows.argmax(1))[clear].all(), f"{what}: a different top token"
+
+
+def all_logits(model, ids):
+    seq = model.sequence()
+    return seq.append(ids, all_logits=True)
+
+
+# ---------------------------------------------------------------- on a device
+@gpu
+@pytest.mark.parametrize("quant", [None, "f32", "f16", "q8_0", "q4_0"])
+def test_shipped_model_logits_match_the_cpu(quant):
+    cpu = pyllm.load(quant=quant, n_ctx=256)
+    cuda = pyllm.load(quant=quant, n_ctx=256, device="cuda")
+    assert cuda.device == "cuda" and "device=cuda" in repr(cuda)
+    ids = cpu.tokenize(PROMPT)
+    assert len(ids) > 40
+    assert_logits_close(all_logits(cuda, ids), all_logits(cpu, ids), f"quant={quant}")
+    # the same logits again, one token at a time (decode steps read the cache the prompt wrote)
+    seq_c, seq_g = cpu.sequence(), cuda.sequence()
+    seq_c.append(ids[:30])
+    seq_g.append(ids[:30])
+    for t in ids[30:36]:
+        assert_logits_close(seq_g.append([t]), seq_c.append([t]), f"quant={quant}, decode")
+
+
+@gpu
+@pytest.mark.parametrize("quant", [None, "q8_0", "q4_0"])
+def test_greedy_continuation_equals_the_cpu(quant):
+    cpu = pyllm.load(quant=quant, n_ctx=256)
+    cuda = pyllm.load(quant=quant, n_ctx=256, device="cuda")
+    want = cpu.generate_tokens(PROMPT, max_tokens=40, temperature=0)
+    got = cuda.generate_tokens(PROMPT, max_tokens=40, temperature=0)
+    assert len(want) == 40 and got == want
+
+
+@gpu
+def test_concurrent_requests_share_steps_and_match_the_cpu():
+    cpu = pyllm.load(quant="q8_0", n_ctx=256)
+    cuda = pyllm.load(quant="q8_0", n_ctx=256, device="cuda")
+    prompts = ["ROMEO:\n", "JULIET:\nO Romeo, Romeo!", "First Citizen:\nBefore we proceed any further, hear me speak.",
+               "ROMEO:\n"]  # the last one reuses the first one's cached prompt
+    want = [cpu.generate_tokens(p, max_tokens=16, temperature=0) for p in prompts]
+    reqs = [cuda.submit(p, max_tokens=16, temperature=0) for p in prompts]
+    got = [r.result().token_ids for r in reqs]
+    assert got == want
+    assert cuda.engine_stats()["steps"] < sum(len(w) for w in want)  # batched, not one request after another
+
+
+@gpu
+def test_f16_kv_cache_matches_the_cpu_f16_cache():
+    cpu = pyllm.load(quant="q8_0", n_ctx=256, kv_type="f16")
+    cuda = pyllm.load(quant="q8_0", n_ctx=256, kv_type="f16", device="cuda")
+    ids = cpu.tokenize(PROMPT)
+    assert_logits_close(all_logits(cuda, ids), all_logits(cpu, ids), "f16 KV cache")
+
+
+@gpu
+@pytest.mark.parametrize("arch", ["llama2", "mistral", "qwen2", "qwen3", "phi3"])
+def test_dense_architectures_match_the_cpu(arch, checkpoint):
+    """mistral (sliding window 24) and phi3 (48) with a prompt past the window; qwen2 with q/k/v biases;
+    qwen3 with per-head q/k norms; F32 weights (the checkpoints' own)"""
+    path = checkpoint(arch)
+    cpu = pyllm.load(path, n_ctx=128)
+    cuda = pyllm.load(path, n_ctx=128, device="cuda")
+    rng = np.random.default_rng(3)
+    ids = rng.integers(3, 1000, size=60).tolist()
+    assert_logits_close(all_logits(cuda, ids), all_logits(cpu, ids), arch)
+
+
+@gpu
+def test_a_long_prompt_uses_several_attention_splits():
+    """more than 256 keys per query: the attention is split over the keys and the splits combined"""
+    cpu = pyllm.load(quant="q8_0", n_ctx=700)
+    cuda = pyllm.load(quant="q8_0", n_ctx=700, device="cuda")
+    ids = (cpu.tokenize(PROMPT) * 20)[:600]
+    seq_c, seq_g = cpu.sequence(), cuda.sequence()
+    assert_logits_close(seq_g.append(ids), seq_c.append(ids), "600-token prompt")
+    assert_logits_close(seq_g.append([5]), seq_c.append([5]), "decode after 600 tokens")
+
+
+@gpu
+def test_forward_rejects_bad_batches():
+    cuda = pyllm.load(quant="q8_0", n_ctx=64, device="cuda")
+    other = pyllm.load(quant="q8_0", n_ctx=64, device="cuda")
+    kv = cuda._new_kv()
+    fwd = cuda._cuda.forward
+    with pytest.raises(ValueError, match="token id 5000 at batch index 0 outside the vocabulary"):
+        fwd([kv], [5000], [0], [0], [0])
+    with pytest.raises(ValueError, match="position 64 outside the context"):
+        fwd([kv], [1], [64], [0], [0])
+    with pytest.raises(ValueError, match="sequence index 1 out of range"):
+        fwd([kv], [1], [0], [1], [0])
+    with pytest.raises(ValueError, match="output row 3 outside the batch"):
+        fwd([kv], [1], [0], [0], [3])
+    with pytest.raises(ValueError, match="another model"):
+        fwd([other._new_kv()], [1], [0], [0], [0])
+    with pytest.raises(TypeError):
+        fwd([_engine.KVCache(cuda._cmodel, 64)], [1], [0], [0], [0])  # a CPU cache
+    with pytest.raises(ValueError, match="n_ctx 65 outside 1..64"):
+        _engine.CudaKVCache(cuda._cuda, 65)
+    with pytest.raises(ValueError, match="type 7"):
+        _engine.CudaKVCache(cuda._cuda, 8, 7)
+    # the model still works after the refusals
+    assert np.isfinite(fwd([kv], [1, 2], [0, 1], [0, 0], [1])).all()
+
+
+@gpu
+def test_prompt_longer_than_the_context_is_refused():
+    cuda = pyllm.load(quant="q8_0", n_ctx=16, device="cuda")
+    with pytest.raises(pyllm.ContextLengthError):
+        cuda.sequence().append(cuda.tokenize(PROMPT))
+
+
+@gpu
+def test_what_the_gpu_cannot_run_yet_is_refused_by_name(checkpoint):
+    with pytest.raises(pyllm.DeviceError, match="device='cuda': .*weight type .* has no GPU kernels yet.*q8_0"):
+        pyllm.load(quant="q4_k_m", n_ctx=64, device="cuda")
+    with pytest.raises(pyllm.DeviceError, match="mixture-of-experts"):
+        pyllm.load(checkpoint("mixtral"), n_ctx=64, device="cuda")
+    with pytest.raises(pyllm.DeviceError, match="LongRoPE"):
+        pyllm.load(checkpoint("phi3-longrope"), n_ctx=64, device="cuda")
+
+
+# ---------------------------------------------------------------- everywhere
+def test_cpu_models_are_not_changed_by_the_cuda_option():
+    m = pyllm.load(quant="q8_0", n_ctx=64)
+    assert m.device == "cpu" and m._cuda is None and "isa=" in repr(m)
+    assert m._cmodel.packed_bytes("wq", 0) > 0  # CPU models keep the CPU kernels' packed layout
