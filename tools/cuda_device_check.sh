@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # tools/cuda_device_check.sh: the GPU check of the CUDA build target (issue 11), as one script for a session
 # that is lent a GPU machine: builds the extension with -DPYLLM_CUDA=ON, runs tests/test_cuda.py against it
-# (the GPU tests compare the kernels with the CPU's scalar reference) and writes what happened under $OUT.
+# and tests/test_cuda_forward.py (the GPU tests compare the kernels with the CPU's scalar reference, and
+# whole models' logits and greedy continuations with the CPU engine's), then the benchmarks, and writes
+# what happened under $OUT.
 #
 # What the machine must already have (it downloads nothing; the device tool's nvidia-h200 image has all of
 # it: KINDS.md): nvcc (CUDA 12 or 13) on PATH or in $CUDACXX, a C compiler, CMake >= 3.21, and a python3
@@ -12,8 +14,9 @@
 #     run(command="bash tools/cuda_device_check.sh", timeout_s=480)
 # then read the files that come back (at most 8, no deeper than $OUT/a/b): summary.txt (one line per
 # stage, and the test counts), env.txt (GPU, driver, nvcc, python), build.log, test_cuda.log,
-# test_cuda.xml (JUnit), bench.txt and bench.json (bench/bench_cuda_gemv.py: the GEMV kernels' time and
-# GB/s on the 1.1B model's matrices). Without $OUT (run by hand) they go to build/cuda-device-out/.
+# test_cuda.xml (JUnit), bench.txt, bench.json (bench/bench_cuda_gemv.py: the GEMV kernels' time and
+# GB/s on the 1.1B model's matrices) and bench_model.json (bench/bench_cuda.py: prefill, decode and
+# batch-16 decode against transformers bf16). Without $OUT (run by hand) they go to build/cuda-device-out/.
 # Environment: PYTHON (default python3), BUILD (default build/cuda-device), CMAKE_CUDA_ARCHITECTURES
 # (default: CMakeLists.txt's 80;90), PYTEST_ARGS (extra pytest arguments, e.g. "-k gemv").
 # Exit status: 0 when the build and every test passed (GPU tests skipped count as a failure here: on a GPU
@@ -62,13 +65,14 @@ STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
 mkdir -p "$STAGE/tests"
 cp -r pyllm csrc bench CMakeLists.txt pyproject.toml "$STAGE/"
-cp tests/test_cuda.py tests/conftest.py "$STAGE/tests/"
+cp -r tests/test_cuda.py tests/test_cuda_forward.py tests/conftest.py tests/fixtures "$STAGE/tests/"
 rm -f "$STAGE"/pyllm/_engine*.so
 cp "$SO" "$STAGE/pyllm/"
 cd "$STAGE"
 start=$SECONDS
 # shellcheck disable=SC2086
-PYTHONUNBUFFERED=1 "$PY" -m pytest tests/test_cuda.py -v -rs -p no:cacheprovider --junitxml="$OUT/test_cuda.xml" \
+PYTHONUNBUFFERED=1 "$PY" -m pytest tests/test_cuda.py tests/test_cuda_forward.py -v -rs -p no:cacheprovider \
+    --junitxml="$OUT/test_cuda.xml" \
     ${PYTEST_ARGS:-} >"$OUT/test_cuda.log" 2>&1
 rc=$?
 tail -15 "$OUT/test_cuda.log"
@@ -78,12 +82,21 @@ if grep -q "SKIPPED.*needs a PYLLM_CUDA=ON build and a CUDA device" "$OUT/test_c
     [ "$rc" -eq 0 ] && rc=3
 fi
 
-# 3. the benchmark (not a test: numbers to report, with the GPU's name)
+# 3. the benchmarks (not tests: numbers to report, with the GPU's name): the GEMV kernels alone, then the
+#    whole model against transformers (bench/bench_cuda.py; BENCH_ARGS adds its options)
 start=$SECONDS
 if PYTHONUNBUFFERED=1 "$PY" bench/bench_cuda_gemv.py --json "$OUT/bench.json" >"$OUT/bench.txt" 2>&1; then
-    note "bench: ok ($((SECONDS - start)) s): $(grep -c 'tok/s' "$OUT/bench.txt") types"
+    note "bench gemv: ok ($((SECONDS - start)) s): $(grep -c 'tok/s' "$OUT/bench.txt") types"
 else
-    note "bench: FAILED ($((SECONDS - start)) s): $(tail -1 "$OUT/bench.txt")"
+    note "bench gemv: FAILED ($((SECONDS - start)) s): $(tail -1 "$OUT/bench.txt")"
+fi
+start=$SECONDS
+# shellcheck disable=SC2086
+if PYTHONUNBUFFERED=1 "$PY" bench/bench_cuda.py --json "$OUT/bench_model.json" ${BENCH_ARGS:-} \
+        >>"$OUT/bench.txt" 2>&1; then
+    note "bench model: ok ($((SECONDS - start)) s)"
+else
+    note "bench model: FAILED ($((SECONDS - start)) s): $(tail -1 "$OUT/bench.txt")"
 fi
 cat "$OUT/bench.txt"
 exit "$rc"

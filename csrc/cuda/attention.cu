@@ -116,10 +116,6 @@ int pl_cuda_attention(const pl_cuda_model *m, int l, const float *q, float *out,
     const pl_cuda_config *c = &m->c;
     const int G = c->n_heads / c->n_kv_heads;
     const size_t smem = (size_t)G * (c->head_dim + PL_ATT_SPLIT) * sizeof(float);
-    if (smem > 48 * 1024 &&
-        pl_cuda_fail(cudaFuncSetAttribute(attention_split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
-                     "attention: shared memory", err))
-        return -1;
     const dim3 grid((unsigned)n_splits, (unsigned)c->n_kv_heads, (unsigned)nt);
     PL_LAUNCH(grid, ATT_THREADS, smem, m->stream, attention_split_kernel)(*c, l, q, n_splits, pos, seq, views,
                                                                           m->s.att_o, m->s.att_ml);
@@ -128,4 +124,12 @@ int pl_cuda_attention(const pl_cuda_model *m, int l, const float *q, float *out,
     PL_LAUNCH(dim3((unsigned)c->n_heads, (unsigned)nt), th, 0, m->stream, attention_combine_kernel)(
         *c, n_splits, pos, m->s.att_o, m->s.att_ml, out);
     return PL_CUDA_LAUNCHED("attention: combining the splits");
+}
+
+int pl_cuda_attention_setup(const pl_cuda_model *m, char *err) {
+    const pl_cuda_config *c = &m->c;
+    const size_t smem = (size_t)(c->n_heads / c->n_kv_heads) * (c->head_dim + PL_ATT_SPLIT) * sizeof(float);
+    if (smem <= 48 * 1024) return 0; /* the default limit */
+    return pl_cuda_fail(cudaFuncSetAttribute(attention_split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                        "attention: shared memory", err);
 }

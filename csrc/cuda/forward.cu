@@ -4,7 +4,8 @@
  * output projection, residual + RMSNorm, gate and up, SwiGLU, down, residual; then the final norm and the
  * LM head for the rows asked for, whose logits alone are copied back. Every index the batch holds is
  * checked on the host first; the batch's ids and its sequences' cache addresses go to the device in one
- * copy. Everything runs on the model's stream; the call returns when the logits are on the host. */
+ * copy. Everything runs on the model's stream; the call returns when the logits are on the host. Decode
+ * batches replay CUDA graphs (below). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,59 +44,14 @@ static int matmul_shared_input(pl_cuda_model *m, const pl_cuda_weight *const *ws
         if (call) return -1; \
     } while (0)
 
-int pl_cuda_forward(pl_cuda_model *m, pl_cuda_kv *const *kvs, int n_kv, int n_tokens, const int32_t *token,
-                    const int32_t *pos, const int32_t *seq, int n_out, const int32_t *out, float *logits, char *err) {
-    if (!m) return FAIL("CUDA forward: no model");
+/* every kernel of one forward from the embedding to the logits on the device, enqueued on m->stream (or
+ * recorded into a graph while the stream captures). Reads the batch from m->s.ids / m->s.views. */
+static int enqueue_forward(pl_cuda_model *m, int nt, int n_out, int n_splits, char *err) {
     const pl_cuda_config *c = &m->c;
-    const int nt = n_tokens;
-    if (nt <= 0) return FAIL("empty batch");
-    if (n_out < 0 || (n_out > 0 && (!out || !logits))) return FAIL("CUDA forward: bad output rows");
-    if (n_kv <= 0 || !kvs) return FAIL("CUDA forward: no KV caches");
-    int max_len = 1;
-    for (int t = 0; t < nt; t++) {
-        if (token[t] < 0 || token[t] >= c->n_vocab)
-            return FAIL("token id %d at batch index %d outside the vocabulary (0..%d)", token[t], t, c->n_vocab - 1);
-        if (seq[t] < 0 || seq[t] >= n_kv) return FAIL("sequence index %d out of range", seq[t]);
-        const pl_cuda_kv *kv = kvs[seq[t]];
-        if (!kv || kv->m != m) return FAIL("KV cache %d does not belong to this model", seq[t]);
-        if (pos[t] < 0 || pos[t] >= kv->n_ctx || pos[t] >= c->max_ctx)
-            return FAIL("position %d outside the context (%d tokens)", pos[t], kv->n_ctx);
-        const int len = pos[t] + 1;
-        const int win = c->sliding_window > 0 && len > c->sliding_window ? c->sliding_window : len;
-        if (win > max_len) max_len = win;
-    }
-    for (int o = 0; o < n_out; o++)
-        if (out[o] < 0 || out[o] >= nt) return FAIL("output row %d outside the batch", out[o]);
-    const int n_splits = (max_len + PL_ATT_SPLIT - 1) / PL_ATT_SPLIT;
-    TRY(pl_cuda_scratch_reserve(m, nt, n_kv, n_splits, err));
     pl_cuda_scratch *s = &m->s;
-
-    /* the batch to the device: token, pos, seq, out (4 x cap_tokens int32), then the caches */
-    {
-        int32_t *h = (int32_t *)s->host;
-        const size_t T = (size_t)s->cap_tokens;
-        memcpy(h, token, nt * sizeof(int32_t));
-        memcpy(h + T, pos, nt * sizeof(int32_t));
-        memcpy(h + 2 * T, seq, nt * sizeof(int32_t));
-        if (n_out) memcpy(h + 3 * T, out, n_out * sizeof(int32_t));
-        pl_cuda_kv_view *hv = (pl_cuda_kv_view *)(h + 4 * T);
-        for (int i = 0; i < n_kv; i++) {
-            const pl_cuda_kv *kv = kvs[i];
-            hv[i].k = kv ? kv->k : NULL;
-            hv[i].v = kv ? kv->v : NULL;
-            hv[i].n_ctx = kv ? kv->n_ctx : 0;
-            hv[i].type = kv ? kv->type : 0;
-        }
-        /* views follow ids directly in host memory, but not on the device: two copies */
-        TRY(pl_cuda_fail(cudaMemcpyAsync(s->ids, h, 4 * T * sizeof(int32_t), cudaMemcpyHostToDevice, m->stream),
-                         "CUDA forward: the batch to the device", err));
-        TRY(pl_cuda_fail(cudaMemcpyAsync(s->views, hv, n_kv * sizeof(pl_cuda_kv_view), cudaMemcpyHostToDevice, m->stream),
-                         "CUDA forward: the batch to the device", err));
-    }
     const int32_t *d_tok = s->ids, *d_pos = s->ids + s->cap_tokens, *d_seq = s->ids + 2 * s->cap_tokens,
                   *d_out = s->ids + 3 * s->cap_tokens;
     const int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim, hid = c->hidden_dim;
-
     TRY(pl_cuda_embed(m, d_tok, nt, s->x, err));
     for (int l = 0; l < c->n_layers; l++) {
         const pl_cuda_layer *L = &m->layers[l];
@@ -125,9 +81,139 @@ int pl_cuda_forward(pl_cuda_model *m, pl_cuda_kv *const *kvs, int n_kv, int n_to
     if (n_out > 0) {
         TRY(pl_cuda_rmsnorm(m, s->x, d_out, n_out, c->dim, m->output_norm, s->xb, err));
         TRY(matmul(m, &m->output, s->xb, n_out, s->logits, c->n_vocab, 0, err));
+    }
+    return 0;
+}
+
+/* ---- decode as CUDA graphs ----
+ * A decode step (a few tokens, each a different sequence's next one) launches ~10 kernels per layer, each
+ * costing the host a few microseconds, more than the kernels themselves on a small model. So the whole
+ * forward of such a batch is captured once as a graph per (tokens, output rows) and replayed: every
+ * launch argument is then the same from step to step (the scratch buffers, and an attention grid sized
+ * for the longest context, whose blocks past a token's keys return at once), and what changes (tokens,
+ * positions, caches) is read from the device copy of the batch, written before each replay. A scratch
+ * reallocation drops the graphs (their kernels point into the old buffers). PYLLM_CUDA_GRAPHS=0 turns
+ * them off (the same kernels launched one by one). */
+#define GRAPH_MAX_TOKENS 32
+
+static int graphs_enabled(void) {
+    const char *e = getenv("PYLLM_CUDA_GRAPHS");
+    return !(e && !strcmp(e, "0"));
+}
+
+void pl_cuda_graphs_free(pl_cuda_model *m) {
+    for (int i = 0; i < PL_CUDA_GRAPH_SLOTS; i++)
+        if (m->graphs[i].exec) {
+            cudaGraphExecDestroy(m->graphs[i].exec);
+            m->graphs[i].exec = NULL;
+        }
+    (void)cudaGetLastError();
+}
+
+/* the graph of a decode batch of nt tokens and n_out output rows (captured on first use), or NULL with
+ * err set on a failure */
+static cudaGraphExec_t decode_graph(pl_cuda_model *m, int nt, int n_out, int n_splits, char *err) {
+    pl_cuda_graph *slot = NULL, *oldest = &m->graphs[0];
+    for (int i = 0; i < PL_CUDA_GRAPH_SLOTS; i++) {
+        pl_cuda_graph *g = &m->graphs[i];
+        if (g->exec && g->n_tokens == nt && g->n_out == n_out && g->n_splits == n_splits) {
+            g->last_use = ++m->graph_clock;
+            return g->exec;
+        }
+        if (!g->exec && !slot) slot = g;
+        if (g->last_use < oldest->last_use) oldest = g;
+    }
+    if (!slot) {
+        slot = oldest;
+        cudaGraphExecDestroy(slot->exec);
+        slot->exec = NULL;
+    }
+    cudaGraph_t graph = NULL;
+    if (pl_cuda_fail(cudaStreamBeginCapture(m->stream, cudaStreamCaptureModeThreadLocal), "CUDA graph: capture", err))
+        return NULL;
+    const int rc = enqueue_forward(m, nt, n_out, n_splits, err);
+    const cudaError_t ec = cudaStreamEndCapture(m->stream, &graph);
+    if (rc) {
+        if (graph) cudaGraphDestroy(graph);
+        (void)cudaGetLastError();
+        return NULL;
+    }
+    if (pl_cuda_fail(ec, "CUDA graph: capture", err)) return NULL;
+    cudaGraphExec_t exec = NULL;
+    const cudaError_t ei = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    if (pl_cuda_fail(ei, "CUDA graph: instantiate", err)) return NULL;
+    slot->exec = exec;
+    slot->n_tokens = nt;
+    slot->n_out = n_out;
+    slot->n_splits = n_splits;
+    slot->last_use = ++m->graph_clock;
+    return exec;
+}
+
+int pl_cuda_forward(pl_cuda_model *m, pl_cuda_kv *const *kvs, int n_kv, int n_tokens, const int32_t *token,
+                    const int32_t *pos, const int32_t *seq, int n_out, const int32_t *out, float *logits, char *err) {
+    if (!m) return FAIL("CUDA forward: no model");
+    const pl_cuda_config *c = &m->c;
+    const int nt = n_tokens;
+    if (nt <= 0) return FAIL("empty batch");
+    if (n_out < 0 || (n_out > 0 && (!out || !logits))) return FAIL("CUDA forward: bad output rows");
+    if (n_kv <= 0 || !kvs) return FAIL("CUDA forward: no KV caches");
+    int max_len = 1;
+    for (int t = 0; t < nt; t++) {
+        if (token[t] < 0 || token[t] >= c->n_vocab)
+            return FAIL("token id %d at batch index %d outside the vocabulary (0..%d)", token[t], t, c->n_vocab - 1);
+        if (seq[t] < 0 || seq[t] >= n_kv) return FAIL("sequence index %d out of range", seq[t]);
+        const pl_cuda_kv *kv = kvs[seq[t]];
+        if (!kv || kv->m != m) return FAIL("KV cache %d does not belong to this model", seq[t]);
+        if (pos[t] < 0 || pos[t] >= kv->n_ctx || pos[t] >= c->max_ctx)
+            return FAIL("position %d outside the context (%d tokens)", pos[t], kv->n_ctx);
+        const int len = pos[t] + 1;
+        const int win = c->sliding_window > 0 && len > c->sliding_window ? c->sliding_window : len;
+        if (win > max_len) max_len = win;
+    }
+    for (int o = 0; o < n_out; o++)
+        if (out[o] < 0 || out[o] >= nt) return FAIL("output row %d outside the batch", out[o]);
+    /* a decode batch runs as a graph whose attention grid covers the whole context */
+    const int use_graph = nt <= GRAPH_MAX_TOKENS && graphs_enabled();
+    int ctx = c->max_ctx;
+    if (c->sliding_window > 0 && c->sliding_window < ctx) ctx = c->sliding_window;
+    const int n_splits = ((use_graph ? ctx : max_len) + PL_ATT_SPLIT - 1) / PL_ATT_SPLIT;
+    /* (a reallocation drops the graphs) */
+    TRY(pl_cuda_scratch_reserve(m, use_graph && nt < GRAPH_MAX_TOKENS ? GRAPH_MAX_TOKENS : nt, n_kv, n_splits, err));
+    pl_cuda_scratch *s = &m->s;
+
+    /* the batch to the device: token, pos, seq, out (4 x cap_tokens int32), then the caches */
+    {
+        int32_t *h = (int32_t *)s->host;
+        const size_t T = (size_t)s->cap_tokens;
+        memcpy(h, token, nt * sizeof(int32_t));
+        memcpy(h + T, pos, nt * sizeof(int32_t));
+        memcpy(h + 2 * T, seq, nt * sizeof(int32_t));
+        if (n_out) memcpy(h + 3 * T, out, n_out * sizeof(int32_t));
+        pl_cuda_kv_view *hv = (pl_cuda_kv_view *)(h + 4 * T);
+        for (int i = 0; i < n_kv; i++) {
+            const pl_cuda_kv *kv = kvs[i];
+            hv[i].k = kv ? kv->k : NULL;
+            hv[i].v = kv ? kv->v : NULL;
+            hv[i].n_ctx = kv ? kv->n_ctx : 0;
+            hv[i].type = kv ? kv->type : 0;
+        }
+        TRY(pl_cuda_fail(cudaMemcpyAsync(s->ids, h, 4 * T * sizeof(int32_t), cudaMemcpyHostToDevice, m->stream),
+                         "CUDA forward: the batch to the device", err));
+        TRY(pl_cuda_fail(cudaMemcpyAsync(s->views, hv, n_kv * sizeof(pl_cuda_kv_view), cudaMemcpyHostToDevice, m->stream),
+                         "CUDA forward: the batch to the device", err));
+    }
+    if (use_graph) {
+        const cudaGraphExec_t g = decode_graph(m, nt, n_out, n_splits, err);
+        if (!g) return -1;
+        TRY(pl_cuda_fail(cudaGraphLaunch(g, m->stream), "CUDA forward: graph launch", err));
+    } else {
+        TRY(enqueue_forward(m, nt, n_out, n_splits, err));
+    }
+    if (n_out > 0)
         TRY(pl_cuda_fail(cudaMemcpyAsync(logits, s->logits, (size_t)n_out * c->n_vocab * sizeof(float),
                                          cudaMemcpyDeviceToHost, m->stream),
                          "CUDA forward: the logits to the host", err));
-    }
     return pl_cuda_fail(cudaStreamSynchronize(m->stream), "CUDA forward: a kernel failed", err);
 }

@@ -61,7 +61,7 @@ pl_cuda_model *pl_cuda_model_new(const pl_cuda_config *c, const float *rope_cos,
     }
     const size_t nt = (size_t)c->max_ctx * (c->head_dim / 2);
     if (upload_floats(&m->rope_cos, rope_cos, nt, &m->bytes, err) ||
-        upload_floats(&m->rope_sin, rope_sin, nt, &m->bytes, err)) {
+        upload_floats(&m->rope_sin, rope_sin, nt, &m->bytes, err) || pl_cuda_attention_setup(m, err)) {
         pl_cuda_model_free(m);
         return NULL;
     }
@@ -207,6 +207,7 @@ static void scratch_free(pl_cuda_scratch *s) {
 void pl_cuda_model_free(pl_cuda_model *m) {
     if (!m) return;
     if (m->stream) cudaStreamSynchronize(m->stream);
+    pl_cuda_graphs_free(m);
     scratch_free(&m->s);
     for (int l = 0; l < m->c.n_layers; l++) {
         pl_cuda_layer *L = &m->layers[l];
@@ -235,6 +236,7 @@ int pl_cuda_scratch_reserve(pl_cuda_model *m, int nt, int n_seq, int n_splits, c
     const int T = nt > s->cap_tokens ? nt : s->cap_tokens, S = n_seq > s->cap_seqs ? n_seq : s->cap_seqs;
     const int P = n_splits > s->cap_splits ? n_splits : s->cap_splits;
     cudaStreamSynchronize(m->stream); /* the old buffers may still be in use */
+    pl_cuda_graphs_free(m);           /* and the graphs point into them */
     scratch_free(s);
     const size_t qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
     size_t widest = (size_t)c->dim;

@@ -37,6 +37,14 @@ typedef struct {
     void *host;                            /* pinned staging of ids + views */
 } pl_cuda_scratch;
 
+/* a captured decode forward (forward.cu) */
+typedef struct {
+    cudaGraphExec_t exec; /* NULL: free slot */
+    int n_tokens, n_out, n_splits;
+    unsigned long long last_use;
+} pl_cuda_graph;
+#define PL_CUDA_GRAPH_SLOTS 8
+
 struct pl_cuda_model {
     pl_cuda_config c;
     pl_cuda_weight tok_embd, output;
@@ -46,6 +54,8 @@ struct pl_cuda_model {
     size_t bytes;
     cudaStream_t stream;
     pl_cuda_scratch s;
+    pl_cuda_graph graphs[PL_CUDA_GRAPH_SLOTS];
+    unsigned long long graph_clock;
 };
 
 /* keys per split of the attention (a block's share of one query's keys) */
@@ -70,9 +80,12 @@ int pl_cuda_swiglu(const pl_cuda_model *m, float *hb, const float *hb2, int64_t 
  * splits of PL_ATT_SPLIT keys per (token, kv head), enough for the longest row of the batch ---- */
 int pl_cuda_attention(const pl_cuda_model *m, int l, const float *q, float *out, int nt, int n_splits,
                       const int32_t *pos, const int32_t *seq, const pl_cuda_kv_view *views, char *err);
+/* once per model (before any capture): the attention kernel's shared memory limit for this config */
+int pl_cuda_attention_setup(const pl_cuda_model *m, char *err);
 /* ---- model.cu: grows m->s to nt tokens, n_seq sequences, n_splits attention splits ---- */
 int pl_cuda_scratch_reserve(pl_cuda_model *m, int nt, int n_seq, int n_splits, char *err);
 /* ---- forward.cu ---- */
+void pl_cuda_graphs_free(pl_cuda_model *m); /* drops the captured decode graphs */
 /* y (nt x w->ne1, row stride ldy) = W x for nt rows of x (contiguous, w->ne0 each) */
 int pl_cuda_matmul(const pl_cuda_model *m, const pl_cuda_weight *w, const float *x, int nt, float *y, int ldy,
                    char *err);
