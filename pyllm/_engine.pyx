@@ -735,6 +735,7 @@ cdef extern from "pl_cuda_build.h" nogil:
     int pl_cuda_quantize_q8_0(const float *x, int64_t n, void *q, char *err)
     size_t pl_cuda_act_bytes(int type, int64_t ne0)
     int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, char *err)
+    int pl_cuda_gemm(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, char *err)
     int pl_cuda_gemv_time(const pl_cuda_weight *w, const float *x, float *y, void *act, int iters, double *seconds,
                           char *err)
     ctypedef struct pl_cuda_config:
@@ -895,6 +896,28 @@ cdef class CudaWeight:
         if r:
             raise RuntimeError(e.buf.decode())
         return _to_host(dy, np.empty(self.ne1, dtype=np.float32))
+
+    def gemm(self, x):
+        """Y = X W^T for a float32 array X of nt rows of ne0 values (row t of Y: W times row t of X), on the
+        GPU: the batched GEMV, or from 16 rows of Q4_0 / Q8_0 the tensor cores; returns (nt, ne1)."""
+        a = np.ascontiguousarray(x, dtype=np.float32)
+        if a.ndim != 2 or a.shape[1] != self.ne0 or a.shape[0] < 1 or a.shape[0] > 1 << 20:
+            raise ValueError(f"gemm() takes a float32 array of shape (nt, {self.ne0}), nt >= 1, got shape {a.shape}")
+        cdef int nt = a.shape[0]
+        cdef size_t ab = pl_cuda_act_bytes(self.type_id, self.ne0)
+        cdef _DeviceBuffer dx = _to_device(a.reshape(-1))
+        cdef _DeviceBuffer dy = _DeviceBuffer(<size_t>self.ne1 * nt * 4)
+        cdef _DeviceBuffer dact = _DeviceBuffer(ab * nt) if ab else None
+        cdef void *act = dact.p if dact is not None else NULL
+        cdef _Err e = _Err()
+        cdef int r
+        with nogil:
+            r = pl_cuda_gemm(&self.w, <const float *>dx.p, nt, <float *>dy.p, act, e.buf)
+            if r == 0:
+                r = pl_cuda_sync(e.buf)
+        if r:
+            raise RuntimeError(e.buf.decode())
+        return _to_host(dy, np.empty(self.ne1 * nt, dtype=np.float32)).reshape(nt, self.ne1)
 
     def time_gemv(self, x, int iters=100) -> float:
         """seconds per gemv on the device (CUDA events around iters back-to-back calls after 3 warm-ups;

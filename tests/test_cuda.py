@@ -269,6 +269,34 @@ def test_gpu_gemv_matches_the_cpu_reference(type_id, scalar_isa):
         assert np.any(y != 0)  # the comparison is not between two zero vectors
 
 
+# (rows, columns, tokens): 2..9 tokens run the batched GEMV (passes of 8, 4, 3, 2, 1 tokens), 16 and more the
+# tensor-core kernel for Q4_0 / Q8_0 (tiles of 64 rows x 64 tokens: partial tiles both ways)
+GEMM_SHAPES = [(37, 96, 2), (5, 1056, 3), (129, 2080, 9), (70, 256, 16), (300, 512, 17), (64, 1024, 70), (1, 32, 64),
+               (17, 33, 5)]
+
+
+@gpu
+@pytest.mark.parametrize("type_id", [Q4_0, Q8_0, F32, F16, BF16], ids=lambda t: TYPE_NAMES[t])
+def test_gpu_gemm_matches_the_cpu_reference_row_by_row(type_id, scalar_isa):
+    """several tokens at once: each row of the result within the GEMV tolerance of the CPU's"""
+    rng = np.random.default_rng(100 + type_id)
+    for nr, n, nt in GEMM_SHAPES:
+        if n % 32 and type_id in (Q4_0, Q8_0):
+            continue
+        raw, _ = _weights(type_id, nr, n, rng)
+        x = np.stack([_activations(n, rng) for _ in range(nt)])
+        y = _engine.CudaWeight(type_id, n, nr, raw).gemm(x)
+        assert y.shape == (nt, nr)
+        k = n // 32 if type_id in (Q4_0, Q8_0) else n
+        for t in range(nt):
+            ref, s = _cpu_reference(type_id, raw, x[t], nr, n)
+            tol = 2 * (k + 1) * 2.0 ** -24 * s
+            err = np.abs(y[t].astype(np.float64) - ref)
+            assert np.all(err <= tol), (f"{TYPE_NAMES[type_id]} {nr}x{n}, {nt} tokens, token {t}: error {err.max():.3g} "
+                                        f"over tolerance {tol[np.argmax(err - tol)]:.3g}")
+        assert np.any(y != 0)
+
+
 @gpu
 def test_gpu_gemv_is_a_matrix_product(scalar_isa):
     """independent of the CPU kernels: F16 weights of exactly representable values times x in float64"""

@@ -18,13 +18,10 @@ static int matmul(pl_cuda_model *m, const pl_cuda_weight *w, const float *x, int
                   char *err) {
     if (is_quant(w)) {
         if (!quantized && pl_cuda_quantize_q8_0_on(x, (int64_t)nt * w->ne0, m->s.act, m->stream, err)) return -1;
+        if (nt >= PL_MMA_MIN_TOKENS) return pl_cuda_gemm_mma_launch(w, m->s.act, nt, y, ldy, m->stream, err);
         return pl_cuda_matmul_quant_launch(w, m->s.act, nt, y, ldy, m->stream, err);
     }
     return pl_cuda_matmul_float_launch(w, x, nt, (int)w->ne0, y, ldy, m->stream, err);
-}
-
-int pl_cuda_matmul(const pl_cuda_model *m, const pl_cuda_weight *w, const float *x, int nt, float *y, int ldy, char *err) {
-    return matmul((pl_cuda_model *)m, w, x, nt, y, ldy, 0, err);
 }
 
 /* several weights with the same input x (q/k/v, gate/up): one quantization of x for all quantized ones */

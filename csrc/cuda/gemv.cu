@@ -1,7 +1,7 @@
 /* gemv.cu: pl_cuda_gemv, decode's y = W x on the device: checks the weight, the pointers and their
  * alignment, quantizes x to Q8_0 for Q4_0 / Q8_0 weights (as the CPU path does), and launches the
  * weight type's kernel (gemv_quant.cu, gemv_float16.cu: F32 / F16 / BF16). */
-#include "cuda_common.cuh"
+#include "model_internal.cuh"
 
 int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, char *err) {
     if (!w || !w->data) return PL_CUDA_ERR("gemv: no weight (not uploaded, or freed)");
@@ -18,4 +18,19 @@ int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, c
         return pl_cuda_matmul_quant_launch(w, act, 1, y, (int)w->ne1, 0, err);
     }
     return pl_cuda_matmul_float_launch(w, x, 1, (int)w->ne0, y, (int)w->ne1, 0, err);
+}
+
+int pl_cuda_gemm(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, char *err) {
+    if (nt == 1) return pl_cuda_gemv(w, x, y, act, err);
+    if (nt < 1) return PL_CUDA_ERR("gemm: %d tokens", nt);
+    if (!w || !w->data) return PL_CUDA_ERR("gemm: no weight (not uploaded, or freed)");
+    if (!x || !y) return PL_CUDA_ERR("gemm: NULL input or output");
+    if ((uintptr_t)x % 16 || (uintptr_t)y % 16) return PL_CUDA_ERR("gemm: input and output must be 16-byte aligned");
+    if (w->type == PL_CUDA_Q4_0 || w->type == PL_CUDA_Q8_0) {
+        if (!act || (uintptr_t)act % 16) return PL_CUDA_ERR("gemm: Q4_0 / Q8_0 weights need a 16-byte aligned activation scratch");
+        if (pl_cuda_quantize_q8_0_on(x, (int64_t)nt * w->ne0, act, 0, err)) return -1;
+        if (nt >= PL_MMA_MIN_TOKENS) return pl_cuda_gemm_mma_launch(w, act, nt, y, (int)w->ne1, 0, err);
+        return pl_cuda_matmul_quant_launch(w, act, nt, y, (int)w->ne1, 0, err);
+    }
+    return pl_cuda_matmul_float_launch(w, x, nt, (int)w->ne0, y, (int)w->ne1, 0, err);
 }

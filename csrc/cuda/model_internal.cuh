@@ -84,10 +84,13 @@ int pl_cuda_attention(const pl_cuda_model *m, int l, const float *q, float *out,
 int pl_cuda_attention_setup(const pl_cuda_model *m, char *err);
 /* ---- model.cu: grows m->s to nt tokens, n_seq sequences, n_splits attention splits ---- */
 int pl_cuda_scratch_reserve(pl_cuda_model *m, int nt, int n_seq, int n_splits, char *err);
+/* ---- gemm_mma.cu: pl_cuda_matmul_quant_launch's contract on the tensor cores (sm_80+), for many tokens */
+int pl_cuda_gemm_mma_launch(const pl_cuda_weight *w, const void *act, int nt, float *y, int ldy, cudaStream_t st,
+                            char *err);
+/* tokens from which a quantized matmul runs on the tensor cores rather than the batched GEMV: the GEMV
+ * reads the weights once per 8 tokens, the tensor-core kernel once per 64 (a first guess, to be measured) */
+#define PL_MMA_MIN_TOKENS 16
 /* ---- forward.cu ---- */
 void pl_cuda_graphs_free(pl_cuda_model *m); /* drops the captured decode graphs */
-/* y (nt x w->ne1, row stride ldy) = W x for nt rows of x (contiguous, w->ne0 each) */
-int pl_cuda_matmul(const pl_cuda_model *m, const pl_cuda_weight *w, const float *x, int nt, float *y, int ldy,
-                   char *err);
 
 #endif

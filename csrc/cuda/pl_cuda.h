@@ -80,6 +80,11 @@ int pl_cuda_quantize_q8_0(const float *x, int64_t n, void *q, char *err);
 size_t pl_cuda_act_bytes(int type, int64_t ne0); /* 0: the type reads fp32 activations, or bad sizes */
 int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, char *err);
 
+/* the same for nt tokens: x is nt rows of ne0 floats, y nt rows of ne1 (row t of y: W times row t of x);
+ * act: pl_cuda_act_bytes(w->type, ne0) * nt bytes (NULL for F32 / F16 / BF16). Q4_0 / Q8_0 from 16
+ * tokens run on the tensor cores (gemm_mma.cu, sm_80+), else the batched GEMV (up to 8 tokens a pass). */
+int pl_cuda_gemm(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, char *err);
+
 /* ---- gemv_timing.cu: seconds per pl_cuda_gemv call (CUDA events, iters calls after 3 warm-up calls) ---- */
 int pl_cuda_gemv_time(const pl_cuda_weight *w, const float *x, float *y, void *act, int iters, double *seconds,
                       char *err);
