@@ -83,6 +83,10 @@ int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, c
 int pl_cuda_gemv_time(const pl_cuda_weight *w, const float *x, float *y, void *act, int iters, double *seconds,
                       char *err);
 
+/* ---- mma_check.cu (tests only): D = A B + C by one pl_mma_s8_m16n8k32 (cuda_common.cuh) in one warp ----
+ * a: 16x32 int8, b: 32x8 int8, c, d: 16x8 int32, all row-major host arrays (int32 sums wrap) */
+int pl_cuda_mma_s8_check(const int8_t *a, const int8_t *b, const int32_t *c, int32_t *d, char *err);
+
 #ifdef __cplusplus
 }
 #endif
