@@ -3,6 +3,10 @@
  * mma.m16n8k32 fragment layout, device memory on the host heap with range checks, streams, events and
  * CUDA graphs (stream capture and replay), and the error state (cudaGetLastError and friends). One runtime
  * call runs at a time (a mutex); kernels run inside the launch call, on the calling OS thread. */
+#if defined(__APPLE__) /* ucontext needs the X/Open names; mmap's MAP_ANONYMOUS the Darwin ones */
+#define _XOPEN_SOURCE 700
+#define _DARWIN_C_SOURCE 1
+#endif
 #include "cuda_emulation.h"
 
 #include <stdarg.h>
@@ -15,10 +19,14 @@
 #include <string>
 #include <vector>
 
+#ifndef PL_EMU_ASM_SWITCH /* -DPL_EMU_ASM_SWITCH=0 tests the ucontext fallback on x86-64 */
 #if defined(__x86_64__) && defined(__ELF__)
 #define PL_EMU_ASM_SWITCH 1
 #else
 #define PL_EMU_ASM_SWITCH 0
+#endif
+#endif
+#if !PL_EMU_ASM_SWITCH
 #include <ucontext.h>
 #endif
 
