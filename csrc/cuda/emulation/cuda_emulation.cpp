@@ -750,7 +750,7 @@ static const char *generic_string(cudaError_t e) {
 /* the code's usual words, plus what the emulation knows of the last such error */
 const char *cudaGetErrorString(cudaError_t e) {
     LOCK;
-    static std::string s;
+    static thread_local std::string s; /* valid until this thread's next call */
     s = generic_string(e);
     if (e != cudaSuccess && e == g_detail_code && !g_detail.empty()) s += " [pyllm CPU emulation: " + g_detail + "]";
     return s.c_str();
