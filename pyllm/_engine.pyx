@@ -2,7 +2,7 @@
 # _engine.pyx: the thin Cython layer over the C engine (csrc/pyllm.h). It owns C objects
 # (model, KV caches, scratch), checks what Python hands over, and releases the GIL for compute.
 # Kernel-level entry points (set_isa, vec_dot, gemm, convert) exist for tests and tools.
-from libc.stdint cimport int32_t, int64_t, uint16_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint16_t
 from libc.stdlib cimport malloc, free
 
 import numpy as np
@@ -759,6 +759,7 @@ cdef extern from "pl_cuda_build.h" nogil:
     int pl_cuda_forward(pl_cuda_model *m, pl_cuda_kv *const *kvs, int n_kv, int n_tokens, const int32_t *token,
                         const int32_t *pos, const int32_t *seq, int n_out, const int32_t *out, float *logits,
                         char *err)
+    int pl_cuda_mma_s8_check(const int8_t *a, const int8_t *b, const int32_t *c, int32_t *d, char *err)
 
 CUDA_NOT_BUILT = PL_CUDA_NOT_BUILT.decode()
 
@@ -844,6 +845,27 @@ def cuda_quantize_q8_0(x):
         raise RuntimeError(e.buf.decode())
     raw = _to_host(dq, np.empty(n + (n // 32) * 4, dtype=np.uint8))
     return raw[:n].view(np.int8).copy(), raw[n:].view(np.float32).copy()
+
+def cuda_mma_s8_m16n8k32(a, b, c):
+    """D = A B + C by one tensor-core mma.m16n8k32 (.s8) in one warp on the GPU, for tests: a 16x32 int8,
+    b 32x8 int8, c 16x8 int32 (row-major arrays); returns d, 16x8 int32 (the sums wrap as int32 does)."""
+    _need_cuda_device()
+    ca = np.ascontiguousarray(a)
+    cb = np.ascontiguousarray(b)
+    cc = np.ascontiguousarray(c)
+    if ca.dtype != np.int8 or ca.shape != (16, 32) or cb.dtype != np.int8 or cb.shape != (32, 8) \
+            or cc.dtype != np.int32 or cc.shape != (16, 8):
+        raise ValueError(f"cuda_mma_s8_m16n8k32() takes int8 16x32, int8 32x8 and int32 16x8 arrays, got "
+                         f"{ca.dtype} {ca.shape}, {cb.dtype} {cb.shape}, {cc.dtype} {cc.shape}")
+    d = np.empty((16, 8), dtype=np.int32)
+    cdef const int8_t[:, ::1] va = ca
+    cdef const int8_t[:, ::1] vb = cb
+    cdef const int32_t[:, ::1] vc = cc
+    cdef int32_t[:, ::1] vd = d
+    cdef _Err e = _Err()
+    if pl_cuda_mma_s8_check(&va[0, 0], &vb[0, 0], &vc[0, 0], &vd[0, 0], e.buf):
+        raise RuntimeError(e.buf.decode())
+    return d
 
 cdef class CudaWeight:
     """A weight matrix uploaded to the GPU once (F16, BF16, Q4_0 or Q8_0 rows as pyllm stores them: ne1

@@ -99,6 +99,9 @@ def test_cpu_build_kernels_refuse_with_the_reinstall_command():
         _engine.CudaWeight(Q8_0, 32, 1, bytes(34))
     with pytest.raises(RuntimeError, match="built without CUDA"):
         _engine.cuda_quantize_q8_0(np.zeros(32, np.float32))
+    with pytest.raises(RuntimeError, match="built without CUDA"):
+        _engine.cuda_mma_s8_m16n8k32(np.zeros((16, 32), np.int8), np.zeros((32, 8), np.int8),
+                                     np.zeros((16, 8), np.int32))
 
 
 # ---------------------------------------------------------------- 2. compile-only, wherever nvcc is
@@ -335,3 +338,26 @@ def test_gpu_weight_upload_rejects_bad_input():
     with pytest.raises(MemoryError, match="allocating 1125899906842624 bytes of device memory"):
         _engine._DeviceBuffer(1 << 50)  # 1 PiB
     assert np.array_equal(w.gemv(np.ones(8, np.float32)), np.zeros(2, np.float32))  # the failure did not linger
+
+
+@gpu
+def test_gpu_mma_s8_m16n8k32_is_a_matrix_product():
+    """pl_mma_s8_m16n8k32 (cuda_common.cuh) through the fragment layout of mma.m16n8k32 (.s8): on a GPU this
+    checks the layout the kernels assume against the hardware, on the CPU emulation its gather / scatter"""
+    rng = np.random.default_rng(17)
+    cases = [(np.full((16, 32), -128, np.int8), np.full((32, 8), -128, np.int8), np.zeros((16, 8), np.int32))]
+    for _ in range(3):
+        cases.append((rng.integers(-128, 128, size=(16, 32)).astype(np.int8),
+                      rng.integers(-128, 128, size=(32, 8)).astype(np.int8),
+                      rng.integers(-(1 << 20), 1 << 20, size=(16, 8)).astype(np.int32)))
+    # one element of A at a time: a wrong fragment position shows as a wrong (row, column) of D
+    a1 = np.zeros((16, 32), np.int8)
+    a1[11, 21] = 3
+    cases.append((a1, np.arange(256).reshape(32, 8).astype(np.int8), np.zeros((16, 8), np.int32)))
+    for a, b, c in cases:
+        d = _engine.cuda_mma_s8_m16n8k32(a, b, c)
+        ref = a.astype(np.int64) @ b.astype(np.int64) + c
+        bad = np.argwhere(d != ref)
+        assert bad.size == 0, f"D differs at (row, col) {bad[:8].tolist()}: got {d[tuple(bad[0])]}, want {ref[tuple(bad[0])]}"
+    with pytest.raises(ValueError, match="int8 16x32, int8 32x8 and int32 16x8"):
+        _engine.cuda_mma_s8_m16n8k32(np.zeros((16, 32), np.int16), np.zeros((32, 8), np.int8), np.zeros((16, 8), np.int32))

@@ -4,7 +4,9 @@
 #ifndef PYLLM_CUDA_COMMON_CUH
 #define PYLLM_CUDA_COMMON_CUH
 
+#ifndef PL_CUDA_EMULATED /* the CPU emulation (emulation/cuda_emulation.h, force-included) is the runtime */
 #include <cuda_runtime.h>
+#endif
 #include <stdint.h>
 #include <stdio.h>
 
@@ -25,18 +27,59 @@ static inline int pl_cuda_fail(cudaError_t e, const char *what, char *err) {
 #define PL_CUDA_LAUNCHED(what) pl_cuda_fail(cudaGetLastError(), what, err)
 
 /* IEEE fp16 / bf16 bits -> fp32 (exact), without cuda_fp16.h (so the pip toolkit needs no CCCL headers) */
+#ifndef PL_CUDA_EMULATED
 static __device__ __forceinline__ float pl_h2f(uint16_t h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
 }
+#else /* the same conversion in C: exact, subnormals normalized, inf / nan kept (nan payload too) */
+static __device__ __forceinline__ float pl_h2f(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu;
+    uint32_t m = h & 0x3FFu, bits;
+    if (e == 0x1F) {
+        bits = sign | 0x7F800000u | (m << 13);
+    } else if (e) {
+        bits = sign | ((e + 112) << 23) | (m << 13);
+    } else if (!m) {
+        bits = sign;
+    } else { /* subnormal m * 2^-24: shift the leading 1 to bit 10 */
+        uint32_t fe = 113;
+        while (!(m & 0x400u)) {
+            m <<= 1;
+            fe--;
+        }
+        bits = sign | (fe << 23) | ((m & 0x3FFu) << 13);
+    }
+    return __uint_as_float(bits);
+}
+#endif
 static __device__ __forceinline__ float pl_bf2f(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
 /* fp32 -> fp16 bits, round to nearest even (pl_fp32_to_fp16's rounding) */
+#ifndef PL_CUDA_EMULATED
 static __device__ __forceinline__ uint16_t pl_f2h(float f) {
     uint16_t h;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
 }
+#else /* cvt.rn.f16.f32 in C: nearest even, subnormal results, overflow to inf, nan stays nan */
+static __device__ __forceinline__ uint16_t pl_f2h(float f) {
+    const uint32_t x = __float_as_uint(f), ax = x & 0x7FFFFFFFu;
+    const uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    if (ax > 0x7F800000u) return (uint16_t)(sign | 0x7E00u | ((ax >> 13) & 0x3FFu)); /* nan, quiet */
+    if (ax >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u);   /* >= 65520 (and inf): inf */
+    if (ax >= 0x38800000u) {                                    /* a normal fp16: >= 2^-14 */
+        const uint32_t r = ax - 0x38000000u;                    /* rebias the exponent by 127 - 15 */
+        return (uint16_t)(sign | ((r + 0xFFFu + ((r >> 13) & 1u)) >> 13));
+    }
+    if (ax <= 0x33000000u) return sign; /* <= 2^-25: zero (2^-25 itself is a tie, to the even 0) */
+    const uint32_t m = (ax & 0x7FFFFFu) | 0x800000u, shift = 126 - (ax >> 23); /* 14..24: units of 2^-24 */
+    uint32_t q = m >> shift;
+    const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (q & 1u))) q++;
+    return (uint16_t)(sign | q);
+}
+#endif
 
 /* sum over the 32 lanes of a warp (every lane gets it) */
 static __device__ __forceinline__ float pl_warp_sum(float v) {
@@ -50,8 +93,35 @@ static __device__ __forceinline__ float pl_warp_sum(float v) {
  *     PL_DYNAMIC_SHARED(float, buf);   // inside a kernel: float *buf, smem_bytes of it
  * kernel may be a template-id with commas (it is the macro's last argument). Static __shared__ arrays
  * are fine. Device code uses only the intrinsics the emulation provides (see it). */
+#ifndef PL_CUDA_EMULATED
 #define PL_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<(grid), (block), (smem), (stream)>>>
 #define PL_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#else /* the CPU emulation: the same arguments, run by emulation/cuda_emulation.cpp */
+#define PL_LAUNCH PL_EMU_LAUNCH
+#define PL_DYNAMIC_SHARED PL_EMU_DYNAMIC_SHARED
+#endif
+
+/* Tensor cores, one instruction: C += A B for A 16x32 int8 (row-major), B 32x8 int8 (column-major), C 16x8
+ * int32, spread over the warp by the PTX ISA's fragment layout of mma.m16n8k32 (.s8): with g = lane >> 2
+ * and t = lane % 4, a[r] holds 4 int8 of A (lowest byte first) at row g (r = 0, 2) or g + 8 (r = 1, 3),
+ * columns 4t..4t+3 (r = 0, 1) or 16 + 4t.. (r = 2, 3); b[r] holds B's rows (k) 4t..4t+3 (r = 0) or
+ * 16 + 4t.. (r = 1) of column g; c[i] is C's row g (i = 0, 1) or g + 8 (i = 2, 3), column 2t + (i & 1).
+ * Every lane of the warp must call it together (mma.sync.aligned); sm_80 or newer. */
+static __device__ __forceinline__ void pl_mma_s8_m16n8k32(int c[4], const unsigned a[4], const unsigned b[2]) {
+#if defined(PL_CUDA_EMULATED)
+    pl_emu_mma_s8_m16n8k32(c, a, b);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};"
+                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#elif defined(__CUDA_ARCH__)
+    (void)c, (void)a, (void)b;
+    __trap(); /* no int8 mma before sm_80 */
+#else
+    (void)c, (void)a, (void)b;
+#endif
+}
 
 /* launchers (sizes already checked by the caller), on stream st; each returns 0 or -1 with err.
  * Quant: act holds nt rows of Q8_0 activations in pl_cuda.h's layout (all quants, then all scales);

@@ -133,6 +133,10 @@ int pl_cuda_kv_copy_prefix(pl_cuda_kv *dst, const pl_cuda_kv *src, int n_tokens,
 int pl_cuda_forward(pl_cuda_model *m, pl_cuda_kv *const *kvs, int n_kv, int n_tokens, const int32_t *token,
                     const int32_t *pos, const int32_t *seq, int n_out, const int32_t *out, float *logits, char *err);
 
+/* ---- mma_check.cu (tests only): D = A B + C by one pl_mma_s8_m16n8k32 (cuda_common.cuh) in one warp ----
+ * a: 16x32 int8, b: 32x8 int8, c, d: 16x8 int32, all row-major host arrays (int32 sums wrap) */
+int pl_cuda_mma_s8_check(const int8_t *a, const int8_t *b, const int32_t *c, int32_t *d, char *err);
+
 #ifdef __cplusplus
 }
 #endif
