@@ -8,12 +8,15 @@ Tolerance of the logits. Both devices compute every step with the same formulas 
 weights: Q4_0 / Q8_0 matmuls as exact integer block dots times the same scales against the same Q8_0
 activations; F32 / F16 / BF16 weights widened exactly; RMSNorm's sum of squares in double. They differ
 only in the order of fp32 sums (matmul rows, attention's softmax split over the keys and its P x V),
-about 2^-24 relative per sum, and where such a difference moves an activation across a Q8_0 rounding
-boundary, one quantization step (1/254 of the block's largest value) in one activation. Through the
-shipped model's 5 layers that stays below 1e-3 of the logits' range; a kernel bug (a wrong index, a
-missing term, a wrong scale) shows as errors of the order of the logits themselves. So: max |gpu - cpu|
-<= 2e-3 x max |cpu| per prompt, and the top token equal wherever the CPU's top two are further apart
-than that."""
+about 2^-24 relative per sum: with float weights and an fp32 KV cache the logits agree to ~1e-6 of their
+range (measured on the shipped model: 2e-7 to 7e-7), so FLOAT_TOL = 2e-5. Two roundings turn such a
+last-bit difference into a step when a value lies at a rounding boundary: the fp16 KV cache (one fp16
+ulp, 2^-10 relative, in one key or value: measured 7e-5 of the logits' range, FP16_KV_TOL = 1e-3) and the
+Q8_0 quantization of activations for Q4_0 / Q8_0 weights (one whole quantization step, 1/127 of a block's
+largest value, in one activation: measured up to 4e-3, QUANT_TOL = 1.5e-2). A kernel bug (a wrong index, a
+missing term, a wrong scale) shows as errors of the order of the logits themselves. Where the CPU's top
+two logits are further apart than twice the tolerance, the top token must be the same.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -27,23 +30,29 @@ HAVE_GPU = INFO["built"] and INFO["devices"] > 0
 gpu = pytest.mark.skipif(not HAVE_GPU, reason="needs a PYLLM_CUDA=ON build and a CUDA device (or the CPU "
                          "emulation build): " + (INFO["error"] or ""))
 
-REL_TOL = 2e-3
+FLOAT_TOL, FP16_KV_TOL, QUANT_TOL = 2e-5, 1e-3, 1.5e-2
+
+
+def tol_for(quant, kv_type="f32"):
+    if quant in ("q8_0", "q4_0"):
+        return QUANT_TOL
+    return FP16_KV_TOL if kv_type == "f16" else FLOAT_TOL
 PROMPT = ("ROMEO:\nBut soft, what light through yonder window breaks? It is the east, and Juliet is the sun.\n"
           "JULIET:\n")
 
 
-def assert_logits_close(gpu_logits, cpu_logits, what):
+def assert_logits_close(gpu_logits, cpu_logits, what, tol):
     gpu_logits = np.asarray(gpu_logits, dtype=np.float64)
     cpu_logits = np.asarray(cpu_logits, dtype=np.float64)
     assert gpu_logits.shape == cpu_logits.shape
     assert np.isfinite(gpu_logits).all(), f"{what}: non-finite GPU logits"
     scale = np.abs(cpu_logits).max()
     err = np.abs(gpu_logits - cpu_logits).max()
-    assert err <= REL_TOL * scale, f"{what}: max |gpu - cpu| = {err:.3g}, {err / scale:.2e} of the logits' range"
+    assert err <= tol * scale, f"{what}: max |gpu - cpu| = {err:.3g}, {err / scale:.2e} of the logits' range"
     rows = cpu_logits.reshape(-1, cpu_logits.shape[-1])
     grows = gpu_logits.reshape(rows.shape)
     top2 = np.sort(rows, axis=1)[:, -2:]
-    clear = top2[:, 1] - top2[:, 0] > 2 * REL_TOL * scale
+    clear = top2[:, 1] - top2[:, 0] > 2 * tol * scale
     assert (rows.argmax(1) == grows.argmax(1))[clear].all(), f"{what}: a different top token"
 
 
@@ -61,13 +70,13 @@ def test_shipped_model_logits_match_the_cpu(quant):
     assert cuda.device == "cuda" and "device=cuda" in repr(cuda)
     ids = cpu.tokenize(PROMPT)
     assert len(ids) > 40
-    assert_logits_close(all_logits(cuda, ids), all_logits(cpu, ids), f"quant={quant}")
+    assert_logits_close(all_logits(cuda, ids), all_logits(cpu, ids), f"quant={quant}", tol_for(quant))
     # the same logits again, one token at a time (decode steps read the cache the prompt wrote)
     seq_c, seq_g = cpu.sequence(), cuda.sequence()
     seq_c.append(ids[:30])
     seq_g.append(ids[:30])
     for t in ids[30:36]:
-        assert_logits_close(seq_g.append([t]), seq_c.append([t]), f"quant={quant}, decode")
+        assert_logits_close(seq_g.append([t]), seq_c.append([t]), f"quant={quant}, decode", tol_for(quant))
 
 
 @gpu
@@ -98,7 +107,10 @@ def test_f16_kv_cache_matches_the_cpu_f16_cache():
     cpu = pyllm.load(quant="q8_0", n_ctx=256, kv_type="f16")
     cuda = pyllm.load(quant="q8_0", n_ctx=256, kv_type="f16", device="cuda")
     ids = cpu.tokenize(PROMPT)
-    assert_logits_close(all_logits(cuda, ids), all_logits(cpu, ids), "f16 KV cache")
+    assert_logits_close(all_logits(cuda, ids), all_logits(cpu, ids), "f16 KV cache, q8_0", QUANT_TOL)
+    cpu = pyllm.load(quant="f32", n_ctx=256, kv_type="f16")
+    cuda = pyllm.load(quant="f32", n_ctx=256, kv_type="f16", device="cuda")
+    assert_logits_close(all_logits(cuda, ids), all_logits(cpu, ids), "f16 KV cache, f32", FP16_KV_TOL)
 
 
 @gpu
@@ -110,19 +122,24 @@ def test_dense_architectures_match_the_cpu(arch, checkpoint):
     cpu = pyllm.load(path, n_ctx=128)
     cuda = pyllm.load(path, n_ctx=128, device="cuda")
     rng = np.random.default_rng(3)
-    ids = rng.integers(3, 1000, size=60).tolist()
-    assert_logits_close(all_logits(cuda, ids), all_logits(cpu, ids), arch)
+    ids = rng.integers(3, 1000, size=56).tolist()
+    # the last prompt row (its attention spans the window) and two decode steps: the LM head of the
+    # 128k-token vocabularies is the slow part under the CPU emulation, so not every row's logits
+    seq_c, seq_g = cpu.sequence(), cuda.sequence()
+    assert_logits_close(seq_g.append(ids), seq_c.append(ids), arch, FLOAT_TOL)
+    for t in (17, 901):
+        assert_logits_close(seq_g.append([t]), seq_c.append([t]), f"{arch}, decode", FLOAT_TOL)
 
 
 @gpu
 def test_a_long_prompt_uses_several_attention_splits():
     """more than 256 keys per query: the attention is split over the keys and the splits combined"""
-    cpu = pyllm.load(quant="q8_0", n_ctx=700)
-    cuda = pyllm.load(quant="q8_0", n_ctx=700, device="cuda")
-    ids = (cpu.tokenize(PROMPT) * 20)[:600]
+    cpu = pyllm.load(quant="f16", n_ctx=320)
+    cuda = pyllm.load(quant="f16", n_ctx=320, device="cuda")
+    ids = (cpu.tokenize(PROMPT) * 10)[:300]
     seq_c, seq_g = cpu.sequence(), cuda.sequence()
-    assert_logits_close(seq_g.append(ids), seq_c.append(ids), "600-token prompt")
-    assert_logits_close(seq_g.append([5]), seq_c.append([5]), "decode after 600 tokens")
+    assert_logits_close(seq_g.append(ids), seq_c.append(ids), "300-token prompt", FLOAT_TOL)
+    assert_logits_close(seq_g.append([5]), seq_c.append([5]), "decode after 300 tokens", FLOAT_TOL)
 
 
 @gpu
