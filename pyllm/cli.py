@@ -14,7 +14,8 @@ from .adapters import add_lora_argument, lora_spec
 def _generate(args) -> int:
     from .loader import load
 
-    model = load(args.model, n_threads=args.threads, n_ctx=args.ctx, kv_type=args.kv_type, lora=lora_spec(args.lora))
+    model = load(args.model, n_threads=args.threads, n_ctx=args.ctx, kv_type=args.kv_type, lora=lora_spec(args.lora),
+                 device=args.device)
     options = dict(max_tokens=args.n, temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                    repeat_penalty=args.repeat_penalty, seed=args.seed, ignore_eos=args.ignore_eos,
                    stop=args.stop or None, presence_penalty=args.presence_penalty,
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--frequency-penalty", type=float, default=0.0, help="OpenAI's frequency penalty (-2..2)")
     g.add_argument("--special", action="store_true", help="print control tokens (<s>, <|im_end|>, ...) too")
     g.add_argument("--kv-type", default="f32", choices=["f32", "f16"], help="KV cache element type")
+    g.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="run the model on the CPU (default) or an NVIDIA GPU (a PYLLM_CUDA build)")
     add_lora_argument(g, "applied to the model")
     g.add_argument("-t", "--threads", type=int, default=None)
     g.add_argument("-c", "--ctx", type=int, default=None, help="context length (default: model's, at most 4096)")

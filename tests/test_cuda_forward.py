@@ -190,3 +190,21 @@ def test_cpu_models_are_not_changed_by_the_cuda_option():
     m = pyllm.load(quant="q8_0", n_ctx=64)
     assert m.device == "cpu" and m._cuda is None and "isa=" in repr(m)
     assert m._cmodel.packed_bytes("wq", 0) > 0  # CPU models keep the CPU kernels' packed layout
+
+
+def test_cli_generate_takes_a_device():
+    """pyllm generate --device cuda: runs on a device, or says in one line why it cannot (exit status 2, the
+    CLI's for an error)"""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "pyllm", "generate", "-p", "ROMEO:", "-n", "8", "--temp", "0",
+                        "--device", "cuda"], capture_output=True, text=True, timeout=600)
+    if HAVE_GPU:
+        assert r.returncode == 0, r.stderr
+        cpu = pyllm.load()
+        want = "ROMEO:" + cpu.generate("ROMEO:", max_tokens=8, temperature=0)
+        assert len(want) > len("ROMEO:") and r.stdout.startswith(want)
+    else:
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert ("built without CUDA" if not INFO["built"] else "no CUDA device") in r.stderr

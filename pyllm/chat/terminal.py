@@ -58,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="context length (default: the model's, at most 4096)")
     parser.add_argument("--special", action="store_true", help="show control tokens in replies")
     parser.add_argument("--kv-type", choices=("f32", "f16"), default="f32", help="KV cache element type (default f32)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="run the model on the CPU (default) or an NVIDIA GPU (a PYLLM_CUDA build)")
     add_lora_argument(parser, "applied to the model")
     parser.add_argument("--ignore-eos", action="store_true", help=argparse.SUPPRESS)  # for tests: long replies
 
@@ -332,7 +333,8 @@ def run(args) -> int:
     system = args.system if args.system else None
     path = args.model if args.model is not None else default_model_path()
     try:
-        model = load(path, n_threads=args.threads, n_ctx=args.ctx, kv_type=args.kv_type, lora=lora_spec(args.lora))
+        model = load(path, n_threads=args.threads, n_ctx=args.ctx, kv_type=args.kv_type, lora=lora_spec(args.lora),
+                     device=args.device)
     except (ValueError, OSError) as e:
         _err(f"cannot load {path}: {e}")
         return 2

@@ -743,6 +743,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-queue", type=int, default=64,
                         help="requests waiting for a sequence before new ones get 429 (default 64)")
     parser.add_argument("--kv-type", choices=("f32", "f16"), default="f32", help="KV cache element type (default f32)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="run the model on the CPU (default) or an NVIDIA GPU (a PYLLM_CUDA build)")
     add_lora_argument(parser, "applied to the model")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                         help="uvicorn's log level (default info)")
@@ -801,7 +802,8 @@ def run(args) -> int:
             raise ValueError(f"--chat-template {args.chat_template}: {e}") from None
     sock = _bind(args.host, args.port)  # a busy port fails before a long model load
     try:
-        model = load(args.model, n_threads=args.threads, n_ctx=args.ctx, kv_type=args.kv_type, lora=lora_spec(args.lora))
+        model = load(args.model, n_threads=args.threads, n_ctx=args.ctx, kv_type=args.kv_type, lora=lora_spec(args.lora),
+                     device=args.device)
         model.configure_engine(max_sequences=args.max_sequences, max_queue=args.max_queue)
     except BaseException:
         sock.close()
