@@ -27,8 +27,10 @@ pl_cuda_kv *pl_cuda_kv_new(const pl_cuda_model *m, int n_ctx, int type, char *er
     kv->type = type;
     kv->bytes = (size_t)m->c.n_layers * n_ctx * m->c.n_kv_heads * m->c.head_dim * (type ? 2 : 4);
     if (pl_cuda_alloc(&kv->k, kv->bytes, err) || pl_cuda_alloc(&kv->v, kv->bytes, err) ||
-        pl_cuda_fail(cudaMemset(kv->k, 0, kv->bytes), "KV cache: zeroing", err) ||
-        pl_cuda_fail(cudaMemset(kv->v, 0, kv->bytes), "KV cache: zeroing", err)) {
+        /* on the model's stream, so the zeroing is ordered before every forward that writes the cache (the
+         * stream does not wait for the legacy default stream's work) */
+        pl_cuda_fail(cudaMemsetAsync(kv->k, 0, kv->bytes, m->stream), "KV cache: zeroing", err) ||
+        pl_cuda_fail(cudaMemsetAsync(kv->v, 0, kv->bytes, m->stream), "KV cache: zeroing", err)) {
         pl_cuda_kv_free(kv);
         return NULL;
     }
@@ -37,7 +39,8 @@ pl_cuda_kv *pl_cuda_kv_new(const pl_cuda_model *m, int n_ctx, int type, char *er
 
 void pl_cuda_kv_free(pl_cuda_kv *kv) {
     if (!kv) return;
-    if (kv->m && kv->m->stream) cudaStreamSynchronize(kv->m->stream); /* a forward may still write it */
+    /* cudaFree waits for the device's work, a forward still writing the cache included (kv->m is not
+     * touched: the model may be gone already) */
     pl_cuda_free(kv->k);
     pl_cuda_free(kv->v);
     free(kv);
