@@ -171,9 +171,11 @@ def emulated_package(tmp_path_factory):
                     ignore=shutil.ignore_patterns("_engine*.so", "_engine*.pyd", "__pycache__"))
     shutil.copy(so[0], stage / "pyllm")
     (stage / "tests").mkdir()
-    for f in ["conftest.py", *[os.path.basename(p) for p in glob.glob(os.path.join(TESTS, "test_cuda*.py"))]]:
-        if f != THIS:
-            shutil.copy(os.path.join(TESTS, f), stage / "tests" / f)
+    # the CUDA tests, and the helper modules and conftest.py they may import (no other test_*.py)
+    for p in glob.glob(os.path.join(TESTS, "*.py")):
+        f = os.path.basename(p)
+        if f != THIS and (f.startswith("test_cuda") or not f.startswith("test_")):
+            shutil.copy(p, stage / "tests" / f)
     os.symlink(os.path.join(TESTS, "fixtures"), stage / "tests" / "fixtures")
     for f in ("csrc", "bench"):  # what the tests read from the repository (sources, the benchmark)
         if os.path.isdir(os.path.join(REPO, f)):

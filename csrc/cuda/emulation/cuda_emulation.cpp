@@ -459,7 +459,8 @@ std::recursive_mutex M; /* recursive: a graph launch replays kernels through the
 cudaError_t g_last = cudaSuccess;    /* cudaGetLastError's */
 cudaError_t g_pending = cudaSuccess; /* a failed launch, not yet reported */
 cudaError_t g_detail_code = cudaSuccess;
-std::string g_detail; /* what went wrong, for cudaGetErrorString(g_detail_code) */
+std::string g_detail;         /* what went wrong, for cudaGetErrorString(g_detail_code) */
+std::string g_pending_detail; /* g_pending's, until it is reported */
 int g_device = 0;
 std::map<uintptr_t, size_t> g_allocs; /* device allocations: start -> bytes */
 std::map<uintptr_t, size_t> g_host_allocs;
@@ -487,14 +488,21 @@ cudaError_t fail(cudaError_t e, const char *fmt, ...) {
     return e;
 }
 cudaError_t plain(cudaError_t e) {
-    if (e != cudaSuccess) g_last = e;
+    if (e != cudaSuccess) {
+        g_last = e;
+        g_detail_code = cudaSuccess; /* no stale detail on this error's words */
+    }
     return e;
 }
 /* a failed launch is reported by the next call that waits for the device (and by cudaGetLastError) */
 cudaError_t report_pending() {
     const cudaError_t e = g_pending;
     g_pending = cudaSuccess;
-    if (e != cudaSuccess) g_last = e;
+    if (e != cudaSuccess) {
+        g_last = e;
+        g_detail_code = e;
+        g_detail = g_pending_detail;
+    }
     return e;
 }
 
@@ -592,8 +600,8 @@ void run_kernel(const pl_emu::Launch &l, const std::function<void()> &body) {
     const int n = (int)(l.block.x * l.block.y * l.block.z);
     if (!grow_pool(n)) {
         g_pending = cudaErrorLaunchOutOfResources;
-        fail(cudaErrorLaunchOutOfResources, "kernel %s: no memory for the stacks of %d emulated threads", l.name, n);
-        g_last = cudaSuccess;
+        g_pending_detail = "kernel " + std::string(l.name) + ": no memory for the stacks of " + std::to_string(n) +
+                           " emulated threads";
         return;
     }
     pl_emu::g_grid_dim = l.grid;
@@ -611,8 +619,7 @@ void run_kernel(const pl_emu::Launch &l, const std::function<void()> &body) {
                 if (!run_block()) {
                     reset_fibers_after_failure();
                     g_pending = cudaErrorLaunchFailure;
-                    g_detail_code = cudaErrorLaunchFailure;
-                    g_detail = S.fail_msg;
+                    g_pending_detail = S.fail_msg;
                     S.body = nullptr;
                     S.launch = nullptr;
                     return;
