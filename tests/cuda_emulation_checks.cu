@@ -34,6 +34,8 @@ static void report(const char *name, bool ok) {
     (void)cudaGetLastError(); /* no check's error leaks into the next */
 }
 
+static bool launch_failed_with(const char *must_contain, const char *and_this);
+
 template <class T>
 static T *dev_alloc(size_t n) {
     void *p = nullptr;
@@ -202,6 +204,61 @@ static bool check_indexing() {
             const int lane0 = lin & ~31; /* the warp's lane 0: x = 0, y = (lane0 / 8) % 4, z = lane0 / 32 */
             REQUIRE(h[b * 96 + lin] == ((lane0 / 8) % 4) * 100 + (lane0 / 32) * 10000 + b);
         }
+    cudaFree(out);
+    return true;
+}
+
+/* __syncthreads_count / _and / _or, with some threads gone */
+__global__ void barrier_reduce_kernel(int *out) {
+    const int t = threadIdx.x;
+    if (t >= 90) return;
+    const int c = __syncthreads_count(t % 4 == 0);
+    const int a = __syncthreads_and(t < 90);
+    const int a2 = __syncthreads_and(t < 89);
+    const int o = __syncthreads_or(t == 77);
+    const int o2 = __syncthreads_or(t == 95);
+    out[t] = c * 10000 + a * 1000 + a2 * 100 + o * 10 + o2;
+}
+
+static bool check_barrier_reductions() {
+    int *out = dev_alloc<int>(100);
+    REQUIRE(out);
+    PL_LAUNCH(1, 100, 0, 0, barrier_reduce_kernel)(out);
+    REQUIRE(cudaGetLastError() == cudaSuccess);
+    std::vector<int> h = to_host(out, 90);
+    for (int t = 0; t < 90; t++) REQUIRE(h[t] == 23 * 10000 + 1000 + 0 + 10 + 0);
+    cudaFree(out);
+    return true;
+}
+
+/* a missing __syncthreads(): each thread reads its neighbour's slot right after writing its own */
+__global__ void missing_barrier_kernel(int step, int *out) {
+    PL_DYNAMIC_SHARED(int, s);
+    const int t = threadIdx.x, n = blockDim.x;
+    s[t] = t + 1;
+    /* __syncthreads() belongs here */
+    out[t] = s[(t + step + n) % n];
+}
+
+static bool check_thread_order_catches_missing_barriers() {
+    int *out = dev_alloc<int>(64);
+    REQUIRE(out);
+    const char *steps[2][2] = {{"forward", "1"}, {"reverse", "-1"}};
+    for (auto &sv : steps) {
+        setenv("PYLLM_CUDA_EMU_ORDER", sv[0], 1);
+        const int step = atoi(sv[1]);
+        PL_LAUNCH(1, 64, 64 * sizeof(int), 0, missing_barrier_kernel)(step, out);
+        REQUIRE(cudaGetLastError() == cudaSuccess);
+        std::vector<int> h = to_host(out, 64);
+        int wrong = 0;
+        for (int t = 0; t < 64; t++) wrong += h[t] != (t + step + 64) % 64 + 1;
+        REQUIRE(wrong == 63); /* every read of a thread that had not run yet sees the poison */
+    }
+    setenv("PYLLM_CUDA_EMU_ORDER", "sideways", 1);
+    PL_LAUNCH(1, 64, 64 * sizeof(int), 0, missing_barrier_kernel)(1, out);
+    const bool refused = launch_failed_with("PYLLM_CUDA_EMU_ORDER must be 'forward' or 'reverse'", "sideways");
+    unsetenv("PYLLM_CUDA_EMU_ORDER");
+    if (!refused) return false;
     cudaFree(out);
     return true;
 }
@@ -536,6 +593,8 @@ int main(int argc, char **argv) {
     report("votes_and_partial_masks", check_votes());
     report("block_barrier_and_shared_memory", check_block_barrier());
     report("thread_indexing", check_indexing());
+    report("barrier_reductions", check_barrier_reductions());
+    report("thread_order_catches_missing_barriers", check_thread_order_catches_missing_barriers());
     report("atomics", check_atomics());
     report("deadlock_exited_lanes", check_deadlock_exited_lanes());
     report("deadlock_crossed_barriers", check_deadlock_crossed_barriers());

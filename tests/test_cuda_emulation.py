@@ -72,7 +72,8 @@ def check_results(checks_binary):
     return results, r
 
 
-CHECKS = ["shuffles", "votes_and_partial_masks", "block_barrier_and_shared_memory", "thread_indexing", "atomics",
+CHECKS = ["shuffles", "votes_and_partial_masks", "block_barrier_and_shared_memory", "thread_indexing",
+          "barrier_reductions", "thread_order_catches_missing_barriers", "atomics",
           "deadlock_exited_lanes", "deadlock_crossed_barriers", "mask_errors", "mma_needs_a_whole_warp",
           "launch_configuration", "memory_errors", "graph_capture_and_replay", "events", "device_properties"]
 
@@ -186,9 +187,10 @@ def emulated_package(tmp_path_factory):
     return stage, build_s
 
 
-def _run_staged(stage, args, timeout):
+def _run_staged(stage, args, timeout, order="forward"):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(stage)
+    env["PYLLM_CUDA_EMU_ORDER"] = order
     env["PYTHONUNBUFFERED"] = "1"
     return subprocess.run([sys.executable, *args], cwd=stage, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -205,19 +207,21 @@ def test_extension_reports_the_emulated_device(emulated_package):
     assert "emulation" in dev["name"] and dev["compute_capability"] == [9, 0]
 
 
-def test_cuda_tests_pass_on_the_emulation(emulated_package):
-    """every tests/test_cuda*.py (but this file) against the emulated build: exit 0 and the GPU tests ran"""
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+def test_cuda_tests_pass_on_the_emulation(emulated_package, order):
+    """every tests/test_cuda*.py (but this file) against the emulated build: exit 0 and the GPU tests ran; with
+    a block's threads taking turns from the first and from the last (a missing __syncthreads() shows in one)"""
     stage, build_s = emulated_package
     files = sorted(os.path.relpath(p, stage) for p in glob.glob(str(stage / "tests" / "test_cuda*.py")))
     assert "tests/test_cuda.py" in files and f"tests/{THIS}" not in files
     deselect = [a for d in BUILD_INDEPENDENT for a in ("--deselect", d)]
     t0 = time.monotonic()
     r = _run_staged(stage, ["-m", "pytest", *files, "-q", "-rs", "-p", "no:cacheprovider", *deselect,
-                            "--junitxml", str(stage / "junit.xml")], 1200)
+                            "--junitxml", str(stage / "junit.xml")], 1200, order)
     run_s = time.monotonic() - t0
     out = r.stdout + r.stderr
     summary = "\n".join(out.splitlines()[-60:])
-    print(f"emulated build {build_s:.1f} s, tests {run_s:.1f} s\n{summary}")
+    print(f"emulated build {build_s:.1f} s, tests ({order} order) {run_s:.1f} s\n{summary}")
     assert r.returncode == 0, f"the CUDA tests failed on the emulation (exit {r.returncode}):\n{summary}"
     xml = (stage / "junit.xml").read_text()
     cases = re.findall(r'<testcase [^>]*name="([^"]+)"[^>]*?(/>|>(.*?)</testcase>)', xml, flags=re.S)

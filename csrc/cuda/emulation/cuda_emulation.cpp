@@ -65,6 +65,10 @@ struct Scheduler {
     int n = 0;                 /* threads of the current block */
     int live = 0;              /* of them not exited */
     int block_waiting = 0;     /* at __syncthreads() */
+    int bar_count = 0;         /* of them with a true predicate (__syncthreads_count / _and / _or) */
+    int bar_result = 0;        /* the last completed barrier's count: each thread reads it as it leaves */
+    int bar_arrived = 0;       /* and how many threads it waited for */
+    bool reverse = false;      /* run a block's threads from the last (PYLLM_CUDA_EMU_ORDER=reverse) */
     Fiber *cur = nullptr;      /* running, or null on the scheduler's own stack */
     void *sched_sp = nullptr;
 #if !PL_EMU_ASM_SWITCH
@@ -212,7 +216,10 @@ Fiber *need_fiber(const char *what) {
 void release_block_barrier() {
     for (int i = 0; i < S.n; i++)
         if (S.pool[i]->state == WAIT_BLOCK) S.pool[i]->state = RUNNABLE;
+    S.bar_arrived = S.block_waiting;
     S.block_waiting = 0;
+    S.bar_result = S.bar_count;
+    S.bar_count = 0;
 }
 
 std::string vformat(const char *fmt, va_list ap) {
@@ -362,15 +369,19 @@ extern "C" void pl_emu_fiber_main(Fiber *f) {
 
 namespace pl_emu {
 
-void syncthreads() {
+int syncthreads_count(int pred) {
     Fiber *f = need_fiber("__syncthreads()");
     f->state = WAIT_BLOCK;
+    S.bar_count += pred != 0;
     if (++S.block_waiting == S.live) {
         release_block_barrier();
-        return;
+        return S.bar_result;
     }
     yield_fiber(f);
+    return S.bar_result; /* no barrier completes again before every thread has left this one */
 }
+void syncthreads() { (void)syncthreads_count(0); }
+int barrier_arrivals() { return S.bar_arrived; }
 
 void warp_collective(unsigned mask, int op, void *slot, const char *name) {
     Fiber *f = need_fiber(name);
@@ -575,10 +586,11 @@ bool run_block() {
     S.live = S.n;
     S.block_waiting = 0;
     if (S.smem_bytes) memset(S.smem.data(), 0xA5, S.smem_bytes); /* not zeros: shared memory starts undefined */
+    S.bar_count = 0;
     while (S.live > 0) {
         bool ran = false;
-        for (int i = 0; i < S.n; i++) {
-            Fiber *f = S.pool[i];
+        for (int k = 0; k < S.n; k++) {
+            Fiber *f = S.pool[S.reverse ? S.n - 1 - k : k];
             if (f->state != RUNNABLE) continue;
             ran = true;
             run_fiber(f);
@@ -604,6 +616,15 @@ void run_kernel(const pl_emu::Launch &l, const std::function<void()> &body) {
                            " emulated threads";
         return;
     }
+    /* the order a block's threads take turns in: a missing __syncthreads() shows as a read of data not yet
+     * written, for readers of higher threads in the default order, of lower ones in reverse */
+    const char *order = getenv("PYLLM_CUDA_EMU_ORDER");
+    if (order && *order && strcmp(order, "forward") && strcmp(order, "reverse")) {
+        g_pending = cudaErrorLaunchFailure;
+        g_pending_detail = "PYLLM_CUDA_EMU_ORDER must be 'forward' or 'reverse', got '" + std::string(order) + "'";
+        return;
+    }
+    S.reverse = order && !strcmp(order, "reverse");
     pl_emu::g_grid_dim = l.grid;
     pl_emu::g_block_dim = l.block;
     S.n = n;

@@ -262,6 +262,8 @@ extern dim3 g_block_dim, g_grid_dim;
 enum WarpOp { OP_SYNCWARP, OP_SHFL, OP_SHFL_UP, OP_SHFL_DOWN, OP_SHFL_XOR, OP_BALLOT, OP_ANY, OP_ALL, OP_MMA_S8_16832 };
 
 void syncthreads();
+int syncthreads_count(int pred); /* the barrier, and how many threads passed a true pred */
+int barrier_arrivals();           /* how many threads the barrier just left waited for */
 /* a warp collective: waits until every lane of mask has reached one with the same op and mask; slot is this
  * lane's in/out data (the type the op's completion reads) */
 void warp_collective(unsigned mask, int op, void *slot, const char *name);
@@ -345,6 +347,12 @@ static constexpr int warpSize = 32;
 
 /* ---------------------------------------------------------------- barriers and warp collectives */
 static inline void __syncthreads() { pl_emu::syncthreads(); }
+static inline int __syncthreads_count(int pred) { return pl_emu::syncthreads_count(pred); }
+static inline int __syncthreads_or(int pred) { return pl_emu::syncthreads_count(pred) != 0; }
+static inline int __syncthreads_and(int pred) {
+    const int n = pl_emu::syncthreads_count(pred);
+    return n == pl_emu::barrier_arrivals();
+}
 static inline void __syncwarp(unsigned mask = 0xffffffffu) {
     pl_emu::warp_collective(mask, pl_emu::OP_SYNCWARP, nullptr, "__syncwarp");
 }
