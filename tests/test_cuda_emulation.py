@@ -73,7 +73,7 @@ def check_results(checks_binary):
 
 
 CHECKS = ["shuffles", "votes_and_partial_masks", "block_barrier_and_shared_memory", "thread_indexing",
-          "barrier_reductions", "thread_order_catches_missing_barriers", "atomics",
+          "barrier_reductions", "thread_order_catches_missing_barriers", "intrinsics", "atomics",
           "deadlock_exited_lanes", "deadlock_crossed_barriers", "mask_errors", "mma_needs_a_whole_warp",
           "launch_configuration", "memory_errors", "graph_capture_and_replay", "events", "device_properties"]
 
