@@ -58,7 +58,7 @@ struct Fiber {
     const char *wait_name = nullptr;
 };
 
-const size_t kStackBytes = 128 * 1024;
+const size_t kStackBytes = 256 * 1024; /* address space only: pages are used as touched */
 
 struct Scheduler {
     std::vector<Fiber *> pool; /* fibers, reused by every launch */

@@ -10,7 +10,9 @@
  * the next runtime call. Device memory is host heap. The runtime's calls check their arguments (device
  * pointer ranges included) and emulate streams, events and CUDA graphs (stream capture records, graph
  * launches replay). What this cannot check: memory-model races (nothing runs concurrently), timing, real
- * PTX (inline asm must have a PL_CUDA_EMULATED branch, see cuda_common.cuh). */
+ * PTX (inline asm must have a PL_CUDA_EMULATED branch, see cuda_common.cuh). __CUDA_ARCH__ and __CUDACC__
+ * are not defined here, so code under #ifdef __CUDA_ARCH__ is left out as in nvcc's host pass. A fiber has
+ * a 256 KiB stack behind a guard page: a kernel that overflows it crashes rather than corrupting memory. */
 #ifndef PYLLM_CUDA_EMULATION_H
 #define PYLLM_CUDA_EMULATION_H
 
@@ -44,6 +46,7 @@
 #define __shared__ static /* one block runs at a time: a static is that block's shared memory */
 #define __constant__
 #define __managed__
+#define __align__(n) __attribute__((aligned(n)))
 
 /* ---------------------------------------------------------------- vector types */
 struct uint3 {
