@@ -92,10 +92,11 @@ extern "C" void pl_emu_fiber_main(Fiber *f);
 /* pl_emu_switch(save, load): pushes the callee-saved registers of the System V x86-64 ABI (rbp rbx r12-r15)
  * and the SSE / x87 control words, stores rsp in *save, loads rsp = load and pops what that context pushed.
  * A new fiber's stack is laid out as if it had called pl_emu_switch, returning into pl_emu_fiber_start with
- * the Fiber * in r12 (see init_fiber). */
+ * the Fiber * in r12 (see init_fiber). Returning to another stack is what a CET shadow stack forbids: CMake
+ * compiles this file with -fcf-protection=none, so the extension is not marked shadow-stack compatible. */
 extern "C" void pl_emu_switch(void **save, void *load);
 extern "C" void pl_emu_fiber_start(void);
-__asm__(".text\n"
+__asm__(".pushsection .text\n"
         ".globl pl_emu_switch\n"
         ".hidden pl_emu_switch\n"
         ".type pl_emu_switch,@function\n"
@@ -129,7 +130,8 @@ __asm__(".text\n"
         "  movq %r12, %rdi\n"
         "  call pl_emu_fiber_main\n"
         "  ud2\n"
-        ".size pl_emu_fiber_start, .-pl_emu_fiber_start\n");
+        ".size pl_emu_fiber_start, .-pl_emu_fiber_start\n"
+        ".popsection\n");
 #else
 static void fiber_trampoline(unsigned lo, unsigned hi) {
     pl_emu_fiber_main((Fiber *)(((uintptr_t)hi << 32) | lo));
