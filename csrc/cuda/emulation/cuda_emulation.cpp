@@ -189,7 +189,7 @@ bool grow_pool(int n) {
 inline void run_fiber(Fiber *f) {
     S.cur = f;
     pl_emu::g_thread_idx = f->tid;
-    S.switches += 2;
+    S.switches += 2; /* in, and (eventually, from this or another fiber) back */
 #if PL_EMU_ASM_SWITCH
     pl_emu_switch(&S.sched_sp, f->sp);
 #else
@@ -204,6 +204,34 @@ inline void yield_fiber(Fiber *f) {
     pl_emu_switch(&f->sp, S.sched_sp);
 #else
     swapcontext(&f->uc, &S.sched_uc);
+#endif
+}
+
+/* the next runnable thread after index i in the turn order (wrapping round), or null */
+inline Fiber *next_runnable(int i) {
+    for (int k = 1; k <= S.n; k++) {
+        int j = S.reverse ? i - k : i + k;
+        j = j < 0 ? j + S.n : j >= S.n ? j - S.n : j;
+        if (S.pool[j]->state == RUNNABLE) return S.pool[j];
+    }
+    return nullptr;
+}
+
+/* the running fiber f cannot go on (it waits or exited): straight to the next runnable thread, one switch
+ * instead of two through the scheduler; to the scheduler when there is none (done, or a deadlock) */
+inline void pass_turn(Fiber *f) {
+    Fiber *g = next_runnable(f->index);
+    if (!g) {
+        yield_fiber(f);
+        return;
+    }
+    S.cur = g;
+    pl_emu::g_thread_idx = g->tid;
+    S.switches++;
+#if PL_EMU_ASM_SWITCH
+    pl_emu_switch(&f->sp, g->sp);
+#else
+    swapcontext(&f->uc, &g->uc);
 #endif
 }
 
@@ -315,7 +343,7 @@ void complete_shfl(Fiber **w, unsigned mask, int op) {
  *   B: b0..b7 in b[0..1]; row (k) = threadID_in_group * 4 + (i & 3), plus 16 for i >= 4; col = groupID
  *   C, D: c0..c3; row = groupID for c0, c1 and groupID + 8 for c2, c3; col = threadID_in_group * 2 + (i & 1) */
 void complete_mma(Fiber **w) {
-    int A[16][32], B[32][8];
+    int A[16][32], Bt[8][32]; /* B transposed: column n of B is row n of Bt */
     for (int l = 0; l < 32; l++) {
         const pl_emu::MmaSlot *s = (const pl_emu::MmaSlot *)w[l]->wait_slot;
         const int g = l >> 2, t = l & 3;
@@ -324,16 +352,16 @@ void complete_mma(Fiber **w) {
             const int col = t * 4 + (i & 3) + (i >= 8 ? 16 : 0);
             A[row][col] = (int8_t)(uint8_t)(s->a[i >> 2] >> (8 * (i & 3)));
         }
-        for (int i = 0; i < 8; i++) B[t * 4 + (i & 3) + (i >= 4 ? 16 : 0)][g] = (int8_t)(uint8_t)(s->b[i >> 2] >> (8 * (i & 3)));
+        for (int i = 0; i < 8; i++) Bt[g][t * 4 + (i & 3) + (i >= 4 ? 16 : 0)] = (int8_t)(uint8_t)(s->b[i >> 2] >> (8 * (i & 3)));
     }
     for (int l = 0; l < 32; l++) {
         const pl_emu::MmaSlot *s = (const pl_emu::MmaSlot *)w[l]->wait_slot;
         const int g = l >> 2, t = l & 3;
         for (int i = 0; i < 4; i++) {
             const int row = i < 2 ? g : g + 8, col = t * 2 + (i & 1);
-            int64_t acc = 0;
-            for (int k = 0; k < 32; k++) acc += A[row][k] * B[k][col];
-            s->c[i] = (int)(uint32_t)((uint32_t)s->c[i] + (uint32_t)acc); /* s32 wraps */
+            int acc = 0; /* |sum| <= 32 * 128 * 128: no overflow */
+            for (int k = 0; k < 32; k++) acc += A[row][k] * Bt[col][k];
+            s->c[i] = (int)((uint32_t)s->c[i] + (uint32_t)acc); /* s32 wraps */
         }
     }
 }
@@ -365,7 +393,7 @@ extern "C" void pl_emu_fiber_main(Fiber *f) {
         f->state = EXITED;
         S.live--;
         if (S.block_waiting > 0 && S.block_waiting == S.live) release_block_barrier();
-        yield_fiber(f);
+        pass_turn(f);
     }
 }
 
@@ -379,7 +407,7 @@ int syncthreads_count(int pred) {
         release_block_barrier();
         return S.bar_result;
     }
-    yield_fiber(f);
+    pass_turn(f);
     return S.bar_result; /* no barrier completes again before every thread has left this one */
 }
 void syncthreads() { (void)syncthreads_count(0); }
@@ -405,7 +433,7 @@ void warp_collective(unsigned mask, int op, void *slot, const char *name) {
         if (!(mask >> l & 1)) continue;
         const Fiber *g = w[l];
         if (g->state != WAIT_WARP || g->wait_op != op || g->wait_mask != mask) {
-            yield_fiber(f); /* the last lane to arrive completes it for everyone */
+            pass_turn(f); /* the last lane to arrive completes it for everyone */
             return;
         }
     }
@@ -589,16 +617,13 @@ bool run_block() {
     S.block_waiting = 0;
     if (S.smem_bytes) memset(S.smem.data(), 0xA5, S.smem_bytes); /* not zeros: shared memory starts undefined */
     S.bar_count = 0;
+    /* the fibers pass the turn among themselves (pass_turn); back here when none can run */
     while (S.live > 0) {
-        bool ran = false;
-        for (int k = 0; k < S.n; k++) {
-            Fiber *f = S.pool[S.reverse ? S.n - 1 - k : k];
-            if (f->state != RUNNABLE) continue;
-            ran = true;
+        Fiber *f = next_runnable(S.reverse ? 0 : S.n - 1); /* the first in turn order */
+        if (f) {
             run_fiber(f);
             if (S.failed) return false;
-        }
-        if (!ran) {
+        } else {
             S.failed = true;
             S.fail_msg = "deadlock: no thread can proceed, a barrier can never complete (" + where() +
                          "): " + describe_threads() +
