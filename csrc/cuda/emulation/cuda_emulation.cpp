@@ -66,6 +66,8 @@ struct Scheduler {
     int live = 0;              /* of them not exited */
     int block_waiting = 0;     /* at __syncthreads() */
     int bar_count = 0;         /* of them with a true predicate (__syncthreads_count / _and / _or) */
+    std::vector<unsigned> warp_waiting; /* per warp: its lanes waiting at a warp collective */
+    std::vector<pl_emu::LaneSlot> slots; /* per thread: its shuffle / vote operands and result */
     int bar_result = 0;        /* the last completed barrier's count: each thread reads it as it leaves */
     int bar_arrived = 0;       /* and how many threads it waited for */
     bool reverse = false;      /* run a block's threads from the last (PYLLM_CUDA_EMU_ORDER=reverse) */
@@ -303,10 +305,10 @@ std::string describe_threads() {
 }
 
 /* ---- warp collectives: the last lane to arrive computes every lane's result ---- */
-void complete_shfl(Fiber **w, unsigned mask, int op) {
+void complete_shfl(Fiber **w, pl_emu::LaneSlot *ws, unsigned mask, int op) {
     for (int l = 0; l < 32; l++) {
         if (!(mask >> l & 1)) continue;
-        pl_emu::ShflSlot *s = (pl_emu::ShflSlot *)w[l]->wait_slot;
+        pl_emu::ShflSlot *s = &ws[l].shfl;
         const int width = s->width;
         if (width < 1 || width > 32 || (width & (width - 1)))
             pl_emu::device_fail("%s: width must be a power of 2 in 1..32, got %d (thread %d)", w[l]->wait_name, width,
@@ -328,7 +330,7 @@ void complete_shfl(Fiber **w, unsigned mask, int op) {
         if (!(mask >> src & 1))
             pl_emu::device_fail("%s: thread %d (lane %d) reads lane %d, which is not in the mask 0x%08x", w[l]->wait_name,
                                 w[l]->index, l, src, mask);
-        s->out = ((pl_emu::ShflSlot *)w[src]->wait_slot)->value;
+        s->out = ws[src].shfl.value;
     }
 }
 
@@ -366,7 +368,8 @@ void complete_mma(Fiber **w) {
     }
 }
 
-void complete_warp(Fiber **w, unsigned mask, int op) {
+/* w: the warp's fibers, ws: their slots (S.slots) */
+void complete_warp(Fiber **w, pl_emu::LaneSlot *ws, unsigned mask, int op) {
     switch (op) {
     case pl_emu::OP_SYNCWARP: break;
     case pl_emu::OP_BALLOT:
@@ -374,14 +377,14 @@ void complete_warp(Fiber **w, unsigned mask, int op) {
     case pl_emu::OP_ALL: {
         unsigned ballot = 0;
         for (int l = 0; l < 32; l++)
-            if ((mask >> l & 1) && ((pl_emu::VoteSlot *)w[l]->wait_slot)->pred) ballot |= 1u << l;
+            if ((mask >> l & 1) && ws[l].vote.pred) ballot |= 1u << l;
         const unsigned r = op == pl_emu::OP_BALLOT ? ballot : op == pl_emu::OP_ANY ? ballot != 0 : ballot == mask;
         for (int l = 0; l < 32; l++)
-            if (mask >> l & 1) ((pl_emu::VoteSlot *)w[l]->wait_slot)->out = r;
+            if (mask >> l & 1) ws[l].vote.out = r;
         break;
     }
     case pl_emu::OP_MMA_S8_16832: complete_mma(w); break;
-    default: complete_shfl(w, mask, op);
+    default: complete_shfl(w, ws, mask, op);
     }
 }
 
@@ -429,17 +432,35 @@ void warp_collective(unsigned mask, int op, void *slot, const char *name) {
     f->wait_slot = slot;
     f->wait_name = name;
     Fiber **w = &S.pool[warp0];
-    for (int l = 0; l < lanes; l++) {
-        if (!(mask >> l & 1)) continue;
-        const Fiber *g = w[l];
-        if (g->state != WAIT_WARP || g->wait_op != op || g->wait_mask != mask) {
-            pass_turn(f); /* the last lane to arrive completes it for everyone */
-            return;
-        }
+    unsigned &arrived = S.warp_waiting[f->index >> 5];
+    arrived |= 1u << lane;
+    bool complete = (arrived & mask) == mask; /* every lane of the mask waits at a warp collective: which? */
+    for (int l = 0; complete && l < lanes; l++)
+        if ((mask >> l & 1) && (w[l]->wait_op != op || w[l]->wait_mask != mask)) complete = false;
+    if (!complete) {
+        pass_turn(f); /* the last lane to arrive completes it for everyone */
+        return;
     }
-    complete_warp(w, mask, op);
+    complete_warp(w, &S.slots[warp0], mask, op);
+    arrived &= ~mask;
     for (int l = 0; l < lanes; l++)
         if (mask >> l & 1) w[l]->state = RUNNABLE;
+}
+
+uint64_t shfl_bits(unsigned mask, uint64_t value, int arg, int width, int op, const char *name) {
+    ShflSlot &s = S.slots[need_fiber(name)->index].shfl;
+    s.value = value;
+    s.arg = arg;
+    s.width = width;
+    warp_collective(mask, op, &s, name);
+    return s.out;
+}
+
+unsigned vote(unsigned mask, int pred, int op, const char *name) {
+    VoteSlot &s = S.slots[need_fiber(name)->index].vote;
+    s.pred = pred;
+    warp_collective(mask, op, &s, name);
+    return s.out;
 }
 
 void device_fail(const char *fmt, ...) {
@@ -615,6 +636,8 @@ bool run_block() {
     }
     S.live = S.n;
     S.block_waiting = 0;
+    S.warp_waiting.assign((size_t)(S.n + 31) / 32, 0u);
+    if (S.slots.size() < (size_t)S.n) S.slots.resize((size_t)S.n);
     if (S.smem_bytes) memset(S.smem.data(), 0xA5, S.smem_bytes); /* not zeros: shared memory starts undefined */
     S.bar_count = 0;
     /* the fibers pass the turn among themselves (pass_turn); back here when none can run */

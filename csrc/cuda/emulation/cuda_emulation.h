@@ -280,6 +280,10 @@ struct VoteSlot {
     int pred;
     unsigned out;
 };
+union LaneSlot {
+    ShflSlot shfl;
+    VoteSlot vote;
+};
 struct MmaSlot {
     const unsigned *a, *b;
     int *c;
@@ -314,25 +318,19 @@ static inline Launcher<P...> make_launcher(dim3 grid, dim3 block, size_t smem, c
     return Launcher<P...>{Launch{grid, block, smem, stream, name, reinterpret_cast<const void *>(kernel)}, kernel};
 }
 
+/* the shuffles' and votes' collectives, with each lane's slot in one array (not on the lanes' own stacks) */
+uint64_t shfl_bits(unsigned mask, uint64_t value, int arg, int width, int op, const char *name);
+unsigned vote(unsigned mask, int pred, int op, const char *name);
 template <class T>
 static inline T shfl(unsigned mask, T v, int arg, int width, int op, const char *name) {
     static_assert(std::is_trivially_copyable<T>::value && (sizeof(T) == 4 || sizeof(T) == 8),
                   "warp shuffles move 32- or 64-bit values");
-    ShflSlot s;
-    s.value = 0;
-    memcpy(&s.value, &v, sizeof(T));
-    s.arg = arg;
-    s.width = width;
-    s.out = 0;
-    warp_collective(mask, op, &s, name);
+    uint64_t bits = 0;
+    memcpy(&bits, &v, sizeof(T));
+    bits = shfl_bits(mask, bits, arg, width, op, name);
     T out;
-    memcpy(&out, &s.out, sizeof(T));
+    memcpy(&out, &bits, sizeof(T));
     return out;
-}
-static inline unsigned vote(unsigned mask, int pred, int op, const char *name) {
-    VoteSlot s{pred, 0};
-    warp_collective(mask, op, &s, name);
-    return s.out;
 }
 } // namespace pl_emu
 
