@@ -270,8 +270,8 @@ std::string dims(dim3 d) {
 std::string where() {
     std::string s = "kernel ";
     s += S.launch ? S.launch->name : "?";
-    s += ", block " + dims(dim3(pl_emu::g_block_idx)) + " of grid " + dims(pl_emu::g_grid_dim) + ", " +
-         std::to_string(S.n) + " threads per block";
+    s += ", block " + dims(dim3(pl_emu::g_block_idx)) + " of " + dims(pl_emu::g_grid_dim) + " x " +
+         std::to_string(S.n) + " threads";
     return s;
 }
 
@@ -648,10 +648,10 @@ bool run_block() {
             if (S.failed) return false;
         } else {
             S.failed = true;
-            S.fail_msg = "deadlock: no thread can proceed, a barrier can never complete (" + where() +
-                         "): " + describe_threads() +
-                         " (a __syncthreads() or warp collective that some threads never reach: inside a branch, "
-                         "after some returned, or a mask naming exited lanes)";
+            /* the threads' states first: messages are cut at PL_CUDA_ERRMSG_LEN (the whole one goes to stderr) */
+            S.fail_msg = "deadlock in " + where() + ": " + describe_threads() +
+                         "; no barrier can complete (a __syncthreads() or warp collective that some threads never "
+                         "reach: inside a branch, after some returned, or a mask naming exited lanes)";
             return false;
         }
     }
@@ -691,6 +691,7 @@ void run_kernel(const pl_emu::Launch &l, const std::function<void()> &body) {
                     reset_fibers_after_failure();
                     g_pending = cudaErrorLaunchFailure;
                     g_pending_detail = S.fail_msg;
+                    fprintf(stderr, "pyllm CUDA emulation: launch failed: %s\n", S.fail_msg.c_str());
                     S.body = nullptr;
                     S.launch = nullptr;
                     return;
@@ -830,7 +831,7 @@ const char *cudaGetErrorString(cudaError_t e) {
     LOCK;
     static thread_local std::string s; /* valid until this thread's next call */
     s = generic_string(e);
-    if (e != cudaSuccess && e == g_detail_code && !g_detail.empty()) s += " [pyllm CPU emulation: " + g_detail + "]";
+    if (e != cudaSuccess && e == g_detail_code && !g_detail.empty()) s += " [CPU emulation: " + g_detail + "]";
     return s.c_str();
 }
 
