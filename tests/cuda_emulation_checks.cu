@@ -34,6 +34,8 @@ static void report(const char *name, bool ok) {
     (void)cudaGetLastError(); /* no check's error leaks into the next */
 }
 
+static bool launch_failed_with(const char *must_contain, const char *and_this);
+
 template <class T>
 static T *dev_alloc(size_t n) {
     void *p = nullptr;
@@ -203,6 +205,104 @@ static bool check_indexing() {
             REQUIRE(h[b * 96 + lin] == ((lane0 / 8) % 4) * 100 + (lane0 / 32) * 10000 + b);
         }
     cudaFree(out);
+    return true;
+}
+
+/* __syncthreads_count / _and / _or, with some threads gone */
+__global__ void barrier_reduce_kernel(int *out) {
+    const int t = threadIdx.x;
+    if (t >= 90) return;
+    const int c = __syncthreads_count(t % 4 == 0);
+    const int a = __syncthreads_and(t < 90);
+    const int a2 = __syncthreads_and(t < 89);
+    const int o = __syncthreads_or(t == 77);
+    const int o2 = __syncthreads_or(t == 95);
+    out[t] = c * 10000 + a * 1000 + a2 * 100 + o * 10 + o2;
+}
+
+static bool check_barrier_reductions() {
+    int *out = dev_alloc<int>(100);
+    REQUIRE(out);
+    PL_LAUNCH(1, 100, 0, 0, barrier_reduce_kernel)(out);
+    REQUIRE(cudaGetLastError() == cudaSuccess);
+    std::vector<int> h = to_host(out, 90);
+    for (int t = 0; t < 90; t++) REQUIRE(h[t] == 23 * 10000 + 1000 + 0 + 10 + 0);
+    cudaFree(out);
+    return true;
+}
+
+/* a missing __syncthreads(): each thread reads its neighbour's slot right after writing its own */
+__global__ void missing_barrier_kernel(int step, int *out) {
+    PL_DYNAMIC_SHARED(int, s);
+    const int t = threadIdx.x, n = blockDim.x;
+    s[t] = t + 1;
+    /* __syncthreads() belongs here */
+    out[t] = s[(t + step + n) % n];
+}
+
+static bool check_thread_order_catches_missing_barriers() {
+    int *out = dev_alloc<int>(64);
+    REQUIRE(out);
+    const char *steps[2][2] = {{"forward", "1"}, {"reverse", "-1"}};
+    for (auto &sv : steps) {
+        setenv("PYLLM_CUDA_EMU_ORDER", sv[0], 1);
+        const int step = atoi(sv[1]);
+        PL_LAUNCH(1, 64, 64 * sizeof(int), 0, missing_barrier_kernel)(step, out);
+        REQUIRE(cudaGetLastError() == cudaSuccess);
+        std::vector<int> h = to_host(out, 64);
+        int wrong = 0;
+        for (int t = 0; t < 64; t++) wrong += h[t] != (t + step + 64) % 64 + 1;
+        REQUIRE(wrong == 63); /* every read of a thread that had not run yet sees the poison */
+    }
+    setenv("PYLLM_CUDA_EMU_ORDER", "sideways", 1);
+    PL_LAUNCH(1, 64, 64 * sizeof(int), 0, missing_barrier_kernel)(1, out);
+    const bool refused = launch_failed_with("PYLLM_CUDA_EMU_ORDER must be 'forward' or 'reverse'", "sideways");
+    unsetenv("PYLLM_CUDA_EMU_ORDER");
+    if (!refused) return false;
+    cudaFree(out);
+    return true;
+}
+
+/* ---------------------------------------------------------------- intrinsics */
+__global__ void intrinsics_kernel(int *o, float *f) {
+    o[0] = __dp4a((int)0x80807F01u, (int)0x80FF7F02u, 5);     /* -128*-128 + -128*-1 + 127*127 + 1*2 + 5 */
+    o[1] = (int)__dp4a(0xFF00FF01u, 0x01FF02FFu, 1u);          /* unsigned: 255 + 0 + 510 + 255 + 1 */
+    o[2] = (int)__vsub4(0x00107F05u, 0x01200A08u);             /* per byte, wrapping */
+    o[3] = (int)__byte_perm(0x33221100u, 0x77665544u, 0x7531u);
+    o[4] = __float_as_int(-2.0f);
+    o[5] = (int)__float_as_uint(__int_as_float(0x3F800000)) == 0x3F800000 && __uint_as_float(0x40400000u) == 3.0f;
+    o[6] = (int)max(3u, 5);                                    /* mixed signed / unsigned: unsigned */
+    o[7] = min(-3, 2);
+    int x = 10;
+    o[8] = atomicCAS(&x, 10, 42) * 1000 + x;
+    o[9] = __popc(0xF0F0u) * 100 + __clz(1) + (__ffs(0x10) << 8);
+    f[0] = fmaxf(-1.0f, 2.5f) + fminf(3.0f, -4.0f) + fabsf(-0.25f); /* 2.5 - 4 + 0.25 */
+    f[1] = roundf(2.5f) + roundf(-0.5f);                       /* halves away from zero: 3 - 1 */
+    f[2] = __fdividef(1.0f, 4.0f) + rsqrtf(16.0f) + sqrtf(9.0f) + __expf(0.0f) + __logf(1.0f);
+    const uint4 u = make_uint4(1, 2, 3, 4);
+    const float4 v4 = make_float4(0.5f, 1.5f, 2.5f, 3.5f);
+    const float4 v = __ldg(&v4);
+    f[3] = (float)(u.x + u.y + u.z + u.w) + v.x + v.w;
+}
+
+static bool check_intrinsics() {
+    int *o = dev_alloc<int>(10);
+    float *f = dev_alloc<float>(4);
+    REQUIRE(o && f);
+    PL_LAUNCH(1, 1, 0, 0, intrinsics_kernel)(o, f);
+    REQUIRE(cudaGetLastError() == cudaSuccess);
+    std::vector<int> h = to_host(o, 10);
+    std::vector<float> hf = to_host(f, 4);
+    REQUIRE(h[0] == 16384 + 128 + 16129 + 2 + 5);
+    REQUIRE(h[1] == 255 + 0 + 510 + 255 + 1);
+    REQUIRE((unsigned)h[2] == 0xFFF075FDu);
+    REQUIRE((unsigned)h[3] == 0x77553311u);
+    REQUIRE((unsigned)h[4] == 0xC0000000u && h[5] == 1);
+    REQUIRE(h[6] == 5 && h[7] == -3 && h[8] == 10042);
+    REQUIRE(h[9] == 8 * 100 + 31 + (5 << 8));
+    REQUIRE(hf[0] == -1.25f && hf[1] == 2.0f && hf[2] == 0.25f + 0.25f + 3.0f + 1.0f + 0.0f && hf[3] == 14.0f);
+    cudaFree(o);
+    cudaFree(f);
     return true;
 }
 
@@ -536,6 +636,9 @@ int main(int argc, char **argv) {
     report("votes_and_partial_masks", check_votes());
     report("block_barrier_and_shared_memory", check_block_barrier());
     report("thread_indexing", check_indexing());
+    report("barrier_reductions", check_barrier_reductions());
+    report("thread_order_catches_missing_barriers", check_thread_order_catches_missing_barriers());
+    report("intrinsics", check_intrinsics());
     report("atomics", check_atomics());
     report("deadlock_exited_lanes", check_deadlock_exited_lanes());
     report("deadlock_crossed_barriers", check_deadlock_crossed_barriers());

@@ -7,7 +7,8 @@
    warnings as errors, and pl_cuda.h compiles as plain C. This is how CI, which has no GPU, catches CUDA
    build breaks.
 3. With a GPU and a PYLLM_CUDA=ON build (tools/cuda_device_check.sh): the kernels against the CPU's scalar
-   reference on random weights of odd shapes.
+   reference on random weights of odd shapes. Without one, tests/test_cuda_emulation.py runs this file
+   against a PYLLM_CUDA_EMULATE=ON build (the CPU emulation of CUDA), where these GPU tests run too.
 
 Tolerance of the GEMV comparisons. The GPU computes each block's (Q4_0 / Q8_0) or element's (F16 / BF16)
 term as the CPU does (an exact integer dot times the product of the scales; an exact widening times x)
@@ -317,7 +318,7 @@ def test_gpu_gemv_timing_is_a_duration():
     raw, _ = _weights(Q4_0, 256, 2048, rng)
     w = _engine.CudaWeight(Q4_0, 2048, 256, raw)
     sec = w.time_gemv(_activations(2048, rng), 20)
-    assert 0 < sec < 0.1  # a 256 x 2048 Q4_0 gemv takes microseconds
+    assert 0 < sec < 0.1  # a 256 x 2048 Q4_0 gemv takes microseconds (on the CPU emulation, a few milliseconds)
     with pytest.raises(ValueError, match="iters must be in 1..1000000, got 0"):
         w.time_gemv(np.zeros(2048, np.float32), 0)
 

@@ -72,7 +72,8 @@ def check_results(checks_binary):
     return results, r
 
 
-CHECKS = ["shuffles", "votes_and_partial_masks", "block_barrier_and_shared_memory", "thread_indexing", "atomics",
+CHECKS = ["shuffles", "votes_and_partial_masks", "block_barrier_and_shared_memory", "thread_indexing",
+          "barrier_reductions", "thread_order_catches_missing_barriers", "intrinsics", "atomics",
           "deadlock_exited_lanes", "deadlock_crossed_barriers", "mask_errors", "mma_needs_a_whole_warp",
           "launch_configuration", "memory_errors", "graph_capture_and_replay", "events", "device_properties"]
 
@@ -171,9 +172,11 @@ def emulated_package(tmp_path_factory):
                     ignore=shutil.ignore_patterns("_engine*.so", "_engine*.pyd", "__pycache__"))
     shutil.copy(so[0], stage / "pyllm")
     (stage / "tests").mkdir()
-    for f in ["conftest.py", *[os.path.basename(p) for p in glob.glob(os.path.join(TESTS, "test_cuda*.py"))]]:
-        if f != THIS:
-            shutil.copy(os.path.join(TESTS, f), stage / "tests" / f)
+    # the CUDA tests, and the helper modules and conftest.py they may import (no other test_*.py)
+    for p in glob.glob(os.path.join(TESTS, "*.py")):
+        f = os.path.basename(p)
+        if f != THIS and (f.startswith("test_cuda") or not f.startswith("test_")):
+            shutil.copy(p, stage / "tests" / f)
     os.symlink(os.path.join(TESTS, "fixtures"), stage / "tests" / "fixtures")
     for f in ("csrc", "bench"):  # what the tests read from the repository (sources, the benchmark)
         if os.path.isdir(os.path.join(REPO, f)):
@@ -184,9 +187,10 @@ def emulated_package(tmp_path_factory):
     return stage, build_s
 
 
-def _run_staged(stage, args, timeout):
+def _run_staged(stage, args, timeout, order="forward"):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(stage)
+    env["PYLLM_CUDA_EMU_ORDER"] = order
     env["PYTHONUNBUFFERED"] = "1"
     return subprocess.run([sys.executable, *args], cwd=stage, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -203,24 +207,31 @@ def test_extension_reports_the_emulated_device(emulated_package):
     assert "emulation" in dev["name"] and dev["compute_capability"] == [9, 0]
 
 
-def test_cuda_tests_pass_on_the_emulation(emulated_package):
-    """every tests/test_cuda*.py (but this file) against the emulated build: exit 0 and the GPU tests ran"""
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+def test_cuda_tests_pass_on_the_emulation(emulated_package, order):
+    """every tests/test_cuda*.py (but this file) against the emulated build: exit 0 and the GPU tests ran; then
+    the kernel tests (test_cuda.py) again with a block's threads taking turns from the last (a missing
+    __syncthreads() shows in one order or the other; the model-level tests are too slow to run twice)"""
     stage, build_s = emulated_package
     files = sorted(os.path.relpath(p, stage) for p in glob.glob(str(stage / "tests" / "test_cuda*.py")))
     assert "tests/test_cuda.py" in files and f"tests/{THIS}" not in files
+    if order == "reverse":
+        files = ["tests/test_cuda.py"]
     deselect = [a for d in BUILD_INDEPENDENT for a in ("--deselect", d)]
     t0 = time.monotonic()
     r = _run_staged(stage, ["-m", "pytest", *files, "-q", "-rs", "-p", "no:cacheprovider", *deselect,
-                            "--junitxml", str(stage / "junit.xml")], 1200)
+                            "--junitxml", str(stage / "junit.xml")], 1200, order)
     run_s = time.monotonic() - t0
     out = r.stdout + r.stderr
     summary = "\n".join(out.splitlines()[-60:])
-    print(f"emulated build {build_s:.1f} s, tests {run_s:.1f} s\n{summary}")
+    print(f"emulated build {build_s:.1f} s, tests ({order} order) {run_s:.1f} s\n{summary}")
     assert r.returncode == 0, f"the CUDA tests failed on the emulation (exit {r.returncode}):\n{summary}"
     xml = (stage / "junit.xml").read_text()
     cases = re.findall(r'<testcase [^>]*name="([^"]+)"[^>]*?(/>|>(.*?)</testcase>)', xml, flags=re.S)
     skipped = [(n, body) for n, _, body in cases if "<skipped" in body]
-    gpu_skips = [n for n, body in skipped if re.search(r"GPU|CUDA device|PYLLM_CUDA=ON build", body)]
+    # a skip for want of a device (not, say, a CPU-only check skipped because a device is there)
+    gpu_skips = [n for n, body in skipped
+                 if re.search(r"needs a (PYLLM_CUDA=ON build|CUDA device|GPU)|no CUDA device|built without CUDA", body)]
     assert not gpu_skips, f"GPU tests skipped on the emulation: {gpu_skips}\n{summary}"
     ran_gpu = [n for n, _, body in cases if n.startswith("test_gpu") and "<skipped" not in body]
     assert len(ran_gpu) >= 8, f"only {len(ran_gpu)} GPU tests ran:\n{summary}"

@@ -58,13 +58,19 @@ struct Fiber {
     const char *wait_name = nullptr;
 };
 
-const size_t kStackBytes = 128 * 1024;
+const size_t kStackBytes = 256 * 1024; /* address space only: pages are used as touched */
 
 struct Scheduler {
     std::vector<Fiber *> pool; /* fibers, reused by every launch */
     int n = 0;                 /* threads of the current block */
     int live = 0;              /* of them not exited */
     int block_waiting = 0;     /* at __syncthreads() */
+    int bar_count = 0;         /* of them with a true predicate (__syncthreads_count / _and / _or) */
+    std::vector<unsigned> warp_waiting; /* per warp: its lanes waiting at a warp collective */
+    std::vector<pl_emu::LaneSlot> slots; /* per thread: its shuffle / vote operands and result */
+    int bar_result = 0;        /* the last completed barrier's count: each thread reads it as it leaves */
+    int bar_arrived = 0;       /* and how many threads it waited for */
+    bool reverse = false;      /* run a block's threads from the last (PYLLM_CUDA_EMU_ORDER=reverse) */
     Fiber *cur = nullptr;      /* running, or null on the scheduler's own stack */
     void *sched_sp = nullptr;
 #if !PL_EMU_ASM_SWITCH
@@ -88,10 +94,11 @@ extern "C" void pl_emu_fiber_main(Fiber *f);
 /* pl_emu_switch(save, load): pushes the callee-saved registers of the System V x86-64 ABI (rbp rbx r12-r15)
  * and the SSE / x87 control words, stores rsp in *save, loads rsp = load and pops what that context pushed.
  * A new fiber's stack is laid out as if it had called pl_emu_switch, returning into pl_emu_fiber_start with
- * the Fiber * in r12 (see init_fiber). */
+ * the Fiber * in r12 (see init_fiber). Returning to another stack is what a CET shadow stack forbids: CMake
+ * compiles this file with -fcf-protection=none, so the extension is not marked shadow-stack compatible. */
 extern "C" void pl_emu_switch(void **save, void *load);
 extern "C" void pl_emu_fiber_start(void);
-__asm__(".text\n"
+__asm__(".pushsection .text\n"
         ".globl pl_emu_switch\n"
         ".hidden pl_emu_switch\n"
         ".type pl_emu_switch,@function\n"
@@ -125,7 +132,8 @@ __asm__(".text\n"
         "  movq %r12, %rdi\n"
         "  call pl_emu_fiber_main\n"
         "  ud2\n"
-        ".size pl_emu_fiber_start, .-pl_emu_fiber_start\n");
+        ".size pl_emu_fiber_start, .-pl_emu_fiber_start\n"
+        ".popsection\n");
 #else
 static void fiber_trampoline(unsigned lo, unsigned hi) {
     pl_emu_fiber_main((Fiber *)(((uintptr_t)hi << 32) | lo));
@@ -183,7 +191,7 @@ bool grow_pool(int n) {
 inline void run_fiber(Fiber *f) {
     S.cur = f;
     pl_emu::g_thread_idx = f->tid;
-    S.switches += 2;
+    S.switches += 2; /* in, and (eventually, from this or another fiber) back */
 #if PL_EMU_ASM_SWITCH
     pl_emu_switch(&S.sched_sp, f->sp);
 #else
@@ -201,6 +209,34 @@ inline void yield_fiber(Fiber *f) {
 #endif
 }
 
+/* the next runnable thread after index i in the turn order (wrapping round), or null */
+inline Fiber *next_runnable(int i) {
+    for (int k = 1; k <= S.n; k++) {
+        int j = S.reverse ? i - k : i + k;
+        j = j < 0 ? j + S.n : j >= S.n ? j - S.n : j;
+        if (S.pool[j]->state == RUNNABLE) return S.pool[j];
+    }
+    return nullptr;
+}
+
+/* the running fiber f cannot go on (it waits or exited): straight to the next runnable thread, one switch
+ * instead of two through the scheduler; to the scheduler when there is none (done, or a deadlock) */
+inline void pass_turn(Fiber *f) {
+    Fiber *g = next_runnable(f->index);
+    if (!g) {
+        yield_fiber(f);
+        return;
+    }
+    S.cur = g;
+    pl_emu::g_thread_idx = g->tid;
+    S.switches++;
+#if PL_EMU_ASM_SWITCH
+    pl_emu_switch(&f->sp, g->sp);
+#else
+    swapcontext(&f->uc, &g->uc);
+#endif
+}
+
 Fiber *need_fiber(const char *what) {
     if (!S.cur) {
         fprintf(stderr, "pyllm CUDA emulation: %s called outside a kernel\n", what);
@@ -212,7 +248,10 @@ Fiber *need_fiber(const char *what) {
 void release_block_barrier() {
     for (int i = 0; i < S.n; i++)
         if (S.pool[i]->state == WAIT_BLOCK) S.pool[i]->state = RUNNABLE;
+    S.bar_arrived = S.block_waiting;
     S.block_waiting = 0;
+    S.bar_result = S.bar_count;
+    S.bar_count = 0;
 }
 
 std::string vformat(const char *fmt, va_list ap) {
@@ -231,8 +270,8 @@ std::string dims(dim3 d) {
 std::string where() {
     std::string s = "kernel ";
     s += S.launch ? S.launch->name : "?";
-    s += ", block " + dims(dim3(pl_emu::g_block_idx)) + " of grid " + dims(pl_emu::g_grid_dim) + ", " +
-         std::to_string(S.n) + " threads per block";
+    s += ", block " + dims(dim3(pl_emu::g_block_idx)) + " of " + dims(pl_emu::g_grid_dim) + " x " +
+         std::to_string(S.n) + " threads";
     return s;
 }
 
@@ -266,10 +305,10 @@ std::string describe_threads() {
 }
 
 /* ---- warp collectives: the last lane to arrive computes every lane's result ---- */
-void complete_shfl(Fiber **w, unsigned mask, int op) {
+void complete_shfl(Fiber **w, pl_emu::LaneSlot *ws, unsigned mask, int op) {
     for (int l = 0; l < 32; l++) {
         if (!(mask >> l & 1)) continue;
-        pl_emu::ShflSlot *s = (pl_emu::ShflSlot *)w[l]->wait_slot;
+        pl_emu::ShflSlot *s = &ws[l].shfl;
         const int width = s->width;
         if (width < 1 || width > 32 || (width & (width - 1)))
             pl_emu::device_fail("%s: width must be a power of 2 in 1..32, got %d (thread %d)", w[l]->wait_name, width,
@@ -291,7 +330,7 @@ void complete_shfl(Fiber **w, unsigned mask, int op) {
         if (!(mask >> src & 1))
             pl_emu::device_fail("%s: thread %d (lane %d) reads lane %d, which is not in the mask 0x%08x", w[l]->wait_name,
                                 w[l]->index, l, src, mask);
-        s->out = ((pl_emu::ShflSlot *)w[src]->wait_slot)->value;
+        s->out = ws[src].shfl.value;
     }
 }
 
@@ -306,7 +345,7 @@ void complete_shfl(Fiber **w, unsigned mask, int op) {
  *   B: b0..b7 in b[0..1]; row (k) = threadID_in_group * 4 + (i & 3), plus 16 for i >= 4; col = groupID
  *   C, D: c0..c3; row = groupID for c0, c1 and groupID + 8 for c2, c3; col = threadID_in_group * 2 + (i & 1) */
 void complete_mma(Fiber **w) {
-    int A[16][32], B[32][8];
+    int A[16][32], Bt[8][32]; /* B transposed: column n of B is row n of Bt */
     for (int l = 0; l < 32; l++) {
         const pl_emu::MmaSlot *s = (const pl_emu::MmaSlot *)w[l]->wait_slot;
         const int g = l >> 2, t = l & 3;
@@ -315,21 +354,22 @@ void complete_mma(Fiber **w) {
             const int col = t * 4 + (i & 3) + (i >= 8 ? 16 : 0);
             A[row][col] = (int8_t)(uint8_t)(s->a[i >> 2] >> (8 * (i & 3)));
         }
-        for (int i = 0; i < 8; i++) B[t * 4 + (i & 3) + (i >= 4 ? 16 : 0)][g] = (int8_t)(uint8_t)(s->b[i >> 2] >> (8 * (i & 3)));
+        for (int i = 0; i < 8; i++) Bt[g][t * 4 + (i & 3) + (i >= 4 ? 16 : 0)] = (int8_t)(uint8_t)(s->b[i >> 2] >> (8 * (i & 3)));
     }
     for (int l = 0; l < 32; l++) {
         const pl_emu::MmaSlot *s = (const pl_emu::MmaSlot *)w[l]->wait_slot;
         const int g = l >> 2, t = l & 3;
         for (int i = 0; i < 4; i++) {
             const int row = i < 2 ? g : g + 8, col = t * 2 + (i & 1);
-            int64_t acc = 0;
-            for (int k = 0; k < 32; k++) acc += A[row][k] * B[k][col];
-            s->c[i] = (int)(uint32_t)((uint32_t)s->c[i] + (uint32_t)acc); /* s32 wraps */
+            int acc = 0; /* |sum| <= 32 * 128 * 128: no overflow */
+            for (int k = 0; k < 32; k++) acc += A[row][k] * Bt[col][k];
+            s->c[i] = (int)((uint32_t)s->c[i] + (uint32_t)acc); /* s32 wraps */
         }
     }
 }
 
-void complete_warp(Fiber **w, unsigned mask, int op) {
+/* w: the warp's fibers, ws: their slots (S.slots) */
+void complete_warp(Fiber **w, pl_emu::LaneSlot *ws, unsigned mask, int op) {
     switch (op) {
     case pl_emu::OP_SYNCWARP: break;
     case pl_emu::OP_BALLOT:
@@ -337,14 +377,14 @@ void complete_warp(Fiber **w, unsigned mask, int op) {
     case pl_emu::OP_ALL: {
         unsigned ballot = 0;
         for (int l = 0; l < 32; l++)
-            if ((mask >> l & 1) && ((pl_emu::VoteSlot *)w[l]->wait_slot)->pred) ballot |= 1u << l;
+            if ((mask >> l & 1) && ws[l].vote.pred) ballot |= 1u << l;
         const unsigned r = op == pl_emu::OP_BALLOT ? ballot : op == pl_emu::OP_ANY ? ballot != 0 : ballot == mask;
         for (int l = 0; l < 32; l++)
-            if (mask >> l & 1) ((pl_emu::VoteSlot *)w[l]->wait_slot)->out = r;
+            if (mask >> l & 1) ws[l].vote.out = r;
         break;
     }
     case pl_emu::OP_MMA_S8_16832: complete_mma(w); break;
-    default: complete_shfl(w, mask, op);
+    default: complete_shfl(w, ws, mask, op);
     }
 }
 
@@ -356,21 +396,25 @@ extern "C" void pl_emu_fiber_main(Fiber *f) {
         f->state = EXITED;
         S.live--;
         if (S.block_waiting > 0 && S.block_waiting == S.live) release_block_barrier();
-        yield_fiber(f);
+        pass_turn(f);
     }
 }
 
 namespace pl_emu {
 
-void syncthreads() {
+int syncthreads_count(int pred) {
     Fiber *f = need_fiber("__syncthreads()");
     f->state = WAIT_BLOCK;
+    S.bar_count += pred != 0;
     if (++S.block_waiting == S.live) {
         release_block_barrier();
-        return;
+        return S.bar_result;
     }
-    yield_fiber(f);
+    pass_turn(f);
+    return S.bar_result; /* no barrier completes again before every thread has left this one */
 }
+void syncthreads() { (void)syncthreads_count(0); }
+int barrier_arrivals() { return S.bar_arrived; }
 
 void warp_collective(unsigned mask, int op, void *slot, const char *name) {
     Fiber *f = need_fiber(name);
@@ -388,17 +432,35 @@ void warp_collective(unsigned mask, int op, void *slot, const char *name) {
     f->wait_slot = slot;
     f->wait_name = name;
     Fiber **w = &S.pool[warp0];
-    for (int l = 0; l < lanes; l++) {
-        if (!(mask >> l & 1)) continue;
-        const Fiber *g = w[l];
-        if (g->state != WAIT_WARP || g->wait_op != op || g->wait_mask != mask) {
-            yield_fiber(f); /* the last lane to arrive completes it for everyone */
-            return;
-        }
+    unsigned &arrived = S.warp_waiting[f->index >> 5];
+    arrived |= 1u << lane;
+    bool complete = (arrived & mask) == mask; /* every lane of the mask waits at a warp collective: which? */
+    for (int l = 0; complete && l < lanes; l++)
+        if ((mask >> l & 1) && (w[l]->wait_op != op || w[l]->wait_mask != mask)) complete = false;
+    if (!complete) {
+        pass_turn(f); /* the last lane to arrive completes it for everyone */
+        return;
     }
-    complete_warp(w, mask, op);
+    complete_warp(w, &S.slots[warp0], mask, op);
+    arrived &= ~mask;
     for (int l = 0; l < lanes; l++)
         if (mask >> l & 1) w[l]->state = RUNNABLE;
+}
+
+uint64_t shfl_bits(unsigned mask, uint64_t value, int arg, int width, int op, const char *name) {
+    ShflSlot &s = S.slots[need_fiber(name)->index].shfl;
+    s.value = value;
+    s.arg = arg;
+    s.width = width;
+    warp_collective(mask, op, &s, name);
+    return s.out;
+}
+
+unsigned vote(unsigned mask, int pred, int op, const char *name) {
+    VoteSlot &s = S.slots[need_fiber(name)->index].vote;
+    s.pred = pred;
+    warp_collective(mask, op, &s, name);
+    return s.out;
 }
 
 void device_fail(const char *fmt, ...) {
@@ -459,7 +521,8 @@ std::recursive_mutex M; /* recursive: a graph launch replays kernels through the
 cudaError_t g_last = cudaSuccess;    /* cudaGetLastError's */
 cudaError_t g_pending = cudaSuccess; /* a failed launch, not yet reported */
 cudaError_t g_detail_code = cudaSuccess;
-std::string g_detail; /* what went wrong, for cudaGetErrorString(g_detail_code) */
+std::string g_detail;         /* what went wrong, for cudaGetErrorString(g_detail_code) */
+std::string g_pending_detail; /* g_pending's, until it is reported */
 int g_device = 0;
 std::map<uintptr_t, size_t> g_allocs; /* device allocations: start -> bytes */
 std::map<uintptr_t, size_t> g_host_allocs;
@@ -487,14 +550,21 @@ cudaError_t fail(cudaError_t e, const char *fmt, ...) {
     return e;
 }
 cudaError_t plain(cudaError_t e) {
-    if (e != cudaSuccess) g_last = e;
+    if (e != cudaSuccess) {
+        g_last = e;
+        g_detail_code = cudaSuccess; /* no stale detail on this error's words */
+    }
     return e;
 }
 /* a failed launch is reported by the next call that waits for the device (and by cudaGetLastError) */
 cudaError_t report_pending() {
     const cudaError_t e = g_pending;
     g_pending = cudaSuccess;
-    if (e != cudaSuccess) g_last = e;
+    if (e != cudaSuccess) {
+        g_last = e;
+        g_detail_code = e;
+        g_detail = g_pending_detail;
+    }
     return e;
 }
 
@@ -566,22 +636,22 @@ bool run_block() {
     }
     S.live = S.n;
     S.block_waiting = 0;
+    S.warp_waiting.assign((size_t)(S.n + 31) / 32, 0u);
+    if (S.slots.size() < (size_t)S.n) S.slots.resize((size_t)S.n);
     if (S.smem_bytes) memset(S.smem.data(), 0xA5, S.smem_bytes); /* not zeros: shared memory starts undefined */
+    S.bar_count = 0;
+    /* the fibers pass the turn among themselves (pass_turn); back here when none can run */
     while (S.live > 0) {
-        bool ran = false;
-        for (int i = 0; i < S.n; i++) {
-            Fiber *f = S.pool[i];
-            if (f->state != RUNNABLE) continue;
-            ran = true;
+        Fiber *f = next_runnable(S.reverse ? 0 : S.n - 1); /* the first in turn order */
+        if (f) {
             run_fiber(f);
             if (S.failed) return false;
-        }
-        if (!ran) {
+        } else {
             S.failed = true;
-            S.fail_msg = "deadlock: no thread can proceed, a barrier can never complete (" + where() +
-                         "): " + describe_threads() +
-                         " (a __syncthreads() or warp collective that some threads never reach: inside a branch, "
-                         "after some returned, or a mask naming exited lanes)";
+            /* the threads' states first: messages are cut at PL_CUDA_ERRMSG_LEN (the whole one goes to stderr) */
+            S.fail_msg = "deadlock in " + where() + ": " + describe_threads() +
+                         "; no barrier can complete (a __syncthreads() or warp collective that some threads never "
+                         "reach: inside a branch, after some returned, or a mask naming exited lanes)";
             return false;
         }
     }
@@ -592,10 +662,19 @@ void run_kernel(const pl_emu::Launch &l, const std::function<void()> &body) {
     const int n = (int)(l.block.x * l.block.y * l.block.z);
     if (!grow_pool(n)) {
         g_pending = cudaErrorLaunchOutOfResources;
-        fail(cudaErrorLaunchOutOfResources, "kernel %s: no memory for the stacks of %d emulated threads", l.name, n);
-        g_last = cudaSuccess;
+        g_pending_detail = "kernel " + std::string(l.name) + ": no memory for the stacks of " + std::to_string(n) +
+                           " emulated threads";
         return;
     }
+    /* the order a block's threads take turns in: a missing __syncthreads() shows as a read of data not yet
+     * written, for readers of higher threads in the default order, of lower ones in reverse */
+    const char *order = getenv("PYLLM_CUDA_EMU_ORDER");
+    if (order && *order && strcmp(order, "forward") && strcmp(order, "reverse")) {
+        g_pending = cudaErrorLaunchFailure;
+        g_pending_detail = "PYLLM_CUDA_EMU_ORDER must be 'forward' or 'reverse', got '" + std::string(order) + "'";
+        return;
+    }
+    S.reverse = order && !strcmp(order, "reverse");
     pl_emu::g_grid_dim = l.grid;
     pl_emu::g_block_dim = l.block;
     S.n = n;
@@ -611,8 +690,8 @@ void run_kernel(const pl_emu::Launch &l, const std::function<void()> &body) {
                 if (!run_block()) {
                     reset_fibers_after_failure();
                     g_pending = cudaErrorLaunchFailure;
-                    g_detail_code = cudaErrorLaunchFailure;
-                    g_detail = S.fail_msg;
+                    g_pending_detail = S.fail_msg;
+                    fprintf(stderr, "pyllm CUDA emulation: launch failed: %s\n", S.fail_msg.c_str());
                     S.body = nullptr;
                     S.launch = nullptr;
                     return;
@@ -752,7 +831,7 @@ const char *cudaGetErrorString(cudaError_t e) {
     LOCK;
     static thread_local std::string s; /* valid until this thread's next call */
     s = generic_string(e);
-    if (e != cudaSuccess && e == g_detail_code && !g_detail.empty()) s += " [pyllm CPU emulation: " + g_detail + "]";
+    if (e != cudaSuccess && e == g_detail_code && !g_detail.empty()) s += " [CPU emulation: " + g_detail + "]";
     return s.c_str();
 }
 

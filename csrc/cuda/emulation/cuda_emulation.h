@@ -10,7 +10,9 @@
  * the next runtime call. Device memory is host heap. The runtime's calls check their arguments (device
  * pointer ranges included) and emulate streams, events and CUDA graphs (stream capture records, graph
  * launches replay). What this cannot check: memory-model races (nothing runs concurrently), timing, real
- * PTX (inline asm must have a PL_CUDA_EMULATED branch, see cuda_common.cuh). */
+ * PTX (inline asm must have a PL_CUDA_EMULATED branch, see cuda_common.cuh). __CUDA_ARCH__ and __CUDACC__
+ * are not defined here, so code under #ifdef __CUDA_ARCH__ is left out as in nvcc's host pass. A fiber has
+ * a 256 KiB stack behind a guard page: a kernel that overflows it crashes rather than corrupting memory. */
 #ifndef PYLLM_CUDA_EMULATION_H
 #define PYLLM_CUDA_EMULATION_H
 
@@ -44,6 +46,7 @@
 #define __shared__ static /* one block runs at a time: a static is that block's shared memory */
 #define __constant__
 #define __managed__
+#define __align__(n) __attribute__((aligned(n)))
 
 /* ---------------------------------------------------------------- vector types */
 struct uint3 {
@@ -262,6 +265,8 @@ extern dim3 g_block_dim, g_grid_dim;
 enum WarpOp { OP_SYNCWARP, OP_SHFL, OP_SHFL_UP, OP_SHFL_DOWN, OP_SHFL_XOR, OP_BALLOT, OP_ANY, OP_ALL, OP_MMA_S8_16832 };
 
 void syncthreads();
+int syncthreads_count(int pred); /* the barrier, and how many threads passed a true pred */
+int barrier_arrivals();           /* how many threads the barrier just left waited for */
 /* a warp collective: waits until every lane of mask has reached one with the same op and mask; slot is this
  * lane's in/out data (the type the op's completion reads) */
 void warp_collective(unsigned mask, int op, void *slot, const char *name);
@@ -274,6 +279,10 @@ struct ShflSlot {
 struct VoteSlot {
     int pred;
     unsigned out;
+};
+union LaneSlot {
+    ShflSlot shfl;
+    VoteSlot vote;
 };
 struct MmaSlot {
     const unsigned *a, *b;
@@ -309,25 +318,19 @@ static inline Launcher<P...> make_launcher(dim3 grid, dim3 block, size_t smem, c
     return Launcher<P...>{Launch{grid, block, smem, stream, name, reinterpret_cast<const void *>(kernel)}, kernel};
 }
 
+/* the shuffles' and votes' collectives, with each lane's slot in one array (not on the lanes' own stacks) */
+uint64_t shfl_bits(unsigned mask, uint64_t value, int arg, int width, int op, const char *name);
+unsigned vote(unsigned mask, int pred, int op, const char *name);
 template <class T>
 static inline T shfl(unsigned mask, T v, int arg, int width, int op, const char *name) {
     static_assert(std::is_trivially_copyable<T>::value && (sizeof(T) == 4 || sizeof(T) == 8),
                   "warp shuffles move 32- or 64-bit values");
-    ShflSlot s;
-    s.value = 0;
-    memcpy(&s.value, &v, sizeof(T));
-    s.arg = arg;
-    s.width = width;
-    s.out = 0;
-    warp_collective(mask, op, &s, name);
+    uint64_t bits = 0;
+    memcpy(&bits, &v, sizeof(T));
+    bits = shfl_bits(mask, bits, arg, width, op, name);
     T out;
-    memcpy(&out, &s.out, sizeof(T));
+    memcpy(&out, &bits, sizeof(T));
     return out;
-}
-static inline unsigned vote(unsigned mask, int pred, int op, const char *name) {
-    VoteSlot s{pred, 0};
-    warp_collective(mask, op, &s, name);
-    return s.out;
 }
 } // namespace pl_emu
 
@@ -345,6 +348,12 @@ static constexpr int warpSize = 32;
 
 /* ---------------------------------------------------------------- barriers and warp collectives */
 static inline void __syncthreads() { pl_emu::syncthreads(); }
+static inline int __syncthreads_count(int pred) { return pl_emu::syncthreads_count(pred); }
+static inline int __syncthreads_or(int pred) { return pl_emu::syncthreads_count(pred) != 0; }
+static inline int __syncthreads_and(int pred) {
+    const int n = pl_emu::syncthreads_count(pred);
+    return n == pl_emu::barrier_arrivals();
+}
 static inline void __syncwarp(unsigned mask = 0xffffffffu) {
     pl_emu::warp_collective(mask, pl_emu::OP_SYNCWARP, nullptr, "__syncwarp");
 }
