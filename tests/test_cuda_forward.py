@@ -132,14 +132,19 @@ def test_dense_architectures_match_the_cpu(arch, checkpoint):
 
 
 @gpu
-def test_a_long_prompt_uses_several_attention_splits():
-    """more than 256 keys per query: the attention is split over the keys and the splits combined"""
+def test_a_long_prompt_uses_several_attention_splits(monkeypatch):
+    """more than 256 keys per query: the attention is split over the keys and the splits combined; and,
+    with the partials' memory budget cut to 20 tokens' worth, run in chunks of tokens"""
     cpu = pyllm.load(quant="f16", n_ctx=320)
     cuda = pyllm.load(quant="f16", n_ctx=320, device="cuda")
     ids = (cpu.tokenize(PROMPT) * 10)[:300]
     seq_c, seq_g = cpu.sequence(), cuda.sequence()
-    assert_logits_close(seq_g.append(ids), seq_c.append(ids), "300-token prompt", FLOAT_TOL)
+    want = seq_c.append(ids)
+    assert_logits_close(seq_g.append(ids), want, "300-token prompt", FLOAT_TOL)
     assert_logits_close(seq_g.append([5]), seq_c.append([5]), "decode after 300 tokens", FLOAT_TOL)
+    monkeypatch.setenv("PYLLM_CUDA_ATT_BUDGET", str(20 * 2 * 256 * 4))  # 2 splits x q_dim 256 x fp32
+    seq_g.reset()
+    assert_logits_close(seq_g.append(ids), want, "300-token prompt, attention in chunks", FLOAT_TOL)
 
 
 @gpu

@@ -41,6 +41,16 @@ static int matmul_shared_input(pl_cuda_model *m, const pl_cuda_weight *const *ws
         if (call) return -1; \
     } while (0)
 
+/* tokens per attention launch: as many as PL_ATT_BUDGET_BYTES of partial outputs hold
+ * (PYLLM_CUDA_ATT_BUDGET=bytes overrides it: the tests make long prompts take several launches) */
+static int att_chunk(const pl_cuda_model *m, int n_splits) {
+    const size_t per_token = (size_t)n_splits * m->c.n_heads * m->c.head_dim * sizeof(float);
+    const char *env = getenv("PYLLM_CUDA_ATT_BUDGET");
+    const long long budget = env ? atoll(env) : 0;
+    const size_t n = (budget > 0 ? (size_t)budget : PL_ATT_BUDGET_BYTES) / per_token;
+    return n < 1 ? 1 : n > (1 << 20) ? (1 << 20) : (int)n;
+}
+
 /* every kernel of one forward from the embedding to the logits on the device, enqueued on m->stream (or
  * recorded into a graph while the stream captures). Reads the batch from m->s.ids / m->s.views. */
 static int enqueue_forward(pl_cuda_model *m, int nt, int n_out, int n_splits, char *err) {
@@ -60,7 +70,12 @@ static int enqueue_forward(pl_cuda_model *m, int nt, int n_out, int n_splits, ch
             TRY(matmul_shared_input(m, ws, ys, ld, 3, s->xb, nt, err));
         }
         TRY(pl_cuda_qkv_finish(m, L, l, s->q, s->k, s->v, nt, d_pos, d_seq, s->views, err));
-        TRY(pl_cuda_attention(m, l, s->q, s->q, nt, n_splits, d_pos, d_seq, s->views, err));
+        const int chunk = att_chunk(m, n_splits);
+        for (int c0 = 0; c0 < nt; c0 += chunk) {
+            const int cn = nt - c0 < chunk ? nt - c0 : chunk;
+            float *qc = s->q + (size_t)c0 * qd;
+            TRY(pl_cuda_attention(m, l, qc, qc, cn, n_splits, d_pos + c0, d_seq + c0, s->views, err));
+        }
         TRY(matmul(m, &L->wo, s->q, nt, s->xb, c->dim, 0, err));
         TRY(pl_cuda_residual(m, s->x, s->xb, c->o_bias ? L->bo : NULL, nt, L->ffn_norm, s->xb, err));
         {
@@ -177,7 +192,9 @@ int pl_cuda_forward(pl_cuda_model *m, pl_cuda_kv *const *kvs, int n_kv, int n_to
     if (c->sliding_window > 0 && c->sliding_window < ctx) ctx = c->sliding_window;
     const int n_splits = ((use_graph ? ctx : max_len) + PL_ATT_SPLIT - 1) / PL_ATT_SPLIT;
     /* (a reallocation drops the graphs) */
-    TRY(pl_cuda_scratch_reserve(m, use_graph && nt < GRAPH_MAX_TOKENS ? GRAPH_MAX_TOKENS : nt, n_kv, n_splits, err));
+    const int cap = use_graph && nt < GRAPH_MAX_TOKENS ? GRAPH_MAX_TOKENS : nt;
+    const int chunk = att_chunk(m, n_splits);
+    TRY(pl_cuda_scratch_reserve(m, cap, n_kv, (int64_t)(cap < chunk ? cap : chunk) * n_splits, err));
     pl_cuda_scratch *s = &m->s;
 
     /* the batch to the device: token, pos, seq, out (4 x cap_tokens int32), then the caches */

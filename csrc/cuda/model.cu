@@ -228,13 +228,13 @@ void pl_cuda_model_free(pl_cuda_model *m) {
     free(m);
 }
 
-/* forward.c's scratch, grown to nt tokens, n_seq sequences and n_splits attention splits */
-int pl_cuda_scratch_reserve(pl_cuda_model *m, int nt, int n_seq, int n_splits, char *err) {
+/* forward.cu's scratch, grown to nt tokens, n_seq sequences and att (token, split) attention partials */
+int pl_cuda_scratch_reserve(pl_cuda_model *m, int nt, int n_seq, int64_t att, char *err) {
     pl_cuda_scratch *s = &m->s;
-    if (nt <= s->cap_tokens && n_seq <= s->cap_seqs && n_splits <= s->cap_splits) return 0;
+    if (nt <= s->cap_tokens && n_seq <= s->cap_seqs && att <= s->cap_att) return 0;
     const pl_cuda_config *c = &m->c;
     const int T = nt > s->cap_tokens ? nt : s->cap_tokens, S = n_seq > s->cap_seqs ? n_seq : s->cap_seqs;
-    const int P = n_splits > s->cap_splits ? n_splits : s->cap_splits;
+    const int64_t P = att > s->cap_att ? att : s->cap_att;
     cudaStreamSynchronize(m->stream); /* the old buffers may still be in use */
     pl_cuda_graphs_free(m);           /* and the graphs point into them */
     scratch_free(s);
@@ -251,8 +251,8 @@ int pl_cuda_scratch_reserve(pl_cuda_model *m, int nt, int n_seq, int n_splits, c
         pl_cuda_alloc((void **)&s->hb, (size_t)T * c->hidden_dim * f, err) ||
         pl_cuda_alloc((void **)&s->hb2, (size_t)T * c->hidden_dim * f, err) ||
         pl_cuda_alloc(&s->act, (size_t)T * widest + (size_t)T * (widest / PL_CUDA_QK + 1) * f + 16, err) ||
-        pl_cuda_alloc((void **)&s->att_o, (size_t)T * qd * P * f, err) ||
-        pl_cuda_alloc((void **)&s->att_ml, (size_t)T * c->n_heads * P * 2 * f, err) ||
+        pl_cuda_alloc((void **)&s->att_o, (size_t)P * qd * f, err) ||
+        pl_cuda_alloc((void **)&s->att_ml, (size_t)P * c->n_heads * 2 * f, err) ||
         pl_cuda_alloc((void **)&s->logits, (size_t)T * c->n_vocab * f, err) || pl_cuda_alloc((void **)&s->ids, ids_bytes, err) ||
         pl_cuda_alloc((void **)&s->views, views_bytes, err) ||
         pl_cuda_fail(cudaMallocHost(&s->host, ids_bytes + views_bytes), "pinned host memory for the batch", err)) {
@@ -261,6 +261,6 @@ int pl_cuda_scratch_reserve(pl_cuda_model *m, int nt, int n_seq, int n_splits, c
     }
     s->cap_tokens = T;
     s->cap_seqs = S;
-    s->cap_splits = P;
+    s->cap_att = P;
     return 0;
 }

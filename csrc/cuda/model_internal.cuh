@@ -27,7 +27,8 @@ struct pl_cuda_kv {
 
 /* the forward's device scratch, sized for cap_tokens rows and cap_seqs sequences, grown on demand */
 typedef struct {
-    int cap_tokens, cap_seqs, cap_splits;
+    int cap_tokens, cap_seqs;
+    int64_t cap_att;                       /* (token, split) pairs att_o / att_ml hold */
     float *x, *xb, *q, *k, *v, *hb, *hb2; /* [tokens][dim | q_dim | kv_dim | hidden] */
     void *act;                             /* Q8_0 activations of the widest input */
     float *att_o, *att_ml;                 /* attention's per-split partial outputs, (max, sum) pairs */
@@ -82,8 +83,12 @@ int pl_cuda_attention(const pl_cuda_model *m, int l, const float *q, float *out,
                       const int32_t *pos, const int32_t *seq, const pl_cuda_kv_view *views, char *err);
 /* once per model (before any capture): the attention kernel's shared memory limit for this config */
 int pl_cuda_attention_setup(const pl_cuda_model *m, char *err);
-/* ---- model.cu: grows m->s to nt tokens, n_seq sequences, n_splits attention splits ---- */
-int pl_cuda_scratch_reserve(pl_cuda_model *m, int nt, int n_seq, int n_splits, char *err);
+/* ---- model.cu: grows m->s to nt tokens, n_seq sequences and att (token, split) pairs of attention
+ * partials ---- */
+int pl_cuda_scratch_reserve(pl_cuda_model *m, int nt, int n_seq, int64_t att, char *err);
+/* bytes of attention partials a forward may hold at once: a long prompt's attention runs in chunks of
+ * tokens that fit (each token needs n_splits x q_dim floats) */
+#define PL_ATT_BUDGET_BYTES ((size_t)64 << 20)
 /* ---- gemm_mma.cu: pl_cuda_matmul_quant_launch's contract on the tensor cores (sm_80+), for many tokens */
 int pl_cuda_gemm_mma_launch(const pl_cuda_weight *w, const void *act, int nt, float *y, int ldy, cudaStream_t st,
                             char *err);
