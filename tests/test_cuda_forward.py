@@ -190,6 +190,51 @@ def test_what_the_gpu_cannot_run_yet_is_refused_by_name(checkpoint):
         pyllm.load(checkpoint("phi3-longrope"), n_ctx=64, device="cuda")
 
 
+@gpu
+def test_the_server_runs_on_the_device():
+    """the OpenAI-compatible server over a device model (127.0.0.1 only): two concurrent completions equal
+    the CPU model's"""
+    import socket
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    import uvicorn
+
+    from pyllm.serving.server import create_app
+
+    cpu = pyllm.load(quant="q8_0", n_ctx=256)
+    cuda = pyllm.load(quant="q8_0", n_ctx=256, device="cuda")
+    prompts = ["ROMEO:\n", "JULIET:\nO Romeo"]
+    want = [cpu.complete(p, max_tokens=12, temperature=0).text for p in prompts]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    server = uvicorn.Server(uvicorn.Config(create_app(cuda), log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs=dict(sockets=[sock]), daemon=True)
+    thread.start()
+    try:
+        t0 = time.monotonic()
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() - t0 < 60, "the server did not start"
+            time.sleep(0.01)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1/completions"
+
+        def complete(prompt):
+            r = httpx.post(url, json={"prompt": prompt, "max_tokens": 12, "temperature": 0}, timeout=300)
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0]["text"]
+
+        with ThreadPoolExecutor(2) as ex:
+            assert list(ex.map(complete, prompts)) == want
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+        sock.close()
+        cuda.close()
+
+
 # ---------------------------------------------------------------- everywhere
 def test_cpu_models_are_not_changed_by_the_cuda_option():
     m = pyllm.load(quant="q8_0", n_ctx=64)
