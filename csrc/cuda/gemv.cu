@@ -1,6 +1,7 @@
 /* gemv.cu: pl_cuda_gemv, decode's y = W x on the device: checks the weight, the pointers and their
- * alignment, quantizes x to Q8_0 for Q4_0 / Q8_0 weights (as the CPU path does), and launches the
- * weight type's kernel (gemv_quant.cu, gemv_float16.cu: F32 / F16 / BF16). */
+ * alignment, quantizes x to Q8_0 for Q4_0 / Q8_0 weights and to Q8_K for Q4_K / Q5_K / Q6_K (as the CPU
+ * path does), and launches the weight type's kernel (gemv_quant.cu, gemv_kquant.cu, gemv_float16.cu:
+ * F32 / F16 / BF16). */
 #include "model_internal.cuh"
 
 int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, char *err) {
@@ -17,6 +18,13 @@ int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, c
         if (pl_cuda_quantize_q8_0(x, w->ne0, act, err)) return -1;
         return pl_cuda_matmul_quant_launch(w, act, 1, y, (int)w->ne1, 0, err);
     }
+    if (pl_cuda_act_form(w->type) == PL_CUDA_Q8_K) {
+        if (!act) return PL_CUDA_ERR("gemv: Q4_K / Q5_K / Q6_K weights need an activation scratch of %zu bytes",
+                                     pl_cuda_act_bytes(w->type, w->ne0));
+        if ((uintptr_t)act % 16) return PL_CUDA_ERR("gemv: the activation scratch must be 16-byte aligned");
+        if (pl_cuda_quantize_q8_k_on(x, w->ne0, act, 0, err)) return -1;
+        return pl_cuda_matmul_kquant_launch(w, act, 1, y, (int)w->ne1, 0, err);
+    }
     return pl_cuda_matmul_float_launch(w, x, 1, (int)w->ne0, y, (int)w->ne1, 0, err);
 }
 
@@ -31,6 +39,12 @@ int pl_cuda_gemm(const pl_cuda_weight *w, const float *x, int nt, float *y, void
         if (pl_cuda_quantize_q8_0_on(x, (int64_t)nt * w->ne0, act, 0, err)) return -1;
         if (nt >= PL_MMA_MIN_TOKENS) return pl_cuda_gemm_mma_launch(w, act, nt, y, (int)w->ne1, 0, err);
         return pl_cuda_matmul_quant_launch(w, act, nt, y, (int)w->ne1, 0, err);
+    }
+    if (pl_cuda_act_form(w->type) == PL_CUDA_Q8_K) {
+        if (!act || (uintptr_t)act % 16)
+            return PL_CUDA_ERR("gemm: Q4_K / Q5_K / Q6_K weights need a 16-byte aligned activation scratch");
+        if (pl_cuda_quantize_q8_k_on(x, (int64_t)nt * w->ne0, act, 0, err)) return -1;
+        return pl_cuda_matmul_kquant_launch(w, act, nt, y, (int)w->ne1, 0, err);
     }
     return pl_cuda_matmul_float_launch(w, x, nt, (int)w->ne0, y, (int)w->ne1, 0, err);
 }

@@ -29,7 +29,7 @@ struct pl_cuda_kv {
 typedef struct {
     int cap_tokens, cap_seqs, cap_splits;
     float *x, *xb, *q, *k, *v, *hb, *hb2; /* [tokens][dim | q_dim | kv_dim | hidden] */
-    void *act;                             /* Q8_0 activations of the widest input */
+    void *act;                             /* Q8_0 or Q8_K activations of the widest input */
     float *att_o, *att_ml;                 /* attention's per-split partial outputs, (max, sum) pairs */
     float *logits;                         /* [tokens][n_vocab] */
     int32_t *ids;                          /* token, pos, seq, out: 4 x cap_tokens (device) */
