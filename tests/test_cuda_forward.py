@@ -13,7 +13,10 @@ range (measured on the shipped model: 2e-7 to 7e-7), so FLOAT_TOL = 2e-5. Two ro
 last-bit difference into a step when a value lies at a rounding boundary: the fp16 KV cache (one fp16
 ulp, 2^-10 relative, in one key or value: measured 7e-5 of the logits' range, FP16_KV_TOL = 1e-3) and the
 Q8_0 quantization of activations for Q4_0 / Q8_0 weights (one whole quantization step, 1/127 of a block's
-largest value, in one activation: measured up to 4e-3, QUANT_TOL = 1.5e-2). A kernel bug (a wrong index, a
+largest value, in one activation: measured up to 4e-3, QUANT_TOL = 1.5e-2). The K-quants (Q4_K / Q5_K / Q6_K,
+the q4_k_m / q5_k_m / q6_k mixes) are multiplied with Q8_K activations, whose step is 1/127 of a 256-value
+super-block's largest value, larger than a 32-value block's: one flip measured up to 8.6e-3 (q4_k_m on the
+256-wide checkpoint below, 4 prompts x 40 rows; most rows within 3e-7), KQUANT_TOL = 2.5e-2. A kernel bug (a wrong index, a
 missing term, a wrong scale) shows as errors of the order of the logits themselves. Where the CPU's top
 two logits are further apart than twice the tolerance, the top token must be the same.
 """
@@ -30,12 +33,14 @@ HAVE_GPU = INFO["built"] and INFO["devices"] > 0
 gpu = pytest.mark.skipif(not HAVE_GPU, reason="needs a PYLLM_CUDA=ON build and a CUDA device (or the CPU "
                          "emulation build): " + (INFO["error"] or ""))
 
-FLOAT_TOL, FP16_KV_TOL, QUANT_TOL = 2e-5, 1e-3, 1.5e-2
+FLOAT_TOL, FP16_KV_TOL, QUANT_TOL, KQUANT_TOL = 2e-5, 1e-3, 1.5e-2, 2.5e-2
 
 
 def tol_for(quant, kv_type="f32"):
     if quant in ("q8_0", "q4_0"):
         return QUANT_TOL
+    if quant in ("q4_k_m", "q5_k_m", "q6_k"):
+        return KQUANT_TOL
     return FP16_KV_TOL if kv_type == "f16" else FLOAT_TOL
 PROMPT = ("ROMEO:\nBut soft, what light through yonder window breaks? It is the east, and Juliet is the sun.\n"
           "JULIET:\n")
@@ -63,8 +68,10 @@ def all_logits(model, ids):
 
 # ---------------------------------------------------------------- on a device
 @gpu
-@pytest.mark.parametrize("quant", [None, "f32", "f16", "q8_0", "q4_0"])
+@pytest.mark.parametrize("quant", [None, "f32", "f16", "q8_0", "q4_0", "q6_k"])
 def test_shipped_model_logits_match_the_cpu(quant):
+    """q6_k: Q6_K everywhere its 256-weight super-blocks divide the rows (the embedding, LM head, attention
+    and gate / up), Q8_0 for the 704-wide FFN down"""
     cpu = pyllm.load(quant=quant, n_ctx=256)
     cuda = pyllm.load(quant=quant, n_ctx=256, device="cuda")
     assert cuda.device == "cuda" and "device=cuda" in repr(cuda)
@@ -80,13 +87,44 @@ def test_shipped_model_logits_match_the_cpu(quant):
 
 
 @gpu
-@pytest.mark.parametrize("quant", [None, "q8_0", "q4_0"])
+@pytest.mark.parametrize("quant", [None, "q8_0", "q4_0", "q6_k"])
 def test_greedy_continuation_equals_the_cpu(quant):
     cpu = pyllm.load(quant=quant, n_ctx=256)
     cuda = pyllm.load(quant=quant, n_ctx=256, device="cuda")
     want = cpu.generate_tokens(PROMPT, max_tokens=40, temperature=0)
     got = cuda.generate_tokens(PROMPT, max_tokens=40, temperature=0)
     assert len(want) == 40 and got == want
+
+
+@pytest.fixture(scope="module")
+def kquant_checkpoint(tmp_path_factory):
+    """a Llama 2 shaped checkpoint whose every matrix has rows of whole 256-weight super-blocks (the shipped
+    model's 704-wide FFN down falls back to Q5_0 / Q5_1 in q4_k_m / q5_k_m, which the GPU does not run), so
+    the mixes hold only K-quants; a 2048-token vocabulary keeps the LM head small under the emulation"""
+    from conftest import build_checkpoint
+
+    return build_checkpoint("llama2", "float32", str(tmp_path_factory.mktemp("llama2-256")), hidden_size=256,
+                            intermediate_size=512, num_attention_heads=8, num_key_value_heads=4, vocab_size=2048)
+
+
+@gpu
+@pytest.mark.parametrize("quant", ["q4_k_m", "q5_k_m"])
+def test_kquant_mixes_match_the_cpu(quant, kquant_checkpoint):
+    """q4_k_m: Q4_K embedding and matrices, Q6_K LM head and (layer 0) V and FFN down; q5_k_m: the same with
+    Q5_K. Every row of a prompt (the batched GEMV), decode steps, and a greedy continuation."""
+    cpu = pyllm.load(kquant_checkpoint, quant=quant, n_ctx=128)
+    cuda = pyllm.load(kquant_checkpoint, quant=quant, n_ctx=128, device="cuda")
+    from pyllm.quant_mixes import plan_types
+
+    assert set(plan_types(cpu.config, quant).values()) == ({0, 12, 14} if quant == "q4_k_m" else {0, 13, 14})  # F32 norms
+    rng = np.random.default_rng(3)
+    ids = rng.integers(3, 2048, size=40).tolist()
+    seq_c, seq_g = cpu.sequence(), cuda.sequence()
+    assert_logits_close(seq_g.append(ids, all_logits=True), seq_c.append(ids, all_logits=True), quant, KQUANT_TOL)
+    for t in (17, 901):
+        assert_logits_close(seq_g.append([t]), seq_c.append([t]), f"{quant}, decode", KQUANT_TOL)
+    want = cpu.generate_tokens(ids[:8], max_tokens=16, temperature=0)
+    assert len(want) == 16 and cuda.generate_tokens(ids[:8], max_tokens=16, temperature=0) == want
 
 
 @gpu
@@ -177,8 +215,10 @@ def test_prompt_longer_than_the_context_is_refused():
 
 @gpu
 def test_what_the_gpu_cannot_run_yet_is_refused_by_name(checkpoint):
-    with pytest.raises(pyllm.DeviceError, match="device='cuda': .*weight type .* has no GPU kernels yet.*q8_0"):
-        pyllm.load(quant="q4_k_m", n_ctx=64, device="cuda")
+    with pytest.raises(pyllm.DeviceError, match="device='cuda': .*weight type 23 has no GPU kernels yet.*q8_0"):
+        pyllm.load(quant="iq4_xs", n_ctx=64, device="cuda")  # IQ4_XS
+    with pytest.raises(pyllm.DeviceError, match="device='cuda': .*ffn_down: weight type 6 has no GPU kernels"):
+        pyllm.load(quant="q4_k_m", n_ctx=64, device="cuda")  # the 704-wide FFN down falls back to Q5_0
     with pytest.raises(pyllm.DeviceError, match="mixture-of-experts"):
         pyllm.load(checkpoint("mixtral"), n_ctx=64, device="cuda")
     with pytest.raises(pyllm.DeviceError, match="LongRoPE"):
