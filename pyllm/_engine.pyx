@@ -887,8 +887,8 @@ def cuda_mma_s8_m16n8k32(a, b, c):
     return d
 
 cdef class CudaWeight:
-    """A weight matrix uploaded to the GPU once (F32, F16, BF16, Q4_0, Q8_0, Q4_K, Q5_K or Q6_K rows as pyllm
-    stores them: ne1 rows of ne0 elements), and decode's y = W x on it (gemv)."""
+    """A weight matrix uploaded to the GPU once (F32, F16, BF16, Q4_0, Q8_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K or
+    Q6_K rows as pyllm stores them: ne1 rows of ne0 elements), and decode's y = W x on it (gemv)."""
     cdef pl_cuda_weight w
     cdef readonly int type_id
     cdef readonly int64_t ne0, ne1
@@ -923,8 +923,8 @@ cdef class CudaWeight:
         return _to_device(a), _DeviceBuffer(<size_t>self.ne1 * 4), (_DeviceBuffer(ab) if ab else None)
 
     def gemv(self, x):
-        """y = W x for one float32 vector x of ne0 values, on the GPU (Q4_0 / Q8_0: x quantized to Q8_0
-        there first, the K-quants to Q8_K, as the CPU path does); returns ne1 float32 values."""
+        """y = W x for one float32 vector x of ne0 values, on the GPU (the 32-weight block types: x quantized
+        to Q8_0 there first, the K-quants to Q8_K, as the CPU path does); returns ne1 float32 values."""
         cdef _DeviceBuffer dx, dy, dact
         dx, dy, dact = self._buffers(x, "gemv")
         cdef _Err e = _Err()

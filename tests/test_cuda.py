@@ -10,7 +10,7 @@
    reference on random weights of odd shapes. Without one, tests/test_cuda_emulation.py runs this file
    against a PYLLM_CUDA_EMULATE=ON build (the CPU emulation of CUDA), where these GPU tests run too.
 
-Tolerance of the GEMV comparisons. The GPU computes each block's (Q4_0 / Q8_0), super-block's (Q4_K / Q5_K /
+Tolerance of the GEMV comparisons. The GPU computes each block's (Q4_0 / Q8_0 / Q4_1 / Q5_0 / Q5_1), super-block's (Q4_K / Q5_K /
 Q6_K: exact integer sums of the scaled sub-block dots and of the mins, then the CPU's float operations in its
 order, unfused) or element's (F16 / BF16) term as the CPU does (an exact integer dot times the product of the
 scales; an exact widening times x)
@@ -45,14 +45,18 @@ INFO = _engine.cuda_info()
 HAVE_GPU = INFO["built"] and INFO["devices"] > 0
 
 F32, F16, Q4_0, Q8_0, BF16 = 0, 1, 2, 8, 30
+Q4_1, Q5_0, Q5_1 = 3, 6, 7
 Q4_K, Q5_K, Q6_K, Q8_K = 12, 13, 14, 15
+BLOCK32 = (Q4_0, Q8_0, Q4_1, Q5_0, Q5_1)  # 32-weight blocks against Q8_0 activations
 KQUANTS = (Q4_K, Q5_K, Q6_K)
-TYPE_NAMES = {F32: "f32", F16: "f16", BF16: "bf16", Q4_0: "q4_0", Q8_0: "q8_0", Q4_K: "q4_k", Q5_K: "q5_k", Q6_K: "q6_k"}
+TYPE_NAMES = {F32: "f32", F16: "f16", BF16: "bf16", Q4_0: "q4_0", Q8_0: "q8_0", Q4_1: "q4_1", Q5_0: "q5_0", Q5_1: "q5_1",
+              Q4_K: "q4_k", Q5_K: "q5_k", Q6_K: "q6_k"}
+ALL_TYPES = [Q4_0, Q8_0, F32, F16, BF16, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K]
 
 
 def _terms(type_id, n):
     """K: the number of fp32-summed terms of a row's dot (blocks, super-blocks or elements)"""
-    return n // 32 if type_id in (Q4_0, Q8_0) else n // 256 if type_id in KQUANTS else n
+    return n // 32 if type_id in BLOCK32 else n // 256 if type_id in KQUANTS else n
 
 
 # ---------------------------------------------------------------- 1. the device argument, everywhere
@@ -161,7 +165,7 @@ def test_there_are_cuda_sources():
     names = {os.path.basename(p) for p in CU_FILES}
     assert {"device.cu", "memory.cu", "weight_upload.cu", "quantize_q8_0.cu", "gemv.cu", "gemv_quant.cu",
             "gemv_float16.cu", "gemv_timing.cu", "model.cu", "kv_cache.cu", "layer_kernels.cu", "attention.cu",
-            "forward.cu", "quantize_q8_k.cu", "gemv_kquant.cu"} <= names
+            "forward.cu", "quantize_q8_k.cu", "gemv_kquant.cu", "gemv_legacy.cu"} <= names
 
 
 def test_every_cuda_file_compiles_for_sm80_and_sm90(nvcc_works, tmp_path):
@@ -282,7 +286,7 @@ def test_gpu_q8_k_activations_match_the_cpu_bit_for_bit(scalar_isa):
 
 
 @gpu
-@pytest.mark.parametrize("type_id", [Q4_0, Q8_0, F32, F16, BF16, Q4_K, Q5_K, Q6_K], ids=lambda t: TYPE_NAMES[t])
+@pytest.mark.parametrize("type_id", ALL_TYPES, ids=lambda t: TYPE_NAMES[t])
 def test_gpu_gemv_matches_the_cpu_reference(type_id, scalar_isa):
     rng = np.random.default_rng(type_id)
     shapes = FLOAT_SHAPES if type_id in (F32, F16, BF16) else K_SHAPES if type_id in KQUANTS else SHAPES
@@ -302,7 +306,7 @@ def test_gpu_gemv_matches_the_cpu_reference(type_id, scalar_isa):
 
 
 # (rows, columns, tokens): 2..9 tokens run the batched GEMV (passes of 8, 4, 3, 2, 1 tokens), 16 and more the
-# tensor-core kernel for Q4_0 / Q8_0 (tiles of 64 rows x 64 tokens: partial tiles both ways)
+# tensor-core kernel for Q4_0 / Q8_0 (Q4_1 / Q5_0 / Q5_1: the batched GEMV for every count) (tiles of 64 rows x 64 tokens: partial tiles both ways)
 GEMM_SHAPES = [(37, 96, 2), (5, 1056, 3), (129, 2080, 9), (70, 256, 16), (300, 512, 17), (64, 1024, 70), (1, 32, 64),
                (17, 33, 5)]
 # the K-quants: the batched GEMV for every token count (passes of 8, 4, 3, 2, 1 tokens)
@@ -310,12 +314,12 @@ K_GEMM_SHAPES = [(37, 256, 2), (5, 1280, 3), (129, 512, 9), (70, 256, 16), (30, 
 
 
 @gpu
-@pytest.mark.parametrize("type_id", [Q4_0, Q8_0, F32, F16, BF16, Q4_K, Q5_K, Q6_K], ids=lambda t: TYPE_NAMES[t])
+@pytest.mark.parametrize("type_id", ALL_TYPES, ids=lambda t: TYPE_NAMES[t])
 def test_gpu_gemm_matches_the_cpu_reference_row_by_row(type_id, scalar_isa):
     """several tokens at once: each row of the result within the GEMV tolerance of the CPU's"""
     rng = np.random.default_rng(100 + type_id)
     for nr, n, nt in K_GEMM_SHAPES if type_id in KQUANTS else GEMM_SHAPES:
-        if n % 32 and type_id in (Q4_0, Q8_0):
+        if n % 32 and type_id in BLOCK32:
             continue
         raw, _ = _weights(type_id, nr, n, rng)
         x = np.stack([_activations(n, rng) for _ in range(nt)])
@@ -361,6 +365,8 @@ def test_gpu_weight_upload_rejects_bad_input():
         _engine.CudaWeight(Q4_0, 48, 1, bytes(27))
     with pytest.raises(ValueError, match="type 23"):
         _engine.CudaWeight(23, 256, 1, bytes(136))  # IQ4_XS: not on the GPU
+    with pytest.raises(ValueError, match="type 6 with 1 x 48 elements"):
+        _engine.CudaWeight(Q5_0, 48, 1, bytes(33))
     with pytest.raises(ValueError, match="type 12 with 1 x 288 elements.*whole 256-element super-blocks"):
         _engine.CudaWeight(Q4_K, 288, 1, bytes(162))
     with pytest.raises(ValueError, match="expected 420 bytes, got 419"):

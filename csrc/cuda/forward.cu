@@ -11,13 +11,15 @@
 
 #include "model_internal.cuh"
 
-/* y = W x. Quantized weights read x's Q8_0 form (Q4_0 / Q8_0) or Q8_K form (the K-quants) in m->s.act;
+/* y = W x. Quantized weights read x's Q8_0 form (Q4_0 / Q8_0 / Q4_1 / Q5_0 / Q5_1) or Q8_K form (the K-quants) in m->s.act;
  * have: the form already there for these rows x (pl_cuda_act_form's id; 0: none), else x is quantized first */
 static int matmul(pl_cuda_model *m, const pl_cuda_weight *w, const float *x, int nt, float *y, int ldy, int have,
                   char *err) {
     const int form = pl_cuda_act_form(w->type);
     if (form == PL_CUDA_Q8_0) {
         if (have != form && pl_cuda_quantize_q8_0_on(x, (int64_t)nt * w->ne0, m->s.act, m->stream, err)) return -1;
+        if (w->type != PL_CUDA_Q4_0 && w->type != PL_CUDA_Q8_0) /* Q4_1 / Q5_0 / Q5_1 */
+            return pl_cuda_matmul_legacy_launch(w, m->s.act, nt, y, ldy, m->stream, err);
         if (nt >= PL_MMA_MIN_TOKENS) return pl_cuda_gemm_mma_launch(w, m->s.act, nt, y, ldy, m->stream, err);
         return pl_cuda_matmul_quant_launch(w, m->s.act, nt, y, ldy, m->stream, err);
     }

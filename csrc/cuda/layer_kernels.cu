@@ -22,6 +22,20 @@ static __device__ __forceinline__ void kq_scale_min(const uint8_t *q, int j, int
  * float operations unfused) */
 static __device__ __forceinline__ float weight_at(const pl_cuda_weight w, int64_t r, int64_t i) {
     switch (w.type) {
+    case PL_CUDA_Q4_1:
+    case PL_CUDA_Q5_0:
+    case PL_CUDA_Q5_1: { /* split: nibbles [16 per block], Q5_*: fifth bits [uint32], d [fp16], Q4_1 / Q5_1: m */
+        const int64_t nb = w.ne0 / PL_CUDA_QK, nblocks = w.ne1 * nb, g = r * nb + i / PL_CUDA_QK;
+        const int j = (int)(i % PL_CUDA_QK), has_qh = w.type != PL_CUDA_Q4_1;
+        const uint8_t *q = (const uint8_t *)w.data;
+        const uint32_t *qh = (const uint32_t *)(q + nblocks * 16);
+        const uint16_t *d = (const uint16_t *)(qh + (has_qh ? nblocks : 0));
+        const uint8_t byte = q[g * 16 + (j & 15)];
+        int v = j < 16 ? byte & 0x0F : byte >> 4;
+        if (has_qh) v |= (int)((qh[g] >> j) & 1u) << 4;
+        if (w.type == PL_CUDA_Q5_0) return pl_fmul((float)(v - 16), pl_h2f(d[g]));
+        return pl_fadd(pl_fmul((float)v, pl_h2f(d[g])), pl_h2f(d[nblocks + g]));
+    }
     case PL_CUDA_Q4_K:
     case PL_CUDA_Q5_K: { /* super-block: d, dmin, 12 scale bytes, (Q5_K: qh 32), qs 128 */
         const int q5 = w.type == PL_CUDA_Q5_K;

@@ -108,6 +108,9 @@ static const char *type_name(int type) {
     case PL_CUDA_BF16: return "BF16";
     case PL_CUDA_Q4_0: return "Q4_0";
     case PL_CUDA_Q8_0: return "Q8_0";
+    case PL_CUDA_Q4_1: return "Q4_1";
+    case PL_CUDA_Q5_0: return "Q5_0";
+    case PL_CUDA_Q5_1: return "Q5_1";
     case PL_CUDA_Q4_K: return "Q4_K";
     case PL_CUDA_Q5_K: return "Q5_K";
     case PL_CUDA_Q6_K: return "Q6_K";
@@ -121,8 +124,8 @@ static int set_weight(pl_cuda_model *m, pl_cuda_weight *w, const char *what, int
         return FAIL("%s: shape %lld x %lld, the config needs %lld x %lld (rows x columns)", what, (long long)ne1,
                     (long long)ne0, (long long)want1, (long long)want0);
     if (!type_name(type))
-        return FAIL("%s: weight type %d has no GPU kernels yet (they read F32, F16, BF16, Q4_0, Q8_0, Q4_K, "
-                    "Q5_K and Q6_K): load with quant='q8_0', 'q4_0', 'q6_k', 'f16' or 'bf16', or use device='cpu'", what, type);
+        return FAIL("%s: weight type %d has no GPU kernels yet (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, "
+                    "Q4_K, Q5_K, Q6_K run): load with quant='q4_k_m', 'q8_0' or 'f16', or use device='cpu'", what, type);
     pl_cuda_weight nw;
     char e2[PL_CUDA_ERRMSG_LEN];
     if (pl_cuda_weight_upload(&nw, type, ne0, ne1, host, nbytes, e2)) return FAIL("%s: %.190s", what, e2);

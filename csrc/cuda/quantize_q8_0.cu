@@ -23,7 +23,7 @@ size_t pl_cuda_act_bytes(int type, int64_t ne0) {
         if (ne0 <= 0 || ne0 > INT32_MAX || ne0 % PL_CUDA_QK_K) return 0;
         return (size_t)ne0 + (size_t)(ne0 / PL_CUDA_QK_K) * sizeof(float) + (size_t)(ne0 / 16) * sizeof(int16_t);
     }
-    if (type != PL_CUDA_Q4_0 && type != PL_CUDA_Q8_0) return 0;
+    if (pl_cuda_act_form(type) != PL_CUDA_Q8_0) return 0;
     if (ne0 <= 0 || ne0 > INT32_MAX || ne0 % PL_CUDA_QK) return 0;
     return (size_t)ne0 + (size_t)(ne0 / PL_CUDA_QK) * sizeof(float);
 }
