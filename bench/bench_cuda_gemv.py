@@ -1,11 +1,11 @@
 """bench_cuda_gemv.py: decode's GEMV kernels on the GPU (csrc/cuda/, a PYLLM_CUDA=ON build), per weight type,
 on the matrices of the 1.1B-shaped model (TinyLlama: dim 2048, hidden 5632, 4 KV heads of 64, vocab 32000).
 Each matrix is uploaded once and timed with CUDA events around back-to-back calls (CudaWeight.time_gemv:
-the Q8_0 quantization of x included, host copies not); prints microseconds per call, the bytes a call must
+the Q8_0 / Q8_K quantization of x included, host copies not); prints microseconds per call, the bytes a call must
 read (weights, x) over that time as GB/s, and what one token's matmuls would take at those speeds (22
 layers of q, k, v, o, gate, up, down plus the LM head: matmuls only, so an upper bound on decode tok/s).
 
-    python bench/bench_cuda_gemv.py [--types q4_0,q8_0,f16,bf16] [--iters 200] [--json OUT.json]
+    python bench/bench_cuda_gemv.py [--types q4_0,q8_0,q4_k,q5_k,q6_k,f16,bf16] [--iters 200] [--json OUT.json]
 
 Random weights (random valid blocks, like bench_kernels.py); the speed does not depend on the values.
 Caveat: the calls repeat on one matrix, so a matrix smaller than the GPU's L2 (60 MB on an H200: all but
@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from pyllm import _engine  # noqa: E402
 
-TYPES = {"q4_0": 2, "q8_0": 8, "f16": 1, "bf16": 30}
+TYPES = {"q4_0": 2, "q8_0": 8, "q4_k": 12, "q5_k": 13, "q6_k": 14, "f16": 1, "bf16": 30}
 DIM, HIDDEN, KV, VOCAB, LAYERS = 2048, 5632, 256, 32000, 22
 # name -> (rows, n, how many per token)
 MATRICES = {"wq / wo": (DIM, DIM, 2 * LAYERS), "wk / wv": (KV, DIM, 2 * LAYERS), "gate / up": (HIDDEN, DIM, 2 * LAYERS),

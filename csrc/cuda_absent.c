@@ -54,6 +54,10 @@ int pl_cuda_quantize_q8_0(const float *x, int64_t n, void *q, char *err) {
     (void)x, (void)n, (void)q;
     return not_built(err);
 }
+int pl_cuda_quantize_q8_k(const float *x, int64_t n, void *q, char *err) {
+    (void)x, (void)n, (void)q;
+    return not_built(err);
+}
 size_t pl_cuda_act_bytes(int type, int64_t ne0) {
     (void)type, (void)ne0;
     return 0;

@@ -733,6 +733,7 @@ cdef extern from "pl_cuda_build.h" nogil:
                               size_t host_bytes, char *err)
     void pl_cuda_weight_free(pl_cuda_weight *w)
     int pl_cuda_quantize_q8_0(const float *x, int64_t n, void *q, char *err)
+    int pl_cuda_quantize_q8_k(const float *x, int64_t n, void *q, char *err)
     size_t pl_cuda_act_bytes(int type, int64_t ne0)
     int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, char *err)
     int pl_cuda_gemm(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, char *err)
@@ -846,6 +847,24 @@ def cuda_quantize_q8_0(x):
     raw = _to_host(dq, np.empty(n + (n // 32) * 4, dtype=np.uint8))
     return raw[:n].view(np.int8).copy(), raw[n:].view(np.float32).copy()
 
+def cuda_quantize_q8_k(x):
+    """float32 1-d x (a multiple of 256 values) quantized to Q8_K on the GPU: (int8 quants, float32 scales,
+    int16 sums of each 16 quants), which should equal the CPU's scalar Q8_K blocks bit for bit (for tests)."""
+    _need_cuda_device()
+    a = np.ascontiguousarray(x, dtype=np.float32)
+    cdef int64_t n = a.size
+    if a.ndim != 1 or n == 0 or n % 256:
+        raise ValueError(f"cuda_quantize_q8_k() takes a 1-d float32 array of a multiple of 256 values, got shape {a.shape}")
+    cdef size_t nbytes = n + (n // 256) * 4 + (n // 16) * 2
+    cdef _DeviceBuffer dx = _to_device(a)
+    cdef _DeviceBuffer dq = _DeviceBuffer(nbytes)
+    cdef _Err e = _Err()
+    if pl_cuda_quantize_q8_k(<const float *>dx.p, n, dq.p, e.buf) or pl_cuda_sync(e.buf):
+        raise RuntimeError(e.buf.decode())
+    raw = _to_host(dq, np.empty(nbytes, dtype=np.uint8))
+    cdef int64_t o = n + (n // 256) * 4
+    return raw[:n].view(np.int8).copy(), raw[n:o].view(np.float32).copy(), raw[o:].view(np.int16).copy()
+
 def cuda_mma_s8_m16n8k32(a, b, c):
     """D = A B + C by one tensor-core mma.m16n8k32 (.s8) in one warp on the GPU, for tests: a 16x32 int8,
     b 32x8 int8, c 16x8 int32 (row-major arrays); returns d, 16x8 int32 (the sums wrap as int32 does)."""
@@ -868,8 +887,8 @@ def cuda_mma_s8_m16n8k32(a, b, c):
     return d
 
 cdef class CudaWeight:
-    """A weight matrix uploaded to the GPU once (F16, BF16, Q4_0 or Q8_0 rows as pyllm stores them: ne1
-    rows of ne0 elements), and decode's y = W x on it (gemv)."""
+    """A weight matrix uploaded to the GPU once (F32, F16, BF16, Q4_0, Q8_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K or
+    Q6_K rows as pyllm stores them: ne1 rows of ne0 elements), and decode's y = W x on it (gemv)."""
     cdef pl_cuda_weight w
     cdef readonly int type_id
     cdef readonly int64_t ne0, ne1
@@ -904,8 +923,8 @@ cdef class CudaWeight:
         return _to_device(a), _DeviceBuffer(<size_t>self.ne1 * 4), (_DeviceBuffer(ab) if ab else None)
 
     def gemv(self, x):
-        """y = W x for one float32 vector x of ne0 values, on the GPU (Q4_0 / Q8_0: x quantized to Q8_0
-        there first, as the CPU path does); returns ne1 float32 values."""
+        """y = W x for one float32 vector x of ne0 values, on the GPU (the 32-weight block types: x quantized
+        to Q8_0 there first, the K-quants to Q8_K, as the CPU path does); returns ne1 float32 values."""
         cdef _DeviceBuffer dx, dy, dact
         dx, dy, dact = self._buffers(x, "gemv")
         cdef _Err e = _Err()

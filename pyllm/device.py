@@ -1,8 +1,8 @@
 """device.py: which device a model runs on, checked before anything is loaded, and the GPU side of a
 loaded model. "cpu" (the default) is the C engine; "cuda" needs a build with the CUDA kernels (pip install
 . -Ccmake.define.PYLLM_CUDA=ON) and an NVIDIA GPU, and runs the whole forward there (csrc/cuda/): the
-weights are uploaded once in the types the model holds them (F32, F16, BF16, Q8_0, Q4_0), the KV caches
-live on the device and only the logits asked for come back."""
+weights are uploaded once in the types the model holds them (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0,
+Q5_1, Q4_K, Q5_K, Q6_K), the KV caches live on the device and only the logits asked for come back."""
 from __future__ import annotations
 
 from . import _engine

@@ -10,14 +10,16 @@
    reference on random weights of odd shapes. Without one, tests/test_cuda_emulation.py runs this file
    against a PYLLM_CUDA_EMULATE=ON build (the CPU emulation of CUDA), where these GPU tests run too.
 
-Tolerance of the GEMV comparisons. The GPU computes each block's (Q4_0 / Q8_0) or element's (F16 / BF16)
-term as the CPU does (an exact integer dot times the product of the scales; an exact widening times x)
+Tolerance of the GEMV comparisons. The GPU computes each block's (Q4_0 / Q8_0 / Q4_1 / Q5_0 / Q5_1), super-block's (Q4_K / Q5_K /
+Q6_K: exact integer sums of the scaled sub-block dots and of the mins, then the CPU's float operations in its
+order, unfused) or element's (F16 / BF16) term as the CPU does (an exact integer dot times the product of the
+scales; an exact widening times x)
 and only sums the K terms in another order (per-lane partial sums, then a warp tree), possibly with a
 fused multiply-add. Each order is within (K + 1) u S of the exact sum (u = 2^-24, S = the sum of the
 terms' magnitudes, the standard bound for fp32 recursive or pairwise summation, one more rounding for
 the product), so the two differ by at most 2 (K + 1) u S; S is bounded by sum |w_j a_j| over the
-dequantized weights and activations, computed in float64. The Q8_0 activations themselves must match the
-CPU's bit for bit (same IEEE operations), so they are compared exactly.
+dequantized weights and activations, computed in float64. The Q8_0 and Q8_K activations themselves must
+match the CPU's bit for bit (same IEEE operations), so they are compared exactly.
 """
 from __future__ import annotations
 
@@ -43,7 +45,18 @@ INFO = _engine.cuda_info()
 HAVE_GPU = INFO["built"] and INFO["devices"] > 0
 
 F32, F16, Q4_0, Q8_0, BF16 = 0, 1, 2, 8, 30
-TYPE_NAMES = {F32: "f32", F16: "f16", BF16: "bf16", Q4_0: "q4_0", Q8_0: "q8_0"}
+Q4_1, Q5_0, Q5_1 = 3, 6, 7
+Q4_K, Q5_K, Q6_K, Q8_K = 12, 13, 14, 15
+BLOCK32 = (Q4_0, Q8_0, Q4_1, Q5_0, Q5_1)  # 32-weight blocks against Q8_0 activations
+KQUANTS = (Q4_K, Q5_K, Q6_K)
+TYPE_NAMES = {F32: "f32", F16: "f16", BF16: "bf16", Q4_0: "q4_0", Q8_0: "q8_0", Q4_1: "q4_1", Q5_0: "q5_0", Q5_1: "q5_1",
+              Q4_K: "q4_k", Q5_K: "q5_k", Q6_K: "q6_k"}
+ALL_TYPES = [Q4_0, Q8_0, F32, F16, BF16, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K]
+
+
+def _terms(type_id, n):
+    """K: the number of fp32-summed terms of a row's dot (blocks, super-blocks or elements)"""
+    return n // 32 if type_id in BLOCK32 else n // 256 if type_id in KQUANTS else n
 
 
 # ---------------------------------------------------------------- 1. the device argument, everywhere
@@ -152,7 +165,7 @@ def test_there_are_cuda_sources():
     names = {os.path.basename(p) for p in CU_FILES}
     assert {"device.cu", "memory.cu", "weight_upload.cu", "quantize_q8_0.cu", "gemv.cu", "gemv_quant.cu",
             "gemv_float16.cu", "gemv_timing.cu", "model.cu", "kv_cache.cu", "layer_kernels.cu", "attention.cu",
-            "forward.cu"} <= names
+            "forward.cu", "quantize_q8_k.cu", "gemv_kquant.cu", "gemv_legacy.cu"} <= names
 
 
 def test_every_cuda_file_compiles_for_sm80_and_sm90(nvcc_works, tmp_path):
@@ -237,6 +250,7 @@ def _cpu_reference(type_id, raw, x, nr, n):
 
 
 SHAPES = [(1, 32), (37, 96), (5, 1056), (129, 2080), (2048, 2048), (300, 5632)]
+K_SHAPES = [(1, 256), (37, 768), (5, 1280), (129, 2304), (700, 2048), (64, 5632)]  # whole 256-weight super-blocks
 FLOAT_SHAPES = SHAPES + [(3, 1), (17, 33), (9, 1001), (64, 4100)]  # odd lengths: the unaligned path
 
 
@@ -254,10 +268,28 @@ def test_gpu_q8_0_activations_match_the_cpu_bit_for_bit(scalar_isa):
 
 
 @gpu
-@pytest.mark.parametrize("type_id", [Q4_0, Q8_0, F32, F16, BF16], ids=lambda t: TYPE_NAMES[t])
+def test_gpu_q8_k_activations_match_the_cpu_bit_for_bit(scalar_isa):
+    rng = np.random.default_rng(12)
+    for n in (256, 768, 5632):
+        x = _activations(n, rng)
+        if n > 256:
+            x[:256] = 0.0  # an all-zero super-block: d = 0
+            x[256:512] = np.float32(-1e-3)  # every value at the block's maximum, negative
+        q, d, bsums = _engine.cuda_quantize_q8_k(x)
+        ref = np.frombuffer(_engine.from_float(Q8_K, x[None, :]), dtype=np.uint8).reshape(-1, 292)
+        assert np.array_equal(d, ref[:, :4].copy().view(np.float32).ravel())
+        assert np.array_equal(q.reshape(-1, 256), ref[:, 4:260].view(np.int8))
+        assert np.array_equal(bsums.reshape(-1, 16), ref[:, 260:].copy().view(np.int16))
+        assert np.any(q != 0) and np.any(bsums != 0)
+    with pytest.raises(ValueError, match="multiple of 256"):
+        _engine.cuda_quantize_q8_k(np.zeros(32, np.float32))
+
+
+@gpu
+@pytest.mark.parametrize("type_id", ALL_TYPES, ids=lambda t: TYPE_NAMES[t])
 def test_gpu_gemv_matches_the_cpu_reference(type_id, scalar_isa):
     rng = np.random.default_rng(type_id)
-    shapes = FLOAT_SHAPES if type_id in (F32, F16, BF16) else SHAPES
+    shapes = FLOAT_SHAPES if type_id in (F32, F16, BF16) else K_SHAPES if type_id in KQUANTS else SHAPES
     for nr, n in shapes:
         raw, _ = _weights(type_id, nr, n, rng)
         x = _activations(n, rng)
@@ -265,7 +297,7 @@ def test_gpu_gemv_matches_the_cpu_reference(type_id, scalar_isa):
         assert w.nbytes == len(raw)
         y = w.gemv(x)
         ref, s = _cpu_reference(type_id, raw, x, nr, n)
-        k = n // 32 if type_id in (Q4_0, Q8_0) else n
+        k = _terms(type_id, n)
         tol = 2 * (k + 1) * 2.0 ** -24 * s
         err = np.abs(y.astype(np.float64) - ref)
         assert np.all(err <= tol), (f"{TYPE_NAMES[type_id]} {nr}x{n}: worst row {int(np.argmax(err - tol))}, "
@@ -274,24 +306,26 @@ def test_gpu_gemv_matches_the_cpu_reference(type_id, scalar_isa):
 
 
 # (rows, columns, tokens): 2..9 tokens run the batched GEMV (passes of 8, 4, 3, 2, 1 tokens), 16 and more the
-# tensor-core kernel for Q4_0 / Q8_0 (tiles of 64 rows x 64 tokens: partial tiles both ways)
+# tensor-core kernel for Q4_0 / Q8_0 (Q4_1 / Q5_0 / Q5_1: the batched GEMV for every count) (tiles of 64 rows x 64 tokens: partial tiles both ways)
 GEMM_SHAPES = [(37, 96, 2), (5, 1056, 3), (129, 2080, 9), (70, 256, 16), (300, 512, 17), (64, 1024, 70), (1, 32, 64),
                (17, 33, 5)]
+# the K-quants: the batched GEMV for every token count (passes of 8, 4, 3, 2, 1 tokens)
+K_GEMM_SHAPES = [(37, 256, 2), (5, 1280, 3), (129, 512, 9), (70, 256, 16), (30, 768, 17), (64, 1024, 70), (1, 256, 64)]
 
 
 @gpu
-@pytest.mark.parametrize("type_id", [Q4_0, Q8_0, F32, F16, BF16], ids=lambda t: TYPE_NAMES[t])
+@pytest.mark.parametrize("type_id", ALL_TYPES, ids=lambda t: TYPE_NAMES[t])
 def test_gpu_gemm_matches_the_cpu_reference_row_by_row(type_id, scalar_isa):
     """several tokens at once: each row of the result within the GEMV tolerance of the CPU's"""
     rng = np.random.default_rng(100 + type_id)
-    for nr, n, nt in GEMM_SHAPES:
-        if n % 32 and type_id in (Q4_0, Q8_0):
+    for nr, n, nt in K_GEMM_SHAPES if type_id in KQUANTS else GEMM_SHAPES:
+        if n % 32 and type_id in BLOCK32:
             continue
         raw, _ = _weights(type_id, nr, n, rng)
         x = np.stack([_activations(n, rng) for _ in range(nt)])
         y = _engine.CudaWeight(type_id, n, nr, raw).gemm(x)
         assert y.shape == (nt, nr)
-        k = n // 32 if type_id in (Q4_0, Q8_0) else n
+        k = _terms(type_id, n)
         for t in range(nt):
             ref, s = _cpu_reference(type_id, raw, x[t], nr, n)
             tol = 2 * (k + 1) * 2.0 ** -24 * s
@@ -329,8 +363,14 @@ def test_gpu_weight_upload_rejects_bad_input():
         _engine.CudaWeight(Q8_0, 32, 2, bytes(67))
     with pytest.raises(ValueError, match="whole 32-element blocks"):
         _engine.CudaWeight(Q4_0, 48, 1, bytes(27))
-    with pytest.raises(ValueError, match="type 12"):
-        _engine.CudaWeight(12, 256, 1, bytes(144))  # Q4_K: not on the GPU yet
+    with pytest.raises(ValueError, match="type 23"):
+        _engine.CudaWeight(23, 256, 1, bytes(136))  # IQ4_XS: not on the GPU
+    with pytest.raises(ValueError, match="type 6 with 1 x 48 elements"):
+        _engine.CudaWeight(Q5_0, 48, 1, bytes(33))
+    with pytest.raises(ValueError, match="type 12 with 1 x 288 elements.*whole 256-element super-blocks"):
+        _engine.CudaWeight(Q4_K, 288, 1, bytes(162))
+    with pytest.raises(ValueError, match="expected 420 bytes, got 419"):
+        _engine.CudaWeight(Q6_K, 256, 2, bytes(419))
     with pytest.raises(ValueError, match="type 8 with 0 x 32"):
         _engine.CudaWeight(Q8_0, 32, 0, b"")
     w = _engine.CudaWeight(F16, 8, 2, bytes(32))

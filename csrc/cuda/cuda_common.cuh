@@ -81,6 +81,18 @@ static __device__ __forceinline__ uint16_t pl_f2h(float f) {
 }
 #endif
 
+/* a * b, a - b, a + b rounded once each, never fused into a multiply-add: the K-quants' per-super-block (and
+ * Q4_1 / Q5_0 / Q5_1's per-block) float terms are the CPU's operations exactly (the C compiler of the emulation fuses nothing without -mfma) */
+#ifndef PL_CUDA_EMULATED
+static __device__ __forceinline__ float pl_fmul(float a, float b) { return __fmul_rn(a, b); }
+static __device__ __forceinline__ float pl_fsub(float a, float b) { return __fsub_rn(a, b); }
+static __device__ __forceinline__ float pl_fadd(float a, float b) { return __fadd_rn(a, b); }
+#else
+static __device__ __forceinline__ float pl_fmul(float a, float b) { return a * b; }
+static __device__ __forceinline__ float pl_fsub(float a, float b) { return a - b; }
+static __device__ __forceinline__ float pl_fadd(float a, float b) { return a + b; }
+#endif
+
 /* sum over the 32 lanes of a warp (every lane gets it) */
 static __device__ __forceinline__ float pl_warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -130,7 +142,21 @@ int pl_cuda_matmul_quant_launch(const pl_cuda_weight *w, const void *act, int nt
                                 char *err);
 int pl_cuda_matmul_float_launch(const pl_cuda_weight *w, const float *x, int nt, int ldx, float *y, int ldy,
                                 cudaStream_t st, char *err);
-/* pl_cuda_quantize_q8_0 on stream st, without its argument checks */
+/* pl_cuda_quantize_q8_0 / _q8_k on stream st, without their argument checks */
 int pl_cuda_quantize_q8_0_on(const float *x, int64_t n, void *q, cudaStream_t st, char *err);
+int pl_cuda_quantize_q8_k_on(const float *x, int64_t n, void *q, cudaStream_t st, char *err);
+/* Q4_1 / Q5_0 / Q5_1 (gemv_legacy.cu): pl_cuda_matmul_quant_launch's contract (Q8_0 activations) */
+int pl_cuda_matmul_legacy_launch(const pl_cuda_weight *w, const void *act, int nt, float *y, int ldy, cudaStream_t st,
+                                 char *err);
+/* the K-quants (gemv_kquant.cu): act holds nt rows of Q8_K activations in pl_cuda.h's layout */
+int pl_cuda_matmul_kquant_launch(const pl_cuda_weight *w, const void *act, int nt, float *y, int ldy, cudaStream_t st,
+                                 char *err);
+/* the activation form a quantized weight type is multiplied with: PL_CUDA_Q8_0, PL_CUDA_Q8_K, or 0 (fp32) */
+static inline int pl_cuda_act_form(int type) {
+    if (type == PL_CUDA_Q4_0 || type == PL_CUDA_Q8_0 || type == PL_CUDA_Q4_1 || type == PL_CUDA_Q5_0 || type == PL_CUDA_Q5_1)
+        return PL_CUDA_Q8_0;
+    if (type == PL_CUDA_Q4_K || type == PL_CUDA_Q5_K || type == PL_CUDA_Q6_K) return PL_CUDA_Q8_K;
+    return 0;
+}
 
 #endif

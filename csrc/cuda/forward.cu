@@ -1,6 +1,6 @@
 /* forward.cu: pl_cuda_forward, a batch through the whole model on the device, step for step the CPU's
- * forward (csrc/forward.c): embedding; per layer RMSNorm, q / k / v (the activations quantized to Q8_0
- * once for all three when their weights are Q4_0 / Q8_0), biases / norms / RoPE / KV write, attention,
+ * forward (csrc/forward.c): embedding; per layer RMSNorm, q / k / v (the activations quantized once
+ * for all three when their weights read the same quantized form: Q8_0 or Q8_K), biases / norms / RoPE / KV write, attention,
  * output projection, residual + RMSNorm, gate and up, SwiGLU, down, residual; then the final norm and the
  * LM head for the rows asked for, whose logits alone are copied back. Every index the batch holds is
  * checked on the host first; the batch's ids and its sequences' cache addresses go to the device in one
@@ -11,26 +11,33 @@
 
 #include "model_internal.cuh"
 
-static int is_quant(const pl_cuda_weight *w) { return w->type == PL_CUDA_Q4_0 || w->type == PL_CUDA_Q8_0; }
-
-/* y = W x; quantized: x's Q8_0 form is already in m->s.act (the previous call quantized the same rows) */
-static int matmul(pl_cuda_model *m, const pl_cuda_weight *w, const float *x, int nt, float *y, int ldy, int quantized,
+/* y = W x. Quantized weights read x's Q8_0 form (Q4_0 / Q8_0 / Q4_1 / Q5_0 / Q5_1) or Q8_K form (the K-quants) in m->s.act;
+ * have: the form already there for these rows x (pl_cuda_act_form's id; 0: none), else x is quantized first */
+static int matmul(pl_cuda_model *m, const pl_cuda_weight *w, const float *x, int nt, float *y, int ldy, int have,
                   char *err) {
-    if (is_quant(w)) {
-        if (!quantized && pl_cuda_quantize_q8_0_on(x, (int64_t)nt * w->ne0, m->s.act, m->stream, err)) return -1;
+    const int form = pl_cuda_act_form(w->type);
+    if (form == PL_CUDA_Q8_0) {
+        if (have != form && pl_cuda_quantize_q8_0_on(x, (int64_t)nt * w->ne0, m->s.act, m->stream, err)) return -1;
+        if (w->type != PL_CUDA_Q4_0 && w->type != PL_CUDA_Q8_0) /* Q4_1 / Q5_0 / Q5_1 */
+            return pl_cuda_matmul_legacy_launch(w, m->s.act, nt, y, ldy, m->stream, err);
         if (nt >= PL_MMA_MIN_TOKENS) return pl_cuda_gemm_mma_launch(w, m->s.act, nt, y, ldy, m->stream, err);
         return pl_cuda_matmul_quant_launch(w, m->s.act, nt, y, ldy, m->stream, err);
+    }
+    if (form == PL_CUDA_Q8_K) {
+        if (have != form && pl_cuda_quantize_q8_k_on(x, (int64_t)nt * w->ne0, m->s.act, m->stream, err)) return -1;
+        return pl_cuda_matmul_kquant_launch(w, m->s.act, nt, y, ldy, m->stream, err);
     }
     return pl_cuda_matmul_float_launch(w, x, nt, (int)w->ne0, y, ldy, m->stream, err);
 }
 
-/* several weights with the same input x (q/k/v, gate/up): one quantization of x for all quantized ones */
+/* several weights with the same input x (q/k/v, gate/up): x quantized once per run of weights that read the
+ * same form (a group mixing Q8_0-form and Q8_K-form types quantizes again where the form changes) */
 static int matmul_shared_input(pl_cuda_model *m, const pl_cuda_weight *const *ws, float *const *ys, const int *ld, int n,
                                const float *x, int nt, char *err) {
-    int quantized = 0;
+    int have = 0;
     for (int i = 0; i < n; i++) {
-        if (matmul(m, ws[i], x, nt, ys[i], ld[i], quantized, err)) return -1;
-        quantized |= is_quant(ws[i]);
+        if (matmul(m, ws[i], x, nt, ys[i], ld[i], have, err)) return -1;
+        if (pl_cuda_act_form(ws[i]->type)) have = pl_cuda_act_form(ws[i]->type);
     }
     return 0;
 }

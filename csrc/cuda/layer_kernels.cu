@@ -7,9 +7,59 @@
 
 #define ROW_THREADS 256
 
-/* element i of row r of a weight in weight_upload.cu's layout, as fp32 (the CPU's to_float) */
+/* the 6-bit scale (sc) and min (m) of sub-block j of Q4_K / Q5_K from its 12 scale bytes */
+static __device__ __forceinline__ void kq_scale_min(const uint8_t *q, int j, int *sc, int *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+/* element i of row r of a weight in weight_upload.cu's layout, as fp32 (the CPU's to_float, the same
+ * float operations unfused) */
 static __device__ __forceinline__ float weight_at(const pl_cuda_weight w, int64_t r, int64_t i) {
     switch (w.type) {
+    case PL_CUDA_Q4_1:
+    case PL_CUDA_Q5_0:
+    case PL_CUDA_Q5_1: { /* split: nibbles [16 per block], Q5_*: fifth bits [uint32], d [fp16], Q4_1 / Q5_1: m */
+        const int64_t nb = w.ne0 / PL_CUDA_QK, nblocks = w.ne1 * nb, g = r * nb + i / PL_CUDA_QK;
+        const int j = (int)(i % PL_CUDA_QK), has_qh = w.type != PL_CUDA_Q4_1;
+        const uint8_t *q = (const uint8_t *)w.data;
+        const uint32_t *qh = (const uint32_t *)(q + nblocks * 16);
+        const uint16_t *d = (const uint16_t *)(qh + (has_qh ? nblocks : 0));
+        const uint8_t byte = q[g * 16 + (j & 15)];
+        int v = j < 16 ? byte & 0x0F : byte >> 4;
+        if (has_qh) v |= (int)((qh[g] >> j) & 1u) << 4;
+        if (w.type == PL_CUDA_Q5_0) return pl_fmul((float)(v - 16), pl_h2f(d[g]));
+        return pl_fadd(pl_fmul((float)v, pl_h2f(d[g])), pl_h2f(d[nblocks + g]));
+    }
+    case PL_CUDA_Q4_K:
+    case PL_CUDA_Q5_K: { /* super-block: d, dmin, 12 scale bytes, (Q5_K: qh 32), qs 128 */
+        const int q5 = w.type == PL_CUDA_Q5_K;
+        const int64_t nb = w.ne0 / PL_CUDA_QK_K, j = i % PL_CUDA_QK_K;
+        const uint8_t *b = (const uint8_t *)w.data + (r * nb + i / PL_CUDA_QK_K) * (q5 ? 176 : 144);
+        const int sub = (int)(j / 32), l = (int)(j % 32); /* sub-block 2c: low nibbles of qs[32c + l], 2c + 1: high */
+        const uint8_t byte = b[(q5 ? 48 : 16) + 32 * (sub / 2) + l];
+        int q = (sub & 1) ? byte >> 4 : byte & 0x0F;
+        if (q5) q += ((b[16 + l] >> sub) & 1) << 4;
+        int sc, m;
+        kq_scale_min(b + 4, sub, &sc, &m);
+        const uint16_t *dd = (const uint16_t *)b;
+        const float d1 = pl_fmul(pl_h2f(dd[0]), (float)sc), m1 = pl_fmul(pl_h2f(dd[1]), (float)m);
+        return pl_fsub(pl_fmul(d1, (float)q), m1);
+    }
+    case PL_CUDA_Q6_K: { /* split: [ql 128, qh 64, scales 16] per super-block, then the fp16 d's */
+        const int64_t nb = w.ne0 / PL_CUDA_QK_K, sbi = r * nb + i / PL_CUDA_QK_K;
+        const int j = (int)(i % PL_CUDA_QK_K), hh = j / 128, k = (j % 128) / 32, l = j % 32;
+        const uint8_t *b = (const uint8_t *)w.data + sbi * 208;
+        const uint8_t ql = b[64 * hh + 32 * (k & 1) + l], qh = b[128 + 32 * hh + l];
+        const int q = ((k < 2 ? ql & 0x0F : ql >> 4) | (((qh >> (2 * k)) & 3) << 4)) - 32;
+        const float d = pl_h2f(((const uint16_t *)((const uint8_t *)w.data + w.ne1 * nb * 208))[sbi]);
+        return pl_fmul(pl_fmul(d, (float)(int8_t)b[192 + 8 * hh + 2 * k + l / 16]), (float)q);
+    }
     case PL_CUDA_F32: return ((const float *)w.data)[r * w.ne0 + i];
     case PL_CUDA_F16: return pl_h2f(((const uint16_t *)w.data)[r * w.ne0 + i]);
     case PL_CUDA_BF16: return pl_bf2f(((const uint16_t *)w.data)[r * w.ne0 + i]);

@@ -108,6 +108,12 @@ static const char *type_name(int type) {
     case PL_CUDA_BF16: return "BF16";
     case PL_CUDA_Q4_0: return "Q4_0";
     case PL_CUDA_Q8_0: return "Q8_0";
+    case PL_CUDA_Q4_1: return "Q4_1";
+    case PL_CUDA_Q5_0: return "Q5_0";
+    case PL_CUDA_Q5_1: return "Q5_1";
+    case PL_CUDA_Q4_K: return "Q4_K";
+    case PL_CUDA_Q5_K: return "Q5_K";
+    case PL_CUDA_Q6_K: return "Q6_K";
     default: return NULL;
     }
 }
@@ -118,8 +124,8 @@ static int set_weight(pl_cuda_model *m, pl_cuda_weight *w, const char *what, int
         return FAIL("%s: shape %lld x %lld, the config needs %lld x %lld (rows x columns)", what, (long long)ne1,
                     (long long)ne0, (long long)want1, (long long)want0);
     if (!type_name(type))
-        return FAIL("%s: weight type %d has no GPU kernels yet (they read F32, F16, BF16, Q4_0 and Q8_0): load with "
-                    "quant='q8_0', 'q4_0', 'f16' or 'bf16', or use device='cpu'", what, type);
+        return FAIL("%s: weight type %d has no GPU kernels yet (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, "
+                    "Q4_K, Q5_K, Q6_K run): load with quant='q4_k_m', 'q8_0' or 'f16', or use device='cpu'", what, type);
     pl_cuda_weight nw;
     char e2[PL_CUDA_ERRMSG_LEN];
     if (pl_cuda_weight_upload(&nw, type, ne0, ne1, host, nbytes, e2)) return FAIL("%s: %.190s", what, e2);
@@ -243,6 +249,11 @@ int pl_cuda_scratch_reserve(pl_cuda_model *m, int nt, int n_seq, int64_t att, ch
     if (qd > widest) widest = qd;
     if ((size_t)c->hidden_dim > widest) widest = (size_t)c->hidden_dim;
     const size_t f = sizeof(float);
+    /* act: the Q8_0 form (quants, a scale per 32) or the Q8_K form (quants, a d per 256, a sum per 16) of T
+     * rows of the widest input, whichever is larger */
+    size_t act_bytes = (size_t)T * widest + (size_t)T * (widest / PL_CUDA_QK + 1) * f + 16;
+    const size_t act_k = (size_t)T * widest + (size_t)T * (widest / PL_CUDA_QK_K) * f + (size_t)T * (widest / 16) * 2 + 16;
+    if (act_k > act_bytes) act_bytes = act_k;
     const size_t ids_bytes = 4 * (size_t)T * sizeof(int32_t), views_bytes = (size_t)S * sizeof(pl_cuda_kv_view);
     if (pl_cuda_alloc((void **)&s->x, (size_t)T * c->dim * f, err) ||
         pl_cuda_alloc((void **)&s->xb, (size_t)T * c->dim * f, err) ||
@@ -250,7 +261,7 @@ int pl_cuda_scratch_reserve(pl_cuda_model *m, int nt, int n_seq, int64_t att, ch
         pl_cuda_alloc((void **)&s->v, (size_t)T * kvd * f, err) ||
         pl_cuda_alloc((void **)&s->hb, (size_t)T * c->hidden_dim * f, err) ||
         pl_cuda_alloc((void **)&s->hb2, (size_t)T * c->hidden_dim * f, err) ||
-        pl_cuda_alloc(&s->act, (size_t)T * widest + (size_t)T * (widest / PL_CUDA_QK + 1) * f + 16, err) ||
+        pl_cuda_alloc(&s->act, act_bytes, err) ||
         pl_cuda_alloc((void **)&s->att_o, (size_t)P * qd * f, err) ||
         pl_cuda_alloc((void **)&s->att_ml, (size_t)P * c->n_heads * 2 * f, err) ||
         pl_cuda_alloc((void **)&s->logits, (size_t)T * c->n_vocab * f, err) || pl_cuda_alloc((void **)&s->ids, ids_bytes, err) ||

@@ -30,7 +30,7 @@ typedef struct {
     int cap_tokens, cap_seqs;
     int64_t cap_att;                       /* (token, split) pairs att_o / att_ml hold */
     float *x, *xb, *q, *k, *v, *hb, *hb2; /* [tokens][dim | q_dim | kv_dim | hidden] */
-    void *act;                             /* Q8_0 activations of the widest input */
+    void *act;                             /* Q8_0 or Q8_K activations of the widest input */
     float *att_o, *att_ml;                 /* attention's per-split partial outputs, (max, sum) pairs */
     float *logits;                         /* [tokens][n_vocab] */
     int32_t *ids;                          /* token, pos, seq, out: 4 x cap_tokens (device) */

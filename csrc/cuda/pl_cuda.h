@@ -20,9 +20,17 @@ extern "C" {
 #define PL_CUDA_F32 0
 #define PL_CUDA_F16 1
 #define PL_CUDA_Q4_0 2
+#define PL_CUDA_Q4_1 3
+#define PL_CUDA_Q5_0 6
+#define PL_CUDA_Q5_1 7
 #define PL_CUDA_Q8_0 8
+#define PL_CUDA_Q4_K 12
+#define PL_CUDA_Q5_K 13
+#define PL_CUDA_Q6_K 14
+#define PL_CUDA_Q8_K 15 /* activations only: what Q4_K / Q5_K / Q6_K weights are multiplied with */
 #define PL_CUDA_BF16 30
-#define PL_CUDA_QK 32 /* weights per Q4_0 / Q8_0 block */
+#define PL_CUDA_QK 32    /* weights per Q4_0 / Q8_0 block */
+#define PL_CUDA_QK_K 256 /* weights per K-quant super-block */
 
 /* ---- device.cu: the runtime, the devices ---- */
 /* number of CUDA devices in *count; with no driver or no device, 0 devices and -1 with the runtime's
@@ -52,7 +60,17 @@ int pl_cuda_to_host(void *host, const void *dev, size_t nbytes, char *err);
  * back to back). F32 / F16 / BF16 keep their layout. Q4_0 / Q8_0 are split on the device into
  *   [quants: row r at r * nb * QB bytes, block b's QB bytes at b * QB in it (QB = 16 Q4_0, 32 Q8_0),
  *    as ggml stores them]  then  [fp16 scales: ne1 * nb, row-major]   (nb = ne0 / 32)
- * so every row's quants start on a 16-byte boundary and are read with 16-byte loads. */
+ * so every row's quants start on a 16-byte boundary and are read with 16-byte loads. Q4_1 / Q5_0 / Q5_1
+ * (32-weight blocks: the K-quant mixes' fallback for rows that are not whole super-blocks) likewise:
+ *   [nibbles: 16 bytes per block, as ggml stores them][Q5_*: the 32 fifth bits, a uint32 per block]
+ *   [fp16 d per block][Q4_1 / Q5_1: fp16 m per block]   (each array ne1 * nb, row-major)
+ * K-quants (ne0 a multiple of 256; nb = ne0 / 256 super-blocks per row):
+ *   Q4_K (144-byte super-blocks) and Q5_K (176) keep ggml's layout, rows back to back: every super-block
+ *   then starts on a 16-byte boundary, and so do its parts (Q4_K: [d, dmin, 12 scale bytes][qs 128];
+ *   Q5_K: [d, dmin, scales][qh 32][qs 128]), read with 16-byte loads.
+ *   Q6_K (210 bytes: ql 128, qh 64, scales 16, d) is split into
+ *     [ql, qh, scales of each super-block: 208 bytes at (r * nb + b) * 208]  then  [fp16 d: ne1 * nb]
+ *   so its 208-byte parts start on 16-byte boundaries. */
 typedef struct {
     int type;            /* PL_CUDA_* */
     int64_t ne0, ne1;    /* elements per row, rows */
@@ -72,17 +90,25 @@ void pl_cuda_weight_free(pl_cuda_weight *w); /* frees data, leaves *w empty; an 
  * [int8 quants: n][fp32 scales: n / 32] (the scale is the fp16 d of the CPU's block, as a float:
  * d = fp16(max|x| / 127), q = round-half-away(x * (1 / (max|x| / 127)))), bit for bit the CPU rows. */
 int pl_cuda_quantize_q8_0(const float *x, int64_t n, void *q, char *err);
+/* ---- quantize_q8_k.cu: activations to Q8_K (for Q4_K / Q5_K / Q6_K weights), as the CPU's q8_K
+ * from_float: n floats (a multiple of 256) -> q (pl_cuda_act_bytes(PL_CUDA_Q4_K, n) bytes):
+ * [int8 quants: n][fp32 d: n / 256][int16 sums of each 16 quants: n / 16], bit for bit the CPU's blocks
+ * (d = max|x| / 127 in fp32, q = round-half-away(x * (1 / d))). For nt rows (pl_cuda_gemm, the forward):
+ * the nt rows' quants, then their d's, then their sums. */
+int pl_cuda_quantize_q8_k(const float *x, int64_t n, void *q, char *err);
 
-/* ---- gemv_quant.cu (Q4_0, Q8_0) and gemv_float16.cu (F16, BF16): y = W x for one token ----
+/* ---- gemv_quant.cu (Q4_0, Q8_0), gemv_legacy.cu (Q4_1, Q5_0, Q5_1), gemv_kquant.cu (Q4_K, Q5_K, Q6_K) and gemv_float16.cu (F16, BF16):
+ * y = W x for one token ----
  * x: ne0 floats, y: ne1 floats (device). act: device scratch of pl_cuda_act_bytes(w->type, ne0) bytes
- * (Q4_0 / Q8_0 quantize x to Q8_0 there first, as the CPU path does; NULL for F32 / F16 / BF16, which read
- * x as fp32). x, y and act must be 16-byte aligned (cudaMalloc's are). */
+ * (Q4_0 / Q8_0 / Q4_1 / Q5_0 / Q5_1 quantize x to Q8_0 there first, the K-quants to Q8_K, as the CPU path does; NULL for F32 /
+ * F16 / BF16, which read x as fp32). x, y and act must be 16-byte aligned (cudaMalloc's are). */
 size_t pl_cuda_act_bytes(int type, int64_t ne0); /* 0: the type reads fp32 activations, or bad sizes */
 int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, char *err);
 
 /* the same for nt tokens: x is nt rows of ne0 floats, y nt rows of ne1 (row t of y: W times row t of x);
  * act: pl_cuda_act_bytes(w->type, ne0) * nt bytes (NULL for F32 / F16 / BF16). Q4_0 / Q8_0 from 16
- * tokens run on the tensor cores (gemm_mma.cu, sm_80+), else the batched GEMV (up to 8 tokens a pass). */
+ * tokens run on the tensor cores (gemm_mma.cu, sm_80+), else the batched GEMV (up to 8 tokens a pass); Q4_1 /
+ * Q5_0 / Q5_1 and the K-quants always run the batched GEMV. */
 int pl_cuda_gemm(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, char *err);
 
 /* ---- gemv_timing.cu: seconds per pl_cuda_gemv call (CUDA events, iters calls after 3 warm-up calls) ---- */
@@ -93,8 +119,8 @@ int pl_cuda_gemv_time(const pl_cuda_weight *w, const float *x, float *y, void *a
  * The model's weights are uploaded once (pl_cuda_model_set, in any order), its KV caches live on the
  * device, and pl_cuda_forward runs a batch of tokens (any mix of sequences and positions, as pl_forward)
  * through every layer on the device, copying back only the logits of the rows asked for. What the CPU
- * model supports beyond this (mixture-of-experts layers, LongRoPE, unmerged LoRA, K-quant and other weight
- * types) is refused by name when the model is built. */
+ * model supports beyond this (mixture-of-experts layers, LongRoPE, unmerged LoRA, weight types other than
+ * F32 / F16 / BF16 / Q4_0 / Q8_0 / Q4_1 / Q5_0 / Q5_1 / Q4_K / Q5_K / Q6_K) is refused by name when the model is built. */
 typedef struct {
     int n_vocab, dim, n_layers, n_heads, n_kv_heads, head_dim, hidden_dim;
     int max_ctx;          /* positions the rope tables cover */
@@ -109,7 +135,8 @@ typedef struct pl_cuda_model pl_cuda_model;
 pl_cuda_model *pl_cuda_model_new(const pl_cuda_config *c, const float *rope_cos, const float *rope_sin, char *err);
 /* one tensor from host memory. name: tok_embd, output_norm, output, or per layer (0 <= layer < n_layers)
  * attn_norm wq wk wv bq bk bv q_norm k_norm wo bo ffn_norm ffn_gate ffn_up ffn_down (the ones the config
- * needs). Matmul weights and tok_embd: F32, F16, BF16, Q4_0 or Q8_0 rows of ne0 elements, ne1 rows, as the
+ * needs). Matmul weights and tok_embd: F32, F16, BF16, Q4_0, Q8_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K
+ * or Q6_K rows of ne0 elements, ne1 rows, as the
  * CPU model holds them; norms and biases: F32 vectors (ne1 = 1). Shapes are checked against the config. */
 int pl_cuda_model_set(pl_cuda_model *m, const char *name, int layer, int type, int64_t ne0, int64_t ne1,
                       const void *host, size_t nbytes, char *err);

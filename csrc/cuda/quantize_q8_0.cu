@@ -19,7 +19,11 @@ __global__ void quantize_q8_0_kernel(const float *__restrict__ x, int64_t n, int
 }
 
 size_t pl_cuda_act_bytes(int type, int64_t ne0) {
-    if (type != PL_CUDA_Q4_0 && type != PL_CUDA_Q8_0) return 0;
+    if (pl_cuda_act_form(type) == PL_CUDA_Q8_K) { /* quants, fp32 d per 256, int16 sum per 16 */
+        if (ne0 <= 0 || ne0 > INT32_MAX || ne0 % PL_CUDA_QK_K) return 0;
+        return (size_t)ne0 + (size_t)(ne0 / PL_CUDA_QK_K) * sizeof(float) + (size_t)(ne0 / 16) * sizeof(int16_t);
+    }
+    if (pl_cuda_act_form(type) != PL_CUDA_Q8_0) return 0;
     if (ne0 <= 0 || ne0 > INT32_MAX || ne0 % PL_CUDA_QK) return 0;
     return (size_t)ne0 + (size_t)(ne0 / PL_CUDA_QK) * sizeof(float);
 }
