@@ -48,9 +48,10 @@ def load(path: Optional[str] = None, n_threads: Optional[int] = None, n_ctx: Opt
     (symmetric) or Q4_1 blocks (act-order layers dequantized to F16, with a warning); quant= then
     applies to the tensors it keeps in float (pyllm/gptq_awq.py).
     device: "cpu" (default) or "cuda": the whole forward on an NVIDIA GPU (a PYLLM_CUDA build; weights F32,
-    F16, BF16, Q8_0 or Q4_0, dense models: pyllm/device.py). "cuda" is checked first and raises a
-    DeviceError naming why it cannot run (a build without CUDA, no GPU); a model the GPU kernels cannot
-    run yet (K-quant weights, mixture-of-experts, LongRoPE, unmerged LoRA) a DeviceError naming that."""
+    F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K or Q6_K, dense models: pyllm/device.py). "cuda" is
+    checked first and raises a DeviceError naming why it cannot run (a build without CUDA, no GPU); a model
+    the GPU kernels cannot run yet (other weight types, mixture-of-experts, LongRoPE, unmerged LoRA) a
+    DeviceError naming that."""
     from .hf_loader import load_hf_folder
     from .tokenizer import Tokenizer
 
