@@ -7,11 +7,13 @@
 #
 # What the machine must already have (it downloads nothing; the device tool's nvidia-h200 image has all of
 # it: KINDS.md): nvcc (CUDA 12 or 13) on PATH or in $CUDACXX, a C compiler, CMake >= 3.21, and a python3
-# with Cython >= 3, numpy, pytest, tokenizers and jinja2 (what `import pyllm` and the shipped model need).
-# Nothing needs carrying: the working tree travels, and the build happens there.
+# with Cython >= 3, numpy, pytest, tokenizers and jinja2 (what `import pyllm` and the shipped model need),
+# torch and transformers (the forward tests' random checkpoints; bench_cuda.py's peer), httpx and uvicorn
+# (the server test). Nothing needs carrying: the working tree travels, and the build happens there.
 #
-# From a session with the device tool (one call, about two minutes of device time; 16 cores build it):
-#     run(command="bash tools/cuda_device_check.sh", timeout_s=480)
+# From a session with the device tool (one call; expect 5-8 minutes of device time, most of it making the
+# 1.1B-shaped checkpoint and running transformers for bench_cuda.py; 16 cores build the extension):
+#     run(command="bash tools/cuda_device_check.sh", timeout_s=600)
 # then read the files that come back (at most 8, no deeper than $OUT/a/b): summary.txt (one line per
 # stage, and the test counts), env.txt (GPU, driver, nvcc, python), build.log, test_cuda.log,
 # test_cuda.xml (JUnit), bench.txt, bench.json (bench/bench_cuda_gemv.py: the GEMV kernels' time and
