@@ -36,6 +36,10 @@ INFO = _engine.cuda_info()
 HAVE_GPU = INFO["built"] and INFO["devices"] > 0
 gpu = pytest.mark.skipif(not HAVE_GPU, reason="needs a PYLLM_CUDA=ON build and a CUDA device (or the CPU "
                          "emulation build): " + (INFO["error"] or ""))
+# on the CPU emulation (tests/test_cuda_emulation.py, in CI) every model test costs seconds: the cases another
+# case covers there (the same kernels on the same model) run only on a real device
+EMULATED = HAVE_GPU and "emulation" in INFO["device_list"][0]["name"]
+full = pytest.mark.skipif(EMULATED, reason="covered by the other cases on the CPU emulation; runs on a GPU")
 
 FLOAT_TOL, FP16_KV_TOL, QUANT_TOL, KQUANT_TOL = 2e-5, 1e-3, 1.5e-2, 2.5e-2
 
@@ -72,7 +76,8 @@ def all_logits(model, ids):
 
 # ---------------------------------------------------------------- on a device
 @gpu
-@pytest.mark.parametrize("quant", [None, "f32", "f16", "q8_0", "q4_0", "q6_k", "q4_k_m", "q5_k_m"])
+@pytest.mark.parametrize("quant", [None, pytest.param("f32", marks=full), pytest.param("f16", marks=full), "q8_0", "q4_0",
+                                   "q6_k", "q4_k_m", pytest.param("q5_k_m", marks=full)])
 def test_shipped_model_logits_match_the_cpu(quant):
     """the K-quant mixes: Q4_K / Q5_K / Q6_K wherever 256-weight super-blocks divide the rows (embedding, LM
     head, attention, gate / up); the 704-wide FFN down falls back to Q8_0 (q6_k, and q4_k_m / q5_k_m in the
@@ -92,7 +97,7 @@ def test_shipped_model_logits_match_the_cpu(quant):
 
 
 @gpu
-@pytest.mark.parametrize("quant", [None, "q8_0", "q4_0", "q6_k"])
+@pytest.mark.parametrize("quant", [pytest.param(None, marks=full), "q8_0", "q4_0", pytest.param("q6_k", marks=full)])
 def test_greedy_continuation_equals_the_cpu(quant):
     cpu = pyllm.load(quant=quant, n_ctx=256)
     cuda = pyllm.load(quant=quant, n_ctx=256, device="cuda")
