@@ -135,6 +135,11 @@ static __device__ __forceinline__ void pl_mma_s8_m16n8k32(int c[4], const unsign
 #endif
 }
 
+/* the batched GEMV kernels' token counts: each pass over the weights takes 8 tokens, then 4, then what is
+ * left (1..4), so a kernel is instantiated for T = 1, 2, 3, 4, 8 only */
+#define PL_TOKENS_PER_PASS 8
+static inline int pl_tokens_this_pass(int left) { return left >= PL_TOKENS_PER_PASS ? PL_TOKENS_PER_PASS : left > 4 ? 4 : left; }
+
 /* launchers (sizes already checked by the caller), on stream st; each returns 0 or -1 with err.
  * Quant: act holds nt rows of Q8_0 activations in pl_cuda.h's layout (all quants, then all scales);
  * y[t * ldy + r]. Float (F32 / F16 / BF16): x rows at x + t * ldx. */

@@ -8,7 +8,6 @@
 
 #define ROWS_PER_CTA 4
 #define U 4
-#define TOKENS_PER_PASS 8
 
 /* KIND: 0 fp32, 1 fp16, 2 bf16 weights */
 template <int KIND>
@@ -123,7 +122,7 @@ int pl_cuda_matmul_float_launch(const pl_cuda_weight *w, const float *x, int nt,
     const unsigned grid = (unsigned)((nr + ROWS_PER_CTA - 1) / ROWS_PER_CTA);
     for (int t0 = 0; t0 < nt;) {
         const int left = nt - t0;
-        const int T = left >= TOKENS_PER_PASS ? TOKENS_PER_PASS : left > 4 ? 4 : left;
+        const int T = pl_tokens_this_pass(left);
         const float *xt = x + (size_t)t0 * ldx;
         float *yt = y + (size_t)t0 * ldy;
         if (kind == 0) launch_kind<0>(grid, st, T, vec, w->data, xt, ldx, yt, ldy, nr, n);

@@ -11,9 +11,7 @@
  * shuffles (exact) and the group's first lane adds the super-block's term. */
 #include "cuda_common.cuh"
 
-#define ROWS_PER_CTA 4 /* warps per block of 128 threads */
-#define TOKENS_PER_PASS 8
-
+#define ROWS_PER_CTA 4 
 static __device__ __forceinline__ unsigned word_of(uint4 v, int i) {
     return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
@@ -196,7 +194,7 @@ int pl_cuda_matmul_kquant_launch(const pl_cuda_weight *w, const void *act, int n
     const unsigned grid = (unsigned)((nr + ROWS_PER_CTA - 1) / ROWS_PER_CTA);
     for (int t0 = 0; t0 < nt;) {
         const int left = nt - t0;
-        const int T = left >= TOKENS_PER_PASS ? TOKENS_PER_PASS : left > 4 ? 4 : left;
+        const int T = pl_tokens_this_pass(left);
         const int8_t *aqt = aq + (size_t)t0 * w->ne0;
         const float *adt = ad + (size_t)t0 * nb;
         const int16_t *bst = bs + (size_t)t0 * nb * 16;

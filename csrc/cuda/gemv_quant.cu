@@ -89,9 +89,6 @@ gemv_quant_kernel(const uint8_t *__restrict__ wq, const uint16_t *__restrict__ w
     }
 }
 
-/* tokens per pass of the batched kernel (each pass reads the weights once) */
-#define TOKENS_PER_PASS 8
-
 template <int QB>
 static void launch_quant(unsigned grid, cudaStream_t st, int T, const uint8_t *wq, const uint16_t *wd, const int8_t *aq,
                          const float *ad, float *y, int ldy, int nr, int nb) {
@@ -115,7 +112,7 @@ int pl_cuda_matmul_quant_launch(const pl_cuda_weight *w, const void *act, int nt
     const unsigned grid = (unsigned)((nr + ROWS_PER_CTA - 1) / ROWS_PER_CTA);
     for (int t0 = 0; t0 < nt;) {
         const int left = nt - t0;
-        const int T = left >= TOKENS_PER_PASS ? TOKENS_PER_PASS : left > 4 ? 4 : left;
+        const int T = pl_tokens_this_pass(left);
         const int8_t *aqt = aq + (size_t)t0 * w->ne0;
         const float *adt = ad + (size_t)t0 * nb;
         if (qb == 16) launch_quant<16>(grid, st, T, wq, wd, aqt, adt, y + (size_t)t0 * ldy, ldy, nr, nb);
