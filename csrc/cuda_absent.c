@@ -90,6 +90,10 @@ size_t pl_cuda_model_bytes(const pl_cuda_model *m) {
     (void)m;
     return 0;
 }
+int pl_cuda_model_set_fused(pl_cuda_model *m, int on) {
+    (void)m, (void)on;
+    return 0;
+}
 void pl_cuda_model_free(pl_cuda_model *m) { (void)m; }
 pl_cuda_kv *pl_cuda_kv_new(const pl_cuda_model *m, int n_ctx, int type, char *err) {
     (void)m, (void)n_ctx, (void)type;

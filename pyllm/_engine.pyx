@@ -752,6 +752,7 @@ cdef extern from "pl_cuda_build.h" nogil:
                           const void *host, size_t nbytes, char *err)
     int pl_cuda_model_check(const pl_cuda_model *m, char *err)
     size_t pl_cuda_model_bytes(const pl_cuda_model *m)
+    int pl_cuda_model_set_fused(pl_cuda_model *m, int on)
     void pl_cuda_model_free(pl_cuda_model *m)
     pl_cuda_kv *pl_cuda_kv_new(const pl_cuda_model *m, int n_ctx, int type, char *err)
     void pl_cuda_kv_free(pl_cuda_kv *kv)
@@ -1062,6 +1063,17 @@ cdef class CudaModel:
     def nbytes(self) -> int:
         """device bytes of the weights and rope tables"""
         return pl_cuda_model_bytes(self.m)
+
+    @property
+    def fused(self) -> bool:
+        """fused launches (default True): norms and attention also write the next matmul's Q8_0 input, and a
+        decode step's q / k / v and gate / up + SwiGLU are one launch each. The same results either way;
+        False only to measure what fusing saves."""
+        return bool(pl_cuda_model_set_fused(self.m, -1))
+
+    @fused.setter
+    def fused(self, on):
+        pl_cuda_model_set_fused(self.m, 1 if on else 0)
 
     def forward(self, list caches, tokens, positions, seqs, out_rows, n_threads=0):
         """Runner.forward's contract on the GPU: caches are CudaKVCache objects of this model; returns the

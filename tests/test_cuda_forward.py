@@ -173,6 +173,57 @@ def test_groups_mixing_q8_0_and_q8_k_inputs_match_the_cpu(types):
     assert_logits_close(got, want, f"mixed groups {types}", KQUANT_TOL)
 
 
+def _one_layer_model(types, seed=7):
+    """a hand-built one-layer model with the given weight types (pl type ids) and a 64-token vocabulary"""
+    cfg = dict(n_vocab=64, dim=256, n_layers=1, n_heads=8, n_kv_heads=4, head_dim=32, hidden_dim=512, max_ctx=64,
+               norm_eps=1e-5, rope_interleaved=False, sliding_window=0)
+    rng = np.random.default_rng(seed)
+    cm = _engine.CModel(**cfg)
+    d, hid, v, kv = cfg["dim"], cfg["hidden_dim"], cfg["n_vocab"], cfg["n_kv_heads"] * cfg["head_dim"]
+    shapes = dict(tok_embd=(v, d), output=(v, d), wq=(d, d), wk=(kv, d), wv=(kv, d), wo=(d, d), ffn_gate=(hid, d),
+                  ffn_up=(hid, d), ffn_down=(d, hid))
+    for name, (rows, cols) in shapes.items():
+        w = (0.1 * rng.standard_normal((rows, cols))).astype(np.float32)
+        cm.set_tensor(name, -1 if name in ("tok_embd", "output") else 0, types[name], cols, rows,
+                      _engine.from_float(types[name], w))
+    for name, layer in (("output_norm", -1), ("attn_norm", 0), ("ffn_norm", 0)):
+        cm.set_tensor(name, layer, 0, d, 1, (1.0 + 0.1 * rng.standard_normal(d)).astype(np.float32))
+    cm.finalize(1.0 / (10000.0 ** (np.arange(0, 32, 2, dtype=np.float32) / 32)), repack=False)
+    return cm
+
+
+@gpu
+@pytest.mark.parametrize("types", [
+    # Q4_0 everywhere: q / k / v in one launch, gate / up / SwiGLU in one, every norm and the attention write
+    # the Q8_0 form of their output
+    dict(wq=2, wk=2, wv=2, wo=2, ffn_gate=2, ffn_up=2, ffn_down=2, tok_embd=2, output=2),
+    # mixed: q / k / v and gate / up of different types (separate launches) after a norm that wrote Q8_0,
+    # a Q6_K output projection and LM head (Q8_K: nothing to fuse)
+    dict(wq=8, wk=2, wv=8, wo=14, ffn_gate=8, ffn_up=2, ffn_down=8, tok_embd=8, output=14),
+], ids=["q4_0", "mixed"])
+def test_fused_launches_compute_the_same_bits(types):
+    """the fused decode kernels (norms and attention writing the next matmul's Q8_0 input, q / k / v and gate / up
+    + SwiGLU as one launch each) do the unfused kernels' arithmetic: the logits are identical, not just close, for a
+    prompt on the GEMV path (< 16 tokens), one on the tensor cores, and decode steps; and match the CPU"""
+    cm = _one_layer_model(types)
+    plain, fused = _engine.CudaModel(cm), _engine.CudaModel(cm)
+    assert fused.fused and plain.fused
+    plain.fused = False
+    assert not plain.fused and fused.fused
+    ids = [3, 17, 5, 60, 2, 9, 41, 33, 8, 1, 12, 40, 22, 7, 19, 31, 50, 11, 6, 28]
+    cpu = _engine.Runner(cm)
+    for n0 in (10, 20):  # the prompt's first n0 tokens at once, then two decode steps
+        kv_p, kv_f, kv_c = _engine.CudaKVCache(plain, 32), _engine.CudaKVCache(fused, 32), _engine.KVCache(cm, 32)
+        for pos in (list(range(n0)), [n0], [n0 + 1]):
+            tok = [ids[p % len(ids)] for p in pos]
+            n = len(pos)
+            a = plain.forward([kv_p], tok, pos, [0] * n, np.arange(n))
+            b = fused.forward([kv_f], tok, pos, [0] * n, np.arange(n))
+            want = cpu.forward([kv_c], tok, pos, [0] * n, np.arange(n), 1)
+            assert np.array_equal(np.asarray(a), np.asarray(b)), f"fused != unfused at positions {pos[0]}..{pos[-1]}"
+            assert_logits_close(b, want, f"fused, positions {pos[0]}..{pos[-1]}", KQUANT_TOL)
+
+
 @gpu
 def test_concurrent_requests_share_steps_and_match_the_cpu():
     cpu = pyllm.load(quant="q8_0", n_ctx=256)

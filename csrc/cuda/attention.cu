@@ -2,7 +2,8 @@
  * one block per (split of PL_ATT_SPLIT keys, KV head, token) computes, for the G query heads that share
  * the KV head, the scores q.k x scale of its keys, their max m, the sum l of exp(score - m) and the
  * exp-weighted sum of the value rows; a second kernel combines a query head's splits (rescaled to the
- * largest max) and divides by the total. The CPU's order is softmax first, then P x V: the same values
+ * largest max) and divides by the total (writing the output's Q8_0 form too when asked, for the output
+ * projection). The CPU's order is softmax first, then P x V: the same values
  * up to fp32 rounding. A token at position p sees keys start..p (start = p - W + 1 with a sliding window
  * of W, else 0), from its own sequence's cache. */
 #include <math.h>
@@ -92,9 +93,12 @@ attention_split_kernel(const pl_cuda_config c, int l, const float *__restrict__ 
     }
 }
 
+/* out row t, head hq = the splits' partials rescaled to the largest max and divided by the total; with q8,
+ * also the row's Q8_0 form (row t_base + t of nrows: the batch's, pl_cuda.h's layout), a warp per block
+ * (head_dim a multiple of 32, a thread per element) */
 __global__ void attention_combine_kernel(const pl_cuda_config c, int n_splits, const int32_t *__restrict__ pos,
                                          const float *__restrict__ att_o, const float *__restrict__ att_ml,
-                                         float *__restrict__ out) {
+                                         float *__restrict__ out, int8_t *__restrict__ q8, int t_base, int nrows) {
     const int hq = blockIdx.x, t = blockIdx.y, hd = c.head_dim;
     const int p = pos[t], len = p + 1 - key_start(p, c.sliding_window);
     const int ns = (len + PL_ATT_SPLIT - 1) / PL_ATT_SPLIT;
@@ -107,12 +111,18 @@ __global__ void attention_combine_kernel(const pl_cuda_config c, int n_splits, c
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float a = 0.0f;
         for (int s = 0; s < ns; s++) a += expf(att_ml[(base + s) * 2] - mx) * att_o[(base + s) * hd + d];
-        out[(size_t)t * c.n_heads * hd + (size_t)hq * hd + d] = a * inv;
+        const float o = a * inv;
+        out[(size_t)t * c.n_heads * hd + (size_t)hq * hd + d] = o;
+        if (q8) {
+            const size_t qd = (size_t)c.n_heads * hd, e = (size_t)(t_base + t) * qd + (size_t)hq * hd + d;
+            pl_q8_0_warp_block(o, q8 + e, (float *)(q8 + (size_t)nrows * qd) + e / PL_CUDA_QK);
+        }
     }
 }
 
 int pl_cuda_attention(const pl_cuda_model *m, int l, const float *q, float *out, int nt, int n_splits,
-                      const int32_t *pos, const int32_t *seq, const pl_cuda_kv_view *views, char *err) {
+                      const int32_t *pos, const int32_t *seq, const pl_cuda_kv_view *views, void *q8, int t_base,
+                      int nrows, char *err) {
     const pl_cuda_config *c = &m->c;
     const int G = c->n_heads / c->n_kv_heads;
     const size_t smem = (size_t)G * (c->head_dim + PL_ATT_SPLIT) * sizeof(float);
@@ -122,7 +132,8 @@ int pl_cuda_attention(const pl_cuda_model *m, int l, const float *q, float *out,
     if (PL_CUDA_LAUNCHED("attention")) return -1;
     const int th = c->head_dim < 32 ? 32 : c->head_dim;
     PL_LAUNCH(dim3((unsigned)c->n_heads, (unsigned)nt), th, 0, m->stream, attention_combine_kernel)(
-        *c, n_splits, pos, m->s.att_o, m->s.att_ml, out);
+        *c, n_splits, pos, m->s.att_o, m->s.att_ml, out, c->head_dim % PL_CUDA_QK ? NULL : (int8_t *)q8, t_base,
+        nrows);
     return PL_CUDA_LAUNCHED("attention: combining the splits");
 }
 

@@ -99,6 +99,20 @@ static __device__ __forceinline__ float pl_warp_sum(float v) {
     return v;
 }
 
+/* one Q8_0 block quantized by the 32 lanes of a warp, lane j holding the block's value j, with the CPU's
+ * scalar q8_0_from_float arithmetic (d = max|x| / 127 rounded through fp16, q = roundf(x / d) with the
+ * fp32 d): lane j writes its quant to *q, lane 0 the block's scale (the fp16 d's value) to *d. Every lane
+ * of the warp must call it together. quantize_q8_0.cu and the kernels that emit their output's Q8_0 form
+ * beside it (norms, attention) all go through this, so the quants are the same bits wherever made. */
+static __device__ __forceinline__ void pl_q8_0_warp_block(float v, int8_t *q, float *d) {
+    float amax = fabsf(v);
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float dd = amax / 127.0f;
+    const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
+    *q = (int8_t)roundf(v * id);
+    if ((threadIdx.x & 31) == 0) *d = pl_h2f(pl_f2h(dd));
+}
+
 /* Kernel launches and dynamic shared memory go through these two macros (never <<< >>> or extern
  * __shared__ directly), so that the same sources also build for the CPU emulation of the kernels:
  *     PL_LAUNCH(grid, block, smem_bytes, stream, kernel)(args...);
@@ -147,6 +161,14 @@ int pl_cuda_matmul_quant_launch(const pl_cuda_weight *w, const void *act, int nt
                                 char *err);
 int pl_cuda_matmul_float_launch(const pl_cuda_weight *w, const float *x, int nt, int ldx, float *y, int ldy,
                                 cudaStream_t st, char *err);
+/* Q4_0 / Q8_0 weights in fewer launches (gemv_quant.cu), pl_cuda_matmul_quant_launch's contract: n <= 3
+ * weights of one type and width with the same input (q / k / v) in one grid (group_ok says whether they
+ * qualify), and gate / up with SwiGLU: y[t * ldy + r] = silu(gate_r . x_t) * (up_r . x_t) */
+int pl_cuda_gemv_group_ok(const pl_cuda_weight *const *ws, int n);
+int pl_cuda_gemv_group_launch(const pl_cuda_weight *const *ws, float *const *ys, const int *ldy, int n, const void *act,
+                              int nt, cudaStream_t st, char *err);
+int pl_cuda_gemv_swiglu_launch(const pl_cuda_weight *gate, const pl_cuda_weight *up, const void *act, int nt, float *y,
+                               int ldy, cudaStream_t st, char *err);
 /* pl_cuda_quantize_q8_0 / _q8_k on stream st, without their argument checks */
 int pl_cuda_quantize_q8_0_on(const float *x, int64_t n, void *q, cudaStream_t st, char *err);
 int pl_cuda_quantize_q8_k_on(const float *x, int64_t n, void *q, cudaStream_t st, char *err);

@@ -2,7 +2,8 @@
  * formulas (csrc/ops.c, forward.c) in fp32 with the same operation order where it matters: embedding
  * lookup (dequantizing the row), RMSNorm (sum of squares in double, as pl_rmsnorm), residual adds, the
  * q / k / v finish (biases, per-head norms, RoPE, the KV-cache write) and SwiGLU. One block per token
- * row for the per-row steps. */
+ * row for the per-row steps. The norms can also write their output's Q8_0 form (the next matmuls' input)
+ * in the same pass, saving the quantization kernel. */
 #include "model_internal.cuh"
 
 #define ROW_THREADS 256
@@ -104,33 +105,45 @@ static __device__ double block_sum(double v, double *red) {
     return s;
 }
 
-/* out = w * (x * 1/sqrt(mean(x^2) + eps)), pl_rmsnorm's formula */
+/* out = w * (x * 1/sqrt(mean(x^2) + eps)), pl_rmsnorm's formula; with q8, also out's Q8_0 form: row t of
+ * the nrows rows of q8 (pl_cuda.h's layout: all quants, then all scales). A warp's 32 consecutive values
+ * are one Q8_0 block (n is a multiple of 32 then, ROW_THREADS of 32) */
 static __device__ void rmsnorm_row(const float *x, const float *__restrict__ w, float *out, int n, float eps,
-                                   double *red) {
+                                   double *red, int8_t *q8, int t, int nrows) {
     double ss = 0.0;
     for (int i = threadIdx.x; i < n; i += ROW_THREADS) ss += (double)x[i] * x[i];
     ss = block_sum(ss, red);
     const float scale = 1.0f / sqrtf((float)(ss / n) + eps);
-    for (int i = threadIdx.x; i < n; i += ROW_THREADS) out[i] = w[i] * (x[i] * scale);
+    int8_t *qr = q8 ? q8 + (size_t)t * n : NULL;
+    float *dr = q8 ? (float *)(q8 + (size_t)nrows * n) + (size_t)t * (n / PL_CUDA_QK) : NULL;
+    for (int i = threadIdx.x; i < n; i += ROW_THREADS) {
+        const float o = w[i] * (x[i] * scale);
+        out[i] = o;
+        if (qr) pl_q8_0_warp_block(o, qr + i, dr + i / PL_CUDA_QK);
+    }
 }
 
 __global__ void __launch_bounds__(ROW_THREADS)
-rmsnorm_kernel(const float *x, const int32_t *__restrict__ rows, int n, const float *__restrict__ w, float *out, float eps) {
+rmsnorm_kernel(const float *x, const int32_t *__restrict__ rows, int n, const float *__restrict__ w, float *out, float eps,
+               int8_t *q8) {
     __shared__ double red[ROW_THREADS];
     const int t = blockIdx.x;
     const int r = rows ? rows[t] : t;
-    rmsnorm_row(x + (size_t)r * n, w, out + (size_t)t * n, n, eps, red);
+    rmsnorm_row(x + (size_t)r * n, w, out + (size_t)t * n, n, eps, red, q8, t, (int)gridDim.x);
 }
 
+/* q8 (the Q8_0 form wanted beside the output, or NULL) only where n is whole Q8_0 blocks */
+static int8_t *q8_out(void *q8, int n) { return n % PL_CUDA_QK ? NULL : (int8_t *)q8; }
+
 int pl_cuda_rmsnorm(const pl_cuda_model *m, const float *x, const int32_t *rows, int nt, int n, const float *w,
-                    float *out, char *err) {
-    PL_LAUNCH(nt, ROW_THREADS, 0, m->stream, rmsnorm_kernel)(x, rows, n, w, out, m->c.norm_eps);
+                    float *out, void *q8, char *err) {
+    PL_LAUNCH(nt, ROW_THREADS, 0, m->stream, rmsnorm_kernel)(x, rows, n, w, out, m->c.norm_eps, q8_out(q8, n));
     return PL_CUDA_LAUNCHED("rmsnorm");
 }
 
 __global__ void __launch_bounds__(ROW_THREADS)
 residual_kernel(float *x, const float *__restrict__ y, const float *__restrict__ bias, int n,
-                const float *__restrict__ norm_w, float *xb, float eps) {
+                const float *__restrict__ norm_w, float *xb, float eps, int8_t *q8) {
     __shared__ double red[ROW_THREADS];
     const int t = blockIdx.x;
     float *xr = x + (size_t)t * n;
@@ -138,13 +151,14 @@ residual_kernel(float *x, const float *__restrict__ y, const float *__restrict__
     for (int i = threadIdx.x; i < n; i += ROW_THREADS) xr[i] += bias ? yr[i] + bias[i] : yr[i];
     if (norm_w) {
         __syncthreads();
-        rmsnorm_row(xr, norm_w, xb + (size_t)t * n, n, eps, red);
+        rmsnorm_row(xr, norm_w, xb + (size_t)t * n, n, eps, red, q8, t, (int)gridDim.x);
     }
 }
 
 int pl_cuda_residual(const pl_cuda_model *m, float *x, const float *y, const float *bias, int nt, const float *norm_w,
-                     float *xb, char *err) {
-    PL_LAUNCH(nt, ROW_THREADS, 0, m->stream, residual_kernel)(x, y, bias, m->c.dim, norm_w, xb, m->c.norm_eps);
+                     float *xb, void *q8, char *err) {
+    PL_LAUNCH(nt, ROW_THREADS, 0, m->stream, residual_kernel)(x, y, bias, m->c.dim, norm_w, xb, m->c.norm_eps,
+                                                              norm_w ? q8_out(q8, m->c.dim) : NULL);
     return PL_CUDA_LAUNCHED("residual add");
 }
 

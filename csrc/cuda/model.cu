@@ -54,6 +54,7 @@ pl_cuda_model *pl_cuda_model_new(const pl_cuda_config *c, const float *rope_cos,
         return NULL;
     }
     m->c = *c;
+    m->fuse = 1;
     if (pl_cuda_fail(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking), "CUDA model: creating a stream", err)) {
         free(m->layers);
         free(m);
@@ -191,6 +192,15 @@ int pl_cuda_model_check(const pl_cuda_model *m, char *err) {
 }
 
 size_t pl_cuda_model_bytes(const pl_cuda_model *m) { return m ? m->bytes : 0; }
+
+int pl_cuda_model_set_fused(pl_cuda_model *m, int on) {
+    if (!m) return 0;
+    const int was = m->fuse;
+    if (on < 0) return was;
+    if (!!on != was) pl_cuda_graphs_free(m); /* captured with the other kernels */
+    m->fuse = !!on;
+    return was;
+}
 
 static void scratch_free(pl_cuda_scratch *s) {
     pl_cuda_free(s->x);

@@ -57,6 +57,8 @@ struct pl_cuda_model {
     pl_cuda_scratch s;
     pl_cuda_graph graphs[PL_CUDA_GRAPH_SLOTS];
     unsigned long long graph_clock;
+    int fuse; /* kernels that write their output's Q8_0 form, q/k/v and gate/up+SwiGLU launches merged
+               * (forward.cu); pl_cuda_model_set_fused */
 };
 
 /* keys per split of the attention (a block's share of one query's keys) */
@@ -65,12 +67,15 @@ struct pl_cuda_model {
 /* ---- layer_kernels.cu (all on m->stream; 0 or -1 with err) ---- */
 /* x[t] = the embedding row of ids[t] (fp32), t < nt */
 int pl_cuda_embed(const pl_cuda_model *m, const int32_t *ids, int nt, float *x, char *err);
-/* out[t] = w * (x[t] * 1 / sqrt(mean(x[t]^2) + eps)) for nt rows of n; rows[t] (if not NULL) picks x's row */
+/* out[t] = w * (x[t] * 1 / sqrt(mean(x[t]^2) + eps)) for nt rows of n; rows[t] (if not NULL) picks x's row.
+ * q8 (or NULL): also out's Q8_0 form there (nt rows); ignored unless n is a multiple of 32, which the
+ * input width of a Q8_0-form weight (the only reason to ask) always is */
 int pl_cuda_rmsnorm(const pl_cuda_model *m, const float *x, const int32_t *rows, int nt, int n, const float *w,
-                    float *out, char *err);
-/* x += y (+ bias) over nt rows of dim; then, with norm_w, xb = rmsnorm(x) */
+                    float *out, void *q8, char *err);
+/* x += y (+ bias) over nt rows of dim; then, with norm_w, xb = rmsnorm(x) (and its Q8_0 form in q8, as
+ * pl_cuda_rmsnorm) */
 int pl_cuda_residual(const pl_cuda_model *m, float *x, const float *y, const float *bias, int nt,
-                     const float *norm_w, float *xb, char *err);
+                     const float *norm_w, float *xb, void *q8, char *err);
 /* q, k, v of nt tokens: biases, per-head q / k norms, RoPE at each token's position, and k, v written
  * into the token's sequence's cache at layer l */
 int pl_cuda_qkv_finish(const pl_cuda_model *m, const pl_cuda_layer *L, int l, float *q, float *k, const float *v,
@@ -78,9 +83,12 @@ int pl_cuda_qkv_finish(const pl_cuda_model *m, const pl_cuda_layer *L, int l, fl
 /* hb = silu(hb) * hb2 over n values */
 int pl_cuda_swiglu(const pl_cuda_model *m, float *hb, const float *hb2, int64_t n, char *err);
 /* ---- attention.cu: out (nt x q_dim) = attention of q over each token's cache at layer l; n_splits
- * splits of PL_ATT_SPLIT keys per (token, kv head), enough for the longest row of the batch ---- */
+ * splits of PL_ATT_SPLIT keys per (token, kv head), enough for the longest row of the batch. q8 (or NULL):
+ * out's Q8_0 form too, these nt rows being rows t_base.. of nrows (ignored unless head_dim is a multiple of
+ * 32) ---- */
 int pl_cuda_attention(const pl_cuda_model *m, int l, const float *q, float *out, int nt, int n_splits,
-                      const int32_t *pos, const int32_t *seq, const pl_cuda_kv_view *views, char *err);
+                      const int32_t *pos, const int32_t *seq, const pl_cuda_kv_view *views, void *q8, int t_base,
+                      int nrows, char *err);
 /* once per model (before any capture): the attention kernel's shared memory limit for this config */
 int pl_cuda_attention_setup(const pl_cuda_model *m, char *err);
 /* ---- model.cu: grows m->s to nt tokens, n_seq sequences and att (token, split) pairs of attention

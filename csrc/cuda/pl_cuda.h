@@ -143,6 +143,10 @@ int pl_cuda_model_set(pl_cuda_model *m, const char *name, int layer, int type, i
 /* 0 once every tensor the config needs is set, else -1 naming the first missing one */
 int pl_cuda_model_check(const pl_cuda_model *m, char *err);
 size_t pl_cuda_model_bytes(const pl_cuda_model *m); /* device bytes of the weights and tables */
+/* fused launches (on by default): the norms and the attention also write their output's Q8_0 form for the
+ * next matmuls, and a decode step's q / k / v and gate / up + SwiGLU take one launch each; the results are
+ * the same bits either way (off: for A/B measurements). on < 0 only asks. Returns the setting before. */
+int pl_cuda_model_set_fused(pl_cuda_model *m, int on);
 void pl_cuda_model_free(pl_cuda_model *m);          /* NULL is fine */
 
 /* one sequence's keys and values on the device: [n_layers][n_ctx][n_kv_heads * head_dim] of type

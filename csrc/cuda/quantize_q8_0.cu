@@ -1,21 +1,15 @@
 /* quantize_q8_0.cu: activations (fp32, on the device) to Q8_0, the form Q4_0 / Q8_0 weights are
  * multiplied with, with the arithmetic of the CPU's scalar q8_0_from_float (types_scalar.c) so the rows
  * are bit for bit the same: d = max|x| / 127, stored as fp16; q = roundf(x * (1 / d)) with the fp32 d.
- * One warp per 32-value block. Output layout (pl_cuda.h): n int8 quants, then n/32 fp32 scales (the
- * fp16 d's value). */
+ * One warp per 32-value block (pl_q8_0_warp_block, cuda_common.cuh). Output layout (pl_cuda.h): n int8
+ * quants, then n/32 fp32 scales (the fp16 d's value). */
 #include "cuda_common.cuh"
 
 __global__ void quantize_q8_0_kernel(const float *__restrict__ x, int64_t n, int8_t *__restrict__ q,
                                      float *__restrict__ d) {
     const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     if (i >= n) return; /* whole warps: n is a multiple of 32, blockDim of 32 */
-    const float v = x[i];
-    float amax = fabsf(v);
-    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    const float dd = amax / 127.0f;
-    const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
-    q[i] = (int8_t)roundf(v * id);
-    if ((threadIdx.x & 31) == 0) d[i / PL_CUDA_QK] = pl_h2f(pl_f2h(dd));
+    pl_q8_0_warp_block(x[i], q + i, d + i / PL_CUDA_QK);
 }
 
 size_t pl_cuda_act_bytes(int type, int64_t ne0) {
