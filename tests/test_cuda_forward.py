@@ -200,10 +200,12 @@ def _one_layer_model(types, seed=7):
     # mixed: q / k / v and gate / up of different types (separate launches) after a norm that wrote Q8_0,
     # a Q6_K output projection and LM head (Q8_K: nothing to fuse)
     dict(wq=8, wk=2, wv=8, wo=14, ffn_gate=8, ffn_up=2, ffn_down=8, tok_embd=8, output=14),
-], ids=["q4_0", "mixed"])
+    # K-quants: the norms write the Q8_K form (a block of 256 threads per super-block)
+    dict(wq=12, wk=12, wv=14, wo=13, ffn_gate=12, ffn_up=12, ffn_down=14, tok_embd=12, output=13),
+], ids=["q4_0", "mixed", "kquant"])
 def test_fused_launches_compute_the_same_bits(types):
-    """the fused decode kernels (norms and attention writing the next matmul's Q8_0 input, q / k / v and gate / up
-    + SwiGLU as one launch each) do the unfused kernels' arithmetic: the logits are identical, not just close, for a
+    """the fused decode kernels (norms writing the next matmul's Q8_0 or Q8_K input, the attention its Q8_0 input,
+    q / k / v and gate / up + SwiGLU as one launch each) do the unfused kernels' arithmetic: the logits are identical, not just close, for a
     prompt on the GEMV path (< 16 tokens), one on the tensor cores, and decode steps; and match the CPU"""
     cm = _one_layer_model(types)
     plain, fused = _engine.CudaModel(cm), _engine.CudaModel(cm)

@@ -47,12 +47,9 @@ static int matmul_shared_input(pl_cuda_model *m, const pl_cuda_weight *const *ws
     return 0;
 }
 
-/* where a kernel producing w's input should also write that input's Q8_0 form (saving a quantization
- * launch): m->s.act when w reads Q8_0 activations and fusing is on, else NULL */
-static void *q8_for(const pl_cuda_model *m, const pl_cuda_weight *w) {
-    return m->fuse && pl_cuda_act_form(w->type) == PL_CUDA_Q8_0 ? m->s.act : NULL;
-}
-#define HAVE(q8) ((q8) ? PL_CUDA_Q8_0 : 0)
+/* the activation form a kernel producing w's input should also write in m->s.act (saving a quantization
+ * launch): w's form (PL_CUDA_Q8_0 / PL_CUDA_Q8_K) when fusing is on, else 0 */
+static int emit_for(const pl_cuda_model *m, const pl_cuda_weight *w) { return m->fuse ? pl_cuda_act_form(w->type) : 0; }
 
 #define FAIL(...) PL_CUDA_ERR(__VA_ARGS__)
 #define TRY(call) \
@@ -79,51 +76,54 @@ static int enqueue_forward(pl_cuda_model *m, int nt, int n_out, int n_splits, ch
                   *d_out = s->ids + 3 * s->cap_tokens;
     const int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim, hid = c->hidden_dim;
     TRY(pl_cuda_embed(m, d_tok, nt, s->x, err));
-    /* the Q8_0 form of xb, when the norm that made it wrote it too (HAVE: the form in s->act) */
-    void *q8 = q8_for(m, &m->layers[0].wq);
-    TRY(pl_cuda_rmsnorm(m, s->x, NULL, nt, c->dim, m->layers[0].attn_norm, s->xb, q8, err));
+    /* have: the quantized form of xb (or of the attention's output) the kernel that made it also wrote in
+     * s->act, 0 if none */
+    int have = emit_for(m, &m->layers[0].wq);
+    TRY(pl_cuda_rmsnorm(m, s->x, NULL, nt, c->dim, m->layers[0].attn_norm, s->xb, s->act, have, err));
     for (int l = 0; l < c->n_layers; l++) {
         const pl_cuda_layer *L = &m->layers[l];
         {
             const pl_cuda_weight *ws[3] = {&L->wq, &L->wk, &L->wv};
             float *ys[3] = {s->q, s->k, s->v};
             const int ld[3] = {qd, kvd, kvd};
-            TRY(matmul_shared_input(m, ws, ys, ld, 3, s->xb, nt, HAVE(q8), err));
+            TRY(matmul_shared_input(m, ws, ys, ld, 3, s->xb, nt, have, err));
         }
         TRY(pl_cuda_qkv_finish(m, L, l, s->q, s->k, s->v, nt, d_pos, d_seq, s->views, err));
         const int chunk = att_chunk(m, n_splits);
-        q8 = q8_for(m, &L->wo);
-        if (c->head_dim % PL_CUDA_QK) q8 = NULL; /* the attention writes the Q8_0 form head by head */
+        /* the attention writes a Q8_0 form head by head (Q8_K's super-blocks span heads) */
+        have = emit_for(m, &L->wo) == PL_CUDA_Q8_0 && c->head_dim % PL_CUDA_QK == 0 ? PL_CUDA_Q8_0 : 0;
         for (int c0 = 0; c0 < nt; c0 += chunk) {
             const int cn = nt - c0 < chunk ? nt - c0 : chunk;
             float *qc = s->q + (size_t)c0 * qd;
-            TRY(pl_cuda_attention(m, l, qc, qc, cn, n_splits, d_pos + c0, d_seq + c0, s->views, q8, c0, nt, err));
+            TRY(pl_cuda_attention(m, l, qc, qc, cn, n_splits, d_pos + c0, d_seq + c0, s->views, have ? s->act : NULL,
+                                  c0, nt, err));
         }
-        TRY(matmul(m, &L->wo, s->q, nt, s->xb, c->dim, HAVE(q8), err));
+        TRY(matmul(m, &L->wo, s->q, nt, s->xb, c->dim, have, err));
         const pl_cuda_weight *gate = &L->ffn_gate, *up = &L->ffn_up;
-        q8 = q8_for(m, gate);
-        TRY(pl_cuda_residual(m, s->x, s->xb, c->o_bias ? L->bo : NULL, nt, L->ffn_norm, s->xb, q8, err));
+        have = emit_for(m, gate);
+        TRY(pl_cuda_residual(m, s->x, s->xb, c->o_bias ? L->bo : NULL, nt, L->ffn_norm, s->xb, s->act, have, err));
         const pl_cuda_weight *gu[2] = {gate, up};
         if (m->fuse && nt < PL_MMA_MIN_TOKENS && pl_cuda_gemv_group_ok(gu, 2) && gate->ne1 == up->ne1) {
-            /* gate, up and SwiGLU in one launch */
-            if (!q8 && pl_cuda_quantize_q8_0_on(s->xb, (int64_t)nt * c->dim, s->act, m->stream, err)) return -1;
+            /* gate, up and SwiGLU in one launch (Q4_0 / Q8_0 weights: the norm wrote the Q8_0 form) */
+            if (have != PL_CUDA_Q8_0 && pl_cuda_quantize_q8_0_on(s->xb, (int64_t)nt * c->dim, s->act, m->stream, err))
+                return -1;
             TRY(pl_cuda_gemv_swiglu_launch(gate, up, s->act, nt, s->hb, hid, m->stream, err));
         } else {
             float *ys[2] = {s->hb, s->hb2};
             const int ld[2] = {hid, hid};
-            TRY(matmul_shared_input(m, gu, ys, ld, 2, s->xb, nt, HAVE(q8), err));
+            TRY(matmul_shared_input(m, gu, ys, ld, 2, s->xb, nt, have, err));
             TRY(pl_cuda_swiglu(m, s->hb, s->hb2, (int64_t)nt * hid, err));
         }
         TRY(matmul(m, &L->ffn_down, s->hb, nt, s->xb, c->dim, 0, err));
         /* the residual, and the next layer's attention norm in the same pass */
         const float *next_norm = l + 1 < c->n_layers ? m->layers[l + 1].attn_norm : NULL;
-        q8 = next_norm ? q8_for(m, &m->layers[l + 1].wq) : NULL;
-        TRY(pl_cuda_residual(m, s->x, s->xb, NULL, nt, next_norm, s->xb, q8, err));
+        have = next_norm ? emit_for(m, &m->layers[l + 1].wq) : 0;
+        TRY(pl_cuda_residual(m, s->x, s->xb, NULL, nt, next_norm, s->xb, s->act, have, err));
     }
     if (n_out > 0) {
-        q8 = q8_for(m, &m->output);
-        TRY(pl_cuda_rmsnorm(m, s->x, d_out, n_out, c->dim, m->output_norm, s->xb, q8, err));
-        TRY(matmul(m, &m->output, s->xb, n_out, s->logits, c->n_vocab, HAVE(q8), err));
+        have = emit_for(m, &m->output);
+        TRY(pl_cuda_rmsnorm(m, s->x, d_out, n_out, c->dim, m->output_norm, s->xb, s->act, have, err));
+        TRY(matmul(m, &m->output, s->xb, n_out, s->logits, c->n_vocab, have, err));
     }
     return 0;
 }

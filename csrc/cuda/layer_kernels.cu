@@ -2,8 +2,8 @@
  * formulas (csrc/ops.c, forward.c) in fp32 with the same operation order where it matters: embedding
  * lookup (dequantizing the row), RMSNorm (sum of squares in double, as pl_rmsnorm), residual adds, the
  * q / k / v finish (biases, per-head norms, RoPE, the KV-cache write) and SwiGLU. One block per token
- * row for the per-row steps. The norms can also write their output's Q8_0 form (the next matmuls' input)
- * in the same pass, saving the quantization kernel. */
+ * row for the per-row steps. The norms can also write their output's Q8_0 or Q8_K form (the next
+ * matmuls' input) in the same pass, saving the quantization kernel. */
 #include "model_internal.cuh"
 
 #define ROW_THREADS 256
@@ -105,60 +105,103 @@ static __device__ double block_sum(double v, double *red) {
     return s;
 }
 
-/* out = w * (x * 1/sqrt(mean(x^2) + eps)), pl_rmsnorm's formula; with q8, also out's Q8_0 form: row t of
- * the nrows rows of q8 (pl_cuda.h's layout: all quants, then all scales). A warp's 32 consecutive values
- * are one Q8_0 block (n is a multiple of 32 then, ROW_THREADS of 32) */
+/* one Q8_K super-block (256 values) quantized by the ROW_THREADS = 256 threads of a block, thread j holding
+ * value j, with quantize_q8_k.cu's arithmetic (the same bits): d = max|x| / 127 in fp32, q = roundf(x / d),
+ * the exact sum of each 16 quants. wmax: ROW_THREADS / 32 floats of shared memory. Every thread calls it. */
+static __device__ void q8_k_block_store(float v, int8_t *q, float *d, int16_t *bsum, float *wmax) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float amax = fabsf(v);
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    if (lane == 0) wmax[warp] = amax;
+    __syncthreads();
+    amax = wmax[0];
+    for (int w = 1; w < ROW_THREADS / 32; w++) amax = fmaxf(amax, wmax[w]);
+    __syncthreads(); /* wmax is free for the next block */
+    const float dd = amax / 127.0f;
+    const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
+    const int qi = (int)roundf(v * id);
+    *q = (int8_t)qi;
+    int s = qi; /* the 16-quant groups: half warps */
+    for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if ((lane & 15) == 0) *bsum = (int16_t)s;
+    if (threadIdx.x == 0) *d = dd;
+}
+
+/* where a norm writes its output's quantized form: row t of nrows rows of n values in pl_cuda.h's layout
+ * (all quants, then all scales; Q8_K: then all 16-sums) */
+typedef struct {
+    int8_t *q;   /* NULL: not wanted */
+    int form;    /* PL_CUDA_Q8_0 or PL_CUDA_Q8_K */
+    int nrows;
+} act_out;
+
+/* out = w * (x * 1/sqrt(mean(x^2) + eps)), pl_rmsnorm's formula; with a.q, also out's Q8_0 or Q8_K form (row
+ * t of a). A warp's 32 consecutive values are one Q8_0 block, the block's 256 one Q8_K super-block (n is a
+ * multiple of 32 or 256 then: the caller checks) */
 static __device__ void rmsnorm_row(const float *x, const float *__restrict__ w, float *out, int n, float eps,
-                                   double *red, int8_t *q8, int t, int nrows) {
+                                   double *red, float *wmax, act_out a, int t) {
     double ss = 0.0;
     for (int i = threadIdx.x; i < n; i += ROW_THREADS) ss += (double)x[i] * x[i];
     ss = block_sum(ss, red);
     const float scale = 1.0f / sqrtf((float)(ss / n) + eps);
-    int8_t *qr = q8 ? q8 + (size_t)t * n : NULL;
-    float *dr = q8 ? (float *)(q8 + (size_t)nrows * n) + (size_t)t * (n / PL_CUDA_QK) : NULL;
+    int8_t *qr = a.q ? a.q + (size_t)t * n : NULL;
+    float *dbase = a.q ? (float *)(a.q + (size_t)a.nrows * n) : NULL;
+    const int per = a.form == PL_CUDA_Q8_K ? PL_CUDA_QK_K : PL_CUDA_QK; /* values per scale */
     for (int i = threadIdx.x; i < n; i += ROW_THREADS) {
         const float o = w[i] * (x[i] * scale);
         out[i] = o;
-        if (qr) pl_q8_0_warp_block(o, qr + i, dr + i / PL_CUDA_QK);
+        if (!qr) continue;
+        const size_t blk = ((size_t)t * n + i) / per; /* the batch's block index */
+        if (a.form == PL_CUDA_Q8_0) pl_q8_0_warp_block(o, qr + i, dbase + blk);
+        else
+            q8_k_block_store(o, qr + i, dbase + blk,
+                             (int16_t *)(dbase + (size_t)a.nrows * (n / PL_CUDA_QK_K)) + ((size_t)t * n + i) / 16, wmax);
     }
 }
 
 __global__ void __launch_bounds__(ROW_THREADS)
 rmsnorm_kernel(const float *x, const int32_t *__restrict__ rows, int n, const float *__restrict__ w, float *out, float eps,
-               int8_t *q8) {
+               act_out a) {
     __shared__ double red[ROW_THREADS];
+    __shared__ float wmax[ROW_THREADS / 32];
     const int t = blockIdx.x;
     const int r = rows ? rows[t] : t;
-    rmsnorm_row(x + (size_t)r * n, w, out + (size_t)t * n, n, eps, red, q8, t, (int)gridDim.x);
+    rmsnorm_row(x + (size_t)r * n, w, out + (size_t)t * n, n, eps, red, wmax, a, t);
 }
 
-/* q8 (the Q8_0 form wanted beside the output, or NULL) only where n is whole Q8_0 blocks */
-static int8_t *q8_out(void *q8, int n) { return n % PL_CUDA_QK ? NULL : (int8_t *)q8; }
+/* the quantized form wanted beside a norm's nt rows of n, or none where n is not whole blocks of it */
+static act_out act_out_for(void *q, int form, int nt, int n) {
+    act_out a = {NULL, form, nt};
+    if (q && ((form == PL_CUDA_Q8_0 && n % PL_CUDA_QK == 0) || (form == PL_CUDA_Q8_K && n % PL_CUDA_QK_K == 0)))
+        a.q = (int8_t *)q;
+    return a;
+}
 
 int pl_cuda_rmsnorm(const pl_cuda_model *m, const float *x, const int32_t *rows, int nt, int n, const float *w,
-                    float *out, void *q8, char *err) {
-    PL_LAUNCH(nt, ROW_THREADS, 0, m->stream, rmsnorm_kernel)(x, rows, n, w, out, m->c.norm_eps, q8_out(q8, n));
+                    float *out, void *q, int form, char *err) {
+    PL_LAUNCH(nt, ROW_THREADS, 0, m->stream, rmsnorm_kernel)(x, rows, n, w, out, m->c.norm_eps, act_out_for(q, form, nt, n));
     return PL_CUDA_LAUNCHED("rmsnorm");
 }
 
 __global__ void __launch_bounds__(ROW_THREADS)
 residual_kernel(float *x, const float *__restrict__ y, const float *__restrict__ bias, int n,
-                const float *__restrict__ norm_w, float *xb, float eps, int8_t *q8) {
+                const float *__restrict__ norm_w, float *xb, float eps, act_out a) {
     __shared__ double red[ROW_THREADS];
+    __shared__ float wmax[ROW_THREADS / 32];
     const int t = blockIdx.x;
     float *xr = x + (size_t)t * n;
     const float *yr = y + (size_t)t * n;
     for (int i = threadIdx.x; i < n; i += ROW_THREADS) xr[i] += bias ? yr[i] + bias[i] : yr[i];
     if (norm_w) {
         __syncthreads();
-        rmsnorm_row(xr, norm_w, xb + (size_t)t * n, n, eps, red, q8, t, (int)gridDim.x);
+        rmsnorm_row(xr, norm_w, xb + (size_t)t * n, n, eps, red, wmax, a, t);
     }
 }
 
 int pl_cuda_residual(const pl_cuda_model *m, float *x, const float *y, const float *bias, int nt, const float *norm_w,
-                     float *xb, void *q8, char *err) {
+                     float *xb, void *q, int form, char *err) {
     PL_LAUNCH(nt, ROW_THREADS, 0, m->stream, residual_kernel)(x, y, bias, m->c.dim, norm_w, xb, m->c.norm_eps,
-                                                              norm_w ? q8_out(q8, m->c.dim) : NULL);
+                                                              act_out_for(norm_w ? q : NULL, form, nt, m->c.dim));
     return PL_CUDA_LAUNCHED("residual add");
 }
 

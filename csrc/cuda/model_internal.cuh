@@ -68,14 +68,15 @@ struct pl_cuda_model {
 /* x[t] = the embedding row of ids[t] (fp32), t < nt */
 int pl_cuda_embed(const pl_cuda_model *m, const int32_t *ids, int nt, float *x, char *err);
 /* out[t] = w * (x[t] * 1 / sqrt(mean(x[t]^2) + eps)) for nt rows of n; rows[t] (if not NULL) picks x's row.
- * q8 (or NULL): also out's Q8_0 form there (nt rows); ignored unless n is a multiple of 32, which the
- * input width of a Q8_0-form weight (the only reason to ask) always is */
+ * q (or NULL): also out's form `form` (PL_CUDA_Q8_0 or PL_CUDA_Q8_K) there (nt rows, pl_cuda.h's layout);
+ * ignored unless n is whole blocks of it, which the input width of a weight reading that form (the only
+ * reason to ask) always is */
 int pl_cuda_rmsnorm(const pl_cuda_model *m, const float *x, const int32_t *rows, int nt, int n, const float *w,
-                    float *out, void *q8, char *err);
-/* x += y (+ bias) over nt rows of dim; then, with norm_w, xb = rmsnorm(x) (and its Q8_0 form in q8, as
+                    float *out, void *q, int form, char *err);
+/* x += y (+ bias) over nt rows of dim; then, with norm_w, xb = rmsnorm(x) (and its quantized form in q, as
  * pl_cuda_rmsnorm) */
 int pl_cuda_residual(const pl_cuda_model *m, float *x, const float *y, const float *bias, int nt,
-                     const float *norm_w, float *xb, void *q8, char *err);
+                     const float *norm_w, float *xb, void *q, int form, char *err);
 /* q, k, v of nt tokens: biases, per-head q / k norms, RoPE at each token's position, and k, v written
  * into the token's sequence's cache at layer l */
 int pl_cuda_qkv_finish(const pl_cuda_model *m, const pl_cuda_layer *L, int l, float *q, float *k, const float *v,
