@@ -231,6 +231,56 @@ def test_a_long_prompt_uses_several_attention_splits(monkeypatch):
     assert_logits_close(seq_g.append(ids), want, "300-token prompt, attention in chunks", FLOAT_TOL)
 
 
+@pytest.fixture(scope="module")
+def window_checkpoint(tmp_path_factory):
+    """Mistral-shaped with 4 query heads on one KV head (G = 4, head_dim 16: the tiled prefill kernel's query tiles
+    hold 16 tokens, its key tiles 64 keys), a 72-token sliding window, and a 1024-token vocabulary (every row's
+    logits stay cheap under the CPU emulation)"""
+    from conftest import build_checkpoint
+
+    return build_checkpoint("mistral", "float32", str(tmp_path_factory.mktemp("mistral-window72")),
+                            num_key_value_heads=1, sliding_window=72, vocab_size=1024)
+
+
+@gpu
+@pytest.mark.parametrize("kv_type", ["f32", "f16"])
+def test_prefill_tiles_match_the_cpu(kv_type, window_checkpoint):
+    """the tiled prefill attention (attention_prefill.cu), every row's logits: a 41-token prompt (query tiles of
+    16, 16 and 9 tokens), then a 117-token chunk continuing that cache at position 41 (tiles not aligned to the
+    positions; past the 72-token window, so a tile's keys start inside a key tile and span two key tiles)"""
+    cpu = pyllm.load(window_checkpoint, n_ctx=192, kv_type=kv_type)
+    cuda = pyllm.load(window_checkpoint, n_ctx=192, kv_type=kv_type, device="cuda")
+    tol = FLOAT_TOL if kv_type == "f32" else FP16_KV_TOL
+    ids = np.random.default_rng(5).integers(3, 1024, size=158).tolist()
+    seq_c, seq_g = cpu.sequence(), cuda.sequence()
+    assert_logits_close(seq_g.append(ids[:41], all_logits=True), seq_c.append(ids[:41], all_logits=True),
+                        f"41-token prompt, {kv_type} cache", tol)
+    assert_logits_close(seq_g.append(ids[41:], all_logits=True), seq_c.append(ids[41:], all_logits=True),
+                        f"117 tokens after 41 in the cache, {kv_type} cache", tol)
+
+
+@gpu
+def test_a_batch_mixing_prompts_and_decode_tokens_matches_the_cpu(window_checkpoint):
+    """one forward holding sequence A's next token, B's 45-token prompt, C's 20 tokens continuing its 45 cached ones
+    right after B's (positions 45.. continue B's 0..44: only the sequence tells the two runs apart, and a tile
+    must not span them), and A's token after that (A's tokens take the split kernel; the second reads the key
+    the first wrote in this batch)"""
+    cpu = pyllm.load(window_checkpoint, n_ctx=128)
+    cuda = pyllm.load(window_checkpoint, n_ctx=128, device="cuda")
+    rng = np.random.default_rng(11)
+    first, b, c, a = (rng.integers(3, 1024, size=n).tolist() for n in (75, 45, 20, 2))
+
+    def run(model):
+        kvs = [model._new_kv() for _ in range(3)]
+        model._forward(kvs, first, list(range(30)) + list(range(45)), [0] * 30 + [2] * 45, [29, 74])
+        tokens = a[:1] + b + c + a[1:]
+        pos = [30] + list(range(45)) + list(range(45, 65)) + [31]
+        seqs = [0] + [1] * 45 + [2] * 20 + [0]
+        return model._forward(kvs, tokens, pos, seqs, list(range(len(tokens))))
+
+    assert_logits_close(run(cuda), run(cpu), "a prompt beside decode tokens", FLOAT_TOL)
+
+
 @gpu
 def test_forward_rejects_bad_batches():
     cuda = pyllm.load(quant="q8_0", n_ctx=64, device="cuda")
