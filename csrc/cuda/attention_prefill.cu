@@ -59,7 +59,9 @@ attention_prefill_kernel(const pl_cuda_config c, int l, const float *q, float *o
     constexpr int RPT = pf_shape<DPT>::RPT, KPT = pf_shape<DPT>::KPT, R = pf_shape<DPT>::R, BK = pf_shape<DPT>::BK;
     PL_DYNAMIC_SHARED(float, smem);
     const int hd = c.head_dim, G = c.n_heads / c.n_kv_heads, kvd = c.n_kv_heads * hd, qd = c.n_heads * hd;
-    const int h = blockIdx.y, t0 = tiles[2 * blockIdx.x], nq = tiles[2 * blockIdx.x + 1], rows = nq * G;
+    /* the tiles in reverse: a run's last tiles (the most keys) start first, the short ones fill in after */
+    const int tile = gridDim.x - 1 - blockIdx.x;
+    const int h = blockIdx.y, t0 = tiles[2 * tile], nq = tiles[2 * tile + 1], rows = nq * G;
     const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4, sw = c.sliding_window;
     const int ldq = hd + 1, ldk = hd + 1, ldp = BK + 1;
     float *qs = smem, *ks = qs + R * ldq, *vs = ks + BK * ldk, *ps = vs + BK * hd;
