@@ -8,8 +8,9 @@
  * accumulator rescaled by exp(m_old - m_new) when the max grows) and O += P V; at the end O / l is written
  * over the rows' q (no partials, no combine pass). The result is the CPU's softmax-then-P x V up to fp32
  * rounding. 128 threads as 16 x 8: a thread holds RPT rows x KPT keys of S (keys tx + 16u) and RPT rows x
- * DPT elements of O (elements tx + 16i); a tile's rows live in one warp each, so their reductions over keys
- * are shuffles within a half-warp. The tile shapes are per head_dim class (<= 64, <= 128, <= 256). */
+ * DPT elements of O (float4 groups 4 tx + 64 i); a tile's rows live in one warp each, so their reductions
+ * over keys are shuffles within a half-warp. Shared memory is read as float4. The tile shapes are per
+ * head_dim class (<= 64, <= 128, <= 256). */
 #include <math.h>
 #include <stdlib.h>
 
@@ -17,11 +18,12 @@
 
 #define PF_THREADS 128 /* 16 (tx: keys, head elements) x 8 (ty: query rows) */
 
-/* the tile shape of a head_dim class: DPT head elements per thread (head_dim <= 16 x DPT), RPT query rows per
- * thread (R = 8 x RPT rows per tile), KPT keys per thread (BK = 16 x KPT keys per key tile) */
+/* the tile shape of a head_dim class: DPT head elements per thread (head_dim <= 16 x DPT, as DPT / 4 float4
+ * groups), RPT query rows per thread (R = 8 x RPT rows per tile), KPT keys per thread (BK = 16 x KPT keys per
+ * key tile) */
 template <int DPT> struct pf_shape {
     static constexpr int RPT = DPT == 16 ? 4 : 8, KPT = DPT == 4 ? 4 : DPT == 8 ? 2 : 1;
-    static constexpr int R = 8 * RPT, BK = 16 * KPT;
+    static constexpr int R = 8 * RPT, BK = 16 * KPT, V4 = DPT / 4;
 };
 
 static int pf_dpt(int head_dim) { return head_dim <= 64 ? 4 : head_dim <= 128 ? 8 : 16; }
@@ -33,14 +35,23 @@ static int pf_keys(int head_dim) {
     const int d = pf_dpt(head_dim);
     return d == 4 ? pf_shape<4>::BK : d == 8 ? pf_shape<8>::BK : pf_shape<16>::BK;
 }
-/* shared memory: Q (R rows) and K (BK rows) padded to head_dim + 1 floats (conflict-free column reads), V, and
- * P (R rows of BK + 1) */
+/* the row stride (floats) of Q and K in shared memory: head_dim rounded up to 4 (zeros past head_dim), then 1
+ * or 2 float4 more so that it is an odd number of float4s: 8 threads reading the same element of 8
+ * consecutive rows as float4 hit 8 different bank quadruples */
+static __host__ __device__ __forceinline__ int pf_ld(int hd) {
+    const int h4 = (hd + 3) / 4;
+    return 4 * (h4 + (h4 % 2 ? 2 : 1));
+}
+/* shared memory: Q (R rows) and K (BK rows) of pf_ld floats, V (BK rows of head_dim rounded up to 4), P (R rows
+ * of BK + 4) */
 static size_t pf_smem(const pl_cuda_config *c) {
-    const size_t hd = (size_t)c->head_dim, R = (size_t)pf_rows(c->head_dim), BK = (size_t)pf_keys(c->head_dim);
-    return (R * (hd + 1) + BK * (hd + 1) + BK * hd + R * (BK + 1)) * sizeof(float);
+    const size_t ld = (size_t)pf_ld(c->head_dim), ldv = 4 * (size_t)((c->head_dim + 3) / 4);
+    const size_t R = (size_t)pf_rows(c->head_dim), BK = (size_t)pf_keys(c->head_dim);
+    return (R * ld + BK * ld + BK * ldv + R * (BK + 4)) * sizeof(float);
 }
 
-int pl_cuda_prefill_tile_tokens(const pl_cuda_config *c) { return pf_rows(c->head_dim) / (c->n_heads / c->n_kv_heads); }
+/* tokens per query tile for this config */
+static int tile_tokens(const pl_cuda_config *c) { return pf_rows(c->head_dim) / (c->n_heads / c->n_kv_heads); }
 
 static __device__ __forceinline__ float pf_load(const void *base, int type, size_t i) {
     return type ? pl_h2f(((const uint16_t *)base)[i]) : ((const float *)base)[i];
@@ -57,20 +68,21 @@ attention_prefill_kernel(const pl_cuda_config c, int l, const float *q, float *o
                          const int32_t *__restrict__ pos, const int32_t *__restrict__ seq,
                          const pl_cuda_kv_view *__restrict__ views) {
     constexpr int RPT = pf_shape<DPT>::RPT, KPT = pf_shape<DPT>::KPT, R = pf_shape<DPT>::R, BK = pf_shape<DPT>::BK;
+    constexpr int V4 = pf_shape<DPT>::V4;
     PL_DYNAMIC_SHARED(float, smem);
     const int hd = c.head_dim, G = c.n_heads / c.n_kv_heads, kvd = c.n_kv_heads * hd, qd = c.n_heads * hd;
     /* the tiles in reverse: a run's last tiles (the most keys) start first, the short ones fill in after */
     const int tile = gridDim.x - 1 - blockIdx.x;
     const int h = blockIdx.y, t0 = tiles[2 * tile], nq = tiles[2 * tile + 1], rows = nq * G;
     const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4, sw = c.sliding_window;
-    const int ldq = hd + 1, ldk = hd + 1, ldp = BK + 1;
-    float *qs = smem, *ks = qs + R * ldq, *vs = ks + BK * ldk, *ps = vs + BK * hd;
+    const int h4 = (hd + 3) / 4, ld = pf_ld(hd), ldv = 4 * h4, ldp = BK + 4;
+    float *qs = smem, *ks = qs + R * ld, *vs = ks + BK * ld, *ps = vs + BK * ldv; /* all 16-byte aligned */
     const pl_cuda_kv_view kv = views[seq[t0]];
 
     /* the tile's rows: row r = token i x G + head g, q at (t0 + i) x q_dim + (h G + g) x head_dim */
-    for (int e = threadIdx.x; e < R * hd; e += PF_THREADS) {
-        const int r = e / hd, d = e % hd;
-        qs[r * ldq + d] = r < rows ? q[(size_t)(t0 + r / G) * qd + (size_t)(h * G + r % G) * hd + d] : 0.0f;
+    for (int e = threadIdx.x; e < R * 4 * h4; e += PF_THREADS) {
+        const int r = e / (4 * h4), d = e % (4 * h4);
+        qs[r * ld + d] = r < rows && d < hd ? q[(size_t)(t0 + r / G) * qd + (size_t)(h * G + r % G) * hd + d] : 0.0f;
     }
     /* the keys of the whole tile, and this thread's rows' own ranges (an empty one for the padding rows) */
     int kmin = 0x7fffffff, kmax = -1;
@@ -92,16 +104,21 @@ attention_prefill_kernel(const pl_cuda_config c, int l, const float *q, float *o
 #pragma unroll
         for (int i = 0; i < DPT; i++) acc[k][i] = 0.0f;
     }
+    /* this thread's float4 groups of O (elements 4 tx + 64 i .. + 3) that lie within the head */
+    bool own[V4];
+#pragma unroll
+    for (int i = 0; i < V4; i++) own[i] = 4 * tx + 64 * i < ldv;
     const size_t head0 = (size_t)l * kv.n_ctx * kvd + (size_t)h * hd; /* layer l, key 0, head h */
 
     for (int kb = kmin; kb <= kmax; kb += BK) {
         const int nk = kmax + 1 - kb < BK ? kmax + 1 - kb : BK;
         __syncthreads(); /* the previous key tile's readers are done (and, the first time, Q is in) */
-        for (int e = threadIdx.x; e < BK * hd; e += PF_THREADS) {
-            const int j = e / hd, d = e % hd;
+        for (int e = threadIdx.x; e < BK * 4 * h4; e += PF_THREADS) {
+            const int j = e / (4 * h4), d = e % (4 * h4);
             const size_t at = head0 + (size_t)(kb + j) * kvd + d;
-            ks[j * ldk + d] = j < nk ? pf_load(kv.k, kv.type, at) : 0.0f;
-            vs[j * hd + d] = j < nk ? pf_load(kv.v, kv.type, at) : 0.0f;
+            const bool in = j < nk && d < hd; /* zeros elsewhere: no garbage times a zero weight */
+            ks[j * ld + d] = in ? pf_load(kv.k, kv.type, at) : 0.0f;
+            vs[j * ldv + d] = in ? pf_load(kv.v, kv.type, at) : 0.0f;
         }
         __syncthreads();
         /* S for rows ty RPT + k, keys kb + tx + 16 u */
@@ -110,16 +127,21 @@ attention_prefill_kernel(const pl_cuda_config c, int l, const float *q, float *o
         for (int k = 0; k < RPT; k++)
 #pragma unroll
             for (int u = 0; u < KPT; u++) s[k][u] = 0.0f;
-        for (int d = 0; d < hd; d++) {
-            float qv[RPT], kv_[KPT];
+        for (int d4 = 0; d4 < h4; d4++) {
+            float4 qv[RPT], kk[KPT];
 #pragma unroll
-            for (int k = 0; k < RPT; k++) qv[k] = qs[(ty * RPT + k) * ldq + d];
+            for (int k = 0; k < RPT; k++) qv[k] = *(const float4 *)(qs + (ty * RPT + k) * ld + 4 * d4);
 #pragma unroll
-            for (int u = 0; u < KPT; u++) kv_[u] = ks[(tx + 16 * u) * ldk + d];
+            for (int u = 0; u < KPT; u++) kk[u] = *(const float4 *)(ks + (tx + 16 * u) * ld + 4 * d4);
 #pragma unroll
             for (int k = 0; k < RPT; k++)
 #pragma unroll
-                for (int u = 0; u < KPT; u++) s[k][u] += qv[k] * kv_[u];
+                for (int u = 0; u < KPT; u++) {
+                    s[k][u] += qv[k].x * kk[u].x;
+                    s[k][u] += qv[k].y * kk[u].y;
+                    s[k][u] += qv[k].z * kk[u].z;
+                    s[k][u] += qv[k].w * kk[u].w;
+                }
         }
         /* online softmax per row: the 16 threads of a row (one half-warp) reduce by shuffles */
 #pragma unroll
@@ -138,7 +160,7 @@ attention_prefill_kernel(const pl_cuda_config c, int l, const float *q, float *o
             float psum = 0.0f;
 #pragma unroll
             for (int u = 0; u < KPT; u++) {
-                const float p = expf(s[k][u] - ref);
+                const float p = expf(s[k][u] - ref); /* 0 for the masked keys, those past nk too */
                 ps[(ty * RPT + k) * ldp + tx + 16 * u] = p;
                 psum += p;
             }
@@ -149,17 +171,30 @@ attention_prefill_kernel(const pl_cuda_config c, int l, const float *q, float *o
             for (int i = 0; i < DPT; i++) acc[k][i] *= corr;
         }
         __syncwarp(); /* a row's P is written and read by its own half-warp */
-        /* O += P V for rows ty RPT + k, elements tx + 16 i */
-        for (int j = 0; j < nk; j++) {
-            float pv[RPT], vv[DPT];
+        /* O += P V for rows ty RPT + k, keys in fours (P and V are zero past nk, up to BK) */
+        for (int j4 = 0; j4 < (nk + 3) / 4; j4++) {
+            float4 pv[RPT];
 #pragma unroll
-            for (int k = 0; k < RPT; k++) pv[k] = ps[(ty * RPT + k) * ldp + j];
+            for (int k = 0; k < RPT; k++) pv[k] = *(const float4 *)(ps + (ty * RPT + k) * ldp + 4 * j4);
 #pragma unroll
-            for (int i = 0; i < DPT; i++) vv[i] = tx + 16 * i < hd ? vs[j * hd + tx + 16 * i] : 0.0f;
+            for (int jj = 0; jj < 4; jj++) {
+                float4 vv[V4];
 #pragma unroll
-            for (int k = 0; k < RPT; k++)
+                for (int i = 0; i < V4; i++)
+                    vv[i] = own[i] ? *(const float4 *)(vs + (4 * j4 + jj) * ldv + 4 * tx + 64 * i)
+                                   : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
-                for (int i = 0; i < DPT; i++) acc[k][i] += pv[k] * vv[i];
+                for (int k = 0; k < RPT; k++) {
+                    const float p = jj == 0 ? pv[k].x : jj == 1 ? pv[k].y : jj == 2 ? pv[k].z : pv[k].w;
+#pragma unroll
+                    for (int i = 0; i < V4; i++) {
+                        acc[k][4 * i] += p * vv[i].x;
+                        acc[k][4 * i + 1] += p * vv[i].y;
+                        acc[k][4 * i + 2] += p * vv[i].z;
+                        acc[k][4 * i + 3] += p * vv[i].w;
+                    }
+                }
+            }
         }
     }
 #pragma unroll
@@ -169,8 +204,10 @@ attention_prefill_kernel(const pl_cuda_config c, int l, const float *q, float *o
         const float inv = 1.0f / lsum[k]; /* > 0: a row always sees its own key */
         float *o = out + (size_t)(t0 + r / G) * qd + (size_t)(h * G + r % G) * hd;
 #pragma unroll
-        for (int i = 0; i < DPT; i++)
-            if (tx + 16 * i < hd) o[tx + 16 * i] = acc[k][i] * inv;
+        for (int i = 0; i < V4; i++)
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+                if (4 * tx + 64 * i + u < hd) o[4 * tx + 64 * i + u] = acc[k][4 * i + u] * inv;
     }
 }
 
@@ -224,7 +261,7 @@ static int min_run(void) {
 int pl_cuda_attention_plan(pl_cuda_model *m, int nt, const int32_t *pos, const int32_t *seq, int tiles_allowed,
                            char *err) {
     pl_cuda_scratch *s = &m->s;
-    const int bq = pl_cuda_prefill_tile_tokens(&m->c), least = tiles_allowed ? min_run() : 0x7fffffff;
+    const int bq = tile_tokens(&m->c), least = tiles_allowed ? min_run() : 0x7fffffff;
     int32_t *tiles = s->plan_host, *ranges = s->plan_host + 2 * (size_t)s->cap_tokens;
     int n_tiles = 0, n_ranges = 0;
     for (int t = 0; t < nt;) {

@@ -97,8 +97,6 @@ int pl_cuda_attention_plan(pl_cuda_model *m, int nt, const int32_t *pos, const i
 /* out (rows of q_dim) = attention of q over the cache at layer l for the plan's tiles (out may be q) */
 int pl_cuda_attention_prefill(const pl_cuda_model *m, int l, const float *q, float *out, const int32_t *pos,
                               const int32_t *seq, const pl_cuda_kv_view *views, char *err);
-/* tokens per query tile for this config */
-int pl_cuda_prefill_tile_tokens(const pl_cuda_config *c);
 /* once per model: the tiled kernel's shared memory for this config, or an error saying it does not fit */
 int pl_cuda_attention_prefill_setup(const pl_cuda_model *m, char *err);
 /* ---- model.cu: grows m->s to nt tokens, n_seq sequences and att (token, split) pairs of attention
