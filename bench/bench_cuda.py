@@ -1,9 +1,11 @@
 """bench_cuda.py: pyllm.load(device="cuda") against transformers (bf16, eager attention, the same GPU, the
 same run) on the 1.1B-shaped model (TinyLlama's shape, random weights: bench/make_random_checkpoint.py):
-a 512-token prompt's prefill, one stream's decode, and 16 streams decoding together (aggregate tok/s).
+a 512-token prompt's prefill (also with its attention on the split kernel: PYLLM_CUDA_PREFILL_MIN_RUN=0), one
+stream's decode, and 16 streams decoding together (aggregate tok/s).
 pyllm runs Q4_0 (and whatever --types adds) converted at load; its decode is timed with CUDA graphs
 (the default) and without (PYLLM_CUDA_GRAPHS=0), and with the unfused kernels (CudaModel.fused = False:
-q / k / v, gate / up, SwiGLU and the activation quantizations as separate launches), in the same process. Medians of --reps repetitions;
+q / k / v, gate / up, SwiGLU and the activation quantizations as separate launches), in the same process.
+Medians of --reps repetitions;
 decode figures are the median step over --steps steps after a 16-token prompt (1 / step time, or 16 /
 step time for the batch). Issue 11's targets: Q4_0 decode >= 1,000 tok/s, prefill >= transformers bf16,
 batch-16 decode >= 5,000 tok/s aggregate.
@@ -85,6 +87,16 @@ def bench_pyllm(path, quant, reps, steps, rng):
         seq.append(ids)  # one forward of 512 tokens (n_batch 512), the last row's logits back
         times.append(time.perf_counter() - t0)
     out["prefill_tok_s"] = PROMPT / med(times[1:])
+    # the same prompt with its attention on the split kernel instead of the tiled prefill kernel
+    os.environ["PYLLM_CUDA_PREFILL_MIN_RUN"] = "0"
+    times = []
+    for _ in range(reps + 1):
+        seq.reset()
+        t0 = time.perf_counter()
+        seq.append(ids)
+        times.append(time.perf_counter() - t0)
+    out["prefill_split_attention_tok_s"] = PROMPT / med(times[1:])
+    os.environ.pop("PYLLM_CUDA_PREFILL_MIN_RUN", None)
     for graphs, fused, key in (("1", True, "decode_tok_s"), ("0", True, "decode_no_graphs_tok_s"),
                                ("1", False, "decode_unfused_tok_s")):
         os.environ["PYLLM_CUDA_GRAPHS"] = graphs
@@ -150,7 +162,8 @@ def main() -> int:
         res["pyllm"][q] = bench_pyllm(path, q, a.reps, a.steps, rng)
     print(f"GPU: {gpu} (CUDA runtime {info['runtime']}, driver {info['driver']}); 1.1B-shaped model; medians")
     peer = res.get("transformers_bf16_eager", {})
-    rows = [("prefill, 512-token prompt", "prefill_tok_s"), ("decode, one stream", "decode_tok_s"),
+    rows = [("prefill, 512-token prompt", "prefill_tok_s"),
+            ("prefill, split-key attention", "prefill_split_attention_tok_s"), ("decode, one stream", "decode_tok_s"),
             ("decode, one stream, no graphs", "decode_no_graphs_tok_s"),
             ("decode, one stream, unfused", "decode_unfused_tok_s"), ("decode, 16 streams (aggregate)", "batch16_tok_s"),
             ("16 requests via the engine", "engine16_tok_s")]
@@ -159,7 +172,8 @@ def main() -> int:
     for label, key in rows:
         line = f"{label:34s} {peer.get(key, float('nan')):18.1f}"
         for q, r in res["pyllm"].items():
-            p = peer.get(key.replace("_no_graphs", "").replace("_unfused", "").replace("engine16", "batch16"))
+            p = peer.get(key.replace("_no_graphs", "").replace("_unfused", "").replace("_split_attention", "")
+                         .replace("engine16", "batch16"))
             line += f" {r.get(key, float('nan')):14.1f} {(r[key] / p) if p and key in r else float('nan'):7.2f}"
         print(line)
     if a.json:

@@ -270,8 +270,10 @@ def test_dense_architectures_match_the_cpu(arch, checkpoint):
 
 @gpu
 def test_a_long_prompt_uses_several_attention_splits(monkeypatch):
-    """more than 256 keys per query: the attention is split over the keys and the splits combined; and,
-    with the partials' memory budget cut to 20 tokens' worth, run in chunks of tokens"""
+    """more than 256 keys per query: the prompt on the tiled prefill kernel (several query and key tiles), the
+    decode step after it split over the keys and the splits combined; then the prompt again on the split
+    kernel (PYLLM_CUDA_PREFILL_MIN_RUN=0) with the partials' memory budget cut to 20 tokens' worth, so it runs
+    in chunks of tokens"""
     cpu = pyllm.load(quant="f16", n_ctx=320)
     cuda = pyllm.load(quant="f16", n_ctx=320, device="cuda")
     ids = (cpu.tokenize(PROMPT) * 10)[:300]
@@ -280,8 +282,90 @@ def test_a_long_prompt_uses_several_attention_splits(monkeypatch):
     assert_logits_close(seq_g.append(ids), want, "300-token prompt", FLOAT_TOL)
     assert_logits_close(seq_g.append([5]), seq_c.append([5]), "decode after 300 tokens", FLOAT_TOL)
     monkeypatch.setenv("PYLLM_CUDA_ATT_BUDGET", str(20 * 2 * 256 * 4))  # 2 splits x q_dim 256 x fp32
+    monkeypatch.setenv("PYLLM_CUDA_PREFILL_MIN_RUN", "0")
     seq_g.reset()
-    assert_logits_close(seq_g.append(ids), want, "300-token prompt, attention in chunks", FLOAT_TOL)
+    assert_logits_close(seq_g.append(ids), want, "300-token prompt, split attention in chunks", FLOAT_TOL)
+
+
+@pytest.fixture(scope="module")
+def window_checkpoint(tmp_path_factory):
+    """Mistral-shaped with 4 query heads on one KV head (G = 4, head_dim 16: the tiled prefill kernel's query tiles
+    hold 16 tokens, its key tiles 64 keys), a 72-token sliding window, and a 1024-token vocabulary (every row's
+    logits stay cheap under the CPU emulation)"""
+    from conftest import build_checkpoint
+
+    return build_checkpoint("mistral", "float32", str(tmp_path_factory.mktemp("mistral-window72")),
+                            num_key_value_heads=1, sliding_window=72, vocab_size=1024)
+
+
+@gpu
+@pytest.mark.parametrize("kv_type", ["f32", "f16"])
+def test_prefill_tiles_match_the_cpu(kv_type, window_checkpoint):
+    """the tiled prefill attention (attention_prefill.cu), every row's logits: a 41-token prompt (query tiles of
+    16, 16 and 9 tokens), then a 117-token chunk continuing that cache at position 41 (tiles not aligned to the
+    positions; past the 72-token window, so a tile's keys start inside a key tile and span two key tiles); then a
+    decode step (the split kernel) over that cache"""
+    cpu = pyllm.load(window_checkpoint, n_ctx=192, kv_type=kv_type)
+    cuda = pyllm.load(window_checkpoint, n_ctx=192, kv_type=kv_type, device="cuda")
+    tol = FLOAT_TOL if kv_type == "f32" else FP16_KV_TOL
+    ids = np.random.default_rng(5).integers(3, 1024, size=158).tolist()
+    seq_c, seq_g = cpu.sequence(), cuda.sequence()
+    assert_logits_close(seq_g.append(ids[:41], all_logits=True), seq_c.append(ids[:41], all_logits=True),
+                        f"41-token prompt, {kv_type} cache", tol)
+    assert_logits_close(seq_g.append(ids[41:], all_logits=True), seq_c.append(ids[41:], all_logits=True),
+                        f"117 tokens after 41 in the cache, {kv_type} cache", tol)
+    # and a decode step on the split kernel over the same cache
+    assert_logits_close(seq_g.append([7]), seq_c.append([7]), f"decode after 158 tokens, {kv_type} cache", tol)
+
+
+@gpu
+def test_a_batch_mixing_prompts_and_decode_tokens_matches_the_cpu(window_checkpoint):
+    """one forward holding sequence A's next token, B's 45-token prompt, C's 20 tokens continuing its 45 cached ones
+    right after B's (positions 45.. continue B's 0..44: only the sequence tells the two runs apart, and a tile
+    must not span them), and A's token after that (A's tokens take the split kernel; the second reads the key
+    the first wrote in this batch)"""
+    cpu = pyllm.load(window_checkpoint, n_ctx=128)
+    cuda = pyllm.load(window_checkpoint, n_ctx=128, device="cuda")
+    rng = np.random.default_rng(11)
+    first, b, c, a = (rng.integers(3, 1024, size=n).tolist() for n in (75, 45, 20, 2))
+
+    def run(model):
+        kvs = [model._new_kv() for _ in range(3)]
+        model._forward(kvs, first, list(range(30)) + list(range(45)), [0] * 30 + [2] * 45, [29, 74])
+        tokens = a[:1] + b + c + a[1:]
+        pos = [30] + list(range(45)) + list(range(45, 65)) + [31]
+        seqs = [0] + [1] * 45 + [2] * 20 + [0]
+        return model._forward(kvs, tokens, pos, seqs, list(range(len(tokens))))
+
+    assert_logits_close(run(cuda), run(cpu), "a prompt beside decode tokens", FLOAT_TOL)
+
+
+@gpu
+@pytest.mark.parametrize("head_dim", [80, 200])
+def test_prefill_tiles_of_wide_heads_match_the_cpu(head_dim):
+    """the tiled prefill kernel's other two shapes (head_dim <= 128: 64 rows x 32 keys; <= 256: 32 rows x 16 keys),
+    each over 48 KB of shared memory (the opt-in limit set at load), on head sizes not a multiple of 16: a
+    hand-built one-layer F32 model (G = 2), a 45-token prompt over a 20-token sliding window, every row"""
+    hd = head_dim
+    cfg = dict(n_vocab=64, dim=128, n_layers=1, n_heads=4, n_kv_heads=2, head_dim=hd, hidden_dim=128, max_ctx=64,
+               norm_eps=1e-5, rope_interleaved=False, sliding_window=20)
+    rng = np.random.default_rng(13)
+    cm = _engine.CModel(**cfg)
+    d, v, qd, kv = cfg["dim"], cfg["n_vocab"], 4 * hd, 2 * hd
+    shapes = dict(tok_embd=(v, d), output=(v, d), wq=(qd, d), wk=(kv, d), wv=(kv, d), wo=(d, qd), ffn_gate=(d, d),
+                  ffn_up=(d, d), ffn_down=(d, d))
+    for name, (rows, cols) in shapes.items():
+        w = (0.1 * rng.standard_normal((rows, cols))).astype(np.float32)
+        cm.set_tensor(name, -1 if name in ("tok_embd", "output") else 0, 0, cols, rows, w)
+    for name, layer in (("output_norm", -1), ("attn_norm", 0), ("ffn_norm", 0)):
+        cm.set_tensor(name, layer, 0, d, 1, (1.0 + 0.1 * rng.standard_normal(d)).astype(np.float32))
+    cm.finalize(1.0 / (10000.0 ** (np.arange(0, hd, 2, dtype=np.float32) / hd)), repack=False)
+    ids = rng.integers(0, v, size=45).tolist()
+    n = len(ids)
+    want = _engine.Runner(cm).forward([_engine.KVCache(cm, 64)], ids, np.arange(n), [0] * n, np.arange(n), 1)
+    cuda = _engine.CudaModel(cm)
+    got = cuda.forward([_engine.CudaKVCache(cuda, 64)], ids, np.arange(n), [0] * n, np.arange(n))
+    assert_logits_close(got, want, f"head_dim {hd}", FLOAT_TOL)
 
 
 @gpu

@@ -1,4 +1,5 @@
-/* attention.cu: grouped-query attention over the device KV caches, split over the keys (flash-decoding):
+/* attention.cu: grouped-query attention over the device KV caches, split over the keys (flash-decoding), for
+ * decode tokens and short runs (a batch's prompt runs take the tiled kernel of attention_prefill.cu):
  * one block per (split of PL_ATT_SPLIT keys, KV head, token) computes, for the G query heads that share
  * the KV head, the scores q.k x scale of its keys, their max m, the sum l of exp(score - m) and the
  * exp-weighted sum of the value rows; a second kernel combines a query head's splits (rescaled to the

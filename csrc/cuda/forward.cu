@@ -67,6 +67,24 @@ static int att_chunk(const pl_cuda_model *m, int n_splits) {
     return n < 1 ? 1 : n > (1 << 20) ? (1 << 20) : (int)n;
 }
 
+/* attention of layer l, written over s->q, as the batch's plan (pl_cuda_attention_plan) says: the prefill runs'
+ * tiles on the tiled kernel, the other tokens' ranges on the split kernel in chunks of att_chunk tokens. A
+ * mixed batch (a prompt's run beside other sequences' decode tokens) takes both, each token once. q8: the
+ * split kernel also writes the output's Q8_0 form there (rows of the nt-token batch), or NULL */
+static int attention(pl_cuda_model *m, int l, int n_splits, const int32_t *d_pos, const int32_t *d_seq, void *q8, int nt,
+                     char *err) {
+    pl_cuda_scratch *s = &m->s;
+    const int qd = m->c.n_heads * m->c.head_dim, chunk = att_chunk(m, n_splits);
+    TRY(pl_cuda_attention_prefill(m, l, s->q, s->q, d_pos, d_seq, s->views, err));
+    for (int r = 0; r < s->n_split_ranges; r++)
+        for (int c0 = s->split_ranges[2 * r], end = s->split_ranges[2 * r + 1]; c0 < end; c0 += chunk) {
+            const int cn = end - c0 < chunk ? end - c0 : chunk;
+            float *qc = s->q + (size_t)c0 * qd;
+            TRY(pl_cuda_attention(m, l, qc, qc, cn, n_splits, d_pos + c0, d_seq + c0, s->views, q8, c0, nt, err));
+        }
+    return 0;
+}
+
 /* every kernel of one forward from the embedding to the logits on the device, enqueued on m->stream (or
  * recorded into a graph while the stream captures). Reads the batch from m->s.ids / m->s.views. */
 static int enqueue_forward(pl_cuda_model *m, int nt, int n_out, int n_splits, char *err) {
@@ -89,15 +107,10 @@ static int enqueue_forward(pl_cuda_model *m, int nt, int n_out, int n_splits, ch
             TRY(matmul_shared_input(m, ws, ys, ld, 3, s->xb, nt, have, err));
         }
         TRY(pl_cuda_qkv_finish(m, L, l, s->q, s->k, s->v, nt, d_pos, d_seq, s->views, err));
-        const int chunk = att_chunk(m, n_splits);
-        /* the attention writes a Q8_0 form head by head (Q8_K's super-blocks span heads) */
-        have = emit_for(m, &L->wo) == PL_CUDA_Q8_0 && c->head_dim % PL_CUDA_QK == 0 ? PL_CUDA_Q8_0 : 0;
-        for (int c0 = 0; c0 < nt; c0 += chunk) {
-            const int cn = nt - c0 < chunk ? nt - c0 : chunk;
-            float *qc = s->q + (size_t)c0 * qd;
-            TRY(pl_cuda_attention(m, l, qc, qc, cn, n_splits, d_pos + c0, d_seq + c0, s->views, have ? s->act : NULL,
-                                  c0, nt, err));
-        }
+        /* the split kernel writes a Q8_0 form head by head (Q8_K's super-blocks span heads), when every token
+         * goes through it (no prefill tiles) */
+        have = emit_for(m, &L->wo) == PL_CUDA_Q8_0 && c->head_dim % PL_CUDA_QK == 0 && s->n_tiles == 0 ? PL_CUDA_Q8_0 : 0;
+        TRY(attention(m, l, n_splits, d_pos, d_seq, have ? s->act : NULL, nt, err));
         TRY(matmul(m, &L->wo, s->q, nt, s->xb, c->dim, have, err));
         const pl_cuda_weight *gate = &L->ffn_gate, *up = &L->ffn_up;
         have = emit_for(m, gate);
@@ -249,6 +262,8 @@ int pl_cuda_forward(pl_cuda_model *m, pl_cuda_kv *const *kvs, int n_kv, int n_to
         TRY(pl_cuda_fail(cudaMemcpyAsync(s->views, hv, n_kv * sizeof(pl_cuda_kv_view), cudaMemcpyHostToDevice, m->stream),
                          "CUDA forward: the batch to the device", err));
     }
+    /* which tokens' attention runs in prefill tiles (none in a graph: its launches are fixed) */
+    TRY(pl_cuda_attention_plan(m, nt, pos, seq, !use_graph, err));
     if (use_graph) {
         const cudaGraphExec_t g = decode_graph(m, nt, n_out, n_splits, err);
         if (!g) return -1;

@@ -62,7 +62,8 @@ pl_cuda_model *pl_cuda_model_new(const pl_cuda_config *c, const float *rope_cos,
     }
     const size_t nt = (size_t)c->max_ctx * (c->head_dim / 2);
     if (upload_floats(&m->rope_cos, rope_cos, nt, &m->bytes, err) ||
-        upload_floats(&m->rope_sin, rope_sin, nt, &m->bytes, err) || pl_cuda_attention_setup(m, err)) {
+        upload_floats(&m->rope_sin, rope_sin, nt, &m->bytes, err) || pl_cuda_attention_setup(m, err) ||
+        pl_cuda_attention_prefill_setup(m, err)) {
         pl_cuda_model_free(m);
         return NULL;
     }
@@ -216,6 +217,7 @@ static void scratch_free(pl_cuda_scratch *s) {
     pl_cuda_free(s->logits);
     pl_cuda_free(s->ids);
     pl_cuda_free(s->views);
+    pl_cuda_free(s->tiles);
     if (s->host) cudaFreeHost(s->host);
     memset(s, 0, sizeof(*s));
 }
@@ -265,6 +267,7 @@ int pl_cuda_scratch_reserve(pl_cuda_model *m, int nt, int n_seq, int64_t att, ch
     const size_t act_k = (size_t)T * widest + (size_t)T * (widest / PL_CUDA_QK_K) * f + (size_t)T * (widest / 16) * 2 + 16;
     if (act_k > act_bytes) act_bytes = act_k;
     const size_t ids_bytes = 4 * (size_t)T * sizeof(int32_t), views_bytes = (size_t)S * sizeof(pl_cuda_kv_view);
+    const size_t plan_bytes = 4 * (size_t)T * sizeof(int32_t); /* the attention plan's tiles, then split ranges */
     if (pl_cuda_alloc((void **)&s->x, (size_t)T * c->dim * f, err) ||
         pl_cuda_alloc((void **)&s->xb, (size_t)T * c->dim * f, err) ||
         pl_cuda_alloc((void **)&s->q, (size_t)T * qd * f, err) || pl_cuda_alloc((void **)&s->k, (size_t)T * kvd * f, err) ||
@@ -275,13 +278,14 @@ int pl_cuda_scratch_reserve(pl_cuda_model *m, int nt, int n_seq, int64_t att, ch
         pl_cuda_alloc((void **)&s->att_o, (size_t)P * qd * f, err) ||
         pl_cuda_alloc((void **)&s->att_ml, (size_t)P * c->n_heads * 2 * f, err) ||
         pl_cuda_alloc((void **)&s->logits, (size_t)T * c->n_vocab * f, err) || pl_cuda_alloc((void **)&s->ids, ids_bytes, err) ||
-        pl_cuda_alloc((void **)&s->views, views_bytes, err) ||
-        pl_cuda_fail(cudaMallocHost(&s->host, ids_bytes + views_bytes), "pinned host memory for the batch", err)) {
+        pl_cuda_alloc((void **)&s->views, views_bytes, err) || pl_cuda_alloc((void **)&s->tiles, plan_bytes / 2, err) ||
+        pl_cuda_fail(cudaMallocHost(&s->host, ids_bytes + views_bytes + plan_bytes), "pinned host memory for the batch", err)) {
         scratch_free(s);
         return -1;
     }
     s->cap_tokens = T;
     s->cap_seqs = S;
     s->cap_att = P;
+    s->plan_host = (int32_t *)((char *)s->host + ids_bytes + views_bytes);
     return 0;
 }

@@ -36,6 +36,11 @@ typedef struct {
     int32_t *ids;                          /* token, pos, seq, out: 4 x cap_tokens (device) */
     pl_cuda_kv_view *views;                /* cap_seqs (device) */
     void *host;                            /* pinned staging of ids + views */
+    /* this forward's attention plan (pl_cuda_attention_plan): n_tiles query tiles for the tiled prefill kernel,
+     * (first token, tokens) pairs in tiles (device, 2 x cap_tokens); the other tokens as n_split_ranges [a, b)
+     * ranges of the batch for the split kernel (split_ranges, host); plan_host: pinned, 4 x cap_tokens */
+    int32_t *tiles, *plan_host, *split_ranges;
+    int n_tiles, n_split_ranges;
 } pl_cuda_scratch;
 
 /* a captured decode forward (forward.cu) */
@@ -92,6 +97,17 @@ int pl_cuda_attention(const pl_cuda_model *m, int l, const float *q, float *out,
                       int nrows, char *err);
 /* once per model (before any capture): the attention kernel's shared memory limit for this config */
 int pl_cuda_attention_setup(const pl_cuda_model *m, char *err);
+/* ---- attention_prefill.cu: the tiled (flash-attention style) kernel for prefill runs ---- */
+/* the plan of a batch of nt tokens (in m->s, tiles copied to the device on m->stream): every run of consecutive
+ * rows of one sequence at consecutive positions of at least a minimum length goes to the tiled kernel (when
+ * tiles_allowed), the other tokens to the split kernel */
+int pl_cuda_attention_plan(pl_cuda_model *m, int nt, const int32_t *pos, const int32_t *seq, int tiles_allowed,
+                           char *err);
+/* out (rows of q_dim) = attention of q over the cache at layer l for the plan's tiles (out may be q) */
+int pl_cuda_attention_prefill(const pl_cuda_model *m, int l, const float *q, float *out, const int32_t *pos,
+                              const int32_t *seq, const pl_cuda_kv_view *views, char *err);
+/* once per model: the tiled kernel's shared memory for this config, or an error saying it does not fit */
+int pl_cuda_attention_prefill_setup(const pl_cuda_model *m, char *err);
 /* ---- model.cu: grows m->s to nt tokens, n_seq sequences and att (token, split) pairs of attention
  * partials ---- */
 int pl_cuda_scratch_reserve(pl_cuda_model *m, int nt, int n_seq, int64_t att, char *err);
