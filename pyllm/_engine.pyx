@@ -940,7 +940,8 @@ cdef class CudaWeight:
 
     def gemm(self, x):
         """Y = X W^T for a float32 array X of nt rows of ne0 values (row t of Y: W times row t of X), on the
-        GPU: the batched GEMV, or from 16 rows of Q4_0 / Q8_0 the tensor cores; returns (nt, ne1)."""
+        GPU: the batched GEMV, or from 16 rows of Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K the tensor cores; returns
+        (nt, ne1)."""
         a = np.ascontiguousarray(x, dtype=np.float32)
         if a.ndim != 2 or a.shape[1] != self.ne0 or a.shape[0] < 1 or a.shape[0] > 1 << 20:
             raise ValueError(f"gemm() takes a float32 array of shape (nt, {self.ne0}), nt >= 1, got shape {a.shape}")

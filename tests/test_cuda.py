@@ -309,7 +309,7 @@ def test_gpu_gemv_matches_the_cpu_reference(type_id, scalar_isa):
 # tensor-core kernel for Q4_0 / Q8_0 (Q4_1 / Q5_0 / Q5_1: the batched GEMV for every count) (tiles of 64 rows x 64 tokens: partial tiles both ways)
 GEMM_SHAPES = [(37, 96, 2), (5, 1056, 3), (129, 2080, 9), (70, 256, 16), (300, 512, 17), (64, 1024, 70), (1, 32, 64),
                (17, 33, 5)]
-# the K-quants: the batched GEMV for every token count (passes of 8, 4, 3, 2, 1 tokens)
+# the K-quants: below 16 tokens the batched GEMV (passes of 8, 4, 3, 2, 1 tokens), from 16 the tensor-core kernel
 K_GEMM_SHAPES = [(37, 256, 2), (5, 1280, 3), (129, 512, 9), (70, 256, 16), (30, 768, 17), (64, 1024, 70), (1, 256, 64)]
 
 
@@ -333,6 +333,44 @@ def test_gpu_gemm_matches_the_cpu_reference_row_by_row(type_id, scalar_isa):
             assert np.all(err <= tol), (f"{TYPE_NAMES[type_id]} {nr}x{n}, {nt} tokens, token {t}: error {err.max():.3g} "
                                         f"over tolerance {tol[np.argmax(err - tol)]:.3g}")
         assert np.any(y != 0)
+
+
+# (rows, columns, tokens) for the K-quants' tensor-core kernel (gemm_mma_kquant.cu, from 16 tokens; tiles of 64
+# rows x 64 tokens): rows and tokens that leave partial tiles, one super-block per row and several
+K_MMA_SHAPES = [(70, 256, 16), (33, 768, 17), (5, 512, 63), (130, 256, 65)]
+
+
+@gpu
+@pytest.mark.parametrize("type_id", KQUANTS, ids=lambda t: TYPE_NAMES[t])
+def test_gpu_kquant_tensor_core_gemm_matches_the_gemv_and_the_cpu(type_id, scalar_isa):
+    """The tensor-core kernel computes each super-block's term as the batched GEMV does (the same exact
+    integer sums, the same unfused float operations) and only adds a row's K terms in another order (in
+    order of the super-blocks; the GEMV per lane, then a warp tree). So with one super-block per row (K = 1,
+    a single term added to 0) the two agree bit for bit, and with more within 2 (K + 1) u S as for any two
+    fp32 summation orders (see the top); the CPU likewise. The GEMV runs on the same tokens in passes of at
+    most 8 (below the 16-token threshold)."""
+    rng = np.random.default_rng(200 + type_id)
+    act = _engine.act_type(type_id)
+    for nr, n, nt in K_MMA_SHAPES:
+        raw, wf = _weights(type_id, nr, n, rng)
+        x = np.stack([_activations(n, rng) for _ in range(nt)])
+        w = _engine.CudaWeight(type_id, n, nr, raw)
+        y = w.gemm(x)
+        gemv = np.concatenate([w.gemm(x[t:t + 8]) for t in range(0, nt, 8)])
+        a = _engine.from_float(act, x)
+        ref = _engine.gemm(type_id, raw, a, n, nr, nt)
+        s = np.abs(_engine.to_float(act, a, n).reshape(nt, n).astype(np.float64)) @ np.abs(wf.astype(np.float64)).T
+        k = _terms(type_id, n)
+        tol = 2 * (k + 1) * 2.0 ** -24 * s
+        where = f"{TYPE_NAMES[type_id]} {nr}x{n}, {nt} tokens"
+        if k == 1:
+            bad = np.argwhere(y != gemv)
+            assert bad.size == 0, f"{where}: (token, row) {bad[:4].tolist()} differ from the GEMV: {y[tuple(bad[0])]} vs {gemv[tuple(bad[0])]}"
+        for name, want in (("the GEMV", gemv), ("the CPU", ref)):
+            err = np.abs(y.astype(np.float64) - want)
+            t, r = np.unravel_index(np.argmax(err - tol), err.shape)
+            assert np.all(err <= tol), f"{where}: token {t} row {r} off {name} by {err[t, r]:.3g} > {tol[t, r]:.3g}"
+        assert np.count_nonzero(y) > y.size // 2  # not a comparison of zeros
 
 
 @gpu

@@ -107,8 +107,8 @@ int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, c
 
 /* the same for nt tokens: x is nt rows of ne0 floats, y nt rows of ne1 (row t of y: W times row t of x);
  * act: pl_cuda_act_bytes(w->type, ne0) * nt bytes (NULL for F32 / F16 / BF16). Q4_0 / Q8_0 from 16
- * tokens run on the tensor cores (gemm_mma.cu, sm_80+), else the batched GEMV (up to 8 tokens a pass); Q4_1 /
- * Q5_0 / Q5_1 and the K-quants always run the batched GEMV. */
+ * tokens run on the tensor cores (gemm_mma.cu, sm_80+), Q4_K / Q5_K / Q6_K likewise (gemm_mma_kquant.cu),
+ * else the batched GEMV (up to 8 tokens a pass); Q4_1 / Q5_0 / Q5_1 always run the batched GEMV. */
 int pl_cuda_gemm(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, char *err);
 
 /* ---- gemv_timing.cu: seconds per pl_cuda_gemv call (CUDA events, iters calls after 3 warm-up calls) ---- */
