@@ -365,7 +365,8 @@ def test_gpu_kquant_tensor_core_gemm_matches_the_gemv_and_the_cpu(type_id, scala
         where = f"{TYPE_NAMES[type_id]} {nr}x{n}, {nt} tokens"
         if k == 1:
             bad = np.argwhere(y != gemv)
-            assert bad.size == 0, f"{where}: (token, row) {bad[:4].tolist()} differ from the GEMV: {y[tuple(bad[0])]} vs {gemv[tuple(bad[0])]}"
+            assert bad.size == 0, (f"{where}: (token, row) {bad[:4].tolist()} differ from the GEMV: "
+                                   f"{y[tuple(bad[0])]} vs {gemv[tuple(bad[0])]}")
         for name, want in (("the GEMV", gemv), ("the CPU", ref)):
             err = np.abs(y.astype(np.float64) - want)
             t, r = np.unravel_index(np.argmax(err - tol), err.shape)
@@ -385,7 +386,7 @@ def test_gpu_gemv_is_a_matrix_product(scalar_isa):
 
 
 @gpu
-def test_gpu_gemv_timing_is_a_duration():
+def test_gpu_gemv_and_gemm_timings_are_durations():
     rng = np.random.default_rng(3)
     raw, _ = _weights(Q4_0, 256, 2048, rng)
     w = _engine.CudaWeight(Q4_0, 2048, 256, raw)
@@ -393,6 +394,13 @@ def test_gpu_gemv_timing_is_a_duration():
     assert 0 < sec < 0.1  # a 256 x 2048 Q4_0 gemv takes microseconds (on the CPU emulation, a few milliseconds)
     with pytest.raises(ValueError, match="iters must be in 1..1000000, got 0"):
         w.time_gemv(np.zeros(2048, np.float32), 0)
+    wk = _engine.CudaWeight(Q4_K, 256, 64, _weights(Q4_K, 64, 256, rng)[0])
+    sec = wk.time_gemm(np.stack([_activations(256, rng) for _ in range(16)]), 2)  # the tensor-core kernel
+    assert 0 < sec < 0.1
+    with pytest.raises(ValueError, match=r"shape \(nt, 256\), nt >= 1, got shape \(256,\)"):
+        wk.time_gemm(np.zeros(256, np.float32), 2)
+    with pytest.raises(ValueError, match=r"time_gemm\(\): iters must be in 1..1000000, got 0"):
+        wk.time_gemm(np.zeros((16, 256), np.float32), 0)
 
 
 @gpu

@@ -142,7 +142,8 @@ gemm_mma_q45_k_kernel(const uint8_t *__restrict__ wq, const int8_t *__restrict__
                     imina += ma[j] * s;
                     iminb += mb[j] * s;
                 }
-                acc[n][e] += pl_fsub(pl_fmul(pl_fmul(xd, da), (float)isum[n][e]), pl_fmul(pl_fmul(xd, dmina), (float)imina));
+                acc[n][e] +=
+                    pl_fsub(pl_fmul(pl_fmul(xd, da), (float)isum[n][e]), pl_fmul(pl_fmul(xd, dmina), (float)imina));
                 acc[n][2 + e] +=
                     pl_fsub(pl_fmul(pl_fmul(xd, db), (float)isum[n][2 + e]), pl_fmul(pl_fmul(xd, dminb), (float)iminb));
             }

@@ -111,9 +111,12 @@ int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, c
  * else the batched GEMV (up to 8 tokens a pass); Q4_1 / Q5_0 / Q5_1 always run the batched GEMV. */
 int pl_cuda_gemm(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, char *err);
 
-/* ---- gemv_timing.cu: seconds per pl_cuda_gemv call (CUDA events, iters calls after 3 warm-up calls) ---- */
+/* ---- gemv_timing.cu: seconds per pl_cuda_gemv / pl_cuda_gemm call (CUDA events, iters calls after 3 warm-up
+ * calls; the gemm's arguments as pl_cuda_gemm's) ---- */
 int pl_cuda_gemv_time(const pl_cuda_weight *w, const float *x, float *y, void *act, int iters, double *seconds,
                       char *err);
+int pl_cuda_gemm_time(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, int iters,
+                      double *seconds, char *err);
 
 /* ---- model.cu, kv_cache.cu, forward.cu: the whole forward of a dense Llama-family model on the GPU ----
  * The model's weights are uploaded once (pl_cuda_model_set, in any order), its KV caches live on the
