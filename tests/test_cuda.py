@@ -336,19 +336,20 @@ def test_gpu_gemm_matches_the_cpu_reference_row_by_row(type_id, scalar_isa):
 
 
 # (rows, columns, tokens) for the K-quants' tensor-core kernel (gemm_mma_kquant.cu, from 16 tokens; tiles of 64
-# rows x 64 tokens): rows and tokens that leave partial tiles, one super-block per row and several
-K_MMA_SHAPES = [(70, 256, 16), (33, 768, 17), (5, 512, 63), (130, 256, 65)]
+# rows x 64 tokens): rows and tokens that leave partial tiles, one super-block per row and several (3, 5)
+K_MMA_SHAPES = [(70, 256, 16), (33, 768, 17), (5, 1280, 63), (130, 256, 65)]
 
 
 @gpu
 @pytest.mark.parametrize("type_id", KQUANTS, ids=lambda t: TYPE_NAMES[t])
-def test_gpu_kquant_tensor_core_gemm_matches_the_gemv_and_the_cpu(type_id, scalar_isa):
-    """The tensor-core kernel computes each super-block's term as the batched GEMV does (the same exact
-    integer sums, the same unfused float operations) and only adds a row's K terms in another order (in
-    order of the super-blocks; the GEMV per lane, then a warp tree). So with one super-block per row (K = 1,
-    a single term added to 0) the two agree bit for bit, and with more within 2 (K + 1) u S as for any two
-    fp32 summation orders (see the top); the CPU likewise. The GEMV runs on the same tokens in passes of at
-    most 8 (below the 16-token threshold)."""
+def test_gpu_kquant_tensor_core_gemm_equals_the_cpu_and_matches_the_gemv(type_id, scalar_isa):
+    """The tensor-core kernel computes each super-block's term as the CPU's scalar kernel does (the same exact
+    integer sums, the same float operations, unfused: csrc/ is built with -ffp-contract=off) and adds a row's
+    terms in the same order (super-block after super-block, from 0), so it equals the CPU bit for bit. The
+    batched GEMV (the same tokens in passes of at most 8, below the 16-token threshold) computes the same
+    terms but adds them in another order (per lane, then a warp tree): with one super-block per row (K = 1,
+    a single term added to 0) the two agree bit for bit, with more within 2 (K + 1) u S, the bound for any
+    two fp32 summation orders of K terms (see the top)."""
     rng = np.random.default_rng(200 + type_id)
     act = _engine.act_type(type_id)
     for nr, n, nt in K_MMA_SHAPES:
@@ -356,21 +357,21 @@ def test_gpu_kquant_tensor_core_gemm_matches_the_gemv_and_the_cpu(type_id, scala
         x = np.stack([_activations(n, rng) for _ in range(nt)])
         w = _engine.CudaWeight(type_id, n, nr, raw)
         y = w.gemm(x)
-        gemv = np.concatenate([w.gemm(x[t:t + 8]) for t in range(0, nt, 8)])
+        where = f"{TYPE_NAMES[type_id]} {nr}x{n}, {nt} tokens"
         a = _engine.from_float(act, x)
         ref = _engine.gemm(type_id, raw, a, n, nr, nt)
-        s = np.abs(_engine.to_float(act, a, n).reshape(nt, n).astype(np.float64)) @ np.abs(wf.astype(np.float64)).T
+        bad = np.argwhere(y != ref)
+        assert bad.size == 0, (f"{where}: {len(bad)} of {y.size} (token, row) differ from the CPU, e.g. "
+                               f"{bad[0].tolist()}: {y[tuple(bad[0])]!r} vs {ref[tuple(bad[0])]!r}")
+        gemv = np.concatenate([w.gemm(x[t:t + 8]) for t in range(0, nt, 8)])
         k = _terms(type_id, n)
-        tol = 2 * (k + 1) * 2.0 ** -24 * s
-        where = f"{TYPE_NAMES[type_id]} {nr}x{n}, {nt} tokens"
         if k == 1:
-            bad = np.argwhere(y != gemv)
-            assert bad.size == 0, (f"{where}: (token, row) {bad[:4].tolist()} differ from the GEMV: "
-                                   f"{y[tuple(bad[0])]} vs {gemv[tuple(bad[0])]}")
-        for name, want in (("the GEMV", gemv), ("the CPU", ref)):
-            err = np.abs(y.astype(np.float64) - want)
-            t, r = np.unravel_index(np.argmax(err - tol), err.shape)
-            assert np.all(err <= tol), f"{where}: token {t} row {r} off {name} by {err[t, r]:.3g} > {tol[t, r]:.3g}"
+            assert np.array_equal(y, gemv), f"{where}: one super-block per row, yet not the GEMV's values"
+        s = np.abs(_engine.to_float(act, a, n).reshape(nt, n).astype(np.float64)) @ np.abs(wf.astype(np.float64)).T
+        tol = 2 * (k + 1) * 2.0 ** -24 * s
+        err = np.abs(y.astype(np.float64) - gemv)
+        t, r = np.unravel_index(np.argmax(err - tol), err.shape)
+        assert np.all(err <= tol), f"{where}: token {t} row {r} off the GEMV by {err[t, r]:.3g} > {tol[t, r]:.3g}"
         assert np.count_nonzero(y) > y.size // 2  # not a comparison of zeros
 
 

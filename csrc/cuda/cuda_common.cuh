@@ -105,7 +105,9 @@ static __device__ __forceinline__ float pl_warp_sum(float v) {
 static __device__ __forceinline__ unsigned pl_word_of(uint4 v, int i) {
     return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
-static __device__ __forceinline__ int pl_byte_of(uint4 v, int k) { return (int)((pl_word_of(v, k >> 2) >> (8 * (k & 3))) & 0xFFu); }
+static __device__ __forceinline__ int pl_byte_of(uint4 v, int k) {
+    return (int)((pl_word_of(v, k >> 2) >> (8 * (k & 3))) & 0xFFu);
+}
 static __device__ __forceinline__ void pl_kq_scale_min(uint4 h, int j, int *sc, int *m) {
     if (j < 4) {
         *sc = pl_byte_of(h, 4 + j) & 63;

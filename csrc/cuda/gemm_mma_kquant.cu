@@ -6,7 +6,8 @@
  * imin, the mins times the activations' 16-sums). Per super-block then the CPU's (types_kquants.c) and
  * the GEMV's (gemv_kquant.cu) float operations, unfused:
  *   Q4_K / Q5_K: acc += (a.d * d) * (float)isum - (a.d * dmin) * (float)imin     Q6_K: acc += (a.d * d) * (float)isum
- * super-blocks in order, as the CPU's scalar loop: only the GEMV's fp32 summation order differs from this.
+ * super-blocks in order, as the CPU's scalar loop: so the result is the CPU's bit for bit (the GEMV's differs
+ * by its fp32 summation order).
  * Tiles as gemm_mma.cu: 4 warps take 64 rows x 64 tokens, a warp 16 rows x 8 tiles of 8 tokens; fragments
  * come straight from global memory (a k step's activations are shared by the 4 warps through L1) in the
  * PTX layout (lane = 4 g + i; A: rows g, g + 8; B: token g of a tile; C: rows g, g + 8, tokens 2i, 2i + 1),
@@ -173,7 +174,8 @@ gemm_mma_q6_k_kernel(const uint8_t *__restrict__ wq, const uint16_t *__restrict_
 #pragma unroll 1
         for (int hk = 0; hk < 8; hk++) { /* the run of weights 32 hk .. 32 hk + 31 */
             const int h = hk >> 2, k = hk & 3;
-            /* ql: k = 0, 2 low / high nibbles of ql[64h + l], k = 1, 3 of ql[64h + 32 + l]; qh[32h + l] bits 2k, 2k + 1 */
+            /* ql: k = 0, 2 low / high nibbles of ql[64h + l], k = 1, 3 of ql[64h + 32 + l];
+             * qh[32h + l]: bits 2k, 2k + 1 */
             const int lo = 64 * h + 32 * (k & 1) + 8 * i, hi = 128 + 32 * h + 8 * i;
             const uint2 la = __ldg((const uint2 *)(ba + lo)), lb = __ldg((const uint2 *)(bb + lo));
             const uint2 qa = __ldg((const uint2 *)(ba + hi)), qb = __ldg((const uint2 *)(bb + hi));
@@ -181,7 +183,8 @@ gemm_mma_q6_k_kernel(const uint8_t *__restrict__ wq, const uint16_t *__restrict_
             unsigned a1[4], a2[4]; /* A with only the first group's weights, with only the second's */
 #pragma unroll
             for (int r = 0; r < 4; r++) {
-                const unsigned q = ((l4[r] >> (4 * (k >> 1))) & 0x0F0F0F0Fu) | (((h2[r] >> (2 * k)) & 0x03030303u) << 4);
+                const unsigned q =
+                    ((l4[r] >> (4 * (k >> 1))) & 0x0F0F0F0Fu) | (((h2[r] >> (2 * k)) & 0x03030303u) << 4);
                 const unsigned v = __vsub4(q, 0x20202020u);
                 a1[r] = first ? v : 0u;
                 a2[r] = first ? 0u : v;
