@@ -1,6 +1,7 @@
 /* cuda_common.cuh: what the .cu files share: the error reporting of every runtime call (the runtime's
- * message, prefixed by what was being done), fp16 / bf16 -> fp32 in registers, and the launchers that
- * pl_cuda_gemv (gemv.cu) picks from. Internal to csrc/cuda/. */
+ * message, prefixed by what was being done), fp16 / bf16 -> fp32 in registers, unfused float operations,
+ * the int8 mma, the Q4_K / Q5_K scale unpacking, and the launchers that pl_cuda_gemv (gemv.cu) picks from.
+ * Internal to csrc/cuda/. */
 #ifndef PYLLM_CUDA_COMMON_CUH
 #define PYLLM_CUDA_COMMON_CUH
 
