@@ -356,6 +356,7 @@ def test_gpu_kquant_tensor_core_gemm_equals_the_cpu_and_matches_the_gemv(type_id
     for nr, n, nt in K_MMA_SHAPES:
         raw, wf = _weights(type_id, nr, n, rng)
         x = np.stack([_activations(n, rng) for _ in range(nt)])
+        x[0], x[1, :256] = 2.5, -1e-3  # every quant at +127 / -127: 16-sums of +-2032, the extremes
         w = _engine.CudaWeight(type_id, n, nr, raw)
         y = w.gemm(x)
         where = f"{TYPE_NAMES[type_id]} {nr}x{n}, {nt} tokens"

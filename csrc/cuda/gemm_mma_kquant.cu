@@ -2,8 +2,9 @@
  * (prefill) on the tensor cores, against Q8_K activations (quantize_q8_k.cu). mma.sync m16n8k32 (int8 in,
  * int32 out: pl_mma_s8_m16n8k32, cuda_common.cuh) gives each (row, token) the exact integer dot of one
  * 32-weight sub-block (Q4_K / Q5_K) or of one 16-weight group (Q6_K: the k step's other group zeroed in A,
- * a second mma for it), which is multiplied by its scale and summed in int32 (isum; Q4_K / Q5_K also
- * imin, the mins times the activations' 16-sums). Per super-block then the CPU's (types_kquants.c) and
+ * a second mma for it), which is multiplied by its scale and summed in int32 (isum); Q4_K / Q5_K's imin (the
+ * mins times the activations' 16-sums) comes from two more mma per tile (the sums split into int8 halves).
+ * Per super-block then the CPU's (types_kquants.c) and
  * the GEMV's (gemv_kquant.cu) float operations, unfused:
  *   Q4_K / Q5_K: acc += (a.d * d) * (float)isum - (a.d * dmin) * (float)imin     Q6_K: acc += (a.d * d) * (float)isum
  * super-blocks in order, as the CPU's scalar loop: so the result is the CPU's bit for bit (the GEMV's differs
@@ -119,30 +120,46 @@ gemm_mma_q45_k_kernel(const uint8_t *__restrict__ wq, const int8_t *__restrict__
                 isum[n][3] += sb0 * dlo[3] + sb1 * dhi[3];
             }
         }
-        int ma[8], mb[8], unused;
+        /* imin on the tensor cores as well: imin = sum_j m_j S_j, S_j the sub-block's two 16-sums added (-4096..
+         * 4064) = 64 hi_j + lo_j (hi = S_j >> 6: -64..63, lo = S_j & 63: both int8), so imin = 64 C_hi + C_lo,
+         * two mma with A = the 8 mins in columns 0..7 and B = the token's hi or lo in rows 0..7 (lanes 0, 1:
+         * 4i..4i+3; lanes 2, 3 zero, branch-free so that the warp stays converged) */
+        const unsigned keep = i < 2 ? 0xFFFFFFFFu : 0u;
+        unsigned am[4] = {0u, 0u, 0u, 0u};
+        int unused;
 #pragma unroll
-        for (int j = 0; j < 8; j++) {
-            pl_kq_scale_min(ha, j, &unused, &ma[j]);
-            pl_kq_scale_min(hb, j, &unused, &mb[j]);
+        for (int e = 0; e < 4; e++) {
+            int m;
+            pl_kq_scale_min(ha, 4 * (i & 1) + e, &unused, &m);
+            am[0] |= (unsigned)m << (8 * e);
+            pl_kq_scale_min(hb, 4 * (i & 1) + e, &unused, &m);
+            am[1] |= (unsigned)m << (8 * e);
         }
+        am[0] &= keep;
+        am[1] &= keep;
         const float da = pl_h2f((uint16_t)(ha.x & 0xFFFFu)), dmina = pl_h2f((uint16_t)(ha.x >> 16));
         const float db = pl_h2f((uint16_t)(hb.x & 0xFFFFu)), dminb = pl_h2f((uint16_t)(hb.x >> 16));
 #pragma unroll
         for (int n = 0; n < NT; n++) {
+            /* token g's sums of sub-blocks 4 (i & 1) .. + 3 as 4 words (4-byte aligned: they follow nt * nb fp32 d's) */
+            const unsigned *sw = (const unsigned *)(bs + ((size_t)t.tok[n] * nb + sb) * 16) + 4 * (i & 1);
+            unsigned bh[2] = {0u, 0u}, bl[2] = {0u, 0u};
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const unsigned v = __ldg(sw + e);
+                const int sj = (int)(int16_t)(v & 0xFFFFu) + (int)(int16_t)(v >> 16);
+                bh[0] |= (unsigned)((sj >> 6) & 0xFF) << (8 * e);
+                bl[0] |= (unsigned)(sj & 63) << (8 * e);
+            }
+            bh[0] &= keep;
+            bl[0] &= keep;
+            int ch[4] = {0, 0, 0, 0}, cl[4] = {0, 0, 0, 0};
+            pl_mma_s8_m16n8k32(ch, am, bh);
+            pl_mma_s8_m16n8k32(cl, am, bl);
 #pragma unroll
             for (int e = 0; e < 2; e++) { /* C elements e (row g) and 2 + e (row g + 8): token 2i + e */
-                const int tc = kq_ctok(t, n, e, nt);
-                const float xd = __ldg(ad + (size_t)tc * nb + sb);
-                /* the 16 sums as 8 words (4-byte aligned: the sums follow nt * nb fp32 d's), word j = sub-block j */
-                const unsigned *sw = (const unsigned *)(bs + ((size_t)tc * nb + sb) * 16);
-                int imina = 0, iminb = 0;
-#pragma unroll
-                for (int j = 0; j < 8; j++) {
-                    const unsigned v = __ldg(sw + j);
-                    const int s = (int)(int16_t)(v & 0xFFFFu) + (int)(int16_t)(v >> 16);
-                    imina += ma[j] * s;
-                    iminb += mb[j] * s;
-                }
+                const float xd = __ldg(ad + (size_t)kq_ctok(t, n, e, nt) * nb + sb);
+                const int imina = 64 * ch[e] + cl[e], iminb = 64 * ch[2 + e] + cl[2 + e];
                 acc[n][e] +=
                     pl_fsub(pl_fmul(pl_fmul(xd, da), (float)isum[n][e]), pl_fmul(pl_fmul(xd, dmina), (float)imina));
                 acc[n][2 + e] +=
