@@ -1,11 +1,16 @@
-"""bench_cuda_gemv.py: decode's GEMV kernels on the GPU (csrc/cuda/, a PYLLM_CUDA=ON build), per weight type,
-on the matrices of the 1.1B-shaped model (TinyLlama: dim 2048, hidden 5632, 4 KV heads of 64, vocab 32000).
-Each matrix is uploaded once and timed with CUDA events around back-to-back calls (CudaWeight.time_gemv:
-the Q8_0 / Q8_K quantization of x included, host copies not); prints microseconds per call, the bytes a call must
-read (weights, x) over that time as GB/s, and what one token's matmuls would take at those speeds (22
-layers of q, k, v, o, gate, up, down plus the LM head: matmuls only, so an upper bound on decode tok/s).
+"""bench_cuda_gemv.py: decode's GEMV kernels and prefill's matmuls on the GPU (csrc/cuda/, a PYLLM_CUDA=ON build),
+per weight type, on the matrices of the 1.1B-shaped model (TinyLlama: dim 2048, hidden 5632, 4 KV heads of
+64, vocab 32000). Each matrix is uploaded once and timed with CUDA events around back-to-back calls
+(CudaWeight.time_gemv / time_gemm: the Q8_0 / Q8_K quantization of x included, host copies not); prints
+microseconds per call, the bytes a call must read (weights, x) over that time as GB/s, and what one token's
+matmuls would take at those speeds (22 layers of q, k, v, o, gate, up, down plus the LM head: matmuls only,
+so an upper bound on decode tok/s). With --prefill N (default 512; 0: off) also one matmul of N tokens
+(Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K: the tensor cores from 16 tokens), as TOPS (2 x rows x n x N operations
+over the time), and N tokens over a prompt's matmuls (the LM head for the last token only) as prefill tok/s, an
+upper bound to set against transformers' bf16 prefill (about 20k tok/s for this model on an H100).
 
-    python bench/bench_cuda_gemv.py [--types q4_0,q8_0,q4_k,q5_k,q6_k,f16,bf16] [--iters 200] [--json OUT.json]
+    python bench/bench_cuda_gemv.py [--types q4_0,q8_0,q4_k,q5_k,q6_k,f16,bf16] [--iters 200] [--prefill 512]
+                                    [--json OUT.json]
 
 Random weights (random valid blocks, like bench_kernels.py); the speed does not depend on the values.
 Caveat: the calls repeat on one matrix, so a matrix smaller than the GPU's L2 (60 MB on an H200: all but
@@ -43,6 +48,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--types", default=",".join(TYPES))
     ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--prefill", type=int, default=512, help="tokens of the prefill matmul (0: decode only)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     info = _engine.cuda_info()
@@ -54,7 +60,7 @@ def main() -> int:
     results = []
     for tname in args.types.split(","):
         tid = TYPES[tname.strip()]
-        token_s = 0.0
+        token_s = prompt_s = 0.0
         for mname, (rows, n, per_token) in MATRICES.items():
             raw = random_rows(tid, rows, n, rng)
             w = _engine.CudaWeight(tid, n, rows, raw)
@@ -62,11 +68,24 @@ def main() -> int:
             sec = w.time_gemv(x, args.iters)
             gbs = (len(raw) + 4 * n) / sec / 1e9
             token_s += per_token * sec
-            results.append({"type": tname, "matrix": mname, "rows": rows, "n": n, "us": sec * 1e6, "GB/s": gbs})
-            print(f"{tname:5} {mname:10} {rows:6} x {n:5}: {sec * 1e6:8.1f} us  {gbs:7.1f} GB/s")
+            row = {"type": tname, "matrix": mname, "rows": rows, "n": n, "us": sec * 1e6, "GB/s": gbs}
+            line = f"{tname:5} {mname:10} {rows:6} x {n:5}: {sec * 1e6:8.1f} us  {gbs:7.1f} GB/s"
+            if args.prefill > 0:
+                xs = rng.standard_normal((args.prefill, n), dtype=np.float32)
+                psec = w.time_gemm(xs, max(1, args.iters // 10))
+                tops = 2.0 * rows * n * args.prefill / psec / 1e12
+                prompt_s += per_token * psec if mname != "lm head" else sec  # the LM head: the last token's gemv
+                row.update({"prefill_tokens": args.prefill, "prefill_us": psec * 1e6, "prefill_TOPS": tops})
+                line += f"  | {args.prefill} tokens: {psec * 1e6:9.1f} us  {tops:6.1f} TOPS"
+            results.append(row)
+            print(line)
             del w
         print(f"{tname:5} one token's matmuls: {token_s * 1e3:.3f} ms -> at most {1 / token_s:.0f} tok/s")
         results.append({"type": tname, "token_matmuls_ms": token_s * 1e3})
+        if args.prefill > 0:
+            print(f"{tname:5} a {args.prefill}-token prompt's matmuls: {prompt_s * 1e3:.3f} ms -> at most "
+                  f"{args.prefill / prompt_s:.0f} tok/s prefill")
+            results.append({"type": tname, "prompt_tokens": args.prefill, "prompt_matmuls_ms": prompt_s * 1e3})
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"gpu": info["device_list"][0]["name"], "results": results}, f, indent=1)

@@ -72,6 +72,12 @@ int pl_cuda_gemv_time(const pl_cuda_weight *w, const float *x, float *y, void *a
     *seconds = 0.0;
     return not_built(err);
 }
+int pl_cuda_gemm_time(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, int iters,
+                      double *seconds, char *err) {
+    (void)w, (void)x, (void)nt, (void)y, (void)act, (void)iters;
+    *seconds = 0.0;
+    return not_built(err);
+}
 pl_cuda_model *pl_cuda_model_new(const pl_cuda_config *c, const float *rope_cos, const float *rope_sin, char *err) {
     (void)c, (void)rope_cos, (void)rope_sin;
     not_built(err);

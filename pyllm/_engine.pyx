@@ -739,6 +739,8 @@ cdef extern from "pl_cuda_build.h" nogil:
     int pl_cuda_gemm(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, char *err)
     int pl_cuda_gemv_time(const pl_cuda_weight *w, const float *x, float *y, void *act, int iters, double *seconds,
                           char *err)
+    int pl_cuda_gemm_time(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, int iters,
+                          double *seconds, char *err)
     ctypedef struct pl_cuda_config:
         int n_vocab, dim, n_layers, n_heads, n_kv_heads, head_dim, hidden_dim, max_ctx
         float norm_eps, attn_scale
@@ -941,7 +943,8 @@ cdef class CudaWeight:
 
     def gemm(self, x):
         """Y = X W^T for a float32 array X of nt rows of ne0 values (row t of Y: W times row t of X), on the
-        GPU: the batched GEMV, or from 16 rows of Q4_0 / Q8_0 the tensor cores; returns (nt, ne1)."""
+        GPU: the batched GEMV, or from 16 rows of Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K the tensor cores; returns
+        (nt, ne1)."""
         a = np.ascontiguousarray(x, dtype=np.float32)
         if a.ndim != 2 or a.shape[1] != self.ne0 or a.shape[0] < 1 or a.shape[0] > 1 << 20:
             raise ValueError(f"gemm() takes a float32 array of shape (nt, {self.ne0}), nt >= 1, got shape {a.shape}")
@@ -974,6 +977,29 @@ cdef class CudaWeight:
         cdef int r
         with nogil:
             r = pl_cuda_gemv_time(&self.w, <const float *>dx.p, <float *>dy.p, act, iters, &sec, e.buf)
+        if r:
+            raise RuntimeError(e.buf.decode())
+        return sec
+
+    def time_gemm(self, x, int iters=100) -> float:
+        """seconds per gemm of the nt rows of x (as gemm()) on the device, timed as time_gemv: what a prefill
+        matmul costs, for bench/bench_cuda_gemv.py"""
+        a = np.ascontiguousarray(x, dtype=np.float32)
+        if a.ndim != 2 or a.shape[1] != self.ne0 or a.shape[0] < 1 or a.shape[0] > 1 << 20:
+            raise ValueError(f"time_gemm() takes a float32 array of shape (nt, {self.ne0}), nt >= 1, got shape {a.shape}")
+        if not 1 <= iters <= 1000000:
+            raise ValueError(f"time_gemm(): iters must be in 1..1000000, got {iters}")
+        cdef int nt = a.shape[0]
+        cdef size_t ab = pl_cuda_act_bytes(self.type_id, self.ne0)
+        cdef _DeviceBuffer dx = _to_device(a.reshape(-1))
+        cdef _DeviceBuffer dy = _DeviceBuffer(<size_t>self.ne1 * nt * 4)
+        cdef _DeviceBuffer dact = _DeviceBuffer(ab * nt) if ab else None
+        cdef void *act = dact.p if dact is not None else NULL
+        cdef _Err e = _Err()
+        cdef double sec = 0
+        cdef int r
+        with nogil:
+            r = pl_cuda_gemm_time(&self.w, <const float *>dx.p, nt, <float *>dy.p, act, iters, &sec, e.buf)
         if r:
             raise RuntimeError(e.buf.decode())
         return sec

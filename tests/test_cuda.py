@@ -309,7 +309,7 @@ def test_gpu_gemv_matches_the_cpu_reference(type_id, scalar_isa):
 # tensor-core kernel for Q4_0 / Q8_0 (Q4_1 / Q5_0 / Q5_1: the batched GEMV for every count) (tiles of 64 rows x 64 tokens: partial tiles both ways)
 GEMM_SHAPES = [(37, 96, 2), (5, 1056, 3), (129, 2080, 9), (70, 256, 16), (300, 512, 17), (64, 1024, 70), (1, 32, 64),
                (17, 33, 5)]
-# the K-quants: the batched GEMV for every token count (passes of 8, 4, 3, 2, 1 tokens)
+# the K-quants: below 16 tokens the batched GEMV (passes of 8, 4, 3, 2, 1 tokens), from 16 the tensor-core kernel
 K_GEMM_SHAPES = [(37, 256, 2), (5, 1280, 3), (129, 512, 9), (70, 256, 16), (30, 768, 17), (64, 1024, 70), (1, 256, 64)]
 
 
@@ -335,6 +335,48 @@ def test_gpu_gemm_matches_the_cpu_reference_row_by_row(type_id, scalar_isa):
         assert np.any(y != 0)
 
 
+# (rows, columns, tokens) for the K-quants' tensor-core kernel (gemm_mma_kquant.cu, from 16 tokens; tiles of 64
+# rows x 64 tokens): rows and tokens that leave partial tiles, one super-block per row and several (3, 5)
+K_MMA_SHAPES = [(70, 256, 16), (33, 768, 17), (5, 1280, 63), (130, 256, 65)]
+
+
+@gpu
+@pytest.mark.parametrize("type_id", KQUANTS, ids=lambda t: TYPE_NAMES[t])
+def test_gpu_kquant_tensor_core_gemm_equals_the_cpu_and_matches_the_gemv(type_id, scalar_isa):
+    """The tensor-core kernel computes each super-block's term as the CPU's scalar kernel does (the same exact
+    integer sums, the same float operations, unfused: csrc/ is built with -ffp-contract=off) and adds a row's
+    terms in the same order (super-block after super-block, from 0), so it equals the CPU bit for bit. The
+    batched GEMV (the same tokens in passes of at most 8, below the 16-token threshold) computes the same
+    terms but adds them in another order (per lane, then a warp tree): with one super-block per row (K = 1,
+    a single term added to 0) the two agree bit for bit, with more within 2 (K + 1) u S, the bound for any
+    two fp32 summation orders of K terms (see the top). That order also shows the tensor-core kernel ran:
+    the GEMV's results differ from the CPU's in some last bits at K = 3 and 5."""
+    rng = np.random.default_rng(200 + type_id)
+    act = _engine.act_type(type_id)
+    for nr, n, nt in K_MMA_SHAPES:
+        raw, wf = _weights(type_id, nr, n, rng)
+        x = np.stack([_activations(n, rng) for _ in range(nt)])
+        x[0], x[1, :256] = 2.5, -1e-3  # every quant at +127 / -127: 16-sums of +-2032, the extremes
+        w = _engine.CudaWeight(type_id, n, nr, raw)
+        y = w.gemm(x)
+        where = f"{TYPE_NAMES[type_id]} {nr}x{n}, {nt} tokens"
+        a = _engine.from_float(act, x)
+        ref = _engine.gemm(type_id, raw, a, n, nr, nt)
+        bad = np.argwhere(y != ref)
+        assert bad.size == 0, (f"{where}: {len(bad)} of {y.size} (token, row) differ from the CPU, e.g. "
+                               f"{bad[0].tolist()}: {y[tuple(bad[0])]!r} vs {ref[tuple(bad[0])]!r}")
+        gemv = np.concatenate([w.gemm(x[t:t + 8]) for t in range(0, nt, 8)])
+        k = _terms(type_id, n)
+        if k == 1:
+            assert np.array_equal(y, gemv), f"{where}: one super-block per row, yet not the GEMV's values"
+        s = np.abs(_engine.to_float(act, a, n).reshape(nt, n).astype(np.float64)) @ np.abs(wf.astype(np.float64)).T
+        tol = 2 * (k + 1) * 2.0 ** -24 * s
+        err = np.abs(y.astype(np.float64) - gemv)
+        t, r = np.unravel_index(np.argmax(err - tol), err.shape)
+        assert np.all(err <= tol), f"{where}: token {t} row {r} off the GEMV by {err[t, r]:.3g} > {tol[t, r]:.3g}"
+        assert np.count_nonzero(y) > y.size // 2  # not a comparison of zeros
+
+
 @gpu
 def test_gpu_gemv_is_a_matrix_product(scalar_isa):
     """independent of the CPU kernels: F16 weights of exactly representable values times x in float64"""
@@ -347,7 +389,7 @@ def test_gpu_gemv_is_a_matrix_product(scalar_isa):
 
 
 @gpu
-def test_gpu_gemv_timing_is_a_duration():
+def test_gpu_gemv_and_gemm_timings_are_durations():
     rng = np.random.default_rng(3)
     raw, _ = _weights(Q4_0, 256, 2048, rng)
     w = _engine.CudaWeight(Q4_0, 2048, 256, raw)
@@ -355,6 +397,13 @@ def test_gpu_gemv_timing_is_a_duration():
     assert 0 < sec < 0.1  # a 256 x 2048 Q4_0 gemv takes microseconds (on the CPU emulation, a few milliseconds)
     with pytest.raises(ValueError, match="iters must be in 1..1000000, got 0"):
         w.time_gemv(np.zeros(2048, np.float32), 0)
+    wk = _engine.CudaWeight(Q4_K, 256, 64, _weights(Q4_K, 64, 256, rng)[0])
+    sec = wk.time_gemm(np.stack([_activations(256, rng) for _ in range(16)]), 2)  # the tensor-core kernel
+    assert 0 < sec < 0.1
+    with pytest.raises(ValueError, match=r"shape \(nt, 256\), nt >= 1, got shape \(256,\)"):
+        wk.time_gemm(np.zeros(256, np.float32), 2)
+    with pytest.raises(ValueError, match=r"time_gemm\(\): iters must be in 1..1000000, got 0"):
+        wk.time_gemm(np.zeros((16, 256), np.float32), 0)
 
 
 @gpu

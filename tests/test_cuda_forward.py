@@ -121,7 +121,7 @@ def kquant_checkpoint(tmp_path_factory):
 @pytest.mark.parametrize("quant", ["q4_k_m", "q5_k_m"])
 def test_kquant_mixes_match_the_cpu(quant, kquant_checkpoint):
     """q4_k_m: Q4_K embedding and matrices, Q6_K LM head and (layer 0) V and FFN down; q5_k_m: the same with
-    Q5_K. Every row of a prompt (the batched GEMV), decode steps, and a greedy continuation."""
+    Q5_K. Every row of a 40-token prompt (the tensor-core GEMM), decode steps (the GEMV), and a greedy continuation."""
     cpu = pyllm.load(kquant_checkpoint, quant=quant, n_ctx=128)
     cuda = pyllm.load(kquant_checkpoint, quant=quant, n_ctx=128, device="cuda")
     from pyllm.quant_mixes import plan_types

@@ -1,6 +1,7 @@
 /* cuda_common.cuh: what the .cu files share: the error reporting of every runtime call (the runtime's
- * message, prefixed by what was being done), fp16 / bf16 -> fp32 in registers, and the launchers that
- * pl_cuda_gemv (gemv.cu) picks from. Internal to csrc/cuda/. */
+ * message, prefixed by what was being done), fp16 / bf16 -> fp32 in registers, unfused float operations,
+ * the int8 mma, the Q4_K / Q5_K scale unpacking, and the launchers that pl_cuda_gemv (gemv.cu) picks from.
+ * Internal to csrc/cuda/. */
 #ifndef PYLLM_CUDA_COMMON_CUH
 #define PYLLM_CUDA_COMMON_CUH
 
@@ -111,6 +112,25 @@ static __device__ __forceinline__ void pl_q8_0_warp_block(float v, int8_t *q, fl
     const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
     *q = (int8_t)roundf(v * id);
     if ((threadIdx.x & 31) == 0) *d = pl_h2f(pl_f2h(dd));
+}
+
+/* K-quant super-blocks (gemv_kquant.cu, gemm_mma_kquant.cu): word i / byte k of 16 loaded bytes, and the
+ * 6-bit scale and min of sub-block j of Q4_K / Q5_K from the super-block's first 16 bytes h (d, dmin, then
+ * the 12 scale bytes: byte k of the scales is byte 4 + k of h), as the CPU's scale_min_k4 */
+static __device__ __forceinline__ unsigned pl_word_of(uint4 v, int i) {
+    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+static __device__ __forceinline__ int pl_byte_of(uint4 v, int k) {
+    return (int)((pl_word_of(v, k >> 2) >> (8 * (k & 3))) & 0xFFu);
+}
+static __device__ __forceinline__ void pl_kq_scale_min(uint4 h, int j, int *sc, int *m) {
+    if (j < 4) {
+        *sc = pl_byte_of(h, 4 + j) & 63;
+        *m = pl_byte_of(h, 8 + j) & 63;
+    } else {
+        *sc = (pl_byte_of(h, 8 + j) & 0x0F) | ((pl_byte_of(h, j) >> 6) << 4);
+        *m = (pl_byte_of(h, 8 + j) >> 4) | ((pl_byte_of(h, 4 + j) >> 6) << 4);
+    }
 }
 
 /* Kernel launches and dynamic shared memory go through these two macros (never <<< >>> or extern

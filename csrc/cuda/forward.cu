@@ -25,6 +25,7 @@ static int matmul(pl_cuda_model *m, const pl_cuda_weight *w, const float *x, int
     }
     if (form == PL_CUDA_Q8_K) {
         if (have != form && pl_cuda_quantize_q8_k_on(x, (int64_t)nt * w->ne0, m->s.act, m->stream, err)) return -1;
+        if (nt >= PL_MMA_MIN_TOKENS) return pl_cuda_gemm_mma_kquant_launch(w, m->s.act, nt, y, ldy, m->stream, err);
         return pl_cuda_matmul_kquant_launch(w, m->s.act, nt, y, ldy, m->stream, err);
     }
     return pl_cuda_matmul_float_launch(w, x, nt, (int)w->ne0, y, ldy, m->stream, err);

@@ -49,6 +49,7 @@ int pl_cuda_gemm(const pl_cuda_weight *w, const float *x, int nt, float *y, void
         if (!act || (uintptr_t)act % 16)
             return PL_CUDA_ERR("gemm: Q4_K / Q5_K / Q6_K weights need a 16-byte aligned activation scratch");
         if (pl_cuda_quantize_q8_k_on(x, (int64_t)nt * w->ne0, act, 0, err)) return -1;
+        if (nt >= PL_MMA_MIN_TOKENS) return pl_cuda_gemm_mma_kquant_launch(w, act, nt, y, (int)w->ne1, 0, err);
         return pl_cuda_matmul_kquant_launch(w, act, nt, y, (int)w->ne1, 0, err);
     }
     return pl_cuda_matmul_float_launch(w, x, nt, (int)w->ne0, y, (int)w->ne1, 0, err);

@@ -11,23 +11,7 @@
  * shuffles (exact) and the group's first lane adds the super-block's term. */
 #include "cuda_common.cuh"
 
-#define ROWS_PER_CTA 4 
-static __device__ __forceinline__ unsigned word_of(uint4 v, int i) {
-    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-}
-static __device__ __forceinline__ int byte_of(uint4 v, int k) { return (int)((word_of(v, k >> 2) >> (8 * (k & 3))) & 0xFFu); }
-
-/* the 6-bit scale and min of sub-block j of Q4_K / Q5_K from the super-block's first 16 bytes (h: d, dmin,
- * then the 12 scale bytes: byte k of the scales is byte 4 + k of h) */
-static __device__ __forceinline__ void scale_min(uint4 h, int j, int *sc, int *m) {
-    if (j < 4) {
-        *sc = byte_of(h, 4 + j) & 63;
-        *m = byte_of(h, 8 + j) & 63;
-    } else {
-        *sc = (byte_of(h, 8 + j) & 0x0F) | ((byte_of(h, j) >> 6) << 4);
-        *m = (byte_of(h, 8 + j) >> 4) | ((byte_of(h, 4 + j) >> 6) << 4);
-    }
-}
+#define ROWS_PER_CTA 4
 
 static __device__ __forceinline__ int group_isum(int v) { /* the sum over the 8 lanes of a super-block */
     v += __shfl_xor_sync(0xffffffffu, v, 1);
@@ -71,17 +55,17 @@ gemv_q45_k_kernel(const uint8_t *__restrict__ wq, const int8_t *__restrict__ aq,
             b1[t] = in ? __ldg(b + 4 * c + 2 + h) : 0; /* sub-block 2c + 1 */
         }
         int sc0, m0, sc1, m1;
-        scale_min(hd, 2 * c, &sc0, &m0);
-        scale_min(hd, 2 * c + 1, &sc1, &m1);
+        pl_kq_scale_min(hd, 2 * c, &sc0, &m0);
+        pl_kq_scale_min(hd, 2 * c + 1, &sc1, &m1);
         unsigned wlo[4], whi[4];
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            const unsigned q = word_of(qs, i);
+            const unsigned q = pl_word_of(qs, i);
             wlo[i] = q & 0x0F0F0F0Fu;
             whi[i] = (q >> 4) & 0x0F0F0F0Fu;
             if (QH) { /* the fifth bit of sub-block j's weight l: bit j of qh byte l */
-                wlo[i] |= ((word_of(qh, i) >> (2 * c)) & 0x01010101u) << 4;
-                whi[i] |= ((word_of(qh, i) >> (2 * c + 1)) & 0x01010101u) << 4;
+                wlo[i] |= ((pl_word_of(qh, i) >> (2 * c)) & 0x01010101u) << 4;
+                whi[i] |= ((pl_word_of(qh, i) >> (2 * c + 1)) & 0x01010101u) << 4;
             }
         }
         const float d = pl_h2f((uint16_t)(hd.x & 0xFFFFu)), dmin = pl_h2f((uint16_t)(hd.x >> 16));
@@ -90,8 +74,8 @@ gemv_q45_k_kernel(const uint8_t *__restrict__ wq, const int8_t *__restrict__ aq,
             int dlo = 0, dhi = 0;
 #pragma unroll
             for (int i = 0; i < 4; i++) {
-                dlo = __dp4a((int)wlo[i], (int)word_of(alo[t], i), dlo);
-                dhi = __dp4a((int)whi[i], (int)word_of(ahi[t], i), dhi);
+                dlo = __dp4a((int)wlo[i], (int)pl_word_of(alo[t], i), dlo);
+                dhi = __dp4a((int)whi[i], (int)pl_word_of(ahi[t], i), dhi);
             }
             const int isum = group_isum(sc0 * dlo + sc1 * dhi);
             const int imin = group_isum(m0 * b0[t] + m1 * b1[t]);

@@ -117,6 +117,10 @@ int pl_cuda_scratch_reserve(pl_cuda_model *m, int nt, int n_seq, int64_t att, ch
 /* ---- gemm_mma.cu: pl_cuda_matmul_quant_launch's contract on the tensor cores (sm_80+), for many tokens */
 int pl_cuda_gemm_mma_launch(const pl_cuda_weight *w, const void *act, int nt, float *y, int ldy, cudaStream_t st,
                             char *err);
+/* ---- gemm_mma_kquant.cu: pl_cuda_matmul_kquant_launch's contract (Q4_K / Q5_K / Q6_K weights, Q8_K
+ * activations) on the tensor cores (sm_80+), for many tokens */
+int pl_cuda_gemm_mma_kquant_launch(const pl_cuda_weight *w, const void *act, int nt, float *y, int ldy,
+                                   cudaStream_t st, char *err);
 /* tokens from which a quantized matmul runs on the tensor cores rather than the batched GEMV: the GEMV
  * reads the weights once per 8 tokens, the tensor-core kernel once per 64 (a first guess, to be measured) */
 #define PL_MMA_MIN_TOKENS 16

@@ -107,13 +107,16 @@ int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, c
 
 /* the same for nt tokens: x is nt rows of ne0 floats, y nt rows of ne1 (row t of y: W times row t of x);
  * act: pl_cuda_act_bytes(w->type, ne0) * nt bytes (NULL for F32 / F16 / BF16). Q4_0 / Q8_0 from 16
- * tokens run on the tensor cores (gemm_mma.cu, sm_80+), else the batched GEMV (up to 8 tokens a pass); Q4_1 /
- * Q5_0 / Q5_1 and the K-quants always run the batched GEMV. */
+ * tokens run on the tensor cores (gemm_mma.cu, sm_80+), Q4_K / Q5_K / Q6_K likewise (gemm_mma_kquant.cu),
+ * else the batched GEMV (up to 8 tokens a pass); Q4_1 / Q5_0 / Q5_1 always run the batched GEMV. */
 int pl_cuda_gemm(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, char *err);
 
-/* ---- gemv_timing.cu: seconds per pl_cuda_gemv call (CUDA events, iters calls after 3 warm-up calls) ---- */
+/* ---- gemv_timing.cu: seconds per pl_cuda_gemv / pl_cuda_gemm call (CUDA events, iters calls after 3 warm-up
+ * calls; the gemm's arguments as pl_cuda_gemm's) ---- */
 int pl_cuda_gemv_time(const pl_cuda_weight *w, const float *x, float *y, void *act, int iters, double *seconds,
                       char *err);
+int pl_cuda_gemm_time(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, int iters,
+                      double *seconds, char *err);
 
 /* ---- model.cu, kv_cache.cu, forward.cu: the whole forward of a dense Llama-family model on the GPU ----
  * The model's weights are uploaded once (pl_cuda_model_set, in any order), its KV caches live on the
