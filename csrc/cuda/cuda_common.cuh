@@ -181,21 +181,37 @@ int pl_cuda_matmul_quant_launch(const pl_cuda_weight *w, const void *act, int nt
                                 char *err);
 int pl_cuda_matmul_float_launch(const pl_cuda_weight *w, const float *x, int nt, int ldx, float *y, int ldy,
                                 cudaStream_t st, char *err);
-/* Q4_0 / Q8_0 weights in fewer launches (gemv_quant.cu), pl_cuda_matmul_quant_launch's contract: n <= 3
- * weights of one type and width with the same input (q / k / v) in one grid (group_ok says whether they
- * qualify), and gate / up with SwiGLU: y[t * ldy + r] = silu(gate_r . x_t) * (up_r . x_t) */
+/* Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K weights in fewer launches (gemv_group.cu), pl_cuda_matmul_quant_launch's
+ * contract: n <= 3 weights of one type and width with the same input (q / k / v) in one grid (group_ok says
+ * whether they qualify), and gate / up with SwiGLU: y[t * ldy + r] = silu(gate_r . x_t) * (up_r . x_t) */
 int pl_cuda_gemv_group_ok(const pl_cuda_weight *const *ws, int n);
 int pl_cuda_gemv_group_launch(const pl_cuda_weight *const *ws, float *const *ys, const int *ldy, int n, const void *act,
                               int nt, cudaStream_t st, char *err);
 int pl_cuda_gemv_swiglu_launch(const pl_cuda_weight *gate, const pl_cuda_weight *up, const void *act, int nt, float *y,
                                int ldy, cudaStream_t st, char *err);
+/* what one such launch takes (gemv_rows.cuh): weights of one type and width, their quants / scales / outputs,
+ * and the first block of each weight's rows (first_block[n]: the grid) */
+#define PL_GEMV_GROUP_MAX 3
+typedef struct {
+    int type, n;
+    int64_t ne0;
+    const uint8_t *wq[PL_GEMV_GROUP_MAX];
+    const uint16_t *wd[PL_GEMV_GROUP_MAX];
+    float *y[PL_GEMV_GROUP_MAX];
+    int ldy[PL_GEMV_GROUP_MAX], nr[PL_GEMV_GROUP_MAX], first_block[PL_GEMV_GROUP_MAX + 1];
+} pl_gemv_group;
+/* the group's matmuls (swiglu: its gate / up pair's product) for nt activation rows: Q4_0 / Q8_0 weights
+ * (gemv_quant.cu), K-quants (gemv_kquant.cu) */
+int pl_cuda_gemv_rows_q8_0(const pl_gemv_group *g, const void *act, int nt, int swiglu, cudaStream_t st, char *err);
+int pl_cuda_gemv_rows_q8_k(const pl_gemv_group *g, const void *act, int nt, int swiglu, cudaStream_t st, char *err);
 /* pl_cuda_quantize_q8_0 / _q8_k on stream st, without their argument checks */
 int pl_cuda_quantize_q8_0_on(const float *x, int64_t n, void *q, cudaStream_t st, char *err);
 int pl_cuda_quantize_q8_k_on(const float *x, int64_t n, void *q, cudaStream_t st, char *err);
 /* Q4_1 / Q5_0 / Q5_1 (gemv_legacy.cu): pl_cuda_matmul_quant_launch's contract (Q8_0 activations) */
 int pl_cuda_matmul_legacy_launch(const pl_cuda_weight *w, const void *act, int nt, float *y, int ldy, cudaStream_t st,
                                  char *err);
-/* the K-quants (gemv_kquant.cu): act holds nt rows of Q8_K activations in pl_cuda.h's layout */
+/* the K-quants (gemv_kquant.cu, launched by gemv_group.cu): act holds nt rows of Q8_K activations in
+ * pl_cuda.h's layout */
 int pl_cuda_matmul_kquant_launch(const pl_cuda_weight *w, const void *act, int nt, float *y, int ldy, cudaStream_t st,
                                  char *err);
 /* the activation form a quantized weight type is multiplied with: PL_CUDA_Q8_0, PL_CUDA_Q8_K, or 0 (fp32) */

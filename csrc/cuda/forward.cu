@@ -11,20 +11,32 @@
 
 #include "model_internal.cuh"
 
+#define FAIL(...) PL_CUDA_ERR(__VA_ARGS__)
+#define TRY(call) \
+    do {          \
+        if (call) return -1; \
+    } while (0)
+
+/* x's form `form` (PL_CUDA_Q8_0 / PL_CUDA_Q8_K) in m->s.act, unless have says it is there already */
+static int quantize(pl_cuda_model *m, int form, int have, const float *x, int64_t n, char *err) {
+    if (have == form) return 0;
+    if (form == PL_CUDA_Q8_0) return pl_cuda_quantize_q8_0_on(x, n, m->s.act, m->stream, err);
+    return pl_cuda_quantize_q8_k_on(x, n, m->s.act, m->stream, err);
+}
+
 /* y = W x. Quantized weights read x's Q8_0 form (Q4_0 / Q8_0 / Q4_1 / Q5_0 / Q5_1) or Q8_K form (the K-quants) in m->s.act;
  * have: the form already there for these rows x (pl_cuda_act_form's id; 0: none), else x is quantized first */
 static int matmul(pl_cuda_model *m, const pl_cuda_weight *w, const float *x, int nt, float *y, int ldy, int have,
                   char *err) {
     const int form = pl_cuda_act_form(w->type);
+    if (form) TRY(quantize(m, form, have, x, (int64_t)nt * w->ne0, err));
     if (form == PL_CUDA_Q8_0) {
-        if (have != form && pl_cuda_quantize_q8_0_on(x, (int64_t)nt * w->ne0, m->s.act, m->stream, err)) return -1;
         if (w->type != PL_CUDA_Q4_0 && w->type != PL_CUDA_Q8_0) /* Q4_1 / Q5_0 / Q5_1 */
             return pl_cuda_matmul_legacy_launch(w, m->s.act, nt, y, ldy, m->stream, err);
         if (nt >= PL_MMA_MIN_TOKENS) return pl_cuda_gemm_mma_launch(w, m->s.act, nt, y, ldy, m->stream, err);
         return pl_cuda_matmul_quant_launch(w, m->s.act, nt, y, ldy, m->stream, err);
     }
     if (form == PL_CUDA_Q8_K) {
-        if (have != form && pl_cuda_quantize_q8_k_on(x, (int64_t)nt * w->ne0, m->s.act, m->stream, err)) return -1;
         if (nt >= PL_MMA_MIN_TOKENS) return pl_cuda_gemm_mma_kquant_launch(w, m->s.act, nt, y, ldy, m->stream, err);
         return pl_cuda_matmul_kquant_launch(w, m->s.act, nt, y, ldy, m->stream, err);
     }
@@ -33,17 +45,23 @@ static int matmul(pl_cuda_model *m, const pl_cuda_weight *w, const float *x, int
 
 /* several weights with the same input x (q/k/v, gate/up): x quantized once per run of weights that read the
  * same form (a group mixing Q8_0-form and Q8_K-form types quantizes again where the form changes); have as
- * matmul's. A few tokens through Q4_0 / Q8_0 weights of one type take one launch for the group. */
+ * matmul's. With fused launches, a few tokens through consecutive weights of one type (Q4_0, Q8_0 or a
+ * K-quant) and width take one launch for them (pl_cuda_gemv_group_launch). */
 static int matmul_shared_input(pl_cuda_model *m, const pl_cuda_weight *const *ws, float *const *ys, const int *ld, int n,
                                const float *x, int nt, int have, char *err) {
-    if (m->fuse && nt < PL_MMA_MIN_TOKENS && pl_cuda_gemv_group_ok(ws, n)) {
-        if (have != PL_CUDA_Q8_0 && pl_cuda_quantize_q8_0_on(x, (int64_t)nt * ws[0]->ne0, m->s.act, m->stream, err))
-            return -1;
-        return pl_cuda_gemv_group_launch(ws, ys, ld, n, m->s.act, nt, m->stream, err);
-    }
-    for (int i = 0; i < n; i++) {
-        if (matmul(m, ws[i], x, nt, ys[i], ld[i], have, err)) return -1;
-        if (pl_cuda_act_form(ws[i]->type)) have = pl_cuda_act_form(ws[i]->type);
+    const int grouping = m->fuse && nt < PL_MMA_MIN_TOKENS;
+    for (int i = 0, j; i < n; i = j) {
+        j = i + 1;
+        while (grouping && j < n && pl_cuda_gemv_group_ok(ws + i, j - i + 1)) j++;
+        if (j - i >= 2) {
+            const int form = pl_cuda_act_form(ws[i]->type);
+            TRY(quantize(m, form, have, x, (int64_t)nt * ws[i]->ne0, err));
+            TRY(pl_cuda_gemv_group_launch(ws + i, ys + i, ld + i, j - i, m->s.act, nt, m->stream, err));
+            have = form;
+        } else {
+            TRY(matmul(m, ws[i], x, nt, ys[i], ld[i], have, err));
+            if (pl_cuda_act_form(ws[i]->type)) have = pl_cuda_act_form(ws[i]->type);
+        }
     }
     return 0;
 }
@@ -51,12 +69,6 @@ static int matmul_shared_input(pl_cuda_model *m, const pl_cuda_weight *const *ws
 /* the activation form a kernel producing w's input should also write in m->s.act (saving a quantization
  * launch): w's form (PL_CUDA_Q8_0 / PL_CUDA_Q8_K) when fusing is on, else 0 */
 static int emit_for(const pl_cuda_model *m, const pl_cuda_weight *w) { return m->fuse ? pl_cuda_act_form(w->type) : 0; }
-
-#define FAIL(...) PL_CUDA_ERR(__VA_ARGS__)
-#define TRY(call) \
-    do {          \
-        if (call) return -1; \
-    } while (0)
 
 /* tokens per attention launch: as many as PL_ATT_BUDGET_BYTES of partial outputs hold
  * (PYLLM_CUDA_ATT_BUDGET=bytes overrides it: the tests make long prompts take several launches) */
@@ -118,9 +130,8 @@ static int enqueue_forward(pl_cuda_model *m, int nt, int n_out, int n_splits, ch
         TRY(pl_cuda_residual(m, s->x, s->xb, c->o_bias ? L->bo : NULL, nt, L->ffn_norm, s->xb, s->act, have, err));
         const pl_cuda_weight *gu[2] = {gate, up};
         if (m->fuse && nt < PL_MMA_MIN_TOKENS && pl_cuda_gemv_group_ok(gu, 2) && gate->ne1 == up->ne1) {
-            /* gate, up and SwiGLU in one launch (Q4_0 / Q8_0 weights: the norm wrote the Q8_0 form) */
-            if (have != PL_CUDA_Q8_0 && pl_cuda_quantize_q8_0_on(s->xb, (int64_t)nt * c->dim, s->act, m->stream, err))
-                return -1;
+            /* gate, up and SwiGLU in one launch (the norm wrote their input's form) */
+            TRY(quantize(m, pl_cuda_act_form(gate->type), have, s->xb, (int64_t)nt * c->dim, err));
             TRY(pl_cuda_gemv_swiglu_launch(gate, up, s->act, nt, s->hb, hid, m->stream, err));
         } else {
             float *ys[2] = {s->hb, s->hb2};

@@ -8,10 +8,9 @@
  * One warp per row; 8 lanes per super-block (4 super-blocks a pass): a Q4_K / Q5_K lane takes 16 bytes of
  * quants (16 weights of two sub-blocks, low and high nibbles), a Q6_K lane 8 bytes of each of its two ql
  * runs and its qh run (32 weights of four 16-weight groups). The 8 lanes' integer sums are combined with
- * shuffles (exact) and the group's first lane adds the super-block's term. */
-#include "cuda_common.cuh"
-
-#define ROWS_PER_CTA 4
+ * shuffles (exact) and the group's first lane adds the super-block's term. The kernels (one weight, a
+ * group of weights, gate / up with SwiGLU) are gemv_rows.cuh's over these row dots. */
+#include "gemv_rows.cuh"
 
 static __device__ __forceinline__ int group_isum(int v) { /* the sum over the 8 lanes of a super-block */
     v += __shfl_xor_sync(0xffffffffu, v, 1);
@@ -19,19 +18,16 @@ static __device__ __forceinline__ int group_isum(int v) { /* the sum over the 8 
     return v + __shfl_xor_sync(0xffffffffu, v, 4);
 }
 
-/* Q4_K (QH 0, 144-byte super-blocks) and Q5_K (QH 1, 176); T tokens per pass: activation row t at
- * aq + t * nb * 256 quants, ad + t * nb, bs + t * nb * 16; y[t * ldy + row] */
+/* row `row` of a Q4_K (QH 0, 144-byte super-blocks) or Q5_K (QH 1, 176) weight times T activation rows (row t at
+ * aq + t * nb * 256 quants, ad + t * nb, bs + t * nb * 16): every lane gets the T sums */
 template <int QH, int T>
-__global__ void __launch_bounds__(32 * ROWS_PER_CTA)
-gemv_q45_k_kernel(const uint8_t *__restrict__ wq, const int8_t *__restrict__ aq, const float *__restrict__ ad,
-                  const int16_t *__restrict__ bs, float *__restrict__ y, int ldy, int nr, int nb) {
+static __device__ __forceinline__ void q45_k_row_dots(const uint8_t *__restrict__ wq, int row, int nb,
+                                                      const int8_t *__restrict__ aq, const float *__restrict__ ad,
+                                                      const int16_t *__restrict__ bs, float acc[T]) {
     constexpr int BYTES = QH ? 176 : 144, QS = QH ? 48 : 16;
     const int lane = threadIdx.x & 31, s = lane & 7, c = s >> 1, h = s & 1;
-    const int row = blockIdx.x * ROWS_PER_CTA + (threadIdx.x >> 5);
-    if (row >= nr) return; /* the whole warp */
     const uint8_t *wrow = wq + (size_t)row * nb * BYTES;
     const uint4 zero = make_uint4(0, 0, 0, 0);
-    float acc[T];
 #pragma unroll
     for (int t = 0; t < T; t++) acc[t] = 0.0f;
     for (int sb0 = 0; sb0 < nb; sb0 += 4) {
@@ -84,23 +80,18 @@ gemv_q45_k_kernel(const uint8_t *__restrict__ wq, const int8_t *__restrict__ aq,
         }
     }
 #pragma unroll
-    for (int t = 0; t < T; t++) {
-        const float r = pl_warp_sum(acc[t]);
-        if (lane == 0) y[(size_t)t * ldy + row] = r;
-    }
+    for (int t = 0; t < T; t++) acc[t] = pl_warp_sum(acc[t]);
 }
 
-/* Q6_K: quants and scales at wq + (row * nb + sb) * 208 (ql 128, qh 64, int8 scales 16), d at wd */
+/* row `row` of a Q6_K weight (quants and scales at wq + (row * nb + sb) * 208: ql 128, qh 64, int8 scales 16;
+ * d at wd) times T activation rows as q45_k_row_dots' */
 template <int T>
-__global__ void __launch_bounds__(32 * ROWS_PER_CTA)
-gemv_q6_k_kernel(const uint8_t *__restrict__ wq, const uint16_t *__restrict__ wd, const int8_t *__restrict__ aq,
-                 const float *__restrict__ ad, float *__restrict__ y, int ldy, int nr, int nb) {
+static __device__ __forceinline__ void q6_k_row_dots(const uint8_t *__restrict__ wq, const uint16_t *__restrict__ wd,
+                                                     int row, int nb, const int8_t *__restrict__ aq,
+                                                     const float *__restrict__ ad, float acc[T]) {
     const int lane = threadIdx.x & 31, s = lane & 7, hh = s >> 2, p = s & 3; /* half hh, l = 8p .. 8p + 7 */
-    const int row = blockIdx.x * ROWS_PER_CTA + (threadIdx.x >> 5);
-    if (row >= nr) return;
     const uint8_t *wrow = wq + (size_t)row * nb * 208;
     const uint2 zero = make_uint2(0, 0);
-    float acc[T];
 #pragma unroll
     for (int t = 0; t < T; t++) acc[t] = 0.0f;
     for (int sb0 = 0; sb0 < nb; sb0 += 4) {
@@ -150,49 +141,31 @@ gemv_q6_k_kernel(const uint8_t *__restrict__ wq, const uint16_t *__restrict__ wd
         }
     }
 #pragma unroll
-    for (int t = 0; t < T; t++) {
-        const float r = pl_warp_sum(acc[t]);
-        if (lane == 0) y[(size_t)t * ldy + row] = r;
-    }
+    for (int t = 0; t < T; t++) acc[t] = pl_warp_sum(acc[t]);
 }
 
-template <int T>
-static void launch_t(int type, unsigned grid, cudaStream_t st, const uint8_t *wq, const uint16_t *wd, const int8_t *aq,
-                     const float *ad, const int16_t *bs, float *y, int ldy, int nr, int nb) {
-    if (type == PL_CUDA_Q4_K)
-        PL_LAUNCH(grid, 32 * ROWS_PER_CTA, 0, st, gemv_q45_k_kernel<0, T>)(wq, aq, ad, bs, y, ldy, nr, nb);
-    else if (type == PL_CUDA_Q5_K)
-        PL_LAUNCH(grid, 32 * ROWS_PER_CTA, 0, st, gemv_q45_k_kernel<1, T>)(wq, aq, ad, bs, y, ldy, nr, nb);
-    else
-        PL_LAUNCH(grid, 32 * ROWS_PER_CTA, 0, st, gemv_q6_k_kernel<T>)(wq, wd, aq, ad, y, ldy, nr, nb);
-}
-
-int pl_cuda_matmul_kquant_launch(const pl_cuda_weight *w, const void *act, int nt, float *y, int ldy, cudaStream_t st,
-                                 char *err) {
-    const int nr = (int)w->ne1, nb = (int)(w->ne0 / PL_CUDA_QK_K);
-    const uint8_t *wq = (const uint8_t *)w->data;
-    const uint16_t *wd = (const uint16_t *)(wq + (size_t)nr * nb * 208); /* Q6_K's d's (unused otherwise) */
-    const int8_t *aq = (const int8_t *)act;
-    const float *ad = (const float *)(aq + (size_t)nt * w->ne0); /* pl_cuda.h's layout, nt rows */
-    const int16_t *bs = (const int16_t *)(ad + (size_t)nt * nb);
-    const unsigned grid = (unsigned)((nr + ROWS_PER_CTA - 1) / ROWS_PER_CTA);
-    for (int t0 = 0; t0 < nt;) {
-        const int left = nt - t0;
-        const int T = pl_tokens_this_pass(left);
-        const int8_t *aqt = aq + (size_t)t0 * w->ne0;
-        const float *adt = ad + (size_t)t0 * nb;
-        const int16_t *bst = bs + (size_t)t0 * nb * 16;
-        float *yt = y + (size_t)t0 * ldy;
-        switch (T) {
-        case 1: launch_t<1>(w->type, grid, st, wq, wd, aqt, adt, bst, yt, ldy, nr, nb); break;
-        case 2: launch_t<2>(w->type, grid, st, wq, wd, aqt, adt, bst, yt, ldy, nr, nb); break;
-        case 3: launch_t<3>(w->type, grid, st, wq, wd, aqt, adt, bst, yt, ldy, nr, nb); break;
-        case 4: launch_t<4>(w->type, grid, st, wq, wd, aqt, adt, bst, yt, ldy, nr, nb); break;
-        default: launch_t<8>(w->type, grid, st, wq, wd, aqt, adt, bst, yt, ldy, nr, nb); break;
-        }
-        if (PL_CUDA_LAUNCHED(w->type == PL_CUDA_Q4_K ? "Q4_K matmul" : w->type == PL_CUDA_Q5_K ? "Q5_K matmul" : "Q6_K matmul"))
-            return -1;
-        t0 += T;
+/* the rows types of gemv_rows.cuh */
+template <int QH>
+struct RowsQ45K {
+    static constexpr int QK = PL_CUDA_QK_K;
+    template <int T>
+    static __device__ __forceinline__ void dots(const uint8_t *wq, const uint16_t *wd, int row, int nb, const pl_act_rows a,
+                                                float acc[T]) {
+        (void)wd;
+        q45_k_row_dots<QH, T>(wq, row, nb, a.q, a.d, a.bs, acc);
     }
-    return 0;
+};
+struct RowsQ6K {
+    static constexpr int QK = PL_CUDA_QK_K;
+    template <int T>
+    static __device__ __forceinline__ void dots(const uint8_t *wq, const uint16_t *wd, int row, int nb, const pl_act_rows a,
+                                                float acc[T]) {
+        q6_k_row_dots<T>(wq, wd, row, nb, a.q, a.d, acc);
+    }
+};
+
+int pl_cuda_gemv_rows_q8_k(const pl_gemv_group *g, const void *act, int nt, int swiglu, cudaStream_t st, char *err) {
+    if (g->type == PL_CUDA_Q4_K) return pl_gemv_rows_launch<RowsQ45K<0>>(g, act, nt, swiglu, st, err, "Q4_K matmul");
+    if (g->type == PL_CUDA_Q5_K) return pl_gemv_rows_launch<RowsQ45K<1>>(g, act, nt, swiglu, st, err, "Q5_K matmul");
+    return pl_gemv_rows_launch<RowsQ6K>(g, act, nt, swiglu, st, err, "Q6_K matmul");
 }
