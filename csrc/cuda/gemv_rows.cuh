@@ -27,13 +27,28 @@ typedef struct {
 template <class R, int T, bool SWIGLU>
 __global__ void __launch_bounds__(32 * PL_GEMV_ROWS_PER_CTA)
 pl_gemv_rows_kernel(const pl_gemv_group g, const pl_act_rows a, int nb) {
-    int i = 0;
-    if (!SWIGLU)
-        while (i + 1 < g.n && (int)blockIdx.x >= g.first_block[i + 1]) i++;
-    const int row = ((int)blockIdx.x - g.first_block[i]) * PL_GEMV_ROWS_PER_CTA + (threadIdx.x >> 5);
-    if (row >= g.nr[i]) return; /* the whole warp */
+    /* this block's weight, its fields picked with constant indices (a runtime index into the parameter
+     * struct would copy it to local memory) */
+    const uint8_t *wq = g.wq[0];
+    const uint16_t *wd = g.wd[0];
+    float *y = g.y[0];
+    int ldy = g.ldy[0], nr = g.nr[0], first = 0;
+    if (!SWIGLU) {
+#pragma unroll
+        for (int k = 1; k < PL_GEMV_GROUP_MAX; k++)
+            if (k < g.n && (int)blockIdx.x >= g.first_block[k]) {
+                wq = g.wq[k];
+                wd = g.wd[k];
+                y = g.y[k];
+                ldy = g.ldy[k];
+                nr = g.nr[k];
+                first = g.first_block[k];
+            }
+    }
+    const int row = ((int)blockIdx.x - first) * PL_GEMV_ROWS_PER_CTA + (threadIdx.x >> 5);
+    if (row >= nr) return; /* the whole warp */
     float acc[T];
-    R::template dots<T>(g.wq[i], g.wd[i], row, nb, a, acc);
+    R::template dots<T>(wq, wd, row, nb, a, acc);
     if (SWIGLU) {
         float u[T];
         R::template dots<T>(g.wq[1], g.wd[1], row, nb, a, u);
@@ -42,7 +57,7 @@ pl_gemv_rows_kernel(const pl_gemv_group g, const pl_act_rows a, int nb) {
     }
     if ((threadIdx.x & 31) == 0)
 #pragma unroll
-        for (int t = 0; t < T; t++) g.y[i][(size_t)t * g.ldy[i] + row] = acc[t];
+        for (int t = 0; t < T; t++) y[(size_t)t * ldy + row] = acc[t];
 }
 
 template <class R, bool SWIGLU>
