@@ -4,7 +4,8 @@ a 512-token prompt's prefill (also with its attention on the split kernel: PYLLM
 stream's decode, and 16 streams decoding together (aggregate tok/s).
 pyllm runs Q4_0 (and whatever --types adds) converted at load; its decode is timed with CUDA graphs
 (the default) and without (PYLLM_CUDA_GRAPHS=0), and with the unfused kernels (CudaModel.fused = False:
-q / k / v, gate / up, SwiGLU and the activation quantizations as separate launches), in the same process.
+q / k / v, gate / up, SwiGLU and the activation quantizations as separate launches), in the same process;
+decode after the 512-token prompt with 256, 128 and 64 keys per attention split (CudaModel.attention_split).
 Medians of --reps repetitions;
 decode figures are the median step over --steps steps after a 16-token prompt (1 / step time, or 16 /
 step time for the batch). Issue 11's targets: Q4_0 decode >= 1,000 tok/s, prefill >= transformers bf16,
@@ -111,6 +112,18 @@ def bench_pyllm(path, quant, reps, steps, rng):
         out[key] = 1 / med(step[2:])
     os.environ.pop("PYLLM_CUDA_GRAPHS", None)
     m._cuda.fused = True
+    # decode after the 512-token prompt (a longer context), with 256 / 128 / 64 keys per attention split
+    for split in (256, 128, 64):
+        m._cuda.attention_split = split
+        seq.reset()
+        logits = seq.append(ids)
+        step = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            logits = seq.append([int(np.argmax(logits))])
+            step.append(time.perf_counter() - t0)
+        out[f"decode_ctx512_split{split}_tok_s"] = 1 / med(step[2:])
+    m._cuda.attention_split = 256
     # 16 sequences, one token each per step (what the batching engine sends), straight to the forward
     kvs = [m._new_kv() for _ in range(BATCH)]
     rows = list(range(BATCH))
@@ -165,7 +178,10 @@ def main() -> int:
     rows = [("prefill, 512-token prompt", "prefill_tok_s"),
             ("prefill, split-key attention", "prefill_split_attention_tok_s"), ("decode, one stream", "decode_tok_s"),
             ("decode, one stream, no graphs", "decode_no_graphs_tok_s"),
-            ("decode, one stream, unfused", "decode_unfused_tok_s"), ("decode, 16 streams (aggregate)", "batch16_tok_s"),
+            ("decode, one stream, unfused", "decode_unfused_tok_s"),
+            ("decode at 512, 256-key splits", "decode_ctx512_split256_tok_s"),
+            ("decode at 512, 128-key splits", "decode_ctx512_split128_tok_s"),
+            ("decode at 512, 64-key splits", "decode_ctx512_split64_tok_s"), ("decode, 16 streams (aggregate)", "batch16_tok_s"),
             ("16 requests via the engine", "engine16_tok_s")]
     head = f"{'tok/s':34s} {'transformers bf16':>18s}" + "".join(f" {'pyllm ' + q:>14s} {'ratio':>7s}" for q in res["pyllm"])
     print(head)

@@ -96,6 +96,10 @@ size_t pl_cuda_model_bytes(const pl_cuda_model *m) {
     (void)m;
     return 0;
 }
+int pl_cuda_model_set_attention_split(pl_cuda_model *m, int keys, char *err) {
+    (void)m, (void)keys;
+    return not_built(err);
+}
 int pl_cuda_model_set_fused(pl_cuda_model *m, int on) {
     (void)m, (void)on;
     return 0;

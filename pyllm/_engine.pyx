@@ -5,6 +5,8 @@
 from libc.stdint cimport int8_t, int32_t, int64_t, uint16_t
 from libc.stdlib cimport malloc, free
 
+import operator
+
 import numpy as np
 
 cdef extern from "pyllm.h" nogil:
@@ -755,6 +757,7 @@ cdef extern from "pl_cuda_build.h" nogil:
     int pl_cuda_model_check(const pl_cuda_model *m, char *err)
     size_t pl_cuda_model_bytes(const pl_cuda_model *m)
     int pl_cuda_model_set_fused(pl_cuda_model *m, int on)
+    int pl_cuda_model_set_attention_split(pl_cuda_model *m, int keys, char *err)
     void pl_cuda_model_free(pl_cuda_model *m)
     pl_cuda_kv *pl_cuda_kv_new(const pl_cuda_model *m, int n_ctx, int type, char *err)
     void pl_cuda_kv_free(pl_cuda_kv *kv)
@@ -1100,6 +1103,18 @@ cdef class CudaModel:
     @fused.setter
     def fused(self, on):
         pl_cuda_model_set_fused(self.m, 1 if on else 0)
+
+    @property
+    def attention_split(self) -> int:
+        """keys per split of the decode attention (default 256): a power of two from 32 to 256. Fewer keys
+        give a short context's decode step more blocks at once; the results agree up to fp32 summation order."""
+        return pl_cuda_model_set_attention_split(self.m, -1, NULL)
+
+    @attention_split.setter
+    def attention_split(self, keys):
+        cdef _Err e = _Err()
+        if pl_cuda_model_set_attention_split(self.m, operator.index(keys), e.buf) < 0:
+            raise ValueError(e.buf.decode())
 
     def forward(self, list caches, tokens, positions, seqs, out_rows, n_threads=0):
         """Runner.forward's contract on the GPU: caches are CudaKVCache objects of this model; returns the

@@ -227,6 +227,33 @@ def test_fused_launches_compute_the_same_bits(types):
 
 
 @gpu
+def test_attention_split_sizes_agree_with_the_cpu(monkeypatch):
+    """CudaModel.attention_split (keys per split of the split-key attention): a 45-token prompt on that kernel
+    (PYLLM_CUDA_PREFILL_MIN_RUN=0) over 2 splits of 32, 1 of 64 or 256, and decode steps (CUDA graphs, which
+    a new split size re-captures) give the CPU's logits; values that are not a power of two from 32 to 256
+    are refused"""
+    monkeypatch.setenv("PYLLM_CUDA_PREFILL_MIN_RUN", "0")
+    cm = _one_layer_model(dict(wq=0, wk=0, wv=0, wo=0, ffn_gate=0, ffn_up=0, ffn_down=0, tok_embd=0, output=0))
+    cuda, cpu = _engine.CudaModel(cm), _engine.Runner(cm)
+    assert cuda.attention_split == 256
+    ids = [(7 * i + 3) % 64 for i in range(47)]
+    for split in (32, 64, 256):
+        cuda.attention_split = split
+        assert cuda.attention_split == split
+        kv_g, kv_c = _engine.CudaKVCache(cuda, 64), _engine.KVCache(cm, 64)
+        for pos in (list(range(45)), [45], [46]):
+            n = len(pos)
+            tok = [ids[p] for p in pos]
+            got = cuda.forward([kv_g], tok, pos, [0] * n, np.arange(n))
+            want = cpu.forward([kv_c], tok, pos, [0] * n, np.arange(n), 1)
+            assert_logits_close(got, want, f"split {split}, positions {pos[0]}..{pos[-1]}", FLOAT_TOL)
+    for bad in (16, 48, 512, 0):
+        with pytest.raises(ValueError, match="power of two from 32 to 256"):
+            cuda.attention_split = bad
+    assert cuda.attention_split == 256
+
+
+@gpu
 def test_concurrent_requests_share_steps_and_match_the_cpu():
     cpu = pyllm.load(quant="q8_0", n_ctx=256)
     cuda = pyllm.load(quant="q8_0", n_ctx=256, device="cuda")

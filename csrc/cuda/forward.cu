@@ -246,7 +246,7 @@ int pl_cuda_forward(pl_cuda_model *m, pl_cuda_kv *const *kvs, int n_kv, int n_to
     const int use_graph = nt <= GRAPH_MAX_TOKENS && graphs_enabled();
     int ctx = c->max_ctx;
     if (c->sliding_window > 0 && c->sliding_window < ctx) ctx = c->sliding_window;
-    const int n_splits = ((use_graph ? ctx : max_len) + PL_ATT_SPLIT - 1) / PL_ATT_SPLIT;
+    const int n_splits = ((use_graph ? ctx : max_len) + m->att_split - 1) / m->att_split;
     /* (a reallocation drops the graphs) */
     const int cap = use_graph && nt < GRAPH_MAX_TOKENS ? GRAPH_MAX_TOKENS : nt;
     const int chunk = att_chunk(m, n_splits);

@@ -55,6 +55,7 @@ pl_cuda_model *pl_cuda_model_new(const pl_cuda_config *c, const float *rope_cos,
     }
     m->c = *c;
     m->fuse = 1;
+    m->att_split = PL_ATT_SPLIT;
     if (pl_cuda_fail(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking), "CUDA model: creating a stream", err)) {
         free(m->layers);
         free(m);
@@ -193,6 +194,17 @@ int pl_cuda_model_check(const pl_cuda_model *m, char *err) {
 }
 
 size_t pl_cuda_model_bytes(const pl_cuda_model *m) { return m ? m->bytes : 0; }
+
+int pl_cuda_model_set_attention_split(pl_cuda_model *m, int keys, char *err) {
+    if (!m) return PL_CUDA_ERR("no model");
+    if (keys < 0) return m->att_split;
+    if (keys < 32 || keys > PL_ATT_SPLIT || (keys & (keys - 1)))
+        return PL_CUDA_ERR("attention split: %d keys; a power of two from 32 to %d", keys, PL_ATT_SPLIT);
+    if (keys != m->att_split) pl_cuda_graphs_free(m); /* captured with the old split */
+    const int was = m->att_split;
+    m->att_split = keys;
+    return was;
+}
 
 int pl_cuda_model_set_fused(pl_cuda_model *m, int on) {
     if (!m) return 0;

@@ -64,9 +64,11 @@ struct pl_cuda_model {
     unsigned long long graph_clock;
     int fuse; /* kernels that write their output's Q8_0 form, q/k/v and gate/up+SwiGLU launches merged
                * (forward.cu); pl_cuda_model_set_fused */
+    int att_split; /* keys per split of the split-key attention (pl_cuda_model_set_attention_split) */
 };
 
-/* keys per split of the attention (a block's share of one query's keys) */
+/* keys per split of the split-key attention (a block's share of one query's keys): the default, and the
+ * most (its shared memory is sized for it) */
 #define PL_ATT_SPLIT 256
 
 /* ---- layer_kernels.cu (all on m->stream; 0 or -1 with err) ---- */
@@ -89,7 +91,7 @@ int pl_cuda_qkv_finish(const pl_cuda_model *m, const pl_cuda_layer *L, int l, fl
 /* hb = silu(hb) * hb2 over n values */
 int pl_cuda_swiglu(const pl_cuda_model *m, float *hb, const float *hb2, int64_t n, char *err);
 /* ---- attention.cu: out (nt x q_dim) = attention of q over each token's cache at layer l; n_splits
- * splits of PL_ATT_SPLIT keys per (token, kv head), enough for the longest row of the batch. q8 (or NULL):
+ * splits of m->att_split keys per (token, kv head), enough for the longest row of the batch. q8 (or NULL):
  * out's Q8_0 form too, these nt rows being rows t_base.. of nrows (ignored unless head_dim is a multiple of
  * 32) ---- */
 int pl_cuda_attention(const pl_cuda_model *m, int l, const float *q, float *out, int nt, int n_splits,

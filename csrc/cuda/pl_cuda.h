@@ -150,6 +150,10 @@ size_t pl_cuda_model_bytes(const pl_cuda_model *m); /* device bytes of the weigh
  * next matmuls, and a decode step's q / k / v and gate / up + SwiGLU take one launch each; the results are
  * the same bits either way (off: for A/B measurements). on < 0 only asks. Returns the setting before. */
 int pl_cuda_model_set_fused(pl_cuda_model *m, int on);
+/* keys per split of the decode attention (split over the keys, then combined: 256 by default), a power of
+ * two from 32 to 256: fewer keys, more blocks at once for a short context. keys < 0 only asks. Returns the
+ * setting before, or -1 with err for a value outside that. */
+int pl_cuda_model_set_attention_split(pl_cuda_model *m, int keys, char *err);
 void pl_cuda_model_free(pl_cuda_model *m);          /* NULL is fine */
 
 /* one sequence's keys and values on the device: [n_layers][n_ctx][n_kv_heads * head_dim] of type
