@@ -20,7 +20,8 @@ What each run measures, after a short warm-up, with --threads threads:
     stalls a busy machine causes: tok/s is the figure to compare);
   * with --gguf (e.g. a TinyLlama-1.1B-shaped Q4_0 file): decode tok/s over 32 greedy steps after an
     8-token prompt, and prefill tok/s of a 256-token prompt on an empty cache;
-  * unless --no-busy, the same again while `python -c 'while 1: pass'` runs pinned to CPU 0.
+  * unless --no-busy, the same again while `python -c 'while 1: pass'` runs pinned to CPU 0 (at niceness
+    --busy-nice, default 0: the same priority as the benchmark).
 Prompts are token ids from a fixed seed.
 
 README's table ("Threads"): `--baseline-so` an OpenMP build of the commit before the pool, `--gguf` a
@@ -101,6 +102,8 @@ def main() -> None:
                          "microseconds; CPU_CHECK 0 turns off sleeping at once beside a partner on the same CPU)")
     ap.add_argument("--no-omp-default", action="store_true", help="skip the baseline with libgomp's default spin")
     ap.add_argument("--no-busy", action="store_true", help="skip the runs beside a CPU-bound process")
+    ap.add_argument("--busy-nice", type=int, default=0,
+                    help="niceness of the CPU-bound process (19: a background job that yields to everything)")
     a = ap.parse_args()
     if not glob.glob(os.path.join(REPO, "pyllm", "_engine*.so")):
         raise SystemExit("build the engine first (pyllm/_engine*.so)")
@@ -117,7 +120,8 @@ def main() -> None:
     for busy in ([False] if a.no_busy else [False, True]):
         hog = None
         if busy:
-            hog = subprocess.Popen([sys.executable, "-c", "while 1: pass"])
+            hog = subprocess.Popen([sys.executable, "-c", "while 1: pass"],
+                                   preexec_fn=(lambda: os.nice(a.busy_nice)) if a.busy_nice else None)
             if hasattr(os, "sched_setaffinity"):
                 os.sched_setaffinity(hog.pid, {min(os.sched_getaffinity(0))})
         try:
@@ -139,7 +143,7 @@ def main() -> None:
             if hog:
                 hog.kill()
                 hog.wait()
-        print(f"\n== {'busy: a CPU-bound process pinned to one CPU' if busy else 'quiet'}")
+        print(f"\n== {f'busy: a CPU-bound process (nice {a.busy_nice}) pinned to one CPU' if busy else 'quiet'}")
         med = {label: medians(r) for label, r in runs.items()}
         first = configs[0][0]
         keys = list(med[first])
