@@ -151,20 +151,7 @@ def test_groups_mixing_q8_0_and_q8_k_inputs_match_the_cpu(types):
     """a hand-built one-layer model whose q / k / v and gate / up weights mix types multiplied with Q8_0
     activations (Q4_0, Q8_0, Q4_1, Q5_0, Q5_1) and with Q8_K activations (Q4_K, Q5_K, Q6_K), as a GGUF file may: the forward
     quantizes the shared input again wherever the form changes"""
-    cfg = dict(n_vocab=64, dim=256, n_layers=1, n_heads=8, n_kv_heads=4, head_dim=32, hidden_dim=512, max_ctx=16,
-               norm_eps=1e-5, rope_interleaved=False, sliding_window=0)
-    rng = np.random.default_rng(7)
-    cm = _engine.CModel(**cfg)
-    d, hid, v, kv = cfg["dim"], cfg["hidden_dim"], cfg["n_vocab"], cfg["n_kv_heads"] * cfg["head_dim"]
-    shapes = dict(tok_embd=(v, d), output=(v, d), wq=(d, d), wk=(kv, d), wv=(kv, d), wo=(d, d), ffn_gate=(hid, d),
-                  ffn_up=(hid, d), ffn_down=(d, hid))
-    for name, (rows, cols) in shapes.items():
-        w = (0.1 * rng.standard_normal((rows, cols))).astype(np.float32)
-        cm.set_tensor(name, -1 if name in ("tok_embd", "output") else 0, types[name], cols, rows,
-                      _engine.from_float(types[name], w))
-    for name, layer in (("output_norm", -1), ("attn_norm", 0), ("ffn_norm", 0)):
-        cm.set_tensor(name, layer, 0, d, 1, (1.0 + 0.1 * rng.standard_normal(d)).astype(np.float32))
-    cm.finalize(1.0 / (10000.0 ** (np.arange(0, 32, 2, dtype=np.float32) / 32)), repack=False)
+    cm = _one_layer_model(types, max_ctx=16)
     ids = [3, 17, 5, 60, 2, 9, 41, 33, 8, 1]
     n = len(ids)
     want = _engine.Runner(cm).forward([_engine.KVCache(cm, 16)], ids, np.arange(n), [0] * n, np.arange(n), 1)
@@ -173,9 +160,9 @@ def test_groups_mixing_q8_0_and_q8_k_inputs_match_the_cpu(types):
     assert_logits_close(got, want, f"mixed groups {types}", KQUANT_TOL)
 
 
-def _one_layer_model(types, seed=7):
+def _one_layer_model(types, seed=7, max_ctx=64):
     """a hand-built one-layer model with the given weight types (pl type ids) and a 64-token vocabulary"""
-    cfg = dict(n_vocab=64, dim=256, n_layers=1, n_heads=8, n_kv_heads=4, head_dim=32, hidden_dim=512, max_ctx=64,
+    cfg = dict(n_vocab=64, dim=256, n_layers=1, n_heads=8, n_kv_heads=4, head_dim=32, hidden_dim=512, max_ctx=max_ctx,
                norm_eps=1e-5, rope_interleaved=False, sliding_window=0)
     rng = np.random.default_rng(seed)
     cm = _engine.CModel(**cfg)

@@ -85,25 +85,18 @@ static __device__ __forceinline__ void row_dots(const uint8_t *__restrict__ wq, 
     for (int t = 0; t < T; t++) acc[t] = pl_warp_sum(acc[t]);
 }
 
-/* the rows types of gemv_rows.cuh */
-struct RowsQ4_0 {
+/* the rows types of gemv_rows.cuh: QB quant bytes per block (16: Q4_0, 32: Q8_0) */
+template <int QB>
+struct RowsQ {
     static constexpr int QK = PL_CUDA_QK;
     template <int T>
     static __device__ __forceinline__ void dots(const uint8_t *wq, const uint16_t *wd, int row, int nb, const pl_act_rows a,
                                                 float acc[T]) {
-        row_dots<16, T>(wq, wd, row, nb, a.q, a.d, acc);
-    }
-};
-struct RowsQ8_0 {
-    static constexpr int QK = PL_CUDA_QK;
-    template <int T>
-    static __device__ __forceinline__ void dots(const uint8_t *wq, const uint16_t *wd, int row, int nb, const pl_act_rows a,
-                                                float acc[T]) {
-        row_dots<32, T>(wq, wd, row, nb, a.q, a.d, acc);
+        row_dots<QB, T>(wq, wd, row, nb, a.q, a.d, acc);
     }
 };
 
 int pl_cuda_gemv_rows_q8_0(const pl_gemv_group *g, const void *act, int nt, int swiglu, cudaStream_t st, char *err) {
-    if (g->type == PL_CUDA_Q4_0) return pl_gemv_rows_launch<RowsQ4_0>(g, act, nt, swiglu, st, err, "Q4_0 matmul");
-    return pl_gemv_rows_launch<RowsQ8_0>(g, act, nt, swiglu, st, err, "Q8_0 matmul");
+    if (g->type == PL_CUDA_Q4_0) return pl_gemv_rows_launch<RowsQ<16>>(g, act, nt, swiglu, st, err, "Q4_0 matmul");
+    return pl_gemv_rows_launch<RowsQ<32>>(g, act, nt, swiglu, st, err, "Q8_0 matmul");
 }
