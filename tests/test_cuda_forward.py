@@ -279,7 +279,7 @@ def test_mma_min_tokens_moves_the_tensor_core_threshold_and_agrees_with_the_cpu(
             want = cpu.forward([kv_c], tok, pos, [0] * n, np.arange(n), 1)
             assert_logits_close(got[setting], want, f"mma_min_tokens {setting}, positions {pos[0]}..{pos[-1]}",
                                 KQUANT_TOL)
-    assert not np.array_equal(prompt[1 << 20], prompt[16]), "20 tokens: the same bits on the GEMV as on the tensor cores"
+    assert not np.array_equal(prompt[1 << 20], prompt[16]), "20 tokens: the GEMV's bits equal the tensor cores'"
     assert np.array_equal(prompt[1], prompt[16])  # the tensor cores both times
     assert not np.array_equal(decode[1], decode[16]), "a decode step: the same bits on the tensor cores as on the GEMV"
     for bad in (0, -1, -16, (1 << 20) + 1, 1 << 40):
