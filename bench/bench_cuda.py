@@ -5,7 +5,9 @@ stream's decode, and 16 streams decoding together (aggregate tok/s).
 pyllm runs Q4_0 (and whatever --types adds) converted at load; its decode is timed with CUDA graphs
 (the default) and without (PYLLM_CUDA_GRAPHS=0), and with the unfused kernels (CudaModel.fused = False:
 q / k / v, gate / up, SwiGLU and the activation quantizations as separate launches), in the same process;
-decode after the 512-token prompt with 256, 128 and 64 keys per attention split (CudaModel.attention_split).
+decode after the 512-token prompt with 256, 128 and 64 keys per attention split (CudaModel.attention_split);
+the 16 streams' decode also with CudaModel.mma_min_tokens = 1 << 20 (their 16-token steps on the batched GEMV
+and the fused q / k / v and gate / up launches instead of the tensor cores: is 16 the right threshold?).
 Medians of --reps repetitions;
 decode figures are the median step over --steps steps after a 16-token prompt (1 / step time, or 16 /
 step time for the batch). Issue 11's targets: Q4_0 decode >= 1,000 tok/s, prefill >= transformers bf16,
@@ -124,19 +126,26 @@ def bench_pyllm(path, quant, reps, steps, rng):
             step.append(time.perf_counter() - t0)
         out[f"decode_ctx512_split{split}_tok_s"] = 1 / med(step[2:])
     m._cuda.attention_split = 256
-    # 16 sequences, one token each per step (what the batching engine sends), straight to the forward
-    kvs = [m._new_kv() for _ in range(BATCH)]
+    # 16 sequences, one token each per step (what the batching engine sends), straight to the forward: with
+    # the default mma_min_tokens (16: these 16-token steps on the tensor cores), and with the batched GEMV and
+    # the fused q / k / v and gate / up launches (mma_min_tokens past any batch)
+    default_mma = m._cuda.mma_min_tokens
     rows = list(range(BATCH))
-    for i, kv in enumerate(kvs):
-        m._forward([kv], rng.integers(3, vocab, size=SHORT).tolist(), list(range(SHORT)), [0] * SHORT, [SHORT - 1])
-    tok = rng.integers(3, vocab, size=BATCH)
-    step = []
-    for s in range(steps):
-        t0 = time.perf_counter()
-        lg = m._forward(kvs, tok.tolist(), [SHORT + s] * BATCH, rows, rows)
-        step.append(time.perf_counter() - t0)
-        tok = lg.argmax(1)
-    out["batch16_tok_s"] = BATCH / med(step[2:])
+    for mma_min, key in ((default_mma, "batch16_tok_s"), (1 << 20, "batch16_gemv_tok_s")):
+        m._cuda.mma_min_tokens = mma_min
+        kvs = [m._new_kv() for _ in range(BATCH)]
+        for kv in kvs:
+            m._forward([kv], rng.integers(3, vocab, size=SHORT).tolist(), list(range(SHORT)), [0] * SHORT, [SHORT - 1])
+        tok = rng.integers(3, vocab, size=BATCH)
+        step = []
+        for s in range(steps):
+            t0 = time.perf_counter()
+            lg = m._forward(kvs, tok.tolist(), [SHORT + s] * BATCH, rows, rows)
+            step.append(time.perf_counter() - t0)
+            tok = lg.argmax(1)
+        out[key] = BATCH / med(step[2:])
+        del kvs
+    m._cuda.mma_min_tokens = default_mma
     # the same through the engine (sampling, scheduling, Python), end to end
     t0 = time.perf_counter()
     reqs = [m.submit(rng.integers(3, vocab, size=SHORT).tolist(), max_tokens=steps, temperature=0) for _ in range(BATCH)]
@@ -182,6 +191,7 @@ def main() -> int:
             ("decode at 512, 256-key splits", "decode_ctx512_split256_tok_s"),
             ("decode at 512, 128-key splits", "decode_ctx512_split128_tok_s"),
             ("decode at 512, 64-key splits", "decode_ctx512_split64_tok_s"), ("decode, 16 streams (aggregate)", "batch16_tok_s"),
+            ("decode, 16 streams, GEMV + fused", "batch16_gemv_tok_s"),
             ("16 requests via the engine", "engine16_tok_s")]
     head = f"{'tok/s':34s} {'transformers bf16':>18s}" + "".join(f" {'pyllm ' + q:>14s} {'ratio':>7s}" for q in res["pyllm"])
     print(head)
@@ -189,7 +199,7 @@ def main() -> int:
         line = f"{label:34s} {peer.get(key, float('nan')):18.1f}"
         for q, r in res["pyllm"].items():
             p = peer.get(key.replace("_no_graphs", "").replace("_unfused", "").replace("_split_attention", "")
-                         .replace("engine16", "batch16"))
+                         .replace("_gemv", "").replace("engine16", "batch16"))
             line += f" {r.get(key, float('nan')):14.1f} {(r[key] / p) if p and key in r else float('nan'):7.2f}"
         print(line)
     if a.json:

@@ -8,9 +8,15 @@ so an upper bound on decode tok/s). With --prefill N (default 512; 0: off) also 
 (Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K: the tensor cores from 16 tokens), as TOPS (2 x rows x n x N operations
 over the time), and N tokens over a prompt's matmuls (the LM head for the last token only) as prefill tok/s, an
 upper bound to set against transformers' bf16 prefill (about 20k tok/s for this model on an H100).
+With --crossover (on by default; --no-crossover: off), the batched GEMV (path "gemv": 8 tokens a pass over
+the weights) against the tensor-core GEMM (path "mma": tiles of 64 rows x 64 tokens) for Q4_0, Q8_0, Q4_K
+and Q6_K (those of --types) on wq (2048 x 2048), gate (5632 x 2048) and down (2048 x 5632) at 8, 16, 24, 32,
+48, 64 and 128 tokens (--crossover-tokens): microseconds per call of each, and the smallest token count from
+which the tensor cores are faster at that count and every larger one measured, per matrix and for a layer's
+sum (2 wq-shaped: q, o; 2 gate-shaped: gate, up; down): the value for CudaModel.mma_min_tokens (default 16).
 
     python bench/bench_cuda_gemv.py [--types q4_0,q8_0,q4_k,q5_k,q6_k,f16,bf16] [--iters 200] [--prefill 512]
-                                    [--json OUT.json]
+                                    [--no-crossover] [--crossover-tokens 8,16,24,32,48,64,128] [--json OUT.json]
 
 Random weights (random valid blocks, like bench_kernels.py); the speed does not depend on the values.
 Caveat: the calls repeat on one matrix, so a matrix smaller than the GPU's L2 (60 MB on an H200: all but
@@ -33,6 +39,10 @@ DIM, HIDDEN, KV, VOCAB, LAYERS = 2048, 5632, 256, 32000, 22
 # name -> (rows, n, how many per token)
 MATRICES = {"wq / wo": (DIM, DIM, 2 * LAYERS), "wk / wv": (KV, DIM, 2 * LAYERS), "gate / up": (HIDDEN, DIM, 2 * LAYERS),
             "down": (DIM, HIDDEN, LAYERS), "lm head": (VOCAB, DIM, 1)}
+# the crossover's types (those with a tensor-core kernel) and matrices: name -> (rows, n, how many per layer)
+CROSSOVER_TYPES = ("q4_0", "q8_0", "q4_k", "q6_k")
+CROSSOVER_MATRICES = {"wq": (DIM, DIM, 2), "gate": (HIDDEN, DIM, 2), "down": (DIM, HIDDEN, 1)}
+CROSSOVER_TOKENS = "8,16,24,32,48,64,128"
 
 
 def random_rows(type_id: int, rows: int, n: int, rng) -> bytes:
@@ -44,13 +54,69 @@ def random_rows(type_id: int, rows: int, n: int, rng) -> bytes:
     return b"".join(out)
 
 
+def mma_from(tokens, gemv_us, mma_us):
+    """the smallest token count from which the tensor cores are faster at it and at every larger count
+    measured (None: not at the largest)"""
+    best = None
+    for t, g, m in reversed(list(zip(tokens, gemv_us, mma_us))):
+        if m >= g:
+            break
+        best = t
+    return best
+
+
+def crossover(type_names, tokens, iters, rng):
+    """path "gemv" against path "mma" per type and matrix at each token count: printed, and returned as rows"""
+    rows_out = []
+    if not type_names:
+        return rows_out
+    print("crossover: batched GEMV (path gemv) vs tensor cores (path mma), us per call")
+    print(f"{'tokens:':>31} " + " ".join(f"{t:8d}" for t in tokens))
+    for tname in type_names:
+        tid = TYPES[tname]
+        layer_g, layer_m = np.zeros(len(tokens)), np.zeros(len(tokens))
+        for mname, (rows, n, per_layer) in CROSSOVER_MATRICES.items():
+            w = _engine.CudaWeight(tid, n, rows, random_rows(tid, rows, n, rng))
+            xs = rng.standard_normal((max(tokens), n), dtype=np.float32)
+            g = [w.time_gemm(xs[:t], iters, path="gemv") * 1e6 for t in tokens]
+            m = [w.time_gemm(xs[:t], iters, path="mma") * 1e6 for t in tokens]
+            layer_g += per_layer * np.array(g)
+            layer_m += per_layer * np.array(m)
+            start = mma_from(tokens, g, m)
+            rows_out.append({"type": tname, "matrix": mname, "rows": rows, "n": n, "tokens": list(tokens),
+                             "gemv_us": g, "mma_us": m, "mma_from": start})
+            print(f"{tname:5} {mname:5} {rows:5} x {n:5} gemv: " + " ".join(f"{v:8.1f}" for v in g))
+            print(f"{'':25}  mma: " + " ".join(f"{v:8.1f}" for v in m) +
+                  f"  -> mma from {start if start is not None else f'(none up to {max(tokens)})'}")
+            del w
+        start = mma_from(tokens, layer_g, layer_m)
+        rows_out.append({"type": tname, "matrix": "layer", "tokens": list(tokens), "gemv_us": layer_g.tolist(),
+                         "mma_us": layer_m.tolist(), "mma_from": start})
+        print(f"{tname:5} a layer (2 wq, 2 gate, down): mma from "
+              f"{start if start is not None else f'(none up to {max(tokens)})'} tokens")
+    return rows_out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--types", default=",".join(TYPES))
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--prefill", type=int, default=512, help="tokens of the prefill matmul (0: decode only)")
+    ap.add_argument("--crossover", action=argparse.BooleanOptionalAction, default=True,
+                    help="time path gemv against path mma (the tensor-core threshold; default on)")
+    ap.add_argument("--crossover-tokens", default=CROSSOVER_TOKENS, help="token counts of the crossover")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
+    try:
+        tokens = sorted({int(t) for t in args.crossover_tokens.split(",")})
+    except ValueError:
+        ap.error(f"--crossover-tokens: comma-separated token counts, got {args.crossover_tokens!r}")
+    if not tokens or tokens[0] < 1 or tokens[-1] > 4096:
+        ap.error(f"--crossover-tokens: counts from 1 to 4096, got {args.crossover_tokens!r}")
+    names = [t.strip() for t in args.types.split(",")]
+    unknown = [t for t in names if t not in TYPES]
+    if unknown:
+        ap.error(f"--types: unknown {unknown}; known: {','.join(TYPES)}")
     info = _engine.cuda_info()
     if not info["devices"]:
         print(f"no GPU to benchmark: {info['error']}", file=sys.stderr)
@@ -58,8 +124,8 @@ def main() -> int:
     print(f"GPU: {info['device_list'][0]['name']}, CUDA runtime {info['runtime']}, driver {info['driver']}")
     rng = np.random.default_rng(0)
     results = []
-    for tname in args.types.split(","):
-        tid = TYPES[tname.strip()]
+    for tname in names:
+        tid = TYPES[tname]
         token_s = prompt_s = 0.0
         for mname, (rows, n, per_token) in MATRICES.items():
             raw = random_rows(tid, rows, n, rng)
@@ -86,9 +152,12 @@ def main() -> int:
             print(f"{tname:5} a {args.prefill}-token prompt's matmuls: {prompt_s * 1e3:.3f} ms -> at most "
                   f"{args.prefill / prompt_s:.0f} tok/s prefill")
             results.append({"type": tname, "prompt_tokens": args.prefill, "prompt_matmuls_ms": prompt_s * 1e3})
+    cross = []
+    if args.crossover:
+        cross = crossover([t for t in CROSSOVER_TYPES if t in names], tokens, args.iters, rng)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"gpu": info["device_list"][0]["name"], "results": results}, f, indent=1)
+            json.dump({"gpu": info["device_list"][0]["name"], "results": results, "crossover": cross}, f, indent=1)
     return 0
 
 

@@ -72,9 +72,9 @@ int pl_cuda_gemv_time(const pl_cuda_weight *w, const float *x, float *y, void *a
     *seconds = 0.0;
     return not_built(err);
 }
-int pl_cuda_gemm_time(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, int iters,
+int pl_cuda_gemm_time(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, int path, int iters,
                       double *seconds, char *err) {
-    (void)w, (void)x, (void)nt, (void)y, (void)act, (void)iters;
+    (void)w, (void)x, (void)nt, (void)y, (void)act, (void)path, (void)iters;
     *seconds = 0.0;
     return not_built(err);
 }
@@ -98,6 +98,10 @@ size_t pl_cuda_model_bytes(const pl_cuda_model *m) {
 }
 int pl_cuda_model_set_attention_split(pl_cuda_model *m, int keys, char *err) {
     (void)m, (void)keys;
+    return not_built(err);
+}
+int pl_cuda_model_set_mma_min_tokens(pl_cuda_model *m, int n, char *err) {
+    (void)m, (void)n;
     return not_built(err);
 }
 int pl_cuda_model_set_fused(pl_cuda_model *m, int on) {
@@ -125,8 +129,8 @@ int pl_cuda_forward(pl_cuda_model *m, pl_cuda_kv *const *kvs, int n_kv, int n_to
         (void)logits;
     return not_built(err);
 }
-int pl_cuda_gemm(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, char *err) {
-    (void)w, (void)x, (void)nt, (void)y, (void)act;
+int pl_cuda_gemm(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, int path, char *err) {
+    (void)w, (void)x, (void)nt, (void)y, (void)act, (void)path;
     return not_built(err);
 }
 int pl_cuda_mma_s8_check(const int8_t *a, const int8_t *b, const int32_t *c, int32_t *d, char *err) {

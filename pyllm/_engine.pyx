@@ -738,10 +738,10 @@ cdef extern from "pl_cuda_build.h" nogil:
     int pl_cuda_quantize_q8_k(const float *x, int64_t n, void *q, char *err)
     size_t pl_cuda_act_bytes(int type, int64_t ne0)
     int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, char *err)
-    int pl_cuda_gemm(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, char *err)
+    int pl_cuda_gemm(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, int path, char *err)
     int pl_cuda_gemv_time(const pl_cuda_weight *w, const float *x, float *y, void *act, int iters, double *seconds,
                           char *err)
-    int pl_cuda_gemm_time(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, int iters,
+    int pl_cuda_gemm_time(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, int path, int iters,
                           double *seconds, char *err)
     ctypedef struct pl_cuda_config:
         int n_vocab, dim, n_layers, n_heads, n_kv_heads, head_dim, hidden_dim, max_ctx
@@ -758,6 +758,7 @@ cdef extern from "pl_cuda_build.h" nogil:
     size_t pl_cuda_model_bytes(const pl_cuda_model *m)
     int pl_cuda_model_set_fused(pl_cuda_model *m, int on)
     int pl_cuda_model_set_attention_split(pl_cuda_model *m, int keys, char *err)
+    int pl_cuda_model_set_mma_min_tokens(pl_cuda_model *m, int n, char *err)
     void pl_cuda_model_free(pl_cuda_model *m)
     pl_cuda_kv *pl_cuda_kv_new(const pl_cuda_model *m, int n_ctx, int type, char *err)
     void pl_cuda_kv_free(pl_cuda_kv *kv)
@@ -892,6 +893,12 @@ def cuda_mma_s8_m16n8k32(a, b, c):
         raise RuntimeError(e.buf.decode())
     return d
 
+# CudaWeight.gemm's path names (pl_cuda.h's PL_CUDA_PATH_*), and the weight types with a tensor-core kernel
+_CUDA_GEMM_PATHS = {"auto": 0, "gemv": 1, "mma": 2}
+_CUDA_MMA_TYPES = (2, 8, 12, 13, 14)  # Q4_0, Q8_0, Q4_K, Q5_K, Q6_K
+_CUDA_TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 12: "Q4_K", 13: "Q5_K",
+                    14: "Q6_K", 30: "BF16"}
+
 cdef class CudaWeight:
     """A weight matrix uploaded to the GPU once (F32, F16, BF16, Q4_0, Q8_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K or
     Q6_K rows as pyllm stores them: ne1 rows of ne0 elements), and decode's y = W x on it (gemv)."""
@@ -928,6 +935,16 @@ cdef class CudaWeight:
         cdef size_t ab = pl_cuda_act_bytes(self.type_id, self.ne0)
         return _to_device(a), _DeviceBuffer(<size_t>self.ne1 * 4), (_DeviceBuffer(ab) if ab else None)
 
+    cdef int _path(self, path, str what) except -1:
+        """pl_cuda_gemm's path id of "auto" / "gemv" / "mma"; a ValueError for another name, or "mma" on a type
+        without a tensor-core kernel"""
+        if not isinstance(path, str) or path not in _CUDA_GEMM_PATHS:
+            raise ValueError(f"{what}(): path must be 'auto', 'gemv' or 'mma', got {path!r}")
+        if path == "mma" and self.type_id not in _CUDA_MMA_TYPES:
+            raise ValueError(f"{what}(path='mma'): {_CUDA_TYPE_NAMES.get(self.type_id, self.type_id)} weights have no "
+                             f"tensor-core kernel (Q4_0, Q8_0, Q4_K, Q5_K and Q6_K have)")
+        return _CUDA_GEMM_PATHS[path]
+
     def gemv(self, x):
         """y = W x for one float32 vector x of ne0 values, on the GPU (the 32-weight block types: x quantized
         to Q8_0 there first, the K-quants to Q8_K, as the CPU path does); returns ne1 float32 values."""
@@ -944,13 +961,15 @@ cdef class CudaWeight:
             raise RuntimeError(e.buf.decode())
         return _to_host(dy, np.empty(self.ne1, dtype=np.float32))
 
-    def gemm(self, x):
+    def gemm(self, x, *, path="auto"):
         """Y = X W^T for a float32 array X of nt rows of ne0 values (row t of Y: W times row t of X), on the
-        GPU: the batched GEMV, or from 16 rows of Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K the tensor cores; returns
-        (nt, ne1)."""
+        GPU; returns (nt, ne1). path "auto": the batched GEMV, or from 16 rows of Q4_0 / Q8_0 / Q4_K / Q5_K /
+        Q6_K the tensor cores; "gemv": the batched GEMV for any nt; "mma": the tensor cores for any nt (a
+        ValueError for a type without a tensor-core kernel)."""
         a = np.ascontiguousarray(x, dtype=np.float32)
         if a.ndim != 2 or a.shape[1] != self.ne0 or a.shape[0] < 1 or a.shape[0] > 1 << 20:
             raise ValueError(f"gemm() takes a float32 array of shape (nt, {self.ne0}), nt >= 1, got shape {a.shape}")
+        cdef int cpath = self._path(path, "gemm")
         cdef int nt = a.shape[0]
         cdef size_t ab = pl_cuda_act_bytes(self.type_id, self.ne0)
         cdef _DeviceBuffer dx = _to_device(a.reshape(-1))
@@ -960,7 +979,7 @@ cdef class CudaWeight:
         cdef _Err e = _Err()
         cdef int r
         with nogil:
-            r = pl_cuda_gemm(&self.w, <const float *>dx.p, nt, <float *>dy.p, act, e.buf)
+            r = pl_cuda_gemm(&self.w, <const float *>dx.p, nt, <float *>dy.p, act, cpath, e.buf)
             if r == 0:
                 r = pl_cuda_sync(e.buf)
         if r:
@@ -984,14 +1003,15 @@ cdef class CudaWeight:
             raise RuntimeError(e.buf.decode())
         return sec
 
-    def time_gemm(self, x, int iters=100) -> float:
-        """seconds per gemm of the nt rows of x (as gemm()) on the device, timed as time_gemv: what a prefill
-        matmul costs, for bench/bench_cuda_gemv.py"""
+    def time_gemm(self, x, int iters=100, *, path="auto") -> float:
+        """seconds per gemm of the nt rows of x (as gemm(), path included) on the device, timed as time_gemv:
+        what a prefill matmul costs, for bench/bench_cuda_gemv.py"""
         a = np.ascontiguousarray(x, dtype=np.float32)
         if a.ndim != 2 or a.shape[1] != self.ne0 or a.shape[0] < 1 or a.shape[0] > 1 << 20:
             raise ValueError(f"time_gemm() takes a float32 array of shape (nt, {self.ne0}), nt >= 1, got shape {a.shape}")
         if not 1 <= iters <= 1000000:
             raise ValueError(f"time_gemm(): iters must be in 1..1000000, got {iters}")
+        cdef int cpath = self._path(path, "time_gemm")
         cdef int nt = a.shape[0]
         cdef size_t ab = pl_cuda_act_bytes(self.type_id, self.ne0)
         cdef _DeviceBuffer dx = _to_device(a.reshape(-1))
@@ -1002,7 +1022,7 @@ cdef class CudaWeight:
         cdef double sec = 0
         cdef int r
         with nogil:
-            r = pl_cuda_gemm_time(&self.w, <const float *>dx.p, nt, <float *>dy.p, act, iters, &sec, e.buf)
+            r = pl_cuda_gemm_time(&self.w, <const float *>dx.p, nt, <float *>dy.p, act, cpath, iters, &sec, e.buf)
         if r:
             raise RuntimeError(e.buf.decode())
         return sec
@@ -1114,6 +1134,23 @@ cdef class CudaModel:
     def attention_split(self, keys):
         cdef _Err e = _Err()
         if pl_cuda_model_set_attention_split(self.m, operator.index(keys), e.buf) < 0:
+            raise ValueError(e.buf.decode())
+
+    @property
+    def mma_min_tokens(self) -> int:
+        """tokens from which a forward's quantized matmuls (Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K) run on the tensor
+        cores rather than the batched GEMV (default 16), and below which q / k / v and gate / up take the fused
+        launches: 1 to 1 << 20 (that many: never the tensor cores). For measuring the crossover; the results
+        agree up to fp32 summation order."""
+        return pl_cuda_model_set_mma_min_tokens(self.m, -1, NULL)
+
+    @mma_min_tokens.setter
+    def mma_min_tokens(self, n):
+        cdef _Err e = _Err()
+        n = operator.index(n)
+        if not 1 <= n <= 1 << 20:
+            raise ValueError(f"mma_min_tokens: {n}; from 1 to {1 << 20} (that many: never the tensor cores)")
+        if pl_cuda_model_set_mma_min_tokens(self.m, n, e.buf) < 0:
             raise ValueError(e.buf.decode())
 
     def forward(self, list caches, tokens, positions, seqs, out_rows, n_threads=0):

@@ -377,6 +377,65 @@ def test_gpu_kquant_tensor_core_gemm_equals_the_cpu_and_matches_the_gemv(type_id
         assert np.count_nonzero(y) > y.size // 2  # not a comparison of zeros
 
 
+MMA_TYPES = (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K)  # those with a tensor-core kernel
+
+
+@gpu
+@pytest.mark.parametrize("type_id", MMA_TYPES, ids=lambda t: TYPE_NAMES[t])
+def test_gpu_gemm_paths_gemv_and_mma_match_the_cpu_at_any_token_count(type_id, scalar_isa):
+    """gemm(path="gemv") runs the batched GEMV and gemm(path="mma") the tensor cores whatever the token count
+    (9: below the 16-token threshold, 20: above; neither a whole tile): each row within the GEMV tolerance of
+    the CPU's, and the K-quants' tensor-core kernel equal to the CPU bit for bit (as
+    test_gpu_kquant_tensor_core_gemm_equals_the_cpu_and_matches_the_gemv says why). "auto" is the GEMV at 9
+    tokens and the tensor cores at 20, bit for bit; the two kernels add the terms in different orders, so
+    some results differ between them (which shows each path ran its own kernel)."""
+    rng = np.random.default_rng(300 + type_id)
+    nr, n = 70, 768 if type_id in KQUANTS else 512  # 3 super-blocks or 16 blocks per row
+    raw, _ = _weights(type_id, nr, n, rng)
+    w = _engine.CudaWeight(type_id, n, nr, raw)
+    act, k = _engine.act_type(type_id), _terms(type_id, n)
+    for nt in (9, 20):
+        x = np.stack([_activations(n, rng) for _ in range(nt)])
+        a = _engine.from_float(act, x)
+        ref = _engine.gemm(type_id, raw, a, n, nr, nt)
+        wd = _engine.to_float(type_id, raw, n).reshape(nr, n).astype(np.float64)
+        s = np.abs(_engine.to_float(act, a, n).reshape(nt, n).astype(np.float64)) @ np.abs(wd).T
+        tol = 2 * (k + 1) * 2.0 ** -24 * s
+        ys = {path: w.gemm(x, path=path) for path in ("gemv", "mma", "auto")}
+        for path in ("gemv", "mma"):
+            y = ys[path]
+            where = f"{TYPE_NAMES[type_id]} {nr}x{n}, {nt} tokens, path {path}"
+            assert y.shape == (nt, nr)
+            err = np.abs(y.astype(np.float64) - ref)
+            t, r = np.unravel_index(np.argmax(err - tol), err.shape)
+            assert np.all(err <= tol), f"{where}: token {t} row {r} off the CPU by {err[t, r]:.3g} > {tol[t, r]:.3g}"
+            assert np.count_nonzero(y) > y.size // 2
+        if type_id in KQUANTS:
+            assert np.array_equal(ys["mma"], ref), f"{TYPE_NAMES[type_id]}, {nt} tokens: path mma != the CPU"
+        assert np.array_equal(ys["auto"], ys["gemv" if nt < 16 else "mma"]), f"{nt} tokens: auto took the other path"
+        assert not np.array_equal(ys["gemv"], ys["mma"]), f"{nt} tokens: paths gemv and mma gave the same bits"
+
+
+@gpu
+def test_gpu_gemm_refuses_unknown_paths_and_mma_without_a_kernel():
+    rng = np.random.default_rng(4)
+    w = _engine.CudaWeight(Q4_0, 64, 8, _weights(Q4_0, 8, 64, rng)[0])
+    x = np.ones((3, 64), np.float32)
+    for bad in ("tensor", "GEMV", "", 1, None):
+        with pytest.raises(ValueError, match=r"gemm\(\): path must be 'auto', 'gemv' or 'mma', got"):
+            w.gemm(x, path=bad)
+        with pytest.raises(ValueError, match=r"time_gemm\(\): path must be 'auto', 'gemv' or 'mma', got"):
+            w.time_gemm(x, 1, path=bad)
+    for type_id in (F32, F16, BF16, Q4_1, Q5_0, Q5_1):
+        wt = _engine.CudaWeight(type_id, 64, 8, _weights(type_id, 8, 64, rng)[0])
+        name = TYPE_NAMES[type_id].upper()
+        with pytest.raises(ValueError, match=rf"gemm\(path='mma'\): {name} weights have no tensor-core kernel"):
+            wt.gemm(x, path="mma")
+        with pytest.raises(ValueError, match=rf"time_gemm\(path='mma'\): {name} weights have no tensor-core kernel"):
+            wt.time_gemm(x, 1, path="mma")
+        assert wt.gemm(x, path="gemv").shape == (3, 8)  # their one path
+
+
 @gpu
 def test_gpu_gemv_is_a_matrix_product(scalar_isa):
     """independent of the CPU kernels: F16 weights of exactly representable values times x in float64"""
@@ -400,6 +459,8 @@ def test_gpu_gemv_and_gemm_timings_are_durations():
     wk = _engine.CudaWeight(Q4_K, 256, 64, _weights(Q4_K, 64, 256, rng)[0])
     sec = wk.time_gemm(np.stack([_activations(256, rng) for _ in range(16)]), 2)  # the tensor-core kernel
     assert 0 < sec < 0.1
+    for path in ("gemv", "mma"):  # either kernel at 9 tokens
+        assert 0 < wk.time_gemm(np.stack([_activations(256, rng) for _ in range(9)]), 2, path=path) < 0.1
     with pytest.raises(ValueError, match=r"shape \(nt, 256\), nt >= 1, got shape \(256,\)"):
         wk.time_gemm(np.zeros(256, np.float32), 2)
     with pytest.raises(ValueError, match=r"time_gemm\(\): iters must be in 1..1000000, got 0"):

@@ -241,6 +241,41 @@ def test_attention_split_sizes_agree_with_the_cpu(monkeypatch):
 
 
 @gpu
+def test_mma_min_tokens_moves_the_tensor_core_threshold_and_agrees_with_the_cpu():
+    """CudaModel.mma_min_tokens: a 20-token prompt and a decode step with the default (16: the prompt's matmuls
+    on the tensor cores), with 1 << 20 (the batched GEMV and the fused q / k / v and gate / up launches for the
+    prompt too) and with 1 (the decode step's matmuls on the tensor cores too) give the CPU's logits. The
+    kernels add in different orders, so the prompt's logits differ in some bits between the default and 1 << 20
+    and the decode step's between the default and 1: both steps run as CUDA graphs, so this also shows a change
+    re-captures them. Values outside 1..1 << 20 are refused."""
+    # Q4_0 q / k / v (one grouped launch), Q8_0 output projection, Q4_K gate / up (the fused SwiGLU launch),
+    # Q6_K down: both tensor-core kernels and both GEMV families
+    cm = _one_layer_model(dict(wq=2, wk=2, wv=2, wo=8, ffn_gate=12, ffn_up=12, ffn_down=14, tok_embd=2, output=2))
+    cuda, cpu = _engine.CudaModel(cm), _engine.Runner(cm)
+    assert cuda.mma_min_tokens == 16
+    ids = [3, 17, 5, 60, 2, 9, 41, 33, 8, 1, 12, 40, 22, 7, 19, 31, 50, 11, 6, 28, 44]
+    prompt, decode = {}, {}
+    for setting in (16, 1 << 20, 1):
+        cuda.mma_min_tokens = setting
+        assert cuda.mma_min_tokens == setting
+        kv_g, kv_c = _engine.CudaKVCache(cuda, 32), _engine.KVCache(cm, 32)
+        for pos, got in ((list(range(20)), prompt), ([20], decode)):
+            n = len(pos)
+            tok = [ids[p] for p in pos]
+            got[setting] = np.asarray(cuda.forward([kv_g], tok, pos, [0] * n, np.arange(n)))
+            want = cpu.forward([kv_c], tok, pos, [0] * n, np.arange(n), 1)
+            assert_logits_close(got[setting], want, f"mma_min_tokens {setting}, positions {pos[0]}..{pos[-1]}",
+                                KQUANT_TOL)
+    assert not np.array_equal(prompt[1 << 20], prompt[16]), "20 tokens: the GEMV's bits equal the tensor cores'"
+    assert np.array_equal(prompt[1], prompt[16])  # the tensor cores both times
+    assert not np.array_equal(decode[1], decode[16]), "a decode step: the same bits on the tensor cores as on the GEMV"
+    for bad in (0, -1, -16, (1 << 20) + 1, 1 << 40):
+        with pytest.raises(ValueError, match=r"mma_min_tokens: -?\d+; from 1 to 1048576"):
+            cuda.mma_min_tokens = bad
+    assert cuda.mma_min_tokens == 1
+
+
+@gpu
 def test_concurrent_requests_share_steps_and_match_the_cpu():
     cpu = pyllm.load(quant="q8_0", n_ctx=256)
     cuda = pyllm.load(quant="q8_0", n_ctx=256, device="cuda")

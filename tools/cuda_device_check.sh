@@ -17,7 +17,8 @@
 # then read the files that come back (at most 8, no deeper than $OUT/a/b): summary.txt (one line per
 # stage, and the test counts), env.txt (GPU, driver, nvcc, python), build.log, test_cuda.log,
 # test_cuda.xml (JUnit), bench.txt, bench.json (bench/bench_cuda_gemv.py: the GEMV kernels' time and
-# GB/s on the 1.1B model's matrices, and each matrix's 512-token matmul) and bench_model.json (bench/bench_cuda.py: prefill, decode and
+# GB/s on the 1.1B model's matrices, each matrix's 512-token matmul, and the GEMV / tensor-core crossover: the
+# mma_min_tokens to set) and bench_model.json (bench/bench_cuda.py: prefill, decode and
 # batch-16 decode against transformers bf16). Without $OUT (run by hand) they go to build/cuda-device-out/.
 # Environment: PYTHON (default python3), BUILD (default build/cuda-device), CMAKE_CUDA_ARCHITECTURES
 # (default: CMakeLists.txt's 80;90), PYTEST_ARGS (extra pytest arguments, e.g. "-k gemv").

@@ -33,11 +33,11 @@ static int matmul(pl_cuda_model *m, const pl_cuda_weight *w, const float *x, int
     if (form == PL_CUDA_Q8_0) {
         if (w->type != PL_CUDA_Q4_0 && w->type != PL_CUDA_Q8_0) /* Q4_1 / Q5_0 / Q5_1 */
             return pl_cuda_matmul_legacy_launch(w, m->s.act, nt, y, ldy, m->stream, err);
-        if (nt >= PL_MMA_MIN_TOKENS) return pl_cuda_gemm_mma_launch(w, m->s.act, nt, y, ldy, m->stream, err);
+        if (nt >= m->mma_min_tokens) return pl_cuda_gemm_mma_launch(w, m->s.act, nt, y, ldy, m->stream, err);
         return pl_cuda_matmul_quant_launch(w, m->s.act, nt, y, ldy, m->stream, err);
     }
     if (form == PL_CUDA_Q8_K) {
-        if (nt >= PL_MMA_MIN_TOKENS) return pl_cuda_gemm_mma_kquant_launch(w, m->s.act, nt, y, ldy, m->stream, err);
+        if (nt >= m->mma_min_tokens) return pl_cuda_gemm_mma_kquant_launch(w, m->s.act, nt, y, ldy, m->stream, err);
         return pl_cuda_matmul_kquant_launch(w, m->s.act, nt, y, ldy, m->stream, err);
     }
     return pl_cuda_matmul_float_launch(w, x, nt, (int)w->ne0, y, ldy, m->stream, err);
@@ -49,7 +49,7 @@ static int matmul(pl_cuda_model *m, const pl_cuda_weight *w, const float *x, int
  * K-quant) and width take one launch for them (pl_cuda_gemv_group_launch). */
 static int matmul_shared_input(pl_cuda_model *m, const pl_cuda_weight *const *ws, float *const *ys, const int *ld, int n,
                                const float *x, int nt, int have, char *err) {
-    const int grouping = m->fuse && nt < PL_MMA_MIN_TOKENS;
+    const int grouping = m->fuse && nt < m->mma_min_tokens;
     for (int i = 0, j; i < n; i = j) {
         j = i + 1;
         while (grouping && j < n && pl_cuda_gemv_group_ok(ws + i, j - i + 1)) j++;
@@ -129,7 +129,7 @@ static int enqueue_forward(pl_cuda_model *m, int nt, int n_out, int n_splits, ch
         have = emit_for(m, gate);
         TRY(pl_cuda_residual(m, s->x, s->xb, c->o_bias ? L->bo : NULL, nt, L->ffn_norm, s->xb, s->act, have, err));
         const pl_cuda_weight *gu[2] = {gate, up};
-        if (m->fuse && nt < PL_MMA_MIN_TOKENS && pl_cuda_gemv_group_ok(gu, 2) && gate->ne1 == up->ne1) {
+        if (m->fuse && nt < m->mma_min_tokens && pl_cuda_gemv_group_ok(gu, 2) && gate->ne1 == up->ne1) {
             /* gate, up and SwiGLU in one launch (the norm wrote their input's form) */
             TRY(quantize(m, pl_cuda_act_form(gate->type), have, s->xb, (int64_t)nt * c->dim, err));
             TRY(pl_cuda_gemv_swiglu_launch(gate, up, s->act, nt, s->hb, hid, m->stream, err));

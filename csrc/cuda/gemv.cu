@@ -1,7 +1,8 @@
 /* gemv.cu: pl_cuda_gemv, decode's y = W x on the device: checks the weight, the pointers and their
  * alignment, quantizes x to Q8_0 for Q4_0 / Q8_0 / Q4_1 / Q5_0 / Q5_1 weights and to Q8_K for Q4_K / Q5_K / Q6_K (as the CPU
  * path does), and launches the weight type's kernel (gemv_quant.cu, gemv_legacy.cu, gemv_kquant.cu, gemv_float16.cu:
- * F32 / F16 / BF16). */
+ * F32 / F16 / BF16); pl_cuda_gemm, the same for nt tokens, on the batched GEMV or the tensor cores (the
+ * path asked for, or by the token count). */
 #include "model_internal.cuh"
 
 int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, char *err) {
@@ -30,26 +31,52 @@ int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, c
     return pl_cuda_matmul_float_launch(w, x, 1, (int)w->ne0, y, (int)w->ne1, 0, err);
 }
 
-int pl_cuda_gemm(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, char *err) {
-    if (nt == 1) return pl_cuda_gemv(w, x, y, act, err);
-    if (nt < 1) return PL_CUDA_ERR("gemm: %d tokens", nt);
+/* the weight type's name for a message */
+static const char *type_name(int type) {
+    switch (type) {
+    case PL_CUDA_F32: return "F32";
+    case PL_CUDA_F16: return "F16";
+    case PL_CUDA_BF16: return "BF16";
+    case PL_CUDA_Q4_0: return "Q4_0";
+    case PL_CUDA_Q4_1: return "Q4_1";
+    case PL_CUDA_Q5_0: return "Q5_0";
+    case PL_CUDA_Q5_1: return "Q5_1";
+    case PL_CUDA_Q8_0: return "Q8_0";
+    case PL_CUDA_Q4_K: return "Q4_K";
+    case PL_CUDA_Q5_K: return "Q5_K";
+    case PL_CUDA_Q6_K: return "Q6_K";
+    default: return "unknown";
+    }
+}
+
+int pl_cuda_gemm(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, int path, char *err) {
+    if (path != PL_CUDA_PATH_AUTO && path != PL_CUDA_PATH_GEMV && path != PL_CUDA_PATH_MMA)
+        return PL_CUDA_ERR("gemm: path %d; PL_CUDA_PATH_AUTO (0), _GEMV (1) or _MMA (2)", path);
     if (!w || !w->data) return PL_CUDA_ERR("gemm: no weight (not uploaded, or freed)");
+    const int has_mma = w->type == PL_CUDA_Q4_0 || w->type == PL_CUDA_Q8_0 || w->type == PL_CUDA_Q4_K ||
+                        w->type == PL_CUDA_Q5_K || w->type == PL_CUDA_Q6_K;
+    if (path == PL_CUDA_PATH_MMA && !has_mma)
+        return PL_CUDA_ERR("gemm: %s weights have no tensor-core kernel (Q4_0, Q8_0, Q4_K, Q5_K and Q6_K have)",
+                           type_name(w->type));
+    if (nt == 1 && path != PL_CUDA_PATH_MMA) return pl_cuda_gemv(w, x, y, act, err);
+    if (nt < 1) return PL_CUDA_ERR("gemm: %d tokens", nt);
     if (!x || !y) return PL_CUDA_ERR("gemm: NULL input or output");
     if ((uintptr_t)x % 16 || (uintptr_t)y % 16) return PL_CUDA_ERR("gemm: input and output must be 16-byte aligned");
+    const int mma = path == PL_CUDA_PATH_MMA || (path == PL_CUDA_PATH_AUTO && nt >= PL_MMA_MIN_TOKENS);
     if (pl_cuda_act_form(w->type) == PL_CUDA_Q8_0) {
         if (!act || (uintptr_t)act % 16)
             return PL_CUDA_ERR("gemm: Q4_0 / Q8_0 / Q4_1 / Q5_0 / Q5_1 weights need a 16-byte aligned activation scratch");
         if (pl_cuda_quantize_q8_0_on(x, (int64_t)nt * w->ne0, act, 0, err)) return -1;
         if (w->type != PL_CUDA_Q4_0 && w->type != PL_CUDA_Q8_0)
             return pl_cuda_matmul_legacy_launch(w, act, nt, y, (int)w->ne1, 0, err);
-        if (nt >= PL_MMA_MIN_TOKENS) return pl_cuda_gemm_mma_launch(w, act, nt, y, (int)w->ne1, 0, err);
+        if (mma) return pl_cuda_gemm_mma_launch(w, act, nt, y, (int)w->ne1, 0, err);
         return pl_cuda_matmul_quant_launch(w, act, nt, y, (int)w->ne1, 0, err);
     }
     if (pl_cuda_act_form(w->type) == PL_CUDA_Q8_K) {
         if (!act || (uintptr_t)act % 16)
             return PL_CUDA_ERR("gemm: Q4_K / Q5_K / Q6_K weights need a 16-byte aligned activation scratch");
         if (pl_cuda_quantize_q8_k_on(x, (int64_t)nt * w->ne0, act, 0, err)) return -1;
-        if (nt >= PL_MMA_MIN_TOKENS) return pl_cuda_gemm_mma_kquant_launch(w, act, nt, y, (int)w->ne1, 0, err);
+        if (mma) return pl_cuda_gemm_mma_kquant_launch(w, act, nt, y, (int)w->ne1, 0, err);
         return pl_cuda_matmul_kquant_launch(w, act, nt, y, (int)w->ne1, 0, err);
     }
     return pl_cuda_matmul_float_launch(w, x, nt, (int)w->ne0, y, (int)w->ne1, 0, err);

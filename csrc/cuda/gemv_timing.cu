@@ -4,12 +4,12 @@
  * host in the loop. */
 #include "cuda_common.cuh"
 
-int pl_cuda_gemm_time(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, int iters,
+int pl_cuda_gemm_time(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, int path, int iters,
                       double *seconds, char *err) {
     *seconds = 0.0;
     if (iters < 1 || iters > 1000000) return PL_CUDA_ERR("gemm timing: iters must be in 1..1000000, got %d", iters);
     for (int i = 0; i < 3; i++) /* warm-up: clocks, caches, lazy module loading */
-        if (pl_cuda_gemm(w, x, nt, y, act, err)) return -1;
+        if (pl_cuda_gemm(w, x, nt, y, act, path, err)) return -1;
     cudaEvent_t t0, t1;
     if (pl_cuda_fail(cudaEventCreate(&t0), "cudaEventCreate", err)) return -1;
     if (pl_cuda_fail(cudaEventCreate(&t1), "cudaEventCreate", err)) {
@@ -17,7 +17,7 @@ int pl_cuda_gemm_time(const pl_cuda_weight *w, const float *x, int nt, float *y,
         return -1;
     }
     int rc = pl_cuda_fail(cudaEventRecord(t0), "cudaEventRecord", err);
-    for (int i = 0; i < iters && rc == 0; i++) rc = pl_cuda_gemm(w, x, nt, y, act, err);
+    for (int i = 0; i < iters && rc == 0; i++) rc = pl_cuda_gemm(w, x, nt, y, act, path, err);
     if (rc == 0) rc = pl_cuda_fail(cudaEventRecord(t1), "cudaEventRecord", err);
     if (rc == 0) rc = pl_cuda_fail(cudaEventSynchronize(t1), "a CUDA kernel failed", err);
     float ms = 0.0f;
@@ -30,5 +30,6 @@ int pl_cuda_gemm_time(const pl_cuda_weight *w, const float *x, int nt, float *y,
 
 int pl_cuda_gemv_time(const pl_cuda_weight *w, const float *x, float *y, void *act, int iters, double *seconds,
                       char *err) {
-    return pl_cuda_gemm_time(w, x, 1, y, act, iters, seconds, err); /* pl_cuda_gemm of one token: pl_cuda_gemv */
+    /* pl_cuda_gemm of one token: pl_cuda_gemv */
+    return pl_cuda_gemm_time(w, x, 1, y, act, PL_CUDA_PATH_GEMV, iters, seconds, err);
 }

@@ -56,6 +56,7 @@ pl_cuda_model *pl_cuda_model_new(const pl_cuda_config *c, const float *rope_cos,
     m->c = *c;
     m->fuse = 1;
     m->att_split = PL_ATT_SPLIT;
+    m->mma_min_tokens = PL_MMA_MIN_TOKENS;
     if (pl_cuda_fail(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking), "CUDA model: creating a stream", err)) {
         free(m->layers);
         free(m);
@@ -203,6 +204,17 @@ int pl_cuda_model_set_attention_split(pl_cuda_model *m, int keys, char *err) {
     if (keys != m->att_split) pl_cuda_graphs_free(m); /* captured with the old split */
     const int was = m->att_split;
     m->att_split = keys;
+    return was;
+}
+
+int pl_cuda_model_set_mma_min_tokens(pl_cuda_model *m, int n, char *err) {
+    if (!m) return PL_CUDA_ERR("no model");
+    if (n < 0) return m->mma_min_tokens;
+    if (n < 1 || n > PL_MMA_NEVER)
+        return PL_CUDA_ERR("mma_min_tokens: %d; from 1 to %d (that many: never the tensor cores)", n, PL_MMA_NEVER);
+    if (n != m->mma_min_tokens) pl_cuda_graphs_free(m); /* captured with the other kernels */
+    const int was = m->mma_min_tokens;
+    m->mma_min_tokens = n;
     return was;
 }
 

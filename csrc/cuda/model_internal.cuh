@@ -65,6 +65,8 @@ struct pl_cuda_model {
     int fuse; /* kernels that write their output's Q8_0 form, q/k/v and gate/up+SwiGLU launches merged
                * (forward.cu); pl_cuda_model_set_fused */
     int att_split; /* keys per split of the split-key attention (pl_cuda_model_set_attention_split) */
+    int mma_min_tokens; /* tokens from which quantized matmuls take the tensor cores, below which the fused
+                         * q/k/v and gate/up launches (forward.cu); pl_cuda_model_set_mma_min_tokens */
 };
 
 /* keys per split of the split-key attention (a block's share of one query's keys): the default, and the
@@ -124,8 +126,11 @@ int pl_cuda_gemm_mma_launch(const pl_cuda_weight *w, const void *act, int nt, fl
 int pl_cuda_gemm_mma_kquant_launch(const pl_cuda_weight *w, const void *act, int nt, float *y, int ldy,
                                    cudaStream_t st, char *err);
 /* tokens from which a quantized matmul runs on the tensor cores rather than the batched GEMV: the GEMV
- * reads the weights once per 8 tokens, the tensor-core kernel once per 64 (a first guess, to be measured) */
+ * reads the weights once per 8 tokens, the tensor-core kernel once per 64 (a first guess, to be measured:
+ * bench/bench_cuda_gemv.py's crossover). The default of a model's mma_min_tokens and pl_cuda_gemm's
+ * PL_CUDA_PATH_AUTO; PL_MMA_NEVER, the most mma_min_tokens takes, is more tokens than any batch holds */
 #define PL_MMA_MIN_TOKENS 16
+#define PL_MMA_NEVER (1 << 20)
 /* ---- forward.cu ---- */
 void pl_cuda_graphs_free(pl_cuda_model *m); /* drops the captured decode graphs */
 

@@ -106,16 +106,22 @@ size_t pl_cuda_act_bytes(int type, int64_t ne0); /* 0: the type reads fp32 activ
 int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, char *err);
 
 /* the same for nt tokens: x is nt rows of ne0 floats, y nt rows of ne1 (row t of y: W times row t of x);
- * act: pl_cuda_act_bytes(w->type, ne0) * nt bytes (NULL for F32 / F16 / BF16). Q4_0 / Q8_0 from 16
- * tokens run on the tensor cores (gemm_mma.cu, sm_80+), Q4_K / Q5_K / Q6_K likewise (gemm_mma_kquant.cu),
- * else the batched GEMV (up to 8 tokens a pass); Q4_1 / Q5_0 / Q5_1 always run the batched GEMV. */
-int pl_cuda_gemm(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, char *err);
+ * act: pl_cuda_act_bytes(w->type, ne0) * nt bytes (NULL for F32 / F16 / BF16). path PL_CUDA_PATH_AUTO:
+ * Q4_0 / Q8_0 from 16 tokens (PL_MMA_MIN_TOKENS, the model's default mma_min_tokens) run on the tensor
+ * cores (gemm_mma.cu, sm_80+), Q4_K / Q5_K / Q6_K likewise (gemm_mma_kquant.cu), else the batched GEMV (up
+ * to 8 tokens a pass); Q4_1 / Q5_0 / Q5_1 always run the batched GEMV. PL_CUDA_PATH_GEMV: the batched GEMV
+ * for any nt (one token: pl_cuda_gemv); PL_CUDA_PATH_MMA: the tensor-core kernel for any nt >= 1, refused
+ * for a type without one. For measuring where one overtakes the other (bench/bench_cuda_gemv.py). */
+#define PL_CUDA_PATH_AUTO 0
+#define PL_CUDA_PATH_GEMV 1
+#define PL_CUDA_PATH_MMA 2
+int pl_cuda_gemm(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, int path, char *err);
 
 /* ---- gemv_timing.cu: seconds per pl_cuda_gemv / pl_cuda_gemm call (CUDA events, iters calls after 3 warm-up
  * calls; the gemm's arguments as pl_cuda_gemm's) ---- */
 int pl_cuda_gemv_time(const pl_cuda_weight *w, const float *x, float *y, void *act, int iters, double *seconds,
                       char *err);
-int pl_cuda_gemm_time(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, int iters,
+int pl_cuda_gemm_time(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, int path, int iters,
                       double *seconds, char *err);
 
 /* ---- model.cu, kv_cache.cu, forward.cu: the whole forward of a dense Llama-family model on the GPU ----
@@ -154,6 +160,11 @@ int pl_cuda_model_set_fused(pl_cuda_model *m, int on);
  * two from 32 to 256: fewer keys, more blocks at once for a short context. keys < 0 only asks. Returns the
  * setting before, or -1 with err for a value outside that. */
 int pl_cuda_model_set_attention_split(pl_cuda_model *m, int keys, char *err);
+/* tokens from which the forward's quantized matmuls (Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K) run on the tensor
+ * cores rather than the batched GEMV, and below which the fused q / k / v and gate / up launches are used:
+ * 1 to 1 << 20 (that many: never the tensor cores), default 16. n < 0 only asks. Returns the setting
+ * before, or -1 with err for a value outside that. */
+int pl_cuda_model_set_mma_min_tokens(pl_cuda_model *m, int n, char *err);
 void pl_cuda_model_free(pl_cuda_model *m);          /* NULL is fine */
 
 /* one sequence's keys and values on the device: [n_layers][n_ctx][n_kv_heads * head_dim] of type
