@@ -935,6 +935,16 @@ cdef class CudaWeight:
         cdef size_t ab = pl_cuda_act_bytes(self.type_id, self.ne0)
         return _to_device(a), _DeviceBuffer(<size_t>self.ne1 * 4), (_DeviceBuffer(ab) if ab else None)
 
+    def _gemm_buffers(self, x, str what):
+        """nt, and the nt rows of x on the device, room for y, the activation scratch (None for float types)"""
+        a = np.ascontiguousarray(x, dtype=np.float32)
+        if a.ndim != 2 or a.shape[1] != self.ne0 or a.shape[0] < 1 or a.shape[0] > 1 << 20:
+            raise ValueError(f"{what}() takes a float32 array of shape (nt, {self.ne0}), nt >= 1, got shape {a.shape}")
+        cdef int nt = a.shape[0]
+        cdef size_t ab = pl_cuda_act_bytes(self.type_id, self.ne0)
+        return (nt, _to_device(a.reshape(-1)), _DeviceBuffer(<size_t>self.ne1 * nt * 4),
+                (_DeviceBuffer(ab * nt) if ab else None))
+
     cdef int _path(self, path, str what) except -1:
         """pl_cuda_gemm's path id of "auto" / "gemv" / "mma"; a ValueError for another name, or "mma" on a type
         without a tensor-core kernel"""
@@ -966,15 +976,10 @@ cdef class CudaWeight:
         GPU; returns (nt, ne1). path "auto": the batched GEMV, or from 16 rows of Q4_0 / Q8_0 / Q4_K / Q5_K /
         Q6_K the tensor cores; "gemv": the batched GEMV for any nt; "mma": the tensor cores for any nt (a
         ValueError for a type without a tensor-core kernel)."""
-        a = np.ascontiguousarray(x, dtype=np.float32)
-        if a.ndim != 2 or a.shape[1] != self.ne0 or a.shape[0] < 1 or a.shape[0] > 1 << 20:
-            raise ValueError(f"gemm() takes a float32 array of shape (nt, {self.ne0}), nt >= 1, got shape {a.shape}")
+        cdef _DeviceBuffer dx, dy, dact
+        cdef int nt
+        nt, dx, dy, dact = self._gemm_buffers(x, "gemm")
         cdef int cpath = self._path(path, "gemm")
-        cdef int nt = a.shape[0]
-        cdef size_t ab = pl_cuda_act_bytes(self.type_id, self.ne0)
-        cdef _DeviceBuffer dx = _to_device(a.reshape(-1))
-        cdef _DeviceBuffer dy = _DeviceBuffer(<size_t>self.ne1 * nt * 4)
-        cdef _DeviceBuffer dact = _DeviceBuffer(ab * nt) if ab else None
         cdef void *act = dact.p if dact is not None else NULL
         cdef _Err e = _Err()
         cdef int r
@@ -1006,17 +1011,12 @@ cdef class CudaWeight:
     def time_gemm(self, x, int iters=100, *, path="auto") -> float:
         """seconds per gemm of the nt rows of x (as gemm(), path included) on the device, timed as time_gemv:
         what a prefill matmul costs, for bench/bench_cuda_gemv.py"""
-        a = np.ascontiguousarray(x, dtype=np.float32)
-        if a.ndim != 2 or a.shape[1] != self.ne0 or a.shape[0] < 1 or a.shape[0] > 1 << 20:
-            raise ValueError(f"time_gemm() takes a float32 array of shape (nt, {self.ne0}), nt >= 1, got shape {a.shape}")
+        cdef _DeviceBuffer dx, dy, dact
+        cdef int nt
+        nt, dx, dy, dact = self._gemm_buffers(x, "time_gemm")
         if not 1 <= iters <= 1000000:
             raise ValueError(f"time_gemm(): iters must be in 1..1000000, got {iters}")
         cdef int cpath = self._path(path, "time_gemm")
-        cdef int nt = a.shape[0]
-        cdef size_t ab = pl_cuda_act_bytes(self.type_id, self.ne0)
-        cdef _DeviceBuffer dx = _to_device(a.reshape(-1))
-        cdef _DeviceBuffer dy = _DeviceBuffer(<size_t>self.ne1 * nt * 4)
-        cdef _DeviceBuffer dact = _DeviceBuffer(ab * nt) if ab else None
         cdef void *act = dact.p if dact is not None else NULL
         cdef _Err e = _Err()
         cdef double sec = 0

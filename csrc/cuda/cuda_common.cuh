@@ -214,6 +214,24 @@ int pl_cuda_matmul_legacy_launch(const pl_cuda_weight *w, const void *act, int n
  * pl_cuda.h's layout */
 int pl_cuda_matmul_kquant_launch(const pl_cuda_weight *w, const void *act, int nt, float *y, int ldy, cudaStream_t st,
                                  char *err);
+/* a weight type's name for messages, or NULL for a type the GPU kernels do not take */
+static inline const char *pl_cuda_type_name(int type) {
+    switch (type) {
+    case PL_CUDA_F32: return "F32";
+    case PL_CUDA_F16: return "F16";
+    case PL_CUDA_BF16: return "BF16";
+    case PL_CUDA_Q4_0: return "Q4_0";
+    case PL_CUDA_Q8_0: return "Q8_0";
+    case PL_CUDA_Q4_1: return "Q4_1";
+    case PL_CUDA_Q5_0: return "Q5_0";
+    case PL_CUDA_Q5_1: return "Q5_1";
+    case PL_CUDA_Q4_K: return "Q4_K";
+    case PL_CUDA_Q5_K: return "Q5_K";
+    case PL_CUDA_Q6_K: return "Q6_K";
+    default: return NULL;
+    }
+}
+
 /* the activation form a quantized weight type is multiplied with: PL_CUDA_Q8_0, PL_CUDA_Q8_K, or 0 (fp32) */
 static inline int pl_cuda_act_form(int type) {
     if (type == PL_CUDA_Q4_0 || type == PL_CUDA_Q8_0 || type == PL_CUDA_Q4_1 || type == PL_CUDA_Q5_0 || type == PL_CUDA_Q5_1)

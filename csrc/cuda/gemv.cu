@@ -31,24 +31,6 @@ int pl_cuda_gemv(const pl_cuda_weight *w, const float *x, float *y, void *act, c
     return pl_cuda_matmul_float_launch(w, x, 1, (int)w->ne0, y, (int)w->ne1, 0, err);
 }
 
-/* the weight type's name for a message */
-static const char *type_name(int type) {
-    switch (type) {
-    case PL_CUDA_F32: return "F32";
-    case PL_CUDA_F16: return "F16";
-    case PL_CUDA_BF16: return "BF16";
-    case PL_CUDA_Q4_0: return "Q4_0";
-    case PL_CUDA_Q4_1: return "Q4_1";
-    case PL_CUDA_Q5_0: return "Q5_0";
-    case PL_CUDA_Q5_1: return "Q5_1";
-    case PL_CUDA_Q8_0: return "Q8_0";
-    case PL_CUDA_Q4_K: return "Q4_K";
-    case PL_CUDA_Q5_K: return "Q5_K";
-    case PL_CUDA_Q6_K: return "Q6_K";
-    default: return "unknown";
-    }
-}
-
 int pl_cuda_gemm(const pl_cuda_weight *w, const float *x, int nt, float *y, void *act, int path, char *err) {
     if (path != PL_CUDA_PATH_AUTO && path != PL_CUDA_PATH_GEMV && path != PL_CUDA_PATH_MMA)
         return PL_CUDA_ERR("gemm: path %d; PL_CUDA_PATH_AUTO (0), _GEMV (1) or _MMA (2)", path);
@@ -57,7 +39,7 @@ int pl_cuda_gemm(const pl_cuda_weight *w, const float *x, int nt, float *y, void
                         w->type == PL_CUDA_Q5_K || w->type == PL_CUDA_Q6_K;
     if (path == PL_CUDA_PATH_MMA && !has_mma)
         return PL_CUDA_ERR("gemm: %s weights have no tensor-core kernel (Q4_0, Q8_0, Q4_K, Q5_K and Q6_K have)",
-                           type_name(w->type));
+                           pl_cuda_type_name(w->type) ? pl_cuda_type_name(w->type) : "unknown");
     if (nt == 1 && path != PL_CUDA_PATH_MMA) return pl_cuda_gemv(w, x, y, act, err);
     if (nt < 1) return PL_CUDA_ERR("gemm: %d tokens", nt);
     if (!x || !y) return PL_CUDA_ERR("gemm: NULL input or output");

@@ -105,29 +105,12 @@ static void field_shape(const pl_cuda_config *c, int i, int64_t *ne0, int64_t *n
     else *ne0 = hid, *ne1 = dim; /* ffn_down */
 }
 
-static const char *type_name(int type) {
-    switch (type) {
-    case PL_CUDA_F32: return "F32";
-    case PL_CUDA_F16: return "F16";
-    case PL_CUDA_BF16: return "BF16";
-    case PL_CUDA_Q4_0: return "Q4_0";
-    case PL_CUDA_Q8_0: return "Q8_0";
-    case PL_CUDA_Q4_1: return "Q4_1";
-    case PL_CUDA_Q5_0: return "Q5_0";
-    case PL_CUDA_Q5_1: return "Q5_1";
-    case PL_CUDA_Q4_K: return "Q4_K";
-    case PL_CUDA_Q5_K: return "Q5_K";
-    case PL_CUDA_Q6_K: return "Q6_K";
-    default: return NULL;
-    }
-}
-
 static int set_weight(pl_cuda_model *m, pl_cuda_weight *w, const char *what, int type, int64_t ne0, int64_t ne1,
                       int64_t want0, int64_t want1, const void *host, size_t nbytes, char *err) {
     if (ne0 != want0 || ne1 != want1)
         return FAIL("%s: shape %lld x %lld, the config needs %lld x %lld (rows x columns)", what, (long long)ne1,
                     (long long)ne0, (long long)want1, (long long)want0);
-    if (!type_name(type))
+    if (!pl_cuda_type_name(type))
         return FAIL("%s: weight type %d has no GPU kernels yet (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, "
                     "Q4_K, Q5_K, Q6_K run): load with quant='q4_k_m', 'q8_0' or 'f16', or use device='cpu'", what, type);
     pl_cuda_weight nw;
