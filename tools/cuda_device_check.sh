@@ -20,7 +20,9 @@
 # GB/s on the 1.1B model's matrices, each matrix's 512-token matmul, and the GEMV / tensor-core crossover: the
 # mma_min_tokens to set) and bench_model.json (bench/bench_cuda.py: prefill, decode and
 # batch-16 decode against transformers bf16). Without $OUT (run by hand) they go to build/cuda-device-out/.
-# Environment: PYTHON (default python3), BUILD (default build/cuda-device), CMAKE_CUDA_ARCHITECTURES
+# Environment: PYTHON (default python3), BUILD (default build/cuda-device), TEST_TIMEOUT / GEMV_TIMEOUT /
+# MODEL_TIMEOUT (seconds per stage: 200 / 80 / 200; a stage past its limit is stopped and said so in
+# summary.txt, and the next one runs), CMAKE_CUDA_ARCHITECTURES
 # (default: CMakeLists.txt's 80;90), PYTEST_ARGS (extra pytest arguments, e.g. "-k gemv").
 # Exit status: 0 when the build and every test passed (GPU tests skipped count as a failure here: on a GPU
 # machine they must run), else the first failing stage's.
@@ -29,6 +31,11 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 OUT=${OUT:-$REPO/build/cuda-device-out}
 PY=${PYTHON:-python3}
+# each stage's limit (seconds), so that one that hangs still leaves the later ones their time within the
+# device tool's 600 s a call: build ~1-2 min, then these
+TEST_TIMEOUT=${TEST_TIMEOUT:-200}
+GEMV_TIMEOUT=${GEMV_TIMEOUT:-80}
+MODEL_TIMEOUT=${MODEL_TIMEOUT:-200}
 BUILD=${BUILD:-build/cuda-device}
 mkdir -p "$OUT"
 SUMMARY=$OUT/summary.txt
@@ -72,13 +79,17 @@ cp -r tests/test_cuda.py tests/test_cuda_forward.py tests/conftest.py tests/fixt
 rm -f "$STAGE"/pyllm/_engine*.so
 cp "$SO" "$STAGE/pyllm/"
 cd "$STAGE"
+# the tests run from an empty directory (conftest.py) and start `python -m pyllm` children, which must import
+# this staged package (nothing is installed on the GPU machine), as tests/test_cuda_emulation.py does
+export PYTHONPATH="$STAGE"
 start=$SECONDS
 # shellcheck disable=SC2086
-PYTHONUNBUFFERED=1 "$PY" -m pytest tests/test_cuda.py tests/test_cuda_forward.py -v -rs -p no:cacheprovider \
+PYTHONUNBUFFERED=1 timeout -k 5 "$TEST_TIMEOUT" "$PY" -m pytest tests/test_cuda.py tests/test_cuda_forward.py -v -rs -p no:cacheprovider \
     --junitxml="$OUT/test_cuda.xml" \
     ${PYTEST_ARGS:-} >"$OUT/test_cuda.log" 2>&1
 rc=$?
 tail -15 "$OUT/test_cuda.log"
+[ "$rc" -eq 124 ] && note "tests: TIMED OUT after $TEST_TIMEOUT s (TEST_TIMEOUT): the last test started is the last line of test_cuda.log"
 note "tests: exit $rc ($((SECONDS - start)) s): $(tail -1 "$OUT/test_cuda.log")"
 if grep -q "SKIPPED.*needs a PYLLM_CUDA=ON build and a CUDA device" "$OUT/test_cuda.log"; then
     note "GPU tests SKIPPED: $(grep -m1 'needs a PYLLM_CUDA=ON build' "$OUT/test_cuda.log")"
@@ -88,14 +99,15 @@ fi
 # 3. the benchmarks (not tests: numbers to report, with the GPU's name): the GEMV kernels alone, then the
 #    whole model against transformers (bench/bench_cuda.py; BENCH_ARGS adds its options)
 start=$SECONDS
-if PYTHONUNBUFFERED=1 "$PY" bench/bench_cuda_gemv.py --json "$OUT/bench.json" >"$OUT/bench.txt" 2>&1; then
+if PYTHONUNBUFFERED=1 timeout -k 5 "$GEMV_TIMEOUT" "$PY" bench/bench_cuda_gemv.py --json "$OUT/bench.json" \
+        >"$OUT/bench.txt" 2>&1; then
     note "bench gemv: ok ($((SECONDS - start)) s): $(grep -c "one token's matmuls" "$OUT/bench.txt") types"
 else
     note "bench gemv: FAILED ($((SECONDS - start)) s): $(tail -1 "$OUT/bench.txt")"
 fi
 start=$SECONDS
 # shellcheck disable=SC2086
-if PYTHONUNBUFFERED=1 "$PY" bench/bench_cuda.py --json "$OUT/bench_model.json" ${BENCH_ARGS:-} \
+if PYTHONUNBUFFERED=1 timeout -k 5 "$MODEL_TIMEOUT" "$PY" bench/bench_cuda.py --json "$OUT/bench_model.json" ${BENCH_ARGS:-} \
         >>"$OUT/bench.txt" 2>&1; then
     note "bench model: ok ($((SECONDS - start)) s)"
 else
