@@ -896,8 +896,6 @@ def cuda_mma_s8_m16n8k32(a, b, c):
 # CudaWeight.gemm's path names (pl_cuda.h's PL_CUDA_PATH_*), and the weight types with a tensor-core kernel
 _CUDA_GEMM_PATHS = {"auto": 0, "gemv": 1, "mma": 2}
 _CUDA_MMA_TYPES = (2, 8, 12, 13, 14)  # Q4_0, Q8_0, Q4_K, Q5_K, Q6_K
-_CUDA_TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 12: "Q4_K", 13: "Q5_K",
-                    14: "Q6_K", 30: "BF16"}
 
 cdef class CudaWeight:
     """A weight matrix uploaded to the GPU once (F32, F16, BF16, Q4_0, Q8_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K or
@@ -951,7 +949,8 @@ cdef class CudaWeight:
         if not isinstance(path, str) or path not in _CUDA_GEMM_PATHS:
             raise ValueError(f"{what}(): path must be 'auto', 'gemv' or 'mma', got {path!r}")
         if path == "mma" and self.type_id not in _CUDA_MMA_TYPES:
-            raise ValueError(f"{what}(path='mma'): {_CUDA_TYPE_NAMES.get(self.type_id, self.type_id)} weights have no "
+            from .gguf_file import type_name
+            raise ValueError(f"{what}(path='mma'): {type_name(self.type_id)} weights have no "
                              f"tensor-core kernel (Q4_0, Q8_0, Q4_K, Q5_K and Q6_K have)")
         return _CUDA_GEMM_PATHS[path]
 

@@ -189,6 +189,24 @@ int pl_cuda_gemv_group_launch(const pl_cuda_weight *const *ws, float *const *ys,
                               int nt, cudaStream_t st, char *err);
 int pl_cuda_gemv_swiglu_launch(const pl_cuda_weight *gate, const pl_cuda_weight *up, const void *act, int nt, float *y,
                                int ldy, cudaStream_t st, char *err);
+/* a Q4_0 / Q8_0 / Q6_K / Q4_K / Q5_K weight's quants (wq) and fp16 scales (wd) in weight_upload.cu's layout:
+ * Q4_0 / Q8_0 / Q6_K keep the scales after all the quants (Q6_K: 208-byte parts of a super-block); Q4_K /
+ * Q5_K keep theirs inside each super-block (wd NULL) */
+static inline void pl_cuda_weight_parts(const pl_cuda_weight *w, const uint8_t **wq, const uint16_t **wd) {
+    const size_t nr = (size_t)w->ne1;
+    *wq = (const uint8_t *)w->data;
+    *wd = NULL;
+    if (w->type == PL_CUDA_Q4_0) *wd = (const uint16_t *)(*wq + nr * (size_t)(w->ne0 / PL_CUDA_QK) * 16);
+    else if (w->type == PL_CUDA_Q8_0) *wd = (const uint16_t *)(*wq + nr * (size_t)(w->ne0 / PL_CUDA_QK) * 32);
+    else if (w->type == PL_CUDA_Q6_K) *wd = (const uint16_t *)(*wq + nr * (size_t)(w->ne0 / PL_CUDA_QK_K) * 208);
+}
+/* the weight types with a tensor-core kernel (gemm_mma.cu, gemm_mma_kquant.cu) */
+static inline int pl_cuda_has_mma(int type) {
+    return type == PL_CUDA_Q4_0 || type == PL_CUDA_Q8_0 || type == PL_CUDA_Q4_K || type == PL_CUDA_Q5_K ||
+           type == PL_CUDA_Q6_K;
+}
+/* rows (one warp each) per block of the integer-dot GEMVs (gemv_rows.cuh; gemv_group.cu sizes their grids) */
+#define PL_GEMV_ROWS_PER_CTA 4
 /* what one such launch takes (gemv_rows.cuh): weights of one type and width, their quants / scales / outputs,
  * and the first block of each weight's rows (first_block[n]: the grid) */
 #define PL_GEMV_GROUP_MAX 3

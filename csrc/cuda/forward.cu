@@ -47,9 +47,13 @@ static int matmul(pl_cuda_model *m, const pl_cuda_weight *w, const float *x, int
  * same form (a group mixing Q8_0-form and Q8_K-form types quantizes again where the form changes); have as
  * matmul's. With fused launches, a few tokens through consecutive weights of one type (Q4_0, Q8_0 or a
  * K-quant) and width take one launch for them (pl_cuda_gemv_group_launch). */
+/* whether nt tokens take the fused GEMV launches (grouped q / k / v, gate / up + SwiGLU): fusing on, and too
+ * few tokens for the tensor cores */
+static int fused_gemv(const pl_cuda_model *m, int nt) { return m->fuse && nt < m->mma_min_tokens; }
+
 static int matmul_shared_input(pl_cuda_model *m, const pl_cuda_weight *const *ws, float *const *ys, const int *ld, int n,
                                const float *x, int nt, int have, char *err) {
-    const int grouping = m->fuse && nt < m->mma_min_tokens;
+    const int grouping = fused_gemv(m, nt);
     for (int i = 0, j; i < n; i = j) {
         j = i + 1;
         while (grouping && j < n && pl_cuda_gemv_group_ok(ws + i, j - i + 1)) j++;
@@ -129,7 +133,7 @@ static int enqueue_forward(pl_cuda_model *m, int nt, int n_out, int n_splits, ch
         have = emit_for(m, gate);
         TRY(pl_cuda_residual(m, s->x, s->xb, c->o_bias ? L->bo : NULL, nt, L->ffn_norm, s->xb, s->act, have, err));
         const pl_cuda_weight *gu[2] = {gate, up};
-        if (m->fuse && nt < m->mma_min_tokens && pl_cuda_gemv_group_ok(gu, 2) && gate->ne1 == up->ne1) {
+        if (fused_gemv(m, nt) && pl_cuda_gemv_group_ok(gu, 2)) { /* (gate and up: hidden_dim rows each) */
             /* gate, up and SwiGLU in one launch (the norm wrote their input's form) */
             TRY(quantize(m, pl_cuda_act_form(gate->type), have, s->xb, (int64_t)nt * c->dim, err));
             TRY(pl_cuda_gemv_swiglu_launch(gate, up, s->act, nt, s->hb, hid, m->stream, err));

@@ -90,8 +90,9 @@ int pl_cuda_gemm_mma_launch(const pl_cuda_weight *w, const void *act, int nt, fl
                             char *err) {
     const int nr = (int)w->ne1, nb = (int)(w->ne0 / PL_CUDA_QK);
     const int qb = w->type == PL_CUDA_Q4_0 ? 16 : 32;
-    const uint8_t *wq = (const uint8_t *)w->data;
-    const uint16_t *wd = (const uint16_t *)(wq + (size_t)nr * nb * qb);
+    const uint8_t *wq;
+    const uint16_t *wd;
+    pl_cuda_weight_parts(w, &wq, &wd);
     const int8_t *aq = (const int8_t *)act;
     const float *ad = (const float *)((const char *)act + (size_t)nt * w->ne0);
     const dim3 grid((unsigned)((nr + MMA_ROWS - 1) / MMA_ROWS), (unsigned)((nt + MMA_TOKENS - 1) / MMA_TOKENS));

@@ -240,7 +240,9 @@ gemm_mma_q6_k_kernel(const uint8_t *__restrict__ wq, const uint16_t *__restrict_
 int pl_cuda_gemm_mma_kquant_launch(const pl_cuda_weight *w, const void *act, int nt, float *y, int ldy, cudaStream_t st,
                                    char *err) {
     const int nr = (int)w->ne1, nb = (int)(w->ne0 / PL_CUDA_QK_K);
-    const uint8_t *wq = (const uint8_t *)w->data;
+    const uint8_t *wq;
+    const uint16_t *wd; /* Q6_K's d's after its 208-byte parts (NULL for Q4_K / Q5_K) */
+    pl_cuda_weight_parts(w, &wq, &wd);
     const int8_t *aq = (const int8_t *)act;
     const float *ad = (const float *)(aq + (size_t)nt * w->ne0); /* pl_cuda.h's layout, nt rows */
     const int16_t *bs = (const int16_t *)(ad + (size_t)nt * nb);
@@ -253,7 +255,6 @@ int pl_cuda_gemm_mma_kquant_launch(const pl_cuda_weight *w, const void *act, int
         PL_LAUNCH(grid, 128, 0, st, gemm_mma_q45_k_kernel<1>)(wq, aq, ad, bs, y, ldy, nr, nb, nt);
         return PL_CUDA_LAUNCHED("Q5_K tensor-core matmul");
     }
-    const uint16_t *wd = (const uint16_t *)(wq + (size_t)nr * nb * 208); /* Q6_K's d's after its 208-byte parts */
     PL_LAUNCH(grid, 128, 0, st, gemm_mma_q6_k_kernel)(wq, wd, aq, ad, y, ldy, nr, nb, nt);
     return PL_CUDA_LAUNCHED("Q6_K tensor-core matmul");
 }

@@ -35,9 +35,7 @@ int pl_cuda_gemm(const pl_cuda_weight *w, const float *x, int nt, float *y, void
     if (path != PL_CUDA_PATH_AUTO && path != PL_CUDA_PATH_GEMV && path != PL_CUDA_PATH_MMA)
         return PL_CUDA_ERR("gemm: path %d; PL_CUDA_PATH_AUTO (0), _GEMV (1) or _MMA (2)", path);
     if (!w || !w->data) return PL_CUDA_ERR("gemm: no weight (not uploaded, or freed)");
-    const int has_mma = w->type == PL_CUDA_Q4_0 || w->type == PL_CUDA_Q8_0 || w->type == PL_CUDA_Q4_K ||
-                        w->type == PL_CUDA_Q5_K || w->type == PL_CUDA_Q6_K;
-    if (path == PL_CUDA_PATH_MMA && !has_mma)
+    if (path == PL_CUDA_PATH_MMA && !pl_cuda_has_mma(w->type))
         return PL_CUDA_ERR("gemm: %s weights have no tensor-core kernel (Q4_0, Q8_0, Q4_K, Q5_K and Q6_K have)",
                            pl_cuda_type_name(w->type) ? pl_cuda_type_name(w->type) : "unknown");
     if (nt == 1 && path != PL_CUDA_PATH_MMA) return pl_cuda_gemv(w, x, y, act, err);

@@ -1,30 +1,14 @@
 /* gemv_group.cu: the launchers of the integer-dot GEMVs (Q4_0 / Q8_0: gemv_quant.cu, Q4_K / Q5_K / Q6_K:
  * gemv_kquant.cu, both gemv_rows.cuh's kernels): one weight, a group of up to 3 weights of one type and
  * width reading the same activations in one launch (a decode step's q / k / v), and a gate / up pair with
- * SwiGLU in one launch. Host code: where a weight's quants and scales are (weight_upload.cu's layout),
- * which blocks take which weight's rows. */
+ * SwiGLU in one launch. Host code: which blocks take which weight's rows. */
 #include <string.h>
 
 #include "cuda_common.cuh"
 
-#define ROWS_PER_CTA 4 /* gemv_rows.cuh's PL_GEMV_ROWS_PER_CTA */
-
-static int rows_form(int type) { /* the row dots' activation form, or 0 for a type without them here */
-    if (type == PL_CUDA_Q4_0 || type == PL_CUDA_Q8_0) return PL_CUDA_Q8_0;
-    if (type == PL_CUDA_Q4_K || type == PL_CUDA_Q5_K || type == PL_CUDA_Q6_K) return PL_CUDA_Q8_K;
-    return 0;
-}
-
-/* a weight's quants (wq) and fp16 scales (wd: Q4_0 / Q8_0 / Q6_K keep them after all the quants; Q4_K / Q5_K
- * keep theirs inside each super-block, wd NULL) */
-static void weight_parts(const pl_cuda_weight *w, const uint8_t **wq, const uint16_t **wd) {
-    const size_t nr = (size_t)w->ne1;
-    *wq = (const uint8_t *)w->data;
-    *wd = NULL;
-    if (w->type == PL_CUDA_Q4_0) *wd = (const uint16_t *)(*wq + nr * (size_t)(w->ne0 / PL_CUDA_QK) * 16);
-    else if (w->type == PL_CUDA_Q8_0) *wd = (const uint16_t *)(*wq + nr * (size_t)(w->ne0 / PL_CUDA_QK) * 32);
-    else if (w->type == PL_CUDA_Q6_K) *wd = (const uint16_t *)(*wq + nr * (size_t)(w->ne0 / PL_CUDA_QK_K) * 208);
-}
+/* the row dots' activation form, or 0 for a type without them here (the types with row dots are those with a
+ * tensor-core kernel) */
+static int rows_form(int type) { return pl_cuda_has_mma(type) ? pl_cuda_act_form(type) : 0; }
 
 int pl_cuda_gemv_group_ok(const pl_cuda_weight *const *ws, int n) {
     if (n < 1 || n > PL_GEMV_GROUP_MAX || !rows_form(ws[0]->type)) return 0;
@@ -43,12 +27,12 @@ static int launch(const pl_cuda_weight *const *ws, float *const *ys, const int *
     g.n = n;
     int blocks = 0;
     for (int i = 0; i < n; i++) {
-        weight_parts(ws[i], &g.wq[i], &g.wd[i]);
+        pl_cuda_weight_parts(ws[i], &g.wq[i], &g.wd[i]);
         g.y[i] = ys[i];
         g.ldy[i] = ldy[i];
         g.nr[i] = (int)ws[i]->ne1;
         g.first_block[i] = blocks;
-        blocks += (int)((ws[i]->ne1 + ROWS_PER_CTA - 1) / ROWS_PER_CTA);
+        blocks += (int)((ws[i]->ne1 + PL_GEMV_ROWS_PER_CTA - 1) / PL_GEMV_ROWS_PER_CTA);
     }
     g.first_block[n] = blocks;
     if (rows_form(g.type) == PL_CUDA_Q8_0) return pl_cuda_gemv_rows_q8_0(&g, act, nt, swiglu, st, err);

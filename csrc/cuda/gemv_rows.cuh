@@ -4,7 +4,7 @@
  *     R::dots<T>(wq, wd, row, nb, a, acc)   row `row` of the weight (quants wq, scales wd, nb blocks of QK
  *                           values a row) times T activation rows of a; every lane of the warp calls it and
  *                           every lane gets the T sums
- * One warp per row, ROWS_PER_CTA rows a block. A launch takes a group of up to 3 weights of one type and
+ * One warp per row, PL_GEMV_ROWS_PER_CTA rows a block. A launch takes a group of up to 3 weights of one type and
  * width reading the same activations (q / k / v: the blocks take the first weight's rows, then the
  * second's, ...), or, with SWIGLU, a gate and an up weight: y = silu(gate . x) * (up . x), the product as
  * layer_kernels.cu's swiglu_kernel computes it (the same bits). T tokens per pass over the weights
@@ -14,7 +14,6 @@
 
 #include "cuda_common.cuh"
 
-#define PL_GEMV_ROWS_PER_CTA 4 /* warps per block of 128 threads */
 
 /* T activation rows of one pass in pl_cuda.h's layout: row t's quants at q + t * nb * QK, its scales at
  * d + t * nb, (Q8_K) its 16-sums at bs + t * nb * 16 */
