@@ -284,6 +284,14 @@ def _as_id_list(value: Any) -> list[int]:
     return []
 
 
+def _token_id(x) -> int:
+    """x as a token id (an int or a numpy integer). A bool is refused: Python counts True / False as
+    ints, but one among token ids is a caller's bug (a mask passed for ids), not token 1 / 0."""
+    if isinstance(x, bool):
+        raise TypeError(f"token ids must be integers, got {x!r}")
+    return operator.index(x)
+
+
 def _clean_up_tokenization(text: str) -> str:
     return (
         text.replace(" .", ".")
@@ -918,7 +926,7 @@ class Tokenizer:
         if isinstance(ids, (str, bytes)):
             raise TypeError("decode() takes a sequence of token ids")
         try:
-            out = [operator.index(i) for i in ids]
+            out = [_token_id(i) for i in ids]
         except TypeError:
             raise TypeError("token ids must be integers") from None
         n = self.vocab_size
@@ -936,7 +944,7 @@ class Tokenizer:
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         """Text of a sequence of ids (as transformers' ``tokenizer.decode``)."""
         try:
-            ids = [operator.index(ids)]  # a single id
+            ids = [_token_id(ids)]  # a single id
         except TypeError:
             if hasattr(ids, "tolist"):  # numpy array
                 ids = ids.tolist()
@@ -944,7 +952,7 @@ class Tokenizer:
 
     def id_to_piece(self, i: int) -> str:
         """The vocabulary entry (token string) of id ``i``, e.g. "▁Hello" or "<0x0A>"."""
-        i = operator.index(i)
+        i = _token_id(i)
         piece = self._backend.id_to_token(i) if 0 <= i < self.vocab_size else None
         if piece is None:
             raise ValueError(f"token id {i} out of range [0, {self.vocab_size})")
@@ -997,7 +1005,7 @@ class StreamDecoder:
 
     def push(self, token_id: int) -> str:
         """Add one id; return the text it completes (possibly "")."""
-        tid = operator.index(token_id)
+        tid = _token_id(token_id)
         if not 0 <= tid < self._tok.vocab_size:
             raise ValueError(f"token id {tid} out of range [0, {self._tok.vocab_size})")
         if self._skip and tid in self._tok.special_ids:

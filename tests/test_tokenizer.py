@@ -5,6 +5,7 @@ import pathlib
 import random
 import shutil
 
+import numpy as np
 import pytest
 
 import pyllm
@@ -460,6 +461,15 @@ def test_out_of_range_ids(toks, name):
         tok.stream_decoder().push(tok.vocab_size)
     with pytest.raises(TypeError):
         tok.decode([1.5])
+    # a bool is an int to Python but never a token id (a mask passed for ids): refused as the model's
+    # token-id checks refuse it, not read as token 1 / 0
+    for bad in ([1, True], True, [np.bool_(False)], np.array([True, False])):
+        with pytest.raises(TypeError, match="integers"):
+            tok.decode(bad)
+    with pytest.raises(TypeError):
+        tok.id_to_piece(True)
+    with pytest.raises(TypeError):
+        tok.stream_decoder().push(False)
 
 
 def test_decode_accepts_numpy_and_single_ids(toks):
