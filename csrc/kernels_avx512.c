@@ -499,7 +499,8 @@ AI kv_i kv_zero(void) { return _mm512_setzero_si512(); }
 AI kv_i kv_add(kv_i a, kv_i b) { return _mm512_add_epi32(a, b); }
 AI kv_i kv_and(kv_i a, kv_i b) { return _mm512_and_si512(a, b); }
 AI kv_i kv_andnot(kv_i m, kv_i x) { return _mm512_andnot_si512(m, x); }
-AI kv_i kv_or_and(kv_i a, kv_i b, kv_i m) { return _mm512_ternarylogic_epi32(a, b, m, 0xF8); }
+/* a | (b & m); b as the last operand, the one vpternlogd can take from memory (a Q6_K plane load folds in) */
+AI kv_i kv_or_and(kv_i a, kv_i b, kv_i m) { return _mm512_ternarylogic_epi32(a, m, b, 0xF8); }
 #define KV_DOT_WIDE 1 /* vpdpbusd: u8 x s8 products summed in int32, no saturation */
 AI kv_i kv_mullo(kv_i a, kv_i b) { return _mm512_mullo_epi32(a, b); }
 AI kv_i kv_srli16(kv_i a, const int k) { return _mm512_srli_epi16(a, k); }

@@ -73,6 +73,13 @@ static void q45_k_repack(const int has_qh, const uint8_t *src, size_t ss, int nr
 static void q4_k_repack(const void *src, size_t ss, int nrows, int64_t n, void *dst) { q45_k_repack(0, src, ss, nrows, n, dst); }
 static void q5_k_repack(const void *src, size_t ss, int nrows, int64_t n, void *dst) { q45_k_repack(1, src, ss, nrows, n, dst); }
 
+/* the 6-bit value (as stored, 0..63) of weight e = 128h + 32k + l of a Q6_K block (ggml's ql / qh bits) */
+static int q6_k_value(const uint8_t *blk, int e) {
+    const int h = e / 128, k = (e % 128) / 32, l = e % 32;
+    const uint8_t lo = blk[64 * h + 32 * (k & 1) + l], hb = blk[128 + 32 * h + l];
+    return (k < 2 ? lo & 0x0F : lo >> 4) | (((hb >> (2 * k)) & 3) << 4);
+}
+
 static void q6_k_repack(const void *vsrc, size_t ss, int nrows, int64_t n, void *vdst) {
     const uint8_t *src = vsrc;
     uint8_t *dst = vdst;
@@ -80,19 +87,21 @@ static void q6_k_repack(const void *vsrc, size_t ss, int nrows, int64_t n, void 
     for (size_t b = 0; b < nb; b++) {
         uint8_t *rec = dst + b * PL_PK_Q6_K_REC;
         const size_t bo = b * 210;
-        memset(rec, 0, 320);
+        memset(rec, 0, PL_PK_Q6_K_REC);
         for (int r = 0; r < nrows; r++) {
             const uint8_t *blk = src + (size_t)r * ss + bo;
             memcpy(rec + 2 * r, blk + 208, 2);
             for (int g = 0; g < 16; g++) rec[64 + 16 * g + r] = blk[192 + g];
+            /* planes p = 0, 1, 2 of (h, v): value k = p in bits 0..5, bits 2p, 2p + 1 of value k = 3 in 6..7 */
+            for (int h = 0; h < 2; h++)
+                for (int v = 0; v < 8; v++)
+                    for (int i = 0; i < 4; i++) {
+                        const int e = 128 * h + 4 * v + i, k3 = q6_k_value(blk, e + 96);
+                        for (int p = 0; p < 3; p++)
+                            rec[320 + 1536 * h + 512 * p + 64 * v + 4 * r + i] =
+                                (uint8_t)(q6_k_value(blk, e + 32 * p) | ((k3 >> (2 * p)) & 3) << 6);
+                    }
         }
-        for (int h = 0; h < 2; h++)
-            for (int v = 0; v < 8; v++) {
-                uint8_t *q = rec + 320 + 1536 * h + 64 * v;
-                put_words(src, ss, nrows, bo + 64 * h + 4 * v, q);               /* ql, weights 128h + 4v (+64) */
-                put_words(src, ss, nrows, bo + 64 * h + 32 + 4 * v, q + 512);    /* ql, 128h + 32 + 4v (+64) */
-                put_words(src, ss, nrows, bo + 128 + 32 * h + 4 * v, q + 1024);  /* qh, the 4 high pairs */
-            }
     }
 }
 
@@ -207,18 +216,18 @@ static void q6_k_gemm_packed(int n, int nr, int nc, const void *w, const void *a
                 const uint8_t *rec = g + (size_t)b * PL_PK_Q6_K_REC, *ab = arow + (size_t)b * Q8K_BYTES;
                 const int8_t *q8 = (const int8_t *)(ab + 4);
                 int32_t dot[16] = {0};
-                /* element 128h + 32k + 4v + i: low 4 bits from ql word (k odd: the +32 one), nibble k / 2,
-                 * high 2 bits from bits 2k of the qh word */
+                /* element 128h + 32k + 4v + i: k < 3: bits 0..5 of plane k of (h, v); k = 3: bits 6..7 of
+                 * planes 0, 1, 2 as its bits 0..1, 2..3, 4..5 */
                 for (int h = 0; h < 2; h++)
-                    for (int k = 0; k < 4; k++)
-                        for (int v = 0; v < 8; v++)
-                            for (int i4 = 0; i4 < 4; i4++) {
-                                const uint8_t *q = rec + 320 + 1536 * h + 64 * v + 4 * r + i4;
-                                const uint8_t lo = q[512 * (k & 1)], hb = q[1024];
-                                const int u = ((k < 2 ? lo & 0x0F : lo >> 4) | (((hb >> (2 * k)) & 3) << 4));
+                    for (int v = 0; v < 8; v++)
+                        for (int i4 = 0; i4 < 4; i4++) {
+                            const uint8_t *q = rec + 320 + 1536 * h + 64 * v + 4 * r + i4;
+                            for (int k = 0; k < 4; k++) {
+                                const int u = k < 3 ? q[512 * k] & 0x3F : (q[0] >> 6) | (q[512] >> 6) << 2 | (q[1024] >> 6) << 4;
                                 const int e = 128 * h + 32 * k + 4 * v + i4;
                                 dot[e / 16] += (u - 32) * q8[e];
                             }
+                        }
                 int32_t isum = 0;
                 for (int gi = 0; gi < 16; gi++) isum += (int32_t)(int8_t)rec[64 + 16 * gi + r] * dot[gi];
                 sum += (pl_ld_f32(ab) * pl_ld_fp16(rec + 2 * r)) * (float)isum;

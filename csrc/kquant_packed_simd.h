@@ -78,6 +78,15 @@ enum { KQP_Q4_K = 0, KQP_Q6_K = 1, KQP_Q5_K = 2, KQP_IQ4_XS = 3, KQP_Q3_K = 4, K
 
 static inline int32_t kqp_bsum(const uint8_t *ab, int g) { return (int16_t)pl_ld_u16(ab + 260 + 2 * g); }
 
+/* Q6_K: the values k = 3 of a vector quad, bits 6..7 of planes a, b, c (mc0 = 0xC0 bytes) to bits 0..1,
+ * 2..3, 4..5: each plane's top bits ORed in above the others, shifted down 2 at a time (16-bit shifts:
+ * what crosses from the other byte is its bits 0..1, zero by then). 8 operations on AVX2, 6 with
+ * vpternlogd, each load folded into an AND, one constant besides 0x3F's */
+AI kv_i kqp_q6_top(kv_i a, kv_i b, kv_i c, kv_i mc0) {
+    const kv_i t = kv_or_and(kv_srli16(kv_and(a, mc0), 2), b, mc0);
+    return kv_srli16(kv_or_and(kv_srli16(t, 2), c, mc0), 2);
+}
+
 /* lanes lo .. lo + KV_LANES - 1 of one 16-row group x C activation rows (as apart, Q8_K):
  * out[c * os + r] for lo <= r < rows */
 AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out,
@@ -86,7 +95,8 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
                              : qt == KQP_IQ4_XS ? PL_PK_IQ4_XS_REC : qt == KQP_Q3_K ? PL_PK_Q3_K_REC
                              : qt == KQP_Q2_K ? PL_PK_Q2_K_REC : PL_PK_Q6_K_REC;
     const kv_i m3 = kv_set1(0x03030303), m04 = kv_set1(0x04040404);
-    const kv_i m4 = kv_set1(0x0F0F0F0F), m30 = kv_set1(0x30303030), m10 = kv_set1(0x10101010);
+    const kv_i m4 = kv_set1(0x0F0F0F0F), m10 = kv_set1(0x10101010);
+    const kv_i m3f = kv_set1(0x3F3F3F3F), mc0 = kv_set1((int32_t)0xC0C0C0C0);
     kv_f fa[KQP_MAXC];
     UNROLL for (int c = 0; c < C; c++) fa[c] = kv_fzero();
     for (int b = 0; b < nb; b++) {
@@ -187,12 +197,9 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
                 kv_i w[4];
                 UNROLL for (int i = 0; i < 4; i++) {
                     const int v = v0 + i;
-                    if (qt == KQP_Q6_K) { /* low 4 bits: nibble k / 2 of ql word (k odd: the +32 one); high 2: bits 2k of qh */
-                        const uint8_t *base = rec + 320 + 1536 * h;
-                        const kv_i ql = kv_load(base + 512 * (k & 1) + 64 * v + 4 * lo), hb = kv_load(base + 1024 + 64 * v + 4 * lo);
-                        const kv_i l4 = k < 2 ? kv_and(ql, m4) : kv_and(kv_srli16(ql, 4), m4);
-                        const kv_i h2 = k == 0 ? kv_slli16(hb, 4) : k == 1 ? kv_slli16(hb, 2) : k == 2 ? hb : kv_srli16(hb, 2);
-                        w[i] = kv_or_and(l4, h2, m30);
+                    if (qt == KQP_Q6_K) { /* k < 3: bits 0..5 of plane k; k = 3: bits 6..7 of planes 0, 1, 2 */
+                        const uint8_t *q = rec + 320 + 1536 * h + 64 * v + 4 * lo;
+                        w[i] = k < 3 ? kv_and(kv_load(q + 512 * k), m3f) : kqp_q6_top(kv_load(q), kv_load(q + 512), kv_load(q + 1024), mc0);
                     } else { /* 2 bits at 2k of the qs word; Q3_K: bit 4h + k of the hmask word as 4 */
                         w[i] = kv_and(kv_srli16(kv_load(rec + qoff + 512 * h + 64 * v + 4 * lo), 2 * k), m3);
                         if (qt == KQP_Q3_K) {

@@ -1,6 +1,6 @@
 /* kquant_panel_avx2.c: AVX2 prefill of packed Q6_K, Q5_K, Q4_K and Q3_K (layouts in tensor_types.h)
- * through a decoded super-block. On AVX2 the 6-bit (5-bit, 3-bit) weights take 4-5 vector operations per
- * 32 bytes to decode, as many as their dot product with one activation row; the tiles of
+ * through a decoded super-block. On AVX2 the 6-bit (5-bit, 3-bit) weights take 3-5 vector operations per
+ * 32 bytes to decode, about as many as their dot product with one activation row; the tiles of
  * kquant_packed_simd.h share each decode among 4-5 activation rows only (registers). Here each
  * super-block of 8 rows is decoded once into a 2.7 KB buffer (the weight values, the scale pairs, the
  * mins or the offset correction) and then multiplied with up to PANEL activation rows from there, 4 at
@@ -27,7 +27,7 @@
 
 #define PANEL 64 /* activation rows per pass over a group (their fp32 sums: 2 KB) */
 /* activation rows from which the decoded path is taken (measured against the tiles, one thread of a Zen 5,
- * 256 x 2048 weights: Q6_K 12 rows even, 16 +10%, 256 +32%; Q5_K 16 +23%, 256 +32%; Q4_K, whose
+ * 256 x 2048 weights: Q6_K 12 rows even, 16 +5%, 24 +15%, 256 +31%; Q5_K 16 +23%, 256 +32%; Q4_K, whose
  * tiles decode cheaply, 16 -3%, 32 even, 64 +3%, 256 +6% (+14% with 5632 columns)) */
 #define MIN_ROWS 16
 #define MIN_ROWS_Q4_K 64
@@ -82,22 +82,21 @@ static inline __attribute__((always_inline)) void qp_decode(const int qt, const 
         B->dmin = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(rec + 32 + 2 * lo)));
         return;
     }
-    const __m256i m30 = _mm256_set1_epi32(0x30303030), m3 = _mm256_set1_epi32(0x03030303);
-    const __m256i m04 = _mm256_set1_epi32(0x04040404), off = _mm256_set1_epi8(qt == QP_Q6_K ? 32 : 4);
+    const __m256i m3 = _mm256_set1_epi32(0x03030303), m04 = _mm256_set1_epi32(0x04040404);
+    const __m256i m3f = _mm256_set1_epi32(0x3F3F3F3F), mc0 = _mm256_set1_epi32((int32_t)0xC0C0C0C0);
+    const __m256i off = _mm256_set1_epi8(qt == QP_Q6_K ? 32 : 4);
     UNROLL for (int h = 0; h < 2; h++) UNROLL for (int v = 0; v < 8; v++) {
         /* vector v of half h holds weights 128h + 32k + 4v .. +3 for k = 0..3: group 8h + 2k + v / 4 */
-        if (qt == QP_Q6_K) { /* low 4 bits: nibble k / 2 of ql word (k odd: the +32 one); high 2: bits 2k of qh */
+        if (qt == QP_Q6_K) { /* k < 3: bits 0..5 of plane k; k = 3: bits 6..7 of planes 0, 1, 2 as its bits
+                              * 0..1, 2..3, 4..5, ORed in from the top and shifted down (kqp_q6_top) */
             const uint8_t *base = rec + 320 + 1536 * h + 64 * v + 4 * lo;
-            const __m256i ql0 = _mm256_load_si256((const __m256i *)base);
-            const __m256i ql1 = _mm256_load_si256((const __m256i *)(base + 512));
-            const __m256i hb = _mm256_load_si256((const __m256i *)(base + 1024));
-            UNROLL for (int k = 0; k < 4; k++) {
-                const __m256i ql = k & 1 ? ql1 : ql0;
-                const __m256i l4 = k < 2 ? _mm256_and_si256(ql, m4) : _mm256_and_si256(_mm256_srli_epi16(ql, 4), m4);
-                const __m256i h2 = k == 0 ? _mm256_slli_epi16(hb, 4) : k == 1 ? _mm256_slli_epi16(hb, 2)
-                                   : k == 2 ? hb : _mm256_srli_epi16(hb, 2);
-                B->w[4 * (8 * h + 2 * k + v / 4) + v % 4] = _mm256_sub_epi8(_mm256_or_si256(l4, _mm256_and_si256(h2, m30)), off);
-            }
+            const __m256i p0 = _mm256_load_si256((const __m256i *)base);
+            const __m256i p1 = _mm256_load_si256((const __m256i *)(base + 512));
+            const __m256i p2 = _mm256_load_si256((const __m256i *)(base + 1024));
+            __m256i k3 = _mm256_or_si256(_mm256_srli_epi16(_mm256_and_si256(p0, mc0), 2), _mm256_and_si256(p1, mc0));
+            k3 = _mm256_srli_epi16(_mm256_or_si256(_mm256_srli_epi16(k3, 2), _mm256_and_si256(p2, mc0)), 2);
+            const __m256i q[4] = {_mm256_and_si256(p0, m3f), _mm256_and_si256(p1, m3f), _mm256_and_si256(p2, m3f), k3};
+            UNROLL for (int k = 0; k < 4; k++) B->w[4 * (8 * h + 2 * k + v / 4) + v % 4] = _mm256_sub_epi8(q[k], off);
         } else { /* Q3_K: 2 bits at 2k of the qs word, bit 4h + k of the hmask word as 4 */
             const __m256i qs = _mm256_load_si256((const __m256i *)(rec + 320 + 512 * h + 64 * v + 4 * lo));
             const __m256i hm = _mm256_load_si256((const __m256i *)(rec + 320 + 1024 + 64 * v + 4 * lo));

@@ -135,6 +135,17 @@ def test_packed_gemm_equals_the_unpacked_reference(isa, t):
             np.testing.assert_array_equal(_engine.gemm_packed(int(t), p, acts[:len(a) // nc], n, nr, 1), ref[:1])
 
 
+def q6_k_plane_word(block, h, p, v) -> bytes:
+    """Bytes 4v .. 4v + 3 of plane p of half h of a row's packed Q6_K quants (tensor_types.h): the 6-bit
+    value of weight 128h + 32p + 4v + i, bits 2p, 2p + 1 of that of weight 128h + 96 + 4v + i on top."""
+    def q6(e):  # ggml's ql / qh bits
+        hh, k, l = e // 128, e % 128 // 32, e % 32
+        lo, hb = int(block[64 * hh + 32 * (k & 1) + l]), int(block[128 + 32 * hh + l])
+        return (lo & 15 if k < 2 else lo >> 4) | ((hb >> 2 * k) & 3) << 4
+    return bytes(q6(128 * h + 32 * p + 4 * v + i) | ((q6(128 * h + 96 + 4 * v + i) >> 2 * p) & 3) << 6
+                 for i in range(4))
+
+
 @pytest.mark.parametrize("t", PACKED, ids=lambda t: t.name)
 def test_packed_layout(t):
     """Record sizes of tensor_types.h, zero rows past the end, and the documented byte positions of the
@@ -148,7 +159,7 @@ def test_packed_layout(t):
     p = _engine.repack(int(t), w.reshape(-1), nr, n)
     blocks = w.reshape(nr, 2, -1)
     d_src = {T.Q2_K: 80, T.Q3_K: 108, T.Q4_K: 0, T.Q5_K: 0, T.Q6_K: 208, T.IQ4_XS: 0}[t]
-    # (packed offset, offset in the source block) of the first quant word
+    # (packed offset, offset in the source block) of the first quant word (Q6_K: q6_k_plane_word)
     q_first = {T.Q2_K: (576, 16), T.Q3_K: (320, 32), T.Q4_K: (320, 16), T.Q5_K: (320, 48), T.Q6_K: (320, 0),
                T.IQ4_XS: (192, 8)}[t]
     for b in range(2):
@@ -157,12 +168,16 @@ def test_packed_layout(t):
             d, q = r_[2 * r:2 * r + 2], r_[q_first[0] + 4 * r:q_first[0] + 4 * r + 4]
             if r < nr:
                 assert bytes(d) == bytes(blocks[r, b, d_src:d_src + 2])
-                assert bytes(q) == bytes(blocks[r, b, q_first[1]:q_first[1] + 4])
+                want = bytes(blocks[r, b, q_first[1]:q_first[1] + 4])
+                assert bytes(q) == (q6_k_plane_word(blocks[r, b], 0, 0, 0) if t == T.Q6_K else want)
             else:
                 assert not d.any() and not q.any()
         last = r_[rec - 64 + 4 * (nr - 1):rec - 64 + 4 * nr]  # the last vector: the row's last word of qs / qh
-        assert bytes(last) == bytes(blocks[nr - 1, b, {T.Q2_K: 76, T.Q3_K: 28, T.Q4_K: 140, T.Q5_K: 44, T.Q6_K: 188,
-                                                         T.IQ4_XS: 132}[t]:][:4])
+        if t == T.Q6_K:
+            assert bytes(last) == q6_k_plane_word(blocks[nr - 1, b], 1, 2, 7)
+        else:
+            assert bytes(last) == bytes(blocks[nr - 1, b, {T.Q2_K: 76, T.Q3_K: 28, T.Q4_K: 140, T.Q5_K: 44,
+                                                             T.IQ4_XS: 132}[t]:][:4])
 
 
 def test_q8_k_activations():
