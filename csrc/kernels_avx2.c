@@ -689,9 +689,11 @@ AI kv_i kv_or_and(kv_i a, kv_i b, kv_i m) { return _mm256_or_si256(a, _mm256_and
 AI kv_i kv_mullo(kv_i a, kv_i b) { return _mm256_mullo_epi32(a, b); }
 AI kv_i kv_srli16(kv_i a, const int k) { return _mm256_srli_epi16(a, k); }
 AI kv_i kv_slli16(kv_i a, const int k) { return _mm256_slli_epi16(a, k); }
-/* the scales as int16 pairs (the low 16 bits of each lane in both halves) for vpmaddwd */
+/* the scales as int16 pairs (the low 16 bits of each lane in both halves) for vpmaddwd: one byte shuffle
+ * (was and + shift + or, 16 groups per Q6_K super-block) */
 AI kv_i kv_scales(kv_i sc) {
-    return _mm256_or_si256(_mm256_and_si256(sc, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(sc, 16));
+    return _mm256_shuffle_epi8(sc, _mm256_setr_epi8(0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13,
+                                                    0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13));
 }
 /* vpmaddubsw products summed in int16 over as many vectors as cannot overflow (each pair sum is at
  * most 2 x (2^WBITS - 1) x 128: 8 vectors of 4-bit weights, 4 of 5-bit, 2 of 6-bit), then vpmaddwd by
@@ -734,7 +736,9 @@ AI kv_i kv_s8(const uint8_t *p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64((c
 /* Q4_K / Q5_K mins: per lane the int16 pair (byte p0[r], byte p1[r]) and vpmaddwd (the mins (< 64) by
  * the sub-block activation sums (|.| <= 32 x 127): exact int32) */
 #define KV_MINS16 1
-AI kv_i kv_pairs16(const uint8_t *p0, const uint8_t *p1) { return _mm256_or_si256(kv_u8(p0), _mm256_slli_epi32(kv_u8(p1), 16)); }
+AI kv_i kv_pairs16(const uint8_t *p0, const uint8_t *p1) {
+    return _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)p0), _mm_loadl_epi64((const __m128i *)p1)));
+}
 AI kv_i kv_madd16(kv_i a, kv_i b) { return _mm256_madd_epi16(a, b); }
 /* Q6_K (values stored + 32, < 64): the dot of a group's 4 vectors with the values as stored, as two int16
  * pair sums of 2 vpmaddubsw (<= 4 x 63 x 127: exact) each by the scales; the offset x the group activation
@@ -748,9 +752,9 @@ AI kv_i kv_sdot6_split(const kv_i *w, const uint8_t *q8, kv_i sc) {
     b = _mm256_add_epi16(b, _mm256_maddubs_epi16(w[3], _mm256_set1_epi32((int)pl_ld_u32(q8 + 12))));
     return _mm256_add_epi32(_mm256_madd_epi16(a, sc), _mm256_madd_epi16(b, sc));
 }
-/* per lane the int16 pair (s8 byte p0[r], s8 byte p1[r]) */
+/* per lane the int16 pair (s8 byte p0[r], s8 byte p1[r]): the bytes interleaved, then widened */
 AI kv_i kv_pairs16_s8(const uint8_t *p0, const uint8_t *p1) {
-    return _mm256_or_si256(_mm256_and_si256(kv_s8(p0), _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(kv_s8(p1), 16));
+    return _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)p0), _mm_loadl_epi64((const __m128i *)p1)));
 }
 AI kv_i kv_sub(kv_i a, kv_i b) { return _mm256_sub_epi32(a, b); }
 AI kv_i kv_slli32(kv_i a, const int k) { return _mm256_slli_epi32(a, k); }
