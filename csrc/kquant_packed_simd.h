@@ -24,6 +24,7 @@
  *   kv_madd16 (vpmaddwd), kv_sub, kv_slli32: Q6_K / Q3_K then dot their values as stored (+ 32 / + 4)
  *   and take the offset x the scales x the group activation sums once per super-block instead of an
  *   int32 start value per group.
+ *   KV_MASK_FIRST (AVX2): Q5_K's bit pieces masked before their shift (see kqp_bits); KQP_Q5_RUN (AVX2: 4).
  * Per super-block each lane sums its row's integer dot products exactly (int32, as the reference) and
  * combines them with the reference's float operations in its order (the build has no FP contraction),
  * so every ISA equals the scalar reference bit for bit and a row's result never depends on the batch. */
@@ -51,6 +52,9 @@
 #endif
 #ifndef KQP_MAXC_4
 #define KQP_MAXC_4 4 /* the other types */
+#endif
+#ifndef KQP_Q5_RUN
+#define KQP_Q5_RUN 8 /* Q5_K's sub-blocks 5..7: weight vectors decoded, then dotted, at a time (<= 8) */
 #endif
 #ifndef KQP_MAXC_IQ4
 #define KQP_MAXC_IQ4 KQP_MAXC_4 /* IQ4_XS */
@@ -87,6 +91,38 @@ AI kv_i kqp_q6_top(kv_i a, kv_i b, kv_i c, kv_i mc0) {
     return kv_srli16(kv_or_and(kv_srli16(t, 2), c, mc0), 2);
 }
 
+/* the bytes at p (one vector) >> k (in 16-bit lanes), & m: the bits of the piece (m << k < 256) stay in
+ * their byte. KV_MASK_FIRST (AVX2, whose shifts take no memory operand): masked first, so that the load
+ * folds into the AND; else shifted first (AVX-512: the load folds into the shift, and kqp_or_bits' OR
+ * and mask are one vpternlogd) */
+AI kv_i kqp_bytes(const unsigned m) { return kv_set1((int32_t)(0x01010101u * m)); } /* byte m in every byte */
+AI kv_i kqp_bits(const uint8_t *p, const int k, const unsigned m) {
+#ifdef KV_MASK_FIRST
+    return kv_srli16(kv_and(kv_load(p), kqp_bytes(m << k)), k);
+#else
+    return kv_and(kv_srli16(kv_load(p), k), kqp_bytes(m));
+#endif
+}
+/* a | kqp_bits(p, k, m), for bits not set in a */
+AI kv_i kqp_or_bits(kv_i a, const uint8_t *p, const int k, const unsigned m) {
+#ifdef KV_MASK_FIRST
+    return kv_add(a, kqp_bits(p, k, m)); /* no bit in common: the sum is the OR */
+#else
+    return kv_or_and(a, kv_srli16(kv_load(p), k), kqp_bytes(m));
+#endif
+}
+
+/* Q5_K: the values of sub-block s in the vector at p (an offset in plane 0; the planes 512 bytes apart,
+ * tensor_types.h). s < 5: plane s's bits 0-4 (one AND); s = 5, 6, 7: bits 5s - 25 .. 5s - 21 of the
+ * planes' bits 5-7 taken in plane order (AVX2: 5, 8, 5 operations, AVX-512: 4, 6, 4) */
+AI kv_i kqp_q5_k(const uint8_t *p, const int s) {
+    if (s < 5) return kv_and(kv_load(p + 512 * s), kqp_bytes(0x1F));
+    if (s == 5) return kqp_or_bits(kqp_bits(p, 5, 0x07), p + 512, 2, 0x18); /* bits 0-2: plane 0, 3-4: plane 1 */
+    if (s == 6) /* bit 0: plane 1, 1-3: plane 2, 4: plane 3 */
+        return kqp_or_bits(kqp_or_bits(kqp_bits(p + 512, 7, 0x01), p + 1024, 4, 0x0E), p + 1536, 1, 0x10);
+    return kqp_or_bits(kqp_bits(p + 1536, 6, 0x03), p + 2048, 3, 0x1C); /* bits 0-1: plane 3, 2-4: plane 4 */
+}
+
 /* lanes lo .. lo + KV_LANES - 1 of one 16-row group x C activation rows (as apart, Q8_K):
  * out[c * os + r] for lo <= r < rows */
 AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out,
@@ -95,7 +131,7 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
                              : qt == KQP_IQ4_XS ? PL_PK_IQ4_XS_REC : qt == KQP_Q3_K ? PL_PK_Q3_K_REC
                              : qt == KQP_Q2_K ? PL_PK_Q2_K_REC : PL_PK_Q6_K_REC;
     const kv_i m3 = kv_set1(0x03030303), m04 = kv_set1(0x04040404);
-    const kv_i m4 = kv_set1(0x0F0F0F0F), m10 = kv_set1(0x10101010);
+    const kv_i m4 = kv_set1(0x0F0F0F0F);
     const kv_i m3f = kv_set1(0x3F3F3F3F), mc0 = kv_set1((int32_t)0xC0C0C0C0);
     kv_f fa[KQP_MAXC];
     UNROLL for (int c = 0; c < C; c++) fa[c] = kv_fzero();
@@ -132,38 +168,49 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
                 const kv_f ad = kv_fset1(pl_ld_f32(a + (size_t)c * as + (size_t)b * KQ_Q8K));
                 fa[c] = kv_fadd(fa[c], kv_fmul(kv_fmul(ad, d), kv_cvt(isum[c])));
             }
-        } else if (qt == KQP_Q4_K || qt == KQP_Q5_K) { /* Q5_K: plus bit s of its qh word as 16 */
+        } else if (qt == KQP_Q4_K || qt == KQP_Q5_K) {
             kv_i imin[KQP_MAXC];
-            UNROLL for (int s = 0; s < 8; s++) { /* sub-block s: 32 weights, nibble s & 1 of the words of chunk s / 2 */
+            UNROLL for (int s = 0; s < 8; s++) { /* sub-block s: 32 weights (Q4_K: nibble s & 1 of the words of chunk s / 2) */
                 const uint8_t *q = rec + 320 + 512 * (s / 2);
-                kv_i w[8];
 #ifdef KV_DOT_WIDE
                 const int wide = (s & 1) && qt == KQP_Q4_K;
 #else
                 const int wide = 0;
 #endif
-                UNROLL for (int v = 0; v < 8; v++) {
-                    const kv_i x = kv_load(q + 64 * v + 4 * lo);
-                    w[v] = wide ? kv_andnot(m4, x) : (s & 1) ? kv_and(kv_srli16(x, 4), m4) : kv_and(x, m4);
-                    if (qt == KQP_Q5_K) { /* bit s of each byte to bit 4 (16-bit shifts: no bit crosses into bit 4) */
-                        const kv_i h = kv_load(rec + 2368 + 64 * v + 4 * lo);
-                        w[v] = kv_or_and(w[v], s <= 4 ? kv_slli16(h, 4 - s) : kv_srli16(h, s - 4), m10);
+                /* vectors decoded, then dotted, at a time (KQP_Q5_RUN: Q5_K's multi-operation sub-blocks) */
+                const int run = qt == KQP_Q5_K && s >= 5 ? KQP_Q5_RUN : 8;
+                kv_i sc, mn;
+                UNROLL for (int v0 = 0; v0 < 8; v0 += run) {
+                    kv_i w[8];
+                    UNROLL for (int v = 0; v < run; v++) {
+                        if (qt == KQP_Q5_K) {
+                            w[v] = kqp_q5_k(rec + 320 + 64 * (v0 + v) + 4 * lo, s);
+                            continue;
+                        }
+                        const kv_i x = kv_load(q + 64 * v + 4 * lo);
+                        w[v] = wide ? kv_andnot(m4, x) : (s & 1) ? kv_and(kv_srli16(x, 4), m4) : kv_and(x, m4);
                     }
-                }
-                const kv_i sc = kv_scales(kv_u8(rec + 64 + 16 * s + lo)), mn = kv_u8(rec + 192 + 16 * s + lo);
-                UNROLL for (int c = 0; c < C; c++) {
-                    const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K, *q8 = ab + 4 + 32 * s;
-                    /* wide: every product was 16 x the nibble's, so >> 4 is exact */
-                    const kv_i sd = kv_sdot(8, wide ? 8 : qt == KQP_Q5_K ? 5 : 4, w, q8, sc, 0, wide ? 4 : 0);
+                    if (v0 == 0) { /* read after the first decode: the order Q4_K's kernels were measured with */
+                        sc = kv_scales(kv_u8(rec + 64 + 16 * s + lo));
+                        mn = kv_u8(rec + 192 + 16 * s + lo);
+                    }
+                    UNROLL for (int c = 0; c < C; c++) {
+                        const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K, *q8 = ab + 4 + 32 * s + 4 * v0;
+                        /* wide: every product was 16 x the nibble's, so >> 4 is exact */
+                        const kv_i sd = kv_sdot(run, wide ? 8 : qt == KQP_Q5_K ? 5 : 4, w, q8, sc, 0, wide ? 4 : 0);
 #ifndef KV_MINS16
-                    const kv_i ms = kv_mullo(mn, kv_set1(kqp_bsum(ab, 2 * s) + kqp_bsum(ab, 2 * s + 1)));
+                        const int mins = v0 + run == 8; /* with the sub-block's last vectors */
+                        const kv_i ms = mins ? kv_mullo(mn, kv_set1(kqp_bsum(ab, 2 * s) + kqp_bsum(ab, 2 * s + 1))) : kv_zero();
 #endif
-                    isum[c] = s ? kv_add(isum[c], sd) : sd;
-                    KQP_OPAQUE(qt, isum[c]);
+                        isum[c] = s || v0 ? kv_add(isum[c], sd) : sd;
+                        KQP_OPAQUE(qt, isum[c]);
 #ifndef KV_MINS16
-                    imin[c] = s ? kv_add(imin[c], ms) : ms;
-                    KQP_OPAQUE(qt, imin[c]);
+                        if (mins) {
+                            imin[c] = s ? kv_add(imin[c], ms) : ms;
+                            KQP_OPAQUE(qt, imin[c]);
+                        }
 #endif
+                    }
                 }
 #ifdef KV_MINS16
                 (void)mn;

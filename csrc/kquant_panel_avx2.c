@@ -1,5 +1,5 @@
 /* kquant_panel_avx2.c: AVX2 prefill of packed Q6_K, Q5_K, Q4_K and Q3_K (layouts in tensor_types.h)
- * through a decoded super-block. On AVX2 the 6-bit (5-bit, 3-bit) weights take 3-5 vector operations per
+ * through a decoded super-block. On AVX2 the 6-bit (5-bit, 3-bit) weights take about 3-5 vector operations per
  * 32 bytes to decode, about as many as their dot product with one activation row; the tiles of
  * kquant_packed_simd.h share each decode among 4-5 activation rows only (registers). Here each
  * super-block of 8 rows is decoded once into a 2.7 KB buffer (the weight values, the scale pairs, the
@@ -27,7 +27,7 @@
 
 #define PANEL 64 /* activation rows per pass over a group (their fp32 sums: 2 KB) */
 /* activation rows from which the decoded path is taken (measured against the tiles, one thread of a Zen 5,
- * 256 x 2048 weights: Q6_K 12 rows even, 16 +5%, 24 +15%, 256 +31%; Q5_K 16 +23%, 256 +32%; Q4_K, whose
+ * 256 x 2048 weights: Q6_K 12 rows even, 16 +5%, 24 +15%, 256 +31%; Q5_K 16 +6%, 32 +10%, 256 +14%; Q4_K, whose
  * tiles decode cheaply, 16 -3%, 32 even, 64 +3%, 256 +6% (+14% with 5632 columns)) */
 #define MIN_ROWS 16
 #define MIN_ROWS_Q4_K 64
@@ -56,22 +56,32 @@ AI __m256i qp_bc(const uint8_t *p) {
     return _mm256_set1_epi32(v);
 }
 AI __m256i qp_u8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
+/* (the vector at p >> k in 16-bit lanes) & m in each byte, m << k < 256: masked first (the load folds into
+ * vpand), so no bit crosses from the other byte */
+AI __m256i qp_bits(const uint8_t *p, const int k, const int m) {
+    return _mm256_srli_epi16(_mm256_and_si256(_mm256_load_si256((const __m256i *)p), _mm256_set1_epi8((char)(m << k))), k);
+}
+/* Q5_K: the values of sub-block s in the vector at p (an offset in plane 0 of the five planes of
+ * tensor_types.h, 512 bytes apart): as kquant_packed_simd.h's kqp_q5_k */
+AI __m256i qp_q5_k(const uint8_t *p, const int s) {
+    if (s < 5) return qp_bits(p + 512 * s, 0, 0x1F);
+    if (s == 5) return _mm256_or_si256(qp_bits(p, 5, 0x07), qp_bits(p + 512, 2, 0x18));
+    if (s == 6) return _mm256_or_si256(_mm256_or_si256(qp_bits(p + 512, 7, 0x01), qp_bits(p + 1024, 4, 0x0E)), qp_bits(p + 1536, 1, 0x10));
+    return _mm256_or_si256(qp_bits(p + 1536, 6, 0x03), qp_bits(p + 2048, 3, 0x1C));
+}
 
 static inline __attribute__((always_inline)) void qp_decode(const int qt, const uint8_t *rec, int lo, qp_block *B) {
     const __m256i m4 = _mm256_set1_epi32(0x0F0F0F0F);
     B->d = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(rec + 2 * lo)));
     if (QP_HAS_MIN(qt)) {
-        /* sub-block s (32 weights): nibble s & 1 of the 8 words of chunk s / 2; Q5_K: plus bit s of its qh
-         * word as 16 (16-bit shifts: no bit crosses into bit 4); unit 2s + v / 4 */
-        const __m256i m10 = _mm256_set1_epi32(0x10101010);
+        /* sub-block s (32 weights): Q4_K nibble s & 1 of the 8 words of chunk s / 2, Q5_K qp_q5_k; unit 2s + v / 4 */
         UNROLL for (int s = 0; s < 8; s++) UNROLL for (int v = 0; v < 8; v++) {
-            const __m256i x = _mm256_load_si256((const __m256i *)(rec + 320 + 512 * (s / 2) + 64 * v + 4 * lo));
-            __m256i q = s & 1 ? _mm256_and_si256(_mm256_srli_epi16(x, 4), m4) : _mm256_and_si256(x, m4);
             if (qt == QP_Q5_K) {
-                const __m256i h = _mm256_load_si256((const __m256i *)(rec + 2368 + 64 * v + 4 * lo));
-                q = _mm256_or_si256(q, _mm256_and_si256(s <= 4 ? _mm256_slli_epi16(h, 4 - s) : _mm256_srli_epi16(h, s - 4), m10));
+                B->w[8 * s + v] = qp_q5_k(rec + 320 + 64 * v + 4 * lo, s);
+                continue;
             }
-            B->w[8 * s + v] = q;
+            const __m256i x = _mm256_load_si256((const __m256i *)(rec + 320 + 512 * (s / 2) + 64 * v + 4 * lo));
+            B->w[8 * s + v] = s & 1 ? _mm256_and_si256(_mm256_srli_epi16(x, 4), m4) : _mm256_and_si256(x, m4);
         }
         UNROLL for (int s = 0; s < 8; s++) {
             const __m256i u = qp_u8(rec + 64 + 16 * s + lo);

@@ -146,10 +146,21 @@ def q6_k_plane_word(block, h, p, v) -> bytes:
                  for i in range(4))
 
 
+def q5_k_planes(block: np.ndarray) -> np.ndarray:
+    """The 5 x 32 quant bytes of one Q5_K row in its packed record (tensor_types.h): [t, l] = the 5-bit
+    value of weight l of sub-block t, and in bits 5-7 bits 3t .. 3t + 2 of q5 | q6 << 5 | q7 << 10 (qj:
+    weight l of sub-block j)."""
+    qh, qs = block[16:48].astype(np.uint32), block[48:176].astype(np.uint32)
+    q = [((qs[32 * (s // 2):32 * (s // 2) + 32] >> (4 * (s % 2))) & 15) | (((qh >> s) & 1) << 4) for s in range(8)]
+    stream = q[5] | q[6] << 5 | q[7] << 10
+    return np.array([q[t] | ((stream >> (3 * t)) & 7) << 5 for t in range(5)], np.uint8)
+
+
 @pytest.mark.parametrize("t", PACKED, ids=lambda t: t.name)
 def test_packed_layout(t):
     """Record sizes of tensor_types.h, zero rows past the end, and the documented byte positions of the
-    fp16 scales and of the first and last quant word of a row."""
+    fp16 scales and of the first and last quant word of a row (Q5_K, whose quants are rearranged: all of
+    them)."""
     rng = np.random.default_rng(7)
     n, nr = 512, 5
     rec = {T.Q2_K: 1600, T.Q3_K: 1856, T.Q4_K: 2368, T.Q5_K: 2880, T.Q6_K: 3392, T.IQ4_XS: 2240}[t]
@@ -160,10 +171,16 @@ def test_packed_layout(t):
     blocks = w.reshape(nr, 2, -1)
     d_src = {T.Q2_K: 80, T.Q3_K: 108, T.Q4_K: 0, T.Q5_K: 0, T.Q6_K: 208, T.IQ4_XS: 0}[t]
     # (packed offset, offset in the source block) of the first quant word (Q6_K: q6_k_plane_word)
-    q_first = {T.Q2_K: (576, 16), T.Q3_K: (320, 32), T.Q4_K: (320, 16), T.Q5_K: (320, 48), T.Q6_K: (320, 0),
-               T.IQ4_XS: (192, 8)}[t]
+    q_first = {T.Q2_K: (576, 16), T.Q3_K: (320, 32), T.Q4_K: (320, 16), T.Q6_K: (320, 0), T.IQ4_XS: (192, 8)}.get(t)
     for b in range(2):
         r_ = p[b * rec:(b + 1) * rec]
+        if t == T.Q5_K:  # 5 planes of 8 vectors: byte 4r + i of vector v of plane t' = [t', 4v + i]
+            planes = r_[320:].reshape(5, 8, 16, 4)
+            for r in range(16):
+                assert bytes(r_[2 * r:2 * r + 2]) == (bytes(blocks[r, b, :2]) if r < nr else bytes(2))
+                want = q5_k_planes(blocks[r, b]) if r < nr else np.zeros((5, 32), np.uint8)
+                np.testing.assert_array_equal(planes[:, :, r, :].reshape(5, 32), want)
+            continue
         for r in range(16):
             d, q = r_[2 * r:2 * r + 2], r_[q_first[0] + 4 * r:q_first[0] + 4 * r + 4]
             if r < nr:
@@ -176,7 +193,7 @@ def test_packed_layout(t):
         if t == T.Q6_K:
             assert bytes(last) == q6_k_plane_word(blocks[nr - 1, b], 1, 2, 7)
         else:
-            assert bytes(last) == bytes(blocks[nr - 1, b, {T.Q2_K: 76, T.Q3_K: 28, T.Q4_K: 140, T.Q5_K: 44,
+            assert bytes(last) == bytes(blocks[nr - 1, b, {T.Q2_K: 76, T.Q3_K: 28, T.Q4_K: 140,
                                                              T.IQ4_XS: 132}[t]:][:4])
 
 
