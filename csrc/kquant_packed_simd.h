@@ -21,9 +21,10 @@
  *   < rows); UNROLL (a full-unroll pragma).
  * Optional: KV_OFFS_BLOCK 1 (AVX2) with kv_sdot6_split(w, q8, sc) (sc x the dot of 4 vectors of Q6_K
  *   values as stored, < 64), kv_pairs16_s8(p0, p1) (per lane the int16 pair of s8 bytes p0[r], p1[r]),
- *   kv_madd16 (vpmaddwd), kv_sub, kv_slli32: Q6_K / Q3_K then dot their values as stored (+ 32 / + 4)
- *   and take the offset x the scales x the group activation sums once per super-block instead of an
- *   int32 start value per group.
+ *   kv_madd16 (vpmaddwd), kv_sub, kv_slli32, kv_pair_scale(sp, h) (group 2j + h's scale from the
+ *   pairs of groups 2j, 2j + 1): Q6_K / Q3_K then dot their values as stored (+ 32 / + 4) and take the
+ *   offset x the scales x the group activation sums per super-block instead of an int32 start value per
+ *   group. KQP_HALVES 1 (AVX2): the gemv takes each super-block's two halves of 8 rows back to back.
  *   KV_MASK_FIRST (AVX2): Q5_K's bit pieces masked before their shift (see kqp_bits); KQP_Q5_RUN (AVX2: 4).
  * Per super-block each lane sums its row's integer dot products exactly (int32, as the reference) and
  * combines them with the reference's float operations in its order (the build has no FP contraction),
@@ -124,9 +125,9 @@ AI kv_i kqp_q5_k(const uint8_t *p, const int s) {
 }
 
 /* lanes lo .. lo + KV_LANES - 1 of one 16-row group x C activation rows (as apart, Q8_K):
- * out[c * os + r] for lo <= r < rows */
+ * out[c * os + r] for lo <= r < rows; with acc, the sums are added to acc[c] instead */
 AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out,
-                      size_t os, int rows, const int lo) {
+                      size_t os, int rows, const int lo, kv_f *acc) {
     const size_t rec_bytes = qt == KQP_Q4_K ? PL_PK_Q4_K_REC : qt == KQP_Q5_K ? PL_PK_Q5_K_REC
                              : qt == KQP_IQ4_XS ? PL_PK_IQ4_XS_REC : qt == KQP_Q3_K ? PL_PK_Q3_K_REC
                              : qt == KQP_Q2_K ? PL_PK_Q2_K_REC : PL_PK_Q6_K_REC;
@@ -134,10 +135,10 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
     const kv_i m4 = kv_set1(0x0F0F0F0F);
     const kv_i m3f = kv_set1(0x3F3F3F3F), mc0 = kv_set1((int32_t)0xC0C0C0C0);
     kv_f fa[KQP_MAXC];
-    UNROLL for (int c = 0; c < C; c++) fa[c] = kv_fzero();
+    UNROLL for (int c = 0; c < C; c++) fa[c] = acc ? acc[c] : kv_fzero();
     for (int b = 0; b < nb; b++) {
         const uint8_t *rec = gp + (size_t)b * rec_bytes;
-        /* AVX2's second pass of 8 rows reads records the first pass already fetched: no prefetch there
+        /* AVX2's rows 8..15 read records the half of rows 0..7 already fetched: no prefetch there
          * (53 of ~760 instructions per Q6_K pass; kernel alone, one thread, A/B: +2-3% Q4_K / Q6_K gemv).
          * One prefetch per 64-byte line, in a loop: every other line, or the loop unrolled, were faster
          * from cache but slower from DRAM (1.1B Q6_K decode, one thread, AVX2, A/B: 33.6 tok/s against
@@ -242,6 +243,15 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
         } else { /* Q6_K, Q3_K, Q2_K: 16 groups of 16 weights with a scale each */
             kv_i imin[KQP_MAXC]; /* Q2_K */
             const size_t qoff = qt == KQP_Q2_K ? 576 : 320; /* Q2_K / Q3_K: qs words (then Q3_K's hmask) */
+#if KV_OFFS_BLOCK
+            /* Q6_K, and Q3_K's gemv: the scales taken from sp, the pairs of groups g & ~1, g | 1, whose products
+             * with the group activation sums make the offsets as the groups go (measured in one process on a
+             * Zen 5: Q6_K gemv +1.4%, tiles of 4 rows +3.6%, Q3_K gemv +4%; its tiles of 4 rows 8% slower, so
+             * they keep the pairs built again after the groups; llvm-mca's Zen 3 model: Q6_K gemv 150 -> 129
+             * cycles per super-block pass, its vpmovsxbd being 2 operations there) */
+            const int pairs = qt == KQP_Q6_K || (qt == KQP_Q3_K && C == 1);
+            kv_i offs[KQP_MAXC], sp = kv_zero();
+#endif
             UNROLL for (int g = 0; g < 16; g++) { /* group g: 16 weights 128h + 32k + 4v + i, v = 4 (g % 2) .. + 3 */
                 const int h = g / 8, k = (g % 8) / 2, v0 = 4 * (g % 2);
                 kv_i w[4];
@@ -259,7 +269,13 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
                         }
                     }
                 }
+#if KV_OFFS_BLOCK /* the scales as the pairs of the two groups, which the offsets take as they are */
+                if (pairs && g % 2 == 0) sp = kv_pairs16_s8(rec + 64 + 16 * g + lo, rec + 80 + 16 * g + lo);
+                const kv_i sc = pairs ? kv_pair_scale(sp, g % 2)
+                                      : kv_scales(qt == KQP_Q2_K ? kv_u8(rec + 64 + 16 * g + lo) : kv_s8(rec + 64 + 16 * g + lo));
+#else
                 const kv_i sc = kv_scales(qt == KQP_Q2_K ? kv_u8(rec + 64 + 16 * g + lo) : kv_s8(rec + 64 + 16 * g + lo));
+#endif
                 UNROLL for (int c = 0; c < C; c++) {
                     const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K, *q8 = ab + 4 + 16 * g;
                     /* Q6_K's values are stored + 32, Q3_K's + 4 */
@@ -271,6 +287,12 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
 #endif
                     isum[c] = g ? kv_add(isum[c], sd) : sd;
                     KQP_OPAQUE(qt, isum[c]);
+#if KV_OFFS_BLOCK /* the pairs by the two groups' activation sums (int16 pairs: exact int32) */
+                    if (pairs && g % 2 == 1) {
+                        const kv_i m = kv_madd16(sp, kv_set1((int32_t)pl_ld_u32(ab + 260 + 2 * (g - 1))));
+                        offs[c] = g == 1 ? m : kv_add(offs[c], m);
+                    }
+#endif
                     if (qt == KQP_Q2_K) {
                         const kv_i ms = kv_mullo(kv_u8(rec + 320 + 16 * g + lo), kv_set1(kqp_bsum(ab, g)));
                         imin[c] = g ? kv_add(imin[c], ms) : ms;
@@ -280,14 +302,16 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
             }
 #if KV_OFFS_BLOCK
             if (qt != KQP_Q2_K) { /* less 32 (Q6_K) / 4 (Q3_K) x the scales by the group activation sums (int16 pairs: exact int32) */
-                kv_i sp[8];
-                UNROLL for (int j = 0; j < 8; j++) sp[j] = kv_pairs16_s8(rec + 64 + 32 * j + lo, rec + 80 + 32 * j + lo);
-                UNROLL for (int c = 0; c < C; c++) {
-                    const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K;
-                    kv_i t = kv_madd16(sp[0], kv_set1((int32_t)pl_ld_u32(ab + 260)));
-                    UNROLL for (int j = 1; j < 8; j++) t = kv_add(t, kv_madd16(sp[j], kv_set1((int32_t)pl_ld_u32(ab + 260 + 4 * j))));
-                    isum[c] = kv_sub(isum[c], kv_slli32(t, qt == KQP_Q6_K ? 5 : 2));
+                if (!pairs) {
+                    kv_i spj[8];
+                    UNROLL for (int j = 0; j < 8; j++) spj[j] = kv_pairs16_s8(rec + 64 + 32 * j + lo, rec + 80 + 32 * j + lo);
+                    UNROLL for (int c = 0; c < C; c++) {
+                        const uint8_t *ab = a + (size_t)c * as + (size_t)b * KQ_Q8K;
+                        offs[c] = kv_madd16(spj[0], kv_set1((int32_t)pl_ld_u32(ab + 260)));
+                        UNROLL for (int j = 1; j < 8; j++) offs[c] = kv_add(offs[c], kv_madd16(spj[j], kv_set1((int32_t)pl_ld_u32(ab + 260 + 4 * j))));
+                    }
                 }
+                UNROLL for (int c = 0; c < C; c++) isum[c] = kv_sub(isum[c], kv_slli32(offs[c], qt == KQP_Q6_K ? 5 : 2));
             }
 #endif
             const kv_f d = kv_fp16(rec + 2 * lo);
@@ -303,6 +327,10 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
             }
         }
     }
+    if (acc) {
+        UNROLL for (int c = 0; c < C; c++) acc[c] = fa[c];
+        return;
+    }
     UNROLL for (int c = 0; c < C; c++) kv_store(out + (size_t)c * os + lo, fa[c], rows - lo);
 }
 
@@ -310,8 +338,39 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
  * only when the group has more than 8 rows; it reads the group again from L1 / L2) */
 AI void kqp_tile(const int qt, const int C, int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out,
                  size_t os, int rows) {
-    kqp_tile_part(qt, C, nb, gp, a, as, out, os, rows, 0);
-    if (KV_LANES < 16 && rows > KV_LANES) kqp_tile_part(qt, C, nb, gp, a, as, out, os, rows, KV_LANES);
+    kqp_tile_part(qt, C, nb, gp, a, as, out, os, rows, 0, NULL);
+    if (KV_LANES < 16 && rows > KV_LANES) kqp_tile_part(qt, C, nb, gp, a, as, out, os, rows, KV_LANES, NULL);
+}
+
+/* the gemv (one activation row). With 8 lanes and KQP_HALVES set (AVX2): rows 0..7, then 8..15 of each
+ * super-block, the second half from the record the first has just brought to L1, each half a call
+ * (inlined together, the two halves' constants and sums outgrew the 16 registers: 315 stack references
+ * in Q6_K's). Without: kqp_tile's two passes over the group, whose first streams each record from DRAM /
+ * L3 for half of its bytes (the other half of every line is the second pass's). */
+#ifndef KQP_HALVES
+#define KQP_HALVES 0
+#endif
+#define KQP_HALF_DEFS(qt)                                                                                        \
+    static __attribute__((noinline)) void kqp_half0_##qt(const uint8_t *rec, const uint8_t *ab, kv_f *fa) {     \
+        kqp_tile_part(KQP_##qt, 1, 1, rec, ab, 0, NULL, 0, 0, 0, fa);                                            \
+    }                                                                                                            \
+    static __attribute__((noinline)) void kqp_half1_##qt(const uint8_t *rec, const uint8_t *ab, kv_f *fa) {     \
+        kqp_tile_part(KQP_##qt, 1, 1, rec, ab, 0, NULL, 0, 0, KV_LANES, fa);                                     \
+    }
+typedef void (*kqp_half_fn)(const uint8_t *rec, const uint8_t *ab, kv_f *fa);
+AI void kqp_gemv(const int qt, int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows, size_t rec_bytes,
+                 kqp_half_fn half0, kqp_half_fn half1) {
+    if (KV_LANES < 16 && KQP_HALVES && rows > KV_LANES) {
+        kv_f f[2] = {kv_fzero(), kv_fzero()};
+        for (int b = 0; b < nb; b++) {
+            half0(gp + (size_t)b * rec_bytes, a + (size_t)b * KQ_Q8K, &f[0]);
+            half1(gp + (size_t)b * rec_bytes, a + (size_t)b * KQ_Q8K, &f[1]);
+        }
+        kv_store(out, f[0], KV_LANES);
+        kv_store(out + KV_LANES, f[1], rows - KV_LANES);
+        return;
+    }
+    kqp_tile(qt, 1, nb, gp, a, 0, out, 0, rows);
 }
 
 #define KQP_TILE_DEF(qt, C)                                                                                      \
@@ -320,10 +379,11 @@ AI void kqp_tile(const int qt, const int C, int nb, const uint8_t *gp, const uin
         kqp_tile(KQP_##qt, C, nb, gp, a, as, out, os, rows);                                                     \
     }
 #define KQP_DEFS(qt)                                                                                             \
+    KQP_HALF_DEFS(qt)                                                                                            \
     KQP_TILE_DEF(qt, 1) KQP_TILE_DEF(qt, 2) KQP_TILE_DEF(qt, 3) KQP_TILE_DEF(qt, 4) KQP_TILE_DEF(qt, 5)          \
     KQP_TILE_DEF(qt, 6) KQP_TILE_DEF(qt, 7) KQP_TILE_DEF(qt, 8)                                                  \
     static void kqp_gemv_##qt(int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) {               \
-        kqp_tile(KQP_##qt, 1, nb, gp, a, 0, out, 0, rows);                                                       \
+        kqp_gemv(KQP_##qt, nb, gp, a, out, rows, PL_PK_##qt##_REC, kqp_half0_##qt, kqp_half1_##qt);             \
     }                                                                                                            \
     static const pl_pk_tile_fn kqp_tiles_##qt[8] = {kqp_tile_##qt##_1, kqp_tile_##qt##_2, kqp_tile_##qt##_3,      \
                                                     kqp_tile_##qt##_4, kqp_tile_##qt##_5, kqp_tile_##qt##_6,     \
