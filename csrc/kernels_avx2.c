@@ -681,11 +681,14 @@ static void q8_0_gemm_packed(int n, int nr, int nc, const void *w, const void *a
  * decoded 8 at a time, their pieces outgrew the 16 registers (148 stack references in the gemv, 60 now;
  * measured in one process on a Zen 5: gemv +20%, prefill tiles of 2-5 rows +3..28%) */
 #define KQP_Q5_RUN 4
-/* the gemvs take each super-block's two 8-row halves back to back (kqp_gemv). Measured in one process, one
- * thread of a Zen 5, against two passes over the group; weights from DRAM (64 MB): Q4_K +20%, Q5_K +13%,
- * Q6_K +20%, Q3_K +5%, Q2_K +6%, IQ4_XS +12%; from L3 (2-10 MB): Q4_K +4%, Q6_K +7%, Q2_K -4%, IQ4_XS -1%;
- * the 1.1B model's decode, one thread: Q4_K_M 46.4 -> 55.7 tok/s, Q6_K 32.4 -> 37.1 */
-#define KQP_HALVES 1
+/* each super-block's two 8-row halves back to back (kqp_tile) for every type and tile but IQ4_XS's of
+ * several activation rows. Measured in one process, one thread of a Zen 5, against two passes over the
+ * group; weights from DRAM (64 MB), gemv: Q4_K +20%, Q5_K +13%, Q6_K +20%, Q3_K +5%, Q2_K +6%, IQ4_XS
+ * +12%; 2 / 4 activation rows (batched decode): Q4_K +14 / +11%, Q6_K +14 / +4%, Q5_K + 4% (4), Q3_K
+ * -2 / +11%, Q2_K +2%, IQ4_XS -1 / -7%; weights from L3 (2-10 MB): gemv Q4_K +4%, Q6_K +7%, Q2_K -4%,
+ * IQ4_XS -1%, tiles -3..+2% but IQ4_XS's -3 / -9%. The 1.1B model's decode, one thread: Q4_K_M 46.4 ->
+ * 55.7 tok/s, Q6_K 32.4 -> 37.1 */
+#define KQP_HALVES(qt, C) ((C) == 1 || (qt) != KQP_IQ4_XS)
 typedef __m256i kv_i;
 typedef __m256 kv_f;
 AI kv_i kv_load(const uint8_t *p) { return _mm256_load_si256((const __m256i *)p); }

@@ -24,7 +24,7 @@
  *   kv_madd16 (vpmaddwd), kv_sub, kv_slli32, kv_pair_scale(sp, h) (group 2j + h's scale from the
  *   pairs of groups 2j, 2j + 1): Q6_K / Q3_K then dot their values as stored (+ 32 / + 4) and take the
  *   offset x the scales x the group activation sums per super-block instead of an int32 start value per
- *   group. KQP_HALVES 1 (AVX2): the gemv takes each super-block's two halves of 8 rows back to back.
+ *   group. KQP_HALVES(qt, C) (AVX2): a group's two halves of 8 rows taken super-block by super-block.
  *   KV_MASK_FIRST (AVX2): Q5_K's bit pieces masked before their shift (see kqp_bits); KQP_Q5_RUN (AVX2: 4).
  * Per super-block each lane sums its row's integer dot products exactly (int32, as the reference) and
  * combines them with the reference's float operations in its order (the build has no FP contraction),
@@ -246,9 +246,10 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
 #if KV_OFFS_BLOCK
             /* Q6_K, and Q3_K's gemv: the scales taken from sp, the pairs of groups g & ~1, g | 1, whose products
              * with the group activation sums make the offsets as the groups go (measured in one process on a
-             * Zen 5: Q6_K gemv +1.4%, tiles of 4 rows +3.6%, Q3_K gemv +4%; its tiles of 4 rows 8% slower, so
-             * they keep the pairs built again after the groups; llvm-mca's Zen 3 model: Q6_K gemv 150 -> 129
-             * cycles per super-block pass, its vpmovsxbd being 2 operations there) */
+             * Zen 5, three runs: Q6_K gemv +1.4..4.6%, its tiles of 4 rows -2..+3%, Q3_K gemv +4%; Q3_K's tiles
+             * of 4 rows 2-8% slower, so they keep the pairs built again after the groups; llvm-mca's Zen 3
+             * model, no measurement: Q6_K gemv 150 -> 129 cycles per super-block pass, vpmovsxbd ymm being
+             * 2-3 operations there) */
             const int pairs = qt == KQP_Q6_K || (qt == KQP_Q3_K && C == 1);
             kv_i offs[KQP_MAXC], sp = kv_zero();
 #endif
@@ -334,56 +335,54 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
     UNROLL for (int c = 0; c < C; c++) kv_store(out + (size_t)c * os + lo, fa[c], rows - lo);
 }
 
-/* one 16-row group x C activation rows, KV_LANES rows at a time (AVX2: two passes of 8, the second
- * only when the group has more than 8 rows; it reads the group again from L1 / L2) */
+/* one 16-row group x C activation rows. KV_LANES rows at a time: with 8 lanes and KQP_HALVES set (AVX2),
+ * rows 0..7, then 8..15 of each super-block, the second half from the record the first has just brought
+ * to L1, each half a call (half0 / half1: inlined together, the two halves' constants and sums outgrew
+ * the 16 registers, 315 stack references in Q6_K's gemv). Without: two passes over the group, the
+ * second only when the group has more than 8 rows, whose first streams each record from DRAM / L3 for
+ * half of its bytes (the other half of every line is the second pass's). */
+#ifndef KQP_HALVES
+#define KQP_HALVES(qt, C) 0 /* (type, activation rows): whether to take the halves back to back */
+#endif
+typedef void (*kqp_half_fn)(const uint8_t *rec, const uint8_t *ab, size_t as, kv_f *fa);
 AI void kqp_tile(const int qt, const int C, int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out,
-                 size_t os, int rows) {
+                 size_t os, int rows, size_t rec_bytes, kqp_half_fn half0, kqp_half_fn half1) {
+    if (KV_LANES < 16 && KQP_HALVES(qt, C) && rows > KV_LANES) {
+        kv_f f0[KQP_MAXC], f1[KQP_MAXC];
+        UNROLL for (int c = 0; c < C; c++) f0[c] = f1[c] = kv_fzero();
+        for (int b = 0; b < nb; b++) {
+            half0(gp + (size_t)b * rec_bytes, a + (size_t)b * KQ_Q8K, as, f0);
+            half1(gp + (size_t)b * rec_bytes, a + (size_t)b * KQ_Q8K, as, f1);
+        }
+        UNROLL for (int c = 0; c < C; c++) {
+            kv_store(out + (size_t)c * os, f0[c], KV_LANES);
+            kv_store(out + (size_t)c * os + KV_LANES, f1[c], rows - KV_LANES);
+        }
+        return;
+    }
     kqp_tile_part(qt, C, nb, gp, a, as, out, os, rows, 0, NULL);
     if (KV_LANES < 16 && rows > KV_LANES) kqp_tile_part(qt, C, nb, gp, a, as, out, os, rows, KV_LANES, NULL);
 }
 
-/* the gemv (one activation row). With 8 lanes and KQP_HALVES set (AVX2): rows 0..7, then 8..15 of each
- * super-block, the second half from the record the first has just brought to L1, each half a call
- * (inlined together, the two halves' constants and sums outgrew the 16 registers: 315 stack references
- * in Q6_K's). Without: kqp_tile's two passes over the group, whose first streams each record from DRAM /
- * L3 for half of its bytes (the other half of every line is the second pass's). */
-#ifndef KQP_HALVES
-#define KQP_HALVES 0
-#endif
-#define KQP_HALF_DEFS(qt)                                                                                        \
-    static __attribute__((noinline)) void kqp_half0_##qt(const uint8_t *rec, const uint8_t *ab, kv_f *fa) {     \
-        kqp_tile_part(KQP_##qt, 1, 1, rec, ab, 0, NULL, 0, 0, 0, fa);                                            \
-    }                                                                                                            \
-    static __attribute__((noinline)) void kqp_half1_##qt(const uint8_t *rec, const uint8_t *ab, kv_f *fa) {     \
-        kqp_tile_part(KQP_##qt, 1, 1, rec, ab, 0, NULL, 0, 0, KV_LANES, fa);                                     \
-    }
-typedef void (*kqp_half_fn)(const uint8_t *rec, const uint8_t *ab, kv_f *fa);
-AI void kqp_gemv(const int qt, int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows, size_t rec_bytes,
-                 kqp_half_fn half0, kqp_half_fn half1) {
-    if (KV_LANES < 16 && KQP_HALVES && rows > KV_LANES) {
-        kv_f f[2] = {kv_fzero(), kv_fzero()};
-        for (int b = 0; b < nb; b++) {
-            half0(gp + (size_t)b * rec_bytes, a + (size_t)b * KQ_Q8K, &f[0]);
-            half1(gp + (size_t)b * rec_bytes, a + (size_t)b * KQ_Q8K, &f[1]);
-        }
-        kv_store(out, f[0], KV_LANES);
-        kv_store(out + KV_LANES, f[1], rows - KV_LANES);
-        return;
-    }
-    kqp_tile(qt, 1, nb, gp, a, 0, out, 0, rows);
-}
-
 #define KQP_TILE_DEF(qt, C)                                                                                      \
+    static __attribute__((noinline)) void kqp_half0_##qt##_##C(const uint8_t *rec, const uint8_t *ab, size_t as, \
+                                                               kv_f *fa) {                                       \
+        kqp_tile_part(KQP_##qt, C, 1, rec, ab, as, NULL, 0, 0, 0, fa);                                           \
+    }                                                                                                            \
+    static __attribute__((noinline)) void kqp_half1_##qt##_##C(const uint8_t *rec, const uint8_t *ab, size_t as, \
+                                                               kv_f *fa) {                                       \
+        kqp_tile_part(KQP_##qt, C, 1, rec, ab, as, NULL, 0, 0, KV_LANES, fa);                                    \
+    }                                                                                                            \
     static void kqp_tile_##qt##_##C(int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out, size_t os, \
                                     int rows) {                                                                  \
-        kqp_tile(KQP_##qt, C, nb, gp, a, as, out, os, rows);                                                     \
+        kqp_tile(KQP_##qt, C, nb, gp, a, as, out, os, rows, PL_PK_##qt##_REC, kqp_half0_##qt##_##C,               \
+                 kqp_half1_##qt##_##C);                                                                          \
     }
 #define KQP_DEFS(qt)                                                                                             \
-    KQP_HALF_DEFS(qt)                                                                                            \
     KQP_TILE_DEF(qt, 1) KQP_TILE_DEF(qt, 2) KQP_TILE_DEF(qt, 3) KQP_TILE_DEF(qt, 4) KQP_TILE_DEF(qt, 5)          \
     KQP_TILE_DEF(qt, 6) KQP_TILE_DEF(qt, 7) KQP_TILE_DEF(qt, 8)                                                  \
     static void kqp_gemv_##qt(int nb, const uint8_t *gp, const uint8_t *a, float *out, int rows) {               \
-        kqp_gemv(KQP_##qt, nb, gp, a, out, rows, PL_PK_##qt##_REC, kqp_half0_##qt, kqp_half1_##qt);             \
+        kqp_tile_##qt##_1(nb, gp, a, 0, out, 0, rows);                                                           \
     }                                                                                                            \
     static const pl_pk_tile_fn kqp_tiles_##qt[8] = {kqp_tile_##qt##_1, kqp_tile_##qt##_2, kqp_tile_##qt##_3,      \
                                                     kqp_tile_##qt##_4, kqp_tile_##qt##_5, kqp_tile_##qt##_6,     \
