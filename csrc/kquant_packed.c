@@ -45,12 +45,6 @@ static void put_words(const uint8_t *src, size_t ss, int nrows, size_t off, uint
     for (int r = 0; r < nrows; r++) memcpy(dst + 4 * r, src + (size_t)r * ss + off, 4);
 }
 
-static uint32_t ld32(const uint8_t *p) {
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-
 /* the 2560 quant bytes of a Q5_K record (rows r < nrows of super-block bo; the rest zero): byte 4r + i of
  * vector v of plane t = the value of weight 32t + 4v + i (bits 0-4) | bits 3t .. 3t + 2 of the stream
  * of weights 160 + 4v + i, 192 + .., 224 + .. (5 bits each, bits 5-7). Four weights at a time, one
@@ -63,10 +57,10 @@ static void q5_k_planes(const uint8_t *src, size_t ss, int nrows, size_t bo, uin
     for (int r = 0; r < nrows; r++) {
         const uint8_t *qh = src + (size_t)r * ss + bo + 16, *qs = qh + 32;
         for (int v = 0; v < 8; v++) {
-            const uint32_t h = ld32(qh + 4 * v);
+            const uint32_t h = pl_ld_u32(qh + 4 * v);
             uint32_t q[8];
             for (int sb = 0; sb < 8; sb++) /* sub-block sb: nibble sb & 1 of qs word (sb / 2, v), bit sb of qh as 16 */
-                q[sb] = ((ld32(qs + 32 * (sb / 2) + 4 * v) >> (4 * (sb & 1))) & m4) | (((h >> sb) & m1) << 4);
+                q[sb] = ((pl_ld_u32(qs + 32 * (sb / 2) + 4 * v) >> (4 * (sb & 1))) & m4) | (((h >> sb) & m1) << 4);
             const uint32_t top[5] = {q[5] & m7, ((q[5] >> 3) & m3) | ((q[6] & m1) << 2), (q[6] >> 1) & m7,
                                      ((q[6] >> 4) & m1) | ((q[7] & m3) << 1), (q[7] >> 2) & m7};
             for (int t = 0; t < 5; t++) {
@@ -125,8 +119,8 @@ static void q6_k_repack(const void *vsrc, size_t ss, int nrows, int64_t n, void 
             for (int g = 0; g < 16; g++) rec[64 + 16 * g + r] = blk[192 + g];
             for (int h = 0; h < 2; h++)
                 for (int v = 0; v < 8; v++) {
-                    const uint32_t l0 = ld32(blk + 64 * h + 4 * v), l1 = ld32(blk + 64 * h + 32 + 4 * v);
-                    const uint32_t hb = ld32(blk + 128 + 32 * h + 4 * v);
+                    const uint32_t l0 = pl_ld_u32(blk + 64 * h + 4 * v), l1 = pl_ld_u32(blk + 64 * h + 32 + 4 * v);
+                    const uint32_t hb = pl_ld_u32(blk + 128 + 32 * h + 4 * v);
                     const uint32_t q[3] = {(l0 & m4) | ((hb << 4) & m30), (l1 & m4) | ((hb << 2) & m30),
                                            ((l0 >> 4) & m4) | (hb & m30)};
                     const uint32_t q3 = ((l1 >> 4) & m4) | ((hb >> 2) & m30);

@@ -124,13 +124,17 @@ AI kv_i kqp_q5_k(const uint8_t *p, const int s) {
     return kqp_or_bits(kqp_bits(p + 1536, 6, 0x03), p + 2048, 3, 0x1C); /* bits 0-1: plane 3, 2-4: plane 4 */
 }
 
+/* the bytes of one 16-row group's record of a super-block */
+AI size_t kqp_rec_bytes(const int qt) {
+    return qt == KQP_Q4_K ? PL_PK_Q4_K_REC : qt == KQP_Q5_K ? PL_PK_Q5_K_REC : qt == KQP_IQ4_XS ? PL_PK_IQ4_XS_REC
+           : qt == KQP_Q3_K ? PL_PK_Q3_K_REC : qt == KQP_Q2_K ? PL_PK_Q2_K_REC : PL_PK_Q6_K_REC;
+}
+
 /* lanes lo .. lo + KV_LANES - 1 of one 16-row group x C activation rows (as apart, Q8_K):
  * out[c * os + r] for lo <= r < rows; with acc, the sums are added to acc[c] instead */
 AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out,
                       size_t os, int rows, const int lo, kv_f *acc) {
-    const size_t rec_bytes = qt == KQP_Q4_K ? PL_PK_Q4_K_REC : qt == KQP_Q5_K ? PL_PK_Q5_K_REC
-                             : qt == KQP_IQ4_XS ? PL_PK_IQ4_XS_REC : qt == KQP_Q3_K ? PL_PK_Q3_K_REC
-                             : qt == KQP_Q2_K ? PL_PK_Q2_K_REC : PL_PK_Q6_K_REC;
+    const size_t rec_bytes = kqp_rec_bytes(qt);
     const kv_i m3 = kv_set1(0x03030303), m04 = kv_set1(0x04040404);
     const kv_i m4 = kv_set1(0x0F0F0F0F);
     const kv_i m3f = kv_set1(0x3F3F3F3F), mc0 = kv_set1((int32_t)0xC0C0C0C0);
@@ -346,8 +350,9 @@ AI void kqp_tile_part(const int qt, const int C, int nb, const uint8_t *gp, cons
 #endif
 typedef void (*kqp_half_fn)(const uint8_t *rec, const uint8_t *ab, size_t as, kv_f *fa);
 AI void kqp_tile(const int qt, const int C, int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out,
-                 size_t os, int rows, size_t rec_bytes, kqp_half_fn half0, kqp_half_fn half1) {
+                 size_t os, int rows, kqp_half_fn half0, kqp_half_fn half1) {
     if (KV_LANES < 16 && KQP_HALVES(qt, C) && rows > KV_LANES) {
+        const size_t rec_bytes = kqp_rec_bytes(qt);
         kv_f f0[KQP_MAXC], f1[KQP_MAXC];
         UNROLL for (int c = 0; c < C; c++) f0[c] = f1[c] = kv_fzero();
         for (int b = 0; b < nb; b++) {
@@ -375,8 +380,7 @@ AI void kqp_tile(const int qt, const int C, int nb, const uint8_t *gp, const uin
     }                                                                                                            \
     static void kqp_tile_##qt##_##C(int nb, const uint8_t *gp, const uint8_t *a, size_t as, float *out, size_t os, \
                                     int rows) {                                                                  \
-        kqp_tile(KQP_##qt, C, nb, gp, a, as, out, os, rows, PL_PK_##qt##_REC, kqp_half0_##qt##_##C,               \
-                 kqp_half1_##qt##_##C);                                                                          \
+        kqp_tile(KQP_##qt, C, nb, gp, a, as, out, os, rows, kqp_half0_##qt##_##C, kqp_half1_##qt##_##C);         \
     }
 #define KQP_DEFS(qt)                                                                                             \
     KQP_TILE_DEF(qt, 1) KQP_TILE_DEF(qt, 2) KQP_TILE_DEF(qt, 3) KQP_TILE_DEF(qt, 4) KQP_TILE_DEF(qt, 5)          \
